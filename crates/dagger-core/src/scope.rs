@@ -1,0 +1,128 @@
+use crate::ids::{ProcId, WorkerId};
+use crate::proc::{ProcInfo, ProcKind};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Which processors may run a task.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Scope {
+    /// Any processor that can run tasks of the function (the default: CPU threads).
+    #[default]
+    Any,
+    /// Any processor of one worker process.
+    Worker(WorkerId),
+    /// Exactly this processor.
+    Proc(ProcId),
+    /// Any processor of this kind, on any worker.
+    Kind(ProcKind),
+    /// Any processor of this kind on this worker.
+    WorkerKind(WorkerId, ProcKind),
+    /// Any processor that one of these scopes admits.
+    Union(Vec<Scope>),
+}
+
+impl Scope {
+    /// Any processor of one worker.
+    pub fn worker(w: WorkerId) -> Self {
+        Scope::Worker(w)
+    }
+    /// Exactly one processor.
+    pub fn proc(p: ProcId) -> Self {
+        Scope::Proc(p)
+    }
+    /// Any processor of a kind, e.g. `Scope::kind("opencl")`.
+    pub fn kind(k: impl Into<ProcKindArg>) -> Self {
+        Scope::Kind(k.into().0)
+    }
+    /// The union of two scopes.
+    pub fn or(self, other: Scope) -> Self {
+        match self {
+            Scope::Union(mut v) => {
+                v.push(other);
+                Scope::Union(v)
+            }
+            s => Scope::Union(vec![s, other]),
+        }
+    }
+
+    /// Whether the processor `p` is admitted. `Scope::Any` admits every processor that is
+    /// not an `OsProc` root (roots coordinate; their children compute).
+    pub fn admits(&self, p: &ProcInfo) -> bool {
+        match self {
+            Scope::Any => p.kind == ProcKind::THREAD,
+            Scope::Worker(w) => p.id.worker == *w && p.kind == ProcKind::THREAD,
+            Scope::Proc(id) => p.id == *id,
+            Scope::Kind(k) => &p.kind == k,
+            Scope::WorkerKind(w, k) => p.id.worker == *w && &p.kind == k,
+            Scope::Union(v) => v.iter().any(|s| s.admits(p)),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Any => f.write_str("any"),
+            Scope::Worker(w) => write!(f, "{w}"),
+            Scope::Proc(p) => write!(f, "{p}"),
+            Scope::Kind(k) => write!(f, "kind {k}"),
+            Scope::WorkerKind(w, k) => write!(f, "kind {k} on {w}"),
+            Scope::Union(v) => {
+                f.write_str("(")?;
+                for (i, s) in v.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" | ")?;
+                    }
+                    write!(f, "{s}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// Lets `Scope::kind` take a `&str` or a `ProcKind`.
+pub struct ProcKindArg(ProcKind);
+impl From<ProcKind> for ProcKindArg {
+    fn from(k: ProcKind) -> Self {
+        ProcKindArg(k)
+    }
+}
+impl From<&'static str> for ProcKindArg {
+    fn from(k: &'static str) -> Self {
+        ProcKindArg(ProcKind::custom(k))
+    }
+}
+
+/// Options that ride along with a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Options {
+    /// Which processors may run it.
+    pub scope: Scope,
+    /// How many times it is retried after its worker was lost or it panicked.
+    pub retries: u32,
+    /// Higher runs first among ready tasks.
+    pub priority: i32,
+}
+
+impl Options {
+    /// The default options: any CPU thread, no retries, priority 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the scope.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+    /// Sets the retry budget.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+    /// Sets the priority.
+    pub fn priority(mut self, p: i32) -> Self {
+        self.priority = p;
+        self
+    }
+}

@@ -1,0 +1,35 @@
+use crate::ids::TaskId;
+use crate::scope::Options;
+use serde::{Deserialize, Serialize};
+
+/// One argument of a task: a value encoded with postcard, or the result of another task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Arg {
+    /// A plain value, already encoded.
+    Value(Vec<u8>),
+    /// The result of another task of the same graph (a dependency).
+    Task(TaskId),
+}
+
+/// A task as submitted to the scheduler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Its id; unique in the context, allocated by the submitter.
+    pub id: TaskId,
+    /// The registered name of its function.
+    pub func: String,
+    /// Its arguments, in order.
+    pub args: Vec<Arg>,
+    /// Scope, retries, priority.
+    pub options: Options,
+}
+
+impl TaskSpec {
+    /// The tasks this one depends on, in argument order (may repeat).
+    pub fn deps(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.args.iter().filter_map(|a| match a {
+            Arg::Task(t) => Some(*t),
+            Arg::Value(_) => None,
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Processors of dagger-rs (placeholder: being filled in).
+pub mod topology;
+pub use topology::{DefaultCosts, Edge, EdgeKind, Topology};
