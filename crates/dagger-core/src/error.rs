@@ -82,6 +82,14 @@ pub enum TaskError {
         /// What went wrong.
         message: String,
     },
+    /// The scheduler refused the graph the task was submitted with.
+    #[error("task {task} was refused: {error}")]
+    Rejected {
+        /// The task.
+        task: TaskId,
+        /// Why the graph was refused.
+        error: GraphError,
+    },
     /// The context shut down before the task finished.
     #[error("task {task}: the context was shut down")]
     Shutdown {
@@ -102,6 +110,7 @@ impl TaskError {
             | TaskError::WorkerLost { task, .. }
             | TaskError::NoProcessor { task, .. }
             | TaskError::MoveFailed { task, .. }
+            | TaskError::Rejected { task, .. }
             | TaskError::Shutdown { task } => *task,
         }
     }

@@ -1,1 +1,157 @@
-//! placeholder
+//! Fault tolerance of dagger-rs: noticing that a worker went silent.
+//!
+//! [`FailureDetector`] is a sans-I/O heartbeat detector: the owner tells it whenever it
+//! hears from a worker ([`FailureDetector::heard`], any message counts, not only
+//! heartbeats), asks it for the next deadline ([`FailureDetector::poll_timeout`]) to arm a
+//! timer, and, when the timer fires, collects the workers that stayed silent too long
+//! ([`FailureDetector::expired`]) and reports them lost to the scheduler. Time is a
+//! [`Duration`] since an arbitrary start chosen by the owner, so tests run on virtual time.
+//!
+//! Recovery itself (re-running a lost worker's tasks, recomputing lost chunks from lineage,
+//! fencing late messages by incarnation) lives in the scheduler, which treats a lost worker
+//! like any other event.
+//!
+//! Architecture invariant: dagger-ft never performs I/O, never spawns a thread and never
+//! reads the clock.
+//!
+//! Not guaranteed: a worker that is merely slow (a long GC-like pause, an overloaded host)
+//! looks exactly like a dead one; choose the timeout well above the heartbeat interval.
+
+use dagger_core::{Incarnation, WorkerId};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Declares workers lost when nothing was heard from them for longer than a timeout.
+#[derive(Clone, Debug)]
+pub struct FailureDetector {
+    timeout: Duration,
+    last: BTreeMap<WorkerId, (Incarnation, Duration)>,
+}
+
+impl FailureDetector {
+    /// A detector with no watched workers that declares a worker lost after `timeout` of
+    /// silence.
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout, last: BTreeMap::new() }
+    }
+
+    /// The timeout it was created with.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Records that `worker` (in `incarnation`) was heard from at `now`, and starts watching
+    /// it if it was not watched. A message from an older incarnation than the one watched is
+    /// ignored (it comes from a connection already replaced); a newer incarnation replaces
+    /// the older one. `now` earlier than the last time heard is ignored. O(log workers).
+    pub fn heard(&mut self, worker: WorkerId, incarnation: Incarnation, now: Duration) {
+        match self.last.get_mut(&worker) {
+            Some((inc, at)) if *inc == incarnation => *at = (*at).max(now),
+            Some((inc, _)) if *inc > incarnation => {}
+            _ => {
+                self.last.insert(worker, (incarnation, now));
+            }
+        }
+    }
+
+    /// Stops watching `worker` (it left cleanly or was already declared lost another way).
+    pub fn forget(&mut self, worker: WorkerId) {
+        self.last.remove(&worker);
+    }
+
+    /// The earliest time at which some watched worker expires, or `None` if none is watched.
+    /// Arm a timer for it and call [`FailureDetector::expired`] when it fires. O(workers).
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.last.values().map(|(_, at)| at.saturating_add(self.timeout)).min()
+    }
+
+    /// The workers not heard from for longer than the timeout as of `now`, with the
+    /// incarnation that went silent. They stop being watched, so each silence is reported
+    /// once; hearing from the worker again watches it anew. O(workers).
+    pub fn expired(&mut self, now: Duration) -> Vec<(WorkerId, Incarnation)> {
+        let timeout = self.timeout;
+        let mut out = Vec::new();
+        self.last.retain(|&w, &mut (inc, at)| {
+            let alive = now.saturating_sub(at) <= timeout;
+            if !alive {
+                out.push((w, inc));
+            }
+            alive
+        });
+        out
+    }
+
+    /// The workers watched now, with their incarnation and when they were last heard from.
+    pub fn watched(&self) -> impl Iterator<Item = (WorkerId, Incarnation, Duration)> + '_ {
+        self.last.iter().map(|(&w, &(inc, at))| (w, inc, at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn silence_longer_than_the_timeout_expires_once() {
+        let mut d = FailureDetector::new(s(5));
+        assert_eq!(d.poll_timeout(), None);
+        d.heard(WorkerId(1), Incarnation(1), s(0));
+        d.heard(WorkerId(2), Incarnation(1), s(2));
+        assert_eq!(d.poll_timeout(), Some(s(5)));
+        assert!(d.expired(s(5)).is_empty(), "exactly the timeout is still alive");
+        d.heard(WorkerId(1), Incarnation(1), s(4));
+        assert_eq!(d.poll_timeout(), Some(s(7)));
+        assert_eq!(d.expired(s(8)), vec![(WorkerId(2), Incarnation(1))]);
+        assert!(d.expired(s(8)).is_empty(), "reported once");
+        assert_eq!(d.poll_timeout(), Some(s(9)));
+        assert_eq!(d.expired(s(100)), vec![(WorkerId(1), Incarnation(1))]);
+        assert_eq!(d.poll_timeout(), None);
+    }
+
+    #[test]
+    fn incarnations_and_forget() {
+        let mut d = FailureDetector::new(s(5));
+        d.heard(WorkerId(1), Incarnation(2), s(10));
+        // A late message of the replaced connection does not keep the new one alive.
+        d.heard(WorkerId(1), Incarnation(1), s(14));
+        assert_eq!(d.expired(s(16)), vec![(WorkerId(1), Incarnation(2))]);
+        // A newer incarnation replaces the watched one.
+        d.heard(WorkerId(1), Incarnation(2), s(20));
+        d.heard(WorkerId(1), Incarnation(3), s(21));
+        assert_eq!(d.watched().collect::<Vec<_>>(), vec![(WorkerId(1), Incarnation(3), s(21))]);
+        // Time going backwards does not move the deadline back.
+        d.heard(WorkerId(1), Incarnation(3), s(1));
+        assert_eq!(d.poll_timeout(), Some(s(26)));
+        d.forget(WorkerId(1));
+        assert!(d.expired(s(1000)).is_empty());
+        assert_eq!(d.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_virtual_clock_loop_detects_a_silent_worker_within_the_timeout() {
+        // Two workers send heartbeats every second; worker 2 stops at t = 10 s.
+        let timeout = s(3);
+        let mut d = FailureDetector::new(timeout);
+        let mut now = Duration::ZERO;
+        let mut lost = None;
+        while now < s(30) && lost.is_none() {
+            d.heard(WorkerId(1), Incarnation(1), now);
+            if now <= s(10) {
+                d.heard(WorkerId(2), Incarnation(1), now);
+            }
+            let next_beat = now + s(1);
+            let deadline = d.poll_timeout().unwrap();
+            now = next_beat.min(deadline);
+            for (w, _) in d.expired(now) {
+                lost = Some((w, now));
+            }
+        }
+        let (w, at) = lost.expect("worker 2 declared lost");
+        assert_eq!(w, WorkerId(2));
+        assert!(at > s(10) + timeout && at <= s(10) + timeout + s(1), "lost at {at:?}");
+    }
+}

@@ -1,1 +1,158 @@
+//! The `#[dagger::task]` attribute of dagger-rs.
+//!
+//! ```ignore
+//! #[dagger::task]
+//! fn add(a: u64, b: u64) -> u64 { a + b }
+//! ```
+//! keeps `add` callable as a plain function and adds a module of the same name (modules
+//! and functions live in different namespaces) with `add::spawn(&ctx, a, b)`,
+//! `add::delayed(a, b)`, `add::with(options)` and `add::NAME`, and registers the function
+//! under a stable name so that every process of the binary can run it.
 
+use proc_macro::TokenStream;
+use quote::{format_ident, quote};
+use syn::{parse_macro_input, FnArg, ItemFn, Pat, ReturnType};
+
+/// Registers a function as a dagger task. See the crate documentation.
+///
+/// Options: `#[dagger::task(name = "my.stable.name")]` overrides the registered name
+/// (by default `module_path!()::fn_name`).
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func = parse_macro_input!(item as ItemFn);
+    let mut name_override: Option<syn::LitStr> = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            name_override = Some(meta.value()?.parse()?);
+            Ok(())
+        } else {
+            Err(meta.error("unknown option; expected `name = \"...\"`"))
+        }
+    });
+    parse_macro_input!(attr with parser);
+    match expand(func, name_override) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand(func: ItemFn, name_override: Option<syn::LitStr>) -> syn::Result<proc_macro2::TokenStream> {
+    let sig = &func.sig;
+    if sig.asyncness.is_some() {
+        return Err(syn::Error::new_spanned(sig.fn_token, "dagger tasks must not be async"));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(&sig.generics, "dagger tasks cannot be generic"));
+    }
+    let vis = &func.vis;
+    let ident = &sig.ident;
+    let mut arg_idents = Vec::new();
+    let mut arg_types = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        match input {
+            FnArg::Receiver(r) => {
+                return Err(syn::Error::new_spanned(r, "dagger tasks cannot take self"));
+            }
+            FnArg::Typed(pt) => {
+                let id = match &*pt.pat {
+                    Pat::Ident(pi) => pi.ident.clone(),
+                    _ => format_ident!("arg{}", i),
+                };
+                arg_idents.push(id);
+                arg_types.push((*pt.ty).clone());
+            }
+        }
+    }
+    let ret_ty: syn::Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, t) => (**t).clone(),
+    };
+    let name_expr = match name_override {
+        Some(l) => quote!(#l),
+        None => quote!(concat!(module_path!(), "::", stringify!(#ident))),
+    };
+    let n = arg_idents.len();
+    let idx: Vec<usize> = (0..n).collect();
+    let arg_names: Vec<String> = arg_idents.iter().map(|i| i.to_string()).collect();
+    let generic_params: Vec<syn::Ident> = (0..n).map(|i| format_ident!("__A{}", i)).collect();
+
+    Ok(quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_snake_case, non_camel_case_types, dead_code, unused_imports, clippy::all)]
+        #vis mod #ident {
+            use super::*;
+
+            /// The name this task is registered under.
+            pub const NAME: &str = #name_expr;
+
+            fn __call(args: &mut [::dagger::__private::ArgValue<'_>]) -> ::core::result::Result<::std::vec::Vec<u8>, ::dagger::__private::CallError> {
+                if args.len() != #n {
+                    return ::core::result::Result::Err(::dagger::__private::CallError::arity(#n, args.len()));
+                }
+                #(
+                    let #arg_idents: #arg_types = ::dagger::__private::decode_arg(&mut args[#idx], #arg_names)?;
+                )*
+                let __r: #ret_ty = super::#ident(#(#arg_idents),*);
+                ::dagger::__private::encode_result(&__r)
+            }
+
+            ::dagger::__private::inventory::submit! {
+                ::dagger::__private::TaskFn {
+                    name: NAME,
+                    call: __call,
+                    result_type: ::core::any::type_name::<#ret_ty>,
+                    arg_types: || ::std::vec![#( ::core::any::type_name::<#arg_types>() ),*],
+                }
+            }
+
+            /// Starts the task now on `ctx`; each argument is a value or a handle to
+            /// another task's result (a dependency).
+            pub fn spawn<#(#generic_params: ::dagger::IntoArg<#arg_types>),*>(
+                ctx: &::dagger::Context,
+                #(#arg_idents: #generic_params),*
+            ) -> ::core::result::Result<::dagger::Handle<#ret_ty>, ::dagger::SubmitError> {
+                with(::dagger::Options::new()).spawn(ctx, #(#arg_idents),*)
+            }
+
+            /// Describes the task without running it; run it with `Context::collect`.
+            pub fn delayed<#(#generic_params: ::dagger::IntoLazy<#arg_types>),*>(
+                #(#arg_idents: #generic_params),*
+            ) -> ::dagger::Lazy<#ret_ty> {
+                with(::dagger::Options::new()).delayed(#(#arg_idents),*)
+            }
+
+            /// The task with options (scope, retries, priority).
+            pub fn with(options: ::dagger::Options) -> Builder {
+                Builder { options }
+            }
+
+            /// The task with options; call `spawn` or `delayed` on it.
+            pub struct Builder {
+                options: ::dagger::Options,
+            }
+
+            impl Builder {
+                /// Like the module's `spawn`, with this builder's options.
+                pub fn spawn<#(#generic_params: ::dagger::IntoArg<#arg_types>),*>(
+                    self,
+                    ctx: &::dagger::Context,
+                    #(#arg_idents: #generic_params),*
+                ) -> ::core::result::Result<::dagger::Handle<#ret_ty>, ::dagger::SubmitError> {
+                    let args = ::std::vec![#( ::dagger::IntoArg::<#arg_types>::into_arg(#arg_idents, ctx) ),*];
+                    ctx.spawn_raw::<#ret_ty>(NAME, args, self.options)
+                }
+
+                /// Like the module's `delayed`, with this builder's options.
+                pub fn delayed<#(#generic_params: ::dagger::IntoLazy<#arg_types>),*>(
+                    self,
+                    #(#arg_idents: #generic_params),*
+                ) -> ::dagger::Lazy<#ret_ty> {
+                    let args = ::std::vec![#( ::dagger::IntoLazy::<#arg_types>::into_lazy(#arg_idents) ),*];
+                    ::dagger::Lazy::new(NAME, args, self.options)
+                }
+            }
+        }
+    })
+}

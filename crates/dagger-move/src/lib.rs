@@ -1,1 +1,23 @@
-//! placeholder
+//! Moves of dagger-rs: how a value gets from the processor that holds it to the processor
+//! that needs it.
+//!
+//! - [`MoveRegistry`] (and the process-global [`moves()`]) holds move functions chosen by
+//!   (source processor kind, destination processor kind, data type), with fallbacks for any
+//!   type and any kind; a user's move wins over a built-in one.
+//! - [`cheapest_path`], [`generic_path`] and [`PathCache`] search the
+//!   [`Topology`](dagger_proc::Topology) graph for the route of a datum of a given size.
+//! - [`shm`] is the same-host shared-memory shortcut between two worker processes.
+//!
+//! Contract: nothing here performs network I/O or spawns threads; every input that may come
+//! from the network (encoded bytes, shared-memory names and lengths) yields a typed
+//! [`MoveError`], never a panic. Not guaranteed: that a path cost matches the real time of
+//! a move — costs are models, as good as the topology's [`LinkCost`](dagger_core::LinkCost)s.
+
+mod error;
+mod path;
+mod registry;
+pub mod shm;
+
+pub use error::MoveError;
+pub use path::{cheapest_path, generic_path, generic_path_for, Hop, Path, PathCache};
+pub use registry::{moves, KindPattern, MoveFn, MoveRegistry, MoveTarget, MoveValue};

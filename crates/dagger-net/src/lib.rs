@@ -1,1 +1,128 @@
-//! placeholder
+//! Transports of dagger-rs: how processes of a cluster exchange frames.
+//!
+//! A [`Transport`] opens [`Conn`]s: ordered, reliable, message-oriented links carrying
+//! opaque [`Frame`]s in both directions. Two transports share one API:
+//!
+//! - [`QuicTransport`] (feature `quic`, on by default): QUIC over UDP with mutual TLS. Every
+//!   process holds an [`Identity`] issued by the cluster's [`ClusterCa`]; a peer without a
+//!   certificate chaining to that CA is refused. After the TLS handshake both sides exchange
+//!   a preamble (`b"DAGR"` and [`dagger_core::wire::PROTOCOL_VERSION`]); a mismatch fails
+//!   with [`NetError::Version`].
+//! - [`MemTransport`]: an in-process hub over tokio channels, for tests and simulations. It
+//!   is a real transport (ordering, frame limit, close semantics), not a mock.
+//!
+//! The [`launch`] module starts worker processes on this host and tells a process whether
+//! it was started as a worker.
+//!
+//! # Contract
+//!
+//! - Frames are delivered whole, in the order they were sent, or not at all: after an
+//!   error the link is down and nothing more arrives.
+//! - [`FrameSender::send`] never blocks and never awaits; the queue towards the network is
+//!   unbounded, so a producer much faster than the link grows memory. Flow control is the
+//!   caller's business (the scheduler bounds what it has in flight).
+//! - A frame longer than [`NetConfig::max_frame`] is refused by `send`; one received from a
+//!   misbehaving peer closes that link (never the process) before anything is allocated.
+//! - Not guaranteed: delivery of frames still queued when the process exits, or when the
+//!   link dies; that a frame was *processed* by the peer (acknowledge at a higher level).
+
+#![warn(missing_docs)]
+
+mod error;
+mod identity;
+pub mod launch;
+mod link;
+mod mem;
+#[cfg(feature = "quic")]
+mod ca;
+#[cfg(feature = "quic")]
+mod quic;
+#[cfg(feature = "quic")]
+pub mod bench;
+
+pub use error::NetError;
+pub use identity::Identity;
+pub use link::{FrameReceiver, FrameSender};
+pub use mem::MemTransport;
+#[cfg(feature = "quic")]
+pub use ca::{ClusterCa, SERVER_NAME};
+#[cfg(feature = "quic")]
+pub use quic::QuicTransport;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// One message on a link: opaque bytes, at most [`NetConfig::max_frame`] long.
+pub type Frame = Vec<u8>;
+
+/// A boxed, sendable future (the return type of the object-safe transport traits).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Settings shared by every link of a transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The longest frame accepted, in bytes (default 1 GiB). Larger frames are refused by
+    /// `send`, and a peer sending one has its link closed.
+    pub max_frame: usize,
+    /// How often an idle QUIC link sends a keep-alive packet (default 1 s).
+    pub keep_alive: Duration,
+    /// How long a QUIC link may stay silent before it is declared dead (default 10 s); also
+    /// bounds the handshake. Must be longer than `keep_alive`.
+    pub idle_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            max_frame: 1 << 30,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An open link to one peer.
+#[derive(Debug)]
+pub struct Conn {
+    /// Sends frames to the peer (cloneable, usable from any thread).
+    pub sender: FrameSender,
+    /// Receives the peer's frames, in order.
+    pub receiver: FrameReceiver,
+    /// The peer's address as this side sees it (`ip:port`, or `mem:<n>`).
+    pub peer_addr: String,
+}
+
+/// A way to open links: listen for peers, or dial one.
+///
+/// Object-safe, so a runtime can hold a `Box<dyn Transport>` chosen at run time.
+pub trait Transport: Send + Sync + 'static {
+    /// Starts listening on `addr` (for QUIC `ip:port`, port 0 picks a free one; for the
+    /// in-memory transport `mem:<n>`, `mem:0` picks a free name). The returned listener's
+    /// [`Listener::local_addr`] is the address peers should dial.
+    fn listen<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Box<dyn Listener>, NetError>>;
+
+    /// Dials `addr` and completes the handshake (TLS and preamble for QUIC). Costs one
+    /// QUIC handshake plus one preamble round trip.
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Conn, NetError>>;
+
+    /// A short name for logs (`"quic"`, `"mem"`).
+    fn name(&self) -> &'static str;
+}
+
+/// A listening endpoint that yields incoming links.
+///
+/// Dropping it stops accepting; links already accepted stay open.
+pub trait Listener: Send + Sync {
+    /// The address peers should dial to reach this listener.
+    fn local_addr(&self) -> String;
+
+    /// Waits for the next peer that completed the handshake. Peers that fail it (bad
+    /// certificate, wrong version, malformed preamble) are logged with `tracing::warn!`
+    /// and skipped. Returns `Err(NetError::Closed)` only when the listener can accept no
+    /// more (its endpoint shut down). Cancel-safe.
+    fn accept(&mut self) -> BoxFuture<'_, Result<Conn, NetError>>;
+}
+
+#[cfg(test)]
+mod tests;

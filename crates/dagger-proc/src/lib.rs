@@ -1,3 +1,48 @@
-//! Processors of dagger-rs (placeholder: being filled in).
+//! Processors of dagger-rs: what can run a task, and how the processes of a cluster and
+//! their processors are connected.
+//!
+//! - [`Processor`] is the trait every processor implements; a processor runs
+//!   [`Job`]s given to [`Processor::execute`].
+//! - [`OsProc`] is a process (the root of its subtree); [`ThreadProc`] is one CPU core with
+//!   a dedicated, pinned OS thread and a FIFO queue.
+//! - Detectors, registered by name in the process-global [`detectors`] registry, find the
+//!   processors of a process when it starts; [`LocalProcs::detect`] runs them. The built-in
+//!   `"cpu"` detector makes one `ThreadProc` per usable CPU (per core with the `hwloc`
+//!   feature); users add their own for devices the runtime does not know.
+//! - [`current`] tells a running job which processor it runs on.
+//! - [`Topology`] is the cluster-wide graph: every process's tree plus network and
+//!   shortcut edges, each with a cost.
+//!
+//! Environment: `DAGGER_THREADS` caps the thread processors of a process,
+//! `DAGGER_SPIN_US` sets how long an idle thread spins before parking (default 20 µs),
+//! `DAGGER_PIN=0` disables pinning.
+//!
+//! Not guaranteed: pinning (it may fail, and is recorded as `pinned=false`), fairness
+//! between processors, or that a job submitted after shutdown runs (it is dropped).
+//!
+//! Architecture invariant: this crate knows nothing of tasks, data or the network; it runs
+//! opaque jobs and describes processors.
+
+#![warn(missing_docs)]
+
+mod cpu;
+mod current;
+mod detect;
+mod error;
+#[cfg(feature = "hwloc")]
+pub mod hwloc;
+mod os;
+mod processor;
+pub mod sys;
+mod thread;
 pub mod topology;
+
+pub use cpu::{detect_plain, DETECTOR as CPU_DETECTOR};
+pub use current::{current, current_id, enter, with_current, CurrentGuard, CurrentProc};
+pub use detect::{detectors, DetectContext, DetectFn, Detectors, LocalProcs};
+pub use error::{AffinityError, DetectorPanicked, EnvVarError, ProcError};
+pub use os::OsProc;
+pub use processor::{Job, Processor};
+pub use sys::hostname;
+pub use thread::{PinFailure, Pinning, ThreadProc, ThreadProcBuilder};
 pub use topology::{DefaultCosts, Edge, EdgeKind, Topology};

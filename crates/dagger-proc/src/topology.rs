@@ -76,7 +76,10 @@ impl Topology {
 
     /// An empty topology with the given default edge costs.
     pub fn with_costs(costs: DefaultCosts) -> Self {
-        Self { costs, ..Self::default() }
+        Self {
+            costs,
+            ..Self::default()
+        }
     }
 
     /// The default edge costs.
@@ -96,19 +99,41 @@ impl Topology {
                     continue;
                 }
                 let pm = &info.procs[parent.index as usize].memory;
-                let cost = if *pm == p.memory { self.costs.same_memory } else { self.costs.device };
-                edges[p.id.index as usize].push(Edge { to: parent, kind: EdgeKind::Tree, cost });
-                edges[parent.index as usize].push(Edge { to: p.id, kind: EdgeKind::Tree, cost });
+                let cost = if *pm == p.memory {
+                    self.costs.same_memory
+                } else {
+                    self.costs.device
+                };
+                edges[p.id.index as usize].push(Edge {
+                    to: parent,
+                    kind: EdgeKind::Tree,
+                    cost,
+                });
+                edges[parent.index as usize].push(Edge {
+                    to: p.id,
+                    kind: EdgeKind::Tree,
+                    cost,
+                });
             }
         }
-        // Root ↔ root network edges.
+        // Root ↔ root network edges (a worker that reported no processor has no root: it
+        // is kept, unconnected, rather than trusted).
         let root = ProcId::root(w);
-        let others: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for o in others {
+        if let Some(own) = edges.first_mut() {
             let cost = self.costs.network;
-            edges[0].push(Edge { to: ProcId::root(o), kind: EdgeKind::Network, cost });
-            if let Some(node) = self.workers.get_mut(&o) {
-                node.edges[0].push(Edge { to: root, kind: EdgeKind::Network, cost });
+            for (o, node) in self.workers.iter_mut() {
+                if let Some(their) = node.edges.first_mut() {
+                    own.push(Edge {
+                        to: ProcId::root(*o),
+                        kind: EdgeKind::Network,
+                        cost,
+                    });
+                    their.push(Edge {
+                        to: root,
+                        kind: EdgeKind::Network,
+                        cost,
+                    });
+                }
             }
         }
         self.workers.insert(w, WorkerNode { info, edges });
@@ -135,9 +160,12 @@ impl Topology {
         Some(node.info)
     }
 
-    /// Adds a shortcut edge in both directions between `a` and `b`. It is remembered, so it
-    /// comes back if either worker is removed and added again.
+    /// Adds a shortcut edge in both directions between `a` and `b`, replacing one of the
+    /// same name between them. It is remembered, so it comes back if either worker is
+    /// removed and added again (or appears only later).
     pub fn add_shortcut(&mut self, a: ProcId, b: ProcId, name: &str, cost: LinkCost) {
+        self.shortcuts
+            .retain(|(x, y, n, _)| !(n == name && ((*x == a && *y == b) || (*x == b && *y == a))));
         self.shortcuts.push((a, b, name.to_string(), cost));
         self.attach_shortcut(a, b, name, cost);
     }
@@ -149,13 +177,20 @@ impl Topology {
         for (x, y) in [(a, b), (b, a)] {
             if let Some(list) = self.edges_mut(x) {
                 list.retain(|e| !(e.to == y && e.kind == EdgeKind::Shortcut(name.to_string())));
-                list.push(Edge { to: y, kind: EdgeKind::Shortcut(name.to_string()), cost });
+                list.push(Edge {
+                    to: y,
+                    kind: EdgeKind::Shortcut(name.to_string()),
+                    cost,
+                });
             }
         }
     }
 
     fn edges_mut(&mut self, p: ProcId) -> Option<&mut Vec<Edge>> {
-        self.workers.get_mut(&p.worker)?.edges.get_mut(p.index as usize)
+        self.workers
+            .get_mut(&p.worker)?
+            .edges
+            .get_mut(p.index as usize)
     }
 
     /// The edges leaving `p` (empty if `p` is unknown).
@@ -169,7 +204,11 @@ impl Topology {
 
     /// One processor's description.
     pub fn proc(&self, p: ProcId) -> Option<&ProcInfo> {
-        self.workers.get(&p.worker)?.info.procs.get(p.index as usize)
+        self.workers
+            .get(&p.worker)?
+            .info
+            .procs
+            .get(p.index as usize)
     }
 
     /// One worker's description.
@@ -210,34 +249,93 @@ impl Topology {
         self.workers.is_empty()
     }
 
-    fn fmt_node(&self, f: &mut fmt::Formatter<'_>, p: &ProcInfo, depth: usize) -> fmt::Result {
-        let indent = "  ".repeat(depth);
-        write!(f, "{indent}{} {} [{}] mem={}", p.kind, p.id, p.label, p.memory)?;
+    fn fmt_node(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        p: &ProcInfo,
+        prefix: &str,
+        last: bool,
+        depth: usize,
+    ) -> fmt::Result {
+        let (branch, cont) = if depth == 0 {
+            ("", "")
+        } else if last {
+            ("└─ ", "   ")
+        } else {
+            ("├─ ", "│  ")
+        };
+        write!(
+            f,
+            "{prefix}{branch}{} {} \"{}\" mem={}",
+            p.id, p.kind, p.label, p.memory
+        )?;
         for (k, v) in &p.properties {
             write!(f, " {k}={v}")?;
         }
         writeln!(f)?;
-        for c in self.children(p.id) {
-            self.fmt_node(f, c, depth + 1)?;
+        // Guard against a parent cycle in a malformed description.
+        if depth > 64 {
+            return Ok(());
+        }
+        let children: Vec<&ProcInfo> = self.children(p.id).filter(|c| c.id != p.id).collect();
+        let child_prefix = format!("{prefix}{cont}");
+        for (i, c) in children.iter().enumerate() {
+            self.fmt_node(f, c, &child_prefix, i + 1 == children.len(), depth + 1)?;
         }
         Ok(())
     }
 }
 
-/// Prints the processor tree of every process, like `lstopo`.
+/// Prints the processor tree of every process, like `lstopo`: one block per process (the
+/// driver first), its `OsProc` and the processors under it with their properties, then
+/// the network and shortcut edges.
+///
+/// ```text
+/// worker-0 (driver) host=node1 pid=4242 inc-0 addr=-
+///   proc[0]@worker-0 os "process 4242 on node1" mem=host:0 host=node1 pid=4242
+///   ├─ proc[1]@worker-0 thread "core 0" mem=host:0 core=0 l2=2 MiB numa=0 pinned=true pu=0
+///   └─ proc[2]@worker-0 thread "core 1" mem=host:0 core=1 l2=2 MiB numa=0 pinned=true pu=1
+/// network: worker-0 <-> worker-1 (50000 ns, 600 MB/s)
+/// shortcut shm: proc[0]@worker-0 <-> proc[0]@worker-1 (1000 ns, 5000 MB/s)
+/// ```
 impl fmt::Display for Topology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for n in self.workers.values() {
             let i = &n.info;
-            let role = if i.worker.is_driver() { "driver" } else { "worker" };
-            writeln!(f, "{} ({role}, host {}, pid {}, {})", i.worker, i.host, i.pid, i.incarnation)?;
+            let role = if i.worker.is_driver() {
+                "driver"
+            } else {
+                "worker"
+            };
+            let addr = i.peer_addr.as_deref().unwrap_or("-");
+            writeln!(
+                f,
+                "{} ({role}) host={} pid={} {} addr={addr}",
+                i.worker, i.host, i.pid, i.incarnation
+            )?;
             if let Some(root) = i.procs.first() {
-                self.fmt_node(f, root, 1)?;
+                self.fmt_node(f, root, "  ", true, 0)?;
+            }
+        }
+        for (w, n) in &self.workers {
+            for e in n.edges.first().into_iter().flatten() {
+                if e.kind == EdgeKind::Network && *w < e.to.worker {
+                    writeln!(
+                        f,
+                        "network: {w} <-> {} ({} ns, {} MB/s)",
+                        e.to.worker,
+                        e.cost.latency_ns,
+                        e.cost.bytes_per_s / 1_000_000
+                    )?;
+                }
             }
         }
         let mut shown = std::collections::BTreeSet::new();
         for (a, b, name, cost) in &self.shortcuts {
-            if self.proc(*a).is_some() && self.proc(*b).is_some() && shown.insert((*a.min(b), *a.max(b), name.clone())) {
+            if self.proc(*a).is_some()
+                && self.proc(*b).is_some()
+                && shown.insert((*a.min(b), *a.max(b), name.clone()))
+            {
                 writeln!(
                     f,
                     "shortcut {name}: {a} <-> {b} ({} ns, {} MB/s)",

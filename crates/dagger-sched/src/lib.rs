@@ -1,1 +1,205 @@
-//! placeholder
+//! The dagger-rs scheduler: a sans-I/O state machine that places tasks on processors.
+//!
+//! # Shape
+//!
+//! [`Scheduler`] is driven like `quinn-proto`: the owner feeds it events
+//! ([`Scheduler::submit`], [`Scheduler::task_done`], [`Scheduler::worker_joined`],
+//! [`Scheduler::worker_lost`], [`Scheduler::release`], ...) together with the current time
+//! as a [`Duration`](std::time::Duration) since the scheduler's start, and takes the
+//! resulting [`Command`]s with [`Scheduler::poll_command`] until it returns `None`. The
+//! owner sends the [`Command::Send`] messages to workers, hands [`Command::Complete`]s to
+//! the client and logs [`Command::Event`]s. Because nothing here waits, a whole cluster can
+//! be simulated in a unit test with virtual time and a seeded random schedule of faults.
+//!
+//! Architecture invariant: dagger-sched never performs I/O, never spawns a thread and never
+//! reads the clock; every input is an argument and every output is a returned value.
+//!
+//! # Placement
+//!
+//! A ready task goes to the processor, among those its scope admits on workers that accept
+//! work, with the lowest estimated finish time: the cost of moving each input from its
+//! nearest holder (cheapest path over the topology's edges, `latency + bytes / bandwidth`
+//! per hop), plus the expected run time of the function on that processor kind (an
+//! exponentially weighted mean of the measured `run_ns`, [`Config::default_runtime_ns`]
+//! until the first measurement), plus the estimates of the tasks already dispatched there
+//! and not finished. Path costs are cached per (source worker, size bucket) and dropped
+//! whenever the topology changes; candidate lists are cached per distinct scope. Among
+//! ready tasks, higher [`Options::priority`](dagger_core::Options) goes first, then
+//! submission order.
+//!
+//! A task whose scope names exactly one worker (`Scope::Worker`, `Scope::Proc`,
+//! `Scope::WorkerKind`) is dispatched *early*: as soon as each of its inputs is finished or
+//! at least dispatched. An input that is only dispatched is passed as
+//! `RunArg::Chunk { from: [the worker running it] }`; that worker answers the fetch once the
+//! value exists. A chain alternating between two workers thus costs one one-way trip per
+//! hop.
+//!
+//! # Results and memory
+//!
+//! Results up to [`Config::inline_limit`] bytes come back inline; the scheduler keeps a
+//! copy (so dependents get them as `RunArg::Value`) until the client released the task and
+//! no unfinished task needs it. Larger results stay on the worker that produced them. Every
+//! worker keeps every result until it is told `ToWorker::Release`; the scheduler sends one
+//! (batched per worker) once no unfinished task will fetch the chunk from it, and either the
+//! scheduler holds the value inline or the client released it and no unfinished task needs
+//! it.
+//!
+//! Per-task state is a flat record of ids, counters and times (see
+//! [`Scheduler::task_record_size`]); the arguments and dependency lists of a task are kept
+//! only while they may be needed to recompute a lost result (lineage) and are freed once the
+//! task is finished, released by the client, and every dependent is freed too.
+//!
+//! # Faults
+//!
+//! * A task that panics is re-run while its retry budget lasts (a `TaskRetried` event each
+//!   time); then it fails, and every transitive dependent fails with
+//!   `TaskError::DependencyFailed` naming the task that failed first and its error. Other
+//!   tasks are not affected.
+//! * A lost worker is not a task's fault: the tasks dispatched there run again regardless of
+//!   their retry budget, up to three times per task, then fail with `TaskError::WorkerLost`.
+//!   Results whose only copy was there and that are still needed are recomputed from their
+//!   lineage (recursively through inputs that are lost as well). A task whose input fetch
+//!   failed (`TaskError::MoveFailed`, e.g. its source worker died) counts the same way.
+//! * Messages are fenced: a `TaskDone` whose incarnation is not the worker's current one,
+//!   from a worker that is not (any more) in the pool, or for a task not dispatched to that
+//!   worker is ignored.
+//! * A task whose scope admits no processor of the pool fails with
+//!   `TaskError::NoProcessor` when it becomes ready — unless the pool has no task processor
+//!   at all (the cluster is still starting), in which case it waits. A task whose admitted
+//!   processors all belong to workers that do not accept work (draining) waits until one
+//!   accepts again or a new worker joins.
+//!
+//! # Not guaranteed
+//!
+//! * The estimates are heuristics; nothing bounds how far a placement is from optimal.
+//! * A task whose result was recomputed after a loss does not complete a second time:
+//!   [`Scheduler::holders`] always tells where a stored result lives now.
+//! * A task may run more than once (after a loss or a failed fetch); task functions should
+//!   be free of side effects that must happen exactly once.
+
+mod hash;
+mod scheduler;
+
+pub use scheduler::Scheduler;
+
+use dagger_core::wire::ToWorker;
+use dagger_core::{ProcId, TaskError, TaskId, WorkerId};
+use std::time::Duration;
+
+/// Tunables of the scheduler, fixed at [`Scheduler::new`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Results up to this many bytes travel back inline (`Outcome::Value`) and the scheduler
+    /// keeps a copy. Default 64 KiB.
+    pub inline_limit: u32,
+    /// The most tasks in one `ToWorker::Run` message. Default 4096.
+    pub max_batch: usize,
+    /// Run-time estimate, in nanoseconds, of a function never measured on a processor kind.
+    /// Default 50 µs.
+    pub default_runtime_ns: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { inline_limit: 64 * 1024, max_batch: 4096, default_runtime_ns: 50_000 }
+    }
+}
+
+/// One output of the scheduler, taken with [`Scheduler::poll_command`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Send this message to this worker: `Run` batches (one per worker per flush, at most
+    /// [`Config::max_batch`] tasks each) and `Release` batches.
+    Send {
+        /// The destination.
+        worker: WorkerId,
+        /// The message.
+        msg: ToWorker,
+    },
+    /// A task finished or failed. Emitted exactly once for every task.
+    Complete {
+        /// The task.
+        task: TaskId,
+        /// Its result, or why there is none.
+        result: Result<Completion, TaskError>,
+    },
+    /// Something the owner may want to log or show.
+    Event(ClusterEvent),
+}
+
+/// Where a finished task's result is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The result, encoded, small enough to travel inline.
+    Value(Vec<u8>),
+    /// The result stays on workers; fetch it from one of them.
+    Stored {
+        /// The workers holding a copy when the task finished.
+        holders: Vec<WorkerId>,
+        /// Its encoded size in bytes.
+        size: u64,
+    },
+}
+
+/// Changes of the cluster the scheduler reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// A worker joined the pool.
+    WorkerJoined {
+        /// It.
+        worker: WorkerId,
+    },
+    /// A worker left the pool; its running tasks and its needed results are recomputed.
+    WorkerLost {
+        /// It.
+        worker: WorkerId,
+        /// Why it was declared lost.
+        reason: String,
+    },
+    /// A task is queued to run again (after a panic with retries left, a lost worker or a
+    /// failed input fetch).
+    TaskRetried {
+        /// The task.
+        task: TaskId,
+        /// The number of the attempt that comes next (the first run is attempt 1).
+        attempt: u32,
+    },
+}
+
+/// What the scheduler knows about one task, for observability.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// Its function's registered name.
+    pub func: String,
+    /// The processor it was last dispatched to.
+    pub proc: Option<ProcId>,
+    /// When it was submitted.
+    pub submitted: Duration,
+    /// When it was last dispatched.
+    pub dispatched: Option<Duration>,
+    /// When it last finished or failed.
+    pub finished: Option<Duration>,
+    /// How long its function last ran, as the worker measured it.
+    pub run_ns: Option<u64>,
+    /// How many times it was dispatched.
+    pub attempts: u32,
+}
+
+/// Counts of tasks by state, from [`Scheduler::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Tasks ever accepted by `submit`.
+    pub submitted: u64,
+    /// Tasks finished with a result (now).
+    pub finished: u64,
+    /// Tasks that failed.
+    pub failed: u64,
+    /// Tasks dispatched to a processor and not finished.
+    pub running: u64,
+    /// Tasks whose inputs are ready, waiting for placement (including parked ones).
+    pub ready: u64,
+    /// Tasks waiting for inputs.
+    pub waiting: u64,
+    /// Tasks whose full record (arguments, dependency lists) is still in memory.
+    pub live: u64,
+}

@@ -1,1 +1,95 @@
+//! # dagger-rs
+//!
+//! Run graphs of tasks over a hierarchy of processors — worker OS processes, the CPU cores
+//! inside them, and their GPUs — moving each piece of data explicitly to where it is
+//! needed.
+//!
+//! ```no_run
+//! use dagger::prelude::*;
+//!
+//! #[dagger::task]
+//! fn inc(x: u64) -> u64 { x + 1 }
+//!
+//! #[dagger::task]
+//! fn add(a: u64, b: u64) -> u64 { a + b }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     dagger::init(); // in a process started as a worker: joins the cluster, never returns
+//!     let ctx = Context::local(2)?; // the driver plus two worker processes of this binary
+//!     let a = inc::spawn(&ctx, 1)?;
+//!     let b = add::spawn(&ctx, &a, 10)?;
+//!     assert_eq!(b.fetch()?, 12);
+//!     assert_eq!(ctx.collect(add::delayed(inc::delayed(1), 10))?, 12);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! One binary is driver and worker alike: [`init`] must be the first call of `main` (and
+//! of every test that starts a context with worker processes), because a local cluster
+//! starts its workers by running the same executable again.
+//!
+//! What is **not** guaranteed: the order in which independent tasks run; on which
+//! processor a task runs, unless its scope says so; that a task runs only once (a task is
+//! re-run when its worker is lost, so tasks should be pure functions of their inputs).
 
+mod args;
+mod context;
+mod driver;
+mod handle;
+mod lazy;
+mod registry;
+mod worker;
+
+pub use args::IntoArg;
+pub use context::{ClusterEvent, CollectError, Context, ContextBuilder, ContextError, SubmitError, TaskInfo};
+pub use dagger_core::{
+    Arg, ChunkId, GraphError, Incarnation, LinkCost, MemorySpace, Options, ProcId, ProcInfo, ProcKind,
+    Scope, TaskError, TaskId, WorkerId, WorkerInfo,
+};
+pub use dagger_macros::task;
+pub use dagger_move::{moves, KindPattern, MoveError, MoveRegistry, MoveTarget, MoveValue};
+pub use dagger_proc::{detectors, DetectContext, Detectors, Processor, Topology};
+pub use handle::Handle;
+pub use lazy::{Collect, IntoLazy, Lazy};
+pub use registry::{task_names, CallError};
+
+/// The names most programs need: `use dagger::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Context, Handle, Lazy, Options, ProcKind, Processor, Scope, TaskError, TaskId, WorkerId,
+    };
+}
+
+/// Turns a process launched as a worker into one: it joins the cluster and this call never
+/// returns (the process exits when the cluster shuts down). In any other process it returns
+/// at once. Call it first thing in `main`, and first thing in each test that starts worker
+/// processes.
+pub fn init() {
+    match dagger_net::launch::worker_args_from_env() {
+        Ok(Some(args)) => {
+            let code = worker::run_worker_process(args);
+            std::process::exit(code);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("dagger: this process was started as a worker with bad arguments: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The worker process this code runs in (`WorkerId::DRIVER` in the driver's process).
+pub fn current_worker() -> WorkerId {
+    worker::current_worker()
+}
+
+/// The processor the calling task runs on, if called from inside a task.
+pub fn current_processor() -> Option<ProcId> {
+    worker::current_proc()
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::{decode_arg, encode_result, ArgValue, CallError, TaskFn};
+    pub use inventory;
+}

@@ -1,0 +1,197 @@
+//! The benchmark workloads. `dagger-bench <ID> [--quick]` runs one workload once and prints
+//! `dagger <ID> <metric> <value> <unit>` lines; `cargo xtask bench` runs each several
+//! times and prints the medians.
+
+use anyhow::{bail, ensure, Context as _};
+use dagger::prelude::*;
+use serde_bytes::ByteBuf;
+use std::time::{Duration, Instant};
+
+#[dagger::task]
+fn inc(i: u64) -> u64 {
+    i + 1
+}
+
+#[dagger::task]
+fn leaf(i: u64) -> u64 {
+    i
+}
+
+#[dagger::task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[dagger::task]
+fn produce(i: u64, len: u64) -> ByteBuf {
+    ByteBuf::from(vec![(i % 251) as u8; len as usize])
+}
+
+#[dagger::task]
+fn checksum(b: ByteBuf) -> u64 {
+    b.iter().map(|&x| x as u64).sum()
+}
+
+fn line(id: &str, metric: &str, value: f64, unit: &str) {
+    if value.fract() == 0.0 || value >= 1000.0 {
+        println!("dagger {id} {metric} {} {unit}", value.round() as i64);
+    } else {
+        println!("dagger {id} {metric} {value:.2} {unit}");
+    }
+}
+
+fn start(id: &str, builder: dagger::ContextBuilder) -> anyhow::Result<Context> {
+    let t = Instant::now();
+    let ctx = builder.build()?;
+    line(id, "startup_ms", t.elapsed().as_secs_f64() * 1e3, "ms");
+    Ok(ctx)
+}
+
+fn fanout(ctx: &Context, n: u64) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let hs: Vec<Handle<u64>> = (0..n).map(|i| inc::spawn(ctx, i)).collect::<Result<_, _>>()?;
+    let mut sum = 0u64;
+    for h in &hs {
+        sum += h.fetch()?;
+    }
+    let el = t.elapsed();
+    ensure!(sum == n * (n + 1) / 2, "W1 sum wrong: {sum}");
+    Ok(el)
+}
+
+fn w1(quick: bool) -> anyhow::Result<()> {
+    let ctx = start("W1", Context::builder().workers(2))?;
+    let n = if quick { 2_000 } else { 10_000 };
+    fanout(&ctx, n / 10)?; // warm the links and the run-time estimates
+    let el = fanout(&ctx, n)?;
+    line("W1", "tasks_per_s", n as f64 / el.as_secs_f64(), "tasks/s");
+    Ok(())
+}
+
+fn l1(quick: bool) -> anyhow::Result<()> {
+    let ctx = start("L1", Context::builder())?;
+    let n = if quick { 2_000 } else { 10_000 };
+    fanout(&ctx, n / 10)?;
+    let el = fanout(&ctx, n)?;
+    line("L1", "tasks_per_s", n as f64 / el.as_secs_f64(), "tasks/s");
+    Ok(())
+}
+
+fn w2(quick: bool) -> anyhow::Result<()> {
+    let ctx = start("W2", Context::builder().workers(2))?;
+    let leaves: u64 = if quick { 1024 } else { 8192 };
+    let run = |leaves: u64| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut level: Vec<Lazy<u64>> = (0..leaves).map(leaf::delayed).collect();
+        while level.len() > 1 {
+            level = level.chunks(2).map(|p| add::delayed(&p[0], &p[1])).collect();
+        }
+        let root = level.pop().context("root")?;
+        let total: u64 = ctx.collect(root)?;
+        let el = t.elapsed();
+        ensure!(total == leaves * (leaves - 1) / 2, "W2 sum wrong: {total}");
+        Ok(el)
+    };
+    run(256)?;
+    let el = run(leaves)?;
+    let tasks = 2 * leaves - 1;
+    line("W2", "tasks_per_s", tasks as f64 / el.as_secs_f64(), "tasks/s");
+    Ok(())
+}
+
+fn two_workers(ctx: &Context) -> anyhow::Result<(WorkerId, WorkerId)> {
+    let ws = ctx.workers();
+    match ws.as_slice() {
+        [a, b, ..] => Ok((*a, *b)),
+        _ => bail!("need two workers, have {ws:?}"),
+    }
+}
+
+fn w3(quick: bool) -> anyhow::Result<()> {
+    let ctx = start("W3", Context::builder().workers(2))?;
+    let (a, b) = two_workers(&ctx)?;
+    let n = if quick { 200 } else { 1000 };
+    let chain = |n: u64| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut prev = inc::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, 0)?;
+        for i in 1..n {
+            let w = if i % 2 == 0 { a } else { b };
+            prev = inc::with(Options::new().scope(Scope::worker(w))).spawn(&ctx, &prev)?;
+        }
+        let v = prev.fetch()?;
+        let el = t.elapsed();
+        ensure!(v == n, "W3 chain wrong: {v} != {n}");
+        Ok(el)
+    };
+    chain(50)?;
+    let el = chain(n)?;
+    line("W3", "us_per_hop", el.as_secs_f64() * 1e6 / n as f64, "us");
+    let id = ctx.driver_identity().context("identity")?.clone();
+    let rt = tokio::runtime::Runtime::new()?;
+    let rtt = rt.block_on(dagger_net::bench::raw_quic_rtt_us(&id, if quick { 200 } else { 2000 }))?;
+    line("W3", "raw_quic_rtt_us", rtt, "us");
+    Ok(())
+}
+
+fn transfer(ctx: &Context, count: u64, len: u64) -> anyhow::Result<Duration> {
+    let (a, b) = two_workers(ctx)?;
+    let t = Instant::now();
+    let mut sums = Vec::new();
+    for i in 0..count {
+        let p = produce::with(Options::new().scope(Scope::worker(a))).spawn(ctx, i, len)?;
+        sums.push((i, checksum::with(Options::new().scope(Scope::worker(b))).spawn(ctx, &p)?));
+    }
+    for (i, h) in &sums {
+        let s = h.fetch()?;
+        ensure!(s == (i % 251) * len, "W4 checksum wrong for buffer {i}");
+    }
+    Ok(t.elapsed())
+}
+
+fn w4(quick: bool) -> anyhow::Result<()> {
+    let count = if quick { 8 } else { 32 };
+    let len: u64 = 8 << 20;
+    let bytes = (count * len) as f64;
+    {
+        let ctx = start("W4", Context::builder().workers(2).shared_memory(false))?;
+        transfer(&ctx, 2, len)?;
+        let el = transfer(&ctx, count, len)?;
+        line("W4", "MBps", bytes / el.as_secs_f64() / 1e6, "MB/s");
+    }
+    {
+        let ctx = Context::builder().workers(2).shared_memory(true).build()?;
+        transfer(&ctx, 2, len)?;
+        let el = transfer(&ctx, count, len)?;
+        line("W4", "MBps_shm", bytes / el.as_secs_f64() / 1e6, "MB/s");
+        let id = ctx.driver_identity().context("identity")?.clone();
+        let rt = tokio::runtime::Runtime::new()?;
+        let raw = rt.block_on(dagger_net::bench::raw_quic_mbps(&id, count as usize, len as usize))?;
+        line("W4", "raw_quic_MBps", raw, "MB/s");
+    }
+    let src = vec![7u8; 256 << 20];
+    let mut dst = vec![0u8; 256 << 20];
+    dst.copy_from_slice(&src); // fault the pages in first
+    let t = Instant::now();
+    dst.copy_from_slice(&src);
+    let el = t.elapsed();
+    ensure!(dst[12345] == 7);
+    line("W4", "raw_memcpy_MBps", (256u64 << 20) as f64 / el.as_secs_f64() / 1e6, "MB/s");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    dagger::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let Some(id) = args.iter().find(|a| !a.starts_with("--")) else {
+        bail!("usage: dagger-bench <W1|W2|W3|W4|L1> [--quick]");
+    };
+    match id.as_str() {
+        "W1" => w1(quick),
+        "W2" => w2(quick),
+        "W3" => w3(quick),
+        "W4" => w4(quick),
+        "L1" => l1(quick),
+        other => bail!("unknown workload {other}"),
+    }
+}

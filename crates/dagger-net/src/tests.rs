@@ -1,0 +1,393 @@
+//! Behaviour tests of both transports over real links (loopback sockets for QUIC).
+
+use crate::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Frames in order both ways, concurrently, of varied sizes (including empty).
+async fn many_frames_both_ways(t: &dyn Transport, addr: &str) {
+    let (a, b) = bench::loop_pair(t, addr).await.unwrap();
+    const N: usize = 2000;
+    let frame = |side: u8, i: usize| {
+        let len = (i * 37) % 3000;
+        let mut f = vec![side; len];
+        f.extend_from_slice(&(i as u32).to_le_bytes());
+        f
+    };
+    let Conn {
+        sender: a_send,
+        receiver: mut a_recv,
+        ..
+    } = a;
+    let Conn {
+        sender: b_send,
+        receiver: mut b_recv,
+        ..
+    } = b;
+    let sender_thread = std::thread::spawn(move || {
+        // Sending from a plain thread, outside the runtime.
+        for i in 0..N {
+            a_send.send(frame(1, i)).unwrap();
+        }
+        a_send
+    });
+    for i in 0..N {
+        b_send.send(frame(2, i)).unwrap();
+    }
+    for i in 0..N {
+        assert_eq!(b_recv.recv().await.unwrap(), frame(1, i), "frame {i} a->b");
+        assert_eq!(a_recv.recv().await.unwrap(), frame(2, i), "frame {i} b->a");
+    }
+    let a_send = sender_thread.join().unwrap();
+    // Orderly close: frames before it arrive, then the reason.
+    a_send.send(b"last".to_vec()).unwrap();
+    a_send.close("done here");
+    assert!(a_send.is_closed());
+    assert!(matches!(a_send.send(vec![1]), Err(NetError::Closed { .. })));
+    assert_eq!(b_recv.recv().await.unwrap(), b"last");
+    match b_recv.recv().await {
+        Err(NetError::Closed { reason }) => assert_eq!(reason, "done here"),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    assert!(matches!(b_recv.recv().await, Err(NetError::Closed { .. })));
+    assert!(matches!(a_recv.recv().await, Err(NetError::Closed { .. })));
+}
+
+async fn big_frames(t: &dyn Transport, addr: &str) {
+    let (a, mut b) = bench::loop_pair(t, addr).await.unwrap();
+    let big = |i: usize| -> Vec<u8> { (0..8 << 20).map(|j| (j * 31 + i) as u8).collect() };
+    for i in 0..4 {
+        a.sender.send(big(i)).unwrap();
+    }
+    for i in 0..4 {
+        let f = b.receiver.recv().await.unwrap();
+        assert_eq!(f.len(), 8 << 20);
+        assert!(f == big(i), "8 MiB frame {i} corrupted");
+    }
+}
+
+async fn send_refuses_oversized(t: &dyn Transport, addr: &str) {
+    let (a, mut b) = bench::loop_pair(t, addr).await.unwrap();
+    match a.sender.send(vec![0; 1025]) {
+        Err(NetError::FrameTooLarge { len, limit }) => assert_eq!((len, limit), (1025, 1024)),
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    // The link is still usable.
+    a.sender.send(vec![5; 1024]).unwrap();
+    assert_eq!(b.receiver.recv().await.unwrap(), vec![5; 1024]);
+}
+
+async fn dropped_peer_is_closed(t: &dyn Transport, addr: &str) {
+    let (a, mut b) = bench::loop_pair(t, addr).await.unwrap();
+    drop(a);
+    assert!(matches!(b.receiver.recv().await, Err(NetError::Closed { .. })));
+}
+
+fn small_config() -> NetConfig {
+    NetConfig {
+        max_frame: 1024,
+        ..NetConfig::default()
+    }
+}
+
+#[test]
+fn mem_round_trip_in_order() {
+    rt().block_on(many_frames_both_ways(&MemTransport::new(), "mem:0"));
+}
+
+#[test]
+fn mem_big_frames() {
+    rt().block_on(big_frames(&MemTransport::new(), "mem:0"));
+}
+
+#[test]
+fn mem_frame_limit_and_drop() {
+    rt().block_on(async {
+        let t = MemTransport::with_config(small_config());
+        send_refuses_oversized(&t, "mem:0").await;
+        dropped_peer_is_closed(&t, "mem:0").await;
+    });
+}
+
+#[test]
+fn mem_addresses() {
+    rt().block_on(async {
+        let t = MemTransport::new();
+        let l1 = t.listen("mem:0").await.unwrap();
+        let l2 = t.clone().listen("mem:0").await.unwrap();
+        assert_ne!(l1.local_addr(), l2.local_addr());
+        let fixed = t.listen("mem:900").await.unwrap();
+        assert_eq!(fixed.local_addr(), "mem:900");
+        assert!(matches!(t.listen("mem:900").await, Err(NetError::Address { .. })));
+        assert!(matches!(t.listen("tcp:1").await, Err(NetError::Address { .. })));
+        assert!(matches!(t.connect("mem:901").await, Err(NetError::Refused { .. })));
+        drop(fixed);
+        assert!(t.connect("mem:900").await.is_err());
+        assert!(t.listen("mem:900").await.is_ok());
+        assert_eq!(t.name(), "mem");
+    });
+}
+
+#[cfg(feature = "quic")]
+mod quic_tests {
+    use super::*;
+    use crate::quic::{connect_on, preamble, resolve, QuicTransport};
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::OnceLock;
+
+    fn ca() -> &'static ClusterCa {
+        static CA: OnceLock<ClusterCa> = OnceLock::new();
+        CA.get_or_init(|| ClusterCa::generate("test-cluster").unwrap())
+    }
+
+    fn quic(config: NetConfig) -> QuicTransport {
+        QuicTransport::new(ca().issue("node-a").unwrap(), config).unwrap()
+    }
+
+    #[test]
+    fn quic_round_trip_in_order() {
+        let t = quic(NetConfig::default());
+        rt().block_on(many_frames_both_ways(&t, "127.0.0.1:0"));
+    }
+
+    #[test]
+    fn quic_big_frames() {
+        let t = quic(NetConfig::default());
+        rt().block_on(big_frames(&t, "127.0.0.1:0"));
+    }
+
+    #[test]
+    fn quic_frame_limit_and_drop() {
+        let t = quic(small_config());
+        rt().block_on(async {
+            send_refuses_oversized(&t, "127.0.0.1:0").await;
+            dropped_peer_is_closed(&t, "127.0.0.1:0").await;
+        });
+    }
+
+    /// Dials `target` with a raw stream, sends a good preamble and then `bytes`.
+    async fn raw_peer(client: &QuicTransport, target: &str, bytes: &[u8]) -> quinn::Connection {
+        let sock = resolve(target).await.unwrap();
+        let ep = client.client_endpoint(&sock).unwrap();
+        let (conn, mut send, mut recv) =
+            crate::quic::open_raw(&ep, client.client.clone(), sock, target)
+                .await
+                .unwrap();
+        send.write_all(&preamble(dagger_core::wire::PROTOCOL_VERSION))
+            .await
+            .unwrap();
+        let mut p = [0u8; 8];
+        recv.read_exact(&mut p).await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        conn
+    }
+
+    #[test]
+    fn oversized_frame_from_peer_closes_only_that_link() {
+        let server = quic(small_config());
+        let client = quic(NetConfig::default());
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let huge = (1u64 << 40).to_le_bytes();
+            let (raw, accepted) = tokio::join!(
+                raw_peer(&client, &addr, &huge),
+                listener.accept()
+            );
+            let mut accepted = accepted.unwrap();
+            match accepted.receiver.recv().await {
+                Err(NetError::FrameTooLarge { len, limit }) => {
+                    assert_eq!((len, limit), (1 << 40, 1024))
+                }
+                other => panic!("expected FrameTooLarge, got {other:?}"),
+            }
+            assert!(accepted.sender.is_closed());
+            // The misbehaving peer sees its connection closed by the server.
+            let e = raw.closed().await;
+            assert!(matches!(e, quinn::ConnectionError::ApplicationClosed(_)), "{e:?}");
+            // A malformed close header is refused the same way.
+            let bad_close = u64::MAX.to_le_bytes();
+            let (_raw2, accepted2) = tokio::join!(
+                raw_peer(&client, &addr, &bad_close),
+                listener.accept()
+            );
+            assert!(matches!(
+                accepted2.unwrap().receiver.recv().await,
+                Err(NetError::Protocol { .. })
+            ));
+            // The listener still accepts a well-behaved client.
+            let (good, acc) = tokio::join!(client.connect(&addr), listener.accept());
+            let (good, mut acc) = (good.unwrap(), acc.unwrap());
+            good.sender.send(b"hello".to_vec()).unwrap();
+            assert_eq!(acc.receiver.recv().await.unwrap(), b"hello");
+        });
+    }
+
+    /// Accepts on `listener` until a link arrives; used to show that refused peers do not
+    /// stop the listener.
+    async fn good_client_still_accepted(listener: &mut Box<dyn Listener>, good: &QuicTransport) {
+        let addr = listener.local_addr();
+        let (c, a) = tokio::join!(good.connect(&addr), listener.accept());
+        let (c, mut a) = (c.unwrap(), a.unwrap());
+        c.sender.send(vec![42]).unwrap();
+        assert_eq!(a.receiver.recv().await.unwrap(), vec![42]);
+    }
+
+    #[test]
+    fn client_of_another_ca_is_refused() {
+        let server = quic(NetConfig::default());
+        let other_ca = ClusterCa::generate("other").unwrap();
+        let stranger = QuicTransport::new(other_ca.issue("node-x").unwrap(), NetConfig::default())
+            .unwrap();
+        // A certificate of the other CA, but trusting our CA: the server must refuse it.
+        let mut mixed = other_ca.issue("node-y").unwrap();
+        mixed.ca_pem = ca().cert_pem();
+        let impostor = QuicTransport::new(mixed, NetConfig::default()).unwrap();
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let e = stranger.connect(&addr).await.unwrap_err();
+            assert!(matches!(e, NetError::Tls(_) | NetError::Refused { .. }), "{e:?}");
+            let e = impostor.connect(&addr).await.unwrap_err();
+            assert!(matches!(e, NetError::Tls(_) | NetError::Refused { .. }), "{e:?}");
+            good_client_still_accepted(&mut listener, &server).await;
+        });
+    }
+
+    #[test]
+    fn client_without_certificate_is_refused() {
+        let server = quic(NetConfig::default());
+        let id = ca().issue("anon").unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(id.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"dagger".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let anon = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let sock = resolve(&addr).await.unwrap();
+            let ep = server.client_endpoint(&sock).unwrap();
+            let cfg = NetConfig::default();
+            let e = connect_on(&ep, anon, sock, &addr, dagger_core::wire::PROTOCOL_VERSION, &cfg)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, NetError::Tls(_) | NetError::Refused { .. }), "{e:?}");
+            good_client_still_accepted(&mut listener, &server).await;
+        });
+    }
+
+    #[test]
+    fn version_mismatch_is_refused() {
+        let server = quic(NetConfig::default());
+        let mut client = quic(NetConfig::default());
+        client.version = dagger_core::wire::PROTOCOL_VERSION + 1;
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            match client.connect(&addr).await {
+                Err(NetError::Version { ours, theirs }) => {
+                    assert_eq!(ours, dagger_core::wire::PROTOCOL_VERSION + 1);
+                    assert_eq!(theirs, dagger_core::wire::PROTOCOL_VERSION);
+                }
+                other => panic!("expected Version, got {other:?}"),
+            }
+            good_client_still_accepted(&mut listener, &server).await;
+        });
+    }
+
+    #[test]
+    fn ca_round_trips_through_pem() {
+        let original = ClusterCa::generate("pem-cluster").unwrap();
+        let loaded = ClusterCa::from_pem(&original.cert_pem(), &original.key_pem()).unwrap();
+        assert_eq!(loaded.cert_pem(), original.cert_pem());
+        // An identity issued by the reloaded CA talks to one issued by the original.
+        let a = QuicTransport::new(original.issue("a").unwrap(), NetConfig::default()).unwrap();
+        let b = QuicTransport::new(loaded.issue("b").unwrap(), NetConfig::default()).unwrap();
+        rt().block_on(async {
+            let mut listener = a.listen("127.0.0.1:0").await.unwrap();
+            good_client_still_accepted(&mut listener, &b).await;
+        });
+        assert!(ClusterCa::from_pem("junk", &original.key_pem()).is_err());
+        assert!(matches!(
+            QuicTransport::new(
+                Identity {
+                    cert_pem: "x".into(),
+                    key_pem: "y".into(),
+                    ca_pem: "z".into()
+                },
+                NetConfig::default()
+            ),
+            Err(NetError::Identity(_))
+        ));
+    }
+
+    #[test]
+    fn listen_and_connect_need_a_runtime_and_a_good_address() {
+        let t = quic(NetConfig::default());
+        {
+            // Polled outside any tokio runtime: a typed error, not a panic.
+            let mut fut = t.connect("127.0.0.1:1");
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match fut.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(Err(NetError::NoRuntime)) => {}
+                other => panic!("expected NoRuntime, got {other:?}"),
+            }
+        }
+        rt().block_on(async {
+            assert!(matches!(t.listen("not an address").await, Err(NetError::Address { .. })));
+            assert_eq!(t.name(), "quic");
+        });
+    }
+
+    /// Prints the throughput and round trip of the raw quinn path and of the `Conn` path.
+    /// Run with `cargo test -p dagger-net --release -- --ignored --nocapture measure`.
+    #[test]
+    #[ignore = "measurement, not a test"]
+    fn measure_quic_paths() {
+        let id = ca().issue("bench").unwrap();
+        let t = QuicTransport::new(id.clone(), NetConfig::default()).unwrap();
+        let threads = std::env::var("XTHREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
+        rt.block_on(async {
+            if let Some(par) = std::env::var("XPAR").ok().and_then(|v| v.parse::<usize>().ok()) {
+                for round in 0..3 {
+                    let start = std::time::Instant::now();
+                    let mut hs = Vec::new();
+                    for _ in 0..par {
+                        let id = id.clone();
+                        hs.push(tokio::spawn(async move { bench::raw_quic_mbps(&id, 32 / par, 8 << 20).await.unwrap() }));
+                    }
+                    for h in hs { h.await.unwrap(); }
+                    let secs = start.elapsed().as_secs_f64();
+                    println!("round {round}: par {par} aggregate_MBps (incl handshakes) {:.0}", (32 * (8 << 20)) as f64 / secs / 1e6);
+                }
+            }
+            for round in 0..3 {
+                let raw = bench::raw_quic_mbps(&id, 32, 8 << 20).await.unwrap();
+                let conn = bench::conn_mbps(&t, "127.0.0.1:0", 32, 8 << 20).await.unwrap();
+                let raw_rtt = bench::raw_quic_rtt_us(&id, 2000).await.unwrap();
+                let conn_rtt = bench::conn_rtt_us(&t, "127.0.0.1:0", 2000).await.unwrap();
+                let mem = bench::conn_rtt_us(&MemTransport::new(), "mem:0", 2000).await.unwrap();
+                println!(
+                    "round {round}: raw_quic_MBps {raw:.0}  conn_MBps {conn:.0}  \
+                     raw_quic_rtt_us {raw_rtt:.1}  conn_rtt_us {conn_rtt:.1}  mem_rtt_us {mem:.1}"
+                );
+            }
+        });
+    }
+}

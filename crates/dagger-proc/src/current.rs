@@ -1,0 +1,101 @@
+//! Which processor the calling thread is running a job for.
+//!
+//! A thread-local slot holds the id of the processor whose job the thread is running and a
+//! weak handle to it. [`ThreadProc`](crate::ThreadProc) threads fill it once they have been
+//! attached (by [`LocalProcs::detect`](crate::LocalProcs::detect)); [`OsProc`](crate::OsProc)
+//! fills it on the threads it starts; a user processor with its own threads fills it with
+//! [`enter`] around each job. Reading it costs a thread-local access and, for
+//! [`current`] and [`with_current`], upgrading a weak pointer.
+
+use crate::processor::Processor;
+use dagger_core::ProcId;
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
+
+/// A processor identity as stored in the thread-local slot.
+#[derive(Clone)]
+pub(crate) struct Identity {
+    pub(crate) id: ProcId,
+    pub(crate) proc: Weak<dyn Processor>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Identity>> = const { RefCell::new(None) };
+}
+
+/// The processor the calling thread is running a job for, as returned by [`current`].
+#[derive(Clone)]
+pub struct CurrentProc {
+    /// Its id (process and index).
+    pub id: ProcId,
+    /// The processor itself; downcast with `proc.as_any().downcast_ref::<T>()`.
+    pub proc: Arc<dyn Processor>,
+}
+
+impl std::fmt::Debug for CurrentProc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentProc")
+            .field("id", &self.id)
+            .field("kind", &self.proc.kind())
+            .finish()
+    }
+}
+
+/// The id of the processor the calling thread runs a job for, or `None` outside any
+/// processor's job (or when that processor was never attached). Costs one thread-local read.
+pub fn current_id() -> Option<ProcId> {
+    CURRENT.with(|c| c.borrow().as_ref().map(|i| i.id))
+}
+
+/// The processor the calling thread runs a job for, or `None` outside any processor's job
+/// or when the processor has already been dropped.
+pub fn current() -> Option<CurrentProc> {
+    let ident = CURRENT.with(|c| c.borrow().clone())?;
+    Some(CurrentProc {
+        id: ident.id,
+        proc: ident.proc.upgrade()?,
+    })
+}
+
+/// Calls `f` with the current processor's index within its process and the processor
+/// itself, or with `None` outside any processor's job. The slot is not borrowed while `f`
+/// runs, so `f` may call [`enter`] or [`current`].
+pub fn with_current<R>(f: impl FnOnce(Option<(u32, &Arc<dyn Processor>)>) -> R) -> R {
+    match current() {
+        Some(c) => f(Some((c.id.index, &c.proc))),
+        None => f(None),
+    }
+}
+
+/// Marks the calling thread as running a job of processor `id` until the returned guard is
+/// dropped; the previous value comes back then. Used by processors that run jobs on
+/// threads of their own (see [`Processor::attach`]).
+#[must_use = "the processor is current only while the guard lives"]
+pub fn enter(id: ProcId, proc: Weak<dyn Processor>) -> CurrentGuard {
+    let prev = CURRENT.with(|c| c.borrow_mut().replace(Identity { id, proc }));
+    CurrentGuard { prev }
+}
+
+pub(crate) fn set_identity(ident: Identity) {
+    CURRENT.with(|c| *c.borrow_mut() = Some(ident));
+}
+
+/// Restores the previous current processor when dropped; see [`enter`].
+pub struct CurrentGuard {
+    prev: Option<Identity>,
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+impl std::fmt::Debug for CurrentGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentGuard")
+            .field("prev", &self.prev.as_ref().map(|i| i.id))
+            .finish()
+    }
+}

@@ -1,0 +1,73 @@
+use dagger_core::WorkerId;
+use std::io;
+
+/// Why a processor could not be created or reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcError {
+    /// The operating system refused to start a processor's thread.
+    #[error("could not start the thread `{name}`")]
+    SpawnThread {
+        /// The name the thread would have had.
+        name: String,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// No processor has this index in this process.
+    #[error("{worker} has no processor with index {index} (it has {count})")]
+    UnknownProcessor {
+        /// The process asked.
+        worker: WorkerId,
+        /// The index asked for.
+        index: u32,
+        /// How many processors the process has.
+        count: usize,
+    },
+}
+
+/// Why reading or setting a CPU affinity mask failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AffinityError {
+    /// `sched_getaffinity` failed.
+    #[error("could not read the CPU affinity mask")]
+    Get {
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// `sched_setaffinity` failed.
+    #[error("could not pin the thread to CPUs {cpus:?}")]
+    Set {
+        /// The CPUs asked for.
+        cpus: Vec<usize>,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The platform has no affinity interface this crate knows.
+    #[error("CPU affinity is not supported on this platform")]
+    Unsupported,
+}
+
+/// An environment variable that is set to something that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is not a non-negative whole number")]
+pub struct EnvVarError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// What it was set to.
+    pub value: String,
+}
+
+/// A detector that panicked while [`LocalProcs::detect`](crate::LocalProcs::detect) ran
+/// it; its processors are missing from the process.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("processor detector `{detector}` panicked: {message}")]
+pub struct DetectorPanicked {
+    /// The name it was registered under.
+    pub detector: String,
+    /// The panic's message (or a placeholder when the payload was not a string).
+    pub message: String,
+}

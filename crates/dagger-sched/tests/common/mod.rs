@@ -1,0 +1,144 @@
+//! Helpers shared by the scheduler's tests: worker descriptions, task specs, a command
+//! drain that round-trips every message through the wire encoding, and a tiny seeded RNG.
+#![allow(dead_code)]
+
+use dagger_core::wire::{self, RunTask, TaskDone, ToDriver, ToWorker};
+use dagger_core::{
+    Arg, Incarnation, MemorySpace, Options, ProcId, ProcInfo, ProcKind, TaskId, TaskSpec,
+    WorkerId, WorkerInfo,
+};
+use dagger_sched::{Command, Scheduler};
+use std::time::Duration;
+
+/// xorshift64*: deterministic, seedable, good enough for schedules.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A worker with a root and `threads` CPU thread processors, plus one processor of each
+/// kind in `extra`.
+pub fn worker(w: u32, inc: u32, threads: u32, extra: &[&'static str]) -> WorkerInfo {
+    let id = WorkerId(w);
+    let root = ProcId::root(id);
+    let mut procs = vec![ProcInfo {
+        id: root,
+        kind: ProcKind::OS,
+        parent: None,
+        memory: MemorySpace::HOST,
+        label: format!("os {w}"),
+        properties: Default::default(),
+    }];
+    for t in 0..threads {
+        procs.push(ProcInfo {
+            id: ProcId::new(id, t + 1),
+            kind: ProcKind::THREAD,
+            parent: Some(root),
+            memory: MemorySpace::HOST,
+            label: format!("core {t}"),
+            properties: Default::default(),
+        });
+    }
+    for (k, kind) in extra.iter().enumerate() {
+        procs.push(ProcInfo {
+            id: ProcId::new(id, threads + 1 + k as u32),
+            kind: ProcKind::custom(*kind),
+            parent: Some(root),
+            memory: MemorySpace::custom(*kind, k as u32),
+            label: kind.to_string(),
+            properties: Default::default(),
+        });
+    }
+    let info = WorkerInfo {
+        worker: id,
+        incarnation: Incarnation(inc),
+        host: "sim".into(),
+        pid: 1000 + w,
+        peer_addr: None,
+        procs,
+    };
+    // Joins travel over the wire too.
+    match wire::decode::<ToDriver>(&wire::encode(&ToDriver::Join(info))).unwrap() {
+        ToDriver::Join(i) => i,
+        other => panic!("join decoded as {other:?}"),
+    }
+}
+
+pub fn val(x: u64) -> Arg {
+    Arg::Value(wire::encode(&x))
+}
+
+pub fn spec(id: u64, func: &str, args: Vec<Arg>, options: Options) -> TaskSpec {
+    TaskSpec { id: TaskId(id), func: func.into(), args, options }
+}
+
+pub fn t(d: Duration) -> Duration {
+    d
+}
+
+/// Takes every command, sending each `Send` through encode/decode.
+pub fn drain(s: &mut Scheduler) -> Vec<Command> {
+    let mut v = Vec::new();
+    while let Some(c) = s.poll_command() {
+        v.push(match c {
+            Command::Send { worker, msg } => {
+                let back: ToWorker = wire::decode(&wire::encode(&msg)).unwrap();
+                assert_eq!(back, msg);
+                Command::Send { worker, msg: back }
+            }
+            other => other,
+        });
+    }
+    v
+}
+
+/// The RunTasks among commands, with their destination.
+pub fn runs(cmds: &[Command]) -> Vec<(WorkerId, RunTask)> {
+    let mut v = Vec::new();
+    for c in cmds {
+        if let Command::Send { worker, msg: ToWorker::Run(ts) } = c {
+            for t in ts {
+                v.push((*worker, t.clone()));
+            }
+        }
+    }
+    v
+}
+
+/// Feeds a TaskDone through the wire encoding to the scheduler.
+pub fn report(s: &mut Scheduler, now: Duration, w: WorkerId, inc: u32, done: TaskDone) {
+    let msg = ToDriver::Done { incarnation: Incarnation(inc), tasks: vec![done] };
+    match wire::decode::<ToDriver>(&wire::encode(&msg)).unwrap() {
+        ToDriver::Done { incarnation, tasks } => {
+            for d in tasks {
+                s.task_done(now, w, incarnation, d);
+            }
+        }
+        other => panic!("done decoded as {other:?}"),
+    }
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}

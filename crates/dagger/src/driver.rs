@@ -1,0 +1,452 @@
+//! The driver loop: owns the scheduler and the links to the workers. It feeds the
+//! scheduler events (submissions, joins, finished tasks, losses, `now`) and carries out
+//! the commands it returns. It is the only place where the scheduler meets I/O.
+
+use crate::context::ClusterEvent;
+use crate::handle::Slot;
+use crate::registry;
+use dagger_core::wire::{self, Hello, PeerInfo, ToDriver, ToWorker, PROTOCOL_VERSION};
+use dagger_core::{ChunkId, Incarnation, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo};
+use dagger_ft::FailureDetector;
+use dagger_net::{Conn, FrameSender, Listener};
+use dagger_sched::{Command, Scheduler};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// What the user's threads ask of the driver loop.
+pub(crate) enum DriverCmd {
+    /// New tasks, with the slots their results go to.
+    Submit(Vec<(TaskSpec, Option<Arc<Slot>>)>),
+    /// The last handle to a task was dropped.
+    Release(TaskId),
+    /// Bring a large result's bytes to the driver.
+    FetchChunk { chunk: ChunkId, holders: Vec<WorkerId>, reply: oneshot::Sender<Result<Vec<u8>, TaskError>> },
+    /// Run a closure on the driver's state (queries: topology, task info, workers).
+    Query(Box<dyn FnOnce(&mut DriverState) + Send>),
+    /// Stop: tell the workers to exit, fail what is pending.
+    Shutdown(std::sync::mpsc::Sender<()>),
+}
+
+/// What the links report to the driver loop.
+pub(crate) enum LinkEvent {
+    /// A process passed the handshake and wants to join.
+    Joined { conn: Conn, info: WorkerInfo, in_process: bool },
+    /// A message from a joined worker.
+    Msg { worker: WorkerId, incarnation: Incarnation, msg: ToDriver },
+    /// A worker's link closed or sent garbage.
+    Closed { worker: WorkerId, incarnation: Incarnation, reason: String },
+}
+
+struct WorkerLink {
+    incarnation: Incarnation,
+    sender: FrameSender,
+    peer: PeerInfo,
+}
+
+pub(crate) struct DriverConfig {
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) shm: bool,
+}
+
+/// The driver loop's state. Only the loop touches it (queries run inside the loop).
+pub(crate) struct DriverState {
+    pub(crate) sched: Scheduler,
+    start: Instant,
+    slots: HashMap<TaskId, Arc<Slot>>,
+    links: HashMap<WorkerId, WorkerLink>,
+    next_worker: u32,
+    next_incarnation: u32,
+    fetches: HashMap<ChunkId, Vec<(WorkerId, oneshot::Sender<Result<Vec<u8>, TaskError>>)>>,
+    subscribers: Vec<mpsc::UnboundedSender<ClusterEvent>>,
+    detector: FailureDetector,
+    ev_tx: mpsc::UnboundedSender<LinkEvent>,
+    config: DriverConfig,
+    pub(crate) joined_total: usize,
+}
+
+impl DriverState {
+    pub(crate) fn new(sched: Scheduler, ev_tx: mpsc::UnboundedSender<LinkEvent>, config: DriverConfig) -> Self {
+        Self {
+            sched,
+            start: Instant::now(),
+            slots: HashMap::new(),
+            links: HashMap::new(),
+            next_worker: 1,
+            next_incarnation: 1,
+            fetches: HashMap::new(),
+            subscribers: Vec::new(),
+            detector: FailureDetector::new(config.heartbeat_timeout),
+            ev_tx,
+            config,
+            joined_total: 0,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Workers currently joined.
+    pub(crate) fn workers(&self) -> Vec<WorkerId> {
+        let mut v: Vec<_> = self.links.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    pub(crate) fn subscribe(&mut self, tx: mpsc::UnboundedSender<ClusterEvent>) {
+        self.subscribers.push(tx);
+    }
+
+    fn on_cmd(&mut self, cmd: DriverCmd) -> Option<std::sync::mpsc::Sender<()>> {
+        match cmd {
+            DriverCmd::Submit(tasks) => {
+                let now = self.now();
+                let mut specs = Vec::with_capacity(tasks.len());
+                let mut ids = Vec::with_capacity(tasks.len());
+                for (spec, slot) in tasks {
+                    ids.push(spec.id);
+                    if let Some(slot) = slot {
+                        self.slots.insert(spec.id, slot);
+                    }
+                    specs.push(spec);
+                }
+                if let Err(error) = self.sched.submit(now, specs) {
+                    for id in ids {
+                        if let Some(slot) = self.slots.remove(&id) {
+                            slot.complete(Err(TaskError::Rejected { task: id, error: error.clone() }));
+                        }
+                    }
+                }
+            }
+            DriverCmd::Release(task) => self.sched.release(task),
+            DriverCmd::FetchChunk { chunk, holders, reply } => {
+                let target = holders.iter().copied().find(|w| self.links.contains_key(w));
+                match target {
+                    Some(w) => {
+                        let msg = wire::encode(&ToWorker::Fetch(chunk));
+                        if self.links[&w].sender.send(msg).is_ok() {
+                            self.fetches.entry(chunk).or_default().push((w, reply));
+                        } else {
+                            let _ = reply.send(Err(TaskError::MoveFailed {
+                                task: chunk.task(),
+                                message: format!("link to {w} is closed"),
+                            }));
+                        }
+                    }
+                    None => {
+                        let _ = reply.send(Err(TaskError::MoveFailed {
+                            task: chunk.task(),
+                            message: format!("no live worker holds the result (holders: {holders:?})"),
+                        }));
+                    }
+                }
+            }
+            DriverCmd::Query(f) => f(self),
+            DriverCmd::Shutdown(ack) => return Some(ack),
+        }
+        None
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Joined { conn, info, in_process } => self.on_join(conn, info, in_process),
+            LinkEvent::Msg { worker, incarnation, msg } => self.on_msg(worker, incarnation, msg),
+            LinkEvent::Closed { worker, incarnation, reason } => self.on_lost(worker, incarnation, reason),
+        }
+    }
+
+    fn on_join(&mut self, conn: Conn, mut info: WorkerInfo, in_process: bool) {
+        let worker = if in_process {
+            WorkerId::DRIVER
+        } else {
+            let w = WorkerId(self.next_worker);
+            self.next_worker += 1;
+            w
+        };
+        let incarnation = Incarnation(self.next_incarnation);
+        self.next_incarnation += 1;
+        info.worker = worker;
+        info.incarnation = incarnation;
+        for p in &mut info.procs {
+            p.id.worker = worker;
+            if let Some(parent) = &mut p.parent {
+                parent.worker = worker;
+            }
+        }
+        let peer = PeerInfo {
+            worker,
+            incarnation,
+            addr: info.peer_addr.clone().unwrap_or_default(),
+            host: info.host.clone(),
+        };
+        let peers: Vec<PeerInfo> = self.links.values().map(|l| l.peer.clone()).collect();
+        let welcome = ToWorker::Welcome { worker, incarnation, peers };
+        if conn.sender.send(wire::encode(&welcome)).is_err() {
+            return;
+        }
+        let joined = wire::encode(&ToWorker::PeerJoined(peer.clone()));
+        for l in self.links.values() {
+            let _ = l.sender.send(joined.clone());
+        }
+        let Conn { sender, receiver, .. } = conn;
+        self.links.insert(worker, WorkerLink { incarnation, sender: sender.clone(), peer });
+        spawn_reader(worker, incarnation, sender, receiver, self.ev_tx.clone());
+        let now = self.now();
+        self.detector.heard(worker, incarnation, now);
+        self.sched.worker_joined(now, info);
+        if self.config.shm {
+            dagger_move::shm::add_same_host_shortcuts(self.sched.topology_mut());
+        }
+        self.joined_total += 1;
+    }
+
+    fn on_msg(&mut self, worker: WorkerId, incarnation: Incarnation, msg: ToDriver) {
+        let now = self.now();
+        match self.links.get(&worker) {
+            Some(l) if l.incarnation == incarnation => {}
+            // A message from a connection already declared lost: fenced.
+            _ => return,
+        }
+        self.detector.heard(worker, incarnation, now);
+        match msg {
+            ToDriver::Done { incarnation, tasks } => {
+                for done in tasks {
+                    self.sched.task_done(now, worker, incarnation, done);
+                }
+            }
+            ToDriver::ChunkData { chunk, data, .. } => {
+                if let Some(waiters) = self.fetches.get_mut(&chunk) {
+                    let mut rest = Vec::new();
+                    for (w, reply) in waiters.drain(..) {
+                        if w == worker {
+                            let r = data.clone().map_err(|message| TaskError::MoveFailed { task: chunk.task(), message });
+                            let _ = reply.send(r);
+                        } else {
+                            rest.push((w, reply));
+                        }
+                    }
+                    if rest.is_empty() {
+                        self.fetches.remove(&chunk);
+                    } else {
+                        self.fetches.insert(chunk, rest);
+                    }
+                }
+            }
+            ToDriver::Replicated { incarnation, chunk, to } => {
+                self.sched.chunk_replicated(worker, incarnation, chunk, to);
+            }
+            ToDriver::Heartbeat { .. } => {}
+            ToDriver::Join(_) => {
+                // A second join on a live link is a protocol error.
+                self.on_lost(worker, incarnation, "sent a second join".into());
+            }
+        }
+    }
+
+    fn on_lost(&mut self, worker: WorkerId, incarnation: Incarnation, reason: String) {
+        match self.links.get(&worker) {
+            Some(l) if l.incarnation == incarnation => {}
+            _ => return,
+        }
+        if let Some(l) = self.links.remove(&worker) {
+            l.sender.close(&reason);
+        }
+        self.detector.forget(worker);
+        let now = self.now();
+        tracing::warn!(%worker, %reason, "worker lost");
+        self.sched.worker_lost(now, worker, reason.clone());
+        let left = wire::encode(&ToWorker::PeerLeft(worker));
+        for l in self.links.values() {
+            let _ = l.sender.send(left.clone());
+        }
+        // Fetches waiting on it fail; the caller may fetch again from another holder.
+        self.fetches.retain(|chunk, waiters| {
+            waiters.retain_mut(|_| true);
+            let (lost, keep): (Vec<_>, Vec<_>) = waiters.drain(..).partition(|(w, _)| *w == worker);
+            for (_, reply) in lost {
+                let _ = reply.send(Err(TaskError::MoveFailed {
+                    task: chunk.task(),
+                    message: format!("{worker} was lost while sending the result: {reason}"),
+                }));
+            }
+            *waiters = keep;
+            !waiters.is_empty()
+        });
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now();
+        for (worker, incarnation) in self.detector.expired(now) {
+            self.on_lost(worker, incarnation, "missed heartbeats".into());
+        }
+    }
+
+    /// Carries out everything the scheduler asked for.
+    fn flush(&mut self) {
+        while let Some(cmd) = self.sched.poll_command() {
+            match cmd {
+                Command::Send { worker, msg } => {
+                    if let Some(l) = self.links.get(&worker) {
+                        let _ = l.sender.send(wire::encode(&msg));
+                    }
+                }
+                Command::Complete { task, result } => {
+                    if let Some(slot) = self.slots.remove(&task) {
+                        slot.complete(result);
+                    }
+                }
+                Command::Event(e) => {
+                    self.subscribers.retain(|s| s.send(e.clone()).is_ok());
+                }
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let bye = wire::encode(&ToWorker::Shutdown);
+        for l in self.links.values() {
+            let _ = l.sender.send(bye.clone());
+        }
+        for (task, slot) in self.slots.drain() {
+            slot.complete(Err(TaskError::Shutdown { task }));
+        }
+        for (chunk, waiters) in self.fetches.drain() {
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(TaskError::Shutdown { task: chunk.task() }));
+            }
+        }
+    }
+}
+
+fn spawn_reader(
+    worker: WorkerId,
+    incarnation: Incarnation,
+    sender: FrameSender,
+    mut receiver: dagger_net::FrameReceiver,
+    ev_tx: mpsc::UnboundedSender<LinkEvent>,
+) {
+    tokio::spawn(async move {
+        let reason = loop {
+            match receiver.recv().await {
+                Ok(frame) => match wire::decode::<ToDriver>(&frame) {
+                    Ok(msg) => {
+                        if ev_tx.send(LinkEvent::Msg { worker, incarnation, msg }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        sender.close("malformed frame");
+                        break format!("sent a malformed frame: {e}");
+                    }
+                },
+                Err(e) => break format!("link closed: {e}"),
+            }
+        };
+        let _ = ev_tx.send(LinkEvent::Closed { worker, incarnation, reason });
+    });
+}
+
+/// Accepts links on `listener`, runs the join handshake and hands joined processes to the
+/// driver loop. Handshake failures are logged and the link closed; the loop goes on.
+pub(crate) fn spawn_acceptor(mut listener: Box<dyn Listener>, ev_tx: mpsc::UnboundedSender<LinkEvent>, in_process: bool) {
+    tokio::spawn(async move {
+        loop {
+            let conn = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "listener stopped");
+                    return;
+                }
+            };
+            let ev_tx = ev_tx.clone();
+            tokio::spawn(async move {
+                match handshake(conn).await {
+                    Ok((conn, info)) => {
+                        let _ = ev_tx.send(LinkEvent::Joined { conn, info, in_process });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a process failed to join"),
+                }
+            });
+        }
+    });
+}
+
+async fn handshake(mut conn: Conn) -> Result<(Conn, WorkerInfo), String> {
+    let limit = Duration::from_secs(30);
+    let first = tokio::time::timeout(limit, conn.receiver.recv())
+        .await
+        .map_err(|_| "no hello in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let hello: Hello = wire::decode(&first).map_err(|e| e.to_string())?;
+    if hello.version != PROTOCOL_VERSION {
+        conn.sender.close("protocol version mismatch");
+        return Err(format!("protocol version {} (ours {PROTOCOL_VERSION})", hello.version));
+    }
+    if hello.registry_hash != registry::registry_hash() {
+        conn.sender.close("task registry mismatch: not the same binary");
+        return Err("its task functions differ from the driver's (another binary?)".into());
+    }
+    let second = tokio::time::timeout(limit, conn.receiver.recv())
+        .await
+        .map_err(|_| "no join in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    match wire::decode::<ToDriver>(&second).map_err(|e| e.to_string())? {
+        ToDriver::Join(info) => Ok((conn, info)),
+        other => {
+            conn.sender.close("expected a join");
+            Err(format!("expected a join, got {other:?}"))
+        }
+    }
+}
+
+/// Runs the driver loop until shutdown.
+pub(crate) async fn run(
+    mut st: DriverState,
+    mut cmd_rx: mpsc::UnboundedReceiver<DriverCmd>,
+    mut ev_rx: mpsc::UnboundedReceiver<LinkEvent>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ack = loop {
+        let mut stop = None;
+        tokio::select! {
+            biased;
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { break None };
+                st.on_link(ev);
+                for _ in 0..4096 {
+                    match ev_rx.try_recv() {
+                        Ok(ev) => st.on_link(ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            cmd = cmd_rx.recv() => {
+                match cmd {
+                    None => break None,
+                    Some(cmd) => {
+                        stop = st.on_cmd(cmd);
+                        while stop.is_none() {
+                            match cmd_rx.try_recv() {
+                                Ok(cmd) => stop = st.on_cmd(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => st.on_tick(),
+        }
+        st.flush();
+        if let Some(ack) = stop {
+            break Some(ack);
+        }
+    };
+    st.flush();
+    st.shutdown();
+    if let Some(ack) = ack {
+        let _ = ack.send(());
+    }
+}

@@ -1,0 +1,223 @@
+//! Handles to tasks' results: typed futures, usable blocking or with `.await`.
+
+use crate::context::{Inner, TaskInfo};
+use crate::driver::DriverCmd;
+use crate::registry::TaskFn;
+use dagger_core::{TaskError, TaskId};
+use dagger_sched::Completion;
+use parking_lot::{Condvar, Mutex};
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll, Waker};
+use tokio::sync::mpsc::UnboundedSender;
+
+pub(crate) type Outcome = Result<Completion, TaskError>;
+
+#[derive(Default)]
+struct SlotState {
+    outcome: Option<Outcome>,
+    wakers: Vec<Waker>,
+}
+
+/// The driver's record of one task the user holds a handle to. When the last handle is
+/// dropped the scheduler is told that the result is no longer wanted.
+pub(crate) struct Slot {
+    pub(crate) id: TaskId,
+    pub(crate) func: Option<&'static TaskFn>,
+    state: Mutex<SlotState>,
+    cond: Condvar,
+    release: UnboundedSender<DriverCmd>,
+}
+
+impl Slot {
+    pub(crate) fn new(id: TaskId, func: Option<&'static TaskFn>, release: UnboundedSender<DriverCmd>) -> Self {
+        Self { id, func, state: Mutex::new(SlotState::default()), cond: Condvar::new(), release }
+    }
+
+    /// Called by the driver loop when the task finished or failed.
+    pub(crate) fn complete(&self, outcome: Outcome) {
+        let wakers = {
+            let mut st = self.state.lock();
+            if st.outcome.is_some() {
+                return;
+            }
+            st.outcome = Some(outcome);
+            std::mem::take(&mut st.wakers)
+        };
+        self.cond.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.lock().outcome.is_some()
+    }
+
+    pub(crate) fn wait(&self) -> Outcome {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(o) = &st.outcome {
+                return o.clone();
+            }
+            self.cond.wait(&mut st);
+        }
+    }
+
+    fn poll(&self, cx: &mut TaskCx<'_>) -> Poll<Outcome> {
+        let mut st = self.state.lock();
+        if let Some(o) = &st.outcome {
+            return Poll::Ready(o.clone());
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The context may be gone already; then there is nothing to release.
+        let _ = self.release.send(DriverCmd::Release(self.id));
+    }
+}
+
+/// A typed handle to a task's result. Passing `&handle` as an argument of another task
+/// makes that task depend on this one. Cloning is cheap; the result is kept by the cluster
+/// while any clone is alive.
+pub struct Handle<T> {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) ctx: Arc<Inner>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Self { slot: self.slot.clone(), ctx: self.ctx.clone(), _t: PhantomData }
+    }
+}
+
+impl<T> std::fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handle<{}>({})", std::any::type_name::<T>(), self.slot.id)
+    }
+}
+
+impl<T> Handle<T> {
+    pub(crate) fn new(slot: Arc<Slot>, ctx: Arc<Inner>) -> Self {
+        Self { slot, ctx, _t: PhantomData }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.slot.id
+    }
+
+    /// True once the task finished or failed. Never blocks.
+    pub fn is_done(&self) -> bool {
+        self.slot.is_done()
+    }
+
+    /// Blocks until the task finished; `Err` if it failed. Does not move the result to the
+    /// driver. Must not be called from inside an async runtime's worker thread (use
+    /// `.await` there).
+    pub fn wait(&self) -> Result<(), TaskError> {
+        self.slot.wait().map(|_| ())
+    }
+
+    /// Where and when the task ran. Blocks until the task finished.
+    pub fn info(&self) -> Result<TaskInfo, TaskError> {
+        self.wait()?;
+        self.ctx.task_info(self.id()).ok_or(TaskError::Shutdown { task: self.id() })
+    }
+
+    /// The same task's result, viewed as another type. `fetch` then checks the type and
+    /// reports `TaskError::TypeMismatch` if it differs.
+    pub fn cast<U>(self) -> Handle<U> {
+        Handle { slot: self.slot, ctx: self.ctx, _t: PhantomData }
+    }
+}
+
+impl<T: DeserializeOwned> Handle<T> {
+    /// Blocks until the task finished and returns its result, moved to the driver.
+    /// Costs one round trip to the holding worker for results larger than the inline limit.
+    pub fn fetch(&self) -> Result<T, TaskError> {
+        let outcome = self.slot.wait();
+        self.decode(outcome, |chunk, holders| self.ctx.fetch_chunk_blocking(chunk, holders))
+    }
+
+    fn check_type(&self) -> Result<(), TaskError> {
+        if let Some(f) = self.slot.func {
+            let found = (f.result_type)();
+            let expected = std::any::type_name::<T>();
+            if found != expected {
+                return Err(TaskError::TypeMismatch {
+                    task: self.id(),
+                    expected: expected.to_string(),
+                    found: found.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        outcome: Outcome,
+        get: impl FnOnce(dagger_core::ChunkId, Vec<dagger_core::WorkerId>) -> Result<Vec<u8>, TaskError>,
+    ) -> Result<T, TaskError> {
+        self.check_type()?;
+        let bytes;
+        let slice: &[u8] = match &outcome? {
+            Completion::Value(v) => {
+                bytes = v.clone();
+                &bytes
+            }
+            Completion::Stored { holders, .. } => {
+                bytes = get(self.id().chunk(), holders.clone())?;
+                &bytes
+            }
+        };
+        postcard::from_bytes(slice).map_err(|e| TaskError::TypeMismatch {
+            task: self.id(),
+            expected: std::any::type_name::<T>().to_string(),
+            found: format!("bytes that do not decode as it ({e})"),
+        })
+    }
+}
+
+/// Waits for a slot's outcome without blocking a thread.
+struct SlotWait<'a>(&'a Slot);
+
+impl Future for SlotWait<'_> {
+    type Output = Outcome;
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Outcome> {
+        self.0.poll(cx)
+    }
+}
+
+/// Awaiting a handle gives its result, like `fetch`, without blocking a thread.
+impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Handle<T> {
+    type Output = Result<T, TaskError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<T, TaskError>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let outcome = SlotWait(&self.slot).await;
+            let fetched = match &outcome {
+                Ok(Completion::Stored { holders, .. }) => {
+                    Some(self.ctx.fetch_chunk(self.id().chunk(), holders.clone()).await)
+                }
+                _ => None,
+            };
+            self.decode(outcome, |_, _| match fetched {
+                Some(r) => r,
+                None => Err(TaskError::MoveFailed { task: self.id(), message: "result is not stored on a worker".into() }),
+            })
+        })
+    }
+}

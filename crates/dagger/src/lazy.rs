@@ -1,0 +1,120 @@
+//! The lazy style: describe a graph first, run it with `Context::collect`. A thin layer over
+//! the eager one: collecting submits every node as a task in one batch.
+
+use crate::context::{Context, SubmitError};
+use crate::handle::{Handle, Slot};
+use dagger_core::Options;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+pub(crate) struct LazyNode {
+    pub(crate) func: &'static str,
+    pub(crate) args: Vec<LazyArg>,
+    pub(crate) options: Options,
+}
+
+/// One argument of a lazy task (opaque; made by [`IntoLazy`]).
+pub struct LazyArg(pub(crate) LazyArgKind);
+
+pub(crate) enum LazyArgKind {
+    /// An encoded value.
+    Value(Vec<u8>),
+    /// Another lazy task.
+    Node(Arc<LazyNode>),
+    /// A task already spawned (kept alive until the graph is submitted).
+    Spawned(Arc<Slot>),
+    /// A value that could not be encoded; reported at `collect`.
+    Invalid(SubmitError),
+}
+
+/// A task that has not run yet: pass it to other lazy tasks, then `Context::collect` it.
+pub struct Lazy<T> {
+    pub(crate) node: Arc<LazyNode>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Lazy<T> {
+    fn clone(&self) -> Self {
+        Self { node: self.node.clone(), _t: PhantomData }
+    }
+}
+
+impl<T> Lazy<T> {
+    /// A lazy call of the registered function `func` (used by `#[dagger::task]`).
+    #[doc(hidden)]
+    pub fn new(func: &'static str, args: Vec<LazyArg>, options: Options) -> Self {
+        Self { node: Arc::new(LazyNode { func, args, options }), _t: PhantomData }
+    }
+}
+
+/// A value usable as an argument of type `T` of a lazy task: a plain value, another lazy
+/// task returning `T`, or a handle to a spawned task returning `T`.
+pub trait IntoLazy<T> {
+    /// Turns it into a lazy argument.
+    fn into_lazy(self) -> LazyArg;
+}
+
+impl<T: Serialize> IntoLazy<T> for T {
+    fn into_lazy(self) -> LazyArg {
+        match postcard::to_allocvec(&self) {
+            Ok(v) => LazyArg(LazyArgKind::Value(v)),
+            Err(e) => LazyArg(LazyArgKind::Invalid(SubmitError::Encode { ty: std::any::type_name::<T>(), message: e.to_string() })),
+        }
+    }
+}
+
+impl<T> IntoLazy<T> for Lazy<T> {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Node(self.node))
+    }
+}
+
+impl<T> IntoLazy<T> for &Lazy<T> {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Node(self.node.clone()))
+    }
+}
+
+impl<T> IntoLazy<T> for &Handle<T> {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Spawned(self.slot.clone()))
+    }
+}
+
+/// What `Context::collect` accepts: one lazy task, or a vector of them.
+pub trait Collect {
+    /// The collected result.
+    type Output;
+    /// The handles the graph's roots were spawned as.
+    type Handles;
+    /// Spawns the whole graph (one submission) and returns the roots' handles.
+    fn spawn_all(self, ctx: &Context) -> Result<Self::Handles, SubmitError>;
+    /// Waits for and fetches the roots' results.
+    fn fetch_all(handles: Self::Handles) -> Result<Self::Output, dagger_core::TaskError>;
+}
+
+impl<T: DeserializeOwned> Collect for Lazy<T> {
+    type Output = T;
+    type Handles = Handle<T>;
+    fn spawn_all(self, ctx: &Context) -> Result<Handle<T>, SubmitError> {
+        let mut hs = ctx.spawn_lazy_graph(vec![self.node])?;
+        Ok(Handle::new(hs.pop().expect("one root gives one handle"), ctx.inner().clone()))
+    }
+    fn fetch_all(h: Handle<T>) -> Result<T, dagger_core::TaskError> {
+        h.fetch()
+    }
+}
+
+impl<T: DeserializeOwned> Collect for Vec<Lazy<T>> {
+    type Output = Vec<T>;
+    type Handles = Vec<Handle<T>>;
+    fn spawn_all(self, ctx: &Context) -> Result<Vec<Handle<T>>, SubmitError> {
+        let slots = ctx.spawn_lazy_graph(self.into_iter().map(|l| l.node).collect())?;
+        Ok(slots.into_iter().map(|s| Handle::new(s, ctx.inner().clone())).collect())
+    }
+    fn fetch_all(hs: Vec<Handle<T>>) -> Result<Vec<T>, dagger_core::TaskError> {
+        hs.iter().map(|h| h.fetch()).collect()
+    }
+}

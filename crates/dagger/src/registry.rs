@@ -1,0 +1,120 @@
+//! The registry of task functions: filled at compile time by `#[dagger::task]`, identical in
+//! every process of one binary.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
+
+/// Why a registered function could not be called with the given arguments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The number of arguments differs from the function's parameters.
+    #[error("expected {expected} arguments, got {got}")]
+    Arity {
+        /// Parameters of the function.
+        expected: usize,
+        /// Arguments given.
+        got: usize,
+    },
+    /// An argument could not be decoded as its parameter's type.
+    #[error("argument `{param}` is not a `{ty}`: {message}")]
+    Decode {
+        /// The parameter's name.
+        param: &'static str,
+        /// The parameter's type.
+        ty: &'static str,
+        /// What the decoder said.
+        message: String,
+    },
+    /// The result could not be encoded.
+    #[error("result could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl CallError {
+    /// An arity error.
+    pub fn arity(expected: usize, got: usize) -> Self {
+        CallError::Arity { expected, got }
+    }
+}
+
+/// One registered task function. Created by `#[dagger::task]`; not meant to be built by hand.
+pub struct TaskFn {
+    /// The stable name it is registered under.
+    pub name: &'static str,
+    /// Decodes the arguments, calls the function and encodes its result.
+    pub call: fn(&mut [ArgValue<'_>]) -> Result<Vec<u8>, CallError>,
+    /// The name of the function's result type (checked at `fetch`).
+    pub result_type: fn() -> &'static str,
+    /// The names of its parameters' types (move functions are chosen by them).
+    pub arg_types: fn() -> Vec<&'static str>,
+}
+
+inventory::collect!(TaskFn);
+
+struct Registry {
+    by_name: HashMap<&'static str, &'static TaskFn>,
+    hash: u64,
+}
+
+fn registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
+    REG.get_or_init(|| {
+        let mut by_name = HashMap::new();
+        let mut names: Vec<(&'static str, &'static str)> = Vec::new();
+        for f in inventory::iter::<TaskFn> {
+            if by_name.insert(f.name, f).is_some() {
+                tracing::warn!(name = f.name, "two task functions share one name; the last one wins");
+            }
+            names.push((f.name, (f.result_type)()));
+        }
+        names.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        names.hash(&mut h);
+        Registry { by_name, hash: h.finish() }
+    })
+}
+
+/// The function registered under `name` in this process.
+pub fn lookup(name: &str) -> Option<&'static TaskFn> {
+    registry().by_name.get(name).copied()
+}
+
+/// A fingerprint of every registered (name, result type): two processes of one binary agree.
+pub fn registry_hash() -> u64 {
+    registry().hash
+}
+
+/// The names of all registered task functions, sorted.
+pub fn task_names() -> Vec<&'static str> {
+    let mut v: Vec<_> = registry().by_name.keys().copied().collect();
+    v.sort();
+    v
+}
+
+/// One argument as it reaches a task: encoded bytes in host memory, or a value a move
+/// function produced for the task's processor (a device buffer, say).
+pub enum ArgValue<'a> {
+    /// Encoded with postcard.
+    Bytes(&'a [u8]),
+    /// Already a value of the parameter's type (taken by the call).
+    Value(Option<Box<dyn std::any::Any + Send>>),
+}
+
+/// Decodes one argument (used by the code `#[dagger::task]` generates).
+pub fn decode_arg<T: serde::de::DeserializeOwned + 'static>(arg: &mut ArgValue<'_>, param: &'static str) -> Result<T, CallError> {
+    let ty = std::any::type_name::<T>();
+    match arg {
+        ArgValue::Bytes(bytes) => postcard::from_bytes(bytes).map_err(|e| CallError::Decode { param, ty, message: e.to_string() }),
+        ArgValue::Value(v) => match v.take().map(|b| b.downcast::<T>()) {
+            Some(Ok(t)) => Ok(*t),
+            Some(Err(_)) => Err(CallError::Decode { param, ty, message: "the moved value is of another type".into() }),
+            None => Err(CallError::Decode { param, ty, message: "the value was already taken".into() }),
+        },
+    }
+}
+
+/// Encodes a result (used by the code `#[dagger::task]` generates).
+pub fn encode_result<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, CallError> {
+    postcard::to_allocvec(v).map_err(|e| CallError::Encode(e.to_string()))
+}

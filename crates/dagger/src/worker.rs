@@ -1,0 +1,752 @@
+//! The worker side: holds chunks, runs tasks on its processors, serves and fetches chunks
+//! to and from its peers directly (never through the driver).
+//!
+//! The same code runs in worker processes (over QUIC) and inside the driver's process when
+//! the driver's own cores run tasks (over the in-process transport).
+
+use crate::registry::{self, ArgValue};
+use dagger_core::ProcKind;
+use dagger_move::{MoveTarget, MoveValue};
+use dagger_core::wire::{
+    self, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone, ToDriver, ToWorker,
+    PROTOCOL_VERSION,
+};
+use dagger_core::{ChunkId, Incarnation, ProcId, TaskError, TaskId, WorkerId, WorkerInfo};
+use dagger_net::launch::WorkerArgs;
+use dagger_net::{Conn, FrameReceiver, FrameSender, NetConfig, QuicTransport, Transport};
+use dagger_proc::{DetectContext, LocalProcs};
+use parking_lot::Mutex;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static WORKER_ID: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    static CURRENT_PROC: Cell<Option<ProcId>> = const { Cell::new(None) };
+}
+
+pub(crate) fn current_worker() -> WorkerId {
+    WorkerId(WORKER_ID.load(Ordering::Relaxed))
+}
+
+pub(crate) fn current_proc() -> Option<ProcId> {
+    CURRENT_PROC.with(|c| c.get())
+}
+
+/// Chunks whose bytes are at least this large go through shared memory to a peer on the
+/// same host (when the shortcut is on).
+const SHM_MIN_BYTES: usize = 64 * 1024;
+
+/// Bytes of one chunk held by this worker.
+pub(crate) enum ChunkBytes {
+    Vec(Vec<u8>),
+    Shm(dagger_move::shm::ShmView),
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Vec(v) => v,
+            ChunkBytes::Shm(s) => s,
+        }
+    }
+}
+
+struct Pending {
+    task: TaskId,
+    func: String,
+    proc: ProcId,
+    inline_limit: u32,
+    args: Mutex<Vec<Option<Arc<ChunkBytes>>>>,
+    missing: AtomicUsize,
+    failed: AtomicBool,
+}
+
+enum Waiter {
+    Task(Arc<Pending>, usize),
+    Peer(FrameSender, WorkerId),
+    Driver,
+}
+
+enum Entry {
+    Ready(Arc<ChunkBytes>),
+    Waiting { waiters: Vec<Waiter>, holders: Vec<WorkerId>, attempts: u32 },
+}
+
+enum PeerLink {
+    Idle,
+    Connecting(Vec<PeerMsg>),
+    Up(FrameSender),
+}
+
+struct Peer {
+    info: PeerInfo,
+    link: PeerLink,
+}
+
+/// Settings of one worker.
+pub(crate) struct WorkerSetup {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) join: String,
+    pub(crate) peer_transport: Arc<dyn Transport>,
+    pub(crate) peer_bind: String,
+    pub(crate) shm: bool,
+    pub(crate) in_process: bool,
+}
+
+pub(crate) struct Worker {
+    id: WorkerId,
+    incarnation: Incarnation,
+    host: String,
+    procs: LocalProcs,
+    store: Mutex<HashMap<ChunkId, Entry>>,
+    peers: Mutex<HashMap<WorkerId, Peer>>,
+    to_driver: FrameSender,
+    done: Mutex<Vec<TaskDone>>,
+    done_notify: tokio::sync::Notify,
+    peer_transport: Arc<dyn Transport>,
+    rt: tokio::runtime::Handle,
+    shm: bool,
+    shm_prefix: String,
+}
+
+/// Entry point of a process started as a worker. Returns the exit code.
+pub(crate) fn run_worker_process(args: WorkerArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dagger worker: cannot start the I/O runtime: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async move {
+        let transport: Arc<dyn Transport> = Arc::new(
+            QuicTransport::new(args.identity.clone(), NetConfig::default()).map_err(|e| e.to_string())?,
+        );
+        let loopback = args.join.starts_with("127.") || args.join.starts_with("localhost") || args.join.starts_with("[::1]");
+        let peer_bind = if loopback { "127.0.0.1:0".to_string() } else { "0.0.0.0:0".to_string() };
+        let shm = std::env::var("DAGGER_SHM").map(|v| v != "0").unwrap_or(true);
+        run_worker(WorkerSetup {
+            transport: transport.clone(),
+            join: args.join.clone(),
+            peer_transport: transport,
+            peer_bind,
+            shm,
+            in_process: false,
+        })
+        .await
+    });
+    rt.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("dagger worker: {e}");
+            1
+        }
+    }
+}
+
+/// Joins the driver, then serves until the driver says shutdown or the link closes.
+pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
+    let host = dagger_proc::hostname();
+    let procs = LocalProcs::detect(&DetectContext { worker: WorkerId(0), hostname: host.clone() });
+    let mut listener = setup.peer_transport.listen(&setup.peer_bind).await.map_err(|e| format!("cannot listen for peers: {e}"))?;
+    let mut peer_addr = listener.local_addr();
+    if let Some(port) = peer_addr.strip_prefix("0.0.0.0:") {
+        peer_addr = format!("{host}:{port}");
+    }
+    let Conn { sender, mut receiver, .. } = setup
+        .transport
+        .connect(&setup.join)
+        .await
+        .map_err(|e| format!("cannot reach the driver at {}: {e}", setup.join))?;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        registry_hash: registry::registry_hash(),
+        worker: WorkerId(0),
+        incarnation: Incarnation(0),
+    };
+    let info = WorkerInfo {
+        worker: WorkerId(0),
+        incarnation: Incarnation(0),
+        host: host.clone(),
+        pid: std::process::id(),
+        peer_addr: Some(peer_addr),
+        procs: procs.infos(),
+    };
+    sender.send(wire::encode(&hello)).map_err(|e| e.to_string())?;
+    sender.send(wire::encode(&ToDriver::Join(info))).map_err(|e| e.to_string())?;
+    let first = receiver.recv().await.map_err(|e| format!("the driver refused this worker: {e}"))?;
+    let (id, incarnation, peers) = match wire::decode::<ToWorker>(&first).map_err(|e| e.to_string())? {
+        ToWorker::Welcome { worker, incarnation, peers } => (worker, incarnation, peers),
+        other => return Err(format!("expected a welcome from the driver, got {other:?}")),
+    };
+    if !setup.in_process {
+        WORKER_ID.store(id.0, Ordering::Relaxed);
+    }
+    let worker = Arc::new(Worker {
+        id,
+        incarnation,
+        host,
+        procs,
+        store: Mutex::new(HashMap::new()),
+        peers: Mutex::new(
+            peers.into_iter().map(|p| (p.worker, Peer { info: p, link: PeerLink::Idle })).collect(),
+        ),
+        to_driver: sender,
+        done: Mutex::new(Vec::new()),
+        done_notify: tokio::sync::Notify::new(),
+        peer_transport: setup.peer_transport.clone(),
+        rt: tokio::runtime::Handle::current(),
+        shm: setup.shm,
+        shm_prefix: format!("dagger-{}-{}", std::process::id(), id.0),
+    });
+
+    // Peers that connect to us.
+    {
+        let w = worker.clone();
+        tokio::spawn(async move {
+            while let Ok(conn) = listener.accept().await {
+                let w = w.clone();
+                tokio::spawn(async move { w.serve_peer_conn(conn, None).await });
+            }
+        });
+    }
+    // Finished tasks go to the driver in batches.
+    {
+        let w = worker.clone();
+        tokio::spawn(async move {
+            loop {
+                w.done_notify.notified().await;
+                let batch = std::mem::take(&mut *w.done.lock());
+                if batch.is_empty() {
+                    continue;
+                }
+                let msg = ToDriver::Done { incarnation: w.incarnation, tasks: batch };
+                if w.to_driver.send(wire::encode(&msg)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    // Heartbeats.
+    {
+        let w = worker.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                t.tick().await;
+                if w.to_driver.send(wire::encode(&ToDriver::Heartbeat { incarnation: w.incarnation })).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let result = worker.serve_driver(&mut receiver).await;
+    dagger_move::shm::cleanup_prefix(&worker.shm_prefix);
+    result
+}
+
+impl Worker {
+    async fn serve_driver(self: &Arc<Self>, receiver: &mut FrameReceiver) -> Result<(), String> {
+        loop {
+            let frame = match receiver.recv().await {
+                Ok(f) => f,
+                // The driver went away: nothing more to do.
+                Err(e) => return if self.to_driver.is_closed() { Ok(()) } else { Err(format!("driver link closed: {e}")) },
+            };
+            let msg = match wire::decode::<ToWorker>(&frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.to_driver.close("malformed frame");
+                    return Err(format!("the driver sent a malformed frame: {e}"));
+                }
+            };
+            match msg {
+                ToWorker::Run(tasks) => {
+                    for t in tasks {
+                        self.accept_task(t);
+                    }
+                }
+                ToWorker::Release(chunks) => {
+                    let mut store = self.store.lock();
+                    for c in chunks {
+                        if let Some(Entry::Ready(_)) = store.get(&c) {
+                            store.remove(&c);
+                        }
+                    }
+                }
+                ToWorker::Fetch(chunk) => self.want(chunk, Waiter::Driver),
+                ToWorker::Replicate { chunk, to } => {
+                    let bytes = match self.store.lock().get(&chunk) {
+                        Some(Entry::Ready(b)) => Some(b.clone()),
+                        _ => None,
+                    };
+                    if let Some(b) = bytes {
+                        let payload = self.payload_for(to, &b);
+                        self.send_to_peer(to, PeerMsg::Push { chunk, payload });
+                        let _ = self.to_driver.send(wire::encode(&ToDriver::Replicated {
+                            incarnation: self.incarnation,
+                            chunk,
+                            to,
+                        }));
+                    }
+                }
+                ToWorker::PeerJoined(p) => {
+                    self.peers.lock().insert(p.worker, Peer { info: p, link: PeerLink::Idle });
+                }
+                ToWorker::PeerLeft(w) => {
+                    self.peers.lock().remove(&w);
+                }
+                ToWorker::Welcome { .. } => {}
+                ToWorker::Shutdown => return Ok(()),
+            }
+        }
+    }
+
+    /// Registers a task: resolves its inputs (local, inline, or wanted from a peer) and
+    /// starts it once all are here.
+    fn accept_task(self: &Arc<Self>, t: RunTask) {
+        let n = t.args.len();
+        let pending = Arc::new(Pending {
+            task: t.task,
+            func: t.func,
+            proc: t.proc,
+            inline_limit: t.inline_limit,
+            args: Mutex::new(vec![None; n]),
+            missing: AtomicUsize::new(n + 1),
+            failed: AtomicBool::new(false),
+        });
+        let mut wants = Vec::new();
+        {
+            let mut store = self.store.lock();
+            // Our own result will be produced here: peers asking for it wait.
+            store.entry(t.task.chunk()).or_insert_with(|| Entry::Waiting {
+                waiters: Vec::new(),
+                holders: Vec::new(),
+                attempts: 0,
+            });
+            let mut args = pending.args.lock();
+            for (i, arg) in t.args.into_iter().enumerate() {
+                match arg {
+                    RunArg::Value(v) => {
+                        args[i] = Some(Arc::new(ChunkBytes::Vec(v)));
+                        pending.missing.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    RunArg::Chunk { chunk, from } => match store.get_mut(&chunk) {
+                        Some(Entry::Ready(b)) => {
+                            args[i] = Some(b.clone());
+                            pending.missing.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        Some(Entry::Waiting { waiters, .. }) => waiters.push(Waiter::Task(pending.clone(), i)),
+                        None => {
+                            let holders: Vec<WorkerId> = from.into_iter().filter(|w| *w != self.id).collect();
+                            store.insert(
+                                chunk,
+                                Entry::Waiting {
+                                    waiters: vec![Waiter::Task(pending.clone(), i)],
+                                    holders: holders.clone(),
+                                    attempts: 0,
+                                },
+                            );
+                            wants.push((chunk, holders));
+                        }
+                    },
+                }
+            }
+        }
+        for (chunk, holders) in wants {
+            match holders.first() {
+                Some(&h) => self.send_to_peer(h, PeerMsg::Want(chunk)),
+                None => self.fail_chunk(chunk, "no worker holds this input".into()),
+            }
+        }
+        if pending.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.start(pending);
+        }
+    }
+
+    /// Someone wants a chunk: answered now if it is here, when it arrives if it is coming.
+    fn want(self: &Arc<Self>, chunk: ChunkId, waiter: Waiter) {
+        let mut store = self.store.lock();
+        match store.get_mut(&chunk) {
+            Some(Entry::Ready(b)) => {
+                let b = b.clone();
+                drop(store);
+                self.answer(chunk, waiter, Ok(b));
+            }
+            Some(Entry::Waiting { waiters, .. }) => waiters.push(waiter),
+            None => {
+                drop(store);
+                self.answer(chunk, waiter, Err(format!("{} does not hold {chunk}", self.id)));
+            }
+        }
+    }
+
+    fn answer(self: &Arc<Self>, chunk: ChunkId, waiter: Waiter, data: Result<Arc<ChunkBytes>, String>) {
+        match waiter {
+            Waiter::Task(p, i) => match data {
+                Ok(b) => {
+                    p.args.lock()[i] = Some(b);
+                    if p.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        self.start(p);
+                    }
+                }
+                Err(message) => self.fail_task(&p, TaskError::MoveFailed { task: p.task, message }),
+            },
+            Waiter::Peer(sender, peer) => {
+                let payload = match data {
+                    Ok(b) => self.payload_for(peer, &b),
+                    Err(m) => ChunkPayload::Missing(m),
+                };
+                let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
+            }
+            Waiter::Driver => {
+                let msg = ToDriver::ChunkData { incarnation: self.incarnation, chunk, data: data.map(|b| b.to_vec()) };
+                let _ = self.to_driver.send(wire::encode(&msg));
+            }
+        }
+    }
+
+    /// A chunk's bytes are here: keep them and wake everyone waiting.
+    fn deliver(self: &Arc<Self>, chunk: ChunkId, bytes: Arc<ChunkBytes>) {
+        let waiters = {
+            let mut store = self.store.lock();
+            match store.insert(chunk, Entry::Ready(bytes.clone())) {
+                Some(Entry::Waiting { waiters, .. }) => waiters,
+                _ => Vec::new(),
+            }
+        };
+        for w in waiters {
+            self.answer(chunk, w, Ok(bytes.clone()));
+        }
+    }
+
+    /// A chunk will not come: everyone waiting for it is told.
+    fn fail_chunk(self: &Arc<Self>, chunk: ChunkId, message: String) {
+        let waiters = {
+            let mut store = self.store.lock();
+            match store.remove(&chunk) {
+                Some(Entry::Waiting { waiters, .. }) => waiters,
+                Some(ready @ Entry::Ready(_)) => {
+                    store.insert(chunk, ready);
+                    Vec::new()
+                }
+                None => Vec::new(),
+            }
+        };
+        for w in waiters {
+            self.answer(chunk, w, Err(message.clone()));
+        }
+    }
+
+    fn fail_task(self: &Arc<Self>, p: &Pending, err: TaskError) {
+        if p.failed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.fail_chunk(p.task.chunk(), format!("its task failed: {err}"));
+        self.report(TaskDone { task: p.task, proc: p.proc, run_ns: 0, outcome: Outcome::Failed(err) });
+    }
+
+    fn report(&self, done: TaskDone) {
+        let was_empty = {
+            let mut d = self.done.lock();
+            d.push(done);
+            d.len() == 1
+        };
+        if was_empty {
+            self.done_notify.notify_one();
+        }
+    }
+
+    /// All inputs are here: run the task on its processor.
+    fn start(self: &Arc<Self>, p: Arc<Pending>) {
+        if p.failed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(proc) = self.procs.get(p.proc.index).cloned() else {
+            let err = TaskError::MoveFailed { task: p.task, message: format!("{} has no processor {}", self.id, p.proc) };
+            self.fail_task(&p, err);
+            return;
+        };
+        let w = self.clone();
+        proc.execute(Box::new(move || w.run_task(p)));
+    }
+
+    fn run_task(self: &Arc<Self>, p: Arc<Pending>) {
+        let Some(f) = registry::lookup(&p.func) else {
+            let err = TaskError::UnknownFunction { task: p.task, func: p.func.clone(), worker: self.id };
+            self.fail_task(&p, err);
+            return;
+        };
+        let args: Vec<Arc<ChunkBytes>> = p.args.lock().iter().map(|a| a.clone().expect("all inputs arrived")).collect();
+        let prev = CURRENT_PROC.with(|c| c.replace(Some(p.proc)));
+        let t0 = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let moved = self.move_args(&p, f, &args)?;
+            let mut bytes: Vec<Option<Vec<u8>>> = Vec::new();
+            let mut vals: Vec<Option<Box<dyn std::any::Any + Send>>> = Vec::new();
+            let mut values: Vec<ArgValue<'_>> = match moved {
+                None => args.iter().map(|a| ArgValue::Bytes(&a[..])).collect(),
+                Some(m) => {
+                    for mv in m {
+                        match mv {
+                            MoveValue::Bytes(b) => {
+                                bytes.push(Some(b));
+                                vals.push(None);
+                            }
+                            MoveValue::Value(v) => {
+                                bytes.push(None);
+                                vals.push(Some(v));
+                            }
+                        }
+                    }
+                    bytes
+                        .iter()
+                        .zip(vals.iter_mut())
+                        .map(|(b, v)| match b {
+                            Some(b) => ArgValue::Bytes(&b[..]),
+                            None => ArgValue::Value(v.take()),
+                        })
+                        .collect()
+                }
+            };
+            (f.call)(&mut values).map_err(|e| TaskError::BadArguments { task: p.task, func: p.func.clone(), message: e.to_string() })
+        }));
+        let run_ns = t0.elapsed().as_nanos() as u64;
+        CURRENT_PROC.with(|c| c.set(prev));
+        drop(args);
+        match result {
+            Ok(Ok(bytes)) => {
+                let size = bytes.len();
+                let outcome = if size <= p.inline_limit as usize {
+                    Outcome::Value(bytes.clone())
+                } else {
+                    Outcome::Stored { size: size as u64 }
+                };
+                self.deliver(p.task.chunk(), Arc::new(ChunkBytes::Vec(bytes)));
+                self.report(TaskDone { task: p.task, proc: p.proc, run_ns, outcome });
+            }
+            Ok(Err(err)) => self.fail_task(&p, err),
+            Err(panic) => {
+                let message = if let Some(s) = panic.downcast_ref::<&str>() {
+                    s.to_string()
+                } else if let Some(s) = panic.downcast_ref::<String>() {
+                    s.clone()
+                } else {
+                    "a non-string panic payload".to_string()
+                };
+                let err = TaskError::Panicked { task: p.task, func: p.func.clone(), message };
+                self.fail_task(&p, err);
+            }
+        }
+    }
+
+    /// Inputs of a task on a processor that does not compute in host memory go through the
+    /// move registry (host thread → that kind, chosen by the parameter's type), so a user's
+    /// move can turn host bytes into a device buffer on the way.
+    fn move_args(&self, p: &Pending, f: &registry::TaskFn, args: &[Arc<ChunkBytes>]) -> Result<Option<Vec<MoveValue>>, TaskError> {
+        let Some(proc) = self.procs.get(p.proc.index) else { return Ok(None) };
+        let kind = proc.kind();
+        if kind == ProcKind::THREAD || kind == ProcKind::OS {
+            return Ok(None);
+        }
+        let memory = proc.memory();
+        let target = MoveTarget::new(p.proc, &kind, &memory);
+        let types = (f.arg_types)();
+        let mut out = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            let ty = types.get(i).copied().unwrap_or("");
+            let v = dagger_move::moves()
+                .apply(&ProcKind::THREAD, ty, MoveValue::Bytes(a.to_vec()), &target)
+                .map_err(|e| TaskError::MoveFailed { task: p.task, message: e.to_string() })?;
+            out.push(v);
+        }
+        Ok(Some(out))
+    }
+
+    fn same_host(&self, w: WorkerId) -> bool {
+        self.peers.lock().get(&w).map(|p| p.info.host == self.host).unwrap_or(false)
+    }
+
+    fn payload_for(&self, to: WorkerId, b: &ChunkBytes) -> ChunkPayload {
+        self.make_payload(self.same_host(to), b)
+    }
+
+    fn make_payload(&self, same_host: bool, b: &ChunkBytes) -> ChunkPayload {
+        if self.shm && same_host && b.len() >= SHM_MIN_BYTES {
+            match dagger_move::shm::write(&self.shm_prefix, b) {
+                Ok(obj) => return ChunkPayload::Shm { name: obj.name, len: obj.len },
+                Err(e) => tracing::warn!(error = %e, "shared-memory move failed; sending over the link"),
+            }
+        }
+        ChunkPayload::Bytes(b.to_vec())
+    }
+
+    /// Sends a message to a peer, connecting first if needed.
+    fn send_to_peer(self: &Arc<Self>, to: WorkerId, msg: PeerMsg) {
+        let mut peers = self.peers.lock();
+        let Some(peer) = peers.get_mut(&to) else {
+            drop(peers);
+            self.peer_unreachable(vec![msg], format!("{to} is not a known peer"));
+            return;
+        };
+        match &mut peer.link {
+            PeerLink::Up(s) => {
+                if s.send(wire::encode(&msg)).is_ok() {
+                    return;
+                }
+                peer.link = PeerLink::Connecting(vec![msg]);
+            }
+            PeerLink::Connecting(q) => {
+                q.push(msg);
+                return;
+            }
+            PeerLink::Idle => peer.link = PeerLink::Connecting(vec![msg]),
+        }
+        let addr = peer.info.addr.clone();
+        drop(peers);
+        let w = self.clone();
+        self.rt.spawn(async move {
+            match w.peer_transport.connect(&addr).await {
+                Ok(conn) => {
+                    let hello = Hello {
+                        version: PROTOCOL_VERSION,
+                        registry_hash: registry::registry_hash(),
+                        worker: w.id,
+                        incarnation: w.incarnation,
+                    };
+                    let _ = conn.sender.send(wire::encode(&hello));
+                    let queued = {
+                        let mut peers = w.peers.lock();
+                        match peers.get_mut(&to) {
+                            Some(p) => match std::mem::replace(&mut p.link, PeerLink::Up(conn.sender.clone())) {
+                                PeerLink::Connecting(q) => q,
+                                _ => Vec::new(),
+                            },
+                            None => Vec::new(),
+                        }
+                    };
+                    for m in queued {
+                        let _ = conn.sender.send(wire::encode(&m));
+                    }
+                    w.serve_peer_conn(conn, Some(to)).await;
+                }
+                Err(e) => {
+                    let queued = {
+                        let mut peers = w.peers.lock();
+                        match peers.get_mut(&to) {
+                            Some(p) => match std::mem::replace(&mut p.link, PeerLink::Idle) {
+                                PeerLink::Connecting(q) => q,
+                                _ => Vec::new(),
+                            },
+                            None => Vec::new(),
+                        }
+                    };
+                    w.peer_unreachable(queued, format!("cannot reach {to}: {e}"));
+                }
+            }
+        });
+    }
+
+    fn peer_unreachable(self: &Arc<Self>, msgs: Vec<PeerMsg>, reason: String) {
+        for m in msgs {
+            if let PeerMsg::Want(chunk) = m {
+                self.fail_chunk(chunk, reason.clone());
+            }
+        }
+    }
+
+    /// Reads one peer link: wants are answered on it, chunks stored.
+    async fn serve_peer_conn(self: Arc<Self>, conn: Conn, known: Option<WorkerId>) {
+        let Conn { sender, mut receiver, .. } = conn;
+        let peer = match known {
+            Some(w) => w,
+            None => {
+                // Links others opened start with their hello.
+                let Ok(first) = receiver.recv().await else { return };
+                match wire::decode::<Hello>(&first) {
+                    Ok(h) if h.version == PROTOCOL_VERSION && h.registry_hash == registry::registry_hash() => h.worker,
+                    _ => {
+                        sender.close("bad peer hello");
+                        return;
+                    }
+                }
+            }
+        };
+        while let Ok(frame) = receiver.recv().await {
+            let msg = match wire::decode::<PeerMsg>(&frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a peer sent a malformed frame; closing its link");
+                    sender.close("malformed frame");
+                    break;
+                }
+            };
+            match msg {
+                PeerMsg::Want(chunk) => self.want(chunk, Waiter::Peer(sender.clone(), peer)),
+                PeerMsg::Chunk { chunk, payload } | PeerMsg::Push { chunk, payload } => {
+                    self.receive_payload(chunk, payload, Some(peer))
+                }
+            }
+        }
+        if let Some(w) = known {
+            let mut peers = self.peers.lock();
+            if let Some(p) = peers.get_mut(&w) {
+                if let PeerLink::Up(s) = &p.link {
+                    if s.is_closed() {
+                        p.link = PeerLink::Idle;
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive_payload(self: &Arc<Self>, chunk: ChunkId, payload: ChunkPayload, from: Option<WorkerId>) {
+        match payload {
+            ChunkPayload::Bytes(v) => self.deliver(chunk, Arc::new(ChunkBytes::Vec(v))),
+            ChunkPayload::Shm { name, len } => match dagger_move::shm::read(&name, len) {
+                Ok(view) => self.deliver(chunk, Arc::new(ChunkBytes::Shm(view))),
+                Err(e) => self.fail_chunk(chunk, format!("shared-memory move failed: {e}")),
+            },
+            ChunkPayload::Missing(reason) => self.retry_want(chunk, from, reason),
+        }
+    }
+
+    /// The peer did not hold the chunk (yet): its producing task may not have reached it.
+    /// Ask again a few times with growing pauses, then the next holder, then give up.
+    fn retry_want(self: &Arc<Self>, chunk: ChunkId, from: Option<WorkerId>, reason: String) {
+        let next = {
+            let mut store = self.store.lock();
+            match store.get_mut(&chunk) {
+                Some(Entry::Waiting { holders, attempts, .. }) => {
+                    *attempts += 1;
+                    if *attempts > 6 {
+                        if let Some(f) = from {
+                            holders.retain(|h| *h != f);
+                        }
+                        *attempts = 0;
+                    }
+                    holders.first().copied().map(|h| (h, *attempts))
+                }
+                _ => return,
+            }
+        };
+        match next {
+            Some((h, attempts)) => {
+                let w = self.clone();
+                let delay = Duration::from_micros(200u64 << attempts.min(10));
+                self.rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    w.send_to_peer(h, PeerMsg::Want(chunk));
+                });
+            }
+            None => self.fail_chunk(chunk, reason),
+        }
+    }
+}

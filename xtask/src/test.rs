@@ -1,0 +1,325 @@
+//! `cargo xtask test`: every check of the project, one step after another, with a summary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::layering;
+use crate::metadata::Workspace;
+use crate::process;
+
+/// Debian packages the hwloc suite needs.
+const HWLOC_PACKAGES: &str = "libhwloc-dev libudev-dev pkg-config";
+
+/// Examples run (not only built) by the `examples` steps.
+const RUN_EXAMPLES: &[&str] = &["topology", "custom_processor"];
+
+/// Environment variable that has the effect of `--require-all` when set to `1`, `true` or
+/// `yes`.
+const REQUIRE_ALL_ENV: &str = "DAGGER_REQUIRE_ALL";
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Treat every skipped step (missing system library or tool) as a failure. Also
+    /// enabled by DAGGER_REQUIRE_ALL=1.
+    #[arg(long)]
+    require_all: bool,
+    /// Keep going after a failed step (and pass --no-fail-fast to cargo test).
+    #[arg(long)]
+    no_fail_fast: bool,
+}
+
+/// How one step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed {
+        reason: String,
+    },
+    /// Not run because something it needs is absent; `remedy` says how to get it.
+    Skipped {
+        reason: String,
+        remedy: String,
+    },
+    /// Not run because an earlier step failed.
+    NotRun,
+}
+
+impl Outcome {
+    fn failed(reason: impl Into<String>) -> Self {
+        Self::Failed {
+            reason: reason.into(),
+        }
+    }
+
+    /// `Passed` when `status` is a success, else a failure naming the command.
+    fn from_status(command: &Command, status: std::process::ExitStatus) -> Self {
+        if status.success() {
+            Self::Passed
+        } else {
+            Self::failed(format!(
+                "`{}` exited with {status}",
+                process::display(command)
+            ))
+        }
+    }
+
+    /// The text of the result column of the summary.
+    fn describe(&self) -> String {
+        match self {
+            Self::Passed => "passed".into(),
+            Self::Failed { reason } => format!("FAILED: {reason}"),
+            Self::Skipped { reason, remedy } => format!("skipped: {reason} ({remedy})"),
+            Self::NotRun => "not run (an earlier step failed)".into(),
+        }
+    }
+}
+
+/// Everything the steps share.
+struct Context {
+    root: PathBuf,
+    workspace: Workspace,
+    no_fail_fast: bool,
+}
+
+impl Context {
+    fn cargo(&self) -> Command {
+        process::cargo(&self.root)
+    }
+
+    /// Adds `--no-fail-fast` to a `cargo test` command when asked for.
+    fn cargo_test(&self) -> Command {
+        let mut command = self.cargo();
+        command.arg("test");
+        if self.no_fail_fast {
+            command.arg("--no-fail-fast");
+        }
+        command
+    }
+}
+
+type StepFn = Box<dyn Fn(&Context) -> Result<Outcome>>;
+
+/// The steps, in the order they run.
+fn steps() -> Vec<(String, StepFn)> {
+    let mut steps: Vec<(String, StepFn)> = vec![
+        ("layering".into(), Box::new(layering_step)),
+        ("unit+integration".into(), Box::new(unit_integration_step)),
+        ("hwloc".into(), Box::new(hwloc_step)),
+        ("examples:build".into(), Box::new(examples_build_step)),
+    ];
+    for example in RUN_EXAMPLES {
+        steps.push((
+            format!("examples:{example}"),
+            Box::new(move |ctx: &Context| example_run_step(ctx, example)),
+        ));
+    }
+    steps.push(("fmt".into(), Box::new(fmt_step)));
+    steps
+}
+
+/// Runs `cargo xtask test`. Fails (non-zero exit) when any step failed.
+pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
+    let require_all = args.require_all || env_flag(REQUIRE_ALL_ENV);
+    let ctx = Context {
+        root: root.to_path_buf(),
+        workspace: Workspace::load(root)?,
+        no_fail_fast: args.no_fail_fast,
+    };
+    let steps = steps();
+    let total = steps.len();
+    let mut results: Vec<(String, Outcome, Duration)> = Vec::with_capacity(total);
+    let mut any_failed = false;
+    for (index, (name, step)) in steps.into_iter().enumerate() {
+        if any_failed && !args.no_fail_fast {
+            results.push((name, Outcome::NotRun, Duration::ZERO));
+            continue;
+        }
+        println!("\n==> [{}/{total}] {name}", index + 1);
+        let started = Instant::now();
+        let mut outcome = step(&ctx).unwrap_or_else(|err| Outcome::failed(format!("{err:#}")));
+        if require_all {
+            if let Outcome::Skipped { reason, remedy } = &outcome {
+                outcome = Outcome::failed(format!(
+                    "skipped ({reason}; {remedy}) but all steps are required"
+                ));
+            }
+        }
+        let elapsed = started.elapsed();
+        println!("<== {name}: {}", outcome.describe());
+        any_failed |= matches!(outcome, Outcome::Failed { .. });
+        results.push((name, outcome, elapsed));
+    }
+    print_summary(&results, require_all);
+    let failed = results
+        .iter()
+        .filter(|(_, outcome, _)| matches!(outcome, Outcome::Failed { .. }))
+        .count();
+    if failed > 0 {
+        bail!("{failed} step(s) failed");
+    }
+    Ok(())
+}
+
+/// Whether the environment variable `name` is set to `1`, `true` or `yes`.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|value| {
+        matches!(
+            value.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes"
+        )
+    })
+}
+
+fn print_summary(results: &[(String, Outcome, Duration)], require_all: bool) {
+    let width = results
+        .iter()
+        .map(|(name, _, _)| name.len())
+        .max()
+        .unwrap_or(0)
+        .max("step".len());
+    println!(
+        "\n==> summary{}",
+        if require_all {
+            " (all steps required)"
+        } else {
+            ""
+        }
+    );
+    println!("{:<width$}  {:>8}  result", "step", "time");
+    for (name, outcome, elapsed) in results {
+        let time = if *outcome == Outcome::NotRun {
+            "-".to_string()
+        } else {
+            format!("{:.1}s", elapsed.as_secs_f64())
+        };
+        println!("{name:<width$}  {time:>8}  {}", outcome.describe());
+    }
+}
+
+fn layering_step(ctx: &Context) -> Result<Outcome> {
+    let violations = layering::check_and_report(&ctx.root, &ctx.workspace)?;
+    Ok(if violations.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::failed(format!("{} layering violation(s)", violations.len()))
+    })
+}
+
+fn unit_integration_step(ctx: &Context) -> Result<Outcome> {
+    let mut command = ctx.cargo_test();
+    command.arg("--workspace");
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
+fn hwloc_step(ctx: &Context) -> Result<Outcome> {
+    let missing = if !process::succeeds("pkg-config", &["--version"]) {
+        Some("pkg-config is not installed")
+    } else if !process::succeeds("pkg-config", &["--exists", "hwloc"]) {
+        Some("pkg-config cannot find hwloc")
+    } else if !process::succeeds("pkg-config", &["--exists", "libudev"]) {
+        Some("pkg-config cannot find libudev")
+    } else {
+        None
+    };
+    if let Some(reason) = missing {
+        return Ok(Outcome::Skipped {
+            reason: reason.into(),
+            remedy: format!("install {HWLOC_PACKAGES}"),
+        });
+    }
+    let mut failures = Vec::new();
+    for package in ["dagger-proc", "dagger"] {
+        let mut command = ctx.cargo_test();
+        command.args(["-p", package, "--features", "hwloc"]);
+        let status = process::run_inherited(&mut command)?;
+        if let Outcome::Failed { reason } = Outcome::from_status(&command, status) {
+            failures.push(reason);
+            if !ctx.no_fail_fast {
+                break;
+            }
+        }
+    }
+    Ok(if failures.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::failed(failures.join("; "))
+    })
+}
+
+fn examples_build_step(ctx: &Context) -> Result<Outcome> {
+    let mut command = ctx.cargo();
+    command.args(["build", "--examples", "--workspace"]);
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
+fn example_run_step(ctx: &Context, example: &str) -> Result<Outcome> {
+    let Some(package) = ctx.workspace.package_with_example(example) else {
+        println!("no package of the workspace has an example named `{example}`");
+        return Ok(Outcome::Skipped {
+            reason: "example not present".into(),
+            remedy: format!("add the `{example}` example"),
+        });
+    };
+    let mut command = ctx.cargo();
+    command.args(["run", "-p", package, "--example", example]);
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
+fn fmt_step(ctx: &Context) -> Result<Outcome> {
+    let mut probe = ctx.cargo();
+    probe.args(["fmt", "--version"]);
+    let available = process::run_captured(&mut probe).is_ok_and(|out| out.status.success());
+    if !available {
+        return Ok(Outcome::Skipped {
+            reason: "rustfmt is not installed".into(),
+            remedy: "rustup component add rustfmt".into(),
+        });
+    }
+    let mut command = ctx.cargo();
+    command.args(["fmt", "--all", "--", "--check"]);
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_run_in_the_documented_order() {
+        let names: Vec<String> = steps().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            vec![
+                "layering",
+                "unit+integration",
+                "hwloc",
+                "examples:build",
+                "examples:topology",
+                "examples:custom_processor",
+                "fmt",
+            ]
+        );
+    }
+
+    #[test]
+    fn skipped_steps_name_their_remedy() {
+        let outcome = Outcome::Skipped {
+            reason: "pkg-config cannot find hwloc".into(),
+            remedy: format!("install {HWLOC_PACKAGES}"),
+        };
+        assert_eq!(
+            outcome.describe(),
+            "skipped: pkg-config cannot find hwloc \
+             (install libhwloc-dev libudev-dev pkg-config)"
+        );
+    }
+}
