@@ -30,7 +30,10 @@ pub struct RawQuicPair {
 
 /// Opens a [`RawQuicPair`] between two fresh endpoints on 127.0.0.1 using `identity` on
 /// both sides. Must be awaited inside a tokio runtime; costs one QUIC handshake.
-pub async fn raw_quic_pair(identity: &Identity, config: &NetConfig) -> Result<RawQuicPair, NetError> {
+pub async fn raw_quic_pair(
+    identity: &Identity,
+    config: &NetConfig,
+) -> Result<RawQuicPair, NetError> {
     let (server_cfg, client_cfg) = build_configs(identity, config)?;
     let any: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 0).into();
     let server_ep = make_endpoint(any, Some(server_cfg), "127.0.0.1:0")?;
@@ -47,20 +50,28 @@ pub async fn raw_quic_pair(identity: &Identity, config: &NetConfig) -> Result<Ra
             .accept_bi()
             .await
             .map_err(|e| crate::quic::handshake_error(e, "raw client"))?;
-        let mut p = [0u8; 8];
-        recv.read_exact(&mut p).await.map_err(|e| NetError::Closed {
-            reason: e.to_string(),
-        })?;
-        Ok::<_, NetError>((conn, send, recv))
-    };
-    let dial = async {
-        let (conn, mut send, recv) =
-            open_raw(&client_ep, client_cfg, server_addr, &server_addr.to_string()).await?;
-        send.write_all(&preamble(dagger_core::wire::PROTOCOL_VERSION))
+        let mut p = [0u8; 18];
+        recv.read_exact(&mut p)
             .await
             .map_err(|e| NetError::Closed {
                 reason: e.to_string(),
             })?;
+        Ok::<_, NetError>((conn, send, recv))
+    };
+    let dial = async {
+        let (conn, mut send, recv) = open_raw(
+            &client_ep,
+            client_cfg,
+            server_addr,
+            &server_addr.to_string(),
+        )
+        .await?;
+        let mut hello = [0u8; 18];
+        hello[..8].copy_from_slice(&preamble(dagger_core::wire::PROTOCOL_VERSION));
+        hello[8..].copy_from_slice(&crate::quic::hello_ext(0, 1, 0));
+        send.write_all(&hello).await.map_err(|e| NetError::Closed {
+            reason: e.to_string(),
+        })?;
         Ok::<_, NetError>((conn, send, recv))
     };
     let (server, client) = tokio::try_join!(accept, dial)?;
@@ -168,7 +179,11 @@ pub async fn conn_mbps(
 
 /// Times `iters` ping-pongs of a 64-byte frame over a [`Conn`] pair of `transport` and
 /// returns the median round trip in microseconds.
-pub async fn conn_rtt_us(transport: &dyn Transport, addr: &str, iters: usize) -> Result<f64, NetError> {
+pub async fn conn_rtt_us(
+    transport: &dyn Transport,
+    addr: &str,
+    iters: usize,
+) -> Result<f64, NetError> {
     let (mut a, b) = loop_pair(transport, addr).await?;
     let Conn {
         sender: b_send,

@@ -62,8 +62,8 @@ impl ClusterCa {
     /// it issues chain to the original certificate (same subject, same key).
     pub fn from_pem(cert: &str, key: &str) -> Result<Self, NetError> {
         let key = KeyPair::from_pem(key).map_err(id_err("parsing the CA key"))?;
-        let params =
-            CertificateParams::from_ca_cert_pem(cert).map_err(id_err("parsing the CA certificate"))?;
+        let params = CertificateParams::from_ca_cert_pem(cert)
+            .map_err(id_err("parsing the CA certificate"))?;
         if !matches!(params.is_ca, IsCa::Ca(_)) {
             return Err(NetError::Identity("the certificate is not a CA".into()));
         }

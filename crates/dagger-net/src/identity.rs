@@ -37,9 +37,8 @@ impl Identity {
     /// checked for a PEM header only (full parsing happens when a transport uses them).
     pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, NetError> {
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| {
-                NetError::Identity(format!("cannot read {}: {e}", p.display()))
-            })
+            std::fs::read_to_string(p)
+                .map_err(|e| NetError::Identity(format!("cannot read {}: {e}", p.display())))
         };
         let id = Identity {
             cert_pem: read(cert)?,
@@ -67,10 +66,15 @@ impl Identity {
     /// the private key: pass it only to processes you trust.
     pub fn to_env_value(&self) -> String {
         let mut s = String::with_capacity(
-            ENV_PREFIX.len() + 2 * (self.cert_pem.len() + self.key_pem.len() + self.ca_pem.len()) + 2,
+            ENV_PREFIX.len()
+                + 2 * (self.cert_pem.len() + self.key_pem.len() + self.ca_pem.len())
+                + 2,
         );
         s.push_str(ENV_PREFIX);
-        for (i, part) in [&self.cert_pem, &self.key_pem, &self.ca_pem].iter().enumerate() {
+        for (i, part) in [&self.cert_pem, &self.key_pem, &self.ca_pem]
+            .iter()
+            .enumerate()
+        {
             if i > 0 {
                 s.push(':');
             }
@@ -85,7 +89,9 @@ impl Identity {
     /// Decodes a value produced by [`Identity::to_env_value`].
     pub fn from_env_value(s: &str) -> Result<Self, NetError> {
         let body = s.trim().strip_prefix(ENV_PREFIX).ok_or_else(|| {
-            NetError::Identity(format!("encoded identity does not start with {ENV_PREFIX:?}"))
+            NetError::Identity(format!(
+                "encoded identity does not start with {ENV_PREFIX:?}"
+            ))
         })?;
         let parts: Vec<&str> = body.split(':').collect();
         let [cert, key, ca] = parts.as_slice() else {
@@ -125,7 +131,9 @@ fn hex_digit(n: u8) -> char {
 fn decode_hex(s: &str) -> Result<String, NetError> {
     let bytes = s.as_bytes();
     if bytes.len() % 2 != 0 {
-        return Err(NetError::Identity("odd-length hex in encoded identity".into()));
+        return Err(NetError::Identity(
+            "odd-length hex in encoded identity".into(),
+        ));
     }
     let val = |c: u8| match c {
         b'0'..=b'9' => Ok(c - b'0'),
@@ -185,7 +193,10 @@ mod tests {
 
     #[test]
     fn env_value_rejects_garbage() {
-        assert!(matches!(Identity::from_env_value("nope"), Err(NetError::Identity(_))));
+        assert!(matches!(
+            Identity::from_env_value("nope"),
+            Err(NetError::Identity(_))
+        ));
         let v = sample().to_env_value();
         assert!(Identity::from_env_value(&v[..v.len() - 1]).is_err());
         assert!(Identity::from_env_value(&format!("{v}:00")).is_err());
@@ -206,7 +217,10 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(&c, "not pem").unwrap();
-        assert!(matches!(Identity::from_files(&c, &k, &a), Err(NetError::Identity(_))));
+        assert!(matches!(
+            Identity::from_files(&c, &k, &a),
+            Err(NetError::Identity(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

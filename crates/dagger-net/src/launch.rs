@@ -61,12 +61,13 @@ pub fn parse_worker_argv(
     let value = |flag: &str| -> Result<Option<&str>, NetError> {
         match args.iter().position(|a| a == flag) {
             None => Ok(None),
-            Some(i) => args
-                .get(i + 1)
-                .map(|v| Some(v.as_str()))
-                .ok_or_else(|| NetError::WorkerArgs {
-                    reason: format!("{flag} needs a value"),
-                }),
+            Some(i) => {
+                args.get(i + 1)
+                    .map(|v| Some(v.as_str()))
+                    .ok_or_else(|| NetError::WorkerArgs {
+                        reason: format!("{flag} needs a value"),
+                    })
+            }
         }
     };
     let required = |flag: &str| -> Result<&str, NetError> {
@@ -156,6 +157,7 @@ fn child_args() -> Vec<String> {
             "--exact".to_owned(),
             "--nocapture".to_owned(),
             "--test-threads=1".to_owned(),
+            "--quiet".to_owned(),
         ],
         _ => std::env::args().skip(1).collect(),
     }

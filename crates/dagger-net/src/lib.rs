@@ -28,24 +28,24 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "quic")]
+pub mod bench;
+#[cfg(feature = "quic")]
+mod ca;
 mod error;
 mod identity;
 pub mod launch;
 mod link;
 mod mem;
 #[cfg(feature = "quic")]
-mod ca;
-#[cfg(feature = "quic")]
 mod quic;
-#[cfg(feature = "quic")]
-pub mod bench;
 
+#[cfg(feature = "quic")]
+pub use ca::{ClusterCa, SERVER_NAME};
 pub use error::NetError;
 pub use identity::Identity;
 pub use link::{FrameReceiver, FrameSender};
 pub use mem::MemTransport;
-#[cfg(feature = "quic")]
-pub use ca::{ClusterCa, SERVER_NAME};
 #[cfg(feature = "quic")]
 pub use quic::QuicTransport;
 

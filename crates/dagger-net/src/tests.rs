@@ -86,7 +86,10 @@ async fn send_refuses_oversized(t: &dyn Transport, addr: &str) {
 async fn dropped_peer_is_closed(t: &dyn Transport, addr: &str) {
     let (a, mut b) = bench::loop_pair(t, addr).await.unwrap();
     drop(a);
-    assert!(matches!(b.receiver.recv().await, Err(NetError::Closed { .. })));
+    assert!(matches!(
+        b.receiver.recv().await,
+        Err(NetError::Closed { .. })
+    ));
 }
 
 fn small_config() -> NetConfig {
@@ -124,9 +127,18 @@ fn mem_addresses() {
         assert_ne!(l1.local_addr(), l2.local_addr());
         let fixed = t.listen("mem:900").await.unwrap();
         assert_eq!(fixed.local_addr(), "mem:900");
-        assert!(matches!(t.listen("mem:900").await, Err(NetError::Address { .. })));
-        assert!(matches!(t.listen("tcp:1").await, Err(NetError::Address { .. })));
-        assert!(matches!(t.connect("mem:901").await, Err(NetError::Refused { .. })));
+        assert!(matches!(
+            t.listen("mem:900").await,
+            Err(NetError::Address { .. })
+        ));
+        assert!(matches!(
+            t.listen("tcp:1").await,
+            Err(NetError::Address { .. })
+        ));
+        assert!(matches!(
+            t.connect("mem:901").await,
+            Err(NetError::Refused { .. })
+        ));
         drop(fixed);
         assert!(t.connect("mem:900").await.is_err());
         assert!(t.listen("mem:900").await.is_ok());
@@ -162,6 +174,54 @@ mod quic_tests {
         rt().block_on(big_frames(&t, "127.0.0.1:0"));
     }
 
+    /// Large (striped) and small frames interleaved stay in order, for several lane counts,
+    /// and a reused link keeps working after large frames.
+    #[test]
+    fn quic_striped_and_small_frames_interleave_in_order() {
+        for lanes in [1u8, 2, 3] {
+            let t = quic(NetConfig::default()).with_lanes(lanes);
+            rt().block_on(async {
+                let (a, mut b) = bench::loop_pair(&t, "127.0.0.1:0").await.unwrap();
+                let frame = |i: usize| -> Vec<u8> {
+                    let len = if i % 3 == 0 {
+                        (1 << 20) + i * 4099
+                    } else {
+                        i * 7
+                    };
+                    (0..len).map(|j| (j ^ i) as u8).collect()
+                };
+                for i in 0..24 {
+                    a.sender.send(frame(i)).unwrap();
+                }
+                for i in 0..24 {
+                    let got = b.receiver.recv().await.unwrap();
+                    assert!(got == frame(i), "lanes {lanes}: frame {i} differs");
+                }
+                b.sender.send(vec![9; 3 << 20]).unwrap();
+                let mut a = a;
+                assert_eq!(a.receiver.recv().await.unwrap(), vec![9; 3 << 20]);
+            });
+        }
+    }
+
+    #[test]
+    fn striped_header_without_lanes_is_a_protocol_error() {
+        let server = quic(NetConfig::default());
+        let client = quic(NetConfig::default());
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let header = ((1u64 << 62) | 16).to_le_bytes();
+            let (_raw, accepted) =
+                tokio::join!(raw_peer(&client, &addr, &header), listener.accept());
+            assert!(matches!(
+                accepted.unwrap().receiver.recv().await,
+                Err(NetError::Protocol { .. })
+            ));
+            good_client_still_accepted(&mut listener, &server).await;
+        });
+    }
+
     #[test]
     fn quic_frame_limit_and_drop() {
         let t = quic(small_config());
@@ -182,6 +242,9 @@ mod quic_tests {
         send.write_all(&preamble(dagger_core::wire::PROTOCOL_VERSION))
             .await
             .unwrap();
+        send.write_all(&crate::quic::hello_ext(0, 1, 7))
+            .await
+            .unwrap();
         let mut p = [0u8; 8];
         recv.read_exact(&mut p).await.unwrap();
         send.write_all(bytes).await.unwrap();
@@ -196,10 +259,7 @@ mod quic_tests {
             let mut listener = server.listen("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr();
             let huge = (1u64 << 40).to_le_bytes();
-            let (raw, accepted) = tokio::join!(
-                raw_peer(&client, &addr, &huge),
-                listener.accept()
-            );
+            let (raw, accepted) = tokio::join!(raw_peer(&client, &addr, &huge), listener.accept());
             let mut accepted = accepted.unwrap();
             match accepted.receiver.recv().await {
                 Err(NetError::FrameTooLarge { len, limit }) => {
@@ -210,13 +270,14 @@ mod quic_tests {
             assert!(accepted.sender.is_closed());
             // The misbehaving peer sees its connection closed by the server.
             let e = raw.closed().await;
-            assert!(matches!(e, quinn::ConnectionError::ApplicationClosed(_)), "{e:?}");
+            assert!(
+                matches!(e, quinn::ConnectionError::ApplicationClosed(_)),
+                "{e:?}"
+            );
             // A malformed close header is refused the same way.
             let bad_close = u64::MAX.to_le_bytes();
-            let (_raw2, accepted2) = tokio::join!(
-                raw_peer(&client, &addr, &bad_close),
-                listener.accept()
-            );
+            let (_raw2, accepted2) =
+                tokio::join!(raw_peer(&client, &addr, &bad_close), listener.accept());
             assert!(matches!(
                 accepted2.unwrap().receiver.recv().await,
                 Err(NetError::Protocol { .. })
@@ -243,8 +304,8 @@ mod quic_tests {
     fn client_of_another_ca_is_refused() {
         let server = quic(NetConfig::default());
         let other_ca = ClusterCa::generate("other").unwrap();
-        let stranger = QuicTransport::new(other_ca.issue("node-x").unwrap(), NetConfig::default())
-            .unwrap();
+        let stranger =
+            QuicTransport::new(other_ca.issue("node-x").unwrap(), NetConfig::default()).unwrap();
         // A certificate of the other CA, but trusting our CA: the server must refuse it.
         let mut mixed = other_ca.issue("node-y").unwrap();
         mixed.ca_pem = ca().cert_pem();
@@ -253,9 +314,15 @@ mod quic_tests {
             let mut listener = server.listen("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr();
             let e = stranger.connect(&addr).await.unwrap_err();
-            assert!(matches!(e, NetError::Tls(_) | NetError::Refused { .. }), "{e:?}");
+            assert!(
+                matches!(e, NetError::Tls(_) | NetError::Refused { .. }),
+                "{e:?}"
+            );
             let e = impostor.connect(&addr).await.unwrap_err();
-            assert!(matches!(e, NetError::Tls(_) | NetError::Refused { .. }), "{e:?}");
+            assert!(
+                matches!(e, NetError::Tls(_) | NetError::Refused { .. }),
+                "{e:?}"
+            );
             good_client_still_accepted(&mut listener, &server).await;
         });
     }
@@ -283,10 +350,21 @@ mod quic_tests {
             let sock = resolve(&addr).await.unwrap();
             let ep = server.client_endpoint(&sock).unwrap();
             let cfg = NetConfig::default();
-            let e = connect_on(&ep, anon, sock, &addr, dagger_core::wire::PROTOCOL_VERSION, &cfg)
-                .await
-                .unwrap_err();
-            assert!(matches!(e, NetError::Tls(_) | NetError::Refused { .. }), "{e:?}");
+            let e = connect_on(
+                &ep,
+                anon,
+                sock,
+                &addr,
+                dagger_core::wire::PROTOCOL_VERSION,
+                &cfg,
+                1,
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(e, NetError::Tls(_) | NetError::Refused { .. }),
+                "{e:?}"
+            );
             good_client_still_accepted(&mut listener, &server).await;
         });
     }
@@ -349,7 +427,10 @@ mod quic_tests {
             }
         }
         rt().block_on(async {
-            assert!(matches!(t.listen("not an address").await, Err(NetError::Address { .. })));
+            assert!(matches!(
+                t.listen("not an address").await,
+                Err(NetError::Address { .. })
+            ));
             assert_eq!(t.name(), "quic");
         });
     }
@@ -361,31 +442,33 @@ mod quic_tests {
     fn measure_quic_paths() {
         let id = ca().issue("bench").unwrap();
         let t = QuicTransport::new(id.clone(), NetConfig::default()).unwrap();
-        let threads = std::env::var("XTHREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
+        let threads = std::env::var("XTHREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            if let Some(par) = std::env::var("XPAR").ok().and_then(|v| v.parse::<usize>().ok()) {
-                for round in 0..3 {
-                    let start = std::time::Instant::now();
-                    let mut hs = Vec::new();
-                    for _ in 0..par {
-                        let id = id.clone();
-                        hs.push(tokio::spawn(async move { bench::raw_quic_mbps(&id, 32 / par, 8 << 20).await.unwrap() }));
-                    }
-                    for h in hs { h.await.unwrap(); }
-                    let secs = start.elapsed().as_secs_f64();
-                    println!("round {round}: par {par} aggregate_MBps (incl handshakes) {:.0}", (32 * (8 << 20)) as f64 / secs / 1e6);
-                }
-            }
             for round in 0..3 {
                 let raw = bench::raw_quic_mbps(&id, 32, 8 << 20).await.unwrap();
                 let conn = bench::conn_mbps(&t, "127.0.0.1:0", 32, 8 << 20).await.unwrap();
+                let mut by_lanes = String::new();
+                for lanes in [1u8, 2, 8] {
+                    let t = QuicTransport::new(id.clone(), NetConfig::default())
+                        .unwrap()
+                        .with_lanes(lanes);
+                    let r = bench::conn_mbps(&t, "127.0.0.1:0", 32, 8 << 20).await.unwrap();
+                    by_lanes.push_str(&format!("  conn_MBps[{lanes} lanes] {r:.0}"));
+                }
                 let raw_rtt = bench::raw_quic_rtt_us(&id, 2000).await.unwrap();
                 let conn_rtt = bench::conn_rtt_us(&t, "127.0.0.1:0", 2000).await.unwrap();
                 let mem = bench::conn_rtt_us(&MemTransport::new(), "mem:0", 2000).await.unwrap();
                 println!(
                     "round {round}: raw_quic_MBps {raw:.0}  conn_MBps {conn:.0}  \
-                     raw_quic_rtt_us {raw_rtt:.1}  conn_rtt_us {conn_rtt:.1}  mem_rtt_us {mem:.1}"
+                     raw_quic_rtt_us {raw_rtt:.1}  conn_rtt_us {conn_rtt:.1}  mem_rtt_us {mem:.1}{by_lanes}"
                 );
             }
         });

@@ -51,7 +51,7 @@ pub use dagger_move::{moves, KindPattern, MoveError, MoveRegistry, MoveTarget, M
 pub use dagger_proc::{detectors, DetectContext, Detectors, Processor, Topology};
 pub use handle::Handle;
 pub use lazy::{Collect, IntoLazy, Lazy};
-pub use registry::{task_names, CallError};
+pub use registry::{registry_hash, task_names, CallError};
 
 /// The names most programs need: `use dagger::prelude::*;`.
 pub mod prelude {
