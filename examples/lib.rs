@@ -31,7 +31,10 @@ pub mod fpga {
                     }
                 })
                 .expect("spawning the board's queue thread");
-            Self { board, queue: Mutex::new(tx) }
+            Self {
+                board,
+                queue: Mutex::new(tx),
+            }
         }
     }
 
@@ -61,7 +64,13 @@ pub mod fpga {
     /// Registers the detector (one board per process) and a move into board memory.
     /// Call before `dagger::init()`.
     pub fn register() {
-        dagger::detectors().register(KIND, |_ctx| vec![Box::new(Fpga::open(0)) as Box<dyn Processor>]);
-        dagger::moves().register::<Vec<u32>, Vec<u32>>(ProcKind::THREAD, ProcKind::custom(KIND), |v, _dst| Ok(v));
+        dagger::detectors().register(KIND, |_ctx| {
+            vec![Box::new(Fpga::open(0)) as Box<dyn Processor>]
+        });
+        dagger::moves().register::<Vec<u32>, Vec<u32>>(
+            ProcKind::THREAD,
+            ProcKind::custom(KIND),
+            |v, _dst| Ok(v),
+        );
     }
 }

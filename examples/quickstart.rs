@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 #[dagger::task]
 fn leaf(i: u64) -> u64 {
     // A little arithmetic so the tasks are not empty.
-    (0..2_000u64).fold(i, |acc, k| acc.wrapping_mul(6364136223846793005).wrapping_add(k)) % 1_000 + i * i
+    (0..2_000u64).fold(i, |acc, k| {
+        acc.wrapping_mul(6364136223846793005).wrapping_add(k)
+    }) % 1_000
+        + i * i
 }
 
 /// An inner node: the sum of two children.
@@ -25,7 +28,10 @@ fn add(a: u64, b: u64) -> u64 {
 }
 
 fn expected_leaf(i: u64) -> u64 {
-    (0..2_000u64).fold(i, |acc, k| acc.wrapping_mul(6364136223846793005).wrapping_add(k)) % 1_000 + i * i
+    (0..2_000u64).fold(i, |acc, k| {
+        acc.wrapping_mul(6364136223846793005).wrapping_add(k)
+    }) % 1_000
+        + i * i
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,7 +42,9 @@ fn main() -> anyhow::Result<()> {
     println!("== the cluster's processors ==\n{}", ctx.topology());
 
     const N: u64 = 256;
-    let leaves: Vec<Handle<u64>> = (0..N).map(|i| leaf::spawn(&ctx, i)).collect::<Result<_, _>>()?;
+    let leaves: Vec<Handle<u64>> = (0..N)
+        .map(|i| leaf::spawn(&ctx, i))
+        .collect::<Result<_, _>>()?;
 
     // Reduce pairwise: each inner task depends on two handles (type-checked: u64 + u64).
     let mut all: Vec<Handle<u64>> = leaves.clone();
@@ -56,7 +64,9 @@ fn main() -> anyhow::Result<()> {
     let root = level.pop().context("the reduction has a root")?;
 
     let bar = ProgressBar::new(all.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tasks {elapsed}")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} tasks {elapsed}",
+    )?);
     for h in &all {
         h.wait()?;
         bar.inc(1);
@@ -78,7 +88,10 @@ fn main() -> anyhow::Result<()> {
     println!("root task {} ran on {}", root.id(), root.info()?.processor);
 
     // The same reduction, lazily: build first, run on collect.
-    let lazy = add::delayed(add::delayed(leaf::delayed(1), leaf::delayed(2)), leaf::delayed(3));
+    let lazy = add::delayed(
+        add::delayed(leaf::delayed(1), leaf::delayed(2)),
+        leaf::delayed(3),
+    );
     let small: u64 = ctx.collect(lazy)?;
     ensure!(small == expected_leaf(1) + expected_leaf(2) + expected_leaf(3));
 

@@ -10,8 +10,15 @@ use dagger::prelude::*;
 
 fn main() -> anyhow::Result<()> {
     dagger::init();
-    let workers = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2);
-    let ctx = Context::builder().workers(workers).driver_runs_tasks(true).build()?;
+    let workers = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(2);
+    let ctx = Context::builder()
+        .workers(workers)
+        .driver_runs_tasks(true)
+        .build()?;
     print!("{}", ctx.topology());
     Ok(())
 }

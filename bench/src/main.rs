@@ -49,7 +49,9 @@ fn start(id: &str, builder: dagger::ContextBuilder) -> anyhow::Result<Context> {
 
 fn fanout(ctx: &Context, n: u64) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let hs: Vec<Handle<u64>> = (0..n).map(|i| inc::spawn(ctx, i)).collect::<Result<_, _>>()?;
+    let hs: Vec<Handle<u64>> = (0..n)
+        .map(|i| inc::spawn(ctx, i))
+        .collect::<Result<_, _>>()?;
     let mut sum = 0u64;
     for h in &hs {
         sum += h.fetch()?;
@@ -84,7 +86,10 @@ fn w2(quick: bool) -> anyhow::Result<()> {
         let t = Instant::now();
         let mut level: Vec<Lazy<u64>> = (0..leaves).map(leaf::delayed).collect();
         while level.len() > 1 {
-            level = level.chunks(2).map(|p| add::delayed(&p[0], &p[1])).collect();
+            level = level
+                .chunks(2)
+                .map(|p| add::delayed(&p[0], &p[1]))
+                .collect();
         }
         let root = level.pop().context("root")?;
         let total: u64 = ctx.collect(root)?;
@@ -95,7 +100,12 @@ fn w2(quick: bool) -> anyhow::Result<()> {
     run(256)?;
     let el = run(leaves)?;
     let tasks = 2 * leaves - 1;
-    line("W2", "tasks_per_s", tasks as f64 / el.as_secs_f64(), "tasks/s");
+    line(
+        "W2",
+        "tasks_per_s",
+        tasks as f64 / el.as_secs_f64(),
+        "tasks/s",
+    );
     Ok(())
 }
 
@@ -128,7 +138,10 @@ fn w3(quick: bool) -> anyhow::Result<()> {
     line("W3", "us_per_hop", el.as_secs_f64() * 1e6 / n as f64, "us");
     let id = ctx.driver_identity().context("identity")?.clone();
     let rt = tokio::runtime::Runtime::new()?;
-    let rtt = rt.block_on(dagger_net::bench::raw_quic_rtt_us(&id, if quick { 200 } else { 2000 }))?;
+    let rtt = rt.block_on(dagger_net::bench::raw_quic_rtt_us(
+        &id,
+        if quick { 200 } else { 2000 },
+    ))?;
     line("W3", "raw_quic_rtt_us", rtt, "us");
     Ok(())
 }
@@ -139,7 +152,10 @@ fn transfer(ctx: &Context, count: u64, len: u64) -> anyhow::Result<Duration> {
     let mut sums = Vec::new();
     for i in 0..count {
         let p = produce::with(Options::new().scope(Scope::worker(a))).spawn(ctx, i, len)?;
-        sums.push((i, checksum::with(Options::new().scope(Scope::worker(b))).spawn(ctx, &p)?));
+        sums.push((
+            i,
+            checksum::with(Options::new().scope(Scope::worker(b))).spawn(ctx, &p)?,
+        ));
     }
     for (i, h) in &sums {
         let s = h.fetch()?;
@@ -165,7 +181,11 @@ fn w4(quick: bool) -> anyhow::Result<()> {
         line("W4", "MBps_shm", bytes / el.as_secs_f64() / 1e6, "MB/s");
         let id = ctx.driver_identity().context("identity")?.clone();
         let rt = tokio::runtime::Runtime::new()?;
-        let raw = rt.block_on(dagger_net::bench::raw_quic_mbps(&id, count as usize, len as usize))?;
+        let raw = rt.block_on(dagger_net::bench::raw_quic_mbps(
+            &id,
+            count as usize,
+            len as usize,
+        ))?;
         line("W4", "raw_quic_MBps", raw, "MB/s");
     }
     let src = vec![7u8; 256 << 20];
@@ -175,7 +195,12 @@ fn w4(quick: bool) -> anyhow::Result<()> {
     dst.copy_from_slice(&src);
     let el = t.elapsed();
     ensure!(dst[12345] == 7);
-    line("W4", "raw_memcpy_MBps", (256u64 << 20) as f64 / el.as_secs_f64() / 1e6, "MB/s");
+    line(
+        "W4",
+        "raw_memcpy_MBps",
+        (256u64 << 20) as f64 / el.as_secs_f64() / 1e6,
+        "MB/s",
+    );
     Ok(())
 }
 
@@ -192,6 +217,28 @@ fn main() -> anyhow::Result<()> {
         "W3" => w3(quick),
         "W4" => w4(quick),
         "L1" => l1(quick),
+        "W4local" => {
+            let ctx = Context::builder().workers(2).build()?;
+            let (a, _) = two_workers(&ctx)?;
+            let len: u64 = 8 << 20;
+            let t = Instant::now();
+            let mut sums = Vec::new();
+            for i in 0..32u64 {
+                let p =
+                    produce::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, i, len)?;
+                sums.push(checksum::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, &p)?);
+            }
+            for h in &sums {
+                h.wait()?;
+            }
+            line(
+                "W4local",
+                "MBps",
+                (32 * len) as f64 / t.elapsed().as_secs_f64() / 1e6,
+                "MB/s",
+            );
+            Ok(())
+        }
         other => bail!("unknown workload {other}"),
     }
 }

@@ -57,11 +57,17 @@ pub struct MemorySpace {
 
 impl MemorySpace {
     /// The process's host memory.
-    pub const HOST: MemorySpace = MemorySpace { kind: Cow::Borrowed("host"), index: 0 };
+    pub const HOST: MemorySpace = MemorySpace {
+        kind: Cow::Borrowed("host"),
+        index: 0,
+    };
 
     /// A memory space of the user's own.
     pub fn custom(kind: impl Into<Cow<'static, str>>, index: u32) -> Self {
-        Self { kind: kind.into(), index }
+        Self {
+            kind: kind.into(),
+            index,
+        }
     }
 
     /// True for host RAM, where every value can be read by the CPU.
@@ -95,7 +101,10 @@ pub struct LinkCost {
 impl LinkCost {
     /// An edge with the given latency (ns) and bandwidth (bytes/s).
     pub const fn new(latency_ns: u64, bytes_per_s: u64) -> Self {
-        Self { latency_ns, bytes_per_s }
+        Self {
+            latency_ns,
+            bytes_per_s,
+        }
     }
 
     /// Nanoseconds to move `bytes` over this edge.

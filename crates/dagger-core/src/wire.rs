@@ -8,6 +8,7 @@ use crate::error::{TaskError, WireError};
 use crate::ids::{ChunkId, Incarnation, ProcId, TaskId, WorkerId};
 use crate::proc::WorkerInfo;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+pub use serde_bytes::ByteBuf;
 
 /// The version of this message set. Peers with another version are refused at the hello.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -78,7 +79,7 @@ pub enum ToDriver {
         /// The chunk.
         chunk: ChunkId,
         /// Its bytes, or why they are not there.
-        data: Result<Vec<u8>, String>,
+        data: Result<ByteBuf, String>,
     },
     /// A chunk now has a copy on another worker (after [`ToWorker::Replicate`]).
     Replicated {
@@ -121,7 +122,7 @@ pub enum PeerMsg {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ChunkPayload {
     /// Inline bytes over the link.
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     /// In a shared-memory object on the same host; the receiver maps and unlinks it.
     Shm {
         /// The object's name under /dev/shm.
@@ -168,7 +169,7 @@ pub struct RunTask {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RunArg {
     /// An encoded value.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A chunk, and the workers that hold a copy (first one preferred). The worker may
     /// also already hold it, or receive it by a push.
     Chunk {
@@ -196,7 +197,7 @@ pub struct TaskDone {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// A small result, inline.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A large result, kept on the worker as the task's chunk.
     Stored {
         /// Its encoded size.
@@ -233,7 +234,13 @@ mod tests {
         let m = ToWorker::Run(vec![RunTask {
             task: TaskId(7),
             func: "inc".into(),
-            args: vec![RunArg::Value(encode(&41u64)), RunArg::Chunk { chunk: ChunkId(3), from: vec![WorkerId(2)] }],
+            args: vec![
+                RunArg::Value(encode(&41u64)),
+                RunArg::Chunk {
+                    chunk: ChunkId(3),
+                    from: vec![WorkerId(2)],
+                },
+            ],
             proc: ProcId::new(WorkerId(1), 2),
             inline_limit: 1024,
             push_to: vec![],

@@ -36,13 +36,22 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn expand(func: ItemFn, name_override: Option<syn::LitStr>) -> syn::Result<proc_macro2::TokenStream> {
+fn expand(
+    func: ItemFn,
+    name_override: Option<syn::LitStr>,
+) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &func.sig;
     if sig.asyncness.is_some() {
-        return Err(syn::Error::new_spanned(sig.fn_token, "dagger tasks must not be async"));
+        return Err(syn::Error::new_spanned(
+            sig.fn_token,
+            "dagger tasks must not be async",
+        ));
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new_spanned(&sig.generics, "dagger tasks cannot be generic"));
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "dagger tasks cannot be generic",
+        ));
     }
     let vis = &func.vis;
     let ident = &sig.ident;

@@ -1,15 +1,20 @@
 //! Measurements of the QUIC path, for benchmarks that read the cluster's figures against
 //! the ceiling of the transport underneath.
 //!
-//! [`raw_quic_pair`] opens a bare quinn stream pair with exactly the TLS and transport
+//! `raw_quic_pair` (feature `quic`) opens a bare quinn stream pair with exactly the TLS and transport
 //! settings of cluster links, without this crate's framing; the other functions time the
-//! raw path and the [`Conn`](crate::Conn) path the same way. Nothing here asserts a speed.
+//! raw path and the [`Conn`] path the same way. Nothing here asserts a speed.
 
+#[cfg(feature = "quic")]
 use crate::quic::{build_configs, make_endpoint, open_raw, preamble};
-use crate::{Conn, Identity, NetConfig, NetError, Transport};
+use crate::{Conn, NetError, Transport};
+#[cfg(feature = "quic")]
+use crate::{Identity, NetConfig};
+#[cfg(feature = "quic")]
 use std::net::SocketAddr;
 use std::time::Instant;
 
+#[cfg(feature = "quic")]
 /// Both ends of one bidirectional quinn stream on loopback, with the cluster's settings.
 /// Holds the endpoints and connections, so the streams stay usable while it lives.
 pub struct RawQuicPair {
@@ -28,6 +33,7 @@ pub struct RawQuicPair {
     _endpoints: (quinn::Endpoint, quinn::Endpoint),
 }
 
+#[cfg(feature = "quic")]
 /// Opens a [`RawQuicPair`] between two fresh endpoints on 127.0.0.1 using `identity` on
 /// both sides. Must be awaited inside a tokio runtime; costs one QUIC handshake.
 pub async fn raw_quic_pair(
@@ -92,6 +98,7 @@ fn io(e: impl std::fmt::Display) -> NetError {
     }
 }
 
+#[cfg(feature = "quic")]
 /// Sends `count` buffers of `len` bytes one way over a [`RawQuicPair`] (the receiver reads
 /// them with `read_chunk`, without copying) and returns the rate in MB/s (10^6 bytes per
 /// second), timed from the first write until the last byte arrived.
@@ -120,6 +127,7 @@ pub async fn raw_quic_mbps(identity: &Identity, count: usize, len: usize) -> Res
     Ok(got as f64 / secs / 1e6)
 }
 
+#[cfg(feature = "quic")]
 /// Times `iters` ping-pongs of a 64-byte message over a [`RawQuicPair`] and returns the
 /// median round trip in microseconds.
 pub async fn raw_quic_rtt_us(identity: &Identity, iters: usize) -> Result<f64, NetError> {

@@ -27,8 +27,8 @@
 //!   link dies; that a frame was *processed* by the peer (acknowledge at a higher level).
 
 #![warn(missing_docs)]
+#![cfg_attr(not(feature = "quic"), allow(rustdoc::broken_intra_doc_links))]
 
-#[cfg(feature = "quic")]
 pub mod bench;
 #[cfg(feature = "quic")]
 mod ca;

@@ -58,6 +58,7 @@ impl LinkState {
     }
 
     /// Resolves once the link is down (immediately if it already is).
+    #[cfg(feature = "quic")]
     pub(crate) async fn wait_down(&self) {
         loop {
             let notified = self.notify.notified();

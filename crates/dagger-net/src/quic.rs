@@ -440,7 +440,7 @@ pub(crate) fn hello_ext(role: u8, n: u8, token: u64) -> [u8; 10] {
 }
 
 /// Dials `sock`, sends the preamble and `ext`, and checks the answering preamble.
-async fn dial_stream(
+pub(crate) async fn dial_stream(
     endpoint: &Endpoint,
     client: quinn::ClientConfig,
     sock: SocketAddr,
@@ -657,6 +657,17 @@ async fn server_handshake(
                 }
                 map.insert(token, PendingLink { ip, lanes: lane_tx });
             }
+            // Unregisters the link however this handshake ends (also when it times out).
+            struct Unregister<'a>(&'a PendingLinks, u64);
+            impl Drop for Unregister<'_> {
+                fn drop(&mut self) {
+                    self.0
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&self.1);
+                }
+            }
+            let _unregister = (n > 1).then(|| Unregister(pending, token));
             // Registered before answering: the dialler opens lanes only after the answer.
             let answered = send.write_all(&preamble(version)).await;
             let collected = async {
@@ -677,10 +688,6 @@ async fn server_handshake(
                 Ok(lanes.into_iter().flatten().collect::<Vec<Lane>>())
             }
             .await;
-            pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&token);
             let lanes = collected?;
             Ok(Some(make_conn(
                 endpoint,

@@ -223,6 +223,29 @@ mod quic_tests {
     }
 
     #[test]
+    fn lane_of_an_unknown_link_is_refused() {
+        let server = quic(NetConfig::default());
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let sock = resolve(&addr).await.unwrap();
+            let ep = server.client_endpoint(&sock).unwrap();
+            let ext = crate::quic::hello_ext(crate::quic::ROLE_LANE, 1, 12345);
+            let r = crate::quic::dial_stream(
+                &ep,
+                server.client.clone(),
+                sock,
+                &addr,
+                dagger_core::wire::PROTOCOL_VERSION,
+                ext,
+            )
+            .await;
+            assert!(matches!(r, Err(NetError::Refused { .. })), "{:?}", r.err());
+            good_client_still_accepted(&mut listener, &server).await;
+        });
+    }
+
+    #[test]
     fn quic_frame_limit_and_drop() {
         let t = quic(small_config());
         rt().block_on(async {
@@ -436,13 +459,14 @@ mod quic_tests {
     }
 
     /// Prints the throughput and round trip of the raw quinn path and of the `Conn` path.
-    /// Run with `cargo test -p dagger-net --release -- --ignored --nocapture measure`.
+    /// Run with `cargo test -p dagger-net --release -- --ignored --nocapture measure`;
+    /// `DAGGER_NET_MEASURE_THREADS` sets the runtime's worker threads (default 2).
     #[test]
     #[ignore = "measurement, not a test"]
     fn measure_quic_paths() {
         let id = ca().issue("bench").unwrap();
         let t = QuicTransport::new(id.clone(), NetConfig::default()).unwrap();
-        let threads = std::env::var("XTHREADS")
+        let threads = std::env::var("DAGGER_NET_MEASURE_THREADS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(2);

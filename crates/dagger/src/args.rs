@@ -16,10 +16,12 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self, _ctx: &Context) -> Result<Arg, SubmitError> {
-        postcard::to_allocvec(&self).map(Arg::Value).map_err(|e| SubmitError::Encode {
-            ty: std::any::type_name::<T>(),
-            message: e.to_string(),
-        })
+        postcard::to_allocvec(&self)
+            .map(Arg::Value)
+            .map_err(|e| SubmitError::Encode {
+                ty: std::any::type_name::<T>(),
+                message: e.to_string(),
+            })
     }
 }
 

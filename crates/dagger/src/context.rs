@@ -8,7 +8,9 @@ use crate::registry;
 use crate::worker::{self, WorkerSetup};
 use dagger_core::{Arg, ChunkId, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
 use dagger_net::launch::{LocalLauncher, WorkerProcess};
-use dagger_net::{ClusterCa, Identity, MemTransport, NetConfig, NetError, QuicTransport, Transport};
+use dagger_net::{
+    ClusterCa, Identity, MemTransport, NetConfig, NetError, QuicTransport, Transport,
+};
 use dagger_proc::Topology;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -248,7 +250,10 @@ impl Context {
         let state = DriverState::new(
             sched,
             ev_tx.clone(),
-            DriverConfig { heartbeat_timeout: b.heartbeat_timeout, shm: b.shm },
+            DriverConfig {
+                heartbeat_timeout: b.heartbeat_timeout,
+                shm: b.shm,
+            },
         );
         {
             let _g = handle.enter();
@@ -323,49 +328,103 @@ impl Context {
     pub fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<(), ContextError> {
         let start = Instant::now();
         loop {
-            let joined = self.query(|st| st.workers().len()).ok_or(ContextError::Shutdown)?;
+            let joined = self
+                .query(|st| st.workers().len())
+                .ok_or(ContextError::Shutdown)?;
             if joined >= n {
                 return Ok(());
             }
             if start.elapsed() >= timeout {
-                return Err(ContextError::JoinTimeout { expected: n, joined, waited: timeout });
+                return Err(ContextError::JoinTimeout {
+                    expected: n,
+                    joined,
+                    waited: timeout,
+                });
             }
-            let dead = self.inner.children.lock().iter_mut().filter_map(|c| c.try_wait().ok().flatten()).count();
+            let dead = self
+                .inner
+                .children
+                .lock()
+                .iter_mut()
+                .filter_map(|c| c.try_wait().ok().flatten())
+                .count();
             if dead > 0 {
-                return Err(ContextError::Launch(format!("{dead} worker process(es) exited before joining")));
+                return Err(ContextError::Launch(format!(
+                    "{dead} worker process(es) exited before joining"
+                )));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
     /// Runs `f` inside the driver loop and returns its result (None if shut down).
-    pub(crate) fn query<R: Send + 'static>(&self, f: impl FnOnce(&mut DriverState) -> R + Send + 'static) -> Option<R> {
+    pub(crate) fn query<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DriverState) -> R + Send + 'static,
+    ) -> Option<R> {
         self.inner.query(f)
     }
 
     /// Submits one task by function name; used by `#[dagger::task]`'s generated code.
     #[doc(hidden)]
-    pub fn spawn_raw<T>(&self, func: &'static str, args: Vec<Result<Arg, SubmitError>>, options: Options) -> Result<Handle<T>, SubmitError> {
+    pub fn spawn_raw<T>(
+        &self,
+        func: &'static str,
+        args: Vec<Result<Arg, SubmitError>>,
+        options: Options,
+    ) -> Result<Handle<T>, SubmitError> {
         let args: Vec<Arg> = args.into_iter().collect::<Result<_, _>>()?;
         let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
-        let slot = Arc::new(Slot::new(id, registry::lookup(func), self.inner.cmd.clone()));
-        let spec = TaskSpec { id, func: func.to_string(), args, options };
-        self.inner.cmd.send(DriverCmd::Submit(vec![(spec, Some(slot.clone()))])).map_err(|_| SubmitError::Shutdown)?;
+        let slot = Arc::new(Slot::new(
+            id,
+            registry::lookup(func),
+            self.inner.cmd.clone(),
+        ));
+        let spec = TaskSpec {
+            id,
+            func: func.to_string(),
+            args,
+            options,
+        };
+        self.inner
+            .cmd
+            .send(DriverCmd::Submit(vec![(spec, Some(slot.clone()))]))
+            .map_err(|_| SubmitError::Shutdown)?;
         Ok(Handle::new(slot, self.inner.clone()))
     }
 
     /// Submits one task by a function name that need not be registered in this process
     /// (e.g. a function only the workers know). Its result is fetched untyped-checked.
-    pub fn spawn_by_name<T>(&self, func: &str, args: Vec<Arg>, options: Options) -> Result<Handle<T>, SubmitError> {
+    pub fn spawn_by_name<T>(
+        &self,
+        func: &str,
+        args: Vec<Arg>,
+        options: Options,
+    ) -> Result<Handle<T>, SubmitError> {
         let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
-        let slot = Arc::new(Slot::new(id, registry::lookup(func), self.inner.cmd.clone()));
-        let spec = TaskSpec { id, func: func.to_string(), args, options };
-        self.inner.cmd.send(DriverCmd::Submit(vec![(spec, Some(slot.clone()))])).map_err(|_| SubmitError::Shutdown)?;
+        let slot = Arc::new(Slot::new(
+            id,
+            registry::lookup(func),
+            self.inner.cmd.clone(),
+        ));
+        let spec = TaskSpec {
+            id,
+            func: func.to_string(),
+            args,
+            options,
+        };
+        self.inner
+            .cmd
+            .send(DriverCmd::Submit(vec![(spec, Some(slot.clone()))]))
+            .map_err(|_| SubmitError::Shutdown)?;
         Ok(Handle::new(slot, self.inner.clone()))
     }
 
     /// Submits a lazy graph in one batch; returns the roots' slots.
-    pub(crate) fn spawn_lazy_graph(&self, roots: Vec<Arc<LazyNode>>) -> Result<Vec<Arc<Slot>>, SubmitError> {
+    pub(crate) fn spawn_lazy_graph(
+        &self,
+        roots: Vec<Arc<LazyNode>>,
+    ) -> Result<Vec<Arc<Slot>>, SubmitError> {
         let mut ids: HashMap<*const LazyNode, (TaskId, Arc<Slot>)> = HashMap::new();
         let mut batch: Vec<(TaskSpec, Option<Arc<Slot>>)> = Vec::new();
         let mut keep_alive: Vec<Arc<Slot>> = Vec::new();
@@ -401,16 +460,31 @@ impl Context {
                     });
                 }
                 let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
-                let slot = Arc::new(Slot::new(id, registry::lookup(node.func), self.inner.cmd.clone()));
-                let spec = TaskSpec { id, func: node.func.to_string(), args, options: node.options.clone() };
+                let slot = Arc::new(Slot::new(
+                    id,
+                    registry::lookup(node.func),
+                    self.inner.cmd.clone(),
+                ));
+                let spec = TaskSpec {
+                    id,
+                    func: node.func.to_string(),
+                    args,
+                    options: node.options.clone(),
+                };
                 batch.push((spec, Some(slot.clone())));
                 ids.insert(key, (id, slot));
             }
         }
-        let out: Vec<Arc<Slot>> = roots.iter().map(|r| ids[&Arc::as_ptr(r)].1.clone()).collect();
+        let out: Vec<Arc<Slot>> = roots
+            .iter()
+            .map(|r| ids[&Arc::as_ptr(r)].1.clone())
+            .collect();
         // Only the roots' results are wanted; inner nodes' slots are dropped here, which
         // releases their results once their consumers ran.
-        self.inner.cmd.send(DriverCmd::Submit(batch)).map_err(|_| SubmitError::Shutdown)?;
+        self.inner
+            .cmd
+            .send(DriverCmd::Submit(batch))
+            .map_err(|_| SubmitError::Shutdown)?;
         drop(keep_alive);
         Ok(out)
     }
@@ -428,7 +502,8 @@ impl Context {
 
     /// The processor tree of every process of the cluster, with shortcut edges.
     pub fn topology(&self) -> Topology {
-        self.query(|st| st.sched.topology().clone()).unwrap_or_default()
+        self.query(|st| st.sched.topology().clone())
+            .unwrap_or_default()
     }
 
     /// The workers now in the cluster (the driver's own process included if it runs tasks).
@@ -491,7 +566,10 @@ pub enum CollectError {
 }
 
 impl Inner {
-    pub(crate) fn query<R: Send + 'static>(&self, f: impl FnOnce(&mut DriverState) -> R + Send + 'static) -> Option<R> {
+    pub(crate) fn query<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DriverState) -> R + Send + 'static,
+    ) -> Option<R> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.cmd
             .send(DriverCmd::Query(Box::new(move |st| {
@@ -523,20 +601,38 @@ impl Inner {
         .flatten()
     }
 
-    pub(crate) async fn fetch_chunk(&self, chunk: ChunkId, holders: Vec<WorkerId>) -> Result<Vec<u8>, TaskError> {
+    pub(crate) async fn fetch_chunk(
+        &self,
+        chunk: ChunkId,
+        holders: Vec<WorkerId>,
+    ) -> Result<Vec<u8>, TaskError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
-            .send(DriverCmd::FetchChunk { chunk, holders, reply: tx })
+            .send(DriverCmd::FetchChunk {
+                chunk,
+                holders,
+                reply: tx,
+            })
             .map_err(|_| TaskError::Shutdown { task: chunk.task() })?;
-        rx.await.map_err(|_| TaskError::Shutdown { task: chunk.task() })?
+        rx.await
+            .map_err(|_| TaskError::Shutdown { task: chunk.task() })?
     }
 
-    pub(crate) fn fetch_chunk_blocking(&self, chunk: ChunkId, holders: Vec<WorkerId>) -> Result<Vec<u8>, TaskError> {
+    pub(crate) fn fetch_chunk_blocking(
+        &self,
+        chunk: ChunkId,
+        holders: Vec<WorkerId>,
+    ) -> Result<Vec<u8>, TaskError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
-            .send(DriverCmd::FetchChunk { chunk, holders, reply: tx })
+            .send(DriverCmd::FetchChunk {
+                chunk,
+                holders,
+                reply: tx,
+            })
             .map_err(|_| TaskError::Shutdown { task: chunk.task() })?;
-        rx.blocking_recv().map_err(|_| TaskError::Shutdown { task: chunk.task() })?
+        rx.blocking_recv()
+            .map_err(|_| TaskError::Shutdown { task: chunk.task() })?
     }
 
     fn shutdown(&self) {

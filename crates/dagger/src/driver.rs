@@ -22,7 +22,11 @@ pub(crate) enum DriverCmd {
     /// The last handle to a task was dropped.
     Release(TaskId),
     /// Bring a large result's bytes to the driver.
-    FetchChunk { chunk: ChunkId, holders: Vec<WorkerId>, reply: oneshot::Sender<Result<Vec<u8>, TaskError>> },
+    FetchChunk {
+        chunk: ChunkId,
+        holders: Vec<WorkerId>,
+        reply: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+    },
     /// Run a closure on the driver's state (queries: topology, task info, workers).
     Query(Box<dyn FnOnce(&mut DriverState) + Send>),
     /// Stop: tell the workers to exit, fail what is pending.
@@ -32,11 +36,23 @@ pub(crate) enum DriverCmd {
 /// What the links report to the driver loop.
 pub(crate) enum LinkEvent {
     /// A process passed the handshake and wants to join.
-    Joined { conn: Conn, info: WorkerInfo, in_process: bool },
+    Joined {
+        conn: Conn,
+        info: WorkerInfo,
+        in_process: bool,
+    },
     /// A message from a joined worker.
-    Msg { worker: WorkerId, incarnation: Incarnation, msg: ToDriver },
+    Msg {
+        worker: WorkerId,
+        incarnation: Incarnation,
+        msg: ToDriver,
+    },
     /// A worker's link closed or sent garbage.
-    Closed { worker: WorkerId, incarnation: Incarnation, reason: String },
+    Closed {
+        worker: WorkerId,
+        incarnation: Incarnation,
+        reason: String,
+    },
 }
 
 struct WorkerLink {
@@ -67,7 +83,11 @@ pub(crate) struct DriverState {
 }
 
 impl DriverState {
-    pub(crate) fn new(sched: Scheduler, ev_tx: mpsc::UnboundedSender<LinkEvent>, config: DriverConfig) -> Self {
+    pub(crate) fn new(
+        sched: Scheduler,
+        ev_tx: mpsc::UnboundedSender<LinkEvent>,
+        config: DriverConfig,
+    ) -> Self {
         Self {
             sched,
             start: Instant::now(),
@@ -115,13 +135,20 @@ impl DriverState {
                 if let Err(error) = self.sched.submit(now, specs) {
                     for id in ids {
                         if let Some(slot) = self.slots.remove(&id) {
-                            slot.complete(Err(TaskError::Rejected { task: id, error: error.clone() }));
+                            slot.complete(Err(TaskError::Rejected {
+                                task: id,
+                                error: error.clone(),
+                            }));
                         }
                     }
                 }
             }
             DriverCmd::Release(task) => self.sched.release(task),
-            DriverCmd::FetchChunk { chunk, holders, reply } => {
+            DriverCmd::FetchChunk {
+                chunk,
+                holders,
+                reply,
+            } => {
                 let target = holders.iter().copied().find(|w| self.links.contains_key(w));
                 match target {
                     Some(w) => {
@@ -138,7 +165,9 @@ impl DriverState {
                     None => {
                         let _ = reply.send(Err(TaskError::MoveFailed {
                             task: chunk.task(),
-                            message: format!("no live worker holds the result (holders: {holders:?})"),
+                            message: format!(
+                                "no live worker holds the result (holders: {holders:?})"
+                            ),
                         }));
                     }
                 }
@@ -151,9 +180,21 @@ impl DriverState {
 
     fn on_link(&mut self, ev: LinkEvent) {
         match ev {
-            LinkEvent::Joined { conn, info, in_process } => self.on_join(conn, info, in_process),
-            LinkEvent::Msg { worker, incarnation, msg } => self.on_msg(worker, incarnation, msg),
-            LinkEvent::Closed { worker, incarnation, reason } => self.on_lost(worker, incarnation, reason),
+            LinkEvent::Joined {
+                conn,
+                info,
+                in_process,
+            } => self.on_join(conn, info, in_process),
+            LinkEvent::Msg {
+                worker,
+                incarnation,
+                msg,
+            } => self.on_msg(worker, incarnation, msg),
+            LinkEvent::Closed {
+                worker,
+                incarnation,
+                reason,
+            } => self.on_lost(worker, incarnation, reason),
         }
     }
 
@@ -182,7 +223,11 @@ impl DriverState {
             host: info.host.clone(),
         };
         let peers: Vec<PeerInfo> = self.links.values().map(|l| l.peer.clone()).collect();
-        let welcome = ToWorker::Welcome { worker, incarnation, peers };
+        let welcome = ToWorker::Welcome {
+            worker,
+            incarnation,
+            peers,
+        };
         if conn.sender.send(wire::encode(&welcome)).is_err() {
             return;
         }
@@ -190,8 +235,17 @@ impl DriverState {
         for l in self.links.values() {
             let _ = l.sender.send(joined.clone());
         }
-        let Conn { sender, receiver, .. } = conn;
-        self.links.insert(worker, WorkerLink { incarnation, sender: sender.clone(), peer });
+        let Conn {
+            sender, receiver, ..
+        } = conn;
+        self.links.insert(
+            worker,
+            WorkerLink {
+                incarnation,
+                sender: sender.clone(),
+                peer,
+            },
+        );
         spawn_reader(worker, incarnation, sender, receiver, self.ev_tx.clone());
         let now = self.now();
         self.detector.heard(worker, incarnation, now);
@@ -221,7 +275,12 @@ impl DriverState {
                     let mut rest = Vec::new();
                     for (w, reply) in waiters.drain(..) {
                         if w == worker {
-                            let r = data.clone().map_err(|message| TaskError::MoveFailed { task: chunk.task(), message });
+                            let r = data.clone().map(|b| b.into_vec()).map_err(|message| {
+                                TaskError::MoveFailed {
+                                    task: chunk.task(),
+                                    message,
+                                }
+                            });
                             let _ = reply.send(r);
                         } else {
                             rest.push((w, reply));
@@ -234,7 +293,11 @@ impl DriverState {
                     }
                 }
             }
-            ToDriver::Replicated { incarnation, chunk, to } => {
+            ToDriver::Replicated {
+                incarnation,
+                chunk,
+                to,
+            } => {
                 self.sched.chunk_replicated(worker, incarnation, chunk, to);
             }
             ToDriver::Heartbeat { .. } => {}
@@ -332,7 +395,14 @@ fn spawn_reader(
             match receiver.recv().await {
                 Ok(frame) => match wire::decode::<ToDriver>(&frame) {
                     Ok(msg) => {
-                        if ev_tx.send(LinkEvent::Msg { worker, incarnation, msg }).is_err() {
+                        if ev_tx
+                            .send(LinkEvent::Msg {
+                                worker,
+                                incarnation,
+                                msg,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -344,13 +414,21 @@ fn spawn_reader(
                 Err(e) => break format!("link closed: {e}"),
             }
         };
-        let _ = ev_tx.send(LinkEvent::Closed { worker, incarnation, reason });
+        let _ = ev_tx.send(LinkEvent::Closed {
+            worker,
+            incarnation,
+            reason,
+        });
     });
 }
 
 /// Accepts links on `listener`, runs the join handshake and hands joined processes to the
 /// driver loop. Handshake failures are logged and the link closed; the loop goes on.
-pub(crate) fn spawn_acceptor(mut listener: Box<dyn Listener>, ev_tx: mpsc::UnboundedSender<LinkEvent>, in_process: bool) {
+pub(crate) fn spawn_acceptor(
+    mut listener: Box<dyn Listener>,
+    ev_tx: mpsc::UnboundedSender<LinkEvent>,
+    in_process: bool,
+) {
     tokio::spawn(async move {
         loop {
             let conn = match listener.accept().await {
@@ -364,7 +442,11 @@ pub(crate) fn spawn_acceptor(mut listener: Box<dyn Listener>, ev_tx: mpsc::Unbou
             tokio::spawn(async move {
                 match handshake(conn).await {
                     Ok((conn, info)) => {
-                        let _ = ev_tx.send(LinkEvent::Joined { conn, info, in_process });
+                        let _ = ev_tx.send(LinkEvent::Joined {
+                            conn,
+                            info,
+                            in_process,
+                        });
                     }
                     Err(e) => tracing::warn!(error = %e, "a process failed to join"),
                 }
@@ -382,10 +464,14 @@ async fn handshake(mut conn: Conn) -> Result<(Conn, WorkerInfo), String> {
     let hello: Hello = wire::decode(&first).map_err(|e| e.to_string())?;
     if hello.version != PROTOCOL_VERSION {
         conn.sender.close("protocol version mismatch");
-        return Err(format!("protocol version {} (ours {PROTOCOL_VERSION})", hello.version));
+        return Err(format!(
+            "protocol version {} (ours {PROTOCOL_VERSION})",
+            hello.version
+        ));
     }
     if hello.registry_hash != registry::registry_hash() {
-        conn.sender.close("task registry mismatch: not the same binary");
+        conn.sender
+            .close("task registry mismatch: not the same binary");
         return Err("its task functions differ from the driver's (another binary?)".into());
     }
     let second = tokio::time::timeout(limit, conn.receiver.recv())

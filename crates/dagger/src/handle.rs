@@ -33,8 +33,18 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub(crate) fn new(id: TaskId, func: Option<&'static TaskFn>, release: UnboundedSender<DriverCmd>) -> Self {
-        Self { id, func, state: Mutex::new(SlotState::default()), cond: Condvar::new(), release }
+    pub(crate) fn new(
+        id: TaskId,
+        func: Option<&'static TaskFn>,
+        release: UnboundedSender<DriverCmd>,
+    ) -> Self {
+        Self {
+            id,
+            func,
+            state: Mutex::new(SlotState::default()),
+            cond: Condvar::new(),
+            release,
+        }
     }
 
     /// Called by the driver loop when the task finished or failed.
@@ -97,19 +107,32 @@ pub struct Handle<T> {
 
 impl<T> Clone for Handle<T> {
     fn clone(&self) -> Self {
-        Self { slot: self.slot.clone(), ctx: self.ctx.clone(), _t: PhantomData }
+        Self {
+            slot: self.slot.clone(),
+            ctx: self.ctx.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
 impl<T> std::fmt::Debug for Handle<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Handle<{}>({})", std::any::type_name::<T>(), self.slot.id)
+        write!(
+            f,
+            "Handle<{}>({})",
+            std::any::type_name::<T>(),
+            self.slot.id
+        )
     }
 }
 
 impl<T> Handle<T> {
     pub(crate) fn new(slot: Arc<Slot>, ctx: Arc<Inner>) -> Self {
-        Self { slot, ctx, _t: PhantomData }
+        Self {
+            slot,
+            ctx,
+            _t: PhantomData,
+        }
     }
 
     /// The task's id.
@@ -132,13 +155,19 @@ impl<T> Handle<T> {
     /// Where and when the task ran. Blocks until the task finished.
     pub fn info(&self) -> Result<TaskInfo, TaskError> {
         self.wait()?;
-        self.ctx.task_info(self.id()).ok_or(TaskError::Shutdown { task: self.id() })
+        self.ctx
+            .task_info(self.id())
+            .ok_or(TaskError::Shutdown { task: self.id() })
     }
 
     /// The same task's result, viewed as another type. `fetch` then checks the type and
     /// reports `TaskError::TypeMismatch` if it differs.
     pub fn cast<U>(self) -> Handle<U> {
-        Handle { slot: self.slot, ctx: self.ctx, _t: PhantomData }
+        Handle {
+            slot: self.slot,
+            ctx: self.ctx,
+            _t: PhantomData,
+        }
     }
 }
 
@@ -147,7 +176,9 @@ impl<T: DeserializeOwned> Handle<T> {
     /// Costs one round trip to the holding worker for results larger than the inline limit.
     pub fn fetch(&self) -> Result<T, TaskError> {
         let outcome = self.slot.wait();
-        self.decode(outcome, |chunk, holders| self.ctx.fetch_chunk_blocking(chunk, holders))
+        self.decode(outcome, |chunk, holders| {
+            self.ctx.fetch_chunk_blocking(chunk, holders)
+        })
     }
 
     fn check_type(&self) -> Result<(), TaskError> {
@@ -209,14 +240,19 @@ impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Handle<T>
         Box::pin(async move {
             let outcome = SlotWait(&self.slot).await;
             let fetched = match &outcome {
-                Ok(Completion::Stored { holders, .. }) => {
-                    Some(self.ctx.fetch_chunk(self.id().chunk(), holders.clone()).await)
-                }
+                Ok(Completion::Stored { holders, .. }) => Some(
+                    self.ctx
+                        .fetch_chunk(self.id().chunk(), holders.clone())
+                        .await,
+                ),
                 _ => None,
             };
             self.decode(outcome, |_, _| match fetched {
                 Some(r) => r,
-                None => Err(TaskError::MoveFailed { task: self.id(), message: "result is not stored on a worker".into() }),
+                None => Err(TaskError::MoveFailed {
+                    task: self.id(),
+                    message: "result is not stored on a worker".into(),
+                }),
             })
         })
     }

@@ -37,7 +37,10 @@ pub struct Lazy<T> {
 
 impl<T> Clone for Lazy<T> {
     fn clone(&self) -> Self {
-        Self { node: self.node.clone(), _t: PhantomData }
+        Self {
+            node: self.node.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -45,7 +48,14 @@ impl<T> Lazy<T> {
     /// A lazy call of the registered function `func` (used by `#[dagger::task]`).
     #[doc(hidden)]
     pub fn new(func: &'static str, args: Vec<LazyArg>, options: Options) -> Self {
-        Self { node: Arc::new(LazyNode { func, args, options }), _t: PhantomData }
+        Self {
+            node: Arc::new(LazyNode {
+                func,
+                args,
+                options,
+            }),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -60,7 +70,10 @@ impl<T: Serialize> IntoLazy<T> for T {
     fn into_lazy(self) -> LazyArg {
         match postcard::to_allocvec(&self) {
             Ok(v) => LazyArg(LazyArgKind::Value(v)),
-            Err(e) => LazyArg(LazyArgKind::Invalid(SubmitError::Encode { ty: std::any::type_name::<T>(), message: e.to_string() })),
+            Err(e) => LazyArg(LazyArgKind::Invalid(SubmitError::Encode {
+                ty: std::any::type_name::<T>(),
+                message: e.to_string(),
+            })),
         }
     }
 }
@@ -100,7 +113,10 @@ impl<T: DeserializeOwned> Collect for Lazy<T> {
     type Handles = Handle<T>;
     fn spawn_all(self, ctx: &Context) -> Result<Handle<T>, SubmitError> {
         let mut hs = ctx.spawn_lazy_graph(vec![self.node])?;
-        Ok(Handle::new(hs.pop().expect("one root gives one handle"), ctx.inner().clone()))
+        Ok(Handle::new(
+            hs.pop().expect("one root gives one handle"),
+            ctx.inner().clone(),
+        ))
     }
     fn fetch_all(h: Handle<T>) -> Result<T, dagger_core::TaskError> {
         h.fetch()
@@ -112,7 +128,10 @@ impl<T: DeserializeOwned> Collect for Vec<Lazy<T>> {
     type Handles = Vec<Handle<T>>;
     fn spawn_all(self, ctx: &Context) -> Result<Vec<Handle<T>>, SubmitError> {
         let slots = ctx.spawn_lazy_graph(self.into_iter().map(|l| l.node).collect())?;
-        Ok(slots.into_iter().map(|s| Handle::new(s, ctx.inner().clone())).collect())
+        Ok(slots
+            .into_iter()
+            .map(|s| Handle::new(s, ctx.inner().clone()))
+            .collect())
     }
     fn fetch_all(hs: Vec<Handle<T>>) -> Result<Vec<T>, dagger_core::TaskError> {
         hs.iter().map(|h| h.fetch()).collect()

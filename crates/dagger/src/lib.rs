@@ -41,10 +41,12 @@ mod registry;
 mod worker;
 
 pub use args::IntoArg;
-pub use context::{ClusterEvent, CollectError, Context, ContextBuilder, ContextError, SubmitError, TaskInfo};
+pub use context::{
+    ClusterEvent, CollectError, Context, ContextBuilder, ContextError, SubmitError, TaskInfo,
+};
 pub use dagger_core::{
-    Arg, ChunkId, GraphError, Incarnation, LinkCost, MemorySpace, Options, ProcId, ProcInfo, ProcKind,
-    Scope, TaskError, TaskId, WorkerId, WorkerInfo,
+    Arg, ChunkId, GraphError, Incarnation, LinkCost, MemorySpace, Options, ProcId, ProcInfo,
+    ProcKind, Scope, TaskError, TaskId, WorkerId, WorkerInfo,
 };
 pub use dagger_macros::task;
 pub use dagger_move::{moves, KindPattern, MoveError, MoveRegistry, MoveTarget, MoveValue};

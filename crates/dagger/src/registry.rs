@@ -64,14 +64,20 @@ fn registry() -> &'static Registry {
         let mut names: Vec<(&'static str, &'static str)> = Vec::new();
         for f in inventory::iter::<TaskFn> {
             if by_name.insert(f.name, f).is_some() {
-                tracing::warn!(name = f.name, "two task functions share one name; the last one wins");
+                tracing::warn!(
+                    name = f.name,
+                    "two task functions share one name; the last one wins"
+                );
             }
             names.push((f.name, (f.result_type)()));
         }
         names.sort();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         names.hash(&mut h);
-        Registry { by_name, hash: h.finish() }
+        Registry {
+            by_name,
+            hash: h.finish(),
+        }
     })
 }
 
@@ -102,14 +108,29 @@ pub enum ArgValue<'a> {
 }
 
 /// Decodes one argument (used by the code `#[dagger::task]` generates).
-pub fn decode_arg<T: serde::de::DeserializeOwned + 'static>(arg: &mut ArgValue<'_>, param: &'static str) -> Result<T, CallError> {
+pub fn decode_arg<T: serde::de::DeserializeOwned + 'static>(
+    arg: &mut ArgValue<'_>,
+    param: &'static str,
+) -> Result<T, CallError> {
     let ty = std::any::type_name::<T>();
     match arg {
-        ArgValue::Bytes(bytes) => postcard::from_bytes(bytes).map_err(|e| CallError::Decode { param, ty, message: e.to_string() }),
+        ArgValue::Bytes(bytes) => postcard::from_bytes(bytes).map_err(|e| CallError::Decode {
+            param,
+            ty,
+            message: e.to_string(),
+        }),
         ArgValue::Value(v) => match v.take().map(|b| b.downcast::<T>()) {
             Some(Ok(t)) => Ok(*t),
-            Some(Err(_)) => Err(CallError::Decode { param, ty, message: "the moved value is of another type".into() }),
-            None => Err(CallError::Decode { param, ty, message: "the value was already taken".into() }),
+            Some(Err(_)) => Err(CallError::Decode {
+                param,
+                ty,
+                message: "the moved value is of another type".into(),
+            }),
+            None => Err(CallError::Decode {
+                param,
+                ty,
+                message: "the value was already taken".into(),
+            }),
         },
     }
 }

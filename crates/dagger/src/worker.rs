@@ -5,13 +5,13 @@
 //! the driver's own cores run tasks (over the in-process transport).
 
 use crate::registry::{self, ArgValue};
-use dagger_core::ProcKind;
-use dagger_move::{MoveTarget, MoveValue};
 use dagger_core::wire::{
-    self, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone, ToDriver, ToWorker,
-    PROTOCOL_VERSION,
+    self, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone, ToDriver,
+    ToWorker, PROTOCOL_VERSION,
 };
+use dagger_core::ProcKind;
 use dagger_core::{ChunkId, Incarnation, ProcId, TaskError, TaskId, WorkerId, WorkerInfo};
+use dagger_move::{MoveTarget, MoveValue};
 use dagger_net::launch::WorkerArgs;
 use dagger_net::{Conn, FrameReceiver, FrameSender, NetConfig, QuicTransport, Transport};
 use dagger_proc::{DetectContext, LocalProcs};
@@ -74,7 +74,11 @@ enum Waiter {
 
 enum Entry {
     Ready(Arc<ChunkBytes>),
-    Waiting { waiters: Vec<Waiter>, holders: Vec<WorkerId>, attempts: u32 },
+    Waiting {
+        waiters: Vec<Waiter>,
+        holders: Vec<WorkerId>,
+        attempts: u32,
+    },
 }
 
 enum PeerLink {
@@ -116,7 +120,11 @@ pub(crate) struct Worker {
 
 /// Entry point of a process started as a worker. Returns the exit code.
 pub(crate) fn run_worker_process(args: WorkerArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dagger worker: cannot start the I/O runtime: {e}");
@@ -125,11 +133,20 @@ pub(crate) fn run_worker_process(args: WorkerArgs) -> i32 {
     };
     let result = rt.block_on(async move {
         let transport: Arc<dyn Transport> = Arc::new(
-            QuicTransport::new(args.identity.clone(), NetConfig::default()).map_err(|e| e.to_string())?,
+            QuicTransport::new(args.identity.clone(), NetConfig::default())
+                .map_err(|e| e.to_string())?,
         );
-        let loopback = args.join.starts_with("127.") || args.join.starts_with("localhost") || args.join.starts_with("[::1]");
-        let peer_bind = if loopback { "127.0.0.1:0".to_string() } else { "0.0.0.0:0".to_string() };
-        let shm = std::env::var("DAGGER_SHM").map(|v| v != "0").unwrap_or(true);
+        let loopback = args.join.starts_with("127.")
+            || args.join.starts_with("localhost")
+            || args.join.starts_with("[::1]");
+        let peer_bind = if loopback {
+            "127.0.0.1:0".to_string()
+        } else {
+            "0.0.0.0:0".to_string()
+        };
+        let shm = std::env::var("DAGGER_SHM")
+            .map(|v| v != "0")
+            .unwrap_or(true);
         run_worker(WorkerSetup {
             transport: transport.clone(),
             join: args.join.clone(),
@@ -153,13 +170,24 @@ pub(crate) fn run_worker_process(args: WorkerArgs) -> i32 {
 /// Joins the driver, then serves until the driver says shutdown or the link closes.
 pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
     let host = dagger_proc::hostname();
-    let procs = LocalProcs::detect(&DetectContext { worker: WorkerId(0), hostname: host.clone() });
-    let mut listener = setup.peer_transport.listen(&setup.peer_bind).await.map_err(|e| format!("cannot listen for peers: {e}"))?;
+    let procs = LocalProcs::detect(&DetectContext {
+        worker: WorkerId(0),
+        hostname: host.clone(),
+    });
+    let mut listener = setup
+        .peer_transport
+        .listen(&setup.peer_bind)
+        .await
+        .map_err(|e| format!("cannot listen for peers: {e}"))?;
     let mut peer_addr = listener.local_addr();
     if let Some(port) = peer_addr.strip_prefix("0.0.0.0:") {
         peer_addr = format!("{host}:{port}");
     }
-    let Conn { sender, mut receiver, .. } = setup
+    let Conn {
+        sender,
+        mut receiver,
+        ..
+    } = setup
         .transport
         .connect(&setup.join)
         .await
@@ -178,13 +206,25 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
         peer_addr: Some(peer_addr),
         procs: procs.infos(),
     };
-    sender.send(wire::encode(&hello)).map_err(|e| e.to_string())?;
-    sender.send(wire::encode(&ToDriver::Join(info))).map_err(|e| e.to_string())?;
-    let first = receiver.recv().await.map_err(|e| format!("the driver refused this worker: {e}"))?;
-    let (id, incarnation, peers) = match wire::decode::<ToWorker>(&first).map_err(|e| e.to_string())? {
-        ToWorker::Welcome { worker, incarnation, peers } => (worker, incarnation, peers),
-        other => return Err(format!("expected a welcome from the driver, got {other:?}")),
-    };
+    sender
+        .send(wire::encode(&hello))
+        .map_err(|e| e.to_string())?;
+    sender
+        .send(wire::encode(&ToDriver::Join(info)))
+        .map_err(|e| e.to_string())?;
+    let first = receiver
+        .recv()
+        .await
+        .map_err(|e| format!("the driver refused this worker: {e}"))?;
+    let (id, incarnation, peers) =
+        match wire::decode::<ToWorker>(&first).map_err(|e| e.to_string())? {
+            ToWorker::Welcome {
+                worker,
+                incarnation,
+                peers,
+            } => (worker, incarnation, peers),
+            other => return Err(format!("expected a welcome from the driver, got {other:?}")),
+        };
     if !setup.in_process {
         WORKER_ID.store(id.0, Ordering::Relaxed);
     }
@@ -195,7 +235,18 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
         procs,
         store: Mutex::new(HashMap::new()),
         peers: Mutex::new(
-            peers.into_iter().map(|p| (p.worker, Peer { info: p, link: PeerLink::Idle })).collect(),
+            peers
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.worker,
+                        Peer {
+                            info: p,
+                            link: PeerLink::Idle,
+                        },
+                    )
+                })
+                .collect(),
         ),
         to_driver: sender,
         done: Mutex::new(Vec::new()),
@@ -226,7 +277,10 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
                 if batch.is_empty() {
                     continue;
                 }
-                let msg = ToDriver::Done { incarnation: w.incarnation, tasks: batch };
+                let msg = ToDriver::Done {
+                    incarnation: w.incarnation,
+                    tasks: batch,
+                };
                 if w.to_driver.send(wire::encode(&msg)).is_err() {
                     return;
                 }
@@ -240,7 +294,12 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
             let mut t = tokio::time::interval(Duration::from_millis(500));
             loop {
                 t.tick().await;
-                if w.to_driver.send(wire::encode(&ToDriver::Heartbeat { incarnation: w.incarnation })).is_err() {
+                if w.to_driver
+                    .send(wire::encode(&ToDriver::Heartbeat {
+                        incarnation: w.incarnation,
+                    }))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -258,7 +317,13 @@ impl Worker {
             let frame = match receiver.recv().await {
                 Ok(f) => f,
                 // The driver went away: nothing more to do.
-                Err(e) => return if self.to_driver.is_closed() { Ok(()) } else { Err(format!("driver link closed: {e}")) },
+                Err(e) => {
+                    return if self.to_driver.is_closed() {
+                        Ok(())
+                    } else {
+                        Err(format!("driver link closed: {e}"))
+                    }
+                }
             };
             let msg = match wire::decode::<ToWorker>(&frame) {
                 Ok(m) => m,
@@ -298,7 +363,13 @@ impl Worker {
                     }
                 }
                 ToWorker::PeerJoined(p) => {
-                    self.peers.lock().insert(p.worker, Peer { info: p, link: PeerLink::Idle });
+                    self.peers.lock().insert(
+                        p.worker,
+                        Peer {
+                            info: p,
+                            link: PeerLink::Idle,
+                        },
+                    );
                 }
                 ToWorker::PeerLeft(w) => {
                     self.peers.lock().remove(&w);
@@ -326,11 +397,13 @@ impl Worker {
         {
             let mut store = self.store.lock();
             // Our own result will be produced here: peers asking for it wait.
-            store.entry(t.task.chunk()).or_insert_with(|| Entry::Waiting {
-                waiters: Vec::new(),
-                holders: Vec::new(),
-                attempts: 0,
-            });
+            store
+                .entry(t.task.chunk())
+                .or_insert_with(|| Entry::Waiting {
+                    waiters: Vec::new(),
+                    holders: Vec::new(),
+                    attempts: 0,
+                });
             let mut args = pending.args.lock();
             for (i, arg) in t.args.into_iter().enumerate() {
                 match arg {
@@ -343,9 +416,12 @@ impl Worker {
                             args[i] = Some(b.clone());
                             pending.missing.fetch_sub(1, Ordering::AcqRel);
                         }
-                        Some(Entry::Waiting { waiters, .. }) => waiters.push(Waiter::Task(pending.clone(), i)),
+                        Some(Entry::Waiting { waiters, .. }) => {
+                            waiters.push(Waiter::Task(pending.clone(), i))
+                        }
                         None => {
-                            let holders: Vec<WorkerId> = from.into_iter().filter(|w| *w != self.id).collect();
+                            let holders: Vec<WorkerId> =
+                                from.into_iter().filter(|w| *w != self.id).collect();
                             store.insert(
                                 chunk,
                                 Entry::Waiting {
@@ -383,12 +459,21 @@ impl Worker {
             Some(Entry::Waiting { waiters, .. }) => waiters.push(waiter),
             None => {
                 drop(store);
-                self.answer(chunk, waiter, Err(format!("{} does not hold {chunk}", self.id)));
+                self.answer(
+                    chunk,
+                    waiter,
+                    Err(format!("{} does not hold {chunk}", self.id)),
+                );
             }
         }
     }
 
-    fn answer(self: &Arc<Self>, chunk: ChunkId, waiter: Waiter, data: Result<Arc<ChunkBytes>, String>) {
+    fn answer(
+        self: &Arc<Self>,
+        chunk: ChunkId,
+        waiter: Waiter,
+        data: Result<Arc<ChunkBytes>, String>,
+    ) {
         match waiter {
             Waiter::Task(p, i) => match data {
                 Ok(b) => {
@@ -397,7 +482,13 @@ impl Worker {
                         self.start(p);
                     }
                 }
-                Err(message) => self.fail_task(&p, TaskError::MoveFailed { task: p.task, message }),
+                Err(message) => self.fail_task(
+                    &p,
+                    TaskError::MoveFailed {
+                        task: p.task,
+                        message,
+                    },
+                ),
             },
             Waiter::Peer(sender, peer) => {
                 let payload = match data {
@@ -407,7 +498,11 @@ impl Worker {
                 let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
             }
             Waiter::Driver => {
-                let msg = ToDriver::ChunkData { incarnation: self.incarnation, chunk, data: data.map(|b| b.to_vec()) };
+                let msg = ToDriver::ChunkData {
+                    incarnation: self.incarnation,
+                    chunk,
+                    data: data.map(|b| wire::ByteBuf::from(b.to_vec())),
+                };
                 let _ = self.to_driver.send(wire::encode(&msg));
             }
         }
@@ -450,7 +545,12 @@ impl Worker {
             return;
         }
         self.fail_chunk(p.task.chunk(), format!("its task failed: {err}"));
-        self.report(TaskDone { task: p.task, proc: p.proc, run_ns: 0, outcome: Outcome::Failed(err) });
+        self.report(TaskDone {
+            task: p.task,
+            proc: p.proc,
+            run_ns: 0,
+            outcome: Outcome::Failed(err),
+        });
     }
 
     fn report(&self, done: TaskDone) {
@@ -470,7 +570,10 @@ impl Worker {
             return;
         }
         let Some(proc) = self.procs.get(p.proc.index).cloned() else {
-            let err = TaskError::MoveFailed { task: p.task, message: format!("{} has no processor {}", self.id, p.proc) };
+            let err = TaskError::MoveFailed {
+                task: p.task,
+                message: format!("{} has no processor {}", self.id, p.proc),
+            };
             self.fail_task(&p, err);
             return;
         };
@@ -480,11 +583,20 @@ impl Worker {
 
     fn run_task(self: &Arc<Self>, p: Arc<Pending>) {
         let Some(f) = registry::lookup(&p.func) else {
-            let err = TaskError::UnknownFunction { task: p.task, func: p.func.clone(), worker: self.id };
+            let err = TaskError::UnknownFunction {
+                task: p.task,
+                func: p.func.clone(),
+                worker: self.id,
+            };
             self.fail_task(&p, err);
             return;
         };
-        let args: Vec<Arc<ChunkBytes>> = p.args.lock().iter().map(|a| a.clone().expect("all inputs arrived")).collect();
+        let args: Vec<Arc<ChunkBytes>> = p
+            .args
+            .lock()
+            .iter()
+            .map(|a| a.clone().expect("all inputs arrived"))
+            .collect();
         let prev = CURRENT_PROC.with(|c| c.replace(Some(p.proc)));
         let t0 = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -516,7 +628,11 @@ impl Worker {
                         .collect()
                 }
             };
-            (f.call)(&mut values).map_err(|e| TaskError::BadArguments { task: p.task, func: p.func.clone(), message: e.to_string() })
+            (f.call)(&mut values).map_err(|e| TaskError::BadArguments {
+                task: p.task,
+                func: p.func.clone(),
+                message: e.to_string(),
+            })
         }));
         let run_ns = t0.elapsed().as_nanos() as u64;
         CURRENT_PROC.with(|c| c.set(prev));
@@ -530,7 +646,12 @@ impl Worker {
                     Outcome::Stored { size: size as u64 }
                 };
                 self.deliver(p.task.chunk(), Arc::new(ChunkBytes::Vec(bytes)));
-                self.report(TaskDone { task: p.task, proc: p.proc, run_ns, outcome });
+                self.report(TaskDone {
+                    task: p.task,
+                    proc: p.proc,
+                    run_ns,
+                    outcome,
+                });
             }
             Ok(Err(err)) => self.fail_task(&p, err),
             Err(panic) => {
@@ -541,7 +662,11 @@ impl Worker {
                 } else {
                     "a non-string panic payload".to_string()
                 };
-                let err = TaskError::Panicked { task: p.task, func: p.func.clone(), message };
+                let err = TaskError::Panicked {
+                    task: p.task,
+                    func: p.func.clone(),
+                    message,
+                };
                 self.fail_task(&p, err);
             }
         }
@@ -550,8 +675,15 @@ impl Worker {
     /// Inputs of a task on a processor that does not compute in host memory go through the
     /// move registry (host thread → that kind, chosen by the parameter's type), so a user's
     /// move can turn host bytes into a device buffer on the way.
-    fn move_args(&self, p: &Pending, f: &registry::TaskFn, args: &[Arc<ChunkBytes>]) -> Result<Option<Vec<MoveValue>>, TaskError> {
-        let Some(proc) = self.procs.get(p.proc.index) else { return Ok(None) };
+    fn move_args(
+        &self,
+        p: &Pending,
+        f: &registry::TaskFn,
+        args: &[Arc<ChunkBytes>],
+    ) -> Result<Option<Vec<MoveValue>>, TaskError> {
+        let Some(proc) = self.procs.get(p.proc.index) else {
+            return Ok(None);
+        };
         let kind = proc.kind();
         if kind == ProcKind::THREAD || kind == ProcKind::OS {
             return Ok(None);
@@ -564,14 +696,21 @@ impl Worker {
             let ty = types.get(i).copied().unwrap_or("");
             let v = dagger_move::moves()
                 .apply(&ProcKind::THREAD, ty, MoveValue::Bytes(a.to_vec()), &target)
-                .map_err(|e| TaskError::MoveFailed { task: p.task, message: e.to_string() })?;
+                .map_err(|e| TaskError::MoveFailed {
+                    task: p.task,
+                    message: e.to_string(),
+                })?;
             out.push(v);
         }
         Ok(Some(out))
     }
 
     fn same_host(&self, w: WorkerId) -> bool {
-        self.peers.lock().get(&w).map(|p| p.info.host == self.host).unwrap_or(false)
+        self.peers
+            .lock()
+            .get(&w)
+            .map(|p| p.info.host == self.host)
+            .unwrap_or(false)
     }
 
     fn payload_for(&self, to: WorkerId, b: &ChunkBytes) -> ChunkPayload {
@@ -581,8 +720,15 @@ impl Worker {
     fn make_payload(&self, same_host: bool, b: &ChunkBytes) -> ChunkPayload {
         if self.shm && same_host && b.len() >= SHM_MIN_BYTES {
             match dagger_move::shm::write(&self.shm_prefix, b) {
-                Ok(obj) => return ChunkPayload::Shm { name: obj.name, len: obj.len },
-                Err(e) => tracing::warn!(error = %e, "shared-memory move failed; sending over the link"),
+                Ok(obj) => {
+                    return ChunkPayload::Shm {
+                        name: obj.name,
+                        len: obj.len,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared-memory move failed; sending over the link")
+                }
             }
         }
         ChunkPayload::Bytes(b.to_vec())
@@ -625,7 +771,10 @@ impl Worker {
                     let queued = {
                         let mut peers = w.peers.lock();
                         match peers.get_mut(&to) {
-                            Some(p) => match std::mem::replace(&mut p.link, PeerLink::Up(conn.sender.clone())) {
+                            Some(p) => match std::mem::replace(
+                                &mut p.link,
+                                PeerLink::Up(conn.sender.clone()),
+                            ) {
                                 PeerLink::Connecting(q) => q,
                                 _ => Vec::new(),
                             },
@@ -664,14 +813,25 @@ impl Worker {
 
     /// Reads one peer link: wants are answered on it, chunks stored.
     async fn serve_peer_conn(self: Arc<Self>, conn: Conn, known: Option<WorkerId>) {
-        let Conn { sender, mut receiver, .. } = conn;
+        let Conn {
+            sender,
+            mut receiver,
+            ..
+        } = conn;
         let peer = match known {
             Some(w) => w,
             None => {
                 // Links others opened start with their hello.
-                let Ok(first) = receiver.recv().await else { return };
+                let Ok(first) = receiver.recv().await else {
+                    return;
+                };
                 match wire::decode::<Hello>(&first) {
-                    Ok(h) if h.version == PROTOCOL_VERSION && h.registry_hash == registry::registry_hash() => h.worker,
+                    Ok(h)
+                        if h.version == PROTOCOL_VERSION
+                            && h.registry_hash == registry::registry_hash() =>
+                    {
+                        h.worker
+                    }
                     _ => {
                         sender.close("bad peer hello");
                         return;
@@ -707,7 +867,12 @@ impl Worker {
         }
     }
 
-    fn receive_payload(self: &Arc<Self>, chunk: ChunkId, payload: ChunkPayload, from: Option<WorkerId>) {
+    fn receive_payload(
+        self: &Arc<Self>,
+        chunk: ChunkId,
+        payload: ChunkPayload,
+        from: Option<WorkerId>,
+    ) {
         match payload {
             ChunkPayload::Bytes(v) => self.deliver(chunk, Arc::new(ChunkBytes::Vec(v))),
             ChunkPayload::Shm { name, len } => match dagger_move::shm::read(&name, len) {
@@ -724,7 +889,9 @@ impl Worker {
         let next = {
             let mut store = self.store.lock();
             match store.get_mut(&chunk) {
-                Some(Entry::Waiting { holders, attempts, .. }) => {
+                Some(Entry::Waiting {
+                    holders, attempts, ..
+                }) => {
                     *attempts += 1;
                     if *attempts > 6 {
                         if let Some(f) = from {

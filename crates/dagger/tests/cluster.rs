@@ -40,7 +40,11 @@ fn sum_bytes(b: ByteBuf) -> u64 {
 }
 
 fn cluster() -> Context {
-    Context::builder().workers(2).worker_threads(2).build().expect("local cluster starts")
+    Context::builder()
+        .workers(2)
+        .worker_threads(2)
+        .build()
+        .expect("local cluster starts")
 }
 
 #[test]
@@ -67,12 +71,16 @@ fn eager_and_lazy_graphs_give_checked_results() {
     assert_eq!(sum, (1..=500u64).sum());
 
     // A vector of lazy tasks collects into a vector of results.
-    let v: Vec<u64> = ctx.collect((0..20u64).map(inc::delayed).collect::<Vec<_>>()).unwrap();
+    let v: Vec<u64> = ctx
+        .collect((0..20u64).map(inc::delayed).collect::<Vec<_>>())
+        .unwrap();
     assert_eq!(v, (1..=20).collect::<Vec<_>>());
 
     // Both workers ran something, and the tasks ran in worker processes, not the driver.
-    let ids: std::collections::BTreeSet<u32> =
-        (0..64u64).map(|i| where_am_i::spawn(&ctx, i).unwrap()).map(|h| h.fetch().unwrap()).collect();
+    let ids: std::collections::BTreeSet<u32> = (0..64u64)
+        .map(|i| where_am_i::spawn(&ctx, i).unwrap())
+        .map(|h| h.fetch().unwrap())
+        .collect();
     assert!(!ids.contains(&0), "tasks ran in the driver: {ids:?}");
     let info = b.info().unwrap();
     assert!(info.processor.starts_with("thread["), "{}", info.processor);
@@ -88,7 +96,11 @@ fn a_panicking_task_is_a_typed_error_and_the_others_finish() {
     for (i, h) in hs.iter().enumerate() {
         match h.fetch() {
             Ok(v) => assert_eq!(v, i as u64),
-            Err(TaskError::Panicked { task, func, message }) => {
+            Err(TaskError::Panicked {
+                task,
+                func,
+                message,
+            }) => {
                 assert_eq!(i, 13);
                 assert_eq!(task, h.id());
                 assert!(func.ends_with("boom"), "{func}");
@@ -112,7 +124,9 @@ fn fetching_as_the_wrong_type_is_a_type_mismatch() {
     let h = inc::spawn(&ctx, 1).unwrap();
     let wrong: Handle<String> = h.clone().cast();
     match wrong.fetch() {
-        Err(TaskError::TypeMismatch { expected, found, .. }) => {
+        Err(TaskError::TypeMismatch {
+            expected, found, ..
+        }) => {
             assert!(expected.contains("String"), "{expected}");
             assert_eq!(found, "u64");
         }
@@ -125,7 +139,9 @@ fn fetching_as_the_wrong_type_is_a_type_mismatch() {
 fn an_unknown_task_name_is_reported_by_the_worker() {
     dagger::init();
     let ctx = cluster();
-    let h: Handle<u64> = ctx.spawn_by_name("no::such::task", vec![], Options::new()).unwrap();
+    let h: Handle<u64> = ctx
+        .spawn_by_name("no::such::task", vec![], Options::new())
+        .unwrap();
     match h.fetch() {
         Err(TaskError::UnknownFunction { func, worker, .. }) => {
             assert_eq!(func, "no::such::task");
@@ -134,9 +150,14 @@ fn an_unknown_task_name_is_reported_by_the_worker() {
         other => panic!("expected UnknownFunction, got {other:?}"),
     }
     // Wrong arguments for a known function are a typed error too.
-    let bad: Handle<u64> =
-        ctx.spawn_by_name(inc::NAME, vec![dagger_core_arg(b"")], Options::new()).unwrap();
-    assert!(matches!(bad.fetch(), Err(TaskError::BadArguments { .. })), "{:?}", bad.fetch());
+    let bad: Handle<u64> = ctx
+        .spawn_by_name(inc::NAME, vec![dagger_core_arg(b"")], Options::new())
+        .unwrap();
+    assert!(
+        matches!(bad.fetch(), Err(TaskError::BadArguments { .. })),
+        "{:?}",
+        bad.fetch()
+    );
 }
 
 fn dagger_core_arg(bytes: &[u8]) -> dagger::Arg {
@@ -151,24 +172,34 @@ fn scopes_pin_tasks_to_workers_and_large_results_move_worker_to_worker() {
     let (a, b) = (ws[0], ws[1]);
     for w in [a, b] {
         for i in 0..10u64 {
-            let h = where_am_i::with(Options::new().scope(Scope::worker(w))).spawn(&ctx, i).unwrap();
+            let h = where_am_i::with(Options::new().scope(Scope::worker(w)))
+                .spawn(&ctx, i)
+                .unwrap();
             assert_eq!(WorkerId(h.fetch().unwrap()), w);
         }
     }
     // 4 MiB is far above the inline limit: it stays on `a` and moves straight to `b`.
     let len = 4u64 << 20;
-    let p = big::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, len, 3).unwrap();
-    let c = sum_bytes::with(Options::new().scope(Scope::worker(b))).spawn(&ctx, &p).unwrap();
+    let p = big::with(Options::new().scope(Scope::worker(a)))
+        .spawn(&ctx, len, 3)
+        .unwrap();
+    let c = sum_bytes::with(Options::new().scope(Scope::worker(b)))
+        .spawn(&ctx, &p)
+        .unwrap();
     assert_eq!(c.fetch().unwrap(), 3 * len);
     assert_eq!(p.info().unwrap().proc.unwrap().worker, a);
     assert_eq!(c.info().unwrap().proc.unwrap().worker, b);
     // Fetching the large result brings it to the driver.
     assert_eq!(p.fetch().unwrap().len() as u64, len);
     // A chain alternating between the two workers.
-    let mut prev = inc::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, 0).unwrap();
+    let mut prev = inc::with(Options::new().scope(Scope::worker(a)))
+        .spawn(&ctx, 0)
+        .unwrap();
     for i in 1..50u64 {
         let w = if i % 2 == 0 { a } else { b };
-        prev = inc::with(Options::new().scope(Scope::worker(w))).spawn(&ctx, &prev).unwrap();
+        prev = inc::with(Options::new().scope(Scope::worker(w)))
+            .spawn(&ctx, &prev)
+            .unwrap();
     }
     assert_eq!(prev.fetch().unwrap(), 50);
 }
@@ -177,15 +208,24 @@ fn scopes_pin_tasks_to_workers_and_large_results_move_worker_to_worker() {
 fn same_host_moves_use_shared_memory_or_the_network_and_agree() {
     dagger::init();
     for shm in [false, true] {
-        let ctx = Context::builder().workers(2).worker_threads(1).shared_memory(shm).build().unwrap();
+        let ctx = Context::builder()
+            .workers(2)
+            .worker_threads(1)
+            .shared_memory(shm)
+            .build()
+            .unwrap();
         let topo = ctx.topology().to_string();
         assert_eq!(topo.contains("shortcut shm"), shm, "{topo}");
         let ws = ctx.workers();
         let len = 1u64 << 20;
         let hs: Vec<_> = (0..8u64)
             .map(|i| {
-                let p = big::with(Options::new().scope(Scope::worker(ws[0]))).spawn(&ctx, len, i as u8).unwrap();
-                sum_bytes::with(Options::new().scope(Scope::worker(ws[1]))).spawn(&ctx, &p).unwrap()
+                let p = big::with(Options::new().scope(Scope::worker(ws[0])))
+                    .spawn(&ctx, len, i as u8)
+                    .unwrap();
+                sum_bytes::with(Options::new().scope(Scope::worker(ws[1])))
+                    .spawn(&ctx, &p)
+                    .unwrap()
             })
             .collect();
         for (i, h) in hs.iter().enumerate() {
@@ -198,7 +238,10 @@ fn same_host_moves_use_shared_memory_or_the_network_and_agree() {
 fn async_await_works() {
     dagger::init();
     let ctx = cluster();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let v = rt.block_on(async {
         let a = inc::spawn(&ctx, 1).unwrap();
         let b = add::spawn(&ctx, &a, 2).unwrap();

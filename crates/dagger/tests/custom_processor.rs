@@ -19,7 +19,9 @@ impl Board {
                 job();
             }
         });
-        Board { queue: Mutex::new(tx) }
+        Board {
+            queue: Mutex::new(tx),
+        }
     }
 }
 
@@ -46,7 +48,12 @@ struct OnBoard(Vec<u32>);
 
 #[dagger::task]
 fn board_sum(xs: Vec<u32>) -> (u64, u32) {
-    (xs.iter().map(|&x| x as u64).sum(), dagger::current_processor().map(|p| p.index).unwrap_or(u32::MAX))
+    (
+        xs.iter().map(|&x| x as u64).sum(),
+        dagger::current_processor()
+            .map(|p| p.index)
+            .unwrap_or(u32::MAX),
+    )
 }
 
 #[dagger::task]
@@ -55,30 +62,50 @@ fn cpu_sum(xs: Vec<u32>) -> u64 {
 }
 
 fn setup() {
-    dagger::detectors().register("fpga", |_| vec![Box::new(Board::open()) as Box<dyn Processor>]);
+    dagger::detectors().register("fpga", |_| {
+        vec![Box::new(Board::open()) as Box<dyn Processor>]
+    });
     // The user's move wins over the built-in identity: it adds 1000 to every element, so
     // the result shows that it ran.
-    dagger::moves().register::<Vec<u32>, Vec<u32>>(ProcKind::THREAD, ProcKind::custom("fpga"), |v, _dst| {
-        let OnBoard(v) = OnBoard(v.into_iter().map(|x| x + 1000).collect());
-        Ok(v)
-    });
+    dagger::moves().register::<Vec<u32>, Vec<u32>>(
+        ProcKind::THREAD,
+        ProcKind::custom("fpga"),
+        |v, _dst| {
+            let OnBoard(v) = OnBoard(v.into_iter().map(|x| x + 1000).collect());
+            Ok(v)
+        },
+    );
 }
 
 #[test]
 fn the_scheduler_places_work_on_a_user_processor_and_uses_the_user_move() {
     setup();
     dagger::init();
-    let ctx = Context::builder().workers(2).worker_threads(1).build().unwrap();
+    let ctx = Context::builder()
+        .workers(2)
+        .worker_threads(1)
+        .build()
+        .unwrap();
     let topo = ctx.topology();
-    let boards: Vec<_> = topo.procs().filter(|p| p.kind.as_str() == "fpga").map(|p| p.id).collect();
+    let boards: Vec<_> = topo
+        .procs()
+        .filter(|p| p.kind.as_str() == "fpga")
+        .map(|p| p.id)
+        .collect();
     assert_eq!(boards.len(), 2, "one board per worker:\n{topo}");
 
     let xs: Vec<u32> = (1..=10).collect();
-    let h = board_sum::with(Options::new().scope(Scope::kind("fpga"))).spawn(&ctx, xs.clone()).unwrap();
+    let h = board_sum::with(Options::new().scope(Scope::kind("fpga")))
+        .spawn(&ctx, xs.clone())
+        .unwrap();
     let (sum, index) = h.fetch().unwrap();
     assert_eq!(sum, 55 + 10 * 1000, "the user's move converted the input");
     let info = h.info().unwrap();
-    assert!(boards.contains(&info.proc.unwrap()), "ran on {}", info.processor);
+    assert!(
+        boards.contains(&info.proc.unwrap()),
+        "ran on {}",
+        info.processor
+    );
     assert!(info.processor.starts_with("fpga["), "{}", info.processor);
     assert_eq!(index, info.proc.unwrap().index);
 
@@ -90,7 +117,9 @@ fn the_scheduler_places_work_on_a_user_processor_and_uses_the_user_move() {
     }
 
     // An exact board.
-    let h = board_sum::with(Options::new().scope(Scope::proc(boards[1]))).spawn(&ctx, xs).unwrap();
+    let h = board_sum::with(Options::new().scope(Scope::proc(boards[1])))
+        .spawn(&ctx, xs)
+        .unwrap();
     h.wait().unwrap();
     assert_eq!(h.info().unwrap().proc, Some(boards[1]));
 }

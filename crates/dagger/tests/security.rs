@@ -17,9 +17,16 @@ fn double(x: u64) -> u64 {
 #[test]
 fn a_process_without_the_cluster_certificate_is_refused() {
     dagger::init();
-    let ctx = Context::builder().workers(1).worker_threads(1).build().unwrap();
+    let ctx = Context::builder()
+        .workers(1)
+        .worker_threads(1)
+        .build()
+        .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let stranger = ClusterCa::generate("another-cluster").unwrap().issue("intruder").unwrap();
+    let stranger = ClusterCa::generate("another-cluster")
+        .unwrap()
+        .issue("intruder")
+        .unwrap();
     let addr = ctx.listen_addr().to_string();
     let refused = rt.block_on(async move {
         let t = QuicTransport::new(stranger, NetConfig::default()).unwrap();
@@ -27,7 +34,10 @@ fn a_process_without_the_cluster_certificate_is_refused() {
             Ok(Ok(mut conn)) => {
                 // Some TLS stacks report the refusal only on first use.
                 let _ = conn.sender.send(vec![1, 2, 3]);
-                tokio::time::timeout(Duration::from_secs(20), conn.receiver.recv()).await.map(|r| r.is_err()).unwrap_or(false)
+                tokio::time::timeout(Duration::from_secs(20), conn.receiver.recv())
+                    .await
+                    .map(|r| r.is_err())
+                    .unwrap_or(false)
             }
             Ok(Err(_)) => true,
             Err(_) => false,
@@ -41,7 +51,11 @@ fn a_process_without_the_cluster_certificate_is_refused() {
 #[test]
 fn a_member_sending_garbage_is_cut_off_and_the_cluster_goes_on() {
     dagger::init();
-    let ctx = Context::builder().workers(1).worker_threads(1).build().unwrap();
+    let ctx = Context::builder()
+        .workers(1)
+        .worker_threads(1)
+        .build()
+        .unwrap();
     let mut events = ctx.subscribe();
     let identity = ctx.cluster_ca().unwrap().issue("rogue").unwrap();
     let addr = ctx.listen_addr().to_string();
@@ -64,7 +78,9 @@ fn a_member_sending_garbage_is_cut_off_and_the_cluster_goes_on() {
             peer_addr: None,
             procs: vec![],
         };
-        conn.sender.send(wire::encode(&ToDriver::Join(info))).unwrap();
+        conn.sender
+            .send(wire::encode(&ToDriver::Join(info)))
+            .unwrap();
         let _welcome = conn.receiver.recv().await.unwrap();
         conn.sender.send(vec![0xff; 64]).unwrap();
         // The driver closes the link.
@@ -76,7 +92,10 @@ fn a_member_sending_garbage_is_cut_off_and_the_cluster_goes_on() {
             }
         })
         .await;
-        assert!(closed.is_ok(), "the driver must close a link that sent garbage");
+        assert!(
+            closed.is_ok(),
+            "the driver must close a link that sent garbage"
+        );
     });
     let mut saw_join = false;
     let lost = rt.block_on(async {
