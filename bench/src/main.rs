@@ -32,6 +32,14 @@ fn checksum(b: ByteBuf) -> u64 {
     b.iter().map(|&x| x as u64).sum()
 }
 
+/// `DAGGER_BENCH_REPEAT=n` runs the measured part n times (for profiling).
+fn repeat() -> usize {
+    std::env::var("DAGGER_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 fn line(id: &str, metric: &str, value: f64, unit: &str) {
     if value.fract() == 0.0 || value >= 1000.0 {
         println!("dagger {id} {metric} {} {unit}", value.round() as i64);
@@ -74,6 +82,9 @@ fn l1(quick: bool) -> anyhow::Result<()> {
     let ctx = start("L1", Context::builder())?;
     let n = if quick { 2_000 } else { 10_000 };
     fanout(&ctx, n / 10)?;
+    for _ in 1..repeat() {
+        fanout(&ctx, n)?;
+    }
     let el = fanout(&ctx, n)?;
     line("L1", "tasks_per_s", n as f64 / el.as_secs_f64(), "tasks/s");
     Ok(())
@@ -217,6 +228,38 @@ fn main() -> anyhow::Result<()> {
         "W3" => w3(quick),
         "W4" => w4(quick),
         "L1" => l1(quick),
+        "W3same" => {
+            let ctx = Context::builder().workers(2).build()?;
+            let (a, _) = two_workers(&ctx)?;
+            for round in 0..2 {
+                let t = Instant::now();
+                let mut prev = inc::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, 0)?;
+                for _ in 1..1000 {
+                    prev = inc::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, &prev)?;
+                }
+                ensure!(prev.fetch()? == 1000);
+                if round == 1 {
+                    line(
+                        "W3same",
+                        "us_per_hop",
+                        t.elapsed().as_secs_f64() * 1e3,
+                        "us",
+                    );
+                }
+            }
+            let t = Instant::now();
+            for i in 0..1000u64 {
+                let h = inc::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, i)?;
+                ensure!(h.fetch()? == i + 1);
+            }
+            line(
+                "W3same",
+                "us_per_roundtrip_task",
+                t.elapsed().as_secs_f64() * 1e3,
+                "us",
+            );
+            Ok(())
+        }
         "W4local" => {
             let ctx = Context::builder().workers(2).build()?;
             let (a, _) = two_workers(&ctx)?;

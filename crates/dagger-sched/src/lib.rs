@@ -101,7 +101,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { inline_limit: 64 * 1024, max_batch: 4096, default_runtime_ns: 50_000 }
+        Self {
+            inline_limit: 64 * 1024,
+            max_batch: 4096,
+            default_runtime_ns: 50_000,
+        }
     }
 }
 

@@ -209,7 +209,10 @@ fn bucket_bytes(b: u8) -> u64 {
 }
 
 fn early_scope(scope: &Scope) -> bool {
-    matches!(scope, Scope::Worker(_) | Scope::Proc(_) | Scope::WorkerKind(..))
+    matches!(
+        scope,
+        Scope::Worker(_) | Scope::Proc(_) | Scope::WorkerKind(..)
+    )
 }
 
 fn opt_time(v: u64) -> Option<Duration> {
@@ -295,7 +298,8 @@ impl Scheduler {
         self.draining.remove(&w);
         self.dirty = true;
         self.unpark();
-        self.out.push_back(Command::Event(ClusterEvent::WorkerJoined { worker: w }));
+        self.out
+            .push_back(Command::Event(ClusterEvent::WorkerJoined { worker: w }));
     }
 
     /// Marks a worker as accepting new work or not (draining). A worker that does not
@@ -346,13 +350,19 @@ impl Scheduler {
             }
             t.loss_reruns = t.loss_reruns.saturating_add(1);
             if t.loss_reruns > MAX_LOSS_RERUNS {
-                let err =
-                    TaskError::WorkerLost { task: t.id, worker, reason: reason.clone() };
+                let err = TaskError::WorkerLost {
+                    task: t.id,
+                    worker,
+                    reason: reason.clone(),
+                };
                 self.fail(i, err);
             } else {
                 self.requeue(i);
                 let t = &self.tasks[i as usize];
-                let ev = ClusterEvent::TaskRetried { task: t.id, attempt: t.attempts + 1 };
+                let ev = ClusterEvent::TaskRetried {
+                    task: t.id,
+                    attempt: t.attempts + 1,
+                };
                 self.out.push_back(Command::Event(ev));
             }
         }
@@ -368,7 +378,8 @@ impl Scheduler {
                 self.requeue(i);
             }
         }
-        self.out.push_back(Command::Event(ClusterEvent::WorkerLost { worker, reason }));
+        self.out
+            .push_back(Command::Event(ClusterEvent::WorkerLost { worker, reason }));
     }
 
     // ---------------------------------------------------------------- submission
@@ -527,7 +538,9 @@ impl Scheduler {
     /// the scheduler's copy is freed and workers are told to release theirs. Unknown tasks
     /// are ignored. Cheap.
     pub fn release(&mut self, task: TaskId) {
-        let Some(&i) = self.index.get(&task) else { return };
+        let Some(&i) = self.index.get(&task) else {
+            return;
+        };
         let t = &mut self.tasks[i as usize];
         if t.flags & CLIENT_RELEASED != 0 {
             return;
@@ -551,7 +564,9 @@ impl Scheduler {
         if self.topology.incarnation(worker) != Some(incarnation) {
             return;
         }
-        let Some(&i) = self.index.get(&done.task) else { return };
+        let Some(&i) = self.index.get(&done.task) else {
+            return;
+        };
         let t = &self.tasks[i as usize];
         if t.state != State::Dispatched || t.proc.worker != worker {
             return;
@@ -583,7 +598,13 @@ impl Scheduler {
                 self.learn(func, kind, done.run_ns);
                 self.finish(i, worker, done.run_ns, size);
                 if self.tasks[i as usize].flags & COMPLETED == 0 {
-                    self.complete(i, Ok(Completion::Stored { holders: vec![worker], size }));
+                    self.complete(
+                        i,
+                        Ok(Completion::Stored {
+                            holders: vec![worker],
+                            size,
+                        }),
+                    );
                 }
                 self.maybe_release(i);
             }
@@ -604,7 +625,10 @@ impl Scheduler {
                 if retry {
                     self.requeue(i);
                     let t = &self.tasks[i as usize];
-                    let ev = ClusterEvent::TaskRetried { task: t.id, attempt: t.attempts + 1 };
+                    let ev = ClusterEvent::TaskRetried {
+                        task: t.id,
+                        attempt: t.attempts + 1,
+                    };
                     self.out.push_back(Command::Event(ev));
                 } else {
                     self.fail(i, err);
@@ -627,7 +651,9 @@ impl Scheduler {
         {
             return;
         }
-        let Some(&i) = self.index.get(&chunk.task()) else { return };
+        let Some(&i) = self.index.get(&chunk.task()) else {
+            return;
+        };
         if self.tasks[i as usize].flags & HELD != 0 {
             self.add_holder(i, to);
         }
@@ -730,12 +756,15 @@ impl Scheduler {
                 if !satisfies(early, dt.state) {
                     unmet += 1;
                 }
-                if t.state == State::Ready && !satisfies(early, dt.state)
-                {
-                    return Err(format!("{}: {:?} but input {} is {:?}", t.id, t.state, dt.id, dt.state));
+                if t.state == State::Ready && !satisfies(early, dt.state) {
+                    return Err(format!(
+                        "{}: {:?} but input {} is {:?}",
+                        t.id, t.state, dt.id, dt.state
+                    ));
                 }
             }
-            if t.state == State::Ready && unmet != 0 || t.state == State::Waiting && unmet != t.unmet
+            if t.state == State::Ready && unmet != 0
+                || t.state == State::Waiting && unmet != t.unmet
             {
                 return Err(format!(
                     "{}: unmet {} but recount {} ({:?})",
@@ -767,12 +796,18 @@ impl Scheduler {
         for (i, t) in self.tasks.iter().enumerate() {
             let f = fetchers.get(&(i as u32)).copied().unwrap_or(0);
             if f != t.pending_fetch {
-                return Err(format!("{}: pending_fetch {} recount {}", t.id, t.pending_fetch, f));
+                return Err(format!(
+                    "{}: pending_fetch {} recount {}",
+                    t.id, t.pending_fetch, f
+                ));
             }
         }
         for (s, q) in queued.iter().enumerate() {
             if self.slots[s].queued_ns != *q {
-                return Err(format!("slot {:?}: queued {} recount {}", self.slots[s].id, self.slots[s].queued_ns, q));
+                return Err(format!(
+                    "slot {:?}: queued {} recount {}",
+                    self.slots[s].id, self.slots[s].queued_ns, q
+                ));
             }
         }
         for i in 0..self.tasks.len() as u32 {
@@ -783,13 +818,26 @@ impl Scheduler {
             }
         }
         for (i, hs) in &self.replicas {
-            if hs.len() < 2 || self.tasks[*i as usize].flags & HELD == 0 || hs[0] != self.tasks[*i as usize].holder {
-                return Err(format!("replica list of {} is inconsistent", self.tasks[*i as usize].id));
+            if hs.len() < 2
+                || self.tasks[*i as usize].flags & HELD == 0
+                || hs[0] != self.tasks[*i as usize].holder
+            {
+                return Err(format!(
+                    "replica list of {} is inconsistent",
+                    self.tasks[*i as usize].id
+                ));
             }
         }
         let c = &self.counts;
         if (c.waiting, c.ready, c.running, c.finished, c.failed, c.live)
-            != (counts.waiting, counts.ready, counts.running, counts.finished, counts.failed, counts.live)
+            != (
+                counts.waiting,
+                counts.ready,
+                counts.running,
+                counts.finished,
+                counts.failed,
+                counts.live,
+            )
         {
             return Err("state counters drifted".to_string());
         }
@@ -835,7 +883,11 @@ impl Scheduler {
     }
 
     fn deps_of(&self, i: u32) -> Vec<u32> {
-        self.tasks[i as usize].spec.as_ref().map(|s| s.deps.clone()).unwrap_or_default()
+        self.tasks[i as usize]
+            .spec
+            .as_ref()
+            .map(|s| s.deps.clone())
+            .unwrap_or_default()
     }
 
     fn available(&self, i: u32) -> bool {
@@ -846,9 +898,9 @@ impl Scheduler {
     fn root_failure(&self, i: u32) -> (TaskId, TaskError) {
         let id = self.tasks[i as usize].id;
         match self.errors.get(&i) {
-            Some(TaskError::DependencyFailed { dependency, cause, .. }) => {
-                (*dependency, (**cause).clone())
-            }
+            Some(TaskError::DependencyFailed {
+                dependency, cause, ..
+            }) => (*dependency, (**cause).clone()),
             Some(e) => (id, e.clone()),
             None => (id, TaskError::Shutdown { task: id }),
         }
@@ -861,7 +913,12 @@ impl Scheduler {
         }
         let x = run_ns.max(1);
         let old = row[kind as usize];
-        row[kind as usize] = if old == 0 { x } else { (old / 8).saturating_mul(7) + x / 8 }.max(1);
+        row[kind as usize] = if old == 0 {
+            x
+        } else {
+            (old / 8).saturating_mul(7) + x / 8
+        }
+        .max(1);
     }
 
     fn complete(&mut self, i: u32, result: Result<Completion, TaskError>) {
@@ -1014,7 +1071,11 @@ impl Scheduler {
         let t = &mut self.tasks[i as usize];
         let slot = t.slot as usize;
         let est = t.est_ns;
-        let fetching = t.spec.as_mut().map(|s| std::mem::take(&mut s.fetching)).unwrap_or_default();
+        let fetching = t
+            .spec
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.fetching))
+            .unwrap_or_default();
         if let Some(s) = self.slots.get_mut(slot) {
             s.queued_ns = s.queued_ns.saturating_sub(est);
         }
@@ -1045,7 +1106,9 @@ impl Scheduler {
     fn fail(&mut self, root: u32, err: TaskError) {
         let root_id = self.tasks[root as usize].id;
         let (dep_id, cause) = match &err {
-            TaskError::DependencyFailed { dependency, cause, .. } => (*dependency, (**cause).clone()),
+            TaskError::DependencyFailed {
+                dependency, cause, ..
+            } => (*dependency, (**cause).clone()),
             e => (root_id, e.clone()),
         };
         let mut stack = vec![(root, Some(err))];
@@ -1187,8 +1250,11 @@ impl Scheduler {
         for s in &mut self.slots {
             s.alive = false;
         }
-        let procs: Vec<(ProcId, ProcKind, bool)> =
-            self.topology.procs().map(|p| (p.id, p.kind.clone(), p.id.is_root())).collect();
+        let procs: Vec<(ProcId, ProcKind, bool)> = self
+            .topology
+            .procs()
+            .map(|p| (p.id, p.kind.clone(), p.id.is_root()))
+            .collect();
         self.pool_has_procs = false;
         self.driver_present = self.topology.worker(WorkerId::DRIVER).is_some();
         let net = self.topology.costs().network;
@@ -1199,7 +1265,12 @@ impl Scheduler {
                 Some(&s) => s,
                 None => {
                     let s = self.slots.len() as u32;
-                    self.slots.push(Slot { id, kind: k, alive: true, queued_ns: 0 });
+                    self.slots.push(Slot {
+                        id,
+                        kind: k,
+                        alive: true,
+                        queued_ns: 0,
+                    });
                     self.slot_of.insert(id, s);
                     s
                 }
@@ -1223,7 +1294,9 @@ impl Scheduler {
             if !slot.alive {
                 continue;
             }
-            let Some(info) = self.topology.proc(slot.id) else { continue };
+            let Some(info) = self.topology.proc(slot.id) else {
+                continue;
+            };
             if entry.scope.admits(info) {
                 entry.any_admits = true;
                 if !self.draining.contains(&slot.id.worker) {
@@ -1252,7 +1325,9 @@ impl Scheduler {
                 continue;
             }
             for e in self.topology.edges(self.slots[s as usize].id) {
-                let Some(&t) = self.slot_of.get(&e.to) else { continue };
+                let Some(&t) = self.slot_of.get(&e.to) else {
+                    continue;
+                };
                 let nd = d.saturating_add(e.cost.time_ns(bytes)).min(UNREACHABLE);
                 if nd < dist[t as usize] {
                     dist[t as usize] = nd;
@@ -1292,7 +1367,11 @@ impl Scheduler {
         let cands = std::mem::take(&mut self.scopes[s as usize].cands);
         if cands.is_empty() {
             let any = self.scopes[s as usize].any_admits;
-            return if any || !self.pool_has_procs { Placement::Park } else { Placement::NoProcessor };
+            return if any || !self.pool_has_procs {
+                Placement::Park
+            } else {
+                Placement::NoProcessor
+            };
         }
         let mut cost = std::mem::take(&mut self.scratch_cost);
         cost.clear();
@@ -1307,7 +1386,9 @@ impl Scheduler {
                 match a {
                     Arg::Value(v) => driver_bytes += v.len() as u64,
                     Arg::Task(d) => {
-                        let Some(&d) = self.index.get(d) else { continue };
+                        let Some(&d) = self.index.get(d) else {
+                            continue;
+                        };
                         let dt = &self.tasks[d as usize];
                         if let Some(v) = self.inline.get(&d) {
                             driver_bytes += v.len() as u64;
@@ -1349,7 +1430,10 @@ impl Scheduler {
             }
         }
         self.scopes[s as usize].cands = cands;
-        Placement::On { slot: best.1, est: best.2 }
+        Placement::On {
+            slot: best.1,
+            est: best.2,
+        }
     }
 
     fn dispatch(&mut self, i: u32, slot: u32, est: u64) {
@@ -1366,7 +1450,9 @@ impl Scheduler {
                     args.push(match a {
                         Arg::Value(v) => RunArg::Value(v.clone()),
                         Arg::Task(id) => {
-                            let Some(&d) = self.index.get(id) else { continue };
+                            let Some(&d) = self.index.get(id) else {
+                                continue;
+                            };
                             let d = &d;
                             if let Some(v) = self.inline.get(d) {
                                 RunArg::Value(v.clone())
@@ -1385,7 +1471,10 @@ impl Scheduler {
                                 if !fetching.contains(d) {
                                     fetching.push(*d);
                                 }
-                                RunArg::Chunk { chunk: self.tasks[*d as usize].id.chunk(), from }
+                                RunArg::Chunk {
+                                    chunk: self.tasks[*d as usize].id.chunk(),
+                                    from,
+                                }
                             }
                         }
                     });
@@ -1460,12 +1549,18 @@ impl Scheduler {
     fn flush(&mut self) {
         for (worker, chunks) in std::mem::take(&mut self.releases) {
             if !chunks.is_empty() {
-                self.out.push_back(Command::Send { worker, msg: ToWorker::Release(chunks) });
+                self.out.push_back(Command::Send {
+                    worker,
+                    msg: ToWorker::Release(chunks),
+                });
             }
         }
         for (worker, batches) in std::mem::take(&mut self.runs) {
             for b in batches {
-                self.out.push_back(Command::Send { worker, msg: ToWorker::Run(b) });
+                self.out.push_back(Command::Send {
+                    worker,
+                    msg: ToWorker::Run(b),
+                });
             }
         }
     }

@@ -11,11 +11,21 @@ use dagger_sched::{ClusterEvent, Command, Completion, Config, Scheduler};
 use std::time::{Duration, Instant};
 
 fn value_done(rt: &RunTask, v: u64) -> TaskDone {
-    TaskDone { task: rt.task, proc: rt.proc, run_ns: 1_000, outcome: Outcome::Value(wire::encode(&v)) }
+    TaskDone {
+        task: rt.task,
+        proc: rt.proc,
+        run_ns: 1_000,
+        outcome: Outcome::Value(wire::encode(&v)),
+    }
 }
 
 fn stored_done(rt: &RunTask, size: u64) -> TaskDone {
-    TaskDone { task: rt.task, proc: rt.proc, run_ns: 1_000, outcome: Outcome::Stored { size } }
+    TaskDone {
+        task: rt.task,
+        proc: rt.proc,
+        run_ns: 1_000,
+        outcome: Outcome::Stored { size },
+    }
 }
 
 fn completes(cmds: &[Command]) -> Vec<(TaskId, Result<Completion, TaskError>)> {
@@ -30,7 +40,10 @@ fn completes(cmds: &[Command]) -> Vec<(TaskId, Result<Completion, TaskError>)> {
 fn releases(cmds: &[Command]) -> Vec<(WorkerId, Vec<ChunkId>)> {
     cmds.iter()
         .filter_map(|c| match c {
-            Command::Send { worker, msg: ToWorker::Release(cs) } => Some((*worker, cs.clone())),
+            Command::Send {
+                worker,
+                msg: ToWorker::Release(cs),
+            } => Some((*worker, cs.clone())),
             _ => None,
         })
         .collect()
@@ -62,16 +75,37 @@ fn on(w: u32) -> Options {
 fn placement_prefers_the_holder_of_a_large_input() {
     for holder in [1u32, 2] {
         let mut s = cluster(&[1, 2], 2);
-        s.submit(ms(1), vec![spec(1, "make", vec![], on(holder))]).unwrap();
+        s.submit(ms(1), vec![spec(1, "make", vec![], on(holder))])
+            .unwrap();
         let r = runs(&drain(&mut s));
         assert_eq!(r.len(), 1);
-        report(&mut s, ms(2), WorkerId(holder), 1, stored_done(&r[0].1, 100 << 20));
+        report(
+            &mut s,
+            ms(2),
+            WorkerId(holder),
+            1,
+            stored_done(&r[0].1, 100 << 20),
+        );
         assert_eq!(s.holders(ChunkId(1)), &[WorkerId(holder)]);
-        s.submit(ms(3), vec![spec(2, "use", vec![Arg::Task(TaskId(1))], Options::new())]).unwrap();
+        s.submit(
+            ms(3),
+            vec![spec(2, "use", vec![Arg::Task(TaskId(1))], Options::new())],
+        )
+        .unwrap();
         let r = runs(&drain(&mut s));
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].0, WorkerId(holder), "placed away from its 100 MiB input");
-        assert_eq!(r[0].1.args, vec![RunArg::Chunk { chunk: ChunkId(1), from: vec![WorkerId(holder)] }]);
+        assert_eq!(
+            r[0].0,
+            WorkerId(holder),
+            "placed away from its 100 MiB input"
+        );
+        assert_eq!(
+            r[0].1.args,
+            vec![RunArg::Chunk {
+                chunk: ChunkId(1),
+                from: vec![WorkerId(holder)]
+            }]
+        );
     }
 }
 
@@ -84,9 +118,19 @@ fn scopes_are_respected() {
     let fpga = ProcId::new(WorkerId(2), 3);
     let mut tasks = Vec::new();
     for k in 0..8u64 {
-        tasks.push(spec(100 + k, "p", vec![val(k)], Options::new().scope(Scope::Proc(ProcId::new(WorkerId(1), 2)))));
+        tasks.push(spec(
+            100 + k,
+            "p",
+            vec![val(k)],
+            Options::new().scope(Scope::Proc(ProcId::new(WorkerId(1), 2))),
+        ));
         tasks.push(spec(200 + k, "w", vec![val(k)], on(2)));
-        tasks.push(spec(300 + k, "k", vec![val(k)], Options::new().scope(Scope::kind("fpga"))));
+        tasks.push(spec(
+            300 + k,
+            "k",
+            vec![val(k)],
+            Options::new().scope(Scope::kind("fpga")),
+        ));
         tasks.push(spec(400 + k, "a", vec![val(k)], Options::new()));
     }
     s.submit(ms(1), tasks).unwrap();
@@ -106,14 +150,18 @@ fn scopes_are_respected() {
             }
         }
     }
-    assert!(any_on[0] > 0 && any_on[1] > 0, "unscoped work spread over both workers: {any_on:?}");
+    assert!(
+        any_on[0] > 0 && any_on[1] > 0,
+        "unscoped work spread over both workers: {any_on:?}"
+    );
 }
 
 #[test]
 fn no_processor_fails_but_an_empty_pool_waits() {
     // Empty pool: the task waits for a worker.
     let mut s = Scheduler::new(Config::default());
-    s.submit(ms(0), vec![spec(1, "f", vec![val(1)], Options::new())]).unwrap();
+    s.submit(ms(0), vec![spec(1, "f", vec![val(1)], Options::new())])
+        .unwrap();
     assert!(drain(&mut s).is_empty());
     assert_eq!(s.stats().ready, 1);
     s.worker_joined(ms(1), worker(1, 1, 1, &[]));
@@ -121,21 +169,49 @@ fn no_processor_fails_but_an_empty_pool_waits() {
     assert_eq!(r.len(), 1);
 
     // A kind nobody has fails; other tasks are unaffected.
-    s.submit(ms(2), vec![
-        spec(2, "g", vec![], Options::new().scope(Scope::kind("fpga"))),
-        spec(3, "h", vec![Arg::Task(TaskId(2))], Options::new()),
-        spec(4, "i", vec![], Options::new()),
-    ])
+    s.submit(
+        ms(2),
+        vec![
+            spec(2, "g", vec![], Options::new().scope(Scope::kind("fpga"))),
+            spec(3, "h", vec![Arg::Task(TaskId(2))], Options::new()),
+            spec(4, "i", vec![], Options::new()),
+        ],
+    )
     .unwrap();
     let cmds = drain(&mut s);
     let c = completes(&cmds);
-    assert!(matches!(&c[0], (TaskId(2), Err(TaskError::NoProcessor { task: TaskId(2), .. }))), "{c:?}");
-    assert!(matches!(&c[1], (TaskId(3), Err(TaskError::DependencyFailed { dependency: TaskId(2), .. }))), "{c:?}");
+    assert!(
+        matches!(
+            &c[0],
+            (
+                TaskId(2),
+                Err(TaskError::NoProcessor {
+                    task: TaskId(2),
+                    ..
+                })
+            )
+        ),
+        "{c:?}"
+    );
+    assert!(
+        matches!(
+            &c[1],
+            (
+                TaskId(3),
+                Err(TaskError::DependencyFailed {
+                    dependency: TaskId(2),
+                    ..
+                })
+            )
+        ),
+        "{c:?}"
+    );
     assert_eq!(runs(&cmds).len(), 1);
 
     // A draining worker gets nothing; the task waits until it accepts again.
     s.set_accepting(WorkerId(1), false);
-    s.submit(ms(3), vec![spec(5, "f", vec![], Options::new())]).unwrap();
+    s.submit(ms(3), vec![spec(5, "f", vec![], Options::new())])
+        .unwrap();
     assert!(runs(&drain(&mut s)).is_empty());
     s.set_accepting(WorkerId(1), true);
     assert_eq!(runs(&drain(&mut s))[0].1.task, TaskId(5));
@@ -144,40 +220,80 @@ fn no_processor_fails_but_an_empty_pool_waits() {
 #[test]
 fn panics_fail_dependents_only_and_retries_rerun() {
     let mut s = cluster(&[1], 2);
-    s.submit(ms(0), vec![
-        spec(1, "bad", vec![], Options::new()),
-        spec(2, "f", vec![Arg::Task(TaskId(1))], Options::new()),
-        spec(3, "f", vec![Arg::Task(TaskId(2)), val(3)], Options::new()),
-        spec(4, "ok", vec![], Options::new()),
-        spec(5, "flaky", vec![], Options::new().retries(2)),
-    ])
+    s.submit(
+        ms(0),
+        vec![
+            spec(1, "bad", vec![], Options::new()),
+            spec(2, "f", vec![Arg::Task(TaskId(1))], Options::new()),
+            spec(3, "f", vec![Arg::Task(TaskId(2)), val(3)], Options::new()),
+            spec(4, "ok", vec![], Options::new()),
+            spec(5, "flaky", vec![], Options::new().retries(2)),
+        ],
+    )
     .unwrap();
     let r = runs(&drain(&mut s));
-    assert_eq!(r.iter().map(|x| x.1.task.0).collect::<Vec<_>>(), vec![1, 4, 5]);
+    assert_eq!(
+        r.iter().map(|x| x.1.task.0).collect::<Vec<_>>(),
+        vec![1, 4, 5]
+    );
     let panic = |rt: &RunTask| TaskDone {
         task: rt.task,
         proc: rt.proc,
         run_ns: 5,
-        outcome: Outcome::Failed(TaskError::Panicked { task: rt.task, func: rt.func.clone(), message: "boom".into() }),
+        outcome: Outcome::Failed(TaskError::Panicked {
+            task: rt.task,
+            func: rt.func.clone(),
+            message: "boom".into(),
+        }),
     };
     report(&mut s, ms(1), WorkerId(1), 1, panic(&r[0].1));
     report(&mut s, ms(1), WorkerId(1), 1, value_done(&r[1].1, 4));
     report(&mut s, ms(1), WorkerId(1), 1, panic(&r[2].1));
     let cmds = drain(&mut s);
     let c = completes(&cmds);
-    assert!(matches!(&c[0], (TaskId(1), Err(TaskError::Panicked { .. }))));
-    let cause = Box::new(TaskError::Panicked { task: TaskId(1), func: "bad".into(), message: "boom".into() });
-    assert!(c.contains(&(TaskId(2), Err(TaskError::DependencyFailed { task: TaskId(2), dependency: TaskId(1), cause: cause.clone() }))));
-    assert!(c.contains(&(TaskId(3), Err(TaskError::DependencyFailed { task: TaskId(3), dependency: TaskId(1), cause }))));
+    assert!(matches!(
+        &c[0],
+        (TaskId(1), Err(TaskError::Panicked { .. }))
+    ));
+    let cause = Box::new(TaskError::Panicked {
+        task: TaskId(1),
+        func: "bad".into(),
+        message: "boom".into(),
+    });
+    assert!(c.contains(&(
+        TaskId(2),
+        Err(TaskError::DependencyFailed {
+            task: TaskId(2),
+            dependency: TaskId(1),
+            cause: cause.clone()
+        })
+    )));
+    assert!(c.contains(&(
+        TaskId(3),
+        Err(TaskError::DependencyFailed {
+            task: TaskId(3),
+            dependency: TaskId(1),
+            cause
+        })
+    )));
     assert!(c.contains(&(TaskId(4), Ok(Completion::Value(wire::encode(&4u64))))));
-    assert!(!c.iter().any(|(t, _)| *t == TaskId(5)), "a task with retries left does not complete");
-    assert!(events(&cmds).contains(&ClusterEvent::TaskRetried { task: TaskId(5), attempt: 2 }));
+    assert!(
+        !c.iter().any(|(t, _)| *t == TaskId(5)),
+        "a task with retries left does not complete"
+    );
+    assert!(events(&cmds).contains(&ClusterEvent::TaskRetried {
+        task: TaskId(5),
+        attempt: 2
+    }));
     let again = runs(&cmds);
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].1.task, TaskId(5));
     report(&mut s, ms(2), WorkerId(1), 1, value_done(&again[0].1, 5));
     let c = completes(&drain(&mut s));
-    assert_eq!(c, vec![(TaskId(5), Ok(Completion::Value(wire::encode(&5u64))))]);
+    assert_eq!(
+        c,
+        vec![(TaskId(5), Ok(Completion::Value(wire::encode(&5u64))))]
+    );
     assert_eq!(s.task_info(TaskId(5)).unwrap().attempts, 2);
     s.check_invariants().unwrap();
 }
@@ -185,27 +301,62 @@ fn panics_fail_dependents_only_and_retries_rerun() {
 #[test]
 fn bad_graphs_are_refused_whole() {
     let mut s = cluster(&[1], 1);
-    s.submit(ms(0), vec![spec(1, "f", vec![], Options::new())]).unwrap();
+    s.submit(ms(0), vec![spec(1, "f", vec![], Options::new())])
+        .unwrap();
     let before = s.stats();
-    let cyc = s.submit(ms(0), vec![
-        spec(10, "f", vec![Arg::Task(TaskId(1))], Options::new()),
-        spec(11, "f", vec![Arg::Task(TaskId(12))], Options::new()),
-        spec(12, "f", vec![Arg::Task(TaskId(13))], Options::new()),
-        spec(13, "f", vec![Arg::Task(TaskId(11))], Options::new()),
-    ]);
-    assert!(matches!(cyc, Err(GraphError::Cycle { task }) if [11, 12, 13].contains(&task.0)), "{cyc:?}");
-    let selfdep = s.submit(ms(0), vec![spec(20, "f", vec![Arg::Task(TaskId(20))], Options::new())]);
+    let cyc = s.submit(
+        ms(0),
+        vec![
+            spec(10, "f", vec![Arg::Task(TaskId(1))], Options::new()),
+            spec(11, "f", vec![Arg::Task(TaskId(12))], Options::new()),
+            spec(12, "f", vec![Arg::Task(TaskId(13))], Options::new()),
+            spec(13, "f", vec![Arg::Task(TaskId(11))], Options::new()),
+        ],
+    );
+    assert!(
+        matches!(cyc, Err(GraphError::Cycle { task }) if [11, 12, 13].contains(&task.0)),
+        "{cyc:?}"
+    );
+    let selfdep = s.submit(
+        ms(0),
+        vec![spec(20, "f", vec![Arg::Task(TaskId(20))], Options::new())],
+    );
     assert_eq!(selfdep, Err(GraphError::Cycle { task: TaskId(20) }));
-    let dup = s.submit(ms(0), vec![spec(30, "f", vec![], Options::new()), spec(30, "f", vec![], Options::new())]);
+    let dup = s.submit(
+        ms(0),
+        vec![
+            spec(30, "f", vec![], Options::new()),
+            spec(30, "f", vec![], Options::new()),
+        ],
+    );
     assert_eq!(dup, Err(GraphError::DuplicateTask { task: TaskId(30) }));
     let dup_old = s.submit(ms(0), vec![spec(1, "f", vec![], Options::new())]);
     assert_eq!(dup_old, Err(GraphError::DuplicateTask { task: TaskId(1) }));
-    let unknown = s.submit(ms(0), vec![spec(40, "f", vec![], Options::new()), spec(41, "f", vec![Arg::Task(TaskId(99))], Options::new())]);
-    assert_eq!(unknown, Err(GraphError::UnknownDependency { task: TaskId(41), dependency: TaskId(99) }));
+    let unknown = s.submit(
+        ms(0),
+        vec![
+            spec(40, "f", vec![], Options::new()),
+            spec(41, "f", vec![Arg::Task(TaskId(99))], Options::new()),
+        ],
+    );
+    assert_eq!(
+        unknown,
+        Err(GraphError::UnknownDependency {
+            task: TaskId(41),
+            dependency: TaskId(99)
+        })
+    );
     assert_eq!(s.stats(), before, "nothing of a refused batch is kept");
     assert!(s.task_info(TaskId(40)).is_none());
     // The same ids are accepted once the batch is valid (dependencies may come later in it).
-    s.submit(ms(0), vec![spec(41, "f", vec![Arg::Task(TaskId(40))], Options::new()), spec(40, "f", vec![], Options::new())]).unwrap();
+    s.submit(
+        ms(0),
+        vec![
+            spec(41, "f", vec![Arg::Task(TaskId(40))], Options::new()),
+            spec(40, "f", vec![], Options::new()),
+        ],
+    )
+    .unwrap();
     s.check_invariants().unwrap();
 }
 
@@ -223,13 +374,19 @@ fn stale_and_misdirected_reports_are_fenced() {
     s.worker_lost(ms(2), WorkerId(1), "link closed".into());
     s.worker_joined(ms(3), worker(1, 2, 1, &[]));
     let cmds = drain(&mut s);
-    assert!(events(&cmds).contains(&ClusterEvent::WorkerLost { worker: WorkerId(1), reason: "link closed".into() }));
+    assert!(events(&cmds).contains(&ClusterEvent::WorkerLost {
+        worker: WorkerId(1),
+        reason: "link closed".into()
+    }));
     let r2 = runs(&cmds);
     assert_eq!(r2.len(), 1, "re-dispatched to the new incarnation");
     report(&mut s, ms(4), WorkerId(1), 1, d);
     assert!(completes(&drain(&mut s)).is_empty());
     report(&mut s, ms(5), WorkerId(1), 2, value_done(&r2[0].1, 8));
-    assert_eq!(completes(&drain(&mut s)), vec![(TaskId(1), Ok(Completion::Value(wire::encode(&8u64))))]);
+    assert_eq!(
+        completes(&drain(&mut s)),
+        vec![(TaskId(1), Ok(Completion::Value(wire::encode(&8u64))))]
+    );
 }
 
 #[test]
@@ -238,21 +395,42 @@ fn worker_scoped_chain_is_dispatched_early() {
     let n = 10u64;
     let mut tasks = vec![spec(1, "inc", vec![val(0)], on(1))];
     for i in 2..=n {
-        tasks.push(spec(i, "inc", vec![Arg::Task(TaskId(i - 1))], on(if i % 2 == 1 { 1 } else { 2 })));
+        tasks.push(spec(
+            i,
+            "inc",
+            vec![Arg::Task(TaskId(i - 1))],
+            on(if i % 2 == 1 { 1 } else { 2 }),
+        ));
     }
     s.submit(ms(0), tasks).unwrap();
     let r = runs(&drain(&mut s));
-    assert_eq!(r.len(), n as usize, "every hop is dispatched before anything finished");
+    assert_eq!(
+        r.len(),
+        n as usize,
+        "every hop is dispatched before anything finished"
+    );
     for (w, rt) in &r {
         let i = rt.task.0;
         assert_eq!(w.0, if i % 2 == 1 { 1 } else { 2 });
         if i > 1 {
             let prev_worker = WorkerId(if (i - 1) % 2 == 1 { 1 } else { 2 });
-            assert_eq!(rt.args, vec![RunArg::Chunk { chunk: ChunkId(i - 1), from: vec![prev_worker] }]);
+            assert_eq!(
+                rt.args,
+                vec![RunArg::Chunk {
+                    chunk: ChunkId(i - 1),
+                    from: vec![prev_worker]
+                }]
+            );
         }
     }
     for (i, (w, rt)) in r.iter().enumerate() {
-        report(&mut s, ms(1 + i as u64), *w, 1, value_done(rt, i as u64 + 1));
+        report(
+            &mut s,
+            ms(1 + i as u64),
+            *w,
+            1,
+            value_done(rt, i as u64 + 1),
+        );
     }
     let cmds = drain(&mut s);
     assert_eq!(completes(&cmds).len(), n as usize);
@@ -263,41 +441,68 @@ fn worker_scoped_chain_is_dispatched_early() {
 #[test]
 fn chunks_are_released_once_unneeded() {
     let mut s = cluster(&[1, 2], 1);
-    s.submit(ms(0), vec![
-        spec(1, "big", vec![], on(1)),
-        spec(2, "use", vec![Arg::Task(TaskId(1))], on(2)),
-    ])
+    s.submit(
+        ms(0),
+        vec![
+            spec(1, "big", vec![], on(1)),
+            spec(2, "use", vec![Arg::Task(TaskId(1))], on(2)),
+        ],
+    )
     .unwrap();
     let r = runs(&drain(&mut s));
     assert_eq!(r.len(), 2);
     report(&mut s, ms(1), WorkerId(1), 1, stored_done(&r[0].1, 1 << 20));
     s.release(TaskId(1));
-    assert!(releases(&drain(&mut s)).is_empty(), "task 2 still fetches chunk 1");
+    assert!(
+        releases(&drain(&mut s)).is_empty(),
+        "task 2 still fetches chunk 1"
+    );
     report(&mut s, ms(2), WorkerId(2), 1, stored_done(&r[1].1, 1 << 20));
-    assert_eq!(releases(&drain(&mut s)), vec![(WorkerId(1), vec![ChunkId(1)])]);
+    assert_eq!(
+        releases(&drain(&mut s)),
+        vec![(WorkerId(1), vec![ChunkId(1)])]
+    );
     // A small result: the scheduler keeps it, the worker's copy goes at once.
-    s.submit(ms(3), vec![spec(3, "small", vec![], on(2))]).unwrap();
+    s.submit(ms(3), vec![spec(3, "small", vec![], on(2))])
+        .unwrap();
     let r = runs(&drain(&mut s));
     report(&mut s, ms(4), WorkerId(2), 1, value_done(&r[0].1, 3));
-    assert_eq!(releases(&drain(&mut s)), vec![(WorkerId(2), vec![ChunkId(3)])]);
+    assert_eq!(
+        releases(&drain(&mut s)),
+        vec![(WorkerId(2), vec![ChunkId(3)])]
+    );
     // Its dependents get it inline.
-    s.submit(ms(5), vec![spec(4, "use", vec![Arg::Task(TaskId(3))], on(1))]).unwrap();
+    s.submit(
+        ms(5),
+        vec![spec(4, "use", vec![Arg::Task(TaskId(3))], on(1))],
+    )
+    .unwrap();
     let r = runs(&drain(&mut s));
     assert_eq!(r[0].1.args, vec![RunArg::Value(wire::encode(&3u64))]);
     s.release(TaskId(2));
-    assert_eq!(releases(&drain(&mut s)), vec![(WorkerId(2), vec![ChunkId(2)])]);
+    assert_eq!(
+        releases(&drain(&mut s)),
+        vec![(WorkerId(2), vec![ChunkId(2)])]
+    );
     s.check_invariants().unwrap();
 }
 
 #[test]
 fn lost_worker_reruns_tasks_and_recomputes_lost_inputs() {
     let mut s = cluster(&[1, 2], 1);
-    s.submit(ms(0), vec![spec(1, "big", vec![], on(1))]).unwrap();
+    s.submit(ms(0), vec![spec(1, "big", vec![], on(1))])
+        .unwrap();
     let r = runs(&drain(&mut s));
     report(&mut s, ms(1), WorkerId(1), 1, stored_done(&r[0].1, 1 << 30));
-    // Worker 1 goes; chunk 1 (its only copy there, still wanted by the client) is redone —
-    // but its scope names worker 1 only, so it fails for want of a processor.
-    s.submit(ms(2), vec![spec(2, "big", vec![], Options::new()), spec(3, "use", vec![Arg::Task(TaskId(2))], Options::new())]).unwrap();
+    // Task 2 (any worker) produces a 1 GiB chunk; task 3 is placed next to it.
+    s.submit(
+        ms(2),
+        vec![
+            spec(2, "big", vec![], Options::new()),
+            spec(3, "use", vec![Arg::Task(TaskId(2))], Options::new()),
+        ],
+    )
+    .unwrap();
     let r = runs(&drain(&mut s));
     assert_eq!(r.len(), 1);
     let w2 = r[0].0;
@@ -307,7 +512,13 @@ fn lost_worker_reruns_tasks_and_recomputes_lost_inputs() {
     s.worker_lost(ms(4), w2, "killed".into());
     let cmds = drain(&mut s);
     let ev = events(&cmds);
-    assert!(ev.contains(&ClusterEvent::TaskRetried { task: TaskId(3), attempt: 2 }), "{ev:?}");
+    assert!(
+        ev.contains(&ClusterEvent::TaskRetried {
+            task: TaskId(3),
+            attempt: 2
+        }),
+        "{ev:?}"
+    );
     let r = runs(&cmds);
     // Task 2 is recomputed on the surviving worker; task 3 waits for it.
     assert_eq!(r.iter().map(|x| x.1.task.0).collect::<Vec<_>>(), vec![2]);
@@ -318,36 +529,56 @@ fn lost_worker_reruns_tasks_and_recomputes_lost_inputs() {
     assert!(completes(&cmds).is_empty(), "task 2 already completed once");
     let r = runs(&cmds);
     assert_eq!(r[0].1.task, TaskId(3));
-    assert_eq!(r[0].1.args, vec![RunArg::Chunk { chunk: ChunkId(2), from: vec![other] }]);
+    assert_eq!(
+        r[0].1.args,
+        vec![RunArg::Chunk {
+            chunk: ChunkId(2),
+            from: vec![other]
+        }]
+    );
     s.check_invariants().unwrap();
 }
 
 #[test]
 fn a_task_losing_its_worker_four_times_fails() {
     let mut s = cluster(&[1], 1);
-    s.submit(ms(0), vec![spec(1, "f", vec![], Options::new())]).unwrap();
-    let mut next = 2;
-    for round in 0..4 {
+    s.submit(ms(0), vec![spec(1, "f", vec![], Options::new())])
+        .unwrap();
+    for round in 0..4u32 {
         let r = runs(&drain(&mut s));
         assert_eq!(r.len(), 1, "round {round}");
         let w = r[0].0;
-        s.worker_joined(ms(round), worker(next, 1, 1, &[]));
-        next += 1;
-        s.worker_lost(ms(round), w, "crashed".into());
+        s.worker_joined(ms(round as u64), worker(round + 2, 1, 1, &[]));
+        s.worker_lost(ms(round as u64), w, "crashed".into());
     }
     let c = completes(&drain(&mut s));
-    assert!(matches!(&c[..], [(TaskId(1), Err(TaskError::WorkerLost { task: TaskId(1), .. }))]), "{c:?}");
+    assert!(
+        matches!(
+            &c[..],
+            [(
+                TaskId(1),
+                Err(TaskError::WorkerLost {
+                    task: TaskId(1),
+                    ..
+                })
+            )]
+        ),
+        "{c:?}"
+    );
 }
 
 #[test]
 fn priority_then_fifo() {
     let mut s = cluster(&[1], 1);
-    s.submit(ms(0), vec![
-        spec(1, "f", vec![], Options::new()),
-        spec(2, "f", vec![], Options::new().priority(5)),
-        spec(3, "f", vec![], Options::new()),
-        spec(4, "f", vec![], Options::new().priority(5)),
-    ])
+    s.submit(
+        ms(0),
+        vec![
+            spec(1, "f", vec![], Options::new()),
+            spec(2, "f", vec![], Options::new().priority(5)),
+            spec(3, "f", vec![], Options::new()),
+            spec(4, "f", vec![], Options::new().priority(5)),
+        ],
+    )
     .unwrap();
     let order: Vec<u64> = runs(&drain(&mut s)).iter().map(|x| x.1.task.0).collect();
     assert_eq!(order, vec![2, 4, 1, 3]);
@@ -355,14 +586,26 @@ fn priority_then_fifo() {
 
 #[test]
 fn batches_are_split_at_max_batch() {
-    let mut s = Scheduler::new(Config { max_batch: 3, ..Config::default() });
+    let mut s = Scheduler::new(Config {
+        max_batch: 3,
+        ..Config::default()
+    });
     s.worker_joined(ms(0), worker(1, 1, 1, &[]));
     drain(&mut s);
-    s.submit(ms(0), (1..=7).map(|i| spec(i, "f", vec![], Options::new())).collect()).unwrap();
+    s.submit(
+        ms(0),
+        (1..=7)
+            .map(|i| spec(i, "f", vec![], Options::new()))
+            .collect(),
+    )
+    .unwrap();
     let sizes: Vec<usize> = drain(&mut s)
         .iter()
         .filter_map(|c| match c {
-            Command::Send { msg: ToWorker::Run(v), .. } => Some(v.len()),
+            Command::Send {
+                msg: ToWorker::Run(v),
+                ..
+            } => Some(v.len()),
             _ => None,
         })
         .collect();
@@ -380,15 +623,20 @@ fn many_trivial_tasks_stay_small() {
     let mut phase = [Duration::ZERO; 4];
     let mut next = 1u64;
     for round in 0..rounds {
-        let specs: Vec<_> =
-            (next..next + per_round).map(|i| spec(i, "inc", vec![val(i)], Options::new())).collect();
+        let specs: Vec<_> = (next..next + per_round)
+            .map(|i| spec(i, "inc", vec![val(i)], Options::new()))
+            .collect();
         next += per_round;
         let t0 = Instant::now();
         s.submit(Duration::ZERO, specs).unwrap();
         let t1 = Instant::now();
         let mut batches = Vec::new();
         while let Some(c) = s.poll_command() {
-            if let Command::Send { worker, msg: ToWorker::Run(ts) } = c {
+            if let Command::Send {
+                worker,
+                msg: ToWorker::Run(ts),
+            } = c
+            {
                 batches.push((worker, ts));
             }
         }
@@ -398,7 +646,15 @@ fn many_trivial_tasks_stay_small() {
             .flat_map(|(w, ts)| {
                 ts.into_iter().map(move |t| {
                     let outcome = Outcome::Value(vec![1]);
-                    (w, TaskDone { task: t.task, proc: t.proc, run_ns: 100, outcome })
+                    (
+                        w,
+                        TaskDone {
+                            task: t.task,
+                            proc: t.proc,
+                            run_ns: 100,
+                            outcome,
+                        },
+                    )
                 })
             })
             .collect();

@@ -65,7 +65,11 @@ impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let kills_enabled = rng.chance(75);
-        let config = Config { inline_limit: INLINE, max_batch: 1 + rng.below(64) as usize, ..Config::default() };
+        let config = Config {
+            inline_limit: INLINE,
+            max_batch: 1 + rng.below(64) as usize,
+            ..Config::default()
+        };
         let mut sim = Sim {
             seed,
             rng,
@@ -94,8 +98,12 @@ impl Sim {
 
     fn add_worker(&mut self) {
         // Either a fresh id or a dead id coming back with a new incarnation.
-        let dead: Vec<WorkerId> =
-            self.workers.iter().filter(|(_, w)| !w.alive).map(|(&id, _)| id).collect();
+        let dead: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.alive)
+            .map(|(&id, _)| id)
+            .collect();
         let (id, inc) = if !dead.is_empty() && self.rng.chance(50) {
             let id = dead[self.rng.below(dead.len() as u64) as usize];
             (id, self.workers[&id].inc + 1)
@@ -104,7 +112,15 @@ impl Sim {
             self.next_worker += 1;
             (id, 1)
         };
-        self.workers.insert(id, SimWorker { inc, alive: true, store: HashMap::new(), queue: Vec::new() });
+        self.workers.insert(
+            id,
+            SimWorker {
+                inc,
+                alive: true,
+                store: HashMap::new(),
+                queue: Vec::new(),
+            },
+        );
         self.s.worker_joined(self.now, worker(id.0, inc, 2, &[]));
     }
 
@@ -140,7 +156,9 @@ impl Sim {
             batch.push(spec(k, "f", args, options));
             self.nodes.push(node);
             if self.rng.chance(5) || k == n {
-                self.s.submit(self.now, std::mem::take(&mut batch)).expect("valid graph");
+                self.s
+                    .submit(self.now, std::mem::take(&mut batch))
+                    .expect("valid graph");
             }
         }
     }
@@ -149,7 +167,11 @@ impl Sim {
         let mut out: Vec<Expect> = Vec::new();
         for (k0, node) in self.nodes.iter().enumerate() {
             let k = k0 as u64 + 1;
-            let mut e = if node.always_panics { Expect::Failed } else { Expect::Value(k) };
+            let mut e = if node.always_panics {
+                Expect::Failed
+            } else {
+                Expect::Value(k)
+            };
             for &d in &node.deps {
                 e = match (e, &out[d as usize - 1]) {
                     (Expect::Value(a), Expect::Value(b)) => Expect::Value(a.wrapping_add(*b)),
@@ -220,7 +242,9 @@ impl Sim {
                     let mut found = None;
                     let mut producing = false;
                     for f in from {
-                        let Some(w) = self.workers.get(f).filter(|w| w.alive) else { continue };
+                        let Some(w) = self.workers.get(f).filter(|w| w.alive) else {
+                            continue;
+                        };
                         if let Some(b) = w.store.get(chunk) {
                             found = Some(b.clone());
                             break;
@@ -231,8 +255,14 @@ impl Sim {
                         Some(b) => out.push(b),
                         None if producing => return Resolve::Wait,
                         None => {
-                            let any_dead = from.iter().any(|f| !self.workers.get(f).is_some_and(|w| w.alive));
-                            return Resolve::Failed(if any_dead { "dead".into() } else { "missing".into() });
+                            let any_dead = from
+                                .iter()
+                                .any(|f| !self.workers.get(f).is_some_and(|w| w.alive));
+                            return Resolve::Failed(if any_dead {
+                                "dead".into()
+                            } else {
+                                "missing".into()
+                            });
                         }
                     }
                 }
@@ -242,8 +272,12 @@ impl Sim {
     }
 
     fn execute_some(&mut self) {
-        let alive: Vec<WorkerId> =
-            self.workers.iter().filter(|(_, w)| w.alive && !w.queue.is_empty()).map(|(&id, _)| id).collect();
+        let alive: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.alive && !w.queue.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
         if alive.is_empty() {
             return;
         }
@@ -279,23 +313,36 @@ impl Sim {
                     let explained = why == "dead"
                         || self.kills > 0
                         || rt.args.iter().any(|a| match a {
-                            RunArg::Chunk { chunk, .. } => {
-                                self.failed_runs.contains(&chunk.task())
-                            }
+                            RunArg::Chunk { chunk, .. } => self.failed_runs.contains(&chunk.task()),
                             _ => false,
                         });
                     if !explained {
                         eprintln!("seed {}: unexplained fetch failure of {} on {me}: {:?} kills={} stats={:?}", self.seed, rt.task, rt.args, self.kills, self.s.stats());
-                        for a in &rt.args { if let RunArg::Chunk{chunk, ..} = a { eprintln!("  {chunk}: holders {:?} info {:?}", self.s.holders(*chunk), self.s.task_info(chunk.task())); } }
+                        for a in &rt.args {
+                            if let RunArg::Chunk { chunk, .. } = a {
+                                eprintln!(
+                                    "  {chunk}: holders {:?} info {:?}",
+                                    self.s.holders(*chunk),
+                                    self.s.task_info(chunk.task())
+                                );
+                            }
+                        }
                         self.unexplained_move_failures += 1;
                     }
-                    Outcome::Failed(TaskError::MoveFailed { task: rt.task, message: why })
+                    Outcome::Failed(TaskError::MoveFailed {
+                        task: rt.task,
+                        message: why,
+                    })
                 }
                 Resolve::Ready(args) => {
                     let runs = self.executions.entry(rt.task).or_default();
                     *runs += 1;
                     if node.always_panics || (node.panics_once && *runs == 1) {
-                        Outcome::Failed(TaskError::Panicked { task: rt.task, func: rt.func.clone(), message: "boom".into() })
+                        Outcome::Failed(TaskError::Panicked {
+                            task: rt.task,
+                            func: rt.func.clone(),
+                            message: "boom".into(),
+                        })
                     } else {
                         let mut v: u64 = wire::decode(&args[0]).unwrap();
                         for a in &args[1..] {
@@ -309,7 +356,9 @@ impl Sim {
                         if bytes.len() as u32 <= rt.inline_limit {
                             Outcome::Value(bytes)
                         } else {
-                            Outcome::Stored { size: bytes.len() as u64 }
+                            Outcome::Stored {
+                                size: bytes.len() as u64,
+                            }
                         }
                     }
                 }
@@ -319,7 +368,16 @@ impl Sim {
             }
             let inc = self.workers[&me].inc;
             let run_ns = 1_000 + self.rng.below(100_000);
-            self.dones.push((me, inc, TaskDone { task: rt.task, proc: rt.proc, run_ns, outcome }));
+            self.dones.push((
+                me,
+                inc,
+                TaskDone {
+                    task: rt.task,
+                    proc: rt.proc,
+                    run_ns,
+                    outcome,
+                },
+            ));
         }
     }
 
@@ -358,7 +416,11 @@ impl Sim {
                     self.releasable.push(task);
                 }
                 None => {
-                    assert!(holders.is_empty(), "seed {}: {task} listed on {holders:?} but not there", self.seed);
+                    assert!(
+                        holders.is_empty(),
+                        "seed {}: {task} listed on {holders:?} but not there",
+                        self.seed
+                    );
                     still.push(task);
                 }
             }
@@ -376,7 +438,12 @@ impl Sim {
     }
 
     fn fault(&mut self) {
-        let alive: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.alive).map(|(&id, _)| id).collect();
+        let alive: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.alive)
+            .map(|(&id, _)| id)
+            .collect();
         if self.kills_enabled && self.kills < 3 && alive.len() >= 2 && self.rng.chance(50) {
             let victim = alive[self.rng.below(alive.len() as u64) as usize];
             let w = self.workers.get_mut(&victim).unwrap();
@@ -402,7 +469,12 @@ impl Sim {
         let mut steps = 0u64;
         loop {
             steps += 1;
-            assert!(steps < 1_000_000, "seed {}: no progress; stats {:?}", self.seed, self.s.stats());
+            assert!(
+                steps < 1_000_000,
+                "seed {}: no progress; stats {:?}",
+                self.seed,
+                self.s.stats()
+            );
             match self.rng.below(100) {
                 0..=29 => self.deliver_commands(),
                 30..=59 => self.execute_some(),
@@ -412,7 +484,10 @@ impl Sim {
             }
             self.now += Duration::from_micros(self.rng.below(1000));
             if let Err(e) = self.s.check_invariants() {
-                panic!("seed {}: invariant broken after step {steps}: {e}", self.seed);
+                panic!(
+                    "seed {}: invariant broken after step {steps}: {e}",
+                    self.seed
+                );
             }
             if self.quiescent() {
                 self.deliver_commands();
@@ -425,31 +500,69 @@ impl Sim {
         let expected = self.expected();
         for (k0, e) in expected.iter().enumerate() {
             let task = TaskId(k0 as u64 + 1);
-            let got = self.got.get(&task).unwrap_or_else(|| panic!("seed {}: no result for {task}", self.seed));
+            let got = self
+                .got
+                .get(&task)
+                .unwrap_or_else(|| panic!("seed {}: no result for {task}", self.seed));
             match (e, got) {
-                (Expect::Value(v), Ok(g)) => assert_eq!(v, g, "seed {}: {task} wrong value", self.seed),
+                (Expect::Value(v), Ok(g)) => {
+                    assert_eq!(v, g, "seed {}: {task} wrong value", self.seed)
+                }
                 (Expect::Failed, Err(TaskError::Panicked { task: t, .. })) => {
                     assert_eq!(*t, task);
-                    assert!(self.nodes[k0].always_panics, "seed {}: {task} should not fail", self.seed);
+                    assert!(
+                        self.nodes[k0].always_panics,
+                        "seed {}: {task} should not fail",
+                        self.seed
+                    );
                 }
-                (Expect::Failed, Err(TaskError::DependencyFailed { task: t, dependency, .. })) => {
+                (
+                    Expect::Failed,
+                    Err(TaskError::DependencyFailed {
+                        task: t,
+                        dependency,
+                        ..
+                    }),
+                ) => {
                     assert_eq!(*t, task);
-                    assert!(self.nodes[dependency.0 as usize - 1].always_panics, "seed {}: {task} blames {dependency}", self.seed);
+                    assert!(
+                        self.nodes[dependency.0 as usize - 1].always_panics,
+                        "seed {}: {task} blames {dependency}",
+                        self.seed
+                    );
                 }
                 (_, g) => panic!("seed {}: {task}: unexpected {g:?}", self.seed),
             }
         }
-        assert_eq!(self.unexplained_move_failures, 0, "seed {}: fetches of released chunks", self.seed);
+        assert_eq!(
+            self.unexplained_move_failures, 0,
+            "seed {}: fetches of released chunks",
+            self.seed
+        );
         // Release everything: every record shrinks and every worker drops every chunk.
         self.client_step(true);
         self.deliver_commands();
         self.s.check_invariants().unwrap();
         let stats = self.s.stats();
-        assert_eq!(stats.live, 0, "seed {}: records not freed: {stats:?}", self.seed);
-        assert_eq!(stats.running + stats.ready + stats.waiting, 0, "seed {}: {stats:?}", self.seed);
+        assert_eq!(
+            stats.live, 0,
+            "seed {}: records not freed: {stats:?}",
+            self.seed
+        );
+        assert_eq!(
+            stats.running + stats.ready + stats.waiting,
+            0,
+            "seed {}: {stats:?}",
+            self.seed
+        );
         for (id, w) in &self.workers {
             if w.alive {
-                assert!(w.store.is_empty(), "seed {}: {id} still holds {:?}", self.seed, w.store.keys().collect::<HashSet<_>>());
+                assert!(
+                    w.store.is_empty(),
+                    "seed {}: {id} still holds {:?}",
+                    self.seed,
+                    w.store.keys().collect::<HashSet<_>>()
+                );
             }
         }
     }
@@ -457,8 +570,16 @@ impl Sim {
 
 #[test]
 fn random_dags_with_faults() {
-    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    let first: u64 = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        // The invariant check after every step is O(tasks): an unoptimised build runs
+        // fewer seeds by default (`cargo test --release` runs 200 in seconds).
+        .unwrap_or(if cfg!(debug_assertions) { 40 } else { 200 });
+    let first: u64 = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let (mut kills, mut tasks, mut stale, mut stored) = (0, 0, 0, 0);
     for seed in first..first + seeds {
         let mut sim = Sim::new(seed);

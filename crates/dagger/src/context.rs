@@ -277,6 +277,9 @@ impl Context {
         if driver_runs {
             ctx.start_in_process_worker(quic.clone(), ev_tx, b.shm)?;
             expected += 1;
+        } else {
+            ctx.query(|st| st.add_driver_root())
+                .ok_or(ContextError::Shutdown)?;
         }
         if b.workers > 0 {
             let mut launcher = LocalLauncher::new(listen_addr.clone(), worker_identity.clone());

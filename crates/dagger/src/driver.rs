@@ -115,6 +115,33 @@ impl DriverState {
         v
     }
 
+    /// Puts the driver's own process in the topology as a root without thread processors,
+    /// so the tree shows it and move costs from the driver (inline values) are known.
+    pub(crate) fn add_driver_root(&mut self) {
+        let host = dagger_proc::hostname();
+        let pid = std::process::id();
+        let root = dagger_core::ProcInfo {
+            id: dagger_core::ProcId::root(WorkerId::DRIVER),
+            kind: dagger_core::ProcKind::OS,
+            parent: None,
+            memory: dagger_core::MemorySpace::HOST,
+            label: format!("driver process {pid} on {host}"),
+            properties: [("role".to_string(), "driver (runs no tasks)".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        let info = WorkerInfo {
+            worker: WorkerId::DRIVER,
+            incarnation: Incarnation(0),
+            host,
+            pid,
+            peer_addr: None,
+            procs: vec![root],
+        };
+        let now = self.now();
+        self.sched.worker_joined(now, info);
+    }
+
     pub(crate) fn subscribe(&mut self, tx: mpsc::UnboundedSender<ClusterEvent>) {
         self.subscribers.push(tx);
     }

@@ -4,8 +4,8 @@
 
 use dagger_core::wire::{self, RunTask, TaskDone, ToDriver, ToWorker};
 use dagger_core::{
-    Arg, Incarnation, MemorySpace, Options, ProcId, ProcInfo, ProcKind, TaskId, TaskSpec,
-    WorkerId, WorkerInfo,
+    Arg, Incarnation, MemorySpace, Options, ProcId, ProcInfo, ProcKind, TaskId, TaskSpec, WorkerId,
+    WorkerInfo,
 };
 use dagger_sched::{Command, Scheduler};
 use std::time::Duration;
@@ -90,7 +90,12 @@ pub fn val(x: u64) -> Arg {
 }
 
 pub fn spec(id: u64, func: &str, args: Vec<Arg>, options: Options) -> TaskSpec {
-    TaskSpec { id: TaskId(id), func: func.into(), args, options }
+    TaskSpec {
+        id: TaskId(id),
+        func: func.into(),
+        args,
+        options,
+    }
 }
 
 pub fn t(d: Duration) -> Duration {
@@ -117,7 +122,11 @@ pub fn drain(s: &mut Scheduler) -> Vec<Command> {
 pub fn runs(cmds: &[Command]) -> Vec<(WorkerId, RunTask)> {
     let mut v = Vec::new();
     for c in cmds {
-        if let Command::Send { worker, msg: ToWorker::Run(ts) } = c {
+        if let Command::Send {
+            worker,
+            msg: ToWorker::Run(ts),
+        } = c
+        {
             for t in ts {
                 v.push((*worker, t.clone()));
             }
@@ -128,7 +137,10 @@ pub fn runs(cmds: &[Command]) -> Vec<(WorkerId, RunTask)> {
 
 /// Feeds a TaskDone through the wire encoding to the scheduler.
 pub fn report(s: &mut Scheduler, now: Duration, w: WorkerId, inc: u32, done: TaskDone) {
-    let msg = ToDriver::Done { incarnation: Incarnation(inc), tasks: vec![done] };
+    let msg = ToDriver::Done {
+        incarnation: Incarnation(inc),
+        tasks: vec![done],
+    };
     match wire::decode::<ToDriver>(&wire::encode(&msg)).unwrap() {
         ToDriver::Done { incarnation, tasks } => {
             for d in tasks {
