@@ -15,7 +15,7 @@ use crate::process;
 const HWLOC_PACKAGES: &str = "libhwloc-dev libudev-dev pkg-config";
 
 /// Examples run (not only built) by the `examples` steps.
-const RUN_EXAMPLES: &[&str] = &["topology", "custom_processor"];
+const RUN_EXAMPLES: &[&str] = &["topology", "custom_processor", "manual_worker"];
 
 /// Environment variable that has the effect of `--require-all` when set to `1`, `true` or
 /// `yes`.
@@ -305,6 +305,7 @@ mod tests {
                 "examples:build",
                 "examples:topology",
                 "examples:custom_processor",
+                "examples:manual_worker",
                 "fmt",
             ]
         );

@@ -353,7 +353,6 @@ impl DriverState {
         }
         // Fetches waiting on it fail; the caller may fetch again from another holder.
         self.fetches.retain(|chunk, waiters| {
-            waiters.retain_mut(|_| true);
             let (lost, keep): (Vec<_>, Vec<_>) = waiters.drain(..).partition(|(w, _)| *w == worker);
             for (_, reply) in lost {
                 let _ = reply.send(Err(TaskError::MoveFailed {
