@@ -207,11 +207,66 @@ pub enum Outcome {
     Failed(TaskError),
 }
 
-/// Encodes a message into a new buffer.
-pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+/// Encodes a message into a new buffer of exactly the right size (one pass to size it,
+/// one to write: large byte fields are copied once).
+pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Vec<u8> {
     // Encoding into a Vec cannot fail for these types (no maps with non-string keys,
     // no unsized sequences).
-    postcard::to_allocvec(msg).unwrap_or_default()
+    let size = postcard::experimental::serialized_size(msg).unwrap_or(0);
+    postcard::to_extend(msg, Vec::with_capacity(size)).unwrap_or_default()
+}
+
+/// The borrowed twin of [`PeerMsg`]'s chunk-carrying variants: same variant order, so the
+/// bytes it encodes to decode as a [`PeerMsg`].
+#[derive(Serialize)]
+enum PeerMsgRef<'a> {
+    #[allow(dead_code)]
+    Want(ChunkId),
+    Chunk {
+        chunk: ChunkId,
+        payload: PayloadRef<'a>,
+    },
+    Push {
+        chunk: ChunkId,
+        payload: PayloadRef<'a>,
+    },
+}
+
+#[derive(Serialize)]
+enum PayloadRef<'a> {
+    Bytes(#[serde(with = "serde_bytes")] &'a [u8]),
+}
+
+/// Encodes `PeerMsg::Chunk` (or `PeerMsg::Push` when `push`) carrying `bytes` inline,
+/// copying `bytes` once, straight into the frame.
+pub fn encode_chunk_bytes(push: bool, chunk: ChunkId, bytes: &[u8]) -> Vec<u8> {
+    let payload = PayloadRef::Bytes(bytes);
+    if push {
+        encode(&PeerMsgRef::Push { chunk, payload })
+    } else {
+        encode(&PeerMsgRef::Chunk { chunk, payload })
+    }
+}
+
+/// If `frame` is a `PeerMsg::Chunk` or `PeerMsg::Push` with inline bytes, returns the chunk
+/// and where in `frame` its bytes are, so a receiver can keep the frame instead of copying
+/// the bytes out. `None` for any other frame (decode those with [`decode`]).
+pub fn split_chunk_bytes(frame: &[u8]) -> Option<(ChunkId, std::ops::Range<usize>)> {
+    let (variant, rest) = postcard::take_from_bytes::<u32>(frame).ok()?;
+    if variant != 1 && variant != 2 {
+        return None;
+    }
+    let (chunk, rest) = postcard::take_from_bytes::<ChunkId>(rest).ok()?;
+    let (payload, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    if payload != 0 {
+        return None;
+    }
+    let (len, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    if len != rest.len() as u64 {
+        return None;
+    }
+    let start = frame.len() - rest.len();
+    Some((chunk, start..frame.len()))
 }
 
 /// Encodes a message, appending to `buf`.
@@ -252,5 +307,39 @@ mod tests {
             assert!(decode::<ToWorker>(&bytes[..n]).is_err());
         }
         assert!(decode::<ToWorker>(&[0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn borrowed_chunk_frames_decode_as_peer_messages_and_split_without_copy() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for push in [false, true] {
+            let frame = encode_chunk_bytes(push, ChunkId(77), &bytes);
+            let expected = if push {
+                PeerMsg::Push {
+                    chunk: ChunkId(77),
+                    payload: ChunkPayload::Bytes(bytes.clone()),
+                }
+            } else {
+                PeerMsg::Chunk {
+                    chunk: ChunkId(77),
+                    payload: ChunkPayload::Bytes(bytes.clone()),
+                }
+            };
+            assert_eq!(frame, encode(&expected));
+            assert_eq!(decode::<PeerMsg>(&frame).unwrap(), expected);
+            let (chunk, range) = split_chunk_bytes(&frame).unwrap();
+            assert_eq!(chunk, ChunkId(77));
+            assert_eq!(&frame[range], &bytes[..]);
+        }
+        // Other messages and damaged frames are not split.
+        assert!(split_chunk_bytes(&encode(&PeerMsg::Want(ChunkId(3)))).is_none());
+        let missing = PeerMsg::Chunk {
+            chunk: ChunkId(3),
+            payload: ChunkPayload::Missing("x".into()),
+        };
+        assert!(split_chunk_bytes(&encode(&missing)).is_none());
+        let frame = encode_chunk_bytes(false, ChunkId(9), &bytes);
+        assert!(split_chunk_bytes(&frame[..frame.len() - 1]).is_none());
+        assert!(split_chunk_bytes(&[]).is_none());
     }
 }

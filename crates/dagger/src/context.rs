@@ -272,6 +272,7 @@ impl Context {
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let ctx = Context { inner };
+        let ev_tx_watch = ev_tx.clone();
         let mut expected = b.workers;
         let driver_runs = b.driver_runs_tasks.unwrap_or(b.workers == 0);
         if driver_runs {
@@ -293,6 +294,7 @@ impl Context {
                 .spawn(b.workers)
                 .map_err(|e| ContextError::Launch(e.to_string()))?;
             ctx.inner.children.lock().extend(children);
+            ctx.watch_children(ev_tx_watch);
         }
         ctx.wait_for_workers(expected, b.join_timeout)?;
         Ok(ctx)
@@ -325,6 +327,37 @@ impl Context {
             }
         });
         Ok(())
+    }
+
+    /// Reports local worker processes that exit, so a killed worker is declared lost at
+    /// once rather than after missed heartbeats.
+    fn watch_children(&self, ev_tx: mpsc::UnboundedSender<LinkEvent>) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.handle.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let exited: Vec<(u32, String)> = inner
+                    .children
+                    .lock()
+                    .iter_mut()
+                    .filter_map(|c| match c.try_wait() {
+                        Ok(Some(status)) => Some((c.pid(), status.to_string())),
+                        _ => None,
+                    })
+                    .collect();
+                drop(inner);
+                for (pid, status) in exited {
+                    if ev_tx
+                        .send(LinkEvent::ProcessExited { pid, status })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Blocks until `n` workers (counting the driver's own, if it runs tasks) have joined.

@@ -53,10 +53,14 @@ pub(crate) enum LinkEvent {
         incarnation: Incarnation,
         reason: String,
     },
+    /// A local worker process exited (seen by its parent at once; a killed process's
+    /// QUIC link would only be noticed by missed heartbeats).
+    ProcessExited { pid: u32, status: String },
 }
 
 struct WorkerLink {
     incarnation: Incarnation,
+    pid: u32,
     sender: FrameSender,
     peer: PeerInfo,
 }
@@ -222,6 +226,20 @@ impl DriverState {
                 incarnation,
                 reason,
             } => self.on_lost(worker, incarnation, reason),
+            LinkEvent::ProcessExited { pid, status } => {
+                let found = self
+                    .links
+                    .iter()
+                    .find(|(w, l)| l.pid == pid && !w.is_driver())
+                    .map(|(w, l)| (*w, l.incarnation));
+                if let Some((worker, incarnation)) = found {
+                    self.on_lost(
+                        worker,
+                        incarnation,
+                        format!("process {pid} exited ({status})"),
+                    );
+                }
+            }
         }
     }
 
@@ -269,6 +287,7 @@ impl DriverState {
             worker,
             WorkerLink {
                 incarnation,
+                pid: info.pid,
                 sender: sender.clone(),
                 peer,
             },

@@ -137,5 +137,7 @@ pub fn decode_arg<T: serde::de::DeserializeOwned + 'static>(
 
 /// Encodes a result (used by the code `#[dagger::task]` generates).
 pub fn encode_result<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, CallError> {
-    postcard::to_allocvec(v).map_err(|e| CallError::Encode(e.to_string()))
+    let size =
+        postcard::experimental::serialized_size(v).map_err(|e| CallError::Encode(e.to_string()))?;
+    postcard::to_extend(v, Vec::with_capacity(size)).map_err(|e| CallError::Encode(e.to_string()))
 }

@@ -43,6 +43,8 @@ const SHM_MIN_BYTES: usize = 64 * 1024;
 /// Bytes of one chunk held by this worker.
 pub(crate) enum ChunkBytes {
     Vec(Vec<u8>),
+    /// The bytes are the tail of a received frame, kept whole to avoid a copy.
+    Framed(Vec<u8>, usize),
     Shm(dagger_move::shm::ShmView),
 }
 
@@ -51,6 +53,7 @@ impl std::ops::Deref for ChunkBytes {
     fn deref(&self) -> &[u8] {
         match self {
             ChunkBytes::Vec(v) => v,
+            ChunkBytes::Framed(f, start) => &f[*start..],
             ChunkBytes::Shm(s) => s,
         }
     }
@@ -83,7 +86,8 @@ enum Entry {
 
 enum PeerLink {
     Idle,
-    Connecting(Vec<PeerMsg>),
+    /// Frames queued while the link is being opened, with the chunk each one wants.
+    Connecting(Vec<(Vec<u8>, Option<ChunkId>)>),
     Up(FrameSender),
 }
 
@@ -353,8 +357,8 @@ impl Worker {
                         _ => None,
                     };
                     if let Some(b) = bytes {
-                        let payload = self.payload_for(to, &b);
-                        self.send_to_peer(to, PeerMsg::Push { chunk, payload });
+                        let frame = self.chunk_frame(true, to, chunk, Ok(b));
+                        self.send_frame_to_peer(to, frame);
                         let _ = self.to_driver.send(wire::encode(&ToDriver::Replicated {
                             incarnation: self.incarnation,
                             chunk,
@@ -491,11 +495,7 @@ impl Worker {
                 ),
             },
             Waiter::Peer(sender, peer) => {
-                let payload = match data {
-                    Ok(b) => self.payload_for(peer, &b),
-                    Err(m) => ChunkPayload::Missing(m),
-                };
-                let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
+                let _ = sender.send(self.chunk_frame(false, peer, chunk, data));
             }
             Waiter::Driver => {
                 let msg = ToDriver::ChunkData {
@@ -713,47 +713,84 @@ impl Worker {
             .unwrap_or(false)
     }
 
-    fn payload_for(&self, to: WorkerId, b: &ChunkBytes) -> ChunkPayload {
-        self.make_payload(self.same_host(to), b)
-    }
-
-    fn make_payload(&self, same_host: bool, b: &ChunkBytes) -> ChunkPayload {
-        if self.shm && same_host && b.len() >= SHM_MIN_BYTES {
-            match dagger_move::shm::write(&self.shm_prefix, b) {
+    /// The frame that answers a want (or pushes) `chunk` to `peer`: a shared-memory object
+    /// for a large chunk and a peer on this host (when enabled), else the bytes inline,
+    /// copied once, straight into the frame.
+    fn chunk_frame(
+        &self,
+        push: bool,
+        peer: WorkerId,
+        chunk: ChunkId,
+        data: Result<Arc<ChunkBytes>, String>,
+    ) -> Vec<u8> {
+        let b = match data {
+            Ok(b) => b,
+            Err(m) => {
+                let payload = ChunkPayload::Missing(m);
+                return wire::encode(&if push {
+                    PeerMsg::Push { chunk, payload }
+                } else {
+                    PeerMsg::Chunk { chunk, payload }
+                });
+            }
+        };
+        if self.shm && b.len() >= SHM_MIN_BYTES && self.same_host(peer) {
+            match dagger_move::shm::write(&self.shm_prefix, &b) {
                 Ok(obj) => {
-                    return ChunkPayload::Shm {
+                    let payload = ChunkPayload::Shm {
                         name: obj.name,
                         len: obj.len,
-                    }
+                    };
+                    return wire::encode(&if push {
+                        PeerMsg::Push { chunk, payload }
+                    } else {
+                        PeerMsg::Chunk { chunk, payload }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "shared-memory move failed; sending over the link")
                 }
             }
         }
-        ChunkPayload::Bytes(b.to_vec())
+        wire::encode_chunk_bytes(push, chunk, &b)
     }
 
     /// Sends a message to a peer, connecting first if needed.
     fn send_to_peer(self: &Arc<Self>, to: WorkerId, msg: PeerMsg) {
+        let wants = match &msg {
+            PeerMsg::Want(c) => Some(*c),
+            _ => None,
+        };
+        self.queue_to_peer(to, wire::encode(&msg), wants);
+    }
+
+    fn send_frame_to_peer(self: &Arc<Self>, to: WorkerId, frame: Vec<u8>) {
+        self.queue_to_peer(to, frame, None);
+    }
+
+    fn queue_to_peer(self: &Arc<Self>, to: WorkerId, frame: Vec<u8>, wants: Option<ChunkId>) {
         let mut peers = self.peers.lock();
         let Some(peer) = peers.get_mut(&to) else {
             drop(peers);
-            self.peer_unreachable(vec![msg], format!("{to} is not a known peer"));
+            self.peer_unreachable(vec![(frame, wants)], format!("{to} is not a known peer"));
             return;
         };
         match &mut peer.link {
-            PeerLink::Up(s) => {
-                if s.send(wire::encode(&msg)).is_ok() {
-                    return;
+            PeerLink::Up(s) => match s.send(frame) {
+                Ok(()) => return,
+                Err(_) => {
+                    // The link died; reopen it. The frame is gone with the old link, so a
+                    // want is sent again on the new one.
+                    let again = wants.map(|c| wire::encode(&PeerMsg::Want(c)));
+                    peer.link =
+                        PeerLink::Connecting(again.into_iter().map(|f| (f, wants)).collect());
                 }
-                peer.link = PeerLink::Connecting(vec![msg]);
-            }
+            },
             PeerLink::Connecting(q) => {
-                q.push(msg);
+                q.push((frame, wants));
                 return;
             }
-            PeerLink::Idle => peer.link = PeerLink::Connecting(vec![msg]),
+            PeerLink::Idle => peer.link = PeerLink::Connecting(vec![(frame, wants)]),
         }
         let addr = peer.info.addr.clone();
         drop(peers);
@@ -781,8 +818,8 @@ impl Worker {
                             None => Vec::new(),
                         }
                     };
-                    for m in queued {
-                        let _ = conn.sender.send(wire::encode(&m));
+                    for (f, _) in queued {
+                        let _ = conn.sender.send(f);
                     }
                     w.serve_peer_conn(conn, Some(to)).await;
                 }
@@ -803,9 +840,9 @@ impl Worker {
         });
     }
 
-    fn peer_unreachable(self: &Arc<Self>, msgs: Vec<PeerMsg>, reason: String) {
-        for m in msgs {
-            if let PeerMsg::Want(chunk) = m {
+    fn peer_unreachable(self: &Arc<Self>, frames: Vec<(Vec<u8>, Option<ChunkId>)>, reason: String) {
+        for (_, wants) in frames {
+            if let Some(chunk) = wants {
                 self.fail_chunk(chunk, reason.clone());
             }
         }
@@ -840,6 +877,10 @@ impl Worker {
             }
         };
         while let Ok(frame) = receiver.recv().await {
+            if let Some((chunk, range)) = wire::split_chunk_bytes(&frame) {
+                self.deliver(chunk, Arc::new(ChunkBytes::Framed(frame, range.start)));
+                continue;
+            }
             let msg = match wire::decode::<PeerMsg>(&frame) {
                 Ok(m) => m,
                 Err(e) => {

@@ -1,0 +1,72 @@
+//! A worker process killed with SIGKILL while a graph runs: the driver notices (its link
+//! closes), the lost tasks and the results that lived only there are recomputed on the
+//! surviving worker, and every result is right.
+
+use dagger::prelude::*;
+use dagger::ClusterEvent;
+use std::time::Duration;
+
+#[dagger::task]
+fn slow(i: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(20));
+    i
+}
+
+#[dagger::task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[test]
+fn a_killed_worker_delays_results_but_never_loses_them() {
+    dagger::init();
+    let ctx = Context::builder()
+        .workers(2)
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let mut events = ctx.subscribe();
+    let leaves: Vec<_> = (0..60u64).map(|i| slow::spawn(&ctx, i).unwrap()).collect();
+    let mut level = leaves.clone();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|p| {
+                if p.len() == 2 {
+                    add::spawn(&ctx, &p[0], &p[1]).unwrap()
+                } else {
+                    p[0].clone()
+                }
+            })
+            .collect();
+    }
+    // Wait until some work is done, then kill one worker process.
+    leaves[5].wait().unwrap();
+    let victim = ctx.local_worker_pids()[0];
+    // SAFETY: plain syscall on a child process id we started.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+
+    assert_eq!(level[0].fetch().unwrap(), (0..60u64).sum::<u64>());
+    for (i, h) in leaves.iter().enumerate() {
+        assert_eq!(h.fetch().unwrap(), i as u64);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lost = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(e) = events.recv().await {
+                if let ClusterEvent::WorkerLost { worker, .. } = e {
+                    return Some(worker);
+                }
+            }
+            None
+        })
+        .await
+    });
+    assert!(matches!(lost, Ok(Some(_))), "a WorkerLost event");
+    assert_eq!(ctx.workers().len(), 1);
+    // The survivor keeps working.
+    assert_eq!(add::spawn(&ctx, 1, 2).unwrap().fetch().unwrap(), 3);
+}
