@@ -260,6 +260,21 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        "W4shm" => {
+            let ctx = Context::builder().workers(2).shared_memory(true).build()?;
+            transfer(&ctx, 2, 8 << 20)?;
+            let mut el = Duration::ZERO;
+            for _ in 0..repeat() {
+                el += transfer(&ctx, 32, 8 << 20)?;
+            }
+            line(
+                "W4shm",
+                "MBps_shm",
+                (repeat() as u64 * 32 * (8 << 20)) as f64 / el.as_secs_f64() / 1e6,
+                "MB/s",
+            );
+            Ok(())
+        }
         "W4local" => {
             let ctx = Context::builder().workers(2).build()?;
             let (a, _) = two_workers(&ctx)?;
