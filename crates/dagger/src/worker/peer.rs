@@ -1,0 +1,279 @@
+//! Peer links: worker-to-worker chunk moves (inline bytes or, on one host, shared memory),
+//! link set-up, and retries of wants that arrived before their chunk.
+
+use super::{ChunkBytes, Entry, PeerLink, Waiter, Worker, SHM_MIN_BYTES};
+use crate::registry;
+use dagger_core::wire::{self, ChunkPayload, Hello, PeerMsg, PROTOCOL_VERSION};
+use dagger_core::{ChunkId, WorkerId};
+use dagger_net::Conn;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Worker {
+    pub(super) fn same_host(&self, w: WorkerId) -> bool {
+        self.peers
+            .lock()
+            .get(&w)
+            .map(|p| p.info.host == self.host)
+            .unwrap_or(false)
+    }
+
+    /// The frame that answers a want (or pushes) `chunk` to `peer`: a shared-memory object
+    /// for a large chunk and a peer on this host (when enabled), else the bytes inline,
+    /// copied once, straight into the frame.
+    pub(super) fn chunk_frame(
+        &self,
+        push: bool,
+        peer: WorkerId,
+        chunk: ChunkId,
+        data: Result<Arc<ChunkBytes>, String>,
+    ) -> Vec<u8> {
+        let b = match data {
+            Ok(b) => b,
+            Err(m) => {
+                let payload = ChunkPayload::Missing(m);
+                return wire::encode(&if push {
+                    PeerMsg::Push { chunk, payload }
+                } else {
+                    PeerMsg::Chunk { chunk, payload }
+                });
+            }
+        };
+        if self.shm && b.len() >= SHM_MIN_BYTES && self.same_host(peer) {
+            match dagger_move::shm::write(&self.shm_prefix, &b) {
+                Ok(obj) => {
+                    let payload = ChunkPayload::Shm {
+                        name: obj.name,
+                        len: obj.len,
+                    };
+                    return wire::encode(&if push {
+                        PeerMsg::Push { chunk, payload }
+                    } else {
+                        PeerMsg::Chunk { chunk, payload }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared-memory move failed; sending over the link")
+                }
+            }
+        }
+        wire::encode_chunk_bytes(push, chunk, &b)
+    }
+
+    /// Sends a message to a peer, connecting first if needed.
+    pub(super) fn send_to_peer(self: &Arc<Self>, to: WorkerId, msg: PeerMsg) {
+        let wants = match &msg {
+            PeerMsg::Want(c) => Some(*c),
+            _ => None,
+        };
+        self.queue_to_peer(to, wire::encode(&msg), wants);
+    }
+
+    pub(super) fn send_frame_to_peer(self: &Arc<Self>, to: WorkerId, frame: Vec<u8>) {
+        self.queue_to_peer(to, frame, None);
+    }
+
+    pub(super) fn queue_to_peer(
+        self: &Arc<Self>,
+        to: WorkerId,
+        frame: Vec<u8>,
+        wants: Option<ChunkId>,
+    ) {
+        let mut peers = self.peers.lock();
+        let Some(peer) = peers.get_mut(&to) else {
+            drop(peers);
+            self.peer_unreachable(vec![(frame, wants)], format!("{to} is not a known peer"));
+            return;
+        };
+        match &mut peer.link {
+            PeerLink::Up(s) => match s.send(frame) {
+                Ok(()) => return,
+                Err(_) => {
+                    // The link died; reopen it. The frame is gone with the old link, so a
+                    // want is sent again on the new one.
+                    let again = wants.map(|c| wire::encode(&PeerMsg::Want(c)));
+                    peer.link =
+                        PeerLink::Connecting(again.into_iter().map(|f| (f, wants)).collect());
+                }
+            },
+            PeerLink::Connecting(q) => {
+                q.push((frame, wants));
+                return;
+            }
+            PeerLink::Idle => peer.link = PeerLink::Connecting(vec![(frame, wants)]),
+        }
+        let addr = peer.info.addr.clone();
+        drop(peers);
+        let w = self.clone();
+        self.rt.spawn(async move {
+            match w.peer_transport.connect(&addr).await {
+                Ok(conn) => {
+                    let hello = Hello {
+                        version: PROTOCOL_VERSION,
+                        registry_hash: registry::registry_hash(),
+                        worker: w.id,
+                        incarnation: w.incarnation,
+                    };
+                    let _ = conn.sender.send(wire::encode(&hello));
+                    let queued = {
+                        let mut peers = w.peers.lock();
+                        match peers.get_mut(&to) {
+                            Some(p) => match std::mem::replace(
+                                &mut p.link,
+                                PeerLink::Up(conn.sender.clone()),
+                            ) {
+                                PeerLink::Connecting(q) => q,
+                                _ => Vec::new(),
+                            },
+                            None => Vec::new(),
+                        }
+                    };
+                    for (f, _) in queued {
+                        let _ = conn.sender.send(f);
+                    }
+                    w.serve_peer_conn(conn, Some(to)).await;
+                }
+                Err(e) => {
+                    let queued = {
+                        let mut peers = w.peers.lock();
+                        match peers.get_mut(&to) {
+                            Some(p) => match std::mem::replace(&mut p.link, PeerLink::Idle) {
+                                PeerLink::Connecting(q) => q,
+                                _ => Vec::new(),
+                            },
+                            None => Vec::new(),
+                        }
+                    };
+                    w.peer_unreachable(queued, format!("cannot reach {to}: {e}"));
+                }
+            }
+        });
+    }
+
+    pub(super) fn peer_unreachable(
+        self: &Arc<Self>,
+        frames: Vec<(Vec<u8>, Option<ChunkId>)>,
+        reason: String,
+    ) {
+        for (_, wants) in frames {
+            if let Some(chunk) = wants {
+                self.fail_chunk(chunk, reason.clone());
+            }
+        }
+    }
+
+    /// Reads one peer link: wants are answered on it, chunks stored.
+    pub(super) async fn serve_peer_conn(self: Arc<Self>, conn: Conn, known: Option<WorkerId>) {
+        let Conn {
+            sender,
+            mut receiver,
+            ..
+        } = conn;
+        let peer = match known {
+            Some(w) => w,
+            None => {
+                // Links others opened start with their hello.
+                let Ok(first) = receiver.recv().await else {
+                    return;
+                };
+                match wire::decode::<Hello>(&first) {
+                    Ok(h)
+                        if h.version == PROTOCOL_VERSION
+                            && h.registry_hash == registry::registry_hash() =>
+                    {
+                        h.worker
+                    }
+                    _ => {
+                        sender.close("bad peer hello");
+                        return;
+                    }
+                }
+            }
+        };
+        while let Ok(frame) = receiver.recv().await {
+            if let Some((chunk, range)) = wire::split_chunk_bytes(&frame) {
+                self.deliver(chunk, Arc::new(ChunkBytes::Framed(frame, range.start)));
+                continue;
+            }
+            let msg = match wire::decode::<PeerMsg>(&frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a peer sent a malformed frame; closing its link");
+                    sender.close("malformed frame");
+                    break;
+                }
+            };
+            match msg {
+                PeerMsg::Want(chunk) => self.want(chunk, Waiter::Peer(sender.clone(), peer)),
+                PeerMsg::Chunk { chunk, payload } | PeerMsg::Push { chunk, payload } => {
+                    self.receive_payload(chunk, payload, Some(peer))
+                }
+            }
+        }
+        if let Some(w) = known {
+            let mut peers = self.peers.lock();
+            if let Some(p) = peers.get_mut(&w) {
+                if let PeerLink::Up(s) = &p.link {
+                    if s.is_closed() {
+                        p.link = PeerLink::Idle;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn receive_payload(
+        self: &Arc<Self>,
+        chunk: ChunkId,
+        payload: ChunkPayload,
+        from: Option<WorkerId>,
+    ) {
+        match payload {
+            ChunkPayload::Bytes(v) => self.deliver(chunk, Arc::new(ChunkBytes::Vec(v))),
+            ChunkPayload::Shm { name, len } => match dagger_move::shm::read(&name, len) {
+                Ok(view) => self.deliver(chunk, Arc::new(ChunkBytes::Shm(view))),
+                Err(e) => self.fail_chunk(chunk, format!("shared-memory move failed: {e}")),
+            },
+            ChunkPayload::Missing(reason) => self.retry_want(chunk, from, reason),
+        }
+    }
+
+    /// The peer did not hold the chunk (yet): its producing task may not have reached it.
+    /// Ask again a few times with growing pauses, then the next holder, then give up.
+    pub(super) fn retry_want(
+        self: &Arc<Self>,
+        chunk: ChunkId,
+        from: Option<WorkerId>,
+        reason: String,
+    ) {
+        let next = {
+            let mut store = self.store.lock();
+            match store.get_mut(&chunk) {
+                Some(Entry::Waiting {
+                    holders, attempts, ..
+                }) => {
+                    *attempts += 1;
+                    if *attempts > 6 {
+                        if let Some(f) = from {
+                            holders.retain(|h| *h != f);
+                        }
+                        *attempts = 0;
+                    }
+                    holders.first().copied().map(|h| (h, *attempts))
+                }
+                _ => return,
+            }
+        };
+        match next {
+            Some((h, attempts)) => {
+                let w = self.clone();
+                let delay = Duration::from_micros(200u64 << attempts.min(10));
+                self.rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    w.send_to_peer(h, PeerMsg::Want(chunk));
+                });
+            }
+            None => self.fail_chunk(chunk, reason),
+        }
+    }
+}
