@@ -8,6 +8,7 @@
 //! touches a socket, a thread or the clock.
 
 mod error;
+pub mod hash;
 mod ids;
 mod proc;
 mod scope;

@@ -1,6 +1,7 @@
 use crate::ids::TaskId;
 use crate::scope::Options;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// One argument of a task: a value encoded with postcard, or the result of another task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -16,8 +17,9 @@ pub enum Arg {
 pub struct TaskSpec {
     /// Its id; unique in the context, allocated by the submitter.
     pub id: TaskId,
-    /// The registered name of its function.
-    pub func: String,
+    /// The registered name of its function: borrowed when it is a compile-time name (no
+    /// allocation per task), owned when it was decoded or built at run time.
+    pub func: Cow<'static, str>,
     /// Its arguments, in order.
     pub args: Vec<Arg>,
     /// Scope, retries, priority.

@@ -9,6 +9,7 @@ use crate::ids::{ChunkId, Incarnation, ProcId, TaskId, WorkerId};
 use crate::proc::WorkerInfo;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub use serde_bytes::ByteBuf;
+use std::borrow::Cow;
 
 /// The version of this message set. Peers with another version are refused at the hello.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -116,6 +117,9 @@ pub enum PeerMsg {
         /// Its payload.
         payload: ChunkPayload,
     },
+    /// The receiver of a [`ChunkPayload::Segment`] is done with that segment: its sender may
+    /// write into it again. Carries the segment's name.
+    SegmentDone(String),
 }
 
 /// How a chunk's bytes travel between workers.
@@ -132,6 +136,18 @@ pub enum ChunkPayload {
     },
     /// The sender does not hold it.
     Missing(String),
+    /// In the first `len` bytes of a reusable shared-memory segment of `size` bytes that the
+    /// sender lends to the receiver until the receiver answers [`PeerMsg::SegmentDone`]. The
+    /// receiver maps (and unlinks) the segment the first time it sees its name and keeps
+    /// that mapping for later chunks in the same segment.
+    Segment {
+        /// The segment's name under /dev/shm.
+        name: String,
+        /// The segment's size in bytes.
+        size: u64,
+        /// How many of its first bytes are the chunk.
+        len: u64,
+    },
 }
 
 /// How to reach a peer worker.
@@ -152,8 +168,9 @@ pub struct PeerInfo {
 pub struct RunTask {
     /// The task.
     pub task: TaskId,
-    /// Its function's registered name.
-    pub func: String,
+    /// Its function's registered name (borrowed on the sending side when the name is a
+    /// compile-time one; always owned after decoding).
+    pub func: Cow<'static, str>,
     /// Its arguments, in order.
     pub args: Vec<RunArg>,
     /// The processor to run on.
@@ -341,5 +358,38 @@ mod tests {
         let frame = encode_chunk_bytes(false, ChunkId(9), &bytes);
         assert!(split_chunk_bytes(&frame[..frame.len() - 1]).is_none());
         assert!(split_chunk_bytes(&[]).is_none());
+    }
+
+    #[test]
+    fn segment_messages_round_trip_and_keep_older_encodings() {
+        let msgs = [
+            PeerMsg::Chunk {
+                chunk: ChunkId(5),
+                payload: ChunkPayload::Segment {
+                    name: "dagger-1-2-3".into(),
+                    size: 8 << 20,
+                    len: 12345,
+                },
+            },
+            PeerMsg::SegmentDone("dagger-1-2-3".into()),
+        ];
+        for m in msgs {
+            let bytes = encode(&m);
+            assert_eq!(decode::<PeerMsg>(&bytes).unwrap(), m);
+            assert!(split_chunk_bytes(&bytes).is_none());
+            for n in 0..bytes.len() {
+                assert!(decode::<PeerMsg>(&bytes[..n]).is_err());
+            }
+        }
+        // The variants that existed before keep their tags.
+        assert_eq!(encode(&PeerMsg::Want(ChunkId(1)))[0], 0);
+        let shm = PeerMsg::Push {
+            chunk: ChunkId(1),
+            payload: ChunkPayload::Shm {
+                name: "dagger-x".into(),
+                len: 1,
+            },
+        };
+        assert_eq!(&encode(&shm)[..3], &[2, 1, 1]);
     }
 }

@@ -332,7 +332,8 @@ impl std::fmt::Debug for ShmView {
 /// ([`MoveError::ShmName`]) and that its real size is `len` ([`MoveError::ShmLen`]; the
 /// object is then left in place), then unlinks it. A missing object is
 /// [`MoveError::Shm`]. Safe to call with any name and length received from the network.
-/// Costs four system calls; the bytes are not copied, pages are mapped as they are read.
+/// Costs four system calls; the bytes are not copied, and the pages are mapped up front
+/// (one pass instead of a fault per few pages).
 pub fn read(name: &str, len: u64) -> Result<ShmView, MoveError> {
     let file = open_os(name, libc::O_RDONLY)?;
     let actual = file.metadata().map_err(|e| shm_err(name, e))?.len();
@@ -350,7 +351,7 @@ pub fn read(name: &str, len: u64) -> Result<ShmView, MoveError> {
             // SAFETY: the object's size was checked to be `len` above; its writer unmapped
             // it before handing over its name, and it is unlinked below so no other process
             // can open it afterwards.
-            Ok(l) => unsafe { MmapOptions::new().len(l).map(&file) }
+            Ok(l) => unsafe { MmapOptions::new().len(l).populate().map(&file) }
                 .map(Some)
                 .map_err(|e| shm_err(name, e)),
             Err(_) => Err(shm_err(
@@ -388,4 +389,370 @@ pub fn cleanup_prefix(prefix: &str) -> usize {
         .filter(|n| n.starts_with(&start))
         .filter(|n| unlink_os(n).is_ok())
         .count()
+}
+
+/// How many bytes of reusable segments one [`SegmentPool`] keeps by default, over all
+/// its readers.
+pub const DEFAULT_POOL_BYTES: u64 = 256 << 20;
+
+/// Segments are sized in multiples of this many bytes, so one of them fits chunks of
+/// slightly different lengths.
+const SEGMENT_GRANULE: u64 = 1 << 20;
+
+/// One reusable segment of a [`SegmentPool`]: a named object of a fixed size, mapped
+/// writable by its writer, lent to one reader at a time.
+struct Segment {
+    name: String,
+    /// The reader this segment belongs to (once a reader has mapped it, and so unlinked
+    /// its name, no other reader can open it).
+    owner: u64,
+    size: u64,
+    map: std::sync::Arc<memmap2::MmapRaw>,
+    busy: bool,
+}
+
+/// What a writer sends so the reader can map a segment: the object's name, its size and
+/// how many of its first bytes hold the chunk. Plain data, sent over the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SegmentRef {
+    /// The object's name (without the leading `/`).
+    pub name: String,
+    /// The object's size in bytes.
+    pub size: u64,
+    /// How many of its first bytes are the chunk.
+    pub len: u64,
+}
+
+/// A writer's pool of reusable shared-memory segments, each lent to one reader (`owner`,
+/// an opaque key such as a worker id) at a time.
+///
+/// A segment's pages are allocated once, when it is created; afterwards a chunk moves with
+/// one plain memory copy into the writer's mapping, and the reader, which keeps its own
+/// mapping of the segment in a [`SegmentCache`], reads it in place without a page fault.
+/// The reader hands a segment back (its [`SegmentView`] dropped, the writer told with
+/// [`release`](Self::release)) before the writer writes into it again.
+///
+/// Leaks: a segment's name exists only from its creation until its reader first maps it
+/// (the reader unlinks it then); afterwards its memory lives exactly as long as one of the
+/// two processes maps it, and the kernel frees it when both have exited, crashed included.
+/// A segment written but never mapped keeps its name (under the pool's prefix) until the
+/// pool drops it ([`drop_owner`](Self::drop_owner) or drop), or [`cleanup_prefix`] runs.
+/// At most the pool's byte limit stays allocated per writer, shared with its readers,
+/// while both processes live.
+pub struct SegmentPool {
+    prefix: String,
+    max_bytes: u64,
+    inner: parking_lot::Mutex<Vec<Segment>>,
+}
+
+impl SegmentPool {
+    /// A pool whose segments are named like [`write`]'s objects (`name_prefix` follows the
+    /// same rules) and hold at most `max_bytes` in all. Creates nothing yet.
+    pub fn new(name_prefix: &str, max_bytes: u64) -> Result<Self, MoveError> {
+        validate_name(name_prefix)?;
+        Ok(Self {
+            prefix: name_prefix.to_string(),
+            max_bytes,
+            inner: parking_lot::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Copies `bytes` into a free segment of `owner` (the smallest that fits), creating one
+    /// if none fits and the limit allows, and marks it lent. `Ok(None)`: the pool is full
+    /// (use [`write`] instead). Costs one memory copy when a segment is reused, plus the
+    /// segment's creation (five system calls and its pages) otherwise.
+    pub fn write(&self, owner: u64, bytes: &[u8]) -> Result<Option<SegmentRef>, MoveError> {
+        let len = bytes.len() as u64;
+        if len == 0 {
+            return Ok(None);
+        }
+        let picked = {
+            let mut segs = self.inner.lock();
+            let best = segs
+                .iter_mut()
+                .filter(|s| !s.busy && s.owner == owner && s.size >= len)
+                .min_by_key(|s| s.size);
+            match best {
+                Some(s) => {
+                    s.busy = true;
+                    Some((s.name.clone(), s.size, s.map.clone()))
+                }
+                None => None,
+            }
+        };
+        let (name, size, map) = match picked {
+            Some(p) => p,
+            None => {
+                let size = len.div_ceil(SEGMENT_GRANULE) * SEGMENT_GRANULE;
+                {
+                    let segs = self.inner.lock();
+                    let held: u64 = segs.iter().map(|s| s.size).sum();
+                    if held + size > self.max_bytes {
+                        return Ok(None);
+                    }
+                }
+                let (name, map) = self.create_segment(size)?;
+                let mut segs = self.inner.lock();
+                let held: u64 = segs.iter().map(|s| s.size).sum();
+                if held + size > self.max_bytes {
+                    drop(segs);
+                    let _ = unlink_os(&name);
+                    return Ok(None);
+                }
+                segs.push(Segment {
+                    name: name.clone(),
+                    owner,
+                    size,
+                    map: map.clone(),
+                    busy: true,
+                });
+                (name, size, map)
+            }
+        };
+        // SAFETY: the segment is marked busy, so no other writer copies into it, and its
+        // reader does not read it until it receives the reference returned below; the
+        // mapping is `size >= len` bytes long and stays mapped while `map` lives.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_mut_ptr(), bytes.len()) };
+        Ok(Some(SegmentRef { name, size, len }))
+    }
+
+    fn create_segment(
+        &self,
+        size: u64,
+    ) -> Result<(String, std::sync::Arc<memmap2::MmapRaw>), MoveError> {
+        let (name, file) = create_unique(&self.prefix)?;
+        let map = (|| {
+            file.set_len(size).map_err(|e| shm_err(&name, e))?;
+            let map_len = usize::try_from(size).map_err(|_| {
+                shm_err(
+                    &name,
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "length exceeds the address space",
+                    ),
+                )
+            })?;
+            MmapOptions::new()
+                .len(map_len)
+                .populate()
+                .map_raw(&file)
+                .map_err(|e| shm_err(&name, e))
+        })();
+        match map {
+            Ok(m) => Ok((name, std::sync::Arc::new(m))),
+            Err(e) => {
+                let _ = unlink_os(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// The reader `owner` is done with segment `name`: it may be written again. Returns
+    /// whether such a lent segment existed (a name from the network that matches nothing,
+    /// or another owner's segment, changes nothing).
+    pub fn release(&self, owner: u64, name: &str) -> bool {
+        let mut segs = self.inner.lock();
+        match segs
+            .iter_mut()
+            .find(|s| s.busy && s.owner == owner && s.name == name)
+        {
+            Some(s) => {
+                s.busy = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every segment of `owner` (a reader that is gone), lent or not: unmaps them
+    /// here and removes any name still present. Returns how many were dropped.
+    pub fn drop_owner(&self, owner: u64) -> usize {
+        let gone: Vec<Segment> = {
+            let mut segs = self.inner.lock();
+            let (gone, keep) = std::mem::take(&mut *segs)
+                .into_iter()
+                .partition(|s| s.owner == owner);
+            *segs = keep;
+            gone
+        };
+        for s in &gone {
+            let _ = unlink_os(&s.name);
+        }
+        gone.len()
+    }
+
+    /// The owners that have segments, each once.
+    pub fn owners(&self) -> Vec<u64> {
+        let mut o: Vec<u64> = self.inner.lock().iter().map(|s| s.owner).collect();
+        o.sort_unstable();
+        o.dedup();
+        o
+    }
+
+    /// Bytes of segments held, and of those lent out now.
+    pub fn held_bytes(&self) -> (u64, u64) {
+        let segs = self.inner.lock();
+        let held = segs.iter().map(|s| s.size).sum();
+        let lent = segs.iter().filter(|s| s.busy).map(|s| s.size).sum();
+        (held, lent)
+    }
+}
+
+impl Drop for SegmentPool {
+    fn drop(&mut self) {
+        for s in self.inner.get_mut().iter() {
+            let _ = unlink_os(&s.name);
+        }
+    }
+}
+
+impl std::fmt::Debug for SegmentPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (held, lent) = self.held_bytes();
+        f.debug_struct("SegmentPool")
+            .field("prefix", &self.prefix)
+            .field("max_bytes", &self.max_bytes)
+            .field("held", &held)
+            .field("lent", &lent)
+            .finish()
+    }
+}
+
+/// A reader's mappings of the segments its writers lend it, by name. The first chunk in a
+/// segment maps it (pages populated up front) and unlinks its name; later chunks in the same
+/// segment reuse the mapping. Mappings stay until [`forget`](Self::forget) or drop.
+#[derive(Default)]
+pub struct SegmentCache {
+    maps: parking_lot::Mutex<std::collections::HashMap<String, std::sync::Arc<Mmap>>>,
+}
+
+impl SegmentCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A view of the first `r.len` bytes of segment `r.name`, mapping (and unlinking) it
+    /// first if this cache has not seen it. Checks the name's pattern
+    /// ([`MoveError::ShmName`]), `len <= size` and, when mapping, that the object's real
+    /// size is `size` ([`MoveError::ShmLen`]); a cached mapping of another size is an
+    /// error too. Safe with any reference received from the network. `on_drop` runs once
+    /// when the view is dropped (hand the segment back there).
+    pub fn view(
+        &self,
+        r: &SegmentRef,
+        on_drop: Box<dyn FnOnce() + Send + Sync>,
+    ) -> Result<SegmentView, MoveError> {
+        validate_name(&r.name)?;
+        let len_err = |actual| MoveError::ShmLen {
+            name: r.name.clone(),
+            expected: r.size,
+            actual,
+        };
+        if r.len > r.size || r.len == 0 {
+            return Err(len_err(r.len));
+        }
+        let cached = self.maps.lock().get(&r.name).cloned();
+        let map = match cached {
+            Some(m) => {
+                if m.len() as u64 != r.size {
+                    return Err(len_err(m.len() as u64));
+                }
+                m
+            }
+            None => {
+                let file = open_os(&r.name, libc::O_RDONLY)?;
+                let actual = file.metadata().map_err(|e| shm_err(&r.name, e))?.len();
+                if actual != r.size {
+                    return Err(len_err(actual));
+                }
+                let map_len = usize::try_from(r.size).map_err(|_| len_err(actual))?;
+                // SAFETY: the object's size was checked above; its writer writes into it
+                // only while it is not lent to this reader, and it is unlinked below so no
+                // other process can open it afterwards.
+                let map = unsafe { MmapOptions::new().len(map_len).populate().map(&file) }
+                    .map_err(|e| shm_err(&r.name, e));
+                let unlinked = unlink_os(&r.name);
+                let map = std::sync::Arc::new(map?);
+                unlinked?;
+                self.maps.lock().insert(r.name.clone(), map.clone());
+                map
+            }
+        };
+        Ok(SegmentView {
+            name: r.name.clone(),
+            map,
+            len: r.len as usize,
+            on_drop: Some(on_drop),
+        })
+    }
+
+    /// Unmaps segment `name` once no view of it remains. Returns whether it was cached.
+    pub fn forget(&self, name: &str) -> bool {
+        self.maps.lock().remove(name).is_some()
+    }
+
+    /// How many segments are mapped.
+    pub fn len(&self) -> usize {
+        self.maps.lock().len()
+    }
+
+    /// Whether no segment is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for SegmentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentCache")
+            .field("segments", &self.len())
+            .finish()
+    }
+}
+
+/// A chunk lent in a segment: its bytes through [`Deref`], read in place. Dropping it runs
+/// the hook given to [`SegmentCache::view`] (which hands the segment back to its writer).
+pub struct SegmentView {
+    name: String,
+    map: std::sync::Arc<Mmap>,
+    len: usize,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl SegmentView {
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Deref for SegmentView {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+}
+
+impl AsRef<[u8]> for SegmentView {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Drop for SegmentView {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for SegmentView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentView")
+            .field("name", &self.name)
+            .field("len", &self.len)
+            .finish()
+    }
 }

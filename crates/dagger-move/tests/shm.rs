@@ -116,3 +116,150 @@ fn unlink_removes_an_unread_object() {
     assert!(shm::read(&obj.name, 1).is_err());
     assert!(matches!(obj.unlink(), Err(MoveError::Shm { .. })));
 }
+
+/// A hand-back hook that counts its runs.
+fn counter() -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    impl Fn() -> Box<dyn FnOnce() + Send + Sync>,
+) {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let m = n.clone();
+    (n, move || {
+        let m = m.clone();
+        Box::new(move || {
+            m.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    })
+}
+
+fn names_with(prefix: &str) -> usize {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn pooled_segments_are_reused_across_many_transfers() {
+    let pre = prefix("pool");
+    let pool = shm::SegmentPool::new(&pre, 64 << 20).unwrap();
+    let cache = shm::SegmentCache::new();
+    let (handed_back, hook) = counter();
+    let mut names = std::collections::HashSet::new();
+    for i in 0..200usize {
+        let len = 100_000 + (i % 7) * 50_000;
+        let data: Vec<u8> = (0..len).map(|j| ((i + j) % 251) as u8).collect();
+        let r = pool.write(1, &data).unwrap().expect("room in the pool");
+        assert_eq!(r.len, len as u64);
+        assert!(r.size >= r.len);
+        names.insert(r.name.clone());
+        let view = cache.view(&r, hook()).unwrap();
+        assert_eq!(&*view, &data[..]);
+        drop(view);
+        assert!(pool.release(1, &r.name));
+        // Handing back twice, or as another reader, changes nothing.
+        assert!(!pool.release(1, &r.name));
+        assert!(!pool.release(2, &r.name));
+    }
+    assert_eq!(handed_back.load(std::sync::atomic::Ordering::SeqCst), 200);
+    // One segment served every transfer, and the reader mapped (and unlinked) it once.
+    assert_eq!(names.len(), 1);
+    assert_eq!(cache.len(), 1);
+    assert_eq!(names_with(&pre), 0);
+    assert_eq!(pool.held_bytes(), (1 << 20, 0));
+}
+
+#[test]
+fn a_lent_segment_is_not_written_again_until_handed_back() {
+    let pre = prefix("lent");
+    let pool = shm::SegmentPool::new(&pre, 2 << 20).unwrap();
+    let cache = shm::SegmentCache::new();
+    let (_, hook) = counter();
+    let a = pool.write(7, &[1u8; 1000]).unwrap().unwrap();
+    let b = pool.write(7, &[2u8; 1000]).unwrap().unwrap();
+    assert_ne!(a.name, b.name);
+    // Full: the caller falls back to one-shot objects.
+    assert!(pool.write(7, &[3u8; 1000]).unwrap().is_none());
+    let va = cache.view(&a, hook()).unwrap();
+    let vb = cache.view(&b, hook()).unwrap();
+    assert!(va.iter().all(|&x| x == 1) && vb.iter().all(|&x| x == 2));
+    // Another reader cannot use a segment lent to reader 7.
+    assert!(pool.write(8, &[4u8; 10]).unwrap().is_none());
+    assert!(pool.release(7, &a.name));
+    let c = pool.write(7, &[5u8; 500]).unwrap().unwrap();
+    assert_eq!(c.name, a.name);
+    drop(va);
+    let vc = cache.view(&c, hook()).unwrap();
+    assert_eq!(&*vc, &[5u8; 500][..]);
+    assert!(vb.iter().all(|&x| x == 2));
+}
+
+#[test]
+fn segments_of_a_reader_that_disappears_are_dropped_and_unlinked() {
+    let pre = prefix("gone");
+    let pool = shm::SegmentPool::new(&pre, 16 << 20).unwrap();
+    // Written, never mapped: the name is still there.
+    let r = pool.write(3, &[9u8; 4096]).unwrap().unwrap();
+    let other = pool.write(4, &[9u8; 4096]).unwrap().unwrap();
+    assert_eq!(names_with(&pre), 2);
+    assert_eq!(pool.owners(), vec![3, 4]);
+    assert_eq!(pool.drop_owner(3), 1);
+    assert_eq!(pool.owners(), vec![4]);
+    assert_eq!(names_with(&pre), 1);
+    assert!(!pool.release(3, &r.name));
+    let cache = shm::SegmentCache::new();
+    let (_, hook) = counter();
+    assert!(matches!(cache.view(&r, hook()), Err(MoveError::Shm { .. })));
+    // Dropping the pool removes the rest.
+    drop(pool);
+    assert_eq!(names_with(&pre), 0);
+    assert!(matches!(
+        cache.view(&other, hook()),
+        Err(MoveError::Shm { .. })
+    ));
+}
+
+#[test]
+fn bad_segment_references_are_rejected() {
+    let pre = prefix("badseg");
+    let pool = shm::SegmentPool::new(&pre, 4 << 20).unwrap();
+    let cache = shm::SegmentCache::new();
+    let (handed_back, hook) = counter();
+    let r = pool.write(1, &[1u8; 100]).unwrap().unwrap();
+    let mut wrong = r.clone();
+    wrong.len = r.size + 1;
+    assert!(matches!(
+        cache.view(&wrong, hook()),
+        Err(MoveError::ShmLen { .. })
+    ));
+    let mut wrong = r.clone();
+    wrong.size += 4096;
+    wrong.len = 10;
+    assert!(matches!(
+        cache.view(&wrong, hook()),
+        Err(MoveError::ShmLen { .. })
+    ));
+    let mut wrong = r.clone();
+    wrong.name = "/etc/passwd".into();
+    assert!(matches!(
+        cache.view(&wrong, hook()),
+        Err(MoveError::ShmName { .. })
+    ));
+    // The real reference still works, then a cached mapping refuses another size.
+    let v = cache.view(&r, hook()).unwrap();
+    assert_eq!(&*v, &[1u8; 100][..]);
+    let mut wrong = r.clone();
+    wrong.size *= 2;
+    assert!(matches!(
+        cache.view(&wrong, hook()),
+        Err(MoveError::ShmLen { .. })
+    ));
+    // Failed views never run their hook.
+    drop(v);
+    assert_eq!(handed_back.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(shm::SegmentPool::new("not-a-name", 1).is_err());
+    assert!(pool.write(1, &[]).unwrap().is_none());
+}

@@ -92,7 +92,7 @@ pub struct Config {
     /// Results up to this many bytes travel back inline (`Outcome::Value`) and the scheduler
     /// keeps a copy. Default 64 KiB.
     pub inline_limit: u32,
-    /// The most tasks in one `ToWorker::Run` message. Default 4096.
+    /// The most tasks in one `ToWorker::Run` message. Default 512 (frames stay small enough for the allocator to recycle cheaply).
     pub max_batch: usize,
     /// Run-time estimate, in nanoseconds, of a function never measured on a processor kind.
     /// Default 50 µs.
@@ -103,7 +103,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             inline_limit: 64 * 1024,
-            max_batch: 4096,
+            max_batch: 512,
             default_runtime_ns: 50_000,
         }
     }

@@ -8,6 +8,7 @@ use dagger_core::{
     WorkerId, WorkerInfo,
 };
 use dagger_proc::Topology;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
@@ -153,8 +154,10 @@ pub struct Scheduler {
 
     tasks: Vec<Task>,
     index: FxMap<TaskId, u32>,
-    funcs: Vec<String>,
-    func_ids: FxMap<String, u32>,
+    /// Function names by id; a name submitted as `Cow::Borrowed` stays borrowed, so
+    /// copying it into a `RunTask` costs nothing.
+    funcs: Vec<Cow<'static, str>>,
+    func_ids: FxMap<Cow<'static, str>, u32>,
     kinds: FxMap<ProcKind, u32>,
     scopes: Vec<ScopeEntry>,
     scope_ids: FxMap<Scope, u32>,
@@ -389,8 +392,29 @@ impl Scheduler {
     /// dependency or a cycle within the batch, and then nothing of the batch is kept.
     /// Costs O(tasks + arguments) of the batch.
     pub fn submit(&mut self, now: Duration, tasks: Vec<TaskSpec>) -> Result<(), GraphError> {
-        self.now = now;
-        let base = self.tasks.len() as u32;
+        self.try_submit(now, tasks).map_err(|(e, _)| e)
+    }
+
+    /// Like [`submit`](Self::submit), but a refused batch is handed back with the error,
+    /// untouched, so the owner can split it and submit its parts separately (e.g. after
+    /// merging the submissions of several clients into one call). Same cost.
+    pub fn try_submit(
+        &mut self,
+        now: Duration,
+        tasks: Vec<TaskSpec>,
+    ) -> Result<(), (GraphError, Vec<TaskSpec>)> {
+        match self.check_batch(&tasks) {
+            Ok(batch) => {
+                self.accept(now, tasks, batch);
+                Ok(())
+            }
+            Err(e) => Err((e, tasks)),
+        }
+    }
+
+    /// Validates a batch: no repeated or known ids, every dependency known (and not freed)
+    /// or in the batch, no cycle. Returns the batch's id → position map.
+    fn check_batch(&self, tasks: &[TaskSpec]) -> Result<FxMap<TaskId, u32>, GraphError> {
         let mut batch: FxMap<TaskId, u32> = FxMap::default();
         batch.reserve(tasks.len());
         for (k, t) in tasks.iter().enumerate() {
@@ -416,17 +440,22 @@ impl Scheduler {
             }
         }
         if forward {
-            check_acyclic(&tasks, &batch)?;
+            check_acyclic(tasks, &batch)?;
         }
+        Ok(batch)
+    }
 
-        // Accepted: create the records.
+    /// Creates the records of a validated batch and wires its dependencies.
+    fn accept(&mut self, now: Duration, tasks: Vec<TaskSpec>, batch: FxMap<TaskId, u32>) {
+        self.now = now;
+        let base = self.tasks.len() as u32;
         let now_ns = ns(now);
         let n = tasks.len();
         self.tasks.reserve(n);
         self.index.reserve(n);
-        for t in tasks {
+        for mut t in tasks {
             let idx = self.tasks.len() as u32;
-            let func = self.intern_func(&t.func);
+            let func = self.intern_func(std::mem::take(&mut t.func));
             let mut deps = Vec::new();
             for d in t.deps() {
                 deps.push(match batch.get(&d) {
@@ -531,7 +560,6 @@ impl Scheduler {
                 self.requeue(d);
             }
         }
-        Ok(())
     }
 
     /// The client dropped its interest in a task's result. Once no unfinished task needs it,
@@ -686,7 +714,7 @@ impl Scheduler {
         let &i = self.index.get(&task)?;
         let t = &self.tasks[i as usize];
         Some(TaskInfo {
-            func: self.funcs[t.func as usize].clone(),
+            func: self.funcs[t.func as usize].to_string(),
             proc: (t.dispatched_ns != NONE).then_some(t.proc),
             submitted: Duration::from_nanos(t.submitted_ns),
             dispatched: opt_time(t.dispatched_ns),
@@ -846,13 +874,13 @@ impl Scheduler {
 
     // ---------------------------------------------------------------- internals
 
-    fn intern_func(&mut self, name: &str) -> u32 {
-        if let Some(&f) = self.func_ids.get(name) {
+    fn intern_func(&mut self, name: Cow<'static, str>) -> u32 {
+        if let Some(&f) = self.func_ids.get(name.as_ref()) {
             return f;
         }
         let f = self.funcs.len() as u32;
-        self.funcs.push(name.to_string());
-        self.func_ids.insert(name.to_string(), f);
+        self.funcs.push(name.clone());
+        self.func_ids.insert(name, f);
         self.runtime.push(Vec::new());
         f
     }

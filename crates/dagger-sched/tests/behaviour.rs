@@ -242,7 +242,7 @@ fn panics_fail_dependents_only_and_retries_rerun() {
         run_ns: 5,
         outcome: Outcome::Failed(TaskError::Panicked {
             task: rt.task,
-            func: rt.func.clone(),
+            func: rt.func.to_string(),
             message: "boom".into(),
         }),
     };

@@ -340,7 +340,7 @@ impl Sim {
                     if node.always_panics || (node.panics_once && *runs == 1) {
                         Outcome::Failed(TaskError::Panicked {
                             task: rt.task,
-                            func: rt.func.clone(),
+                            func: rt.func.to_string(),
                             message: "boom".into(),
                         })
                     } else {

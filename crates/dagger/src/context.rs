@@ -13,6 +13,7 @@ use dagger_net::{
 };
 use dagger_proc::Topology;
 use parking_lot::Mutex;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -321,11 +322,21 @@ impl Context {
             shm,
             in_process: true,
         };
-        self.inner.handle.spawn(async move {
-            if let Err(e) = worker::run_worker(setup).await {
-                tracing::warn!(error = %e, "the driver's own worker stopped");
-            }
-        });
+        // The worker's I/O (decoding runs, batching results) gets a thread and runtime of
+        // its own, so the driver loop's thread only schedules. It ends when the driver
+        // says shutdown or its link closes.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ContextError::Runtime)?;
+        std::thread::Builder::new()
+            .name("dagger-local-io".into())
+            .spawn(move || {
+                if let Err(e) = runtime.block_on(worker::run_worker(setup)) {
+                    tracing::warn!(error = %e, "the driver's own worker stopped");
+                }
+            })
+            .map_err(ContextError::Runtime)?;
         Ok(())
     }
 
@@ -418,13 +429,13 @@ impl Context {
         ));
         let spec = TaskSpec {
             id,
-            func: func.to_string(),
+            func: Cow::Borrowed(func),
             args,
             options,
         };
         self.inner
             .cmd
-            .send(DriverCmd::Submit(vec![(spec, Some(slot.clone()))]))
+            .send(DriverCmd::Spawn(spec, slot.clone()))
             .map_err(|_| SubmitError::Shutdown)?;
         Ok(Handle::new(slot, self.inner.clone()))
     }
@@ -445,13 +456,13 @@ impl Context {
         ));
         let spec = TaskSpec {
             id,
-            func: func.to_string(),
+            func: Cow::Owned(func.to_string()),
             args,
             options,
         };
         self.inner
             .cmd
-            .send(DriverCmd::Submit(vec![(spec, Some(slot.clone()))]))
+            .send(DriverCmd::Spawn(spec, slot.clone()))
             .map_err(|_| SubmitError::Shutdown)?;
         Ok(Handle::new(slot, self.inner.clone()))
     }
@@ -503,7 +514,7 @@ impl Context {
                 ));
                 let spec = TaskSpec {
                     id,
-                    func: node.func.to_string(),
+                    func: Cow::Borrowed(node.func),
                     args,
                     options: node.options.clone(),
                 };

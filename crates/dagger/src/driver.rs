@@ -5,6 +5,7 @@
 use crate::context::ClusterEvent;
 use crate::handle::Slot;
 use crate::registry;
+use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{self, Hello, PeerInfo, ToDriver, ToWorker, PROTOCOL_VERSION};
 use dagger_core::{ChunkId, Incarnation, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo};
 use dagger_ft::FailureDetector;
@@ -15,10 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// Where the bytes of a chunk fetched for the user go.
+type FetchReply = oneshot::Sender<Result<Vec<u8>, TaskError>>;
+
 /// What the user's threads ask of the driver loop.
 pub(crate) enum DriverCmd {
-    /// New tasks, with the slots their results go to.
+    /// New tasks, with the slots their results go to; accepted or refused together.
     Submit(Vec<(TaskSpec, Option<Arc<Slot>>)>),
+    /// One new task (the common case: no batch to allocate).
+    Spawn(TaskSpec, Arc<Slot>),
     /// The last handle to a task was dropped.
     Release(TaskId),
     /// Bring a large result's bytes to the driver.
@@ -74,11 +80,16 @@ pub(crate) struct DriverConfig {
 pub(crate) struct DriverState {
     pub(crate) sched: Scheduler,
     start: Instant,
-    slots: HashMap<TaskId, Arc<Slot>>,
+    slots: IdHashMap<TaskId, Arc<Slot>>,
+    /// Submissions taken from the command queue and not yet given to the scheduler: the
+    /// submissions of one drain go to it in one call.
+    pending: Vec<TaskSpec>,
+    /// Where each submission (one `Spawn`, or one `Submit` batch) in `pending` ends.
+    pending_ends: Vec<usize>,
     links: HashMap<WorkerId, WorkerLink>,
     next_worker: u32,
     next_incarnation: u32,
-    fetches: HashMap<ChunkId, Vec<(WorkerId, oneshot::Sender<Result<Vec<u8>, TaskError>>)>>,
+    fetches: HashMap<ChunkId, Vec<(WorkerId, FetchReply)>>,
     subscribers: Vec<mpsc::UnboundedSender<ClusterEvent>>,
     detector: FailureDetector,
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
@@ -95,7 +106,9 @@ impl DriverState {
         Self {
             sched,
             start: Instant::now(),
-            slots: HashMap::new(),
+            slots: IdHashMap::default(),
+            pending: Vec::new(),
+            pending_ends: Vec::new(),
             links: HashMap::new(),
             next_worker: 1,
             next_incarnation: 1,
@@ -150,30 +163,71 @@ impl DriverState {
         self.subscribers.push(tx);
     }
 
+    /// Gives the scheduler every submission taken since the last call, in one batch. If the
+    /// merged batch is refused, each submission is tried on its own, so one bad submission
+    /// fails only its own tasks (as if each had been submitted alone).
+    fn submit_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let tasks = std::mem::take(&mut self.pending);
+        let ends = std::mem::take(&mut self.pending_ends);
+        let tasks = match self.sched.try_submit(now, tasks) {
+            Ok(()) => return,
+            Err((error, tasks)) if ends.len() <= 1 => {
+                self.reject(&tasks, &error);
+                return;
+            }
+            Err((_, tasks)) => tasks,
+        };
+        let mut rest = tasks.into_iter();
+        let mut start = 0;
+        for end in ends {
+            let group: Vec<TaskSpec> = rest.by_ref().take(end - start).collect();
+            start = end;
+            if let Err((error, group)) = self.sched.try_submit(now, group) {
+                self.reject(&group, &error);
+            }
+        }
+    }
+
+    /// Fails the slots of refused tasks.
+    fn reject(&mut self, tasks: &[TaskSpec], error: &dagger_core::GraphError) {
+        for t in tasks {
+            if let Some(slot) = self.slots.remove(&t.id) {
+                slot.complete(Err(TaskError::Rejected {
+                    task: t.id,
+                    error: error.clone(),
+                }));
+            }
+        }
+    }
+
     fn on_cmd(&mut self, cmd: DriverCmd) -> Option<std::sync::mpsc::Sender<()>> {
         match cmd {
+            DriverCmd::Spawn(spec, slot) => {
+                self.slots.insert(spec.id, slot);
+                self.pending.push(spec);
+                self.pending_ends.push(self.pending.len());
+                return None;
+            }
             DriverCmd::Submit(tasks) => {
-                let now = self.now();
-                let mut specs = Vec::with_capacity(tasks.len());
-                let mut ids = Vec::with_capacity(tasks.len());
                 for (spec, slot) in tasks {
-                    ids.push(spec.id);
                     if let Some(slot) = slot {
                         self.slots.insert(spec.id, slot);
                     }
-                    specs.push(spec);
+                    self.pending.push(spec);
                 }
-                if let Err(error) = self.sched.submit(now, specs) {
-                    for id in ids {
-                        if let Some(slot) = self.slots.remove(&id) {
-                            slot.complete(Err(TaskError::Rejected {
-                                task: id,
-                                error: error.clone(),
-                            }));
-                        }
-                    }
-                }
+                self.pending_ends.push(self.pending.len());
+                return None;
             }
+            _ => {}
+        }
+        // Everything else sees the submissions made before it.
+        self.submit_pending();
+        match cmd {
+            DriverCmd::Spawn(..) | DriverCmd::Submit(_) => {}
             DriverCmd::Release(task) => self.sched.release(task),
             DriverCmd::FetchChunk {
                 chunk,
@@ -393,6 +447,7 @@ impl DriverState {
 
     /// Carries out everything the scheduler asked for.
     fn flush(&mut self) {
+        self.submit_pending();
         while let Some(cmd) = self.sched.poll_command() {
             match cmd {
                 Command::Send { worker, msg } => {

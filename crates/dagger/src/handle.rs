@@ -10,24 +10,21 @@ use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskCx, Poll, Waker};
 use tokio::sync::mpsc::UnboundedSender;
 
 pub(crate) type Outcome = Result<Completion, TaskError>;
-
-#[derive(Default)]
-struct SlotState {
-    outcome: Option<Outcome>,
-    wakers: Vec<Waker>,
-}
 
 /// The driver's record of one task the user holds a handle to. When the last handle is
 /// dropped the scheduler is told that the result is no longer wanted.
 pub(crate) struct Slot {
     pub(crate) id: TaskId,
     pub(crate) func: Option<&'static TaskFn>,
-    state: Mutex<SlotState>,
+    /// Set once, by the driver loop; read without a lock afterwards.
+    outcome: OnceLock<Outcome>,
+    /// Async waiters; also the lock the blocking waiters sleep on.
+    wakers: Mutex<Vec<Waker>>,
     cond: Condvar,
     release: UnboundedSender<DriverCmd>,
 }
@@ -41,22 +38,21 @@ impl Slot {
         Self {
             id,
             func,
-            state: Mutex::new(SlotState::default()),
+            outcome: OnceLock::new(),
+            wakers: Mutex::new(Vec::new()),
             cond: Condvar::new(),
             release,
         }
     }
 
     /// Called by the driver loop when the task finished or failed.
+    /// Only the first call has an effect. Waiters check the outcome under the `wakers`
+    /// lock before sleeping, and this takes that lock after setting it, so none misses it.
     pub(crate) fn complete(&self, outcome: Outcome) {
-        let wakers = {
-            let mut st = self.state.lock();
-            if st.outcome.is_some() {
-                return;
-            }
-            st.outcome = Some(outcome);
-            std::mem::take(&mut st.wakers)
-        };
+        if self.outcome.set(outcome).is_err() {
+            return;
+        }
+        let wakers = std::mem::take(&mut *self.wakers.lock());
         self.cond.notify_all();
         for w in wakers {
             w.wake();
@@ -64,26 +60,33 @@ impl Slot {
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        self.state.lock().outcome.is_some()
+        self.outcome.get().is_some()
     }
 
-    pub(crate) fn wait(&self) -> Outcome {
-        let mut st = self.state.lock();
+    /// Blocks until the outcome is set; a set outcome is read without locking.
+    pub(crate) fn wait(&self) -> &Outcome {
+        if let Some(o) = self.outcome.get() {
+            return o;
+        }
+        let mut guard = self.wakers.lock();
         loop {
-            if let Some(o) = &st.outcome {
-                return o.clone();
+            if let Some(o) = self.outcome.get() {
+                return o;
             }
-            self.cond.wait(&mut st);
+            self.cond.wait(&mut guard);
         }
     }
 
     fn poll(&self, cx: &mut TaskCx<'_>) -> Poll<Outcome> {
-        let mut st = self.state.lock();
-        if let Some(o) = &st.outcome {
+        if let Some(o) = self.outcome.get() {
             return Poll::Ready(o.clone());
         }
-        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            st.wakers.push(cx.waker().clone());
+        let mut wakers = self.wakers.lock();
+        if let Some(o) = self.outcome.get() {
+            return Poll::Ready(o.clone());
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
         }
         Poll::Pending
     }
@@ -149,7 +152,10 @@ impl<T> Handle<T> {
     /// driver. Must not be called from inside an async runtime's worker thread (use
     /// `.await` there).
     pub fn wait(&self) -> Result<(), TaskError> {
-        self.slot.wait().map(|_| ())
+        match self.slot.wait() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        }
     }
 
     /// Where and when the task ran. Blocks until the task finished.
@@ -175,7 +181,7 @@ impl<T: DeserializeOwned> Handle<T> {
     /// Blocks until the task finished and returns its result, moved to the driver.
     /// Costs one round trip to the holding worker for results larger than the inline limit.
     pub fn fetch(&self) -> Result<T, TaskError> {
-        let outcome = self.slot.wait();
+        let outcome = self.slot.wait().as_ref().map_err(Clone::clone);
         self.decode(outcome, |chunk, holders| {
             self.ctx.fetch_chunk_blocking(chunk, holders)
         })
@@ -198,16 +204,13 @@ impl<T: DeserializeOwned> Handle<T> {
 
     fn decode(
         &self,
-        outcome: Outcome,
+        outcome: Result<&Completion, TaskError>,
         get: impl FnOnce(dagger_core::ChunkId, Vec<dagger_core::WorkerId>) -> Result<Vec<u8>, TaskError>,
     ) -> Result<T, TaskError> {
         self.check_type()?;
         let bytes;
-        let slice: &[u8] = match &outcome? {
-            Completion::Value(v) => {
-                bytes = v.clone();
-                &bytes
-            }
+        let slice: &[u8] = match outcome? {
+            Completion::Value(v) => v,
             Completion::Stored { holders, .. } => {
                 bytes = get(self.id().chunk(), holders.clone())?;
                 &bytes
@@ -247,13 +250,16 @@ impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Handle<T>
                 ),
                 _ => None,
             };
-            self.decode(outcome, |_, _| match fetched {
-                Some(r) => r,
-                None => Err(TaskError::MoveFailed {
-                    task: self.id(),
-                    message: "result is not stored on a worker".into(),
-                }),
-            })
+            self.decode(
+                outcome.as_ref().map_err(Clone::clone),
+                |_, _| match fetched {
+                    Some(r) => r,
+                    None => Err(TaskError::MoveFailed {
+                        task: self.id(),
+                        message: "result is not stored on a worker".into(),
+                    }),
+                },
+            )
         })
     }
 }

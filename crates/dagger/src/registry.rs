@@ -1,7 +1,7 @@
 //! The registry of task functions: filled at compile time by `#[dagger::task]`, identical in
 //! every process of one binary.
 
-use std::collections::HashMap;
+use dagger_core::hash::IdHashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
@@ -53,14 +53,14 @@ pub struct TaskFn {
 inventory::collect!(TaskFn);
 
 struct Registry {
-    by_name: HashMap<&'static str, &'static TaskFn>,
+    by_name: IdHashMap<&'static str, &'static TaskFn>,
     hash: u64,
 }
 
 fn registry() -> &'static Registry {
     static REG: OnceLock<Registry> = OnceLock::new();
     REG.get_or_init(|| {
-        let mut by_name = HashMap::new();
+        let mut by_name = IdHashMap::default();
         let mut names: Vec<(&'static str, &'static str)> = Vec::new();
         for f in inventory::iter::<TaskFn> {
             if by_name.insert(f.name, f).is_some() {

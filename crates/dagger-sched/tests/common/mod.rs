@@ -92,7 +92,7 @@ pub fn val(x: u64) -> Arg {
 pub fn spec(id: u64, func: &str, args: Vec<Arg>, options: Options) -> TaskSpec {
     TaskSpec {
         id: TaskId(id),
-        func: func.into(),
+        func: func.to_string().into(),
         args,
         options,
     }

@@ -7,6 +7,7 @@
 mod peer;
 
 use crate::registry::{self, ArgValue};
+use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{
     self, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone, ToDriver, ToWorker,
     PROTOCOL_VERSION,
@@ -48,6 +49,8 @@ pub(crate) enum ChunkBytes {
     /// The bytes are the tail of a received frame, kept whole to avoid a copy.
     Framed(Vec<u8>, usize),
     Shm(dagger_move::shm::ShmView),
+    /// The bytes are in a segment a peer lends; dropping this hands the segment back.
+    Segment(dagger_move::shm::SegmentView),
 }
 
 impl std::ops::Deref for ChunkBytes {
@@ -57,13 +60,14 @@ impl std::ops::Deref for ChunkBytes {
             ChunkBytes::Vec(v) => v,
             ChunkBytes::Framed(f, start) => &f[*start..],
             ChunkBytes::Shm(s) => s,
+            ChunkBytes::Segment(s) => s,
         }
     }
 }
 
 struct Pending {
     task: TaskId,
-    func: String,
+    func: std::borrow::Cow<'static, str>,
     proc: ProcId,
     inline_limit: u32,
     args: Mutex<Vec<Option<Arc<ChunkBytes>>>>,
@@ -113,7 +117,7 @@ pub(crate) struct Worker {
     incarnation: Incarnation,
     host: String,
     procs: LocalProcs,
-    store: Mutex<HashMap<ChunkId, Entry>>,
+    store: Mutex<IdHashMap<ChunkId, Entry>>,
     peers: Mutex<HashMap<WorkerId, Peer>>,
     to_driver: FrameSender,
     done: Mutex<Vec<TaskDone>>,
@@ -239,7 +243,7 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
         incarnation,
         host,
         procs,
-        store: Mutex::new(HashMap::new()),
+        store: Mutex::new(IdHashMap::default()),
         peers: Mutex::new(
             peers
                 .into_iter()
@@ -587,7 +591,7 @@ impl Worker {
         let Some(f) = registry::lookup(&p.func) else {
             let err = TaskError::UnknownFunction {
                 task: p.task,
-                func: p.func.clone(),
+                func: p.func.to_string(),
                 worker: self.id,
             };
             self.fail_task(&p, err);
@@ -632,7 +636,7 @@ impl Worker {
             };
             (f.call)(&mut values).map_err(|e| TaskError::BadArguments {
                 task: p.task,
-                func: p.func.clone(),
+                func: p.func.to_string(),
                 message: e.to_string(),
             })
         }));
@@ -666,7 +670,7 @@ impl Worker {
                 };
                 let err = TaskError::Panicked {
                     task: p.task,
-                    func: p.func.clone(),
+                    func: p.func.to_string(),
                     message,
                 };
                 self.fail_task(&p, err);

@@ -1,13 +1,38 @@
 //! Peer links: worker-to-worker chunk moves (inline bytes or, on one host, shared memory),
 //! link set-up, and retries of wants that arrived before their chunk.
+//!
+//! On one host, a chunk that answers a want travels in a reusable segment the answering
+//! worker lends to the wanting one ([`dagger_move::shm::SegmentPool`]): the reader uses it
+//! in place for the tasks that wait for it, does not keep it in its store, and hands it
+//! back with [`PeerMsg::SegmentDone`] once they are done. Pushes (replicas, which the
+//! reader keeps) and chunks that do not fit the pool go in one-shot objects.
 
 use super::{ChunkBytes, Entry, PeerLink, Waiter, Worker, SHM_MIN_BYTES};
 use crate::registry;
 use dagger_core::wire::{self, ChunkPayload, Hello, PeerMsg, PROTOCOL_VERSION};
 use dagger_core::{ChunkId, WorkerId};
+use dagger_move::shm::{SegmentCache, SegmentPool, SegmentRef, DEFAULT_POOL_BYTES};
 use dagger_net::Conn;
-use std::sync::Arc;
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+/// One worker's shared-memory segments: those it lends to its peers and its mappings of
+/// those its peers lend it.
+struct Segments {
+    pool: SegmentPool,
+    cache: SegmentCache,
+}
+
+/// The segment state of every live worker of this process (one, or a few in tests and in
+/// the driver's process), keyed by the worker. Entries of dropped workers are removed (and
+/// their segments unmapped and unlinked) the next time any worker looks its own up.
+#[allow(clippy::type_complexity)]
+static SEGMENTS: Mutex<Vec<(Weak<Worker>, Arc<Segments>)>> = Mutex::new(Vec::new());
+
+fn owner_key(w: WorkerId) -> u64 {
+    u64::from(w.0)
+}
 
 impl Worker {
     pub(super) fn same_host(&self, w: WorkerId) -> bool {
@@ -22,7 +47,7 @@ impl Worker {
     /// for a large chunk and a peer on this host (when enabled), else the bytes inline,
     /// copied once, straight into the frame.
     pub(super) fn chunk_frame(
-        &self,
+        self: &Arc<Self>,
         push: bool,
         peer: WorkerId,
         chunk: ChunkId,
@@ -40,6 +65,11 @@ impl Worker {
             }
         };
         if self.shm && b.len() >= SHM_MIN_BYTES && self.same_host(peer) {
+            if !push {
+                if let Some(frame) = self.segment_frame(peer, chunk, &b) {
+                    return frame;
+                }
+            }
             match dagger_move::shm::write(&self.shm_prefix, &b) {
                 Ok(obj) => {
                     let payload = ChunkPayload::Shm {
@@ -58,6 +88,103 @@ impl Worker {
             }
         }
         wire::encode_chunk_bytes(push, chunk, &b)
+    }
+
+    /// This worker's segment state, created on first use. `None` when its object prefix is
+    /// not a valid name (then segments are not used).
+    fn segments(self: &Arc<Self>) -> Option<Arc<Segments>> {
+        let mut all = SEGMENTS.lock();
+        all.retain(|(w, _)| w.strong_count() > 0);
+        let me = Arc::as_ptr(self);
+        if let Some((_, s)) = all.iter().find(|(w, _)| std::ptr::eq(w.as_ptr(), me)) {
+            return Some(s.clone());
+        }
+        let pool = SegmentPool::new(&self.shm_prefix, DEFAULT_POOL_BYTES).ok()?;
+        let s = Arc::new(Segments {
+            pool,
+            cache: SegmentCache::new(),
+        });
+        all.push((Arc::downgrade(self), s.clone()));
+        Some(s)
+    }
+
+    /// Copies `bytes` into a segment lent to `peer` and returns the `Chunk` frame naming
+    /// it; `None` when the pool is full or failed (then a one-shot object or the link
+    /// carries the chunk). Segments of peers that left are dropped first.
+    fn segment_frame(
+        self: &Arc<Self>,
+        peer: WorkerId,
+        chunk: ChunkId,
+        bytes: &[u8],
+    ) -> Option<Vec<u8>> {
+        let seg = self.segments()?;
+        let gone: Vec<u64> = {
+            let peers = self.peers.lock();
+            seg.pool
+                .owners()
+                .into_iter()
+                .filter(|o| !peers.keys().any(|w| owner_key(*w) == *o))
+                .collect()
+        };
+        for o in gone {
+            seg.pool.drop_owner(o);
+        }
+        match seg.pool.write(owner_key(peer), bytes) {
+            Ok(Some(SegmentRef { name, size, len })) => Some(wire::encode(&PeerMsg::Chunk {
+                chunk,
+                payload: ChunkPayload::Segment { name, size, len },
+            })),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lend a shared-memory segment");
+                None
+            }
+        }
+    }
+
+    /// A chunk arrived in a segment `from` lends: map it (once per segment) and hand it to
+    /// the waiting tasks without keeping it, so the segment goes back when they are done.
+    fn receive_segment(self: &Arc<Self>, chunk: ChunkId, r: SegmentRef, from: WorkerId) {
+        let Some(seg) = self.segments() else {
+            self.fail_chunk(chunk, "shared-memory segments are unavailable here".into());
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let name = r.name.clone();
+        // The view may be dropped under any lock of this worker: hand the segment back
+        // from a fresh task.
+        let hand_back = Box::new(move || {
+            if let Some(w) = weak.upgrade() {
+                let rt = w.rt.clone();
+                rt.spawn(async move { w.send_to_peer(from, PeerMsg::SegmentDone(name)) });
+            }
+        });
+        match seg.cache.view(&r, hand_back) {
+            Ok(view) => self.deliver_lent(chunk, Arc::new(ChunkBytes::Segment(view))),
+            Err(e) => {
+                self.send_to_peer(from, PeerMsg::SegmentDone(r.name));
+                self.fail_chunk(chunk, format!("shared-memory move failed: {e}"));
+            }
+        }
+    }
+
+    /// Hands lent bytes to everyone waiting for `chunk` without storing them (a later
+    /// task here that needs the chunk asks its holder again).
+    fn deliver_lent(self: &Arc<Self>, chunk: ChunkId, bytes: Arc<ChunkBytes>) {
+        let waiters = {
+            let mut store = self.store.lock();
+            match store.remove(&chunk) {
+                Some(Entry::Waiting { waiters, .. }) => waiters,
+                Some(other) => {
+                    store.insert(chunk, other);
+                    Vec::new()
+                }
+                None => Vec::new(),
+            }
+        };
+        for w in waiters {
+            self.answer(chunk, w, Ok(bytes.clone()));
+        }
     }
 
     /// Sends a message to a peer, connecting first if needed.
@@ -208,6 +335,11 @@ impl Worker {
                 PeerMsg::Chunk { chunk, payload } | PeerMsg::Push { chunk, payload } => {
                     self.receive_payload(chunk, payload, Some(peer))
                 }
+                PeerMsg::SegmentDone(name) => {
+                    if let Some(seg) = self.segments() {
+                        seg.pool.release(owner_key(peer), &name);
+                    }
+                }
             }
         }
         if let Some(w) = known {
@@ -233,6 +365,10 @@ impl Worker {
             ChunkPayload::Shm { name, len } => match dagger_move::shm::read(&name, len) {
                 Ok(view) => self.deliver(chunk, Arc::new(ChunkBytes::Shm(view))),
                 Err(e) => self.fail_chunk(chunk, format!("shared-memory move failed: {e}")),
+            },
+            ChunkPayload::Segment { name, size, len } => match from {
+                Some(from) => self.receive_segment(chunk, SegmentRef { name, size, len }, from),
+                None => self.fail_chunk(chunk, "a lent segment from an unknown peer".into()),
             },
             ChunkPayload::Missing(reason) => self.retry_want(chunk, from, reason),
         }
