@@ -266,9 +266,9 @@ pub fn encode_chunk_bytes(push: bool, chunk: ChunkId, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// If `frame` is a `PeerMsg::Chunk` or `PeerMsg::Push` with inline bytes, returns the chunk
-/// and where in `frame` its bytes are, so a receiver can keep the frame instead of copying
+/// where in `frame` its bytes are, and whether it is a push, so a receiver can keep the frame instead of copying
 /// the bytes out. `None` for any other frame (decode those with [`decode`]).
-pub fn split_chunk_bytes(frame: &[u8]) -> Option<(ChunkId, std::ops::Range<usize>)> {
+pub fn split_chunk_bytes(frame: &[u8]) -> Option<(ChunkId, std::ops::Range<usize>, bool)> {
     let (variant, rest) = postcard::take_from_bytes::<u32>(frame).ok()?;
     if variant != 1 && variant != 2 {
         return None;
@@ -283,7 +283,7 @@ pub fn split_chunk_bytes(frame: &[u8]) -> Option<(ChunkId, std::ops::Range<usize
         return None;
     }
     let start = frame.len() - rest.len();
-    Some((chunk, start..frame.len()))
+    Some((chunk, start..frame.len(), variant == 2))
 }
 
 /// Encodes a message, appending to `buf`.
@@ -344,8 +344,9 @@ mod tests {
             };
             assert_eq!(frame, encode(&expected));
             assert_eq!(decode::<PeerMsg>(&frame).unwrap(), expected);
-            let (chunk, range) = split_chunk_bytes(&frame).unwrap();
+            let (chunk, range, is_push) = split_chunk_bytes(&frame).unwrap();
             assert_eq!(chunk, ChunkId(77));
+            assert_eq!(is_push, push);
             assert_eq!(&frame[range], &bytes[..]);
         }
         // Other messages and damaged frames are not split.

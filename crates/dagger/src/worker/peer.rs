@@ -318,8 +318,13 @@ impl Worker {
             }
         };
         while let Ok(frame) = receiver.recv().await {
-            if let Some((chunk, range)) = wire::split_chunk_bytes(&frame) {
-                self.deliver(chunk, Arc::new(ChunkBytes::Framed(frame, range.start)));
+            if let Some((chunk, range, push)) = wire::split_chunk_bytes(&frame) {
+                let bytes = Arc::new(ChunkBytes::Framed(frame, range.start));
+                if push {
+                    self.deliver(chunk, bytes);
+                } else {
+                    self.deliver_lent(chunk, bytes);
+                }
                 continue;
             }
             let msg = match wire::decode::<PeerMsg>(&frame) {
@@ -332,8 +337,11 @@ impl Worker {
             };
             match msg {
                 PeerMsg::Want(chunk) => self.want(chunk, Waiter::Peer(sender.clone(), peer)),
-                PeerMsg::Chunk { chunk, payload } | PeerMsg::Push { chunk, payload } => {
-                    self.receive_payload(chunk, payload, Some(peer))
+                PeerMsg::Chunk { chunk, payload } => {
+                    self.receive_payload(chunk, payload, Some(peer), false)
+                }
+                PeerMsg::Push { chunk, payload } => {
+                    self.receive_payload(chunk, payload, Some(peer), true)
                 }
                 PeerMsg::SegmentDone(name) => {
                     if let Some(seg) = self.segments() {
@@ -359,11 +367,22 @@ impl Worker {
         chunk: ChunkId,
         payload: ChunkPayload,
         from: Option<WorkerId>,
+        keep: bool,
     ) {
+        // A push (a replica the scheduler counts) is kept until released; the answer to a
+        // want only feeds the tasks waiting here: the scheduler does not count it as a
+        // copy, so it would never be released.
+        let hand = |w: &Arc<Self>, bytes: Arc<ChunkBytes>| {
+            if keep {
+                w.deliver(chunk, bytes)
+            } else {
+                w.deliver_lent(chunk, bytes)
+            }
+        };
         match payload {
-            ChunkPayload::Bytes(v) => self.deliver(chunk, Arc::new(ChunkBytes::Vec(v))),
+            ChunkPayload::Bytes(v) => hand(self, Arc::new(ChunkBytes::Vec(v))),
             ChunkPayload::Shm { name, len } => match dagger_move::shm::read(&name, len) {
-                Ok(view) => self.deliver(chunk, Arc::new(ChunkBytes::Shm(view))),
+                Ok(view) => hand(self, Arc::new(ChunkBytes::Shm(view))),
                 Err(e) => self.fail_chunk(chunk, format!("shared-memory move failed: {e}")),
             },
             ChunkPayload::Segment { name, size, len } => match from {
