@@ -19,5 +19,5 @@ mod registry;
 pub mod shm;
 
 pub use error::MoveError;
-pub use path::{cheapest_path, generic_path, generic_path_for, Hop, Path, PathCache};
+pub use path::{cheapest_path, costs_from, generic_path, generic_path_for, Hop, Path, PathCache};
 pub use registry::{moves, KindPattern, MoveFn, MoveRegistry, MoveTarget, MoveValue};

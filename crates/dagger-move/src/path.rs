@@ -62,6 +62,37 @@ pub fn cheapest_path(
     Ok(priced(&links, bytes))
 }
 
+/// The cheapest cost, in nanoseconds, of moving `bytes` bytes from `from` to every
+/// processor reachable from it: one single-source Dijkstra over the same edges and costs as
+/// [`cheapest_path`] (edges that cannot carry data are skipped). Costs `O(E log V)`; a
+/// caller placing many tasks (the scheduler) caches the result per source and size.
+/// An unknown `from` gives an empty map.
+pub fn costs_from(topo: &Topology, from: ProcId, bytes: u64) -> HashMap<ProcId, u64> {
+    let mut dist: HashMap<ProcId, u64> = HashMap::new();
+    if topo.proc(from).is_none() {
+        return dist;
+    }
+    let mut heap = BinaryHeap::new();
+    dist.insert(from, 0);
+    heap.push(Reverse((0u64, from)));
+    while let Some(Reverse((d, p))) = heap.pop() {
+        if dist.get(&p).is_some_and(|&best| d > best) {
+            continue;
+        }
+        for e in topo.edges(p) {
+            if e.cost.bytes_per_s == 0 {
+                continue;
+            }
+            let nd = d.saturating_add(e.cost.time_ns(bytes));
+            if dist.get(&e.to).is_none_or(|&best| nd < best) {
+                dist.insert(e.to, nd);
+                heap.push(Reverse((nd, e.to)));
+            }
+        }
+    }
+    dist
+}
+
 /// Dijkstra from `from` to `to` for `bytes` bytes; the hops with their edges' cost models.
 fn search(
     topo: &Topology,

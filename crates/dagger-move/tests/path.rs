@@ -3,7 +3,7 @@
 use dagger_core::{
     Incarnation, LinkCost, MemorySpace, ProcId, ProcInfo, ProcKind, WorkerId, WorkerInfo,
 };
-use dagger_move::{cheapest_path, generic_path, shm, MoveError, PathCache};
+use dagger_move::{cheapest_path, costs_from, generic_path, shm, MoveError, PathCache};
 use dagger_proc::{EdgeKind, Topology};
 
 /// A worker on `host` with an OsProc root, two threads and one CUDA device.
@@ -262,4 +262,25 @@ fn path_cache_matches_cheapest_path_and_is_invalidated() {
         cache.cost_ns(&t, p(1, 1), p(8, 0), 5),
         Err(MoveError::NoPath { .. })
     ));
+}
+
+#[test]
+fn costs_from_agrees_with_cheapest_path_for_every_destination() {
+    let mut t = topo(&["a", "a", "b"]);
+    shm::add_same_host_shortcuts(&mut t);
+    let procs: Vec<ProcId> = t.procs().map(|p| p.id).collect();
+    for bytes in [0u64, 1 << 10, 1 << 20, 64 << 20] {
+        for &from in &procs {
+            let all = costs_from(&t, from, bytes);
+            for &to in &procs {
+                let expected = cheapest_path(&t, from, to, bytes).map(|p| p.cost_ns).ok();
+                assert_eq!(
+                    all.get(&to).copied(),
+                    expected,
+                    "{from} -> {to}, {bytes} bytes"
+                );
+            }
+        }
+    }
+    assert!(costs_from(&t, p(9, 0), 1).is_empty());
 }

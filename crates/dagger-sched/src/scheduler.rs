@@ -9,8 +9,7 @@ use dagger_core::{
 };
 use dagger_proc::Topology;
 use std::borrow::Cow;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// "No time recorded".
@@ -1341,25 +1340,15 @@ impl Scheduler {
         }
         let bytes = bucket_bytes(b);
         let mut dist = vec![UNREACHABLE; self.slots.len()];
-        let mut heap = BinaryHeap::new();
-        if let Some(&s0) = self.slot_of.get(&ProcId::root(src)) {
-            if self.slots[s0 as usize].alive {
-                dist[s0 as usize] = 0;
-                heap.push(Reverse((0u64, s0)));
-            }
-        }
-        while let Some(Reverse((d, s))) = heap.pop() {
-            if d > dist[s as usize] {
-                continue;
-            }
-            for e in self.topology.edges(self.slots[s as usize].id) {
-                let Some(&t) = self.slot_of.get(&e.to) else {
-                    continue;
-                };
-                let nd = d.saturating_add(e.cost.time_ns(bytes)).min(UNREACHABLE);
-                if nd < dist[t as usize] {
-                    dist[t as usize] = nd;
-                    heap.push(Reverse((nd, t)));
+        let source_alive = self
+            .slot_of
+            .get(&ProcId::root(src))
+            .is_some_and(|&s0| self.slots[s0 as usize].alive);
+        if source_alive {
+            let costs = dagger_move::costs_from(&self.topology, ProcId::root(src), bytes);
+            for (s, slot) in self.slots.iter().enumerate() {
+                if let Some(&c) = costs.get(&slot.id) {
+                    dist[s] = c.min(UNREACHABLE);
                 }
             }
         }

@@ -421,23 +421,7 @@ impl Context {
         options: Options,
     ) -> Result<Handle<T>, SubmitError> {
         let args: Vec<Arg> = args.into_iter().collect::<Result<_, _>>()?;
-        let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
-        let slot = Arc::new(Slot::new(
-            id,
-            registry::lookup(func),
-            self.inner.cmd.clone(),
-        ));
-        let spec = TaskSpec {
-            id,
-            func: Cow::Borrowed(func),
-            args,
-            options,
-        };
-        self.inner
-            .cmd
-            .send(DriverCmd::Spawn(spec, slot.clone()))
-            .map_err(|_| SubmitError::Shutdown)?;
-        Ok(Handle::new(slot, self.inner.clone()))
+        self.spawn_spec(Cow::Borrowed(func), args, options)
     }
 
     /// Submits one task by a function name that need not be registered in this process
@@ -448,15 +432,24 @@ impl Context {
         args: Vec<Arg>,
         options: Options,
     ) -> Result<Handle<T>, SubmitError> {
+        self.spawn_spec(Cow::Owned(func.to_string()), args, options)
+    }
+
+    fn spawn_spec<T>(
+        &self,
+        func: Cow<'static, str>,
+        args: Vec<Arg>,
+        options: Options,
+    ) -> Result<Handle<T>, SubmitError> {
         let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
         let slot = Arc::new(Slot::new(
             id,
-            registry::lookup(func),
+            registry::lookup(&func),
             self.inner.cmd.clone(),
         ));
         let spec = TaskSpec {
             id,
-            func: Cow::Owned(func.to_string()),
+            func,
             args,
             options,
         };
