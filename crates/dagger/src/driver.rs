@@ -95,7 +95,16 @@ pub(crate) struct DriverState {
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
     config: DriverConfig,
     pub(crate) joined_total: usize,
+    /// Releases held back per worker (see `flush`), and how many in all.
+    pending_release: HashMap<WorkerId, Vec<ChunkId>>,
+    pending_release_count: usize,
 }
+
+/// Held-back releases are sent once this many have gathered.
+const RELEASE_BATCH: usize = 1024;
+
+/// How often the driver loop checks heartbeats and sends held-back releases.
+const TICK: Duration = Duration::from_millis(20);
 
 impl DriverState {
     pub(crate) fn new(
@@ -118,6 +127,8 @@ impl DriverState {
             ev_tx,
             config,
             joined_total: 0,
+            pending_release: HashMap::new(),
+            pending_release_count: 0,
         }
     }
 
@@ -417,6 +428,9 @@ impl DriverState {
             l.sender.close(&reason);
         }
         self.detector.forget(worker);
+        if let Some(chunks) = self.pending_release.remove(&worker) {
+            self.pending_release_count -= chunks.len();
+        }
         let now = self.now();
         tracing::warn!(%worker, %reason, "worker lost");
         self.sched.worker_lost(now, worker, reason.clone());
@@ -439,18 +453,50 @@ impl DriverState {
     }
 
     fn on_tick(&mut self) {
+        self.send_all_releases();
         let now = self.now();
         for (worker, incarnation) in self.detector.expired(now) {
             self.on_lost(worker, incarnation, "missed heartbeats".into());
         }
     }
 
-    /// Carries out everything the scheduler asked for.
+    /// Sends the releases held back for `worker`, if any.
+    fn send_releases(&mut self, worker: WorkerId) {
+        if let Some(chunks) = self.pending_release.remove(&worker) {
+            self.pending_release_count -= chunks.len();
+            if let Some(l) = self.links.get(&worker) {
+                let _ = l.sender.send(wire::encode(&ToWorker::Release(chunks)));
+            }
+        }
+    }
+
+    /// Sends every release held back.
+    fn send_all_releases(&mut self) {
+        let workers: Vec<WorkerId> = self.pending_release.keys().copied().collect();
+        for w in workers {
+            self.send_releases(w);
+        }
+    }
+
+    /// Carries out everything the scheduler asked for. Releases are not urgent: they are
+    /// held back and ride along with the worker's next message, or go out on the next tick
+    /// or once many have gathered, so a finished task does not wake its worker again.
     fn flush(&mut self) {
         self.submit_pending();
         while let Some(cmd) = self.sched.poll_command() {
             match cmd {
+                Command::Send {
+                    worker,
+                    msg: ToWorker::Release(chunks),
+                } => {
+                    self.pending_release_count += chunks.len();
+                    self.pending_release
+                        .entry(worker)
+                        .or_default()
+                        .extend(chunks);
+                }
                 Command::Send { worker, msg } => {
+                    self.send_releases(worker);
                     if let Some(l) = self.links.get(&worker) {
                         let _ = l.sender.send(wire::encode(&msg));
                     }
@@ -464,6 +510,9 @@ impl DriverState {
                     self.subscribers.retain(|s| s.send(e.clone()).is_ok());
                 }
             }
+        }
+        if self.pending_release_count >= RELEASE_BATCH {
+            self.send_all_releases();
         }
     }
 
@@ -593,7 +642,7 @@ pub(crate) async fn run(
     mut cmd_rx: mpsc::UnboundedReceiver<DriverCmd>,
     mut ev_rx: mpsc::UnboundedReceiver<LinkEvent>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ack = loop {
         let mut stop = None;

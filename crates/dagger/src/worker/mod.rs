@@ -597,12 +597,20 @@ impl Worker {
             self.fail_task(&p, err);
             return;
         };
-        let args: Vec<Arc<ChunkBytes>> = p
-            .args
-            .lock()
-            .iter()
-            .map(|a| a.clone().expect("all inputs arrived"))
-            .collect();
+        // A task starts only once every input arrived; should that ever not hold, it fails
+        // with a typed error instead of taking the worker down.
+        let args: Option<Vec<Arc<ChunkBytes>>> = p.args.lock().iter().cloned().collect();
+        let Some(args) = args else {
+            let message = "started before all its inputs arrived".to_string();
+            self.fail_task(
+                &p,
+                TaskError::MoveFailed {
+                    task: p.task,
+                    message,
+                },
+            );
+            return;
+        };
         let prev = CURRENT_PROC.with(|c| c.replace(Some(p.proc)));
         let t0 = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
