@@ -265,3 +265,25 @@ fn a_handle_from_another_context_is_refused() {
     assert_eq!(handle.fetch().unwrap(), 2);
     assert_eq!(h.fetch().unwrap(), 2);
 }
+
+#[test]
+fn a_dependency_the_scheduler_never_saw_is_a_typed_refusal() {
+    dagger::init();
+    let ctx = Context::threads().unwrap();
+    let ghost = dagger::TaskId(u64::MAX / 2);
+    let h: Handle<u64> = ctx
+        .spawn_by_name(inc::NAME, vec![dagger::Arg::Task(ghost)], Options::new())
+        .unwrap();
+    match h.fetch() {
+        Err(TaskError::Rejected {
+            task,
+            error: dagger::GraphError::UnknownDependency { dependency, .. },
+        }) => {
+            assert_eq!(task, h.id());
+            assert_eq!(dependency, ghost);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Nothing else was affected.
+    assert_eq!(inc::spawn(&ctx, 1).unwrap().fetch().unwrap(), 2);
+}
