@@ -148,6 +148,9 @@ pub enum ChunkPayload {
         /// How many of its first bytes are the chunk.
         len: u64,
     },
+    /// The chunk will not come (its task failed here); unlike [`ChunkPayload::Missing`],
+    /// asking again is pointless.
+    Gone(String),
 }
 
 /// How to reach a peer worker.
@@ -373,6 +376,10 @@ mod tests {
                 },
             },
             PeerMsg::SegmentDone("dagger-1-2-3".into()),
+            PeerMsg::Chunk {
+                chunk: ChunkId(6),
+                payload: ChunkPayload::Gone("failed".into()),
+            },
         ];
         for m in msgs {
             let bytes = encode(&m);

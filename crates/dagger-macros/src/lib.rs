@@ -96,12 +96,12 @@ fn expand(
             /// The name this task is registered under.
             pub const NAME: &str = #name_expr;
 
-            fn __call(args: &mut [::dagger::__private::ArgValue<'_>]) -> ::core::result::Result<::std::vec::Vec<u8>, ::dagger::__private::CallError> {
-                if args.len() != #n {
-                    return ::core::result::Result::Err(::dagger::__private::CallError::arity(#n, args.len()));
+            fn __call(__dagger_args: &mut [::dagger::__private::ArgValue<'_>]) -> ::core::result::Result<::std::vec::Vec<u8>, ::dagger::__private::CallError> {
+                if __dagger_args.len() != #n {
+                    return ::core::result::Result::Err(::dagger::__private::CallError::arity(#n, __dagger_args.len()));
                 }
                 #(
-                    let #arg_idents: #arg_types = ::dagger::__private::decode_arg(&mut args[#idx], #arg_names)?;
+                    let #arg_idents: #arg_types = ::dagger::__private::decode_arg(&mut __dagger_args[#idx], #arg_names)?;
                 )*
                 let __r: #ret_ty = super::#ident(#(#arg_idents),*);
                 ::dagger::__private::encode_result(&__r)
@@ -119,10 +119,10 @@ fn expand(
             /// Starts the task now on `ctx`; each argument is a value or a handle to
             /// another task's result (a dependency).
             pub fn spawn<#(#generic_params: ::dagger::IntoArg<#arg_types>),*>(
-                ctx: &::dagger::Context,
+                __dagger_ctx: &::dagger::Context,
                 #(#arg_idents: #generic_params),*
             ) -> ::core::result::Result<::dagger::Handle<#ret_ty>, ::dagger::SubmitError> {
-                with(::dagger::Options::new()).spawn(ctx, #(#arg_idents),*)
+                with(::dagger::Options::new()).spawn(__dagger_ctx, #(#arg_idents),*)
             }
 
             /// Describes the task without running it; run it with `Context::collect`.
@@ -146,11 +146,11 @@ fn expand(
                 /// Like the module's `spawn`, with this builder's options.
                 pub fn spawn<#(#generic_params: ::dagger::IntoArg<#arg_types>),*>(
                     self,
-                    ctx: &::dagger::Context,
+                    __dagger_ctx: &::dagger::Context,
                     #(#arg_idents: #generic_params),*
                 ) -> ::core::result::Result<::dagger::Handle<#ret_ty>, ::dagger::SubmitError> {
-                    let args = ::std::vec![#( ::dagger::IntoArg::<#arg_types>::into_arg(#arg_idents, ctx) ),*];
-                    ctx.spawn_raw::<#ret_ty>(NAME, args, self.options)
+                    let __dagger_args = ::std::vec![#( ::dagger::IntoArg::<#arg_types>::into_arg(#arg_idents, __dagger_ctx) ),*];
+                    __dagger_ctx.spawn_raw::<#ret_ty>(NAME, __dagger_args, self.options)
                 }
 
                 /// Like the module's `delayed`, with this builder's options.
@@ -158,8 +158,8 @@ fn expand(
                     self,
                     #(#arg_idents: #generic_params),*
                 ) -> ::dagger::Lazy<#ret_ty> {
-                    let args = ::std::vec![#( ::dagger::IntoLazy::<#arg_types>::into_lazy(#arg_idents) ),*];
-                    ::dagger::Lazy::new(NAME, args, self.options)
+                    let __dagger_args = ::std::vec![#( ::dagger::IntoLazy::<#arg_types>::into_lazy(#arg_idents) ),*];
+                    ::dagger::Lazy::new(NAME, __dagger_args, self.options)
                 }
             }
         }

@@ -97,7 +97,9 @@ pub(crate) struct Inner {
     next_task: AtomicU64,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
-    children: Mutex<Vec<WorkerProcess>>,
+    children: Arc<Mutex<Vec<WorkerProcess>>>,
+    /// Local worker processes that exited (counted by the child watch).
+    exited_children: Arc<std::sync::atomic::AtomicUsize>,
     identity: Option<Identity>,
     ca: Option<ClusterCa>,
     listen_addr: String,
@@ -245,7 +247,11 @@ impl Context {
             let _g = handle.enter();
             Arc::new(QuicTransport::new(identity.clone(), NetConfig::default())?)
         };
-        let listener = handle.block_on(quic.listen(&b.listen))?;
+        let listener = {
+            let (quic, addr) = (quic.clone(), b.listen.clone());
+            run_on(&handle, async move { quic.listen(&addr).await })
+                .ok_or(ContextError::Shutdown)??
+        };
         let listen_addr = listener.local_addr();
         let sched = dagger_sched::Scheduler::new(b.config.clone());
         let state = DriverState::new(
@@ -266,7 +272,8 @@ impl Context {
             next_task: AtomicU64::new(1),
             runtime: Mutex::new(Some(runtime)),
             handle: handle.clone(),
-            children: Mutex::new(Vec::new()),
+            children: Arc::new(Mutex::new(Vec::new())),
+            exited_children: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             identity: Some(identity),
             ca: Some(ca),
             listen_addr: listen_addr.clone(),
@@ -308,7 +315,11 @@ impl Context {
         shm: bool,
     ) -> Result<(), ContextError> {
         let mem = MemTransport::new();
-        let listener = self.inner.handle.block_on(mem.listen("mem:0"))?;
+        let listener = {
+            let mem = mem.clone();
+            run_on(&self.inner.handle, async move { mem.listen("mem:0").await })
+                .ok_or(ContextError::Shutdown)??
+        };
         let addr = listener.local_addr();
         {
             let _g = self.inner.handle.enter();
@@ -343,23 +354,26 @@ impl Context {
     /// Reports local worker processes that exit, so a killed worker is declared lost at
     /// once rather than after missed heartbeats.
     fn watch_children(&self, ev_tx: mpsc::UnboundedSender<LinkEvent>) {
-        let weak = Arc::downgrade(&self.inner);
+        // Holds the child list, not the context: the watch never keeps the context alive
+        // (nor runs its final drop on the driver's runtime).
+        let children = self.inner.children.clone();
+        let exited_count = self.inner.exited_children.clone();
         self.inner.handle.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             loop {
                 tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let exited: Vec<(u32, String)> = inner
-                    .children
-                    .lock()
-                    .iter_mut()
-                    .filter_map(|c| match c.try_wait() {
-                        Ok(Some(status)) => Some((c.pid(), status.to_string())),
-                        _ => None,
-                    })
-                    .collect();
-                drop(inner);
+                let mut exited: Vec<(u32, String)> = Vec::new();
+                children.lock().retain_mut(|c| match c.try_wait() {
+                    Ok(Some(status)) => {
+                        exited.push((c.pid(), status.to_string()));
+                        false
+                    }
+                    _ => true,
+                });
                 for (pid, status) in exited {
+                    exited_count.fetch_add(1, Ordering::Relaxed);
+                    // A killed worker cleans up nothing: remove its shared-memory objects.
+                    dagger_move::shm::cleanup_prefix(&format!("dagger-{pid}"));
                     if ev_tx
                         .send(LinkEvent::ProcessExited { pid, status })
                         .is_err()
@@ -388,13 +402,14 @@ impl Context {
                     waited: timeout,
                 });
             }
-            let dead = self
-                .inner
-                .children
-                .lock()
-                .iter_mut()
-                .filter_map(|c| c.try_wait().ok().flatten())
-                .count();
+            let dead = self.inner.exited_children.load(Ordering::Relaxed)
+                + self
+                    .inner
+                    .children
+                    .lock()
+                    .iter_mut()
+                    .filter_map(|c| c.try_wait().ok().flatten())
+                    .count();
             if dead > 0 {
                 return Err(ContextError::Launch(format!(
                     "{dead} worker process(es) exited before joining"
@@ -492,6 +507,9 @@ impl Context {
                     args.push(match &a.0 {
                         LazyArgKind::Value(v) => Arg::Value(v.clone()),
                         LazyArgKind::Node(child) => Arg::Task(ids[&Arc::as_ptr(child)].0),
+                        LazyArgKind::Spawned(slot) if !slot.belongs_to(&self.inner.cmd) => {
+                            return Err(SubmitError::ForeignHandle { task: slot.id });
+                        }
                         LazyArgKind::Spawned(slot) => {
                             keep_alive.push(slot.clone());
                             Arg::Task(slot.id)
@@ -671,8 +689,11 @@ impl Inner {
                 reply: tx,
             })
             .map_err(|_| TaskError::Shutdown { task: chunk.task() })?;
-        rx.blocking_recv()
-            .map_err(|_| TaskError::Shutdown { task: chunk.task() })?
+        // Not `blocking_recv`: that panics when called from inside an async runtime.
+        match run_on(&self.handle, rx) {
+            Some(Ok(result)) => result,
+            _ => Err(TaskError::Shutdown { task: chunk.task() }),
+        }
     }
 
     fn shutdown(&self) {
@@ -705,4 +726,19 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Runs `fut` on the context's runtime and waits for its output from the calling thread.
+/// Unlike `Handle::block_on` this works from any thread, also one inside another async
+/// runtime (it then blocks that thread). `None` if the runtime is shutting down.
+fn run_on<F>(handle: &tokio::runtime::Handle, fut: F) -> Option<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().ok()
 }

@@ -98,7 +98,12 @@ pub(crate) struct DriverState {
     /// Releases held back per worker (see `flush`), and how many in all.
     pending_release: HashMap<WorkerId, Vec<ChunkId>>,
     pending_release_count: usize,
+    /// Fetches waiting for a lost result to be recomputed.
+    parked_fetches: Vec<(ChunkId, Vec<WorkerId>, FetchReply, Duration)>,
 }
+
+/// How long a fetch waits for a lost result to be recomputed before it fails.
+const FETCH_PARK_LIMIT: Duration = Duration::from_secs(60);
 
 /// Held-back releases are sent once this many have gathered.
 const RELEASE_BATCH: usize = 1024;
@@ -129,6 +134,7 @@ impl DriverState {
             joined_total: 0,
             pending_release: HashMap::new(),
             pending_release_count: 0,
+            parked_fetches: Vec::new(),
         }
     }
 
@@ -245,33 +251,63 @@ impl DriverState {
                 holders,
                 reply,
             } => {
-                let target = holders.iter().copied().find(|w| self.links.contains_key(w));
-                match target {
-                    Some(w) => {
-                        let msg = wire::encode(&ToWorker::Fetch(chunk));
-                        if self.links[&w].sender.send(msg).is_ok() {
-                            self.fetches.entry(chunk).or_default().push((w, reply));
-                        } else {
-                            let _ = reply.send(Err(TaskError::MoveFailed {
-                                task: chunk.task(),
-                                message: format!("link to {w} is closed"),
-                            }));
-                        }
-                    }
-                    None => {
-                        let _ = reply.send(Err(TaskError::MoveFailed {
-                            task: chunk.task(),
-                            message: format!(
-                                "no live worker holds the result (holders: {holders:?})"
-                            ),
-                        }));
-                    }
-                }
+                let now = self.now();
+                self.start_fetch(chunk, holders, reply, now);
             }
             DriverCmd::Query(f) => f(self),
             DriverCmd::Shutdown(ack) => return Some(ack),
         }
         None
+    }
+
+    /// Asks a live holder of `chunk` for its bytes. The scheduler's holders are the current
+    /// ones (a lost holder's chunk is recomputed elsewhere); while no live worker holds it
+    /// (it is being recomputed) the fetch waits, for at most `FETCH_PARK_LIMIT`.
+    fn start_fetch(
+        &mut self,
+        chunk: ChunkId,
+        fallback: Vec<WorkerId>,
+        reply: FetchReply,
+        since: Duration,
+    ) {
+        let current = self.sched.holders(chunk);
+        let holders = if current.is_empty() {
+            fallback
+        } else {
+            current.to_vec()
+        };
+        match holders.iter().copied().find(|w| self.links.contains_key(w)) {
+            Some(w) => {
+                let msg = wire::encode(&ToWorker::Fetch(chunk));
+                if self.links[&w].sender.send(msg).is_ok() {
+                    self.fetches.entry(chunk).or_default().push((w, reply));
+                } else {
+                    let _ = reply.send(Err(TaskError::MoveFailed {
+                        task: chunk.task(),
+                        message: format!("link to {w} is closed"),
+                    }));
+                }
+            }
+            None if self.now().saturating_sub(since) < FETCH_PARK_LIMIT => {
+                self.parked_fetches.push((chunk, holders, reply, since));
+            }
+            None => {
+                let _ = reply.send(Err(TaskError::MoveFailed {
+                    task: chunk.task(),
+                    message: format!("no live worker holds the result (holders: {holders:?})"),
+                }));
+            }
+        }
+    }
+
+    /// Tries the parked fetches again (after events that may have brought a copy back).
+    fn retry_parked_fetches(&mut self) {
+        if self.parked_fetches.is_empty() {
+            return;
+        }
+        for (chunk, holders, reply, since) in std::mem::take(&mut self.parked_fetches) {
+            self.start_fetch(chunk, holders, reply, since);
+        }
     }
 
     fn on_link(&mut self, ev: LinkEvent) {
@@ -514,6 +550,7 @@ impl DriverState {
         if self.pending_release_count >= RELEASE_BATCH {
             self.send_all_releases();
         }
+        self.retry_parked_fetches();
     }
 
     fn shutdown(&mut self) {
@@ -528,6 +565,42 @@ impl DriverState {
             for (_, reply) in waiters {
                 let _ = reply.send(Err(TaskError::Shutdown { task: chunk.task() }));
             }
+        }
+        for (chunk, _, reply, _) in self.parked_fetches.drain(..) {
+            let _ = reply.send(Err(TaskError::Shutdown { task: chunk.task() }));
+        }
+    }
+
+    /// Fails what a command arriving after shutdown asked for, so no caller waits forever.
+    fn refuse(&mut self, cmd: DriverCmd) {
+        match cmd {
+            DriverCmd::Spawn(spec, slot) => {
+                slot.complete(Err(TaskError::Shutdown { task: spec.id }))
+            }
+            DriverCmd::Submit(tasks) => {
+                for (spec, slot) in tasks {
+                    if let Some(slot) = slot {
+                        slot.complete(Err(TaskError::Shutdown { task: spec.id }));
+                    }
+                }
+            }
+            DriverCmd::FetchChunk { chunk, reply, .. } => {
+                let _ = reply.send(Err(TaskError::Shutdown { task: chunk.task() }));
+            }
+            DriverCmd::Shutdown(ack) => {
+                let _ = ack.send(());
+            }
+            DriverCmd::Release(_) | DriverCmd::Query(_) => {}
+        }
+    }
+}
+
+/// Whatever way the loop ends (shutdown, or the runtime dropped under it), every handle
+/// still waiting gets an answer.
+impl Drop for DriverState {
+    fn drop(&mut self) {
+        for (task, slot) in self.slots.drain() {
+            slot.complete(Err(TaskError::Shutdown { task }));
         }
     }
 }
@@ -681,6 +754,11 @@ pub(crate) async fn run(
     };
     st.flush();
     st.shutdown();
+    // Commands that raced with the shutdown are answered, not dropped.
+    cmd_rx.close();
+    while let Ok(cmd) = cmd_rx.try_recv() {
+        st.refuse(cmd);
+    }
     if let Some(ack) = ack {
         let _ = ack.send(());
     }

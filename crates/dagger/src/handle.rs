@@ -30,6 +30,11 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Whether this slot was made by the context whose command channel is `cmd`.
+    pub(crate) fn belongs_to(&self, cmd: &UnboundedSender<DriverCmd>) -> bool {
+        self.release.same_channel(cmd)
+    }
+
     pub(crate) fn new(
         id: TaskId,
         func: Option<&'static TaskFn>,

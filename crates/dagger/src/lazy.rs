@@ -15,6 +15,28 @@ pub(crate) struct LazyNode {
     pub(crate) options: Options,
 }
 
+/// Dropping a long chain of lazy tasks must not recurse once per node (a chain of a
+/// million tasks would overflow the stack): children whose last reference this is are
+/// taken apart on an explicit stack.
+impl Drop for LazyNode {
+    fn drop(&mut self) {
+        let mut stack: Vec<Arc<LazyNode>> = Vec::new();
+        let take = |args: &mut Vec<LazyArg>, stack: &mut Vec<Arc<LazyNode>>| {
+            for a in args.drain(..) {
+                if let LazyArgKind::Node(child) = a.0 {
+                    stack.push(child);
+                }
+            }
+        };
+        take(&mut self.args, &mut stack);
+        while let Some(node) = stack.pop() {
+            if let Some(mut node) = Arc::into_inner(node) {
+                take(&mut node.args, &mut stack);
+            }
+        }
+    }
+}
+
 /// One argument of a lazy task (opaque; made by [`IntoLazy`]).
 pub struct LazyArg(pub(crate) LazyArgKind);
 

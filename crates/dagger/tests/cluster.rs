@@ -287,3 +287,71 @@ fn a_dependency_the_scheduler_never_saw_is_a_typed_refusal() {
     // Nothing else was affected.
     assert_eq!(inc::spawn(&ctx, 1).unwrap().fetch().unwrap(), 2);
 }
+
+/// Parameters may be named like the generated code's own bindings.
+#[dagger::task]
+fn awkward_names(ctx: u64, args: u64, options: u64) -> u64 {
+    ctx * 100 + args * 10 + options
+}
+
+#[test]
+fn task_parameters_named_ctx_args_options_work() {
+    dagger::init();
+    let c = Context::threads().unwrap();
+    assert_eq!(
+        awkward_names::spawn(&c, 1, 2, 3).unwrap().fetch().unwrap(),
+        123
+    );
+    assert_eq!(c.collect(awkward_names::delayed(4, 5, 6)).unwrap(), 456);
+}
+
+#[test]
+fn a_long_lazy_chain_is_submitted_and_dropped_without_recursion() {
+    dagger::init();
+    // Building and dropping a 200,000-node chain: a recursive drop would overflow the
+    // test thread's stack.
+    let mut x = inc::delayed(0);
+    for _ in 1..200_000u64 {
+        x = inc::delayed(x);
+    }
+    drop(x);
+    // A chain is submitted as one graph (walked without recursion) and runs.
+    let c = Context::threads().unwrap();
+    let mut y = inc::delayed(0);
+    for _ in 1..2_000u64 {
+        y = inc::delayed(y);
+    }
+    assert_eq!(c.collect(y).unwrap(), 2_000);
+}
+
+#[test]
+fn a_lazy_graph_with_a_handle_from_another_context_is_refused() {
+    dagger::init();
+    let one = Context::threads().unwrap();
+    let two = Context::threads().unwrap();
+    let h = inc::spawn(&one, 1).unwrap();
+    match two.collect(add::delayed(&h, 1)) {
+        Err(dagger::CollectError::Submit(SubmitError::ForeignHandle { task })) => {
+            assert_eq!(task, h.id())
+        }
+        other => panic!("expected ForeignHandle, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_context_can_be_started_and_used_from_inside_an_async_runtime() {
+    dagger::init();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ctx = Context::threads().unwrap();
+        // A large result (stored, fetched by a round trip) with the blocking call...
+        let h = big::spawn(&ctx, 1 << 20, 7).unwrap();
+        assert_eq!(h.fetch().unwrap().len(), 1 << 20);
+        // ...and awaited.
+        let v = big::spawn(&ctx, 1 << 20, 9).unwrap().await.unwrap();
+        assert!(v.iter().all(|&b| b == 9));
+    });
+}

@@ -70,3 +70,45 @@ fn a_killed_worker_delays_results_but_never_loses_them() {
     // The survivor keeps working.
     assert_eq!(add::spawn(&ctx, 1, 2).unwrap().fetch().unwrap(), 3);
 }
+
+#[dagger::task]
+fn slow_big(i: u64) -> serde_bytes::ByteBuf {
+    std::thread::sleep(Duration::from_millis(200));
+    serde_bytes::ByteBuf::from(vec![i as u8; 256 * 1024])
+}
+
+#[dagger::task]
+fn sum_big(b: serde_bytes::ByteBuf) -> u64 {
+    b.iter().map(|&x| x as u64).sum()
+}
+
+/// Consumers pinned to the surviving worker were dispatched before their (large) inputs
+/// existed and asked the producers' worker for them; that worker is killed before
+/// answering. The consumers must get their inputs from the recomputed producers, not wait
+/// forever.
+#[test]
+fn consumers_waiting_on_a_killed_worker_get_recomputed_inputs() {
+    dagger::init();
+    let ctx = Context::builder()
+        .workers(2)
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let ws = ctx.workers();
+    let survivor = ws[1];
+    let pairs: Vec<_> = (0..8u64)
+        .map(|i| {
+            let p = slow_big::spawn(&ctx, i).unwrap();
+            let c = sum_big::with(Options::new().scope(Scope::worker(survivor)))
+                .spawn(&ctx, &p)
+                .unwrap();
+            (i, p, c)
+        })
+        .collect();
+    let pid = ctx.topology().worker(ws[0]).unwrap().pid;
+    // SAFETY: plain syscall on a child process id we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    for (i, _p, c) in &pairs {
+        assert_eq!(c.fetch().unwrap(), i * 256 * 1024, "consumer {i}");
+    }
+}

@@ -9,8 +9,8 @@ mod peer;
 use crate::registry::{self, ArgValue};
 use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{
-    self, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone, ToDriver, ToWorker,
-    PROTOCOL_VERSION,
+    self, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone, ToDriver,
+    ToWorker, PROTOCOL_VERSION,
 };
 use dagger_core::ProcKind;
 use dagger_core::{ChunkId, Incarnation, ProcId, TaskError, TaskId, WorkerId, WorkerInfo};
@@ -26,6 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 static WORKER_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Numbers the workers of this process, for their shared-memory name prefixes.
+static NEXT_PREFIX: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
     static CURRENT_PROC: Cell<Option<ProcId>> = const { Cell::new(None) };
@@ -61,6 +64,26 @@ impl std::ops::Deref for ChunkBytes {
             ChunkBytes::Framed(f, start) => &f[*start..],
             ChunkBytes::Shm(s) => s,
             ChunkBytes::Segment(s) => s,
+        }
+    }
+}
+
+struct StartGuard {
+    worker: Arc<Worker>,
+    pending: Option<Arc<Pending>>,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            let message = "its processor dropped it without running it".to_string();
+            self.worker.fail_task(
+                &p,
+                TaskError::MoveFailed {
+                    task: p.task,
+                    message,
+                },
+            );
         }
     }
 }
@@ -264,7 +287,14 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
         peer_transport: setup.peer_transport.clone(),
         rt: tokio::runtime::Handle::current(),
         shm: setup.shm,
-        shm_prefix: format!("dagger-{}-{}", std::process::id(), id.0),
+        // Unique per worker in this process (several contexts may each run one here), and
+        // starting with the pid so the driver can clean up after a killed worker.
+        shm_prefix: format!(
+            "dagger-{}-{}-{}",
+            std::process::id(),
+            id.0,
+            NEXT_PREFIX.fetch_add(1, Ordering::Relaxed)
+        ),
     });
 
     // Peers that connect to us.
@@ -383,6 +413,7 @@ impl Worker {
                 }
                 ToWorker::PeerLeft(w) => {
                     self.peers.lock().remove(&w);
+                    self.peer_gone(w, "it left the cluster");
                 }
                 ToWorker::Welcome { .. } => {}
                 ToWorker::Shutdown => return Ok(()),
@@ -426,8 +457,16 @@ impl Worker {
                             args[i] = Some(b.clone());
                             pending.missing.fetch_sub(1, Ordering::AcqRel);
                         }
-                        Some(Entry::Waiting { waiters, .. }) => {
-                            waiters.push(Waiter::Task(pending.clone(), i))
+                        Some(Entry::Waiting {
+                            waiters, holders, ..
+                        }) => {
+                            waiters.push(Waiter::Task(pending.clone(), i));
+                            // The scheduler's view may be newer (a recomputed copy).
+                            for f in from {
+                                if f != self.id && !holders.contains(&f) {
+                                    holders.push(f);
+                                }
+                            }
                         }
                         None => {
                             let holders: Vec<WorkerId> =
@@ -529,7 +568,7 @@ impl Worker {
     }
 
     /// A chunk will not come: everyone waiting for it is told.
-    fn fail_chunk(self: &Arc<Self>, chunk: ChunkId, message: String) {
+    pub(super) fn fail_chunk(self: &Arc<Self>, chunk: ChunkId, message: String) {
         let waiters = {
             let mut store = self.store.lock();
             match store.remove(&chunk) {
@@ -542,7 +581,45 @@ impl Worker {
             }
         };
         for w in waiters {
-            self.answer(chunk, w, Err(message.clone()));
+            match w {
+                // A peer must not ask again: the chunk will never exist here.
+                Waiter::Peer(sender, _) => {
+                    let payload = ChunkPayload::Gone(message.clone());
+                    let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
+                }
+                w => self.answer(chunk, w, Err(message.clone())),
+            }
+        }
+    }
+
+    /// A peer left the cluster (or its link to us closed): every input we asked it for is
+    /// asked of the next holder, or fails (the scheduler then re-runs the task elsewhere).
+    pub(super) fn peer_gone(self: &Arc<Self>, gone: WorkerId, reason: &str) {
+        let mut retry = Vec::new();
+        let mut failed = Vec::new();
+        {
+            let mut store = self.store.lock();
+            for (chunk, e) in store.iter_mut() {
+                if let Entry::Waiting {
+                    holders, attempts, ..
+                } = e
+                {
+                    if holders.first() == Some(&gone) {
+                        holders.retain(|h| *h != gone);
+                        *attempts = 0;
+                        match holders.first() {
+                            Some(&h) => retry.push((*chunk, h)),
+                            None => failed.push(*chunk),
+                        }
+                    }
+                }
+            }
+        }
+        for (chunk, h) in retry {
+            self.send_to_peer(h, PeerMsg::Want(chunk));
+        }
+        for chunk in failed {
+            self.fail_chunk(chunk, format!("{gone} left before sending it: {reason}"));
         }
     }
 
@@ -583,8 +660,17 @@ impl Worker {
             self.fail_task(&p, err);
             return;
         };
-        let w = self.clone();
-        proc.execute(Box::new(move || w.run_task(p)));
+        // A processor may drop a job without running it (it was shut down, or a user's
+        // processor refuses work): the guard then reports the task failed, so nobody waits.
+        let mut guard = StartGuard {
+            worker: self.clone(),
+            pending: Some(p),
+        };
+        proc.execute(Box::new(move || {
+            if let Some(p) = guard.pending.take() {
+                guard.worker.run_task(p);
+            }
+        }));
     }
 
     fn run_task(self: &Arc<Self>, p: Arc<Pending>) {

@@ -34,6 +34,12 @@ fn owner_key(w: WorkerId) -> u64 {
     u64::from(w.0)
 }
 
+/// How many times a chunk is asked of one holder that answers "not here (yet)".
+const MAX_WANT_ATTEMPTS: u32 = 110;
+
+/// The longest pause between two asks.
+const MAX_WANT_PAUSE: Duration = Duration::from_millis(50);
+
 impl Worker {
     pub(super) fn same_host(&self, w: WorkerId) -> bool {
         self.peers
@@ -351,14 +357,42 @@ impl Worker {
             }
         }
         if let Some(w) = known {
-            let mut peers = self.peers.lock();
-            if let Some(p) = peers.get_mut(&w) {
-                if let PeerLink::Up(s) = &p.link {
-                    if s.is_closed() {
-                        p.link = PeerLink::Idle;
+            // Our link to `w` closed: wants still out on it may be lost. Ask again over a
+            // new link (or fail them, if `w` is gone).
+            let still_known = {
+                let mut peers = self.peers.lock();
+                match peers.get_mut(&w) {
+                    Some(p) => {
+                        if matches!(&p.link, PeerLink::Up(s) if s.is_closed()) {
+                            p.link = PeerLink::Idle;
+                        }
+                        true
                     }
+                    None => false,
                 }
+            };
+            if still_known {
+                self.ask_again(w);
+            } else {
+                self.peer_gone(w, "its link closed");
             }
+        }
+    }
+
+    /// Sends again every want whose current holder is `w`.
+    fn ask_again(self: &Arc<Self>, w: WorkerId) {
+        let chunks: Vec<ChunkId> = {
+            let store = self.store.lock();
+            store
+                .iter()
+                .filter_map(|(c, e)| match e {
+                    Entry::Waiting { holders, .. } if holders.first() == Some(&w) => Some(*c),
+                    _ => None,
+                })
+                .collect()
+        };
+        for c in chunks {
+            self.send_to_peer(w, PeerMsg::Want(c));
         }
     }
 
@@ -390,6 +424,7 @@ impl Worker {
                 None => self.fail_chunk(chunk, "a lent segment from an unknown peer".into()),
             },
             ChunkPayload::Missing(reason) => self.retry_want(chunk, from, reason),
+            ChunkPayload::Gone(reason) => self.fail_chunk(chunk, reason),
         }
     }
 
@@ -408,7 +443,10 @@ impl Worker {
                     holders, attempts, ..
                 }) => {
                     *attempts += 1;
-                    if *attempts > 6 {
+                    // The holder may simply not have received the producing task yet:
+                    // keep asking for about 5 s (pauses growing to 50 ms), then try the
+                    // next holder.
+                    if *attempts > MAX_WANT_ATTEMPTS {
                         if let Some(f) = from {
                             holders.retain(|h| *h != f);
                         }
@@ -422,7 +460,7 @@ impl Worker {
         match next {
             Some((h, attempts)) => {
                 let w = self.clone();
-                let delay = Duration::from_micros(200u64 << attempts.min(10));
+                let delay = Duration::from_micros(200u64 << attempts.min(8)).min(MAX_WANT_PAUSE);
                 self.rt.spawn(async move {
                     tokio::time::sleep(delay).await;
                     w.send_to_peer(h, PeerMsg::Want(chunk));
