@@ -70,6 +70,14 @@ pub enum SubmitError {
     /// The context was shut down.
     #[error("the context is shut down")]
     Shutdown,
+    /// A plain-value argument is too large to travel in one message.
+    #[error("an argument of {bytes} bytes exceeds the limit of {limit} bytes; pass large data as a task's result")]
+    TooLarge {
+        /// Its encoded size.
+        bytes: u64,
+        /// The largest value argument accepted.
+        limit: u64,
+    },
     /// The graph was refused.
     #[error(transparent)]
     Graph(#[from] dagger_core::GraphError),
@@ -456,6 +464,7 @@ impl Context {
         args: Vec<Arg>,
         options: Options,
     ) -> Result<Handle<T>, SubmitError> {
+        check_sizes(&args)?;
         let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
         let slot = Arc::new(Slot::new(
             id,
@@ -517,6 +526,7 @@ impl Context {
                         LazyArgKind::Invalid(e) => return Err(e.clone()),
                     });
                 }
+                check_sizes(&args)?;
                 let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
                 let slot = Arc::new(Slot::new(
                     id,
@@ -741,4 +751,22 @@ where
         let _ = tx.send(fut.await);
     });
     rx.recv().ok()
+}
+
+/// The largest encoded plain-value argument: well under the transport's frame limit, so
+/// the message that carries it can always be sent.
+const MAX_VALUE_ARG: u64 = 256 << 20;
+
+fn check_sizes(args: &[Arg]) -> Result<(), SubmitError> {
+    for a in args {
+        if let Arg::Value(v) = a {
+            if v.len() as u64 > MAX_VALUE_ARG {
+                return Err(SubmitError::TooLarge {
+                    bytes: v.len() as u64,
+                    limit: MAX_VALUE_ARG,
+                });
+            }
+        }
+    }
+    Ok(())
 }

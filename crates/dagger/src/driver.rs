@@ -6,7 +6,9 @@ use crate::context::ClusterEvent;
 use crate::handle::Slot;
 use crate::registry;
 use dagger_core::hash::IdHashMap;
-use dagger_core::wire::{self, Hello, PeerInfo, ToDriver, ToWorker, PROTOCOL_VERSION};
+use dagger_core::wire::{
+    self, Hello, Outcome, PeerInfo, RunTask, TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
+};
 use dagger_core::{ChunkId, Incarnation, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo};
 use dagger_ft::FailureDetector;
 use dagger_net::{Conn, FrameSender, Listener};
@@ -104,6 +106,9 @@ pub(crate) struct DriverState {
 
 /// How long a fetch waits for a lost result to be recomputed before it fails.
 const FETCH_PARK_LIMIT: Duration = Duration::from_secs(60);
+
+/// The largest frame the links carry (the transports' default limit).
+const MAX_FRAME: usize = 1 << 30;
 
 /// Held-back releases are sent once this many have gathered.
 const RELEASE_BATCH: usize = 1024;
@@ -496,6 +501,47 @@ impl DriverState {
         }
     }
 
+    /// Sends a batch of tasks, split in halves while its frame would exceed the transport's
+    /// limit; a single task that cannot fit is reported failed to the scheduler (which
+    /// retries it, then fails it with a typed error) instead of being lost.
+    fn send_run(&mut self, worker: WorkerId, tasks: Vec<RunTask>) {
+        let msg = ToWorker::Run(tasks);
+        let frame = wire::encode(&msg);
+        if frame.len() <= MAX_FRAME {
+            if let Some(l) = self.links.get(&worker) {
+                let _ = l.sender.send(frame);
+            }
+            return;
+        }
+        drop(frame);
+        let ToWorker::Run(mut tasks) = msg else {
+            return;
+        };
+        if tasks.len() > 1 {
+            let rest = tasks.split_off(tasks.len() / 2);
+            self.send_run(worker, tasks);
+            self.send_run(worker, rest);
+            return;
+        }
+        let (Some(t), Some(incarnation)) =
+            (tasks.pop(), self.links.get(&worker).map(|l| l.incarnation))
+        else {
+            return;
+        };
+        let now = self.now();
+        let message = format!("its arguments do not fit in one message of {MAX_FRAME} bytes");
+        let done = TaskDone {
+            task: t.task,
+            proc: t.proc,
+            run_ns: 0,
+            outcome: Outcome::Failed(TaskError::MoveFailed {
+                task: t.task,
+                message,
+            }),
+        };
+        self.sched.task_done(now, worker, incarnation, done);
+    }
+
     /// Sends the releases held back for `worker`, if any.
     fn send_releases(&mut self, worker: WorkerId) {
         if let Some(chunks) = self.pending_release.remove(&worker) {
@@ -530,6 +576,13 @@ impl DriverState {
                         .entry(worker)
                         .or_default()
                         .extend(chunks);
+                }
+                Command::Send {
+                    worker,
+                    msg: ToWorker::Run(tasks),
+                } => {
+                    self.send_releases(worker);
+                    self.send_run(worker, tasks);
                 }
                 Command::Send { worker, msg } => {
                     self.send_releases(worker);

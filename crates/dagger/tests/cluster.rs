@@ -355,3 +355,14 @@ fn a_context_can_be_started_and_used_from_inside_an_async_runtime() {
         assert!(v.iter().all(|&b| b == 9));
     });
 }
+
+#[test]
+fn an_argument_too_large_for_one_message_is_refused_at_spawn() {
+    dagger::init();
+    let ctx = Context::threads().unwrap();
+    let huge = serde_bytes::ByteBuf::from(vec![0u8; 300 << 20]);
+    match sum_bytes::spawn(&ctx, huge) {
+        Err(SubmitError::TooLarge { bytes, limit }) => assert!(bytes > limit),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}

@@ -540,7 +540,14 @@ impl Worker {
                 ),
             },
             Waiter::Peer(sender, peer) => {
-                let _ = sender.send(self.chunk_frame(false, peer, chunk, data));
+                if let Err(e) = sender.send(self.chunk_frame(false, peer, chunk, data)) {
+                    // Too large for one frame (the link itself closing is seen by the peer):
+                    // say so, so the peer fails the task instead of waiting.
+                    if matches!(e, dagger_net::NetError::FrameTooLarge { .. }) {
+                        let payload = ChunkPayload::Gone(format!("{chunk} cannot be sent: {e}"));
+                        let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
+                    }
+                }
             }
             Waiter::Driver => {
                 let msg = ToDriver::ChunkData {
@@ -548,7 +555,16 @@ impl Worker {
                     chunk,
                     data: data.map(|b| wire::ByteBuf::from(b.to_vec())),
                 };
-                let _ = self.to_driver.send(wire::encode(&msg));
+                if let Err(e @ dagger_net::NetError::FrameTooLarge { .. }) =
+                    self.to_driver.send(wire::encode(&msg))
+                {
+                    let msg = ToDriver::ChunkData {
+                        incarnation: self.incarnation,
+                        chunk,
+                        data: Err(format!("{chunk} cannot be sent to the driver: {e}")),
+                    };
+                    let _ = self.to_driver.send(wire::encode(&msg));
+                }
             }
         }
     }
