@@ -446,7 +446,7 @@ pub struct SegmentPool {
 }
 
 impl SegmentPool {
-    /// A pool whose segments are named like [`write`]'s objects (`name_prefix` follows the
+    /// A pool whose segments are named like [`write()`]'s objects (`name_prefix` follows the
     /// same rules) and hold at most `max_bytes` in all. Creates nothing yet.
     pub fn new(name_prefix: &str, max_bytes: u64) -> Result<Self, MoveError> {
         validate_name(name_prefix)?;
@@ -459,7 +459,7 @@ impl SegmentPool {
 
     /// Copies `bytes` into a free segment of `owner` (the smallest that fits), creating one
     /// if none fits and the limit allows, and marks it lent. `Ok(None)`: the pool is full
-    /// (use [`write`] instead). Costs one memory copy when a segment is reused, plus the
+    /// (use [`write()`] instead). Costs one memory copy when a segment is reused, plus the
     /// segment's creation (five system calls and its pages) otherwise.
     pub fn write(&self, owner: u64, bytes: &[u8]) -> Result<Option<SegmentRef>, MoveError> {
         let len = bytes.len() as u64;

@@ -5,7 +5,7 @@
 //! [`Scheduler`] is driven like `quinn-proto`: the owner feeds it events
 //! ([`Scheduler::submit`], [`Scheduler::task_done`], [`Scheduler::worker_joined`],
 //! [`Scheduler::worker_lost`], [`Scheduler::release`], ...) together with the current time
-//! as a [`Duration`](std::time::Duration) since the scheduler's start, and takes the
+//! as a [`Duration`] since the scheduler's start, and takes the
 //! resulting [`Command`]s with [`Scheduler::poll_command`] until it returns `None`. The
 //! owner sends the [`Command::Send`] messages to workers, hands [`Command::Complete`]s to
 //! the client and logs [`Command::Event`]s. Because nothing here waits, a whole cluster can
