@@ -112,3 +112,33 @@ fn consumers_waiting_on_a_killed_worker_get_recomputed_inputs() {
         assert_eq!(c.fetch().unwrap(), i * 256 * 1024, "consumer {i}");
     }
 }
+
+/// Three workers: consumers pinned to B wait for large inputs produced on A and C. A is
+/// killed; its producers are recomputed on B or C. The consumers' outstanding wants to A
+/// must be asked again of the new holders, not wait for A forever.
+#[test]
+fn wants_to_a_killed_worker_are_asked_again_of_the_recomputed_copy() {
+    dagger::init();
+    let ctx = Context::builder()
+        .workers(3)
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let ws = ctx.workers();
+    let (a, b) = (ws[0], ws[1]);
+    let pairs: Vec<_> = (0..24u64)
+        .map(|i| {
+            let p = slow_big::spawn(&ctx, i).unwrap();
+            let c = sum_big::with(Options::new().scope(Scope::worker(b)))
+                .spawn(&ctx, &p)
+                .unwrap();
+            (i, p, c)
+        })
+        .collect();
+    let pid = ctx.topology().worker(a).unwrap().pid;
+    // SAFETY: plain syscall on a child process id we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    for (i, _p, c) in &pairs {
+        assert_eq!(c.fetch().unwrap(), i * 256 * 1024, "consumer {i}");
+    }
+}
