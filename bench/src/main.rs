@@ -228,6 +228,8 @@ fn main() -> anyhow::Result<()> {
         "W3" => w3(quick),
         "W4" => w4(quick),
         "L1" => l1(quick),
+        // Diagnostics for profiling, not BENCH.md workloads: a chain on one worker
+        // (no network hop), W4 without the move, and W4's shared-memory half alone.
         "W3same" => {
             let ctx = Context::builder().workers(2).build()?;
             let (a, _) = two_workers(&ctx)?;
