@@ -8,9 +8,7 @@ use crate::registry;
 use crate::worker::{self, WorkerSetup};
 use dagger_core::{Arg, ChunkId, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
 use dagger_net::launch::{LocalLauncher, WorkerProcess};
-use dagger_net::{
-    ClusterCa, Identity, MemTransport, NetConfig, NetError, QuicTransport, Transport,
-};
+use dagger_net::{ClusterCa, Identity, MemTransport, NetError, Transport};
 use dagger_proc::Topology;
 use parking_lot::Mutex;
 use std::borrow::Cow;
@@ -253,7 +251,7 @@ impl Context {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let quic: Arc<dyn Transport> = {
             let _g = handle.enter();
-            Arc::new(QuicTransport::new(identity.clone(), NetConfig::default())?)
+            crate::transport::make(&identity)?
         };
         let listener = {
             let (quic, addr) = (quic.clone(), b.listen.clone());

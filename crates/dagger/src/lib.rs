@@ -38,6 +38,7 @@ mod driver;
 mod handle;
 mod lazy;
 mod registry;
+mod transport;
 mod worker;
 
 pub use args::IntoArg;
@@ -50,10 +51,12 @@ pub use dagger_core::{
 };
 pub use dagger_macros::task;
 pub use dagger_move::{moves, KindPattern, MoveError, MoveRegistry, MoveTarget, MoveValue};
+pub use dagger_net::{BoxFuture, Identity, NetError, Transport};
 pub use dagger_proc::{detectors, DetectContext, Detectors, Processor, Topology};
 pub use handle::Handle;
 pub use lazy::{Collect, IntoLazy, Lazy};
 pub use registry::{registry_hash, task_names, CallError};
+pub use transport::{set_transport, TransportFactory};
 
 /// The names most programs need: `use dagger::prelude::*;`.
 pub mod prelude {

@@ -16,7 +16,7 @@ use dagger_core::ProcKind;
 use dagger_core::{ChunkId, Incarnation, ProcId, TaskError, TaskId, WorkerId, WorkerInfo};
 use dagger_move::{MoveTarget, MoveValue};
 use dagger_net::launch::WorkerArgs;
-use dagger_net::{Conn, FrameReceiver, FrameSender, NetConfig, QuicTransport, Transport};
+use dagger_net::{Conn, FrameReceiver, FrameSender, Transport};
 use dagger_proc::{DetectContext, LocalProcs};
 use parking_lot::Mutex;
 use std::cell::Cell;
@@ -165,10 +165,8 @@ pub(crate) fn run_worker_process(args: WorkerArgs) -> i32 {
         }
     };
     let result = rt.block_on(async move {
-        let transport: Arc<dyn Transport> = Arc::new(
-            QuicTransport::new(args.identity.clone(), NetConfig::default())
-                .map_err(|e| e.to_string())?,
-        );
+        let transport: Arc<dyn Transport> =
+            crate::transport::make(&args.identity).map_err(|e| e.to_string())?;
         let loopback = args.join.starts_with("127.")
             || args.join.starts_with("localhost")
             || args.join.starts_with("[::1]");
