@@ -4,10 +4,12 @@
 //! #[dagger::task]
 //! fn add(a: u64, b: u64) -> u64 { a + b }
 //! ```
-//! keeps `add` callable as a plain function and adds a module of the same name (modules
-//! and functions live in different namespaces) with `add::spawn(&ctx, a, b)`,
-//! `add::delayed(a, b)`, `add::with(options)` and `add::NAME`, and registers the function
-//! under a stable name so that every process of the binary can run it.
+//! keeps `add` callable as a plain function and adds a field-less struct of the same name
+//! (structs with braces and functions live in different namespaces) whose associated items
+//! are `add::spawn(&ctx, a, b)`, `add::delayed(a, b)`, `add::with(options)` and
+//! `add::NAME`, and registers the function under a stable name so that every process of
+//! the binary can run it. Everything is generated at the function's own level, so a task
+//! may be defined inside another function and use that scope's types.
 
 use proc_macro::TokenStream;
 use quote::{format_ident, quote};
@@ -85,36 +87,53 @@ fn expand(
     let arg_names: Vec<String> = arg_idents.iter().map(|i| i.to_string()).collect();
     let generic_params: Vec<syn::Ident> = (0..n).map(|i| format_ident!("__A{}", i)).collect();
 
+    let builder = format_ident!("__{}_with", ident);
+
+    // Everything is generated beside the function, at the same level (no module), so a
+    // task may be defined inside a function body and may use that scope's types. `inc`
+    // becomes both the function (value namespace) and a field-less struct (type
+    // namespace) whose associated items are `inc::spawn`, `inc::delayed`, `inc::with` and
+    // `inc::NAME`.
     Ok(quote! {
         #func
 
         #[doc(hidden)]
-        #[allow(non_snake_case, non_camel_case_types, dead_code, unused_imports, clippy::all)]
-        #vis mod #ident {
-            use super::*;
+        #[allow(non_camel_case_types, dead_code)]
+        #vis struct #ident {}
 
-            /// The name this task is registered under.
-            pub const NAME: &str = #name_expr;
+        /// A task with options; call `spawn` or `delayed` on it.
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code)]
+        #vis struct #builder {
+            options: ::dagger::Options,
+        }
 
-            fn __call(__dagger_args: &mut [::dagger::__private::ArgValue<'_>]) -> ::core::result::Result<::std::vec::Vec<u8>, ::dagger::__private::CallError> {
+        const _: () = {
+            fn __dagger_call(__dagger_args: &mut [::dagger::__private::ArgValue<'_>]) -> ::core::result::Result<::std::vec::Vec<u8>, ::dagger::__private::CallError> {
                 if __dagger_args.len() != #n {
                     return ::core::result::Result::Err(::dagger::__private::CallError::arity(#n, __dagger_args.len()));
                 }
                 #(
                     let #arg_idents: #arg_types = ::dagger::__private::decode_arg(&mut __dagger_args[#idx], #arg_names)?;
                 )*
-                let __r: #ret_ty = super::#ident(#(#arg_idents),*);
-                ::dagger::__private::encode_result(&__r)
+                let __dagger_result: #ret_ty = #ident(#(#arg_idents),*);
+                ::dagger::__private::encode_result(&__dagger_result)
             }
 
             ::dagger::__private::inventory::submit! {
                 ::dagger::__private::TaskFn {
-                    name: NAME,
-                    call: __call,
+                    name: #name_expr,
+                    call: __dagger_call,
                     result_type: ::core::any::type_name::<#ret_ty>,
                     arg_types: || ::std::vec![#( ::core::any::type_name::<#arg_types>() ),*],
                 }
             }
+        };
+
+        #[allow(dead_code, clippy::all)]
+        impl #ident {
+            /// The name this task is registered under.
+            pub const NAME: &'static str = #name_expr;
 
             /// Starts the task now on `ctx`; each argument is a value or a handle to
             /// another task's result (a dependency).
@@ -122,45 +141,41 @@ fn expand(
                 __dagger_ctx: &::dagger::Context,
                 #(#arg_idents: #generic_params),*
             ) -> ::core::result::Result<::dagger::Handle<#ret_ty>, ::dagger::SubmitError> {
-                with(::dagger::Options::new()).spawn(__dagger_ctx, #(#arg_idents),*)
+                Self::with(::dagger::Options::new()).spawn(__dagger_ctx, #(#arg_idents),*)
             }
 
             /// Describes the task without running it; run it with `Context::collect`.
             pub fn delayed<#(#generic_params: ::dagger::IntoLazy<#arg_types>),*>(
                 #(#arg_idents: #generic_params),*
             ) -> ::dagger::Lazy<#ret_ty> {
-                with(::dagger::Options::new()).delayed(#(#arg_idents),*)
+                Self::with(::dagger::Options::new()).delayed(#(#arg_idents),*)
             }
 
             /// The task with options (scope, retries, priority).
-            pub fn with(options: ::dagger::Options) -> Builder {
-                Builder { options }
+            pub fn with(options: ::dagger::Options) -> #builder {
+                #builder { options }
+            }
+        }
+
+        #[allow(dead_code, clippy::all)]
+        impl #builder {
+            /// Like `spawn`, with this builder's options.
+            pub fn spawn<#(#generic_params: ::dagger::IntoArg<#arg_types>),*>(
+                self,
+                __dagger_ctx: &::dagger::Context,
+                #(#arg_idents: #generic_params),*
+            ) -> ::core::result::Result<::dagger::Handle<#ret_ty>, ::dagger::SubmitError> {
+                let __dagger_args = ::std::vec![#( ::dagger::IntoArg::<#arg_types>::into_arg(#arg_idents, __dagger_ctx) ),*];
+                __dagger_ctx.spawn_raw::<#ret_ty>(#ident::NAME, __dagger_args, self.options)
             }
 
-            /// The task with options; call `spawn` or `delayed` on it.
-            pub struct Builder {
-                options: ::dagger::Options,
-            }
-
-            impl Builder {
-                /// Like the module's `spawn`, with this builder's options.
-                pub fn spawn<#(#generic_params: ::dagger::IntoArg<#arg_types>),*>(
-                    self,
-                    __dagger_ctx: &::dagger::Context,
-                    #(#arg_idents: #generic_params),*
-                ) -> ::core::result::Result<::dagger::Handle<#ret_ty>, ::dagger::SubmitError> {
-                    let __dagger_args = ::std::vec![#( ::dagger::IntoArg::<#arg_types>::into_arg(#arg_idents, __dagger_ctx) ),*];
-                    __dagger_ctx.spawn_raw::<#ret_ty>(NAME, __dagger_args, self.options)
-                }
-
-                /// Like the module's `delayed`, with this builder's options.
-                pub fn delayed<#(#generic_params: ::dagger::IntoLazy<#arg_types>),*>(
-                    self,
-                    #(#arg_idents: #generic_params),*
-                ) -> ::dagger::Lazy<#ret_ty> {
-                    let __dagger_args = ::std::vec![#( ::dagger::IntoLazy::<#arg_types>::into_lazy(#arg_idents) ),*];
-                    ::dagger::Lazy::new(NAME, __dagger_args, self.options)
-                }
+            /// Like `delayed`, with this builder's options.
+            pub fn delayed<#(#generic_params: ::dagger::IntoLazy<#arg_types>),*>(
+                self,
+                #(#arg_idents: #generic_params),*
+            ) -> ::dagger::Lazy<#ret_ty> {
+                let __dagger_args = ::std::vec![#( ::dagger::IntoLazy::<#arg_types>::into_lazy(#arg_idents) ),*];
+                ::dagger::Lazy::new(#ident::NAME, __dagger_args, self.options)
             }
         }
     })

@@ -366,3 +366,29 @@ fn an_argument_too_large_for_one_message_is_refused_at_spawn() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
 }
+
+#[test]
+fn a_task_can_be_defined_inside_a_function_with_a_local_type() {
+    dagger::init();
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Point {
+        x: i64,
+        y: i64,
+    }
+
+    #[dagger::task]
+    fn shift(p: Point, by: i64) -> Point {
+        Point {
+            x: p.x + by,
+            y: p.y - by,
+        }
+    }
+
+    let ctx = Context::threads().unwrap();
+    let h = shift::spawn(&ctx, Point { x: 1, y: 2 }, 10).unwrap();
+    assert_eq!(h.fetch().unwrap(), Point { x: 11, y: -8 });
+    let twice = shift::delayed(shift::delayed(Point { x: 0, y: 0 }, 1), 2);
+    assert_eq!(ctx.collect(twice).unwrap(), Point { x: 3, y: -3 });
+    assert!(shift::NAME.ends_with("::shift"));
+}
