@@ -408,18 +408,28 @@ impl Context {
                     waited: timeout,
                 });
             }
-            let dead = self.inner.exited_children.load(Ordering::Relaxed)
-                + self
+            // Fail early when the local processes still alive and not yet joined can no
+            // longer make up the number (one exited before joining, say).
+            let exited = self.inner.exited_children.load(Ordering::Relaxed);
+            if exited > 0 {
+                let joined_pids: std::collections::HashSet<u32> = self
+                    .query(|st| st.sched.topology().workers().map(|w| w.pid).collect())
+                    .unwrap_or_default();
+                let pending = self
                     .inner
                     .children
                     .lock()
                     .iter_mut()
-                    .filter_map(|c| c.try_wait().ok().flatten())
+                    .filter_map(|c| {
+                        let alive = matches!(c.try_wait(), Ok(None));
+                        (alive && !joined_pids.contains(&c.pid())).then_some(())
+                    })
                     .count();
-            if dead > 0 {
-                return Err(ContextError::Launch(format!(
-                    "{dead} worker process(es) exited before joining"
-                )));
+                if joined + pending < n {
+                    return Err(ContextError::Launch(format!(
+                        "{exited} local worker process(es) exited; {joined} joined and {pending} may still join, {n} wanted"
+                    )));
+                }
             }
             std::thread::sleep(Duration::from_millis(5));
         }
