@@ -359,13 +359,7 @@ impl Scheduler {
                 };
                 self.fail(i, err);
             } else {
-                self.requeue(i);
-                let t = &self.tasks[i as usize];
-                let ev = ClusterEvent::TaskRetried {
-                    task: t.id,
-                    attempt: t.attempts + 1,
-                };
-                self.out.push_back(Command::Event(ev));
+                self.retry(i);
             }
         }
 
@@ -650,13 +644,7 @@ impl Scheduler {
                     _ => false,
                 };
                 if retry {
-                    self.requeue(i);
-                    let t = &self.tasks[i as usize];
-                    let ev = ClusterEvent::TaskRetried {
-                        task: t.id,
-                        attempt: t.attempts + 1,
-                    };
-                    self.out.push_back(Command::Event(ev));
+                    self.retry(i);
                 } else {
                     self.fail(i, err);
                 }
@@ -1177,6 +1165,17 @@ impl Scheduler {
 
     /// Puts a dispatched or finished task back to waiting, recursively recomputing any of
     /// its inputs whose result is gone.
+    /// Puts task `i` back in line for another attempt and tells subscribers.
+    fn retry(&mut self, i: u32) {
+        self.requeue(i);
+        let t = &self.tasks[i as usize];
+        let ev = ClusterEvent::TaskRetried {
+            task: t.id,
+            attempt: t.attempts + 1,
+        };
+        self.out.push_back(Command::Event(ev));
+    }
+
     fn requeue(&mut self, i: u32) {
         let mut stack = vec![i];
         while let Some(x) = stack.pop() {

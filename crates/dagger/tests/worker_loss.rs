@@ -82,6 +82,34 @@ fn sum_big(b: serde_bytes::ByteBuf) -> u64 {
     b.iter().map(|&x| x as u64).sum()
 }
 
+/// Starts `workers` workers; spawns `pairs` producers (unscoped, large results) and their
+/// consumers pinned to the second worker; SIGKILLs the first worker while the producers
+/// sleep; checks every consumer's result.
+fn kill_a_producer_worker_and_check_consumers(workers: usize, pairs: u64) {
+    let ctx = Context::builder()
+        .workers(workers)
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let ws = ctx.workers();
+    let (victim, consumer) = (ws[0], ws[1]);
+    let pairs: Vec<_> = (0..pairs)
+        .map(|i| {
+            let p = slow_big::spawn(&ctx, i).unwrap();
+            let c = sum_big::with(Options::new().scope(Scope::worker(consumer)))
+                .spawn(&ctx, &p)
+                .unwrap();
+            (i, p, c)
+        })
+        .collect();
+    let pid = ctx.topology().worker(victim).unwrap().pid;
+    // SAFETY: plain syscall on a child process id we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    for (i, _p, c) in &pairs {
+        assert_eq!(c.fetch().unwrap(), i * 256 * 1024, "consumer {i}");
+    }
+}
+
 /// Consumers pinned to the surviving worker were dispatched before their (large) inputs
 /// existed and asked the producers' worker for them; that worker is killed before
 /// answering. The consumers must get their inputs from the recomputed producers, not wait
@@ -89,28 +117,7 @@ fn sum_big(b: serde_bytes::ByteBuf) -> u64 {
 #[test]
 fn consumers_waiting_on_a_killed_worker_get_recomputed_inputs() {
     dagger::init();
-    let ctx = Context::builder()
-        .workers(2)
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let ws = ctx.workers();
-    let survivor = ws[1];
-    let pairs: Vec<_> = (0..8u64)
-        .map(|i| {
-            let p = slow_big::spawn(&ctx, i).unwrap();
-            let c = sum_big::with(Options::new().scope(Scope::worker(survivor)))
-                .spawn(&ctx, &p)
-                .unwrap();
-            (i, p, c)
-        })
-        .collect();
-    let pid = ctx.topology().worker(ws[0]).unwrap().pid;
-    // SAFETY: plain syscall on a child process id we started.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    for (i, _p, c) in &pairs {
-        assert_eq!(c.fetch().unwrap(), i * 256 * 1024, "consumer {i}");
-    }
+    kill_a_producer_worker_and_check_consumers(2, 8);
 }
 
 /// Three workers: consumers pinned to B wait for large inputs produced on A and C. A is
@@ -119,26 +126,5 @@ fn consumers_waiting_on_a_killed_worker_get_recomputed_inputs() {
 #[test]
 fn wants_to_a_killed_worker_are_asked_again_of_the_recomputed_copy() {
     dagger::init();
-    let ctx = Context::builder()
-        .workers(3)
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let ws = ctx.workers();
-    let (a, b) = (ws[0], ws[1]);
-    let pairs: Vec<_> = (0..24u64)
-        .map(|i| {
-            let p = slow_big::spawn(&ctx, i).unwrap();
-            let c = sum_big::with(Options::new().scope(Scope::worker(b)))
-                .spawn(&ctx, &p)
-                .unwrap();
-            (i, p, c)
-        })
-        .collect();
-    let pid = ctx.topology().worker(a).unwrap().pid;
-    // SAFETY: plain syscall on a child process id we started.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    for (i, _p, c) in &pairs {
-        assert_eq!(c.fetch().unwrap(), i * 256 * 1024, "consumer {i}");
-    }
+    kill_a_producer_worker_and_check_consumers(3, 24);
 }
