@@ -303,7 +303,7 @@ mod tests {
 
     #[test]
     fn tree_names_are_first_words() {
-        let tree = "dagger-core v0.1.0 (/w/crates/dagger-core)\n\
+        let tree = "dagger-core v0.1.0 (/w/dagger-core)\n\
                     postcard v1.2.0\n\
                     serde_derive v1.0.229 (proc-macro)\n\
                     serde v1.0.229 (*)\n";
