@@ -1,6 +1,161 @@
-use crate::ids::{TaskId, WorkerId};
+use crate::ids::{Incarnation, ProcId, TaskId, WorkerId};
 use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
 use thiserror::Error;
+
+/// Why a worker was declared lost. Plain data: it crosses processes inside events and task
+/// errors, and tests match on it instead of parsing text.
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// Its link closed (the peer closed it, the connection broke, or the transport timed
+    /// it out).
+    #[error("its link closed: {detail}")]
+    LinkClosed {
+        /// What the transport said.
+        detail: String,
+    },
+    /// Its OS process exited, as seen by the process that started it.
+    #[error("its process {pid} exited ({exit})")]
+    ProcessExited {
+        /// The process id.
+        pid: u32,
+        /// How it ended.
+        exit: ExitCause,
+    },
+    /// Nothing was heard from it for longer than the heartbeat timeout (a paused or hung
+    /// process, or a cut link that did not close).
+    #[error("silent for longer than the heartbeat timeout of {timeout:?}")]
+    Silent {
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// It sent a frame that does not decode as a message.
+    #[error("it sent a malformed frame: {detail}")]
+    MalformedFrame {
+        /// What the decoder said.
+        detail: String,
+    },
+    /// It sent a message the protocol does not allow at that point (a second join, say).
+    #[error("it broke the protocol: {detail}")]
+    ProtocolViolation {
+        /// What it did.
+        detail: String,
+    },
+    /// A newer incarnation of the same worker took its place; anything still heard from
+    /// the old one is fenced off.
+    #[error("fenced: replaced by incarnation {by}")]
+    Fenced {
+        /// The incarnation that replaced it.
+        by: Incarnation,
+    },
+}
+
+/// How an OS process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ExitCause {
+    /// It exited with this status code.
+    Code(i32),
+    /// It was killed by this signal number (9 for SIGKILL, the OOM killer's signal).
+    Signal(i32),
+    /// The status could not be read.
+    Unknown,
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitCause::Code(c) => write!(f, "exit status {c}"),
+            ExitCause::Signal(s) => write!(f, "killed by signal {s}"),
+            ExitCause::Unknown => f.write_str("status unknown"),
+        }
+    }
+}
+
+/// Why an input of a task (or a result the user fetched) could not be moved where it was
+/// needed. [`MoveFailure::is_transient`] tells the causes that another attempt may cure (the
+/// peer left) from those that would fail the same way again (the value is too large).
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MoveFailure {
+    /// The worker that held (or was producing) the value left, or its link closed, before
+    /// sending it.
+    #[error("{worker} left before sending it")]
+    PeerLeft {
+        /// The worker that was asked.
+        worker: WorkerId,
+    },
+    /// The worker holding the value could not be reached.
+    #[error("{worker} cannot be reached: {detail}")]
+    Unreachable {
+        /// The worker.
+        worker: WorkerId,
+        /// What the transport said.
+        detail: String,
+    },
+    /// A same-host shared-memory object could not be created, mapped or read.
+    #[error("shared memory failed: {detail}")]
+    SharedMemory {
+        /// What the system said.
+        detail: String,
+    },
+    /// No live worker holds the value (its copies were lost; it may be recomputed).
+    #[error("no live worker holds it")]
+    NoHolder,
+    /// The worker asked does not hold it (and, asked again for a while, still did not).
+    #[error("{worker} does not hold it")]
+    NotHeld {
+        /// The worker that was asked.
+        worker: WorkerId,
+    },
+    /// The processor dropped the job without running it (it was shut down).
+    #[error("its processor dropped it without running it")]
+    Dropped,
+    /// The task that produces the value failed where it ran.
+    #[error("its producing task failed")]
+    SourceFailed,
+    /// The value does not fit in one message of the transport.
+    #[error("{bytes} bytes do not fit in one message of at most {limit} bytes")]
+    TooLarge {
+        /// The encoded size.
+        bytes: u64,
+        /// The transport's limit.
+        limit: u64,
+    },
+    /// A registered move function refused or failed to convert the value for the target
+    /// processor.
+    #[error("the move to the processor failed: {message}")]
+    Conversion {
+        /// What the move function said.
+        message: String,
+    },
+    /// The worker has no processor with the index the task was placed on.
+    #[error("the worker has no processor {proc}")]
+    NoSuchProcessor {
+        /// The processor asked for.
+        proc: ProcId,
+    },
+}
+
+impl MoveFailure {
+    /// Whether another attempt (elsewhere, or after a recomputation) may succeed. Transient
+    /// failures are retried by the scheduler within the task's budget; the others fail the
+    /// task at once.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            MoveFailure::PeerLeft { .. }
+                | MoveFailure::Unreachable { .. }
+                | MoveFailure::SharedMemory { .. }
+                | MoveFailure::NoHolder
+                | MoveFailure::NotHeld { .. }
+                | MoveFailure::Dropped
+                | MoveFailure::SourceFailed
+        )
+    }
+}
 
 /// Why a task has no result. Returned by `fetch`/`wait`; it is plain data so that it can
 /// cross processes and be written into a checkpoint.
@@ -64,7 +219,7 @@ pub enum TaskError {
         /// The lost worker.
         worker: WorkerId,
         /// Why it was declared lost.
-        reason: String,
+        reason: LostReason,
     },
     /// No processor in the pool is admitted by the task's scope.
     #[error("task {task}: no processor matches scope {scope}")]
@@ -75,12 +230,12 @@ pub enum TaskError {
         scope: String,
     },
     /// An input of the task could not be moved to its processor.
-    #[error("task {task}: input could not be moved: {message}")]
+    #[error("task {task}: a value could not be moved: {cause}")]
     MoveFailed {
-        /// The task.
+        /// The task (for a fetch, the task whose result was fetched).
         task: TaskId,
-        /// What went wrong.
-        message: String,
+        /// Why; [`MoveFailure::is_transient`] says whether a retry may help.
+        cause: MoveFailure,
     },
     /// The scheduler refused the graph the task was submitted with.
     #[error("task {task} was refused: {error}")]

@@ -15,7 +15,7 @@ mod scope;
 mod task;
 pub mod wire;
 
-pub use error::{GraphError, TaskError, WireError};
+pub use error::{ExitCause, GraphError, LostReason, MoveFailure, TaskError, WireError};
 pub use ids::{ChunkId, Incarnation, ProcId, TaskId, WorkerId};
 pub use proc::{LinkCost, MemorySpace, ProcInfo, ProcKind, WorkerInfo};
 pub use scope::{Options, Scope};

@@ -80,7 +80,7 @@ pub enum ToDriver {
         /// The chunk.
         chunk: ChunkId,
         /// Its bytes, or why they are not there.
-        data: Result<ByteBuf, String>,
+        data: Result<ByteBuf, crate::MoveFailure>,
     },
     /// A chunk now has a copy on another worker (after [`ToWorker::Replicate`]).
     Replicated {
@@ -150,7 +150,7 @@ pub enum ChunkPayload {
     },
     /// The chunk will not come (its task failed here); unlike [`ChunkPayload::Missing`],
     /// asking again is pointless.
-    Gone(String),
+    Gone(crate::MoveFailure),
 }
 
 /// How to reach a peer worker.
@@ -378,7 +378,7 @@ mod tests {
             PeerMsg::SegmentDone("dagger-1-2-3".into()),
             PeerMsg::Chunk {
                 chunk: ChunkId(6),
-                payload: ChunkPayload::Gone("failed".into()),
+                payload: ChunkPayload::Gone(crate::MoveFailure::SourceFailed),
             },
         ];
         for m in msgs {

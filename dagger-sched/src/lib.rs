@@ -158,7 +158,7 @@ pub enum ClusterEvent {
         /// It.
         worker: WorkerId,
         /// Why it was declared lost.
-        reason: String,
+        reason: dagger_core::LostReason,
     },
     /// A task is queued to run again (after a panic with retries left, a lost worker or a
     /// failed input fetch).

@@ -4,8 +4,8 @@ use crate::hash::{FxMap, FxSet};
 use crate::{ClusterEvent, Command, Completion, Config, Stats, TaskInfo};
 use dagger_core::wire::{Outcome, RunArg, RunTask, TaskDone, ToWorker};
 use dagger_core::{
-    Arg, ChunkId, GraphError, Incarnation, ProcId, ProcKind, Scope, TaskError, TaskId, TaskSpec,
-    WorkerId, WorkerInfo,
+    Arg, ChunkId, GraphError, Incarnation, LostReason, ProcId, ProcKind, Scope, TaskError, TaskId,
+    TaskSpec, WorkerId, WorkerInfo,
 };
 use dagger_proc::Topology;
 use std::borrow::Cow;
@@ -294,7 +294,8 @@ impl Scheduler {
         self.now = now;
         let w = info.worker;
         if self.topology.worker(w).is_some() {
-            self.worker_lost(now, w, "replaced by a new incarnation".to_string());
+            let by = info.incarnation;
+            self.worker_lost(now, w, LostReason::Fenced { by });
         }
         self.topology.add_worker(info);
         self.draining.remove(&w);
@@ -325,7 +326,7 @@ impl Scheduler {
     /// three times per task, then they fail with `TaskError::WorkerLost`); results whose
     /// only copy it held and that are still needed are recomputed from lineage. Emits
     /// `ClusterEvent::WorkerLost`. Costs O(tasks in memory). Unknown workers are ignored.
-    pub fn worker_lost(&mut self, now: Duration, worker: WorkerId, reason: String) {
+    pub fn worker_lost(&mut self, now: Duration, worker: WorkerId, reason: LostReason) {
         self.now = now;
         if self.topology.remove_worker(worker).is_none() {
             return;
@@ -637,7 +638,12 @@ impl Scheduler {
                         t.retries_left -= 1;
                         true
                     }
-                    TaskError::MoveFailed { .. } if t.loss_reruns < MAX_LOSS_RERUNS => {
+                    // A transient move failure (the source left, no holder yet) may be
+                    // cured by recomputing the input; a deterministic one (too large,
+                    // undecodable) would fail the same way again.
+                    TaskError::MoveFailed { cause, .. }
+                        if cause.is_transient() && t.loss_reruns < MAX_LOSS_RERUNS =>
+                    {
                         t.loss_reruns += 1;
                         true
                     }

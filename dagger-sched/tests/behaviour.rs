@@ -5,7 +5,8 @@ mod common;
 use common::*;
 use dagger_core::wire::{self, Outcome, RunArg, RunTask, TaskDone, ToWorker};
 use dagger_core::{
-    Arg, ChunkId, GraphError, Incarnation, Options, ProcId, Scope, TaskError, TaskId, WorkerId,
+    Arg, ChunkId, GraphError, Incarnation, MoveFailure, Options, ProcId, Scope, TaskError, TaskId,
+    WorkerId,
 };
 use dagger_sched::{ClusterEvent, Command, Completion, Config, Scheduler};
 use std::time::{Duration, Instant};
@@ -371,12 +372,20 @@ fn stale_and_misdirected_reports_are_fenced() {
     s.task_done(ms(1), WorkerId(9), Incarnation(1), d.clone());
     assert!(completes(&drain(&mut s)).is_empty());
     // The worker is lost and comes back: the old incarnation's report is ignored.
-    s.worker_lost(ms(2), WorkerId(1), "link closed".into());
+    s.worker_lost(
+        ms(2),
+        WorkerId(1),
+        dagger_core::LostReason::LinkClosed {
+            detail: "reset".into(),
+        },
+    );
     s.worker_joined(ms(3), worker(1, 2, 1, &[]));
     let cmds = drain(&mut s);
     assert!(events(&cmds).contains(&ClusterEvent::WorkerLost {
         worker: WorkerId(1),
-        reason: "link closed".into()
+        reason: dagger_core::LostReason::LinkClosed {
+            detail: "reset".into()
+        }
     }));
     let r2 = runs(&cmds);
     assert_eq!(r2.len(), 1, "re-dispatched to the new incarnation");
@@ -509,7 +518,14 @@ fn lost_worker_reruns_tasks_and_recomputes_lost_inputs() {
     report(&mut s, ms(3), w2, 1, stored_done(&r[0].1, 1 << 30));
     let r3 = runs(&drain(&mut s));
     assert_eq!(r3[0].0, w2, "placed with its 1 GiB input");
-    s.worker_lost(ms(4), w2, "killed".into());
+    s.worker_lost(
+        ms(4),
+        w2,
+        dagger_core::LostReason::ProcessExited {
+            pid: 1,
+            exit: dagger_core::ExitCause::Signal(9),
+        },
+    );
     let cmds = drain(&mut s);
     let ev = events(&cmds);
     assert!(
@@ -549,7 +565,14 @@ fn a_task_losing_its_worker_four_times_fails() {
         assert_eq!(r.len(), 1, "round {round}");
         let w = r[0].0;
         s.worker_joined(ms(round as u64), worker(round + 2, 1, 1, &[]));
-        s.worker_lost(ms(round as u64), w, "crashed".into());
+        s.worker_lost(
+            ms(round as u64),
+            w,
+            dagger_core::LostReason::ProcessExited {
+                pid: 1,
+                exit: dagger_core::ExitCause::Signal(9),
+            },
+        );
     }
     let c = completes(&drain(&mut s));
     assert!(
@@ -695,4 +718,96 @@ fn many_trivial_tasks_stay_small() {
         Scheduler::task_record_size()
     );
     assert!(Scheduler::task_record_size() <= 160);
+}
+
+fn move_failed(rt: &RunTask, cause: MoveFailure) -> TaskDone {
+    TaskDone {
+        task: rt.task,
+        proc: rt.proc,
+        run_ns: 0,
+        outcome: Outcome::Failed(TaskError::MoveFailed {
+            task: rt.task,
+            cause,
+        }),
+    }
+}
+
+#[test]
+fn transient_move_failures_are_retried_deterministic_ones_fail_at_once() {
+    let mut s = cluster(&[1], 1);
+    s.submit(
+        ms(0),
+        vec![
+            spec(1, "f", vec![], Options::new()),
+            spec(2, "g", vec![], Options::new()),
+        ],
+    )
+    .unwrap();
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 2);
+    let (t1, t2) = if r[0].1.task == TaskId(1) {
+        (&r[0].1, &r[1].1)
+    } else {
+        (&r[1].1, &r[0].1)
+    };
+    // The source left: another attempt may succeed, so the task is queued again.
+    report(
+        &mut s,
+        ms(1),
+        WorkerId(1),
+        1,
+        move_failed(
+            t1,
+            MoveFailure::PeerLeft {
+                worker: WorkerId(7),
+            },
+        ),
+    );
+    // Too large for a frame: it would fail the same way again.
+    let too_large = MoveFailure::TooLarge {
+        bytes: 2 << 30,
+        limit: 1 << 30,
+    };
+    report(
+        &mut s,
+        ms(1),
+        WorkerId(1),
+        1,
+        move_failed(t2, too_large.clone()),
+    );
+    let cmds = drain(&mut s);
+    let ev = events(&cmds);
+    assert!(
+        ev.contains(&ClusterEvent::TaskRetried {
+            task: TaskId(1),
+            attempt: 2
+        }),
+        "{ev:?}"
+    );
+    assert!(
+        !ev.iter().any(|e| matches!(
+            e,
+            ClusterEvent::TaskRetried {
+                task: TaskId(2),
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    let c = completes(&cmds);
+    assert_eq!(
+        c,
+        vec![(
+            TaskId(2),
+            Err(TaskError::MoveFailed {
+                task: TaskId(2),
+                cause: too_large
+            })
+        )]
+    );
+    assert_eq!(
+        runs(&cmds).iter().map(|x| x.1.task).collect::<Vec<_>>(),
+        vec![TaskId(1)]
+    );
+    s.check_invariants().unwrap();
 }

@@ -329,9 +329,10 @@ impl Sim {
                         }
                         self.unexplained_move_failures += 1;
                     }
+                    let _ = why;
                     Outcome::Failed(TaskError::MoveFailed {
                         task: rt.task,
-                        message: why,
+                        cause: dagger_core::MoveFailure::NoHolder,
                     })
                 }
                 Resolve::Ready(args) => {
@@ -451,7 +452,14 @@ impl Sim {
             w.store.clear();
             w.queue.clear();
             self.kills += 1;
-            self.s.worker_lost(self.now, victim, "killed".into());
+            self.s.worker_lost(
+                self.now,
+                victim,
+                dagger_core::LostReason::ProcessExited {
+                    pid: 1,
+                    exit: dagger_core::ExitCause::Signal(9),
+                },
+            );
         } else if self.workers.len() < 6 || alive.len() < 3 {
             self.add_worker();
         }

@@ -6,7 +6,9 @@ use crate::handle::{Handle, Slot};
 use crate::lazy::{Collect, LazyArgKind, LazyNode};
 use crate::registry;
 use crate::worker::{self, WorkerSetup};
-use dagger_core::{Arg, ChunkId, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
+use dagger_core::{
+    Arg, ChunkId, ExitCause, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId,
+};
 use dagger_net::launch::{LocalLauncher, WorkerProcess};
 use dagger_net::{ClusterCa, Identity, MemTransport, NetError, Transport};
 use dagger_proc::Topology;
@@ -368,22 +370,25 @@ impl Context {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             loop {
                 tick.tick().await;
-                let mut exited: Vec<(u32, String)> = Vec::new();
+                let mut exited: Vec<(u32, ExitCause)> = Vec::new();
                 children.lock().retain_mut(|c| match c.try_wait() {
                     Ok(Some(status)) => {
-                        exited.push((c.pid(), status.to_string()));
+                        use std::os::unix::process::ExitStatusExt;
+                        let exit = match (status.code(), status.signal()) {
+                            (Some(code), _) => ExitCause::Code(code),
+                            (None, Some(sig)) => ExitCause::Signal(sig),
+                            (None, None) => ExitCause::Unknown,
+                        };
+                        exited.push((c.pid(), exit));
                         false
                     }
                     _ => true,
                 });
-                for (pid, status) in exited {
+                for (pid, exit) in exited {
                     exited_count.fetch_add(1, Ordering::Relaxed);
                     // A killed worker cleans up nothing: remove its shared-memory objects.
                     dagger_move::shm::cleanup_prefix(&format!("dagger-{pid}"));
-                    if ev_tx
-                        .send(LinkEvent::ProcessExited { pid, status })
-                        .is_err()
-                    {
+                    if ev_tx.send(LinkEvent::ProcessExited { pid, exit }).is_err() {
                         return;
                     }
                 }

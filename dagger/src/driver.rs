@@ -9,7 +9,10 @@ use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{
     self, Hello, Outcome, PeerInfo, RunTask, TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
 };
-use dagger_core::{ChunkId, Incarnation, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo};
+use dagger_core::{
+    ChunkId, ExitCause, Incarnation, LostReason, MoveFailure, TaskError, TaskId, TaskSpec,
+    WorkerId, WorkerInfo,
+};
 use dagger_ft::FailureDetector;
 use dagger_net::{Conn, FrameSender, Listener};
 use dagger_sched::{Command, Scheduler};
@@ -59,11 +62,11 @@ pub(crate) enum LinkEvent {
     Closed {
         worker: WorkerId,
         incarnation: Incarnation,
-        reason: String,
+        reason: LostReason,
     },
     /// A local worker process exited (seen by its parent at once; a killed process's
     /// QUIC link would only be noticed by missed heartbeats).
-    ProcessExited { pid: u32, status: String },
+    ProcessExited { pid: u32, exit: ExitCause },
 }
 
 struct WorkerLink {
@@ -289,7 +292,7 @@ impl DriverState {
                 } else {
                     let _ = reply.send(Err(TaskError::MoveFailed {
                         task: chunk.task(),
-                        message: format!("link to {w} is closed"),
+                        cause: MoveFailure::PeerLeft { worker: w },
                     }));
                 }
             }
@@ -297,9 +300,10 @@ impl DriverState {
                 self.parked_fetches.push((chunk, holders, reply, since));
             }
             None => {
+                tracing::debug!(%chunk, ?holders, "no live worker holds the fetched result");
                 let _ = reply.send(Err(TaskError::MoveFailed {
                     task: chunk.task(),
-                    message: format!("no live worker holds the result (holders: {holders:?})"),
+                    cause: MoveFailure::NoHolder,
                 }));
             }
         }
@@ -332,18 +336,14 @@ impl DriverState {
                 incarnation,
                 reason,
             } => self.on_lost(worker, incarnation, reason),
-            LinkEvent::ProcessExited { pid, status } => {
+            LinkEvent::ProcessExited { pid, exit } => {
                 let found = self
                     .links
                     .iter()
                     .find(|(w, l)| l.pid == pid && !w.is_driver())
                     .map(|(w, l)| (*w, l.incarnation));
                 if let Some((worker, incarnation)) = found {
-                    self.on_lost(
-                        worker,
-                        incarnation,
-                        format!("process {pid} exited ({status})"),
-                    );
+                    self.on_lost(worker, incarnation, LostReason::ProcessExited { pid, exit });
                 }
             }
         }
@@ -427,10 +427,10 @@ impl DriverState {
                     let mut rest = Vec::new();
                     for (w, reply) in waiters.drain(..) {
                         if w == worker {
-                            let r = data.clone().map(|b| b.into_vec()).map_err(|message| {
+                            let r = data.clone().map(|b| b.into_vec()).map_err(|cause| {
                                 TaskError::MoveFailed {
                                     task: chunk.task(),
-                                    message,
+                                    cause,
                                 }
                             });
                             let _ = reply.send(r);
@@ -455,18 +455,23 @@ impl DriverState {
             ToDriver::Heartbeat { .. } => {}
             ToDriver::Join(_) => {
                 // A second join on a live link is a protocol error.
-                self.on_lost(worker, incarnation, "sent a second join".into());
+                let detail = "sent a second join".to_string();
+                self.on_lost(
+                    worker,
+                    incarnation,
+                    LostReason::ProtocolViolation { detail },
+                );
             }
         }
     }
 
-    fn on_lost(&mut self, worker: WorkerId, incarnation: Incarnation, reason: String) {
+    fn on_lost(&mut self, worker: WorkerId, incarnation: Incarnation, reason: LostReason) {
         match self.links.get(&worker) {
             Some(l) if l.incarnation == incarnation => {}
             _ => return,
         }
         if let Some(l) = self.links.remove(&worker) {
-            l.sender.close(&reason);
+            l.sender.close(&reason.to_string());
         }
         self.detector.forget(worker);
         if let Some(chunks) = self.pending_release.remove(&worker) {
@@ -485,7 +490,7 @@ impl DriverState {
             for (_, reply) in lost {
                 let _ = reply.send(Err(TaskError::MoveFailed {
                     task: chunk.task(),
-                    message: format!("{worker} was lost while sending the result: {reason}"),
+                    cause: MoveFailure::PeerLeft { worker },
                 }));
             }
             *waiters = keep;
@@ -497,7 +502,8 @@ impl DriverState {
         self.send_all_releases();
         let now = self.now();
         for (worker, incarnation) in self.detector.expired(now) {
-            self.on_lost(worker, incarnation, "missed heartbeats".into());
+            let timeout = self.config.heartbeat_timeout;
+            self.on_lost(worker, incarnation, LostReason::Silent { timeout });
         }
     }
 
@@ -529,14 +535,17 @@ impl DriverState {
             return;
         };
         let now = self.now();
-        let message = format!("its arguments do not fit in one message of {MAX_FRAME} bytes");
+        let bytes = wire::encode(&ToWorker::Run(vec![t.clone()])).len() as u64;
         let done = TaskDone {
             task: t.task,
             proc: t.proc,
             run_ns: 0,
             outcome: Outcome::Failed(TaskError::MoveFailed {
                 task: t.task,
-                message,
+                cause: MoveFailure::TooLarge {
+                    bytes,
+                    limit: MAX_FRAME as u64,
+                },
             }),
         };
         self.sched.task_done(now, worker, incarnation, done);
@@ -683,10 +692,16 @@ fn spawn_reader(
                     }
                     Err(e) => {
                         sender.close("malformed frame");
-                        break format!("sent a malformed frame: {e}");
+                        break LostReason::MalformedFrame {
+                            detail: e.to_string(),
+                        };
                     }
                 },
-                Err(e) => break format!("link closed: {e}"),
+                Err(e) => {
+                    break LostReason::LinkClosed {
+                        detail: e.to_string(),
+                    }
+                }
             }
         };
         let _ = ev_tx.send(LinkEvent::Closed {

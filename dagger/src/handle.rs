@@ -3,7 +3,7 @@
 use crate::context::{Inner, TaskInfo};
 use crate::driver::DriverCmd;
 use crate::registry::TaskFn;
-use dagger_core::{TaskError, TaskId};
+use dagger_core::{MoveFailure, TaskError, TaskId};
 use dagger_sched::Completion;
 use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
@@ -261,7 +261,7 @@ impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Handle<T>
                     Some(r) => r,
                     None => Err(TaskError::MoveFailed {
                         task: self.id(),
-                        message: "result is not stored on a worker".into(),
+                        cause: MoveFailure::NoHolder,
                     }),
                 },
             )

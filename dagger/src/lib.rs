@@ -46,8 +46,9 @@ pub use context::{
     ClusterEvent, CollectError, Context, ContextBuilder, ContextError, SubmitError, TaskInfo,
 };
 pub use dagger_core::{
-    Arg, ChunkId, GraphError, Incarnation, LinkCost, MemorySpace, Options, ProcId, ProcInfo,
-    ProcKind, Scope, TaskError, TaskId, WorkerId, WorkerInfo,
+    Arg, ChunkId, ExitCause, GraphError, Incarnation, LinkCost, LostReason, MemorySpace,
+    MoveFailure, Options, ProcId, ProcInfo, ProcKind, Scope, TaskError, TaskId, WorkerId,
+    WorkerInfo,
 };
 pub use dagger_macros::task;
 pub use dagger_move::{moves, KindPattern, MoveError, MoveRegistry, MoveTarget, MoveValue};

@@ -12,8 +12,8 @@ use dagger_core::wire::{
     self, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone, ToDriver,
     ToWorker, PROTOCOL_VERSION,
 };
-use dagger_core::ProcKind;
 use dagger_core::{ChunkId, Incarnation, ProcId, TaskError, TaskId, WorkerId, WorkerInfo};
+use dagger_core::{MoveFailure, ProcKind};
 use dagger_move::{MoveTarget, MoveValue};
 use dagger_net::launch::WorkerArgs;
 use dagger_net::{Conn, FrameReceiver, FrameSender, Transport};
@@ -76,12 +76,11 @@ struct StartGuard {
 impl Drop for StartGuard {
     fn drop(&mut self) {
         if let Some(p) = self.pending.take() {
-            let message = "its processor dropped it without running it".to_string();
             self.worker.fail_task(
                 &p,
                 TaskError::MoveFailed {
                     task: p.task,
-                    message,
+                    cause: MoveFailure::Dropped,
                 },
             );
         }
@@ -411,7 +410,7 @@ impl Worker {
                 }
                 ToWorker::PeerLeft(w) => {
                     self.peers.lock().remove(&w);
-                    self.peer_gone(w, "it left the cluster");
+                    self.peer_gone(w);
                 }
                 ToWorker::Welcome { .. } => {}
                 ToWorker::Shutdown => return Ok(()),
@@ -486,7 +485,7 @@ impl Worker {
         for (chunk, holders) in wants {
             match holders.first() {
                 Some(&h) => self.send_to_peer(h, PeerMsg::Want(chunk)),
-                None => self.fail_chunk(chunk, "no worker holds this input".into()),
+                None => self.fail_chunk(chunk, MoveFailure::NoHolder),
             }
         }
         if pending.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -506,11 +505,7 @@ impl Worker {
             Some(Entry::Waiting { waiters, .. }) => waiters.push(waiter),
             None => {
                 drop(store);
-                self.answer(
-                    chunk,
-                    waiter,
-                    Err(format!("{} does not hold {chunk}", self.id)),
-                );
+                self.answer(chunk, waiter, Err(MoveFailure::NotHeld { worker: self.id }));
             }
         }
     }
@@ -519,7 +514,7 @@ impl Worker {
         self: &Arc<Self>,
         chunk: ChunkId,
         waiter: Waiter,
-        data: Result<Arc<ChunkBytes>, String>,
+        data: Result<Arc<ChunkBytes>, MoveFailure>,
     ) {
         match waiter {
             Waiter::Task(p, i) => match data {
@@ -529,11 +524,11 @@ impl Worker {
                         self.start(p);
                     }
                 }
-                Err(message) => self.fail_task(
+                Err(cause) => self.fail_task(
                     &p,
                     TaskError::MoveFailed {
                         task: p.task,
-                        message,
+                        cause,
                     },
                 ),
             },
@@ -541,8 +536,9 @@ impl Worker {
                 if let Err(e) = sender.send(self.chunk_frame(false, peer, chunk, data)) {
                     // Too large for one frame (the link itself closing is seen by the peer):
                     // say so, so the peer fails the task instead of waiting.
-                    if matches!(e, dagger_net::NetError::FrameTooLarge { .. }) {
-                        let payload = ChunkPayload::Gone(format!("{chunk} cannot be sent: {e}"));
+                    if let dagger_net::NetError::FrameTooLarge { len, limit } = e {
+                        let payload =
+                            ChunkPayload::Gone(MoveFailure::TooLarge { bytes: len, limit });
                         let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
                     }
                 }
@@ -553,13 +549,13 @@ impl Worker {
                     chunk,
                     data: data.map(|b| wire::ByteBuf::from(b.to_vec())),
                 };
-                if let Err(e @ dagger_net::NetError::FrameTooLarge { .. }) =
+                if let Err(dagger_net::NetError::FrameTooLarge { len, limit }) =
                     self.to_driver.send(wire::encode(&msg))
                 {
                     let msg = ToDriver::ChunkData {
                         incarnation: self.incarnation,
                         chunk,
-                        data: Err(format!("{chunk} cannot be sent to the driver: {e}")),
+                        data: Err(MoveFailure::TooLarge { bytes: len, limit }),
                     };
                     let _ = self.to_driver.send(wire::encode(&msg));
                 }
@@ -582,7 +578,7 @@ impl Worker {
     }
 
     /// A chunk will not come: everyone waiting for it is told.
-    pub(super) fn fail_chunk(self: &Arc<Self>, chunk: ChunkId, message: String) {
+    pub(super) fn fail_chunk(self: &Arc<Self>, chunk: ChunkId, cause: MoveFailure) {
         let waiters = {
             let mut store = self.store.lock();
             match store.remove(&chunk) {
@@ -598,17 +594,17 @@ impl Worker {
             match w {
                 // A peer must not ask again: the chunk will never exist here.
                 Waiter::Peer(sender, _) => {
-                    let payload = ChunkPayload::Gone(message.clone());
+                    let payload = ChunkPayload::Gone(cause.clone());
                     let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
                 }
-                w => self.answer(chunk, w, Err(message.clone())),
+                w => self.answer(chunk, w, Err(cause.clone())),
             }
         }
     }
 
     /// A peer left the cluster (or its link to us closed): every input we asked it for is
     /// asked of the next holder, or fails (the scheduler then re-runs the task elsewhere).
-    pub(super) fn peer_gone(self: &Arc<Self>, gone: WorkerId, reason: &str) {
+    pub(super) fn peer_gone(self: &Arc<Self>, gone: WorkerId) {
         let mut retry = Vec::new();
         let mut failed = Vec::new();
         {
@@ -633,7 +629,7 @@ impl Worker {
             self.send_to_peer(h, PeerMsg::Want(chunk));
         }
         for chunk in failed {
-            self.fail_chunk(chunk, format!("{gone} left before sending it: {reason}"));
+            self.fail_chunk(chunk, MoveFailure::PeerLeft { worker: gone });
         }
     }
 
@@ -641,7 +637,8 @@ impl Worker {
         if p.failed.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.fail_chunk(p.task.chunk(), format!("its task failed: {err}"));
+        tracing::debug!(task = %p.task, error = %err, "task failed");
+        self.fail_chunk(p.task.chunk(), MoveFailure::SourceFailed);
         self.report(TaskDone {
             task: p.task,
             proc: p.proc,
@@ -669,7 +666,7 @@ impl Worker {
         let Some(proc) = self.procs.get(p.proc.index).cloned() else {
             let err = TaskError::MoveFailed {
                 task: p.task,
-                message: format!("{} has no processor {}", self.id, p.proc),
+                cause: MoveFailure::NoSuchProcessor { proc: p.proc },
             };
             self.fail_task(&p, err);
             return;
@@ -701,12 +698,12 @@ impl Worker {
         // with a typed error instead of taking the worker down.
         let args: Option<Vec<Arc<ChunkBytes>>> = p.args.lock().iter().cloned().collect();
         let Some(args) = args else {
-            let message = "started before all its inputs arrived".to_string();
+            tracing::error!(task = %p.task, "started before all its inputs arrived");
             self.fail_task(
                 &p,
                 TaskError::MoveFailed {
                     task: p.task,
-                    message,
+                    cause: MoveFailure::NoHolder,
                 },
             );
             return;
@@ -812,7 +809,9 @@ impl Worker {
                 .apply(&ProcKind::THREAD, ty, MoveValue::Bytes(a.to_vec()), &target)
                 .map_err(|e| TaskError::MoveFailed {
                     task: p.task,
-                    message: e.to_string(),
+                    cause: MoveFailure::Conversion {
+                        message: e.to_string(),
+                    },
                 })?;
             out.push(v);
         }

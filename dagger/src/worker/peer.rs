@@ -10,7 +10,7 @@
 use super::{ChunkBytes, Entry, PeerLink, Waiter, Worker, SHM_MIN_BYTES};
 use crate::registry;
 use dagger_core::wire::{self, ChunkPayload, Hello, PeerMsg, PROTOCOL_VERSION};
-use dagger_core::{ChunkId, WorkerId};
+use dagger_core::{ChunkId, MoveFailure, WorkerId};
 use dagger_move::shm::{SegmentCache, SegmentPool, SegmentRef, DEFAULT_POOL_BYTES};
 use dagger_net::Conn;
 use parking_lot::Mutex;
@@ -57,12 +57,12 @@ impl Worker {
         push: bool,
         peer: WorkerId,
         chunk: ChunkId,
-        data: Result<Arc<ChunkBytes>, String>,
+        data: Result<Arc<ChunkBytes>, MoveFailure>,
     ) -> Vec<u8> {
         let b = match data {
             Ok(b) => b,
             Err(m) => {
-                let payload = ChunkPayload::Missing(m);
+                let payload = ChunkPayload::Missing(m.to_string());
                 return wire::encode(&if push {
                     PeerMsg::Push { chunk, payload }
                 } else {
@@ -152,7 +152,12 @@ impl Worker {
     /// the waiting tasks without keeping it, so the segment goes back when they are done.
     fn receive_segment(self: &Arc<Self>, chunk: ChunkId, r: SegmentRef, from: WorkerId) {
         let Some(seg) = self.segments() else {
-            self.fail_chunk(chunk, "shared-memory segments are unavailable here".into());
+            self.fail_chunk(
+                chunk,
+                MoveFailure::SharedMemory {
+                    detail: "shared-memory segments are unavailable here".into(),
+                },
+            );
             return;
         };
         let weak = Arc::downgrade(self);
@@ -169,7 +174,12 @@ impl Worker {
             Ok(view) => self.deliver_lent(chunk, Arc::new(ChunkBytes::Segment(view))),
             Err(e) => {
                 self.send_to_peer(from, PeerMsg::SegmentDone(r.name));
-                self.fail_chunk(chunk, format!("shared-memory move failed: {e}"));
+                self.fail_chunk(
+                    chunk,
+                    MoveFailure::SharedMemory {
+                        detail: e.to_string(),
+                    },
+                );
             }
         }
     }
@@ -215,7 +225,8 @@ impl Worker {
         let mut peers = self.peers.lock();
         let Some(peer) = peers.get_mut(&to) else {
             drop(peers);
-            self.peer_unreachable(vec![(frame, wants)], format!("{to} is not a known peer"));
+            let cause = MoveFailure::PeerLeft { worker: to };
+            self.peer_unreachable(vec![(frame, wants)], cause);
             return;
         };
         match &mut peer.link {
@@ -277,7 +288,13 @@ impl Worker {
                             None => Vec::new(),
                         }
                     };
-                    w.peer_unreachable(queued, format!("cannot reach {to}: {e}"));
+                    w.peer_unreachable(
+                        queued,
+                        MoveFailure::Unreachable {
+                            worker: to,
+                            detail: e.to_string(),
+                        },
+                    );
                 }
             }
         });
@@ -286,11 +303,11 @@ impl Worker {
     pub(super) fn peer_unreachable(
         self: &Arc<Self>,
         frames: Vec<(Vec<u8>, Option<ChunkId>)>,
-        reason: String,
+        cause: MoveFailure,
     ) {
         for (_, wants) in frames {
             if let Some(chunk) = wants {
-                self.fail_chunk(chunk, reason.clone());
+                self.fail_chunk(chunk, cause.clone());
             }
         }
     }
@@ -374,7 +391,7 @@ impl Worker {
             if still_known {
                 self.ask_again(w);
             } else {
-                self.peer_gone(w, "its link closed");
+                self.peer_gone(w);
             }
         }
     }
@@ -417,14 +434,24 @@ impl Worker {
             ChunkPayload::Bytes(v) => hand(self, Arc::new(ChunkBytes::Vec(v))),
             ChunkPayload::Shm { name, len } => match dagger_move::shm::read(&name, len) {
                 Ok(view) => hand(self, Arc::new(ChunkBytes::Shm(view))),
-                Err(e) => self.fail_chunk(chunk, format!("shared-memory move failed: {e}")),
+                Err(e) => self.fail_chunk(
+                    chunk,
+                    MoveFailure::SharedMemory {
+                        detail: e.to_string(),
+                    },
+                ),
             },
             ChunkPayload::Segment { name, size, len } => match from {
                 Some(from) => self.receive_segment(chunk, SegmentRef { name, size, len }, from),
-                None => self.fail_chunk(chunk, "a lent segment from an unknown peer".into()),
+                None => self.fail_chunk(
+                    chunk,
+                    MoveFailure::SharedMemory {
+                        detail: "a lent segment from an unknown peer".into(),
+                    },
+                ),
             },
             ChunkPayload::Missing(reason) => self.retry_want(chunk, from, reason),
-            ChunkPayload::Gone(reason) => self.fail_chunk(chunk, reason),
+            ChunkPayload::Gone(cause) => self.fail_chunk(chunk, cause),
         }
     }
 
@@ -466,7 +493,14 @@ impl Worker {
                     w.send_to_peer(h, PeerMsg::Want(chunk));
                 });
             }
-            None => self.fail_chunk(chunk, reason),
+            None => {
+                tracing::debug!(%chunk, %reason, "no holder had the input in time");
+                let cause = match from {
+                    Some(worker) => MoveFailure::NotHeld { worker },
+                    None => MoveFailure::NoHolder,
+                };
+                self.fail_chunk(chunk, cause)
+            }
         }
     }
 }
