@@ -32,6 +32,16 @@ pub const ALLOWED: &[(&str, &[&str])] = &[
         "dagger-ft",
         &["dagger-core", "dagger-proc", "dagger-move", "dagger-sched"],
     ),
+    (
+        "dagger-runtime",
+        &[
+            "dagger-core",
+            "dagger-proc",
+            "dagger-move",
+            "dagger-sched",
+            "dagger-ft",
+        ],
+    ),
 ];
 
 /// Crates that must not appear anywhere in the normal dependency tree of a workspace crate
@@ -39,6 +49,7 @@ pub const ALLOWED: &[(&str, &[&str])] = &[
 pub const FORBIDDEN: &[(&str, &[&str])] = &[
     ("dagger-core", &["quinn", "tokio"]),
     ("dagger-sched", &["quinn", "tokio"]),
+    ("dagger-runtime", &["quinn", "tokio"]),
 ];
 
 /// One broken layering rule.
