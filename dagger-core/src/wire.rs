@@ -39,6 +39,9 @@ pub enum ToWorker {
         incarnation: Incarnation,
         /// The cluster's other workers.
         peers: Vec<PeerInfo>,
+        /// How often the worker must send a heartbeat (the driver declares it lost when
+        /// nothing is heard from it for its heartbeat timeout, a few intervals).
+        heartbeat: std::time::Duration,
     },
     /// A batch of tasks to run.
     Run(Vec<RunTask>),

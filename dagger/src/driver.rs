@@ -378,6 +378,7 @@ impl DriverState {
             worker,
             incarnation,
             peers,
+            heartbeat: self.config.heartbeat_timeout / 4,
         };
         if conn.sender.send(wire::encode(&welcome)).is_err() {
             return;

@@ -246,13 +246,14 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
         .recv()
         .await
         .map_err(|e| format!("the driver refused this worker: {e}"))?;
-    let (id, incarnation, peers) =
+    let (id, incarnation, peers, heartbeat) =
         match wire::decode::<ToWorker>(&first).map_err(|e| e.to_string())? {
             ToWorker::Welcome {
                 worker,
                 incarnation,
                 peers,
-            } => (worker, incarnation, peers),
+                heartbeat,
+            } => (worker, incarnation, peers, heartbeat),
             other => return Err(format!("expected a welcome from the driver, got {other:?}")),
         };
     if !setup.in_process {
@@ -328,7 +329,7 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
     {
         let w = worker.clone();
         tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_millis(500));
+            let mut t = tokio::time::interval(heartbeat.max(Duration::from_millis(1)));
             loop {
                 t.tick().await;
                 if w.to_driver
