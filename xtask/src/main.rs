@@ -4,12 +4,15 @@
 //!   suites, examples, formatting) and prints a summary table.
 //! - `cargo xtask bench` builds `dagger-bench` in release mode, runs the benchmark workloads
 //!   and prints the median of each figure as `dagger <ID> <metric> <value> <unit>`.
+//! - `cargo xtask chaos --seeds N` runs the simulated cluster (the real driver and worker
+//!   cores over a virtual network with faults) for N seeds and prints the time taken.
 //! - `cargo xtask deps` prints the crate graph of the workspace and checks its layering.
 //!
 //! Every cargo invocation runs in the workspace root with the environment inherited from
 //! the caller (the target directory is never overridden here).
 
 mod bench;
+mod chaos;
 mod deps;
 mod layering;
 mod metadata;
@@ -41,6 +44,9 @@ enum Command {
     /// Build `dagger-bench` (release), run the benchmark workloads and print the median of
     /// each figure.
     Bench(bench::BenchArgs),
+    /// Run the simulated cluster (real driver and worker cores, virtual network and time,
+    /// random faults) for many seeds; print the time taken and any failing seed.
+    Chaos(chaos::ChaosArgs),
     /// Print the dependency graph of the workspace crates and check their layering.
     Deps,
 }
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Test(args) => test::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
+        Command::Chaos(args) => chaos::run(&root, &args),
         Command::Deps => deps::run(&root),
     };
     match result {

@@ -17,6 +17,13 @@ const HWLOC_PACKAGES: &str = "libhwloc-dev libudev-dev pkg-config";
 /// Examples run (not only built) by the `examples` steps.
 const RUN_EXAMPLES: &[&str] = &["topology", "custom_processor", "manual_worker"];
 
+/// Seeds of the simulated cluster run by the `chaos` step.
+const CHAOS_SEEDS: u64 = 1000;
+
+/// Transport crates outside the workspace whose own tests (the transport conformance suite)
+/// the `transports` step runs.
+const EXTERNAL_TRANSPORTS: &[&str] = &["transports/unix-transport"];
+
 /// Environment variable that has the effect of `--require-all` when set to `1`, `true` or
 /// `yes`.
 const REQUIRE_ALL_ENV: &str = "DAGGER_REQUIRE_ALL";
@@ -108,8 +115,14 @@ type StepFn = Box<dyn Fn(&Context) -> Result<Outcome>>;
 fn steps() -> Vec<(String, StepFn)> {
     let mut steps: Vec<(String, StepFn)> = vec![
         ("layering".into(), Box::new(layering_step)),
+        ("no-quic".into(), Box::new(no_quic_step)),
         ("unit+integration".into(), Box::new(unit_integration_step)),
+        ("chaos".into(), Box::new(chaos_step)),
+        ("transports".into(), Box::new(transports_step)),
         ("hwloc".into(), Box::new(hwloc_step)),
+        ("features".into(), Box::new(features_step)),
+        ("clippy".into(), Box::new(clippy_step)),
+        ("doc".into(), Box::new(doc_step)),
         ("examples:build".into(), Box::new(examples_build_step)),
     ];
     for example in RUN_EXAMPLES {
@@ -210,6 +223,133 @@ fn layering_step(ctx: &Context) -> Result<Outcome> {
     })
 }
 
+/// Without its default features the facade must not reach QUIC at all: in-process and
+/// user transports only.
+fn no_quic_step(ctx: &Context) -> Result<Outcome> {
+    let mut command = ctx.cargo();
+    command.args([
+        "tree",
+        "-p",
+        "dagger",
+        "--no-default-features",
+        "-e",
+        "normal",
+        "-i",
+        "quinn",
+    ]);
+    let out = process::run_captured(&mut command)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `cargo tree -i` fails with "did not match any packages" when the crate is absent.
+    if stdout.contains("quinn v") {
+        println!("{stdout}");
+        return Ok(Outcome::failed(
+            "`dagger` without default features depends on quinn",
+        ));
+    }
+    if out.status.success() || stderr.contains("did not match any packages") {
+        println!("dagger --no-default-features: no quinn in the tree");
+        Ok(Outcome::Passed)
+    } else {
+        Ok(Outcome::failed(format!("`cargo tree` failed: {stderr}")))
+    }
+}
+
+/// The simulated cluster over many seeds (see `cargo xtask chaos`).
+fn chaos_step(ctx: &Context) -> Result<Outcome> {
+    let mut command = crate::chaos::command(&ctx.root, CHAOS_SEEDS, None);
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
+/// Transport crates outside the workspace, built against the workspace's crates, pass the
+/// transport conformance suite.
+fn transports_step(ctx: &Context) -> Result<Outcome> {
+    let mut failures = Vec::new();
+    for dir in EXTERNAL_TRANSPORTS {
+        let manifest = ctx.root.join(dir).join("Cargo.toml");
+        if !manifest.exists() {
+            failures.push(format!("{} is missing", manifest.display()));
+            continue;
+        }
+        let mut command = ctx.cargo_test();
+        command.arg("--manifest-path").arg(&manifest);
+        // Share the workspace's build directory so dependencies build once.
+        if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+            command.env("CARGO_TARGET_DIR", ctx.root.join("target"));
+        }
+        let status = process::run_inherited(&mut command)?;
+        if let Outcome::Failed { reason } = Outcome::from_status(&command, status) {
+            failures.push(reason);
+        }
+    }
+    Ok(if failures.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::failed(failures.join("; "))
+    })
+}
+
+/// Every feature alone, and no features, build for every crate (`cargo hack`); all
+/// features together are built by the clippy step.
+fn features_step(ctx: &Context) -> Result<Outcome> {
+    let mut probe = ctx.cargo();
+    probe.args(["hack", "--version"]);
+    let available = process::run_captured(&mut probe).is_ok_and(|out| out.status.success());
+    if !available {
+        return Ok(Outcome::Skipped {
+            reason: "cargo-hack is not installed".into(),
+            remedy: "cargo install cargo-hack".into(),
+        });
+    }
+    let mut command = ctx.cargo();
+    command.args([
+        "hack",
+        "check",
+        "--workspace",
+        "--each-feature",
+        "--no-dev-deps",
+    ]);
+    // The hwloc feature needs libhwloc; without it, that feature is left out here (the
+    // hwloc step reports it as skipped).
+    if !process::succeeds("pkg-config", &["--exists", "hwloc"]) {
+        command.args(["--exclude-features", "hwloc"]);
+    }
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
+/// `cargo clippy` over every target with warnings denied (all features where the system
+/// libraries allow).
+fn clippy_step(ctx: &Context) -> Result<Outcome> {
+    let mut probe = ctx.cargo();
+    probe.args(["clippy", "--version"]);
+    let available = process::run_captured(&mut probe).is_ok_and(|out| out.status.success());
+    if !available {
+        return Ok(Outcome::Skipped {
+            reason: "clippy is not installed".into(),
+            remedy: "rustup component add clippy".into(),
+        });
+    }
+    let mut command = ctx.cargo();
+    command.args(["clippy", "--workspace", "--all-targets"]);
+    if process::succeeds("pkg-config", &["--exists", "hwloc"]) {
+        command.arg("--all-features");
+    }
+    command.args(["--", "-D", "warnings"]);
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
+/// The API documentation builds with warnings (broken links, missing docs) denied.
+fn doc_step(ctx: &Context) -> Result<Outcome> {
+    let mut command = ctx.cargo();
+    command.args(["doc", "--workspace", "--no-deps"]);
+    command.env("RUSTDOCFLAGS", "-D warnings");
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
 fn unit_integration_step(ctx: &Context) -> Result<Outcome> {
     let mut command = ctx.cargo_test();
     command.arg("--workspace");
@@ -300,8 +440,14 @@ mod tests {
             names,
             vec![
                 "layering",
+                "no-quic",
                 "unit+integration",
+                "chaos",
+                "transports",
                 "hwloc",
+                "features",
+                "clippy",
+                "doc",
                 "examples:build",
                 "examples:topology",
                 "examples:custom_processor",
