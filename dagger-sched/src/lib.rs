@@ -77,8 +77,15 @@
 //! * A task may run more than once (after a loss or a failed fetch); task functions should
 //!   be free of side effects that must happen exactly once.
 
+mod data;
+mod graph;
 mod hash;
+mod invariants;
+mod outbox;
+mod placement;
+mod recovery;
 mod scheduler;
+mod task_table;
 
 pub use scheduler::Scheduler;
 
