@@ -4,7 +4,7 @@
 //! The first holder of a result lives in the task record (`Task::holder`, valid with the
 //! `HELD` flag); only results held by more than one worker have a replica list here.
 
-use crate::hash::FxMap;
+use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
 use crate::task_table::{State, CLIENT_RELEASED, DEAD, HELD};
 use dagger_core::WorkerId;
@@ -15,6 +15,9 @@ pub(crate) struct DataDir {
     pub(crate) inline: FxMap<u32, Vec<u8>>,
     /// Full holder lists of results held by more than one worker.
     pub(crate) replicas: FxMap<u32, Vec<WorkerId>>,
+    /// The results each worker holds a copy of (the inverse of the holder lists), so a
+    /// lost worker costs in proportion to what it held.
+    pub(crate) held_by: FxMap<WorkerId, FxSet<u32>>,
 }
 
 impl Scheduler {
@@ -37,15 +40,21 @@ impl Scheduler {
         std::slice::from_ref(&t.holder)
     }
 
+    /// Makes `w` the only holder of task `i`'s result.
     pub(crate) fn set_holder(&mut self, i: u32, w: WorkerId) {
+        if self.tasks[i].flags & HELD != 0 {
+            self.unindex_holders(i);
+        }
         if !self.data.replicas.is_empty() {
             self.data.replicas.remove(&i);
         }
         let t = &mut self.tasks[i];
         t.holder = w;
         t.flags |= HELD;
+        self.data.held_by.entry(w).or_default().insert(i);
     }
 
+    /// Adds `w` to the holders of task `i`'s result.
     pub(crate) fn add_holder(&mut self, i: u32, w: WorkerId) {
         let t = &self.tasks[i];
         if t.flags & HELD == 0 {
@@ -58,15 +67,31 @@ impl Scheduler {
         let list = self.data.replicas.entry(i).or_insert_with(|| vec![first]);
         if !list.contains(&w) {
             list.push(w);
+            self.data.held_by.entry(w).or_default().insert(i);
+        }
+    }
+
+    /// Removes task `i` from the per-worker index of every worker holding its result.
+    fn unindex_holders(&mut self, i: u32) {
+        let DataDir {
+            held_by, replicas, ..
+        } = &mut self.data;
+        let first = [self.tasks[i].holder];
+        let holders = replicas.get(&i).map_or(&first[..], |v| &v[..]);
+        for h in holders {
+            if let Some(set) = held_by.get_mut(h) {
+                set.remove(&i);
+            }
         }
     }
 
     /// Tells every holder of task `i`'s result to drop it and forgets them.
     pub(crate) fn release_holders(&mut self, i: u32) {
-        let t = &mut self.tasks[i];
-        if t.flags & HELD == 0 {
+        if self.tasks[i].flags & HELD == 0 {
             return;
         }
+        self.unindex_holders(i);
+        let t = &mut self.tasks[i];
         t.flags &= !HELD;
         let chunk = t.id.chunk();
         let first = t.holder;
@@ -80,25 +105,33 @@ impl Scheduler {
         }
     }
 
-    /// Forgets every copy held by `w`; returns the tasks whose result is now held nowhere.
-    pub(crate) fn drop_holder(&mut self, w: WorkerId) -> Vec<u32> {
-        let tasks = &mut self.tasks;
-        self.data.replicas.retain(|&i, list| {
-            list.retain(|&h| h != w);
-            if let Some(&first) = list.first() {
-                tasks[i].holder = first;
-            }
-            list.len() >= 2
-        });
+    /// Forgets every copy held by `w`; returns the tasks whose result is now held nowhere,
+    /// in index order, and how many records it examined. Costs O(copies `w` held).
+    pub(crate) fn drop_holder(&mut self, w: WorkerId) -> (Vec<u32>, u64) {
+        let Some(set) = self.data.held_by.remove(&w) else {
+            return (Vec::new(), 0);
+        };
+        let mut held: Vec<u32> = set.into_iter().collect();
+        held.sort_unstable();
+        let examined = held.len() as u64;
         let mut emptied = Vec::new();
-        for i in 0..tasks.len() {
-            let t = &mut tasks[i];
-            if t.flags & HELD != 0 && t.holder == w {
+        for i in held {
+            if let Some(list) = self.data.replicas.get_mut(&i) {
+                list.retain(|&h| h != w);
+                if let Some(&first) = list.first() {
+                    self.tasks[i].holder = first;
+                }
+                if list.len() < 2 {
+                    self.data.replicas.remove(&i);
+                }
+            } else {
+                let t = &mut self.tasks[i];
+                debug_assert!(t.flags & HELD != 0 && t.holder == w);
                 t.flags &= !HELD;
                 emptied.push(i);
             }
         }
-        emptied
+        (emptied, examined)
     }
 
     /// Frees copies of task `i`'s result that nothing needs any more, then its record.

@@ -119,6 +119,7 @@ impl Scheduler {
                 ));
             }
         }
+        self.check_worker_index()?;
         let c = &self.tasks.counts;
         if (c.waiting, c.ready, c.running, c.finished, c.failed, c.live)
             != (
@@ -131,6 +132,44 @@ impl Scheduler {
             )
         {
             return Err("state counters drifted".to_string());
+        }
+        Ok(())
+    }
+
+    /// The per-worker index (tasks dispatched to each worker, results each holds) against
+    /// a full scan.
+    fn check_worker_index(&self) -> Result<(), String> {
+        let mut running = 0usize;
+        let mut held = 0usize;
+        for (i, t) in self.tasks.iter() {
+            if t.state == State::Dispatched {
+                running += 1;
+                let w = t.proc.worker;
+                if !self
+                    .placer
+                    .running_on
+                    .get(&w)
+                    .is_some_and(|s| s.contains(&i))
+                {
+                    return Err(format!("{}: dispatched to {w} but not indexed there", t.id));
+                }
+            }
+            for &h in self.holders_of(i) {
+                held += 1;
+                if !self.data.held_by.get(&h).is_some_and(|s| s.contains(&i)) {
+                    return Err(format!("{}: held by {h} but not indexed there", t.id));
+                }
+            }
+        }
+        let indexed: usize = self.placer.running_on.values().map(|s| s.len()).sum();
+        if indexed != running {
+            return Err(format!(
+                "{indexed} tasks indexed as dispatched, {running} dispatched"
+            ));
+        }
+        let indexed: usize = self.data.held_by.values().map(|s| s.len()).sum();
+        if indexed != held {
+            return Err(format!("{indexed} copies indexed, {held} held"));
         }
         Ok(())
     }

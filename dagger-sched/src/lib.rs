@@ -213,4 +213,7 @@ pub struct Stats {
     pub waiting: u64,
     /// Tasks whose full record (arguments, dependency lists) is still in memory.
     pub live: u64,
+    /// Task records looked at, in all, to find what lost workers ran or held (the tasks
+    /// dispatched to each and the results each held a copy of; never a scan of every task).
+    pub recovery_examined: u64,
 }

@@ -54,6 +54,9 @@ pub(crate) struct Placer {
     /// Path cost from a worker's root to every slot, per size bucket.
     dist: FxMap<(WorkerId, u8), Vec<u64>>,
     pub(crate) draining: FxSet<WorkerId>,
+    /// The tasks dispatched to each worker and not finished, so a lost worker costs in
+    /// proportion to what it ran.
+    pub(crate) running_on: FxMap<WorkerId, FxSet<u32>>,
     /// Ready tasks by priority, FIFO within one priority.
     ready: BTreeMap<i32, VecDeque<u32>>,
     parked: Vec<u32>,
@@ -78,6 +81,7 @@ impl Default for Placer {
             runtime: Vec::new(),
             dist: FxMap::default(),
             draining: FxSet::default(),
+            running_on: FxMap::default(),
             ready: BTreeMap::new(),
             parked: Vec::new(),
             driver_present: false,
@@ -439,6 +443,11 @@ impl Scheduler {
             push_to: Vec::new(),
         };
         self.outbox.run(proc.worker, run, self.config.max_batch);
+        self.placer
+            .running_on
+            .entry(proc.worker)
+            .or_default()
+            .insert(i);
         self.set_state(i, State::Dispatched);
     }
 
@@ -447,6 +456,7 @@ impl Scheduler {
         let t = &mut self.tasks[i];
         let slot = t.slot as usize;
         let est = t.est_ns;
+        let worker = t.proc.worker;
         let fetching = t
             .spec
             .as_mut()
@@ -454,6 +464,9 @@ impl Scheduler {
             .unwrap_or_default();
         if let Some(s) = self.placer.slots.get_mut(slot) {
             s.queued_ns = s.queued_ns.saturating_sub(est);
+        }
+        if let Some(set) = self.placer.running_on.get_mut(&worker) {
+            set.remove(&i);
         }
         for d in fetching {
             let dt = &mut self.tasks[d];

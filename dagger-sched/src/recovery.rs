@@ -20,15 +20,17 @@ impl Scheduler {
         self.outbox.forget(worker);
 
         // Copies held there are gone.
-        let mut emptied = self.drop_holder(worker);
+        let (mut emptied, held) = self.drop_holder(worker);
 
         // Tasks running there run again.
-        let lost: Vec<u32> = (0..self.tasks.len())
-            .filter(|&i| {
-                let t = &self.tasks[i];
-                t.state == State::Dispatched && t.proc.worker == worker
-            })
-            .collect();
+        let mut lost: Vec<u32> = self
+            .placer
+            .running_on
+            .remove(&worker)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default();
+        lost.sort_unstable();
+        self.recovery_examined += held + lost.len() as u64;
         for i in lost {
             let t = &mut self.tasks[i];
             if t.state != State::Dispatched {

@@ -37,6 +37,8 @@ pub struct Scheduler {
     pub(crate) outbox: Outbox,
     /// Why each failed task failed (until its record is freed).
     pub(crate) errors: FxMap<u32, TaskError>,
+    /// Task records looked at by recovery from lost workers, ever (see [`Stats`]).
+    pub(crate) recovery_examined: u64,
 }
 
 impl Scheduler {
@@ -51,6 +53,7 @@ impl Scheduler {
             placer: Placer::default(),
             outbox: Outbox::default(),
             errors: FxMap::default(),
+            recovery_examined: 0,
         }
     }
 
@@ -119,7 +122,8 @@ impl Scheduler {
     /// later messages from it are ignored; its unfinished tasks are queued again (at most
     /// three times per task, then they fail with `TaskError::WorkerLost`); results whose
     /// only copy it held and that are still needed are recomputed from lineage. Emits
-    /// `ClusterEvent::WorkerLost`. Costs O(tasks in memory). Unknown workers are ignored.
+    /// `ClusterEvent::WorkerLost`. Costs O(tasks dispatched to it + results it held, plus
+    /// what is recomputed), not O(tasks in memory). Unknown workers are ignored.
     pub fn worker_lost(&mut self, now: Duration, worker: WorkerId, reason: LostReason) {
         self.now = now;
         if self.topology.remove_worker(worker).is_none() {
@@ -329,6 +333,7 @@ impl Scheduler {
             ready: c.ready,
             waiting: c.waiting,
             live: c.live,
+            recovery_examined: self.recovery_examined,
         }
     }
 }

@@ -555,6 +555,83 @@ fn lost_worker_reruns_tasks_and_recomputes_lost_inputs() {
     s.check_invariants().unwrap();
 }
 
+/// Recovery finds what a lost worker ran and held through a per-worker index: the right
+/// tasks run again, the others are untouched, and the number of records recovery looks at
+/// is the lost worker's share, not the number of tasks.
+#[test]
+fn lost_worker_costs_what_it_held_not_every_task() {
+    let mut s = cluster(&[1, 2, 3, 4], 2);
+    let mut id = 0u64;
+    let mut batch = |s: &mut Scheduler, w: u32, n: u64| -> Vec<(WorkerId, RunTask)> {
+        let specs = (0..n)
+            .map(|_| {
+                id += 1;
+                spec(id, "f", vec![], on(w))
+            })
+            .collect();
+        s.submit(ms(1), specs).unwrap();
+        let r = runs(&drain(s));
+        assert_eq!(r.len() as u64, n);
+        assert!(r.iter().all(|(to, _)| *to == WorkerId(w)));
+        r
+    };
+    // Workers 1-3: 100 running tasks and 50 stored results each.
+    for w in 1..=3 {
+        batch(&mut s, w, 100);
+        for (to, rt) in batch(&mut s, w, 50) {
+            report(&mut s, ms(2), to, 1, stored_done(&rt, 1 << 20));
+        }
+    }
+    // Worker 4: 5 running tasks, 3 stored results still wanted by the client, one
+    // released by the client (no copy kept) and one with a replica on worker 1.
+    let running: Vec<TaskId> = batch(&mut s, 4, 5).iter().map(|r| r.1.task).collect();
+    let stored = batch(&mut s, 4, 5);
+    for (to, rt) in &stored {
+        report(&mut s, ms(2), *to, 1, stored_done(rt, 1 << 20));
+    }
+    let wanted: Vec<TaskId> = stored[..3].iter().map(|r| r.1.task).collect();
+    let released = stored[3].1.task;
+    let replicated = stored[4].1.task;
+    s.release(released);
+    s.chunk_replicated(WorkerId(4), Incarnation(1), replicated.chunk(), WorkerId(1));
+    drain(&mut s);
+    s.check_invariants().unwrap();
+    assert_eq!(s.stats().recovery_examined, 0);
+    let total = s.stats().submitted;
+
+    // Worker 4 restarts: its old incarnation is lost.
+    s.worker_joined(ms(3), worker(4, 2, 2, &[]));
+    let cmds = drain(&mut s);
+    s.check_invariants().unwrap();
+    let mut rerun: Vec<TaskId> = runs(&cmds)
+        .iter()
+        .map(|(to, rt)| {
+            assert_eq!(*to, WorkerId(4));
+            rt.task
+        })
+        .collect();
+    rerun.sort();
+    let mut expected = [running.clone(), wanted.clone()].concat();
+    expected.sort();
+    assert_eq!(
+        rerun, expected,
+        "exactly its running tasks and wanted results"
+    );
+    assert!(s.holders(released.chunk()).is_empty());
+    assert_eq!(s.holders(replicated.chunk()), &[WorkerId(1)]);
+    // 5 running + 4 copies (3 wanted, 1 replicated) of 460 tasks.
+    assert_eq!(s.stats().recovery_examined, 9);
+    assert_eq!(total, 460);
+
+    // The reruns finish on the new incarnation; the index follows.
+    for (to, rt) in runs(&cmds) {
+        report(&mut s, ms(4), to, 2, stored_done(&rt, 1 << 20));
+    }
+    drain(&mut s);
+    s.check_invariants().unwrap();
+    assert_eq!(s.stats().running, 300);
+}
+
 #[test]
 fn a_task_losing_its_worker_four_times_fails() {
     let mut s = cluster(&[1], 1);
