@@ -182,6 +182,9 @@ impl Scheduler {
         *self.tasks.counts.slot(old) -= 1;
         *self.tasks.counts.slot(new) += 1;
         self.tasks[i].state = new;
+        if old == State::Ready {
+            self.stop_starving(i);
+        }
         let early_changes = satisfies(true, old) != satisfies(true, new);
         let normal_changes = satisfies(false, old) != satisfies(false, new);
         if !early_changes && !normal_changes {

@@ -120,6 +120,17 @@ impl Scheduler {
             }
         }
         self.check_worker_index()?;
+        for (&i, &d) in &self.placer.starving {
+            if self.tasks[i].state != State::Ready {
+                return Err(format!("{}: starving but not ready", self.tasks[i].id));
+            }
+            if !self.placer.deadlines.contains(&(d, i)) {
+                return Err(format!("{}: starving without a deadline", self.tasks[i].id));
+            }
+        }
+        if self.placer.deadlines.len() != self.placer.starving.len() {
+            return Err("stale grace-period deadlines".to_string());
+        }
         let c = &self.tasks.counts;
         if (c.waiting, c.ready, c.running, c.finished, c.failed, c.live)
             != (

@@ -8,7 +8,8 @@ use crate::scheduler::Scheduler;
 use crate::task_table::{ns, State};
 use dagger_core::wire::{RunArg, RunTask};
 use dagger_core::{Arg, ProcId, ProcKind, Scope, TaskError, WorkerId};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 /// Cost of an unreachable destination; small enough that sums do not overflow.
 const UNREACHABLE: u64 = u64::MAX / 1024;
@@ -34,8 +35,14 @@ pub(crate) struct ScopeEntry {
 
 /// What placement decided for a ready task.
 pub(crate) enum Placement {
+    /// Run it on this slot, with this estimate of its own cost.
     On { slot: u32, est: u64 },
+    /// Wait: processors admit it but their workers do not accept work now.
     Park,
+    /// Wait, at most the grace period: the pool has no task processor at all (empty, still
+    /// starting, or only processes without cores).
+    Starve,
+    /// Fail: the pool has task processors and none admits it.
     NoProcessor,
 }
 
@@ -57,6 +64,10 @@ pub(crate) struct Placer {
     /// The tasks dispatched to each worker and not finished, so a lost worker costs in
     /// proportion to what it ran.
     pub(crate) running_on: FxMap<WorkerId, FxSet<u32>>,
+    /// Parked tasks that no processor of the pool admits, with the time they fail at.
+    pub(crate) starving: FxMap<u32, Duration>,
+    /// The same deadlines in time order (always the same entries as `starving`).
+    pub(crate) deadlines: BTreeSet<(Duration, u32)>,
     /// Ready tasks by priority, FIFO within one priority.
     ready: BTreeMap<i32, VecDeque<u32>>,
     parked: Vec<u32>,
@@ -82,6 +93,8 @@ impl Default for Placer {
             dist: FxMap::default(),
             draining: FxSet::default(),
             running_on: FxMap::default(),
+            starving: FxMap::default(),
+            deadlines: BTreeSet::new(),
             ready: BTreeMap::new(),
             parked: Vec::new(),
             driver_present: false,
@@ -307,8 +320,10 @@ impl Scheduler {
         let cands = std::mem::take(&mut self.placer.scopes[s as usize].cands);
         if cands.is_empty() {
             let any = self.placer.scopes[s as usize].any_admits;
-            return if any || !self.placer.pool_has_procs {
+            return if any {
                 Placement::Park
+            } else if !self.placer.pool_has_procs {
+                Placement::Starve
             } else {
                 Placement::NoProcessor
             };
@@ -498,7 +513,14 @@ impl Scheduler {
             }
             match self.place(i) {
                 Placement::On { slot, est } => self.dispatch(i, slot, est),
-                Placement::Park => self.placer.parked.push(i),
+                Placement::Park => {
+                    self.stop_starving(i);
+                    self.placer.parked.push(i)
+                }
+                Placement::Starve => {
+                    self.start_starving(i);
+                    self.placer.parked.push(i)
+                }
                 Placement::NoProcessor => {
                     let t = &self.tasks[i];
                     let scope = self.placer.scopes[t.scope as usize].scope.to_string();
@@ -506,6 +528,69 @@ impl Scheduler {
                     self.fail(i, err);
                 }
             }
+        }
+    }
+
+    /// Task `i` is parked because no processor of the pool admits it: from now it waits at
+    /// most [`Config::no_processor_grace`](crate::Config::no_processor_grace) (unless it
+    /// already waits).
+    fn start_starving(&mut self, i: u32) {
+        let Some(grace) = self.config.no_processor_grace else {
+            return;
+        };
+        if self.placer.starving.contains_key(&i) {
+            return;
+        }
+        let deadline = self.now.saturating_add(grace);
+        self.placer.starving.insert(i, deadline);
+        self.placer.deadlines.insert((deadline, i));
+    }
+
+    /// Task `i` is placed, some processor admits it again, or it is no longer ready: it no
+    /// longer waits for a processor.
+    pub(crate) fn stop_starving(&mut self, i: u32) {
+        if self.placer.starving.is_empty() {
+            return;
+        }
+        if let Some(deadline) = self.placer.starving.remove(&i) {
+            self.placer.deadlines.remove(&(deadline, i));
+        }
+    }
+
+    /// The earliest time a starving task fails.
+    pub(crate) fn next_deadline(&self) -> Option<Duration> {
+        self.placer.deadlines.first().map(|&(d, _)| d)
+    }
+
+    /// Fails every starving task whose deadline is at or before `self.now` and that still
+    /// no processor of the pool admits.
+    pub(crate) fn expire_starving(&mut self) {
+        let mut due = Vec::new();
+        while let Some(&(deadline, i)) = self.placer.deadlines.first() {
+            if deadline > self.now {
+                break;
+            }
+            self.placer.deadlines.pop_first();
+            self.placer.starving.remove(&i);
+            due.push((deadline, i));
+        }
+        if due.is_empty() {
+            return;
+        }
+        self.refresh();
+        for (_, i) in due {
+            if self.tasks[i].state != State::Ready {
+                continue;
+            }
+            let s = self.tasks[i].scope;
+            self.refresh_scope(s);
+            if self.placer.scopes[s as usize].any_admits {
+                continue; // a processor came; the next placement uses it
+            }
+            let t = &self.tasks[i];
+            let scope = self.placer.scopes[t.scope as usize].scope.to_string();
+            let err = TaskError::NoProcessor { task: t.id, scope };
+            self.fail(i, err);
         }
     }
 }

@@ -130,6 +130,8 @@ impl Scheduler {
             return;
         }
         self.recover_worker(worker, &reason);
+        // Tasks parked behind its (draining) processors are looked at again.
+        self.unpark();
         self.outbox
             .event(ClusterEvent::WorkerLost { worker, reason });
     }
@@ -297,6 +299,24 @@ impl Scheduler {
             self.outbox.flush();
         }
         self.outbox.pop()
+    }
+
+    /// The next time [`Scheduler::handle_timeout`] has something to do, on the clock of the
+    /// `now` arguments, or `None` when nothing waits for a deadline. Call it after
+    /// [`Scheduler::poll_command`] returned `None` (placement may start a wait) and arm a
+    /// timer for it; a deadline in the past means "at once". O(1).
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.next_deadline()
+    }
+
+    /// Time has reached `now`: every task whose
+    /// [`no_processor_grace`](Config::no_processor_grace) ran out while no processor of
+    /// the pool admits it fails with `TaskError::NoProcessor` (and its dependents with
+    /// `DependencyFailed`); take the results with [`Scheduler::poll_command`]. Calling it
+    /// early or more than once is harmless. O(expired tasks).
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.now = now;
+        self.expire_starving();
     }
 
     /// The workers holding a copy of a chunk (empty if none or unknown).

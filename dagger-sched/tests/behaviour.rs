@@ -218,6 +218,184 @@ fn no_processor_fails_but_an_empty_pool_waits() {
     assert_eq!(runs(&drain(&mut s))[0].1.task, TaskId(5));
 }
 
+fn graced(grace: Option<Duration>) -> Scheduler {
+    Scheduler::new(Config {
+        no_processor_grace: grace,
+        ..Config::default()
+    })
+}
+
+fn lose(s: &mut Scheduler, now: Duration, w: u32) {
+    s.worker_lost(
+        now,
+        WorkerId(w),
+        dagger_core::LostReason::ProcessExited {
+            pid: 1,
+            exit: dagger_core::ExitCause::Signal(9),
+        },
+    );
+}
+
+#[test]
+fn a_task_fails_when_no_processor_comes_within_the_grace_period() {
+    let grace = Duration::from_secs(5);
+    let mut s = graced(Some(grace));
+    s.worker_joined(ms(0), worker(1, 1, 1, &[]));
+    drain(&mut s);
+    s.submit(
+        ms(1),
+        vec![
+            spec(1, "f", vec![], Options::new()),
+            spec(2, "g", vec![Arg::Task(TaskId(1))], Options::new()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(runs(&drain(&mut s)).len(), 1);
+    assert_eq!(s.poll_timeout(), None, "nothing waits for a processor");
+
+    // Every worker is lost: task 1 waits for a processor, from the loss on.
+    lose(&mut s, ms(10), 1);
+    assert!(runs(&drain(&mut s)).is_empty());
+    assert_eq!(s.poll_timeout(), Some(ms(10) + grace));
+    s.check_invariants().unwrap();
+
+    // A process without cores joins: still no processor, and the wait is not restarted.
+    s.worker_joined(ms(20), worker(2, 1, 0, &[]));
+    assert!(runs(&drain(&mut s)).is_empty());
+    assert_eq!(s.poll_timeout(), Some(ms(10) + grace));
+
+    // Before the deadline nothing happens; at it, the task and its dependent fail.
+    s.handle_timeout(ms(10) + grace - ms(1));
+    assert!(completes(&drain(&mut s)).is_empty());
+    s.handle_timeout(ms(10) + grace);
+    let c = completes(&drain(&mut s));
+    assert!(
+        matches!(
+            &c[..],
+            [
+                (
+                    TaskId(1),
+                    Err(TaskError::NoProcessor {
+                        task: TaskId(1),
+                        ..
+                    })
+                ),
+                (
+                    TaskId(2),
+                    Err(TaskError::DependencyFailed {
+                        dependency: TaskId(1),
+                        ..
+                    })
+                )
+            ]
+        ),
+        "{c:?}"
+    );
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.stats().failed, 2);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_task_runs_when_a_worker_joins_within_the_grace_period() {
+    let grace = Duration::from_secs(5);
+    let mut s = graced(Some(grace));
+    s.worker_joined(ms(0), worker(1, 1, 1, &[]));
+    drain(&mut s);
+    s.submit(ms(1), vec![spec(1, "f", vec![], on(1))]).unwrap();
+    assert_eq!(runs(&drain(&mut s)).len(), 1);
+    lose(&mut s, ms(10), 1);
+    drain(&mut s);
+    assert_eq!(
+        s.poll_timeout(),
+        Some(ms(10) + grace),
+        "the wait is bounded"
+    );
+
+    // Worker 1 comes back within the grace period: the task runs there.
+    s.worker_joined(ms(10) + grace / 2, worker(1, 2, 1, &[]));
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].0, r[0].1.task), (WorkerId(1), TaskId(1)));
+    assert_eq!(s.poll_timeout(), None, "the wait ended");
+
+    // The old deadline passing does nothing; the task completes normally.
+    s.handle_timeout(ms(10) + grace * 2);
+    assert!(completes(&drain(&mut s)).is_empty());
+    report(
+        &mut s,
+        ms(10) + grace * 2,
+        WorkerId(1),
+        2,
+        value_done(&r[0].1, 7),
+    );
+    let c = completes(&drain(&mut s));
+    assert!(matches!(&c[..], [(TaskId(1), Ok(_))]), "{c:?}");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn an_empty_pool_waits_at_most_the_grace_period() {
+    let grace = Duration::from_secs(5);
+    let mut s = graced(Some(grace));
+    s.submit(ms(100), vec![spec(1, "f", vec![val(1)], Options::new())])
+        .unwrap();
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.poll_timeout(), Some(ms(100) + grace));
+    s.handle_timeout(ms(100) + grace);
+    let c = completes(&drain(&mut s));
+    assert!(
+        matches!(
+            &c[..],
+            [(
+                TaskId(1),
+                Err(TaskError::NoProcessor {
+                    task: TaskId(1),
+                    ..
+                })
+            )]
+        ),
+        "{c:?}"
+    );
+
+    // With no grace period configured it waits for good.
+    let mut s = graced(None);
+    s.submit(ms(0), vec![spec(1, "f", vec![val(1)], Options::new())])
+        .unwrap();
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(Duration::from_secs(3600));
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.stats().ready, 1);
+}
+
+#[test]
+fn a_task_parked_behind_a_draining_worker_is_reconsidered_when_it_leaves() {
+    let mut s = cluster(&[1, 2], 1);
+    s.set_accepting(WorkerId(2), false);
+    s.submit(ms(1), vec![spec(1, "f", vec![], on(2))]).unwrap();
+    assert!(
+        runs(&drain(&mut s)).is_empty(),
+        "worker 2 does not accept work"
+    );
+    lose(&mut s, ms(2), 2);
+    let c = completes(&drain(&mut s));
+    assert!(
+        matches!(
+            &c[..],
+            [(
+                TaskId(1),
+                Err(TaskError::NoProcessor {
+                    task: TaskId(1),
+                    ..
+                })
+            )]
+        ),
+        "{c:?}"
+    );
+    s.check_invariants().unwrap();
+}
+
 #[test]
 fn panics_fail_dependents_only_and_retries_rerun() {
     let mut s = cluster(&[1], 2);
