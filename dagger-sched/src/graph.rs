@@ -5,7 +5,7 @@ use crate::hash::FxMap;
 use crate::scheduler::Scheduler;
 use crate::task_table::{ns, satisfies, Spec, State, Task, COMPLETED, DEAD, EARLY, NONE};
 use crate::Completion;
-use dagger_core::{GraphError, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
+use dagger_core::{GraphError, TaskError, TaskId, TaskSpec, WorkerId};
 use std::time::Duration;
 
 impl Scheduler {
@@ -75,7 +75,6 @@ impl Scheduler {
             let args = t.args;
             self.tasks.push(Task {
                 id: t.id,
-                proc: ProcId::default(),
                 est_ns: 0,
                 submitted_ns: now_ns,
                 dispatched_ns: NONE,

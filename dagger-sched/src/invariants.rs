@@ -21,8 +21,9 @@ impl Scheduler {
             }
             if t.state == State::Dispatched {
                 queued[t.slot as usize] += t.est_ns;
-                if self.topology.worker(t.proc.worker).is_none() {
-                    return Err(format!("{}: dispatched to absent {}", t.id, t.proc.worker));
+                let w = self.placer.slot_proc(t.slot).worker;
+                if self.topology.worker(w).is_none() {
+                    return Err(format!("{}: dispatched to absent {w}", t.id));
                 }
             }
             let Some(spec) = t.spec.as_ref() else {
@@ -155,7 +156,7 @@ impl Scheduler {
         for (i, t) in self.tasks.iter() {
             if t.state == State::Dispatched {
                 running += 1;
-                let w = t.proc.worker;
+                let w = self.placer.slot_proc(t.slot).worker;
                 if !self
                     .placer
                     .running_on

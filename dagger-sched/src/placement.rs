@@ -173,6 +173,14 @@ impl Placer {
         .max(1);
     }
 
+    /// The processor of a slot.
+    #[inline]
+    pub(crate) fn slot_proc(&self, slot: u32) -> ProcId {
+        self.slots
+            .get(slot as usize)
+            .map_or(ProcId::default(), |s| s.id)
+    }
+
     pub(crate) fn push_ready(&mut self, i: u32, priority: i32) {
         self.ready.entry(priority).or_default().push_back(i);
     }
@@ -350,7 +358,7 @@ impl Scheduler {
                         } else if dt.flags & crate::task_table::HELD != 0 {
                             sources.push((self.holders_of(d).to_vec(), dt.size));
                         } else if dt.state == State::Dispatched {
-                            sources.push((vec![dt.proc.worker], 0));
+                            sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
                         }
                     }
                 }
@@ -421,7 +429,7 @@ impl Scheduler {
                                         }
                                         hs
                                     }
-                                    _ => vec![self.tasks[d].proc.worker],
+                                    _ => vec![self.placer.slot_proc(self.tasks[d].slot).worker],
                                 };
                                 if !fetching.contains(&d) {
                                     fetching.push(d);
@@ -440,7 +448,6 @@ impl Scheduler {
             self.tasks[d].pending_fetch += 1;
         }
         let t = &mut self.tasks[i];
-        t.proc = proc;
         t.slot = slot;
         t.est_ns = est;
         t.dispatched_ns = now;
@@ -471,7 +478,7 @@ impl Scheduler {
         let t = &mut self.tasks[i];
         let slot = t.slot as usize;
         let est = t.est_ns;
-        let worker = t.proc.worker;
+        let worker = self.placer.slot_proc(t.slot).worker;
         let fetching = t
             .spec
             .as_mut()

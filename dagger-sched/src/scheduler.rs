@@ -197,7 +197,7 @@ impl Scheduler {
             return;
         };
         let t = &self.tasks[i];
-        if t.state != State::Dispatched || t.proc.worker != worker {
+        if t.state != State::Dispatched || self.placer.slot_proc(t.slot).worker != worker {
             return;
         }
         let kind = self.placer.slots[t.slot as usize].kind;
@@ -333,7 +333,7 @@ impl Scheduler {
         let t = &self.tasks[i];
         Some(TaskInfo {
             func: self.tasks.func_name(t.func).to_string(),
-            proc: (t.dispatched_ns != NONE).then_some(t.proc),
+            proc: (t.dispatched_ns != NONE).then(|| self.placer.slot_proc(t.slot)),
             submitted: Duration::from_nanos(t.submitted_ns),
             dispatched: opt_time(t.dispatched_ns),
             finished: opt_time(t.finished_ns),

@@ -972,7 +972,7 @@ fn many_trivial_tasks_stay_small() {
         phase.iter().map(|d| per(*d)).sum::<f64>(),
         Scheduler::task_record_size()
     );
-    assert!(Scheduler::task_record_size() <= 160);
+    assert!(Scheduler::task_record_size() <= 112);
 }
 
 fn move_failed(rt: &RunTask, cause: MoveFailure) -> TaskDone {
