@@ -65,9 +65,17 @@
 //!   worker is ignored.
 //! * A task whose scope admits no processor of the pool fails with
 //!   `TaskError::NoProcessor` when it becomes ready — unless the pool has no task processor
-//!   at all (the cluster is still starting), in which case it waits. A task whose admitted
-//!   processors all belong to workers that do not accept work (draining) waits until one
-//!   accepts again or a new worker joins.
+//!   at all (the cluster is still starting, or every worker was lost), in which case it
+//!   waits, for at most [`Config::no_processor_grace`] (then it fails the same way). A task
+//!   whose admitted processors all belong to workers that do not accept work (draining)
+//!   waits until one accepts again, a new worker joins, or the draining workers leave.
+//!
+//! # Time
+//!
+//! The only timer is that grace period. After taking the commands, the owner asks
+//! [`Scheduler::poll_timeout`] for the next deadline and calls
+//! [`Scheduler::handle_timeout`] once its clock reaches it; time is whatever `Duration`
+//! the owner passes as `now` (virtual in tests).
 //!
 //! # Not guaranteed
 //!
@@ -77,8 +85,15 @@
 //! * A task may run more than once (after a loss or a failed fetch); task functions should
 //!   be free of side effects that must happen exactly once.
 
+mod data;
+mod graph;
 mod hash;
+mod invariants;
+mod outbox;
+mod placement;
+mod recovery;
 mod scheduler;
+mod task_table;
 
 pub use scheduler::Scheduler;
 
@@ -97,6 +112,14 @@ pub struct Config {
     /// Run-time estimate, in nanoseconds, of a function never measured on a processor kind.
     /// Default 50 µs.
     pub default_runtime_ns: u64,
+    /// How long a ready task may wait while the pool has no task processor at all (no
+    /// worker yet, every worker lost, or only processes without cores) before it fails with
+    /// `TaskError::NoProcessor`. The wait starts when the task is first parked for want of
+    /// a processor and ends when one admits it. Default 10 s. A pool that may take longer
+    /// to grow (workers started by a batch system, say) should raise it; `None` waits
+    /// forever. The owner drives it with [`Scheduler::poll_timeout`] and
+    /// [`Scheduler::handle_timeout`].
+    pub no_processor_grace: Option<Duration>,
 }
 
 impl Default for Config {
@@ -105,6 +128,7 @@ impl Default for Config {
             inline_limit: 64 * 1024,
             max_batch: 512,
             default_runtime_ns: 50_000,
+            no_processor_grace: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -206,4 +230,7 @@ pub struct Stats {
     pub waiting: u64,
     /// Tasks whose full record (arguments, dependency lists) is still in memory.
     pub live: u64,
+    /// Task records looked at, in all, to find what lost workers ran or held (the tasks
+    /// dispatched to each and the results each held a copy of; never a scan of every task).
+    pub recovery_examined: u64,
 }

@@ -1,0 +1,188 @@
+//! A recount of the scheduler's bookkeeping from scratch, for tests and debugging.
+
+use crate::hash::FxMap;
+use crate::scheduler::Scheduler;
+use crate::task_table::{satisfies, Counts, State, CLIENT_RELEASED, DEAD, EARLY, HELD};
+
+impl Scheduler {
+    /// Checks the internal bookkeeping against a recount from scratch and returns the
+    /// first inconsistency found. O(tasks × edges); meant for tests and debugging.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut counts = Counts::default();
+        let mut queued = vec![0u64; self.placer.slots.len()];
+        let mut fetchers: FxMap<u32, u32> = FxMap::default();
+        for (i, t) in self.tasks.iter() {
+            *counts.slot(t.state) += 1;
+            if t.flags & DEAD == 0 {
+                counts.live += 1;
+            }
+            if self.tasks.get(&t.id) != Some(i) {
+                return Err(format!("{}: index mismatch", t.id));
+            }
+            if t.state == State::Dispatched {
+                queued[t.slot as usize] += t.est_ns;
+                let w = self.placer.slot_proc(t.slot).worker;
+                if self.topology.worker(w).is_none() {
+                    return Err(format!("{}: dispatched to absent {w}", t.id));
+                }
+            }
+            let Some(spec) = t.spec.as_ref() else {
+                if t.flags & DEAD == 0 {
+                    return Err(format!("{}: spec freed but not dead", t.id));
+                }
+                continue;
+            };
+            if t.state == State::Dispatched {
+                for &d in &spec.fetching {
+                    *fetchers.entry(d).or_default() += 1;
+                }
+            } else if !spec.fetching.is_empty() {
+                return Err(format!("{}: fetching while not dispatched", t.id));
+            }
+            let early = t.flags & EARLY != 0;
+            let mut unmet = 0;
+            let mut consumers = 0;
+            let mut live = 0;
+            for &d in &spec.deps {
+                let dt = &self.tasks[d];
+                if dt.flags & DEAD != 0 {
+                    return Err(format!("{}: depends on freed {}", t.id, dt.id));
+                }
+                if !satisfies(early, dt.state) {
+                    unmet += 1;
+                }
+                if t.state == State::Ready && !satisfies(early, dt.state) {
+                    return Err(format!(
+                        "{}: {:?} but input {} is {:?}",
+                        t.id, t.state, dt.id, dt.state
+                    ));
+                }
+            }
+            if t.state == State::Ready && unmet != 0
+                || t.state == State::Waiting && unmet != t.unmet
+            {
+                return Err(format!(
+                    "{}: unmet {} but recount {} ({:?})",
+                    t.id, t.unmet, unmet, t.state
+                ));
+            }
+            for &u in &spec.dependents {
+                let ut = &self.tasks[u];
+                if !ut.state.terminal() {
+                    consumers += 1;
+                }
+                if ut.flags & DEAD == 0 {
+                    live += 1;
+                }
+            }
+            if consumers != t.consumers || live != t.live_dependents {
+                return Err(format!(
+                    "{}: consumers {}/{} live {}/{}",
+                    t.id, t.consumers, consumers, t.live_dependents, live
+                ));
+            }
+            if t.state == State::Finished
+                && (t.consumers > 0 || t.flags & CLIENT_RELEASED == 0)
+                && !self.available(i)
+            {
+                return Err(format!("{}: needed result is nowhere", t.id));
+            }
+        }
+        for (i, t) in self.tasks.iter() {
+            let f = fetchers.get(&i).copied().unwrap_or(0);
+            if f != t.pending_fetch {
+                return Err(format!(
+                    "{}: pending_fetch {} recount {}",
+                    t.id, t.pending_fetch, f
+                ));
+            }
+        }
+        for (s, q) in queued.iter().enumerate() {
+            if self.placer.slots[s].queued_ns != *q {
+                return Err(format!(
+                    "slot {:?}: queued {} recount {}",
+                    self.placer.slots[s].id, self.placer.slots[s].queued_ns, q
+                ));
+            }
+        }
+        for i in 0..self.tasks.len() {
+            for h in self.holders_of(i) {
+                if self.topology.worker(*h).is_none() {
+                    return Err(format!("holder {h} is not in the pool"));
+                }
+            }
+        }
+        for (i, hs) in &self.data.replicas {
+            if hs.len() < 2 || self.tasks[*i].flags & HELD == 0 || hs[0] != self.tasks[*i].holder {
+                return Err(format!(
+                    "replica list of {} is inconsistent",
+                    self.tasks[*i].id
+                ));
+            }
+        }
+        self.check_worker_index()?;
+        for (&i, &d) in &self.placer.starving {
+            if self.tasks[i].state != State::Ready {
+                return Err(format!("{}: starving but not ready", self.tasks[i].id));
+            }
+            if !self.placer.deadlines.contains(&(d, i)) {
+                return Err(format!("{}: starving without a deadline", self.tasks[i].id));
+            }
+        }
+        if self.placer.deadlines.len() != self.placer.starving.len() {
+            return Err("stale grace-period deadlines".to_string());
+        }
+        let c = &self.tasks.counts;
+        if (c.waiting, c.ready, c.running, c.finished, c.failed, c.live)
+            != (
+                counts.waiting,
+                counts.ready,
+                counts.running,
+                counts.finished,
+                counts.failed,
+                counts.live,
+            )
+        {
+            return Err("state counters drifted".to_string());
+        }
+        Ok(())
+    }
+
+    /// The per-worker index (tasks dispatched to each worker, results each holds) against
+    /// a full scan.
+    fn check_worker_index(&self) -> Result<(), String> {
+        let mut running = 0usize;
+        let mut held = 0usize;
+        for (i, t) in self.tasks.iter() {
+            if t.state == State::Dispatched {
+                running += 1;
+                let w = self.placer.slot_proc(t.slot).worker;
+                if !self
+                    .placer
+                    .running_on
+                    .get(&w)
+                    .is_some_and(|s| s.contains(&i))
+                {
+                    return Err(format!("{}: dispatched to {w} but not indexed there", t.id));
+                }
+            }
+            for &h in self.holders_of(i) {
+                held += 1;
+                if !self.data.held_by.get(&h).is_some_and(|s| s.contains(&i)) {
+                    return Err(format!("{}: held by {h} but not indexed there", t.id));
+                }
+            }
+        }
+        let indexed: usize = self.placer.running_on.values().map(|s| s.len()).sum();
+        if indexed != running {
+            return Err(format!(
+                "{indexed} tasks indexed as dispatched, {running} dispatched"
+            ));
+        }
+        let indexed: usize = self.data.held_by.values().map(|s| s.len()).sum();
+        if indexed != held {
+            return Err(format!("{indexed} copies indexed, {held} held"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,603 @@
+//! Placement: the ready queue, the processor table and the choice of a processor by lowest
+//! estimated finish time, with its caches (path costs per source worker and size bucket,
+//! candidate lists per scope, learned run times per function and processor kind, queued
+//! work per processor), and the dispatch of a placed task into the outbox.
+
+use crate::hash::{FxMap, FxSet};
+use crate::scheduler::Scheduler;
+use crate::task_table::{ns, State};
+use dagger_core::wire::{RunArg, RunTask};
+use dagger_core::{Arg, ProcId, ProcKind, Scope, TaskError, WorkerId};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// Cost of an unreachable destination; small enough that sums do not overflow.
+const UNREACHABLE: u64 = u64::MAX / 1024;
+
+/// One processor of the pool (or one that was in it: slots are never removed).
+pub(crate) struct Slot {
+    pub(crate) id: ProcId,
+    pub(crate) kind: u32,
+    pub(crate) alive: bool,
+    /// Estimated run time of the tasks dispatched here and not finished.
+    pub(crate) queued_ns: u64,
+}
+
+/// A distinct scope and its cached candidate processors.
+pub(crate) struct ScopeEntry {
+    pub(crate) scope: Scope,
+    /// The scope confines tasks to a single worker (early dispatch).
+    pub(crate) early: bool,
+    gen: u64,
+    cands: Vec<u32>,
+    any_admits: bool,
+}
+
+/// What placement decided for a ready task.
+pub(crate) enum Placement {
+    /// Run it on this slot, with this estimate of its own cost.
+    On { slot: u32, est: u64 },
+    /// Wait: processors admit it but their workers do not accept work now.
+    Park,
+    /// Wait, at most the grace period: the pool has no task processor at all (empty, still
+    /// starting, or only processes without cores).
+    Starve,
+    /// Fail: the pool has task processors and none admits it.
+    NoProcessor,
+}
+
+pub(crate) struct Placer {
+    /// The topology changed since the processor table was built.
+    pub(crate) dirty: bool,
+    gen: u64,
+    kinds: FxMap<ProcKind, u32>,
+    pub(crate) scopes: Vec<ScopeEntry>,
+    scope_ids: FxMap<Scope, u32>,
+    pub(crate) slots: Vec<Slot>,
+    slot_of: FxMap<ProcId, u32>,
+    pool_has_procs: bool,
+    /// Learned run time per function, per processor kind (0 = never measured).
+    runtime: Vec<Vec<u64>>,
+    /// Path cost from a worker's root to every slot, per size bucket.
+    dist: FxMap<(WorkerId, u8), Vec<u64>>,
+    pub(crate) draining: FxSet<WorkerId>,
+    /// The tasks dispatched to each worker and not finished, so a lost worker costs in
+    /// proportion to what it ran.
+    pub(crate) running_on: FxMap<WorkerId, FxSet<u32>>,
+    /// Parked tasks that no processor of the pool admits, with the time they fail at.
+    pub(crate) starving: FxMap<u32, Duration>,
+    /// The same deadlines in time order (always the same entries as `starving`).
+    pub(crate) deadlines: BTreeSet<(Duration, u32)>,
+    /// Ready tasks by priority, FIFO within one priority.
+    ready: BTreeMap<i32, VecDeque<u32>>,
+    parked: Vec<u32>,
+    driver_present: bool,
+    /// Network cost per size bucket, used when the driver is not in the topology.
+    net_cost: Vec<u64>,
+    scratch_cost: Vec<u64>,
+    scratch_min: Vec<u64>,
+}
+
+impl Default for Placer {
+    fn default() -> Self {
+        Self {
+            dirty: true,
+            gen: 0,
+            kinds: FxMap::default(),
+            scopes: Vec::new(),
+            scope_ids: FxMap::default(),
+            slots: Vec::new(),
+            slot_of: FxMap::default(),
+            pool_has_procs: false,
+            runtime: Vec::new(),
+            dist: FxMap::default(),
+            draining: FxSet::default(),
+            running_on: FxMap::default(),
+            starving: FxMap::default(),
+            deadlines: BTreeSet::new(),
+            ready: BTreeMap::new(),
+            parked: Vec::new(),
+            driver_present: false,
+            net_cost: Vec::new(),
+            scratch_cost: Vec::new(),
+            scratch_min: Vec::new(),
+        }
+    }
+}
+
+#[inline]
+fn bucket(bytes: u64) -> u8 {
+    (64 - bytes.leading_zeros()) as u8
+}
+
+#[inline]
+fn bucket_bytes(b: u8) -> u64 {
+    if b == 0 {
+        0
+    } else {
+        1u64 << (b - 1)
+    }
+}
+
+fn early_scope(scope: &Scope) -> bool {
+    matches!(
+        scope,
+        Scope::Worker(_) | Scope::Proc(_) | Scope::WorkerKind(..)
+    )
+}
+
+impl Placer {
+    /// A new function was interned: give it a row of learned run times.
+    pub(crate) fn add_func(&mut self) {
+        self.runtime.push(Vec::new());
+    }
+
+    pub(crate) fn intern_scope(&mut self, scope: Scope) -> u32 {
+        if let Some(&s) = self.scope_ids.get(&scope) {
+            return s;
+        }
+        let s = self.scopes.len() as u32;
+        self.scope_ids.insert(scope.clone(), s);
+        self.scopes.push(ScopeEntry {
+            early: early_scope(&scope),
+            scope,
+            gen: u64::MAX,
+            cands: Vec::new(),
+            any_admits: false,
+        });
+        s
+    }
+
+    fn intern_kind(&mut self, kind: &ProcKind) -> u32 {
+        if let Some(&k) = self.kinds.get(kind) {
+            return k;
+        }
+        let k = self.kinds.len() as u32;
+        self.kinds.insert(kind.clone(), k);
+        k
+    }
+
+    /// Folds a measured run time into the estimate for (function, processor kind).
+    pub(crate) fn learn(&mut self, func: u32, kind: u32, run_ns: u64) {
+        let row = &mut self.runtime[func as usize];
+        if row.len() <= kind as usize {
+            row.resize(kind as usize + 1, 0);
+        }
+        let x = run_ns.max(1);
+        let old = row[kind as usize];
+        row[kind as usize] = if old == 0 {
+            x
+        } else {
+            (old / 8).saturating_mul(7) + x / 8
+        }
+        .max(1);
+    }
+
+    /// The processor of a slot.
+    #[inline]
+    pub(crate) fn slot_proc(&self, slot: u32) -> ProcId {
+        self.slots
+            .get(slot as usize)
+            .map_or(ProcId::default(), |s| s.id)
+    }
+
+    pub(crate) fn push_ready(&mut self, i: u32, priority: i32) {
+        self.ready.entry(priority).or_default().push_back(i);
+    }
+
+    /// Takes the parked tasks (to be put back in the ready queue).
+    pub(crate) fn take_parked(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.parked)
+    }
+}
+
+impl Scheduler {
+    /// Puts every parked task that is still ready back in the ready queue.
+    pub(crate) fn unpark(&mut self) {
+        for i in self.placer.take_parked() {
+            if self.tasks[i].state == State::Ready {
+                self.push_ready(i);
+            }
+        }
+    }
+
+    pub(crate) fn push_ready(&mut self, i: u32) {
+        let priority = self.tasks[i].priority;
+        self.placer.push_ready(i, priority);
+    }
+
+    /// Rebuilds the processor table from the topology after a change.
+    fn refresh(&mut self) {
+        let p = &mut self.placer;
+        if !p.dirty {
+            return;
+        }
+        p.dirty = false;
+        p.gen += 1;
+        p.dist.clear();
+        for s in &mut p.slots {
+            s.alive = false;
+        }
+        let procs: Vec<(ProcId, ProcKind, bool)> = self
+            .topology
+            .procs()
+            .map(|p| (p.id, p.kind.clone(), p.id.is_root()))
+            .collect();
+        p.pool_has_procs = false;
+        p.driver_present = self.topology.worker(WorkerId::DRIVER).is_some();
+        let net = self.topology.costs().network;
+        p.net_cost = (0..=64u8).map(|b| net.time_ns(bucket_bytes(b))).collect();
+        for (id, kind, root) in procs {
+            let k = p.intern_kind(&kind);
+            let s = match p.slot_of.get(&id) {
+                Some(&s) => s,
+                None => {
+                    let s = p.slots.len() as u32;
+                    p.slots.push(Slot {
+                        id,
+                        kind: k,
+                        alive: true,
+                        queued_ns: 0,
+                    });
+                    p.slot_of.insert(id, s);
+                    s
+                }
+            };
+            let slot = &mut p.slots[s as usize];
+            slot.alive = true;
+            slot.kind = k;
+            p.pool_has_procs |= !root;
+        }
+    }
+
+    fn refresh_scope(&mut self, s: u32) {
+        let p = &mut self.placer;
+        let entry = &mut p.scopes[s as usize];
+        if entry.gen == p.gen {
+            return;
+        }
+        entry.gen = p.gen;
+        entry.cands.clear();
+        entry.any_admits = false;
+        for (k, slot) in p.slots.iter().enumerate() {
+            if !slot.alive {
+                continue;
+            }
+            let Some(info) = self.topology.proc(slot.id) else {
+                continue;
+            };
+            if entry.scope.admits(info) {
+                entry.any_admits = true;
+                if !p.draining.contains(&slot.id.worker) {
+                    entry.cands.push(k as u32);
+                }
+            }
+        }
+    }
+
+    /// Cheapest path cost from `src`'s root to every slot for `bytes` (bucketed), cached.
+    fn ensure_dist(&mut self, src: WorkerId, b: u8) {
+        let p = &mut self.placer;
+        if p.dist.contains_key(&(src, b)) {
+            return;
+        }
+        let bytes = bucket_bytes(b);
+        let mut dist = vec![UNREACHABLE; p.slots.len()];
+        let source_alive = p
+            .slot_of
+            .get(&ProcId::root(src))
+            .is_some_and(|&s0| p.slots[s0 as usize].alive);
+        if source_alive {
+            let costs = dagger_move::costs_from(&self.topology, ProcId::root(src), bytes);
+            for (s, slot) in p.slots.iter().enumerate() {
+                if let Some(&c) = costs.get(&slot.id) {
+                    dist[s] = c.min(UNREACHABLE);
+                }
+            }
+        }
+        p.dist.insert((src, b), dist);
+    }
+
+    /// Adds to `scratch_cost[j]` the cost of moving an input held by `holders` (of `bytes`)
+    /// to candidate `cands[j]`.
+    fn add_input_cost(&mut self, cands: &[u32], holders: &[WorkerId], bytes: u64) {
+        let b = bucket(bytes);
+        for &h in holders {
+            self.ensure_dist(h, b);
+        }
+        let p = &mut self.placer;
+        let mut mins = std::mem::take(&mut p.scratch_min);
+        mins.clear();
+        mins.resize(cands.len(), UNREACHABLE);
+        for &h in holders {
+            if let Some(table) = p.dist.get(&(h, b)) {
+                for (j, &c) in cands.iter().enumerate() {
+                    mins[j] = mins[j].min(table[c as usize]);
+                }
+            }
+        }
+        for (j, m) in mins.iter().enumerate() {
+            p.scratch_cost[j] = p.scratch_cost[j].saturating_add(*m);
+        }
+        p.scratch_min = mins;
+    }
+
+    fn place(&mut self, i: u32) -> Placement {
+        let s = self.tasks[i].scope;
+        self.refresh_scope(s);
+        let cands = std::mem::take(&mut self.placer.scopes[s as usize].cands);
+        if cands.is_empty() {
+            let any = self.placer.scopes[s as usize].any_admits;
+            return if any {
+                Placement::Park
+            } else if !self.placer.pool_has_procs {
+                Placement::Starve
+            } else {
+                Placement::NoProcessor
+            };
+        }
+        let mut cost = std::mem::take(&mut self.placer.scratch_cost);
+        cost.clear();
+        cost.resize(cands.len(), 0);
+        self.placer.scratch_cost = cost;
+
+        // Inputs.
+        let mut driver_bytes = 0u64;
+        let mut sources: Vec<(Vec<WorkerId>, u64)> = Vec::new();
+        if let Some(spec) = self.tasks[i].spec.as_ref() {
+            for a in &spec.args {
+                match a {
+                    Arg::Value(v) => driver_bytes += v.len() as u64,
+                    Arg::Task(d) => {
+                        let Some(d) = self.tasks.get(d) else {
+                            continue;
+                        };
+                        let dt = &self.tasks[d];
+                        if let Some(v) = self.data.inline.get(&d) {
+                            driver_bytes += v.len() as u64;
+                        } else if dt.flags & crate::task_table::HELD != 0 {
+                            sources.push((self.holders_of(d).to_vec(), dt.size));
+                        } else if dt.state == State::Dispatched {
+                            sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
+                        }
+                    }
+                }
+            }
+        }
+        if self.placer.driver_present {
+            self.add_input_cost(&cands, &[WorkerId::DRIVER], driver_bytes);
+        } else {
+            let c = self.placer.net_cost[bucket(driver_bytes) as usize];
+            for x in &mut self.placer.scratch_cost {
+                *x += c;
+            }
+        }
+        for (hs, size) in &sources {
+            self.add_input_cost(&cands, hs, *size);
+        }
+
+        let func = self.tasks[i].func as usize;
+        let p = &self.placer;
+        let row = &p.runtime[func];
+        let default = self.config.default_runtime_ns;
+        let mut best = (u64::MAX, 0u32, 0u64);
+        for (j, &c) in cands.iter().enumerate() {
+            let slot = &p.slots[c as usize];
+            let run = match row.get(slot.kind as usize) {
+                Some(&r) if r > 0 => r,
+                _ => default,
+            };
+            let own = p.scratch_cost[j].saturating_add(run);
+            let total = own.saturating_add(slot.queued_ns);
+            if total < best.0 {
+                best = (total, c, own);
+            }
+        }
+        self.placer.scopes[s as usize].cands = cands;
+        Placement::On {
+            slot: best.1,
+            est: best.2,
+        }
+    }
+
+    fn dispatch(&mut self, i: u32, slot: u32, est: u64) {
+        let proc = self.placer.slots[slot as usize].id;
+        self.placer.slots[slot as usize].queued_ns += est;
+        let now = ns(self.now);
+        let mut args = Vec::new();
+        let mut fetching = Vec::new();
+        {
+            let t = &self.tasks[i];
+            if let Some(spec) = t.spec.as_ref() {
+                args.reserve(spec.args.len());
+                for a in &spec.args {
+                    args.push(match a {
+                        Arg::Value(v) => RunArg::Value(v.clone()),
+                        Arg::Task(id) => {
+                            let Some(d) = self.tasks.get(id) else {
+                                continue;
+                            };
+                            if let Some(v) = self.data.inline.get(&d) {
+                                RunArg::Value(v.clone())
+                            } else {
+                                let from = match self.holders_of(d) {
+                                    hs if !hs.is_empty() => {
+                                        let mut hs = hs.to_vec();
+                                        // Prefer a copy on the destination worker.
+                                        if let Some(p) = hs.iter().position(|&h| h == proc.worker) {
+                                            hs.swap(0, p);
+                                        }
+                                        hs
+                                    }
+                                    _ => vec![self.placer.slot_proc(self.tasks[d].slot).worker],
+                                };
+                                if !fetching.contains(&d) {
+                                    fetching.push(d);
+                                }
+                                RunArg::Chunk {
+                                    chunk: self.tasks[d].id.chunk(),
+                                    from,
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        for &d in &fetching {
+            self.tasks[d].pending_fetch += 1;
+        }
+        let t = &mut self.tasks[i];
+        t.slot = slot;
+        t.est_ns = est;
+        t.dispatched_ns = now;
+        t.attempts += 1;
+        if let Some(spec) = t.spec.as_mut() {
+            spec.fetching = fetching;
+        }
+        let (task, func) = (t.id, t.func);
+        let run = RunTask {
+            task,
+            func: self.tasks.func_name(func).clone(),
+            args,
+            proc,
+            inline_limit: self.config.inline_limit,
+            push_to: Vec::new(),
+        };
+        self.outbox.run(proc.worker, run, self.config.max_batch);
+        self.placer
+            .running_on
+            .entry(proc.worker)
+            .or_default()
+            .insert(i);
+        self.set_state(i, State::Dispatched);
+    }
+
+    /// Undoes the bookkeeping of a dispatch (queued work, pending fetches).
+    pub(crate) fn undispatch(&mut self, i: u32) {
+        let t = &mut self.tasks[i];
+        let slot = t.slot as usize;
+        let est = t.est_ns;
+        let worker = self.placer.slot_proc(t.slot).worker;
+        let fetching = t
+            .spec
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.fetching))
+            .unwrap_or_default();
+        if let Some(s) = self.placer.slots.get_mut(slot) {
+            s.queued_ns = s.queued_ns.saturating_sub(est);
+        }
+        if let Some(set) = self.placer.running_on.get_mut(&worker) {
+            set.remove(&i);
+        }
+        for d in fetching {
+            let dt = &mut self.tasks[d];
+            dt.pending_fetch = dt.pending_fetch.saturating_sub(1);
+            self.maybe_release(d);
+        }
+    }
+
+    /// Places every ready task: dispatches it, parks it, or fails it when no processor of
+    /// the pool admits it.
+    pub(crate) fn schedule(&mut self) {
+        if self.placer.ready.is_empty() {
+            return;
+        }
+        self.refresh();
+        loop {
+            let i = match self.placer.ready.last_entry() {
+                None => break,
+                Some(mut e) => match e.get_mut().pop_front() {
+                    Some(i) => i,
+                    None => {
+                        e.remove();
+                        continue;
+                    }
+                },
+            };
+            if self.tasks[i].state != State::Ready {
+                continue;
+            }
+            match self.place(i) {
+                Placement::On { slot, est } => self.dispatch(i, slot, est),
+                Placement::Park => {
+                    self.stop_starving(i);
+                    self.placer.parked.push(i)
+                }
+                Placement::Starve => {
+                    self.start_starving(i);
+                    self.placer.parked.push(i)
+                }
+                Placement::NoProcessor => {
+                    let t = &self.tasks[i];
+                    let scope = self.placer.scopes[t.scope as usize].scope.to_string();
+                    let err = TaskError::NoProcessor { task: t.id, scope };
+                    self.fail(i, err);
+                }
+            }
+        }
+    }
+
+    /// Task `i` is parked because no processor of the pool admits it: from now it waits at
+    /// most [`Config::no_processor_grace`](crate::Config::no_processor_grace) (unless it
+    /// already waits).
+    fn start_starving(&mut self, i: u32) {
+        let Some(grace) = self.config.no_processor_grace else {
+            return;
+        };
+        if self.placer.starving.contains_key(&i) {
+            return;
+        }
+        let deadline = self.now.saturating_add(grace);
+        self.placer.starving.insert(i, deadline);
+        self.placer.deadlines.insert((deadline, i));
+    }
+
+    /// Task `i` is placed, some processor admits it again, or it is no longer ready: it no
+    /// longer waits for a processor.
+    pub(crate) fn stop_starving(&mut self, i: u32) {
+        if self.placer.starving.is_empty() {
+            return;
+        }
+        if let Some(deadline) = self.placer.starving.remove(&i) {
+            self.placer.deadlines.remove(&(deadline, i));
+        }
+    }
+
+    /// The earliest time a starving task fails.
+    pub(crate) fn next_deadline(&self) -> Option<Duration> {
+        self.placer.deadlines.first().map(|&(d, _)| d)
+    }
+
+    /// Fails every starving task whose deadline is at or before `self.now` and that still
+    /// no processor of the pool admits.
+    pub(crate) fn expire_starving(&mut self) {
+        let mut due = Vec::new();
+        while let Some(&(deadline, i)) = self.placer.deadlines.first() {
+            if deadline > self.now {
+                break;
+            }
+            self.placer.deadlines.pop_first();
+            self.placer.starving.remove(&i);
+            due.push((deadline, i));
+        }
+        if due.is_empty() {
+            return;
+        }
+        self.refresh();
+        for (_, i) in due {
+            if self.tasks[i].state != State::Ready {
+                continue;
+            }
+            let s = self.tasks[i].scope;
+            self.refresh_scope(s);
+            if self.placer.scopes[s as usize].any_admits {
+                continue; // a processor came; the next placement uses it
+            }
+            let t = &self.tasks[i];
+            let scope = self.placer.scopes[t.scope as usize].scope.to_string();
+            let err = TaskError::NoProcessor { task: t.id, scope };
+            self.fail(i, err);
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Recovery: a lost worker's tasks run again and its only copies of needed results are
+//! recomputed from lineage; failed tasks are retried while their budget lasts, and a
+//! failure cascades to every transitive dependent.
+
+use crate::scheduler::Scheduler;
+use crate::task_table::{ns, State, CLIENT_RELEASED, COMPLETED, EARLY, NONE};
+use crate::ClusterEvent;
+use dagger_core::{LostReason, TaskError, TaskId, WorkerId};
+
+/// A task that lost its worker (or an input fetch) more often than this fails.
+pub(crate) const MAX_LOSS_RERUNS: u8 = 3;
+
+impl Scheduler {
+    /// Everything a lost worker held or ran: copies are forgotten, its tasks run again and
+    /// needed results that only it held are recomputed. The worker has already left the
+    /// topology.
+    pub(crate) fn recover_worker(&mut self, worker: WorkerId, reason: &LostReason) {
+        self.placer.dirty = true;
+        self.placer.draining.remove(&worker);
+        self.outbox.forget(worker);
+
+        // Copies held there are gone.
+        let (mut emptied, held) = self.drop_holder(worker);
+
+        // Tasks running there run again.
+        let mut lost: Vec<u32> = self
+            .placer
+            .running_on
+            .remove(&worker)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default();
+        lost.sort_unstable();
+        self.recovery_examined += held + lost.len() as u64;
+        for i in lost {
+            let t = &mut self.tasks[i];
+            if t.state != State::Dispatched {
+                continue;
+            }
+            t.loss_reruns = t.loss_reruns.saturating_add(1);
+            if t.loss_reruns > MAX_LOSS_RERUNS {
+                let err = TaskError::WorkerLost {
+                    task: t.id,
+                    worker,
+                    reason: reason.clone(),
+                };
+                self.fail(i, err);
+            } else {
+                self.retry(i);
+            }
+        }
+
+        // Needed results whose only copy was there are recomputed.
+        emptied.sort_unstable();
+        for i in emptied {
+            let t = &self.tasks[i];
+            if t.state == State::Finished
+                && !self.data.inline.contains_key(&i)
+                && (t.consumers > 0 || t.flags & CLIENT_RELEASED == 0)
+            {
+                self.requeue(i);
+            }
+        }
+    }
+
+    /// The task that failed first behind failed task `i`, and its error.
+    pub(crate) fn root_failure(&self, i: u32) -> (TaskId, TaskError) {
+        let id = self.tasks[i].id;
+        match self.errors.get(&i) {
+            Some(TaskError::DependencyFailed {
+                dependency, cause, ..
+            }) => (*dependency, (**cause).clone()),
+            Some(e) => (id, e.clone()),
+            None => (id, TaskError::Shutdown { task: id }),
+        }
+    }
+
+    /// Fails `root` with `err` and every transitive dependent with `DependencyFailed`.
+    pub(crate) fn fail(&mut self, root: u32, err: TaskError) {
+        let root_id = self.tasks[root].id;
+        let (dep_id, cause) = match &err {
+            TaskError::DependencyFailed {
+                dependency, cause, ..
+            } => (*dependency, (**cause).clone()),
+            e => (root_id, e.clone()),
+        };
+        let mut stack = vec![(root, Some(err))];
+        while let Some((x, e)) = stack.pop() {
+            let t = &self.tasks[x];
+            if t.state.terminal() {
+                continue;
+            }
+            if t.state == State::Dispatched {
+                self.undispatch(x);
+            }
+            let id = self.tasks[x].id;
+            let e = e.unwrap_or_else(|| TaskError::DependencyFailed {
+                task: id,
+                dependency: dep_id,
+                cause: Box::new(cause.clone()),
+            });
+            self.tasks[x].finished_ns = ns(self.now);
+            self.set_state(x, State::Failed);
+            self.errors.insert(x, e.clone());
+            if self.tasks[x].flags & COMPLETED == 0 {
+                self.complete(x, Err(e));
+            }
+            for d in self.tasks.deps_of(x) {
+                let dt = &mut self.tasks[d];
+                dt.consumers = dt.consumers.saturating_sub(1);
+                self.maybe_release(d);
+            }
+            if let Some(s) = self.tasks[x].spec.as_ref() {
+                for &u in &s.dependents {
+                    if !self.tasks[u].state.terminal() {
+                        stack.push((u, None));
+                    }
+                }
+            }
+            self.maybe_release(x);
+        }
+    }
+
+    /// Puts task `i` back in line for another attempt and tells subscribers.
+    pub(crate) fn retry(&mut self, i: u32) {
+        self.requeue(i);
+        let t = &self.tasks[i];
+        let ev = ClusterEvent::TaskRetried {
+            task: t.id,
+            attempt: t.attempts + 1,
+        };
+        self.outbox.event(ev);
+    }
+
+    /// Puts a dispatched or finished task back to waiting, recursively recomputing any of
+    /// its inputs whose result is gone.
+    pub(crate) fn requeue(&mut self, i: u32) {
+        let mut stack = vec![i];
+        while let Some(x) = stack.pop() {
+            let old = self.tasks[x].state;
+            match old {
+                State::Dispatched => self.undispatch(x),
+                State::Finished => {
+                    for d in self.tasks.deps_of(x) {
+                        self.tasks[d].consumers += 1;
+                    }
+                    self.release_holders(x);
+                    self.data.inline.remove(&x);
+                }
+                _ => continue,
+            }
+            self.tasks[x].finished_ns = NONE;
+            self.set_state(x, State::Waiting);
+            let early = self.tasks[x].flags & EARLY != 0;
+            let mut unmet = 0;
+            for d in self.tasks.deps_of(x) {
+                let ds = self.tasks[d].state;
+                if !crate::task_table::satisfies(early, ds) {
+                    unmet += 1;
+                }
+                if ds == State::Finished && !self.available(d) {
+                    stack.push(d);
+                }
+            }
+            self.tasks[x].unmet = unmet;
+            if unmet == 0 {
+                self.make_ready(x);
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The task table: one flat record per task in a slab indexed by `u32`, the id → index map,
+//! the task states and their counters, and the interned function names.
+//!
+//! Records are never removed (an index stays valid for the scheduler's life); what is
+//! variable-sized lives in [`Spec`] and is freed once the task cannot be needed any more.
+
+use crate::hash::FxMap;
+use dagger_core::{Arg, TaskId, WorkerId};
+use std::borrow::Cow;
+use std::ops::{Index, IndexMut};
+use std::time::Duration;
+
+/// "No time recorded".
+pub(crate) const NONE: u64 = u64::MAX;
+
+/// Flags of [`Task::flags`].
+pub(crate) const EARLY: u8 = 1;
+pub(crate) const CLIENT_RELEASED: u8 = 2;
+pub(crate) const COMPLETED: u8 = 4;
+pub(crate) const DEAD: u8 = 8;
+/// `holder` is valid (more holders, if any, are listed in the data directory's replicas).
+pub(crate) const HELD: u8 = 16;
+
+/// Where a task is in its life.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum State {
+    Waiting,
+    Ready,
+    Dispatched,
+    Finished,
+    Failed,
+}
+
+impl State {
+    pub(crate) fn terminal(self) -> bool {
+        matches!(self, State::Finished | State::Failed)
+    }
+}
+
+/// Whether a dependency in `state` lets a dependent (early or not) be dispatched.
+#[inline]
+pub(crate) fn satisfies(early: bool, state: State) -> bool {
+    match state {
+        State::Finished => true,
+        State::Dispatched => early,
+        _ => false,
+    }
+}
+
+/// The flat per-task record. Everything variable-sized lives in `spec`, which is freed
+/// once the task can no longer be needed.
+pub(crate) struct Task {
+    pub(crate) id: TaskId,
+    pub(crate) est_ns: u64,
+    pub(crate) submitted_ns: u64,
+    pub(crate) dispatched_ns: u64,
+    pub(crate) finished_ns: u64,
+    pub(crate) run_ns: u64,
+    /// Encoded size of the result (0 until known).
+    pub(crate) size: u64,
+    /// A worker holding the result (see `HELD`).
+    pub(crate) holder: WorkerId,
+    pub(crate) func: u32,
+    pub(crate) scope: u32,
+    pub(crate) priority: i32,
+    pub(crate) retries_left: u32,
+    pub(crate) attempts: u32,
+    /// Dependencies not yet satisfied (while Waiting/Ready).
+    pub(crate) unmet: u32,
+    /// Dependents not finished or failed (they need this result).
+    pub(crate) consumers: u32,
+    /// Dependents whose record is not freed (they may need this task's lineage).
+    pub(crate) live_dependents: u32,
+    /// Dispatched, unfinished tasks that were told to fetch this result from a worker.
+    pub(crate) pending_fetch: u32,
+    /// The processor it was last dispatched to, as its slot in the processor table (slots
+    /// are never reused for another processor); valid once `dispatched_ns` is set.
+    pub(crate) slot: u32,
+    pub(crate) loss_reruns: u8,
+    pub(crate) state: State,
+    pub(crate) flags: u8,
+    pub(crate) spec: Option<Box<Spec>>,
+}
+
+// The record is what every task costs for the scheduler's life: keep it at 112 bytes or
+// less (a million tasks in about 107 MiB).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Task>() <= 112);
+
+/// The variable-sized part of a task: its arguments and graph edges (its lineage).
+pub(crate) struct Spec {
+    pub(crate) args: Vec<Arg>,
+    /// Unique dependencies, by index.
+    pub(crate) deps: Vec<u32>,
+    /// Unique dependents, by index.
+    pub(crate) dependents: Vec<u32>,
+    /// Dependencies this task was told to fetch as chunks at its current dispatch.
+    pub(crate) fetching: Vec<u32>,
+}
+
+/// Number of tasks per state, and of live records.
+#[derive(Default)]
+pub(crate) struct Counts {
+    pub(crate) submitted: u64,
+    pub(crate) waiting: u64,
+    pub(crate) ready: u64,
+    pub(crate) running: u64,
+    pub(crate) finished: u64,
+    pub(crate) failed: u64,
+    pub(crate) live: u64,
+}
+
+impl Counts {
+    pub(crate) fn slot(&mut self, s: State) -> &mut u64 {
+        match s {
+            State::Waiting => &mut self.waiting,
+            State::Ready => &mut self.ready,
+            State::Dispatched => &mut self.running,
+            State::Finished => &mut self.finished,
+            State::Failed => &mut self.failed,
+        }
+    }
+}
+
+/// The slab of task records and what is interned alongside it.
+#[derive(Default)]
+pub(crate) struct TaskTable {
+    tasks: Vec<Task>,
+    index: FxMap<TaskId, u32>,
+    /// Function names by id; a name submitted as `Cow::Borrowed` stays borrowed, so
+    /// copying it into a `RunTask` costs nothing.
+    funcs: Vec<Cow<'static, str>>,
+    func_ids: FxMap<Cow<'static, str>, u32>,
+    pub(crate) counts: Counts,
+}
+
+impl TaskTable {
+    /// The number of records (every task ever accepted).
+    pub(crate) fn len(&self) -> u32 {
+        self.tasks.len() as u32
+    }
+
+    /// The index of a task, if it was ever accepted.
+    #[inline]
+    pub(crate) fn get(&self, id: &TaskId) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    /// Whether a task id is known.
+    pub(crate) fn contains(&self, id: &TaskId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Every record with its index.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Task)> {
+        self.tasks.iter().enumerate().map(|(i, t)| (i as u32, t))
+    }
+
+    /// Makes room for `n` more records.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.tasks.reserve(n);
+        self.index.reserve(n);
+    }
+
+    /// Appends a record; returns its index.
+    pub(crate) fn push(&mut self, task: Task) -> u32 {
+        let i = self.tasks.len() as u32;
+        self.index.insert(task.id, i);
+        self.tasks.push(task);
+        i
+    }
+
+    /// The id of a function name, interning it on first sight; `new_func` is true then.
+    pub(crate) fn intern_func(&mut self, name: Cow<'static, str>) -> (u32, bool) {
+        if let Some(&f) = self.func_ids.get(name.as_ref()) {
+            return (f, false);
+        }
+        let f = self.funcs.len() as u32;
+        self.funcs.push(name.clone());
+        self.func_ids.insert(name, f);
+        (f, true)
+    }
+
+    /// The name of an interned function.
+    pub(crate) fn func_name(&self, f: u32) -> &Cow<'static, str> {
+        &self.funcs[f as usize]
+    }
+
+    /// A copy of task `i`'s dependencies (empty once its record is freed).
+    pub(crate) fn deps_of(&self, i: u32) -> Vec<u32> {
+        self.tasks[i as usize]
+            .spec
+            .as_ref()
+            .map(|s| s.deps.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Index<u32> for TaskTable {
+    type Output = Task;
+    #[inline]
+    fn index(&self, i: u32) -> &Task {
+        &self.tasks[i as usize]
+    }
+}
+
+impl IndexMut<u32> for TaskTable {
+    #[inline]
+    fn index_mut(&mut self, i: u32) -> &mut Task {
+        &mut self.tasks[i as usize]
+    }
+}
+
+#[inline]
+pub(crate) fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128 - 1) as u64
+}
+
+pub(crate) fn opt_time(v: u64) -> Option<Duration> {
+    (v != NONE).then(|| Duration::from_nanos(v))
+}
