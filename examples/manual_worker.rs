@@ -7,6 +7,11 @@
 //! ```sh
 //! my-app --dagger-worker --join HOST:PORT --cert cert.pem --key key.pem --ca ca.pem
 //! ```
+//!
+//! Such a worker exits with status 0 after the driver's shutdown, and with status 1 and a
+//! line on stderr saying why when it is refused (another cluster's certificate, another
+//! build of the program unless mixed builds are allowed) or when its driver disappears
+//! without a shutdown.
 
 use anyhow::{bail, ensure, Context as _};
 use dagger::prelude::*;

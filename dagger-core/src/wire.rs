@@ -12,7 +12,7 @@ pub use serde_bytes::ByteBuf;
 use std::borrow::Cow;
 
 /// The version of this message set. Peers with another version are refused at the hello.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first message on every link, in both directions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +26,11 @@ pub struct Hello {
     pub worker: WorkerId,
     /// Which incarnation of that worker (0 until the driver assigns one).
     pub incarnation: Incarnation,
+    /// A fingerprint of the sender's executable (0: unknown). The driver refuses a worker
+    /// of another build unless either side allowed mixed builds.
+    pub build_id: u64,
+    /// The sender was told that it may join a cluster of another build.
+    pub allow_mixed_builds: bool,
 }
 
 /// Driver → worker.

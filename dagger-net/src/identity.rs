@@ -3,15 +3,15 @@
 use crate::NetError;
 use std::path::{Path, PathBuf};
 
-/// The prefix of [`Identity::to_env_value`]'s encoding, carrying its format version.
-const ENV_PREFIX: &str = "dagger-identity-v1:";
+/// The prefix of [`Identity::to_text`]'s encoding, carrying its format version.
+const TEXT_PREFIX: &str = "dagger-identity-v1:";
 
 /// A node's TLS identity: a leaf certificate and its private key (PEM), and the PEM of the
 /// cluster's certificate authority that every peer's certificate must chain to.
 ///
 /// Cheap to clone (three short strings). Produced by
 /// [`ClusterCa::issue`](crate::ClusterCa::issue) (feature `quic`) or read back from files or
-/// an environment variable.
+/// from its [text form](Identity::to_text).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The node's certificate, PEM.
@@ -49,8 +49,11 @@ impl Identity {
         Ok(id)
     }
 
-    /// Writes `cert.pem`, `key.pem` (mode 0600 on Unix) and `ca.pem` into `dir` (which must
-    /// exist) and returns their paths in that order. Overwrites existing files.
+    /// Writes `cert.pem`, `key.pem` and `ca.pem` into `dir` (which must exist) and returns
+    /// their paths in that order. Overwrites existing files. On Unix `key.pem` is always
+    /// mode 0600: the key is written into a new private file that then replaces any old
+    /// `key.pem` (whatever that file's mode was), so it is never readable by others, not
+    /// even for a moment.
     pub fn write_files(&self, dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), NetError> {
         let cert = dir.join("cert.pem");
         let key = dir.join("key.pem");
@@ -61,16 +64,17 @@ impl Identity {
         Ok((cert, key, ca))
     }
 
-    /// Encodes the identity as one line of ASCII (no whitespace), suitable for an
-    /// environment variable; [`Identity::from_env_value`] reverses it. The value contains
-    /// the private key: pass it only to processes you trust.
-    pub fn to_env_value(&self) -> String {
+    /// Encodes the identity as one line of ASCII (no whitespace);
+    /// [`Identity::from_text`] reverses it. The text contains the private key: hand it
+    /// over only through a private channel (a pipe, a 0600 file), never in an environment
+    /// variable or a command line, which other processes can read.
+    pub fn to_text(&self) -> String {
         let mut s = String::with_capacity(
-            ENV_PREFIX.len()
+            TEXT_PREFIX.len()
                 + 2 * (self.cert_pem.len() + self.key_pem.len() + self.ca_pem.len())
                 + 2,
         );
-        s.push_str(ENV_PREFIX);
+        s.push_str(TEXT_PREFIX);
         for (i, part) in [&self.cert_pem, &self.key_pem, &self.ca_pem]
             .iter()
             .enumerate()
@@ -86,11 +90,11 @@ impl Identity {
         s
     }
 
-    /// Decodes a value produced by [`Identity::to_env_value`].
-    pub fn from_env_value(s: &str) -> Result<Self, NetError> {
-        let body = s.trim().strip_prefix(ENV_PREFIX).ok_or_else(|| {
+    /// Decodes a text produced by [`Identity::to_text`].
+    pub fn from_text(s: &str) -> Result<Self, NetError> {
+        let body = s.trim().strip_prefix(TEXT_PREFIX).ok_or_else(|| {
             NetError::Identity(format!(
-                "encoded identity does not start with {ENV_PREFIX:?}"
+                "encoded identity does not start with {TEXT_PREFIX:?}"
             ))
         })?;
         let parts: Vec<&str> = body.split(':').collect();
@@ -154,14 +158,30 @@ fn decode_hex(s: &str) -> Result<String, NetError> {
 #[cfg(unix)]
 fn write_private(path: &Path, contents: &str) -> Result<(), NetError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents.as_bytes())?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // A fresh file created 0600 (never an existing one, whose mode `open` would keep),
+    // renamed over the old one once complete.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     Ok(())
 }
 
@@ -184,23 +204,42 @@ mod tests {
     }
 
     #[test]
-    fn env_value_round_trips_and_is_one_token() {
+    fn text_round_trips_and_is_one_token() {
         let id = sample();
-        let v = id.to_env_value();
+        let v = id.to_text();
         assert!(!v.chars().any(char::is_whitespace));
-        assert_eq!(Identity::from_env_value(&v).unwrap(), id);
+        assert_eq!(Identity::from_text(&v).unwrap(), id);
     }
 
     #[test]
-    fn env_value_rejects_garbage() {
+    fn text_rejects_garbage() {
         assert!(matches!(
-            Identity::from_env_value("nope"),
+            Identity::from_text("nope"),
             Err(NetError::Identity(_))
         ));
-        let v = sample().to_env_value();
-        assert!(Identity::from_env_value(&v[..v.len() - 1]).is_err());
-        assert!(Identity::from_env_value(&format!("{v}:00")).is_err());
-        assert!(Identity::from_env_value(&v.replace(":", "zz:")).is_err());
+        let v = sample().to_text();
+        assert!(Identity::from_text(&v[..v.len() - 1]).is_err());
+        assert!(Identity::from_text(&format!("{v}:00")).is_err());
+        assert!(Identity::from_text(&v.replace(":", "zz:")).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_key_file_becomes_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dagger-net-perm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.pem");
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let id = sample();
+        id.write_files(&dir).unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "key.pem is {:o}", mode & 0o777);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), id.key_pem);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

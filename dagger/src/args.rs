@@ -25,11 +25,14 @@ impl<T: Serialize> IntoArg<T> for T {
     }
 }
 
+/// A handle feeds a parameter of its own type; one [`cast`](Handle::cast) to another type
+/// than its task's result is refused with [`SubmitError::TypeMismatch`].
 impl<T> IntoArg<T> for &Handle<T> {
     fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
         if !std::sync::Arc::ptr_eq(&self.ctx, ctx.inner()) {
             return Err(SubmitError::ForeignHandle { task: self.id() });
         }
+        self.check_arg_type()?;
         Ok(Arg::Task(self.id()))
     }
 }

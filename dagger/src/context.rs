@@ -48,6 +48,14 @@ pub enum ContextError {
     /// The context was shut down.
     #[error("the context is shut down")]
     Shutdown,
+    /// A builder setting is out of range or cannot be honoured.
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The builder method.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// A task could not be submitted.
@@ -70,6 +78,17 @@ pub enum SubmitError {
     /// The context was shut down.
     #[error("the context is shut down")]
     Shutdown,
+    /// A handle passed as an argument holds a result of another type than the parameter
+    /// (a handle that was [`cast`](crate::Handle::cast)).
+    #[error("{task} yields `{found}` but the parameter is a `{expected}`")]
+    TypeMismatch {
+        /// The task whose handle was passed.
+        task: TaskId,
+        /// The parameter's type.
+        expected: &'static str,
+        /// The task's result type.
+        found: &'static str,
+    },
     /// A plain-value argument is too large to travel in one message.
     #[error("an argument of {bytes} bytes exceeds the limit of {limit} bytes; pass large data as a task's result")]
     TooLarge {
@@ -106,8 +125,9 @@ pub(crate) struct Inner {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     children: Arc<Mutex<Vec<WorkerProcess>>>,
-    /// Local worker processes that exited (counted by the child watch).
-    exited_children: Arc<std::sync::atomic::AtomicUsize>,
+    /// Local worker processes that exited (counted by the child watch; receivers are told
+    /// of every change).
+    exited_children: Arc<tokio::sync::watch::Sender<usize>>,
     identity: Option<Identity>,
     ca: Option<ClusterCa>,
     listen_addr: String,
@@ -126,6 +146,19 @@ pub struct ContextBuilder {
     shm: bool,
     worker_threads: Option<usize>,
     cert_dir: Option<PathBuf>,
+    worker_args: WorkerArgs,
+    allow_mixed_builds: bool,
+}
+
+/// Which command-line arguments local workers get.
+#[derive(Debug, Clone)]
+enum WorkerArgs {
+    /// This process's own.
+    Own,
+    /// These.
+    Given(Vec<std::ffi::OsString>),
+    /// Only the libtest test of this name (`None`: the builder was not on a named thread).
+    Test(Option<String>),
 }
 
 impl Default for ContextBuilder {
@@ -140,6 +173,8 @@ impl Default for ContextBuilder {
             shm: true,
             worker_threads: None,
             cert_dir: None,
+            worker_args: WorkerArgs::Own,
+            allow_mixed_builds: false,
         }
     }
 }
@@ -181,7 +216,8 @@ impl ContextBuilder {
         self.shm = on;
         self
     }
-    /// Thread processors per local worker (default: one per allowed core).
+    /// Thread processors per local worker (default: one per allowed core). At least 1:
+    /// `build` refuses 0 with [`ContextError::InvalidSetting`].
     pub fn worker_threads(mut self, n: usize) -> Self {
         self.worker_threads = Some(n);
         self
@@ -193,9 +229,75 @@ impl ContextBuilder {
         self
     }
 
+    /// The command-line arguments (without the program name) of the local worker
+    /// processes, which re-run this executable. Default: this process's own arguments, so
+    /// a program whose `main` starts with [`crate::init`] turns into a worker whatever its
+    /// arguments mean.
+    pub fn worker_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString>,
+    {
+        self.worker_args = WorkerArgs::Given(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Declares that this context is started by a test of a `cargo test` (libtest) binary,
+    /// and must be called on that test's own thread (libtest names it after the test). The
+    /// local workers then re-run the binary with only this test selected
+    /// (`NAME --exact --test-threads=1`), whose first line, [`crate::init`], turns them
+    /// into workers; any setup the test does before `init` (a detector, say) runs in the
+    /// workers too. The builder may then be moved to and built on any thread. Without this
+    /// call workers get this process's own arguments: nothing is inferred from thread
+    /// names. On a thread libtest did not name, `build` fails with
+    /// [`ContextError::InvalidSetting`].
+    pub fn test_harness(mut self) -> Self {
+        let name = std::thread::current()
+            .name()
+            .filter(|n| *n != "main")
+            .map(str::to_owned);
+        self.worker_args = WorkerArgs::Test(name);
+        self
+    }
+
+    /// Accept workers whose executable is another build than the driver's (a different
+    /// [build fingerprint](dagger_net::launch::build_id)), as long as their task functions
+    /// agree. Default off: a worker built from other code is refused at the join, because
+    /// a task of the same name and types may compute something else there. A worker can
+    /// opt in on its side with `DAGGER_ALLOW_MIXED_BUILDS=1`.
+    pub fn allow_mixed_builds(mut self, yes: bool) -> Self {
+        self.allow_mixed_builds = yes;
+        self
+    }
+
     /// Starts the context: the driver loop, the local workers; returns once they joined.
     pub fn build(self) -> Result<Context, ContextError> {
+        self.validate()?;
         Context::start(self)
+    }
+
+    fn validate(&self) -> Result<(), ContextError> {
+        if self.worker_threads == Some(0) {
+            return Err(ContextError::InvalidSetting {
+                setting: "worker_threads",
+                reason: "a worker needs at least one thread processor".into(),
+            });
+        }
+        if matches!(self.worker_args, WorkerArgs::Test(None)) {
+            return Err(ContextError::InvalidSetting {
+                setting: "test_harness",
+                reason:
+                    "called on a thread without a test's name (call it on the test's own thread)"
+                        .into(),
+            });
+        }
+        if self.heartbeat_timeout.is_zero() {
+            return Err(ContextError::InvalidSetting {
+                setting: "heartbeat_timeout",
+                reason: "must be longer than zero".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -272,7 +374,7 @@ impl Context {
         );
         {
             let _g = handle.enter();
-            driver::spawn_acceptor(listener, ev_tx.clone(), false);
+            driver::spawn_acceptor(listener, ev_tx.clone(), false, b.allow_mixed_builds);
             handle.spawn(driver::run(state, cmd_rx, ev_rx));
         }
         let inner = Arc::new(Inner {
@@ -281,7 +383,7 @@ impl Context {
             runtime: Mutex::new(Some(runtime)),
             handle: handle.clone(),
             children: Arc::new(Mutex::new(Vec::new())),
-            exited_children: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            exited_children: Arc::new(tokio::sync::watch::Sender::new(0)),
             identity: Some(identity),
             ca: Some(ca),
             listen_addr: listen_addr.clone(),
@@ -306,6 +408,19 @@ impl Context {
             if !b.shm {
                 launcher = launcher.env("DAGGER_SHM", "0");
             }
+            launcher = match &b.worker_args {
+                WorkerArgs::Own => launcher,
+                WorkerArgs::Given(args) => launcher.args(args.iter().cloned()),
+                WorkerArgs::Test(Some(test)) => {
+                    launcher.args(dagger_net::launch::test_harness_args(test))
+                }
+                WorkerArgs::Test(None) => {
+                    return Err(ContextError::InvalidSetting {
+                        setting: "test_harness",
+                        reason: "called on a thread without a test's name".into(),
+                    })
+                }
+            };
             let children = launcher
                 .spawn(b.workers)
                 .map_err(|e| ContextError::Launch(e.to_string()))?;
@@ -331,7 +446,8 @@ impl Context {
         let addr = listener.local_addr();
         {
             let _g = self.inner.handle.enter();
-            driver::spawn_acceptor(listener, ev_tx, true);
+            // The driver's own worker is this very build.
+            driver::spawn_acceptor(listener, ev_tx, true, true);
         }
         let setup = WorkerSetup {
             transport: Arc::new(mem),
@@ -360,45 +476,59 @@ impl Context {
     }
 
     /// Reports local worker processes that exit, so a killed worker is declared lost at
-    /// once rather than after missed heartbeats.
+    /// once rather than after missed heartbeats. No polling: one task per child waits on
+    /// the child's pidfd (a blocking `waitid` on older kernels) and reaps it when it exits.
     fn watch_children(&self, ev_tx: mpsc::UnboundedSender<LinkEvent>) {
         // Holds the child list, not the context: the watch never keeps the context alive
         // (nor runs its final drop on the driver's runtime).
-        let children = self.inner.children.clone();
-        let exited_count = self.inner.exited_children.clone();
-        self.inner.handle.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            loop {
-                tick.tick().await;
-                let mut exited: Vec<(u32, ExitCause)> = Vec::new();
-                children.lock().retain_mut(|c| match c.try_wait() {
-                    Ok(Some(status)) => {
-                        use std::os::unix::process::ExitStatusExt;
-                        let exit = match (status.code(), status.signal()) {
-                            (Some(code), _) => ExitCause::Code(code),
-                            (None, Some(sig)) => ExitCause::Signal(sig),
-                            (None, None) => ExitCause::Unknown,
-                        };
-                        exited.push((c.pid(), exit));
-                        false
-                    }
-                    _ => true,
-                });
-                for (pid, exit) in exited {
-                    exited_count.fetch_add(1, Ordering::Relaxed);
-                    // A killed worker cleans up nothing: remove its shared-memory objects.
-                    dagger_move::shm::cleanup_prefix(&format!("dagger-{pid}"));
-                    if ev_tx.send(LinkEvent::ProcessExited { pid, exit }).is_err() {
-                        return;
-                    }
+        let watches: Vec<(u32, dagger_net::launch::ExitWatch)> = self
+            .inner
+            .children
+            .lock()
+            .iter()
+            .map(|c| (c.pid(), c.exit_watch()))
+            .collect();
+        for (pid, watch) in watches {
+            let children = self.inner.children.clone();
+            let exited_count = self.inner.exited_children.clone();
+            let ev_tx = ev_tx.clone();
+            self.inner.handle.spawn(async move {
+                if let Err(e) = watch.wait().await {
+                    tracing::warn!(pid, error = %e, "cannot watch a local worker process");
+                    return;
                 }
-            }
-        });
+                let status = {
+                    let mut children = children.lock();
+                    let Some(i) = children.iter().position(|c| c.pid() == pid) else {
+                        // Shut down: the context took the list.
+                        return;
+                    };
+                    let status = children[i].try_wait();
+                    children.swap_remove(i);
+                    status
+                };
+                let exit = match status {
+                    Ok(Some(status)) => exit_cause(status),
+                    _ => ExitCause::Unknown,
+                };
+                exited_count.send_modify(|n| *n += 1);
+                // A killed worker cleans up nothing: remove its shared-memory objects.
+                dagger_move::shm::cleanup_prefix(&format!("dagger-{pid}"));
+                let _ = ev_tx.send(LinkEvent::ProcessExited { pid, exit });
+            });
+        }
     }
 
-    /// Blocks until `n` workers (counting the driver's own, if it runs tasks) have joined.
+    /// Blocks until `n` workers (counting the driver's own, if it runs tasks) have joined,
+    /// or `timeout` passed. Wakes on each join, loss and local process exit (no polling);
+    /// fails early with [`ContextError::Launch`] when the local processes still alive and
+    /// not yet joined can no longer make up the number (one exited before joining, say).
     pub fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<(), ContextError> {
-        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribed before the first count: the driver loop handles the subscription
+        // before the count query, so no join between the two is missed.
+        let mut events = self.subscribe();
+        let mut exits = self.inner.exited_children.subscribe();
         loop {
             let joined = self
                 .query(|st| st.workers().len())
@@ -406,16 +536,7 @@ impl Context {
             if joined >= n {
                 return Ok(());
             }
-            if start.elapsed() >= timeout {
-                return Err(ContextError::JoinTimeout {
-                    expected: n,
-                    joined,
-                    waited: timeout,
-                });
-            }
-            // Fail early when the local processes still alive and not yet joined can no
-            // longer make up the number (one exited before joining, say).
-            let exited = self.inner.exited_children.load(Ordering::Relaxed);
+            let exited = *exits.borrow_and_update();
             if exited > 0 {
                 let joined_pids: std::collections::HashSet<u32> = self
                     .query(|st| st.sched.topology().workers().map(|w| w.pid).collect())
@@ -436,7 +557,26 @@ impl Context {
                     )));
                 }
             }
-            std::thread::sleep(Duration::from_millis(5));
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ContextError::JoinTimeout {
+                    expected: n,
+                    joined,
+                    waited: timeout,
+                });
+            }
+            let (ev, ex, live) = run_on(&self.inner.handle, async move {
+                let live = tokio::select! {
+                    e = events.recv() => e.is_some(),
+                    c = exits.changed() => c.is_ok(),
+                    () = tokio::time::sleep_until(deadline) => true,
+                };
+                (events, exits, live)
+            })
+            .ok_or(ContextError::Shutdown)?;
+            if !live {
+                return Err(ContextError::Shutdown);
+            }
+            (events, exits) = (ev, ex);
         }
     }
 
@@ -748,6 +888,24 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// How a local worker process ended.
+fn exit_cause(status: std::process::ExitStatus) -> ExitCause {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitCause::Code(code),
+            (None, Some(sig)) => ExitCause::Signal(sig),
+            (None, None) => ExitCause::Unknown,
+        }
+    }
+    #[cfg(not(unix))]
+    match status.code() {
+        Some(code) => ExitCause::Code(code),
+        None => ExitCause::Unknown,
     }
 }
 

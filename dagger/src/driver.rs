@@ -719,6 +719,7 @@ pub(crate) fn spawn_acceptor(
     mut listener: Box<dyn Listener>,
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
     in_process: bool,
+    allow_mixed_builds: bool,
 ) {
     tokio::spawn(async move {
         loop {
@@ -731,7 +732,7 @@ pub(crate) fn spawn_acceptor(
             };
             let ev_tx = ev_tx.clone();
             tokio::spawn(async move {
-                match handshake(conn).await {
+                match handshake(conn, allow_mixed_builds).await {
                     Ok((conn, info)) => {
                         let _ = ev_tx.send(LinkEvent::Joined {
                             conn,
@@ -746,7 +747,7 @@ pub(crate) fn spawn_acceptor(
     });
 }
 
-async fn handshake(mut conn: Conn) -> Result<(Conn, WorkerInfo), String> {
+async fn handshake(mut conn: Conn, allow_mixed_builds: bool) -> Result<(Conn, WorkerInfo), String> {
     let limit = Duration::from_secs(30);
     let first = tokio::time::timeout(limit, conn.receiver.recv())
         .await
@@ -759,6 +760,23 @@ async fn handshake(mut conn: Conn) -> Result<(Conn, WorkerInfo), String> {
             "protocol version {} (ours {PROTOCOL_VERSION})",
             hello.version
         ));
+    }
+    let ours = dagger_net::launch::build_id();
+    if hello.build_id != ours
+        && hello.build_id != 0
+        && ours != 0
+        && !allow_mixed_builds
+        && !hello.allow_mixed_builds
+    {
+        let why = format!(
+            "build mismatch: the worker's executable is another build than the driver's \
+             (build id {:016x}, driver {ours:016x}); to mix builds on purpose set \
+             ContextBuilder::allow_mixed_builds on the driver or {}=1 on the worker",
+            hello.build_id,
+            dagger_net::launch::ENV_ALLOW_MIXED_BUILDS
+        );
+        conn.sender.close(&why);
+        return Err(why);
     }
     if hello.registry_hash != registry::registry_hash() {
         conn.sender

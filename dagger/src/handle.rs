@@ -1,6 +1,6 @@
 //! Handles to tasks' results: typed futures, usable blocking or with `.await`.
 
-use crate::context::{Inner, TaskInfo};
+use crate::context::{Inner, SubmitError, TaskInfo};
 use crate::driver::DriverCmd;
 use crate::registry::TaskFn;
 use dagger_core::{MoveFailure, TaskError, TaskId};
@@ -172,13 +172,34 @@ impl<T> Handle<T> {
     }
 
     /// The same task's result, viewed as another type. `fetch` then checks the type and
-    /// reports `TaskError::TypeMismatch` if it differs.
+    /// reports `TaskError::TypeMismatch` if it differs, and passing the handle as a task's
+    /// argument is refused with `SubmitError::TypeMismatch`.
     pub fn cast<U>(self) -> Handle<U> {
         Handle {
             slot: self.slot,
             ctx: self.ctx,
             _t: PhantomData,
         }
+    }
+}
+
+impl<T> Handle<T> {
+    /// Checks, where this process knows the task's function, that its result type is `T`:
+    /// a handle [`cast`](Handle::cast) to another type must not feed a parameter of that
+    /// type (the bytes of a `u64` would decode as some other value).
+    pub(crate) fn check_arg_type(&self) -> Result<(), SubmitError> {
+        if let Some(f) = self.slot.func {
+            let found = (f.result_type)();
+            let expected = std::any::type_name::<T>();
+            if found != expected {
+                return Err(SubmitError::TypeMismatch {
+                    task: self.id(),
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

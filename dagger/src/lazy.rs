@@ -114,7 +114,10 @@ impl<T> IntoLazy<T> for &Lazy<T> {
 
 impl<T> IntoLazy<T> for &Handle<T> {
     fn into_lazy(self) -> LazyArg {
-        LazyArg(LazyArgKind::Spawned(self.slot.clone()))
+        match self.check_arg_type() {
+            Ok(()) => LazyArg(LazyArgKind::Spawned(self.slot.clone())),
+            Err(e) => LazyArg(LazyArgKind::Invalid(e)),
+        }
     }
 }
 

@@ -69,10 +69,24 @@ pub mod prelude {
 /// Turns a process launched as a worker into one: it joins the cluster and this call never
 /// returns (the process exits when the cluster shuts down). In any other process it returns
 /// at once. Call it first thing in `main`, and first thing in each test that starts worker
-/// processes.
+/// processes (such a test also calls [`ContextBuilder::test_harness`]).
+///
+/// A worker started by a local context takes its identity from a pipe (never from the
+/// environment), removes its worker variables from the environment, so that processes
+/// its tasks start do not inherit them, and exits with status 1 and a line on stderr when
+/// the driver's process is gone. A worker that loses its driver without being told to shut
+/// down exits with status 1 as well; a refused one (other build, other task functions,
+/// other cluster) exits with status 1 and says why; bad worker arguments exit with 2.
+///
+/// Calls from several threads are serialised; in a worker process the later ones block
+/// until the process exits.
 pub fn init() {
-    match dagger_net::launch::worker_args_from_env() {
-        Ok(Some(args)) => {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| match dagger_net::launch::worker_args_from_env() {
+        Ok(Some(mut args)) => {
+            if let Some(link) = args.driver_link.take() {
+                watch_driver(link);
+            }
             let code = worker::run_worker_process(args);
             std::process::exit(code);
         }
@@ -81,6 +95,22 @@ pub fn init() {
             eprintln!("dagger: this process was started as a worker with bad arguments: {e}");
             std::process::exit(2);
         }
+    });
+}
+
+/// Ends this worker process when the driver's process is gone: the launcher's pipe reaches
+/// end-of-file then, whichever thread of the driver started the worker.
+fn watch_driver(link: dagger_net::launch::DriverLink) {
+    let spawned = std::thread::Builder::new()
+        .name("dagger-driver-watch".into())
+        .spawn(move || {
+            link.wait_closed();
+            eprintln!("dagger worker: the driver process is gone; exiting");
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        eprintln!("dagger worker: cannot watch the driver process: {e}");
+        std::process::exit(1);
     }
 }
 

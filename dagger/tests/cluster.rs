@@ -42,6 +42,7 @@ fn sum_bytes(b: ByteBuf) -> u64 {
 fn cluster() -> Context {
     Context::builder()
         .workers(2)
+        .test_harness()
         .worker_threads(2)
         .build()
         .expect("local cluster starts")
@@ -210,6 +211,7 @@ fn same_host_moves_use_shared_memory_or_the_network_and_agree() {
     for shm in [false, true] {
         let ctx = Context::builder()
             .workers(2)
+            .test_harness()
             .worker_threads(1)
             .shared_memory(shm)
             .build()

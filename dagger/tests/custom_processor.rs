@@ -83,6 +83,7 @@ fn the_scheduler_places_work_on_a_user_processor_and_uses_the_user_move() {
     dagger::init();
     let ctx = Context::builder()
         .workers(2)
+        .test_harness()
         .worker_threads(1)
         .build()
         .unwrap();

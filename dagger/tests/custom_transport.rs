@@ -61,6 +61,7 @@ fn every_process_uses_the_registered_transport() {
 
     let ctx = Context::builder()
         .workers(2)
+        .test_harness()
         .worker_threads(1)
         .build()
         .unwrap();

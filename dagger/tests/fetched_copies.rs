@@ -28,6 +28,7 @@ fn consumers_do_not_keep_fetched_copies() {
     for shm in [false, true] {
         let ctx = Context::builder()
             .workers(2)
+            .test_harness()
             .worker_threads(1)
             .shared_memory(shm)
             .build()

@@ -16,6 +16,7 @@ fn a_worker_that_dies_before_joining_is_a_launch_error() {
     // early check gives `Launch` as soon as the processes are seen to exit.
     let err = Context::builder()
         .workers(2)
+        .test_harness()
         .join_timeout(Duration::from_secs(600))
         .build()
         .unwrap_err();

@@ -19,6 +19,7 @@ fn a_process_without_the_cluster_certificate_is_refused() {
     dagger::init();
     let ctx = Context::builder()
         .workers(1)
+        .test_harness()
         .worker_threads(1)
         .build()
         .unwrap();
@@ -53,6 +54,7 @@ fn a_member_sending_garbage_is_cut_off_and_the_cluster_goes_on() {
     dagger::init();
     let ctx = Context::builder()
         .workers(1)
+        .test_harness()
         .worker_threads(1)
         .build()
         .unwrap();
@@ -68,6 +70,8 @@ fn a_member_sending_garbage_is_cut_off_and_the_cluster_goes_on() {
             registry_hash: registry_hash_of_this_binary(),
             worker: dagger::WorkerId(0),
             incarnation: Incarnation(0),
+            build_id: dagger_net::launch::build_id(),
+            allow_mixed_builds: false,
         };
         conn.sender.send(wire::encode(&hello)).unwrap();
         let info = WorkerInfo {

@@ -44,6 +44,7 @@ fn many_segment_moves_in_both_directions_agree_with_the_network_path() {
     for shm in [false, true] {
         let ctx = Context::builder()
             .workers(2)
+            .test_harness()
             .worker_threads(2)
             .shared_memory(shm)
             .build()

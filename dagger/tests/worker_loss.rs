@@ -22,6 +22,7 @@ fn a_killed_worker_delays_results_but_never_loses_them() {
     dagger::init();
     let ctx = Context::builder()
         .workers(2)
+        .test_harness()
         .worker_threads(2)
         .build()
         .unwrap();
@@ -88,6 +89,7 @@ fn sum_big(b: serde_bytes::ByteBuf) -> u64 {
 fn kill_a_producer_worker_and_check_consumers(workers: usize, pairs: u64) {
     let ctx = Context::builder()
         .workers(workers)
+        .test_harness()
         .worker_threads(2)
         .build()
         .unwrap();

@@ -227,6 +227,8 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
         registry_hash: registry::registry_hash(),
         worker: WorkerId(0),
         incarnation: Incarnation(0),
+        build_id: dagger_net::launch::build_id(),
+        allow_mixed_builds: dagger_net::launch::mixed_builds_allowed(),
     };
     let info = WorkerInfo {
         worker: WorkerId(0),
@@ -354,13 +356,11 @@ impl Worker {
         loop {
             let frame = match receiver.recv().await {
                 Ok(f) => f,
-                // The driver went away: nothing more to do.
+                // The driver went away without saying shutdown (it died, or the link broke).
                 Err(e) => {
-                    return if self.to_driver.is_closed() {
-                        Ok(())
-                    } else {
-                        Err(format!("driver link closed: {e}"))
-                    }
+                    return Err(format!(
+                        "the link to the driver closed before it said shutdown ({e}); is the driver gone?"
+                    ))
                 }
             };
             let msg = match wire::decode::<ToWorker>(&frame) {

@@ -257,6 +257,8 @@ impl Worker {
                         registry_hash: registry::registry_hash(),
                         worker: w.id,
                         incarnation: w.incarnation,
+                        build_id: dagger_net::launch::build_id(),
+                        allow_mixed_builds: dagger_net::launch::mixed_builds_allowed(),
                     };
                     let _ = conn.sender.send(wire::encode(&hello));
                     let queued = {
