@@ -1,5 +1,6 @@
 //! The vocabulary every dagger-rs crate shares: ids, processor descriptions, scopes,
-//! task options, task errors and the messages that cross process boundaries.
+//! task options, task errors, the messages that cross process boundaries and the cluster's
+//! [`topology`] graph.
 //!
 //! This crate performs no I/O and depends on no other dagger crate. Everything here is
 //! plain data that can be encoded with postcard and written down (scheduler checkpoints).
@@ -13,6 +14,7 @@ mod ids;
 mod proc;
 mod scope;
 mod task;
+pub mod topology;
 pub mod wire;
 
 pub use error::{GraphError, TaskError, WireError};

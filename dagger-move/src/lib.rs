@@ -5,7 +5,7 @@
 //!   (source processor kind, destination processor kind, data type), with fallbacks for any
 //!   type and any kind; a user's move wins over a built-in one.
 //! - [`cheapest_path`], [`generic_path`] and [`PathCache`] search the
-//!   [`Topology`](dagger_proc::Topology) graph for the route of a datum of a given size.
+//!   [`Topology`](dagger_core::topology::Topology) graph for the route of a datum of a given size.
 //! - [`shm`] is the same-host shared-memory shortcut between two worker processes.
 //!
 //! Contract: nothing here performs network I/O or spawns threads; every input that may come

@@ -12,9 +12,9 @@
 //! or rewrites an object between write and read (the objects are created with mode 0600).
 
 use crate::MoveError;
+use dagger_core::topology::{EdgeKind, Topology};
 use dagger_core::LinkCost;
 use dagger_core::ProcId;
-use dagger_proc::{EdgeKind, Topology};
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;

@@ -1,9 +1,9 @@
 //! The topology graph: tree, network and shortcut edges, and its printout.
 
+use dagger_core::topology::{EdgeKind, Topology};
 use dagger_core::{
     Incarnation, LinkCost, MemorySpace, ProcId, ProcInfo, ProcKind, WorkerId, WorkerInfo,
 };
-use dagger_proc::{EdgeKind, Topology};
 use std::collections::BTreeMap;
 
 fn proc(w: u32, index: u32, kind: ProcKind, memory: MemorySpace, label: &str) -> ProcInfo {

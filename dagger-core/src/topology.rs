@@ -1,7 +1,9 @@
-//! The topology graph: the multi-root processor tree plus shortcut edges, each edge with a
-//! cost model. Plain data; path search over it lives in `dagger-move`.
+//! The topology graph: the multi-root processor tree plus network and named shortcut edges,
+//! each edge with a [`LinkCost`]. Plain data and graph bookkeeping, no I/O; the path search
+//! over it lives in `dagger-move`, and `dagger-proc` re-exports it for its callers.
 
-use dagger_core::{Incarnation, LinkCost, ProcId, ProcInfo, ProcKind, WorkerId, WorkerInfo};
+use crate::ids::{Incarnation, ProcId, WorkerId};
+use crate::proc::{LinkCost, ProcInfo, ProcKind, WorkerInfo};
 use std::collections::BTreeMap;
 use std::fmt;
 
