@@ -46,6 +46,14 @@ pub enum AffinityError {
         #[source]
         source: io::Error,
     },
+    /// A CPU number past what the affinity mask can name.
+    #[error("CPU {cpu} cannot be named in an affinity mask (CPUs 0..{max} can)")]
+    CpuOutOfRange {
+        /// The CPU asked for.
+        cpu: usize,
+        /// How many CPUs a mask can name.
+        max: usize,
+    },
     /// The platform has no affinity interface this crate knows.
     #[error("CPU affinity is not supported on this platform")]
     Unsupported,
