@@ -8,6 +8,7 @@
 //! Architecture invariant: `dagger-core` never depends on another dagger crate and never
 //! touches a socket, a thread or the clock.
 
+mod chunk;
 mod error;
 pub mod hash;
 mod ids;
@@ -17,6 +18,7 @@ mod task;
 pub mod topology;
 pub mod wire;
 
+pub use chunk::{ChunkRepr, DeviceHandle};
 pub use error::{GraphError, TaskError, WireError};
 pub use ids::{ChunkId, Incarnation, ProcId, TaskId, WorkerId};
 pub use proc::{LinkCost, MemorySpace, ProcInfo, ProcKind, WorkerInfo};
