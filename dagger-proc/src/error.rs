@@ -79,3 +79,15 @@ pub struct DetectorPanicked {
     /// The panic's message (or a placeholder when the payload was not a string).
     pub message: String,
 }
+
+/// A detector that reported, while [`LocalProcs::detect`](crate::LocalProcs::detect) ran
+/// it, that it could not look for its processors (a missing library, driver or device
+/// interface). Not a failure of the process: it just has none of those processors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detector}: unavailable ({reason})")]
+pub struct DetectorUnavailable {
+    /// The name it was registered under.
+    pub detector: String,
+    /// Why it could not look, as it said.
+    pub reason: String,
+}

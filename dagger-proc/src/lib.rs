@@ -42,8 +42,8 @@ pub use current::{current, current_id, enter, with_current, CurrentGuard, Curren
 /// crate's threads); re-exported here for existing callers.
 pub use dagger_core::topology;
 pub use dagger_core::topology::{DefaultCosts, Edge, EdgeKind, Topology};
-pub use detect::{detectors, DetectContext, DetectFn, Detectors, LocalProcs};
-pub use error::{AffinityError, DetectorPanicked, EnvVarError, ProcError};
+pub use detect::{detectors, DetectContext, DetectFn, Detection, Detectors, LocalProcs};
+pub use error::{AffinityError, DetectorPanicked, DetectorUnavailable, EnvVarError, ProcError};
 pub use os::OsProc;
 pub use processor::{Job, Processor};
 pub use sys::hostname;
