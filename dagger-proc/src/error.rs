@@ -91,3 +91,14 @@ pub struct DetectorUnavailable {
     /// Why it could not look, as it said.
     pub reason: String,
 }
+
+/// [`set_worker`](crate::set_worker) was called with an id other than the one the process
+/// already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this process is already {current}; it cannot become {requested}")]
+pub struct WorkerAlreadySet {
+    /// The id the process has.
+    pub current: WorkerId,
+    /// The id asked for.
+    pub requested: WorkerId,
+}

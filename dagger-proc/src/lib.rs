@@ -9,7 +9,8 @@
 //!   processors of a process when it starts; [`LocalProcs::detect`] runs them. The built-in
 //!   `"cpu"` detector makes one `ThreadProc` per usable CPU (per core with the `hwloc`
 //!   feature); users add their own for devices the runtime does not know.
-//! - [`current`] tells a running job which processor it runs on.
+//! - [`current`] tells a running job which processor it runs on; [`set_worker`] records
+//!   the process's worker id once the driver has given it.
 //! - [`Topology`] (defined in `dagger-core`, re-exported here) is the cluster-wide graph:
 //!   every process's tree plus network and shortcut edges, each with a cost.
 //!
@@ -37,13 +38,17 @@ pub mod sys;
 mod thread;
 
 pub use cpu::{detect_plain, DETECTOR as CPU_DETECTOR};
-pub use current::{current, current_id, enter, with_current, CurrentGuard, CurrentProc};
+pub use current::{
+    current, current_id, enter, set_worker, with_current, worker, CurrentGuard, CurrentProc,
+};
 /// The topology graph, defined in `dagger-core` (plain data the scheduler uses without this
 /// crate's threads); re-exported here for existing callers.
 pub use dagger_core::topology;
 pub use dagger_core::topology::{DefaultCosts, Edge, EdgeKind, Topology};
 pub use detect::{detectors, DetectContext, DetectFn, Detection, Detectors, LocalProcs};
-pub use error::{AffinityError, DetectorPanicked, DetectorUnavailable, EnvVarError, ProcError};
+pub use error::{
+    AffinityError, DetectorPanicked, DetectorUnavailable, EnvVarError, ProcError, WorkerAlreadySet,
+};
 pub use os::OsProc;
 pub use processor::{Job, Processor};
 pub use sys::hostname;
