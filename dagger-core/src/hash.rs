@@ -1,69 +1,17 @@
-//! A small, fast, non-cryptographic hasher for maps keyed by ids ([`TaskId`](crate::TaskId),
-//! [`ChunkId`](crate::ChunkId), [`WorkerId`](crate::WorkerId), ...).
+//! Fast, non-cryptographic hashing for maps keyed by ids ([`TaskId`](crate::TaskId),
+//! [`ChunkId`](crate::ChunkId), [`WorkerId`](crate::WorkerId), ...): rustc's `FxHasher`
+//! from the `rustc-hash` crate, behind names of this crate so callers do not depend on it.
 //!
 //! It is not resistant to chosen keys: use it only where keys are allocated by this
-//! program (ids) or where a collision costs time, never correctness. Hashing one id is a
-//! rotate, a xor and a multiply.
+//! program (ids) or where a collision costs time, never correctness.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// Multiply-rotate hasher in the style of rustc's `FxHasher`. Build maps with
-/// [`IdHashMap`] / [`IdHashSet`] rather than using it directly.
-#[derive(Default, Clone, Copy, Debug)]
-pub struct IdHasher {
-    hash: u64,
-}
-
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl IdHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(SEED);
-    }
-}
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
-
+/// The hasher of [`IdHashMap`] / [`IdHashSet`] (`rustc_hash::FxHasher`). Build maps with
+/// those aliases rather than using it directly.
+pub type IdHasher = rustc_hash::FxHasher;
 /// Builds [`IdHasher`]s; the `S` parameter of [`IdHashMap`] and [`IdHashSet`].
-pub type IdBuildHasher = BuildHasherDefault<IdHasher>;
+pub type IdBuildHasher = rustc_hash::FxBuildHasher;
 /// A `HashMap` with the fast [`IdHasher`]. Create with `IdHashMap::default()`.
 pub type IdHashMap<K, V> = HashMap<K, V, IdBuildHasher>;
 /// A `HashSet` with the fast [`IdHasher`]. Create with `IdHashSet::default()`.
@@ -73,6 +21,7 @@ pub type IdHashSet<K> = HashSet<K, IdBuildHasher>;
 mod tests {
     use super::*;
     use crate::TaskId;
+    use std::hash::BuildHasher;
 
     #[test]
     fn maps_with_id_keys_work_and_hashes_differ() {
@@ -82,16 +31,21 @@ mod tests {
         }
         assert_eq!(m.len(), 10_000);
         assert!((0..10_000u64).all(|i| m[&TaskId(i)] == i * 2));
-        let h = |x: u64| {
-            let mut s = IdHasher::default();
-            s.write_u64(x);
-            s.finish()
-        };
+        let h = |x: u64| IdBuildHasher::default().hash_one(TaskId(x));
         assert_ne!(h(1), h(2));
-        let mut a = IdHasher::default();
-        a.write(b"abcdefghij");
-        let mut b = IdHasher::default();
-        b.write(b"abcdefghik");
-        assert_ne!(a.finish(), b.finish());
+        let s = |x: &str| IdBuildHasher::default().hash_one(x);
+        assert_ne!(s("abcdefghij"), s("abcdefghik"));
+    }
+
+    /// Ids that differ only in their high bits (a counter kept in the upper half of a
+    /// `u64`) must still spread over the low bits, which pick the bucket of a `HashMap`:
+    /// a plain multiply leaves the low bits of such keys all equal, and every key then
+    /// lands in one probe chain.
+    #[test]
+    fn ids_differing_only_in_high_bits_spread_over_the_low_bits() {
+        let buckets: IdHashSet<u64> = (0..4096u64)
+            .map(|i| IdBuildHasher::default().hash_one(TaskId(i << 32)) & 0xfff)
+            .collect();
+        assert!(buckets.len() > 1024, "{} distinct buckets", buckets.len());
     }
 }

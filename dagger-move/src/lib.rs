@@ -5,7 +5,10 @@
 //!   (source processor kind, destination processor kind, data type), with fallbacks for any
 //!   type and any kind; a user's move wins over a built-in one.
 //! - [`cheapest_path`], [`generic_path`] and [`PathCache`] search the
-//!   [`Topology`](dagger_proc::Topology) graph for the route of a datum of a given size.
+//!   [`Topology`](dagger_core::topology::Topology) graph for the route of a datum of a given size.
+//! - [`DeviceBuffer`] is a value held in a device's memory ([`MoveValue::Device`]), which
+//!   device backends (OpenCL, wgpu, CUDA, a user's board) implement for their buffers;
+//!   moves produce and consume such values.
 //! - [`shm`] is the same-host shared-memory shortcut between two worker processes.
 //!
 //! Contract: nothing here performs network I/O or spawns threads; every input that may come
@@ -13,11 +16,13 @@
 //! [`MoveError`], never a panic. Not guaranteed: that a path cost matches the real time of
 //! a move — costs are models, as good as the topology's [`LinkCost`](dagger_core::LinkCost)s.
 
+mod device;
 mod error;
 mod path;
 mod registry;
 pub mod shm;
 
+pub use device::{AsAnyBuffer, DeviceBuffer};
 pub use error::MoveError;
 pub use path::{cheapest_path, costs_from, generic_path, generic_path_for, Hop, Path, PathCache};
 pub use registry::{moves, KindPattern, MoveFn, MoveRegistry, MoveTarget, MoveValue};

@@ -2,8 +2,8 @@
 //! path, and a cache of path costs for the scheduler's hot path.
 
 use crate::MoveError;
+use dagger_core::topology::{EdgeKind, Topology};
 use dagger_core::{LinkCost, ProcId};
-use dagger_proc::{EdgeKind, Topology};
 use parking_lot::RwLock;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

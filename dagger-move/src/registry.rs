@@ -1,8 +1,9 @@
 //! The move registry: which function moves a value of some type from a processor of one
 //! kind to a processor of another.
 
+use crate::device::{downcast_buffer, DeviceBuffer};
 use crate::MoveError;
-use dagger_core::{MemorySpace, ProcId, ProcKind};
+use dagger_core::{ChunkRepr, MemorySpace, ProcId, ProcKind};
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use std::any::Any;
@@ -14,8 +15,11 @@ pub enum MoveValue {
     /// A host value encoded with postcard: what crosses processes, and what every
     /// processor of the host memory space can decode.
     Bytes(Vec<u8>),
-    /// A typed in-memory value, e.g. a device buffer or a decoded host value.
+    /// A typed in-memory host value, e.g. a decoded host value or a user's own handle.
     Value(Box<dyn Any + Send>),
+    /// A value held in a device's memory (see [`DeviceBuffer`]): produced by a move towards
+    /// a device processor, consumed by the task there or by a move back to the host.
+    Device(Arc<dyn DeviceBuffer>),
 }
 
 impl MoveValue {
@@ -24,40 +28,106 @@ impl MoveValue {
         MoveValue::Value(Box::new(v))
     }
 
+    /// Wraps a device buffer. Costs one allocation.
+    pub fn device<B: DeviceBuffer>(buf: B) -> Self {
+        MoveValue::Device(Arc::new(buf))
+    }
+
     /// True for [`MoveValue::Bytes`].
     pub fn is_bytes(&self) -> bool {
         matches!(self, MoveValue::Bytes(_))
+    }
+
+    /// True for [`MoveValue::Device`].
+    pub fn is_device(&self) -> bool {
+        matches!(self, MoveValue::Device(_))
     }
 
     /// The encoded bytes, if this is [`MoveValue::Bytes`].
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
             MoveValue::Bytes(b) => Some(b),
+            MoveValue::Value(_) | MoveValue::Device(_) => None,
+        }
+    }
+
+    /// The device buffer, if this is [`MoveValue::Device`].
+    pub fn as_device(&self) -> Option<&Arc<dyn DeviceBuffer>> {
+        match self {
+            MoveValue::Device(d) => Some(d),
+            MoveValue::Bytes(_) | MoveValue::Value(_) => None,
+        }
+    }
+
+    /// The memory the value lives in: [`MemorySpace::HOST`] unless it is a device buffer.
+    pub fn memory(&self) -> MemorySpace {
+        match self {
+            MoveValue::Device(d) => d.memory(),
+            MoveValue::Bytes(_) | MoveValue::Value(_) => MemorySpace::HOST,
+        }
+    }
+
+    /// The plain-data description of the value's representation: host bytes with their
+    /// length, or the device buffer's memory, handle and length. `None` for a typed host
+    /// value, whose size is not known.
+    pub fn repr(&self) -> Option<ChunkRepr> {
+        match self {
+            MoveValue::Bytes(b) => Some(ChunkRepr::Host {
+                len: b.len() as u64,
+            }),
+            MoveValue::Device(d) => Some(d.repr()),
             MoveValue::Value(_) => None,
         }
     }
 
     /// Takes the typed value out, if this is a [`MoveValue::Value`] holding a `T`;
-    /// otherwise gives `self` back unchanged. Never decodes bytes.
+    /// otherwise gives `self` back unchanged. Never decodes bytes or reads a device.
     pub fn downcast<T: 'static>(self) -> Result<T, Self> {
         match self {
             MoveValue::Value(v) => match v.downcast::<T>() {
                 Ok(t) => Ok(*t),
                 Err(v) => Err(MoveValue::Value(v)),
             },
-            b @ MoveValue::Bytes(_) => Err(b),
+            other @ (MoveValue::Bytes(_) | MoveValue::Device(_)) => Err(other),
         }
     }
 
-    /// A `T` out of either form: decodes [`MoveValue::Bytes`] with postcard, or downcasts
-    /// [`MoveValue::Value`]. Errors are [`MoveError::Decode`] and
-    /// [`MoveError::WrongValue`]; bytes from the network can never make it panic.
-    pub fn into_typed<T: DeserializeOwned + 'static>(self) -> Result<T, MoveError> {
+    /// Takes the device buffer out as its backend's type `B`, if this is a
+    /// [`MoveValue::Device`] holding a `B`; otherwise gives `self` back unchanged.
+    pub fn downcast_device<B: DeviceBuffer>(self) -> Result<Arc<B>, Self> {
         match self {
-            MoveValue::Bytes(b) => postcard::from_bytes::<T>(&b).map_err(|e| MoveError::Decode {
+            MoveValue::Device(d) => downcast_buffer::<B>(d).map_err(MoveValue::Device),
+            other @ (MoveValue::Bytes(_) | MoveValue::Value(_)) => Err(other),
+        }
+    }
+
+    /// The value as encoded host bytes: [`MoveValue::Bytes`] as they are, a device buffer
+    /// copied back with [`DeviceBuffer::to_host`]. A typed host value cannot be encoded
+    /// here (its type is not known) and is [`MoveError::WrongValue`].
+    pub fn into_host_bytes(self) -> Result<Vec<u8>, MoveError> {
+        match self {
+            MoveValue::Bytes(b) => Ok(b),
+            MoveValue::Device(d) => d.to_host(),
+            MoveValue::Value(_) => Err(MoveError::WrongValue {
+                expected: "encoded host bytes or a device buffer".to_string(),
+            }),
+        }
+    }
+
+    /// A `T` out of any form: decodes [`MoveValue::Bytes`] with postcard, downcasts
+    /// [`MoveValue::Value`], or copies a [`MoveValue::Device`] buffer back to the host
+    /// and decodes that. Errors are [`MoveError::Decode`], [`MoveError::WrongValue`] and
+    /// the buffer's own; bytes from the network can never make it panic.
+    pub fn into_typed<T: DeserializeOwned + 'static>(self) -> Result<T, MoveError> {
+        let decode = |b: &[u8]| {
+            postcard::from_bytes::<T>(b).map_err(|e| MoveError::Decode {
                 ty: std::any::type_name::<T>().to_string(),
                 message: e.to_string(),
-            }),
+            })
+        };
+        match self {
+            MoveValue::Bytes(b) => decode(&b),
+            MoveValue::Device(d) => decode(&d.to_host()?),
             MoveValue::Value(v) => {
                 v.downcast::<T>()
                     .map(|t| *t)
@@ -74,6 +144,7 @@ impl fmt::Debug for MoveValue {
         match self {
             MoveValue::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
             MoveValue::Value(_) => f.write_str("Value(..)"),
+            MoveValue::Device(d) => write!(f, "Device({})", d.repr()),
         }
     }
 }
@@ -300,6 +371,62 @@ impl MoveRegistry {
         let wrapped = move |v: MoveValue, target: &MoveTarget<'_>| {
             let t = v.into_typed::<T>()?;
             f(t, target).map(|u| MoveValue::Value(Box::new(u)))
+        };
+        self.insert(
+            src.into(),
+            dst.into(),
+            Some(std::any::type_name::<T>().to_string()),
+            Arc::new(wrapped),
+        );
+    }
+
+    /// Registers a typed move of `T` values from `src` to `dst` processors that places
+    /// them in a device's memory: like [`register`](Self::register) (the same lookup by
+    /// `std::any::type_name::<T>()`, the same decoding of the input), but `f` returns the
+    /// backend's buffer, stored as [`MoveValue::Device`].
+    pub fn register_to_device<T, B>(
+        &self,
+        src: impl Into<KindPattern>,
+        dst: impl Into<KindPattern>,
+        f: impl Fn(T, &MoveTarget<'_>) -> Result<B, MoveError> + Send + Sync + 'static,
+    ) where
+        T: DeserializeOwned + Send + 'static,
+        B: DeviceBuffer,
+    {
+        let wrapped = move |v: MoveValue, target: &MoveTarget<'_>| {
+            let t = v.into_typed::<T>()?;
+            f(t, target).map(MoveValue::device)
+        };
+        self.insert(
+            src.into(),
+            dst.into(),
+            Some(std::any::type_name::<T>().to_string()),
+            Arc::new(wrapped),
+        );
+    }
+
+    /// Registers a move of `T` values held in a device buffer of type `B` from `src` to
+    /// `dst` processors (a device-to-device copy, a download into a host value): `f`
+    /// receives the buffer, and its output `U` is stored as [`MoveValue::Value`]. A value
+    /// that is not a `B` buffer is [`MoveError::WrongValue`]. Looked up, like
+    /// [`register`](Self::register), by `std::any::type_name::<T>()`.
+    pub fn register_from_device<T, B, U>(
+        &self,
+        src: impl Into<KindPattern>,
+        dst: impl Into<KindPattern>,
+        f: impl Fn(Arc<B>, &MoveTarget<'_>) -> Result<U, MoveError> + Send + Sync + 'static,
+    ) where
+        T: 'static,
+        B: DeviceBuffer,
+        U: Send + 'static,
+    {
+        let wrapped = move |v: MoveValue, target: &MoveTarget<'_>| {
+            let buf = v
+                .downcast_device::<B>()
+                .map_err(|_| MoveError::WrongValue {
+                    expected: format!("a {} device buffer", std::any::type_name::<B>()),
+                })?;
+            f(buf, target).map(|u| MoveValue::Value(Box::new(u)))
         };
         self.insert(
             src.into(),

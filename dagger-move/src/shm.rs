@@ -12,16 +12,14 @@
 //! or rewrites an object between write and read (the objects are created with mode 0600).
 
 use crate::MoveError;
+use dagger_core::topology::{EdgeKind, Topology};
 use dagger_core::LinkCost;
 use dagger_core::ProcId;
-use dagger_proc::{EdgeKind, Topology};
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use serde::{Deserialize, Serialize};
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::ops::{Deref, DerefMut};
-use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The name of the shortcut edge [`add_same_host_shortcuts`] adds.
@@ -94,15 +92,6 @@ pub fn validate_name(name: &str) -> Result<(), MoveError> {
     Ok(())
 }
 
-fn os_name(name: &str) -> Result<CString, MoveError> {
-    validate_name(name)?;
-    // A valid name holds no NUL, so this cannot fail; map it to the name error anyway.
-    CString::new(format!("/{name}")).map_err(|_| MoveError::ShmName {
-        name: name.to_string(),
-        reason: "holds a NUL byte",
-    })
-}
-
 fn shm_err(name: &str, source: io::Error) -> MoveError {
     MoveError::Shm {
         name: name.to_string(),
@@ -110,25 +99,33 @@ fn shm_err(name: &str, source: io::Error) -> MoveError {
     }
 }
 
-fn unlink_os(name: &str) -> Result<(), MoveError> {
-    let c = os_name(name)?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe { libc::shm_unlink(c.as_ptr()) };
-    if rc != 0 {
-        return Err(shm_err(name, io::Error::last_os_error()));
-    }
-    Ok(())
+/// How an object is opened: the flags of `shm_open` (close-on-exec is always added).
+#[derive(Clone, Copy)]
+enum Access {
+    /// A new object, read-write; fails if the name is taken (`O_CREAT | O_EXCL | O_RDWR`).
+    CreateNew,
+    /// An existing object, read-only.
+    ReadOnly,
 }
 
-fn open_os(name: &str, flags: libc::c_int) -> Result<File, MoveError> {
-    let c = os_name(name)?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::shm_open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600 as libc::mode_t) };
-    if fd < 0 {
-        return Err(shm_err(name, io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by a successful `shm_open` and is owned by nothing else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+fn unlink_os(name: &str) -> Result<(), MoveError> {
+    validate_name(name)?;
+    rustix::shm::unlink(format!("/{name}").as_str()).map_err(|e| shm_err(name, e.into()))
+}
+
+fn open_os(name: &str, access: Access) -> Result<File, MoveError> {
+    validate_name(name)?;
+    let flags = match access {
+        Access::CreateNew => {
+            rustix::shm::OFlags::CREATE | rustix::shm::OFlags::EXCL | rustix::shm::OFlags::RDWR
+        }
+        Access::ReadOnly => rustix::shm::OFlags::RDONLY,
+    };
+    // Owner-only: read and write for the creating user (0600), nothing for anyone else.
+    let mode = rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR;
+    let fd = rustix::shm::open(format!("/{name}").as_str(), flags, mode)
+        .map_err(|e| shm_err(name, e.into()))?;
+    Ok(File::from(fd))
 }
 
 /// A written object: what the reader needs to map it. Plain data, sent over the wire.
@@ -173,7 +170,7 @@ fn create_unique(name_prefix: &str) -> Result<(String, File), MoveError> {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let name = format!("{name_prefix}-{pid:x}-{seq:x}-{nonce:x}");
-        match open_os(&name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR) {
+        match open_os(&name, Access::CreateNew) {
             Ok(f) => return Ok((name, f)),
             Err(MoveError::Shm { source, .. })
                 if source.kind() == io::ErrorKind::AlreadyExists && attempt < 8 =>
@@ -335,7 +332,7 @@ impl std::fmt::Debug for ShmView {
 /// Costs four system calls; the bytes are not copied, and the pages are mapped up front
 /// (one pass instead of a fault per few pages).
 pub fn read(name: &str, len: u64) -> Result<ShmView, MoveError> {
-    let file = open_os(name, libc::O_RDONLY)?;
+    let file = open_os(name, Access::ReadOnly)?;
     let actual = file.metadata().map_err(|e| shm_err(name, e))?.len();
     if actual != len {
         return Err(MoveError::ShmLen {
@@ -661,7 +658,7 @@ impl SegmentCache {
                 m
             }
             None => {
-                let file = open_os(&r.name, libc::O_RDONLY)?;
+                let file = open_os(&r.name, Access::ReadOnly)?;
                 let actual = file.metadata().map_err(|e| shm_err(&r.name, e))?.len();
                 if actual != r.size {
                     return Err(len_err(actual));

@@ -1,10 +1,10 @@
 //! Path search over the topology graph.
 
+use dagger_core::topology::{EdgeKind, Topology};
 use dagger_core::{
     Incarnation, LinkCost, MemorySpace, ProcId, ProcInfo, ProcKind, WorkerId, WorkerInfo,
 };
 use dagger_move::{cheapest_path, costs_from, generic_path, shm, MoveError, PathCache};
-use dagger_proc::{EdgeKind, Topology};
 
 /// A worker on `host` with an OsProc root, two threads and one CUDA device.
 fn worker(id: u32, host: &str) -> WorkerInfo {

@@ -39,6 +39,16 @@ fn writer_serializes_in_place_and_unlinks_when_dropped_unfinished() {
     assert!(matches!(shm::read(&name, 16), Err(MoveError::Shm { .. })));
 }
 
+/// Objects are readable and writable by their owner only, whatever the umask allows.
+#[cfg(target_os = "linux")]
+#[test]
+fn objects_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = shm::ShmWriter::create(&prefix("mode"), 8).unwrap();
+    let meta = std::fs::metadata(format!("/dev/shm/{}", w.name())).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
 #[test]
 fn empty_objects_work() {
     let obj = shm::write(&prefix("empty"), &[]).unwrap();

@@ -6,11 +6,19 @@
 //! fills it on the threads it starts; a user processor with its own threads fills it with
 //! [`enter`] around each job. Reading it costs a thread-local access and, for
 //! [`current`] and [`with_current`], upgrading a weak pointer.
+//!
+//! A worker process detects and attaches its processors before the driver has given it its
+//! worker id, so they are attached under the provisional `WorkerId(0)`. Once the id is
+//! known the process records it with [`set_worker`] — the worker loop of the `dagger`
+//! facade must call it right after the driver's welcome, in worker processes only; from
+//! then on [`current_id`] and [`current`] report every
+//! processor of the process under that id, and [`worker`] returns it.
 
+use crate::error::WorkerAlreadySet;
 use crate::processor::Processor;
-use dagger_core::ProcId;
+use dagger_core::{ProcId, WorkerId};
 use std::cell::RefCell;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// A processor identity as stored in the thread-local slot.
 #[derive(Clone)]
@@ -21,6 +29,46 @@ pub(crate) struct Identity {
 
 thread_local! {
     static CURRENT: RefCell<Option<Identity>> = const { RefCell::new(None) };
+}
+
+/// The worker id of this process, once [`set_worker`] has recorded it.
+static PROCESS_WORKER: OnceLock<WorkerId> = OnceLock::new();
+
+/// Records the worker id of this process, once it is known (for a worker process: when
+/// the driver's welcome arrives). From then on [`current_id`] and [`current`] report the
+/// processors of this process under `id`, whatever id they were attached with, and
+/// [`worker`] returns it.
+///
+/// Call it only in a process that is exactly one worker. A process that hosts several
+/// workers (the driver's own worker, in-process test clusters) must not call it: its
+/// processors then keep the ids they were attached with.
+///
+/// Can be set once: setting the same id again is `Ok`, another id is
+/// [`WorkerAlreadySet`] and changes nothing. Costs one atomic read or write.
+pub fn set_worker(id: WorkerId) -> Result<(), WorkerAlreadySet> {
+    let set = *PROCESS_WORKER.get_or_init(|| id);
+    if set == id {
+        Ok(())
+    } else {
+        Err(WorkerAlreadySet {
+            current: set,
+            requested: id,
+        })
+    }
+}
+
+/// The worker id recorded by [`set_worker`], or `None` before it (and in processes that
+/// never call it). Costs one atomic read.
+pub fn worker() -> Option<WorkerId> {
+    PROCESS_WORKER.get().copied()
+}
+
+/// `id` under the process's worker id, when one was recorded.
+fn in_process(id: ProcId) -> ProcId {
+    match worker() {
+        Some(w) => ProcId::new(w, id.index),
+        None => id,
+    }
 }
 
 /// The processor the calling thread is running a job for, as returned by [`current`].
@@ -42,17 +90,19 @@ impl std::fmt::Debug for CurrentProc {
 }
 
 /// The id of the processor the calling thread runs a job for, or `None` outside any
-/// processor's job (or when that processor was never attached). Costs one thread-local read.
+/// processor's job (or when that processor was never attached). Its worker is the one
+/// recorded by [`set_worker`] once that is called. Costs one thread-local read.
 pub fn current_id() -> Option<ProcId> {
-    CURRENT.with(|c| c.borrow().as_ref().map(|i| i.id))
+    CURRENT.with(|c| c.borrow().as_ref().map(|i| in_process(i.id)))
 }
 
 /// The processor the calling thread runs a job for, or `None` outside any processor's job
-/// or when the processor has already been dropped.
+/// or when the processor has already been dropped. Its id's worker is the one recorded by
+/// [`set_worker`] once that is called.
 pub fn current() -> Option<CurrentProc> {
     let ident = CURRENT.with(|c| c.borrow().clone())?;
     Some(CurrentProc {
-        id: ident.id,
+        id: in_process(ident.id),
         proc: ident.proc.upgrade()?,
     })
 }

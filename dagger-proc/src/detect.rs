@@ -1,8 +1,9 @@
 //! The detector registry and the processors of the running process.
 
-use crate::error::{DetectorPanicked, ProcError};
+use crate::error::{DetectorPanicked, DetectorUnavailable, ProcError};
 use crate::os::OsProc;
 use crate::processor::{Job, Processor};
+use dagger_core::topology::UNAVAILABLE_PREFIX;
 use dagger_core::{ProcId, ProcInfo, ProcKind, WorkerId};
 use parking_lot::RwLock;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -11,7 +12,10 @@ use std::sync::{Arc, OnceLock};
 /// What a detector is told about the process it runs in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DetectContext {
-    /// The process's id in the cluster.
+    /// The process's id in the cluster, as far as it is known when detection runs. A
+    /// worker process detects its processors before the driver has given it its id, so
+    /// there this is `WorkerId(0)`; the real id, once known, is set with
+    /// [`set_worker`](crate::set_worker) and read with [`worker`](crate::worker).
     pub worker: WorkerId,
     /// The host it runs on.
     pub hostname: String,
@@ -27,8 +31,51 @@ impl DetectContext {
     }
 }
 
-/// A detector: called once per process start, returns the processors it finds.
-pub type DetectFn = dyn Fn(&DetectContext) -> Vec<Box<dyn Processor>> + Send + Sync;
+/// What one detector found when it ran.
+pub enum Detection {
+    /// The processors it found; none is a valid answer (the machine has no such device).
+    Found(Vec<Box<dyn Processor>>),
+    /// It could not look: its library, driver or device interface is missing or refused.
+    /// The reason is kept in [`LocalProcs::unavailable`] and shown in the topology tree.
+    Unavailable {
+        /// Why, in a few words (`libOpenCL.so.1 not found`).
+        reason: String,
+    },
+}
+
+impl Detection {
+    /// A detector that could not look, for `reason`.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Detection::Unavailable {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Vec<Box<dyn Processor>>> for Detection {
+    fn from(procs: Vec<Box<dyn Processor>>) -> Self {
+        Detection::Found(procs)
+    }
+}
+
+impl std::fmt::Debug for Detection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Detection::Found(procs) => f
+                .debug_tuple("Found")
+                .field(&procs.iter().map(|p| p.label()).collect::<Vec<_>>())
+                .finish(),
+            Detection::Unavailable { reason } => f
+                .debug_struct("Unavailable")
+                .field("reason", reason)
+                .finish(),
+        }
+    }
+}
+
+/// A detector as stored in the registry: called once per process start, says what it
+/// found.
+pub type DetectFn = dyn Fn(&DetectContext) -> Detection + Send + Sync;
 
 /// The process-global registry of detectors, from [`detectors`]. Detectors run in the
 /// order they were first registered; replacing one keeps its place.
@@ -40,7 +87,7 @@ impl Detectors {
     fn with_builtin() -> Self {
         let list: Vec<(String, Arc<DetectFn>)> = vec![(
             crate::cpu::DETECTOR.to_string(),
-            Arc::new(crate::cpu::detect),
+            Arc::new(|ctx: &DetectContext| Detection::Found(crate::cpu::detect(ctx))),
         )];
         Self {
             list: RwLock::new(list),
@@ -50,12 +97,33 @@ impl Detectors {
     /// Registers `f` under `name`, replacing a detector of the same name (so registering
     /// `"cpu"` replaces the built-in CPU detection). Takes effect for the next
     /// [`LocalProcs::detect`]; a detection already running is not affected.
+    ///
+    /// A detector that can also tell why it found nothing registers with
+    /// [`register_detection`](Self::register_detection).
     pub fn register(
         &self,
         name: &str,
         f: impl Fn(&DetectContext) -> Vec<Box<dyn Processor>> + Send + Sync + 'static,
     ) {
-        let f: Arc<DetectFn> = Arc::new(f);
+        self.insert(
+            name,
+            Arc::new(move |ctx: &DetectContext| Detection::Found(f(ctx))),
+        );
+    }
+
+    /// Registers `f` under `name` like [`register`](Self::register), for a detector that
+    /// answers with a [`Detection`]: the processors it found, or
+    /// [`Detection::Unavailable`] with the reason it could not look (a missing library or
+    /// driver), which [`LocalProcs::unavailable`] keeps and the topology tree shows.
+    pub fn register_detection(
+        &self,
+        name: &str,
+        f: impl Fn(&DetectContext) -> Detection + Send + Sync + 'static,
+    ) {
+        self.insert(name, Arc::new(f));
+    }
+
+    fn insert(&self, name: &str, f: Arc<DetectFn>) {
         let mut list = self.list.write();
         match list.iter_mut().find(|(n, _)| n == name) {
             Some(entry) => entry.1 = f,
@@ -106,19 +174,28 @@ pub struct LocalProcs {
     procs: Vec<Arc<dyn Processor>>,
     infos: Vec<ProcInfo>,
     failures: Vec<DetectorPanicked>,
+    unavailable: Vec<DetectorUnavailable>,
 }
 
 impl LocalProcs {
     /// Runs every registered detector and assembles the process's processors. A panicking
-    /// detector is caught, reported on stderr and skipped (see [`failures`](Self::failures)).
+    /// detector is caught, reported on stderr and skipped (see [`failures`](Self::failures));
+    /// one that reports itself unavailable is recorded (see
+    /// [`unavailable`](Self::unavailable)) and shown on the `OsProc`'s description, under
+    /// the property `unavailable.<detector>` that the topology tree prints.
     /// Costs whatever the detectors cost: starting one thread per core for the built-in one,
     /// and reading the hardware topology with hwloc (milliseconds) when enabled.
     pub fn detect(ctx: &DetectContext) -> LocalProcs {
         let mut found: Vec<Box<dyn Processor>> = Vec::new();
         let mut failures = Vec::new();
+        let mut unavailable = Vec::new();
         for (name, f) in detectors().snapshot() {
             match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                Ok(procs) => found.extend(procs),
+                Ok(Detection::Found(procs)) => found.extend(procs),
+                Ok(Detection::Unavailable { reason }) => unavailable.push(DetectorUnavailable {
+                    detector: name,
+                    reason,
+                }),
                 Err(payload) => {
                     let message = payload
                         .downcast_ref::<&str>()
@@ -136,7 +213,16 @@ impl LocalProcs {
         }
         let root: Box<dyn Processor> = Box::new(OsProc::new(ctx.hostname.clone()));
         let mut local = Self::assemble(ctx.worker, std::iter::once(root).chain(found).collect());
+        if let Some(root) = local.infos.first_mut() {
+            for u in &unavailable {
+                root.properties.insert(
+                    format!("{UNAVAILABLE_PREFIX}{}", u.detector),
+                    u.reason.clone(),
+                );
+            }
+        }
         local.failures = failures;
+        local.unavailable = unavailable;
         local
     }
 
@@ -168,6 +254,7 @@ impl LocalProcs {
             procs,
             infos,
             failures: Vec::new(),
+            unavailable: Vec::new(),
         }
     }
 
@@ -219,6 +306,12 @@ impl LocalProcs {
         &self.failures
     }
 
+    /// The detectors that reported, during [`detect`](Self::detect), that they could not
+    /// look, with their reasons.
+    pub fn unavailable(&self) -> &[DetectorUnavailable] {
+        &self.unavailable
+    }
+
     /// Runs `job` on processor `index` (see [`Processor::execute`]).
     pub fn execute(&self, index: u32, job: Job) -> Result<(), ProcError> {
         let p = self.get(index).ok_or(ProcError::UnknownProcessor {
@@ -257,6 +350,7 @@ impl std::fmt::Debug for LocalProcs {
             .field("worker", &self.worker)
             .field("procs", &self.infos)
             .field("failures", &self.failures)
+            .field("unavailable", &self.unavailable)
             .finish()
     }
 }

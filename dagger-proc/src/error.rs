@@ -46,6 +46,14 @@ pub enum AffinityError {
         #[source]
         source: io::Error,
     },
+    /// A CPU number past what the affinity mask can name.
+    #[error("CPU {cpu} cannot be named in an affinity mask (CPUs 0..{max} can)")]
+    CpuOutOfRange {
+        /// The CPU asked for.
+        cpu: usize,
+        /// How many CPUs a mask can name.
+        max: usize,
+    },
     /// The platform has no affinity interface this crate knows.
     #[error("CPU affinity is not supported on this platform")]
     Unsupported,
@@ -70,4 +78,27 @@ pub struct DetectorPanicked {
     pub detector: String,
     /// The panic's message (or a placeholder when the payload was not a string).
     pub message: String,
+}
+
+/// A detector that reported, while [`LocalProcs::detect`](crate::LocalProcs::detect) ran
+/// it, that it could not look for its processors (a missing library, driver or device
+/// interface). Not a failure of the process: it just has none of those processors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detector}: unavailable ({reason})")]
+pub struct DetectorUnavailable {
+    /// The name it was registered under.
+    pub detector: String,
+    /// Why it could not look, as it said.
+    pub reason: String,
+}
+
+/// [`set_worker`](crate::set_worker) was called with an id other than the one the process
+/// already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this process is already {current}; it cannot become {requested}")]
+pub struct WorkerAlreadySet {
+    /// The id the process has.
+    pub current: WorkerId,
+    /// The id asked for.
+    pub requested: WorkerId,
 }

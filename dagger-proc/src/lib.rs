@@ -9,9 +9,10 @@
 //!   processors of a process when it starts; [`LocalProcs::detect`] runs them. The built-in
 //!   `"cpu"` detector makes one `ThreadProc` per usable CPU (per core with the `hwloc`
 //!   feature); users add their own for devices the runtime does not know.
-//! - [`current`] tells a running job which processor it runs on.
-//! - [`Topology`] is the cluster-wide graph: every process's tree plus network and
-//!   shortcut edges, each with a cost.
+//! - [`current`] tells a running job which processor it runs on; [`set_worker`] records
+//!   the process's worker id once the driver has given it.
+//! - [`Topology`] (defined in `dagger-core`, re-exported here) is the cluster-wide graph:
+//!   every process's tree plus network and shortcut edges, each with a cost.
 //!
 //! Environment: `DAGGER_THREADS` caps the thread processors of a process,
 //! `DAGGER_SPIN_US` sets how long an idle thread spins before parking (default 20 µs),
@@ -35,14 +36,20 @@ mod os;
 mod processor;
 pub mod sys;
 mod thread;
-pub mod topology;
 
 pub use cpu::{detect_plain, DETECTOR as CPU_DETECTOR};
-pub use current::{current, current_id, enter, with_current, CurrentGuard, CurrentProc};
-pub use detect::{detectors, DetectContext, DetectFn, Detectors, LocalProcs};
-pub use error::{AffinityError, DetectorPanicked, EnvVarError, ProcError};
+pub use current::{
+    current, current_id, enter, set_worker, with_current, worker, CurrentGuard, CurrentProc,
+};
+/// The topology graph, defined in `dagger-core` (plain data the scheduler uses without this
+/// crate's threads); re-exported here for existing callers.
+pub use dagger_core::topology;
+pub use dagger_core::topology::{DefaultCosts, Edge, EdgeKind, Topology};
+pub use detect::{detectors, DetectContext, DetectFn, Detection, Detectors, LocalProcs};
+pub use error::{
+    AffinityError, DetectorPanicked, DetectorUnavailable, EnvVarError, ProcError, WorkerAlreadySet,
+};
 pub use os::OsProc;
 pub use processor::{Job, Processor};
 pub use sys::hostname;
 pub use thread::{PinFailure, Pinning, ThreadProc, ThreadProcBuilder};
-pub use topology::{DefaultCosts, Edge, EdgeKind, Topology};

@@ -14,18 +14,15 @@ pub const PIN_VAR: &str = "DAGGER_PIN";
 /// How long an idle thread processor spins before it parks, when [`SPIN_VAR`] is not set.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
-/// The machine's host name (`gethostname`), or `"localhost"` if the call fails.
+/// The machine's host name (the `gethostname` crate), or `"localhost"` if it is empty.
 /// Costs one system call.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for `len - 1` bytes; the last byte stays 0, so the
-    // result is nul-terminated even if the name was truncated.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
-    if rc != 0 {
-        return "localhost".to_string();
+    let name = gethostname::gethostname().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name
     }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Parses a whole, non-negative number as found in an environment variable (surrounding
@@ -102,37 +99,20 @@ pub fn spread(available: usize, take: usize, process: u32) -> Vec<usize> {
     (0..take).map(|i| (start + i) % available).collect()
 }
 
-const WORD_BITS: usize = u64::BITS as usize;
+/// The number of CPUs the affinity calls can name: CPUs `0..MAX_AFFINITY_CPUS` (the
+/// kernel's fixed `cpu_set_t` of 1024 bits). On a machine with more possible CPUs reading the
+/// mask fails with [`AffinityError::Get`], and the `cpu` detector falls back to unpinned
+/// threads.
+#[cfg(target_os = "linux")]
+pub const MAX_AFFINITY_CPUS: usize = rustix::thread::CpuSet::MAX_CPU;
 
 /// The CPUs the calling thread may run on (`sched_getaffinity`), in increasing order.
-/// Costs one or a few system calls.
+/// Costs one system call.
 #[cfg(target_os = "linux")]
 pub fn affinity() -> Result<Vec<usize>, AffinityError> {
-    // Grow the mask until the kernel accepts its size (machines with > 1024 CPUs).
-    let mut words = 16usize;
-    loop {
-        let mut mask = vec![0u64; words];
-        let bytes = words * std::mem::size_of::<u64>();
-        // SAFETY: `mask` is valid for `bytes` bytes; the kernel writes at most that many.
-        let rc = unsafe { libc::sched_getaffinity(0, bytes, mask.as_mut_ptr().cast()) };
-        if rc == 0 {
-            let mut cpus = Vec::new();
-            for (w, word) in mask.iter().enumerate() {
-                for b in 0..WORD_BITS {
-                    if word & (1u64 << b) != 0 {
-                        cpus.push(w * WORD_BITS + b);
-                    }
-                }
-            }
-            return Ok(cpus);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EINVAL) && words < (1 << 16) {
-            words *= 2;
-            continue;
-        }
-        return Err(AffinityError::Get { source: err });
-    }
+    let set = rustix::thread::sched_getaffinity(None)
+        .map_err(|e| AffinityError::Get { source: e.into() })?;
+    Ok((0..MAX_AFFINITY_CPUS).filter(|&c| set.is_set(c)).collect())
 }
 
 /// The CPUs the calling thread may run on; unsupported on this platform.
@@ -142,25 +122,24 @@ pub fn affinity() -> Result<Vec<usize>, AffinityError> {
 }
 
 /// Pins the calling thread to `cpus` (`sched_setaffinity`). Costs one system call.
+/// A CPU number of [`MAX_AFFINITY_CPUS`] or more is refused with
+/// [`AffinityError::CpuOutOfRange`] before any call is made.
 #[cfg(target_os = "linux")]
 pub fn pin_current_thread(cpus: &[usize]) -> Result<(), AffinityError> {
-    let max = cpus.iter().copied().max().unwrap_or(0);
-    let words = (max / WORD_BITS + 1).max(16);
-    let mut mask = vec![0u64; words];
-    for &c in cpus {
-        mask[c / WORD_BITS] |= 1u64 << (c % WORD_BITS);
+    let mut set = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        if cpu >= MAX_AFFINITY_CPUS {
+            return Err(AffinityError::CpuOutOfRange {
+                cpu,
+                max: MAX_AFFINITY_CPUS,
+            });
+        }
+        set.set(cpu);
     }
-    let bytes = words * std::mem::size_of::<u64>();
-    // SAFETY: `mask` is valid for `bytes` bytes and only read by the kernel.
-    let rc = unsafe { libc::sched_setaffinity(0, bytes, mask.as_ptr().cast()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(AffinityError::Set {
-            cpus: cpus.to_vec(),
-            source: std::io::Error::last_os_error(),
-        })
-    }
+    rustix::thread::sched_setaffinity(None, &set).map_err(|e| AffinityError::Set {
+        cpus: cpus.to_vec(),
+        source: e.into(),
+    })
 }
 
 /// Pins the calling thread to `cpus`; unsupported on this platform.
@@ -220,5 +199,15 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert!(!affinity().expect("sched_getaffinity").is_empty());
         assert!(!hostname().is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pinning_to_a_cpu_past_the_mask_is_a_typed_error() {
+        let err = pin_current_thread(&[0, MAX_AFFINITY_CPUS]).unwrap_err();
+        assert!(matches!(
+            err,
+            AffinityError::CpuOutOfRange { cpu, max } if cpu == MAX_AFFINITY_CPUS && max == MAX_AFFINITY_CPUS
+        ));
     }
 }

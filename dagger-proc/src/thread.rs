@@ -369,7 +369,8 @@ impl Processor for ThreadProc {
     }
 
     fn attach(&self, id: ProcId, this: Weak<dyn Processor>) {
-        // Only the first attachment counts: the identity of a thread never changes.
+        // Only the first attachment counts: the identity of a thread never changes. A
+        // worker id learnt later (`set_worker`) is applied when the id is read.
         let _ = self.shared.identity.set(Identity { id, proc: this });
     }
 

@@ -1,8 +1,12 @@
 //! Detection through the process-global registry. The registry is shared by every test of
 //! this file, so they take a lock and restore what they change.
 
+use dagger_core::{Incarnation, WorkerInfo};
 use dagger_core::{MemorySpace, ProcId, ProcKind, WorkerId};
-use dagger_proc::{detectors, DetectContext, LocalProcs, Processor, CPU_DETECTOR};
+use dagger_proc::{
+    detectors, DetectContext, Detection, DetectorUnavailable, LocalProcs, Processor, Topology,
+    CPU_DETECTOR,
+};
 use std::any::Any;
 use std::sync::{Mutex, MutexGuard};
 
@@ -151,6 +155,51 @@ fn registering_a_name_again_replaces_it_in_place() {
         .filter_map(|p| p.as_any().downcast_ref::<Fpga>().map(|f| f.board))
         .collect();
     assert_eq!(boards, vec![9]);
+}
+
+#[test]
+fn an_unavailable_detector_is_recorded_and_shown_in_the_tree() {
+    let _g = lock();
+    detectors().register_detection("opencl", |_| {
+        Detection::unavailable("libOpenCL.so.1 not found")
+    });
+    // The other form of a typed answer: found nothing, which is not "unavailable".
+    detectors().register_detection("none", |_| Detection::Found(Vec::new()));
+    let procs = LocalProcs::detect(&ctx(3));
+    assert!(detectors().unregister("opencl"));
+    assert!(detectors().unregister("none"));
+
+    assert_eq!(
+        procs.unavailable(),
+        &[DetectorUnavailable {
+            detector: "opencl".into(),
+            reason: "libOpenCL.so.1 not found".into(),
+        }]
+    );
+    assert_eq!(
+        procs.unavailable()[0].to_string(),
+        "opencl: unavailable (libOpenCL.so.1 not found)"
+    );
+    assert!(procs.failures().is_empty());
+    assert!(procs.thread_count() >= 1);
+
+    // The reason travels with the process's description and the tree prints it.
+    let mut topo = Topology::new();
+    topo.add_worker(WorkerInfo {
+        worker: WorkerId(3),
+        incarnation: Incarnation(0),
+        host: "testhost".into(),
+        pid: 1,
+        peer_addr: None,
+        procs: procs.infos(),
+    });
+    let text = topo.to_string();
+    assert!(
+        text.lines()
+            .any(|l| l == "  opencl: unavailable (libOpenCL.so.1 not found)"),
+        "{text}"
+    );
+    assert!(!text.contains("none"), "{text}");
 }
 
 #[cfg(feature = "hwloc")]

@@ -728,6 +728,17 @@ impl Worker {
                                 bytes.push(None);
                                 vals.push(Some(v));
                             }
+                            // A device-resident argument reaches the task as its host copy.
+                            MoveValue::Device(d) => {
+                                let b = d.to_host().map_err(|e| TaskError::MoveFailed {
+                                    task: p.task,
+                                    cause: MoveFailure::Conversion {
+                                        message: e.to_string(),
+                                    },
+                                })?;
+                                bytes.push(Some(b));
+                                vals.push(None);
+                            }
                         }
                     }
                     bytes

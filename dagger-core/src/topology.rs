@@ -1,9 +1,27 @@
-//! The topology graph: the multi-root processor tree plus shortcut edges, each edge with a
-//! cost model. Plain data; path search over it lives in `dagger-move`.
+//! The topology graph: the multi-root processor tree plus network and named shortcut edges,
+//! each edge with a [`LinkCost`]. Plain data and graph bookkeeping, no I/O; the path search
+//! over it lives in `dagger-move`, and `dagger-proc` re-exports it for its callers.
 
-use dagger_core::{Incarnation, LinkCost, ProcId, ProcInfo, ProcKind, WorkerId, WorkerInfo};
+use crate::ids::{Incarnation, ProcId, WorkerId};
+use crate::proc::{LinkCost, ProcInfo, ProcKind, WorkerInfo};
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// The prefix of the properties of a process's root ([`ProcInfo::properties`] of its
+/// `OsProc`) that record a detector that could not look for its processors:
+/// `unavailable.<detector>` = the reason. They travel with the rest of the process's
+/// description, and the [`Display`](fmt::Display) of a [`Topology`] prints them as
+/// `<detector>: unavailable (<reason>)` lines under the process instead of as properties.
+pub const UNAVAILABLE_PREFIX: &str = "unavailable.";
+
+/// The detectors that `info` records as unavailable (see [`UNAVAILABLE_PREFIX`]), as
+/// (detector, reason) pairs in name order.
+pub fn unavailable_detectors(info: &ProcInfo) -> impl Iterator<Item = (&str, &str)> + '_ {
+    info.properties.iter().filter_map(|(k, v)| {
+        k.strip_prefix(UNAVAILABLE_PREFIX)
+            .map(|name| (name, v.as_str()))
+    })
+}
 
 /// What an edge of the topology graph is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -270,7 +288,9 @@ impl Topology {
             p.id, p.kind, p.label, p.memory
         )?;
         for (k, v) in &p.properties {
-            write!(f, " {k}={v}")?;
+            if !k.starts_with(UNAVAILABLE_PREFIX) {
+                write!(f, " {k}={v}")?;
+            }
         }
         writeln!(f)?;
         // Guard against a parent cycle in a malformed description.
@@ -287,14 +307,16 @@ impl Topology {
 }
 
 /// Prints the processor tree of every process, like `lstopo`: one block per process (the
-/// driver first), its `OsProc` and the processors under it with their properties, then
-/// the network and shortcut edges.
+/// driver first), its `OsProc` and the processors under it with their properties and the
+/// detectors that could not look (see [`UNAVAILABLE_PREFIX`]), then the network and
+/// shortcut edges.
 ///
 /// ```text
 /// worker-0 (driver) host=node1 pid=4242 inc-0 addr=-
 ///   proc[0]@worker-0 os "process 4242 on node1" mem=host:0 host=node1 pid=4242
 ///   ├─ proc[1]@worker-0 thread "core 0" mem=host:0 core=0 l2=2 MiB numa=0 pinned=true pu=0
 ///   └─ proc[2]@worker-0 thread "core 1" mem=host:0 core=1 l2=2 MiB numa=0 pinned=true pu=1
+///   opencl: unavailable (libOpenCL.so.1 not found)
 /// network: worker-0 <-> worker-1 (50000 ns, 600 MB/s)
 /// shortcut shm: proc[0]@worker-0 <-> proc[0]@worker-1 (1000 ns, 5000 MB/s)
 /// ```
@@ -315,6 +337,9 @@ impl fmt::Display for Topology {
             )?;
             if let Some(root) = i.procs.first() {
                 self.fmt_node(f, root, "  ", true, 0)?;
+                for (detector, reason) in unavailable_detectors(root) {
+                    writeln!(f, "  {detector}: unavailable ({reason})")?;
+                }
             }
         }
         for (w, n) in &self.workers {

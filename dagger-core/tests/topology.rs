@@ -1,9 +1,9 @@
 //! The topology graph: tree, network and shortcut edges, and its printout.
 
+use dagger_core::topology::{EdgeKind, Topology};
 use dagger_core::{
     Incarnation, LinkCost, MemorySpace, ProcId, ProcInfo, ProcKind, WorkerId, WorkerInfo,
 };
-use dagger_proc::{EdgeKind, Topology};
 use std::collections::BTreeMap;
 
 fn proc(w: u32, index: u32, kind: ProcKind, memory: MemorySpace, label: &str) -> ProcInfo {
@@ -181,4 +181,30 @@ fn display_lists_every_worker_processor_and_edge() {
         "{s}"
     );
     println!("{s}");
+}
+
+#[test]
+fn display_shows_unavailable_detectors_under_their_process() {
+    let mut t = Topology::new();
+    let mut w = worker(1, false);
+    w.procs[0].properties.insert(
+        format!("{}opencl", dagger_core::topology::UNAVAILABLE_PREFIX),
+        "libOpenCL.so.1 not found".into(),
+    );
+    t.add_worker(w);
+    t.add_worker(worker(2, false));
+    let s = t.to_string();
+    let lines: Vec<&str> = s.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| *l == "  opencl: unavailable (libOpenCL.so.1 not found)")
+        .unwrap_or_else(|| panic!("no unavailable line in:\n{s}"));
+    // Under worker-1's tree, before worker-2's block, and not repeated as a property.
+    let w2 = lines
+        .iter()
+        .position(|l| l.starts_with("worker-2"))
+        .unwrap();
+    assert!(at < w2, "{s}");
+    assert!(!s.contains("unavailable.opencl"), "{s}");
+    assert_eq!(s.matches("unavailable").count(), 1, "{s}");
 }
