@@ -642,6 +642,11 @@ impl<S> DriverCore<S> {
         for (worker, incarnation) in self.detector.expired(now) {
             self.lose(worker, incarnation, LostReason::Silent { timeout });
         }
+        // Tasks that no processor of the pool can run fail once their grace period is over.
+        if self.sched.poll_timeout().is_some_and(|at| at <= now) {
+            self.sched.handle_timeout(now);
+            self.dirty = true;
+        }
         // Parked fetches past their limit fail at the next `process`.
     }
 
@@ -662,7 +667,8 @@ impl<S> DriverCore<S> {
     }
 
     /// When the core next needs [`DriverCore::handle_timeout`]: the earliest heartbeat
-    /// deadline, held-release flush or parked-fetch limit. `None` when nothing is due
+    /// deadline, held-release flush, parked-fetch limit or the scheduler's own deadline (a
+    /// task waiting for a processor that may never come). `None` when nothing is due
     /// (no worker watched, nothing held, nothing parked, or shut down). O(workers + parked
     /// fetches).
     pub fn poll_timeout(&mut self) -> Option<Duration> {
@@ -678,10 +684,15 @@ impl<S> DriverCore<S> {
             .iter()
             .map(|p| p.since.saturating_add(self.config.fetch_park_limit))
             .min();
-        [self.detector.poll_timeout(), release, fetch]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.detector.poll_timeout(),
+            release,
+            fetch,
+            self.sched.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Gives pending submissions to the scheduler and moves its commands into the core's

@@ -565,10 +565,19 @@ fn a_parked_fetch_is_answered_once_the_lost_result_is_recomputed() {
 #[test]
 fn a_parked_fetch_fails_at_the_park_limit() {
     let limit = Duration::from_secs(60);
-    let mut c = core(DriverConfig {
-        fetch_park_limit: limit,
-        ..DriverConfig::default()
+    // The recomputation waits for a processor for good here, so the park limit is the
+    // only deadline.
+    let sched = Scheduler::new(dagger_sched::Config {
+        no_processor_grace: None,
+        ..dagger_sched::Config::default()
     });
+    let mut c = DriverCore::new(
+        sched,
+        DriverConfig {
+            fetch_park_limit: limit,
+            ..DriverConfig::default()
+        },
+    );
     let chunk = stored_result_lost(&mut c, false);
     let fetch = c.handle_fetch(ms(5), chunk, vec![WorkerId(1)]);
     assert!(events(&mut c).is_empty());
@@ -780,4 +789,43 @@ fn a_second_join_or_a_malformed_frame_loses_the_worker() {
         },
     );
     assert!(events(&mut c).is_empty());
+}
+
+/// Every worker that could run a task was killed: the task does not wait forever, it fails
+/// with a typed error once the scheduler's grace period is over, woken by the core's timer.
+#[test]
+fn a_task_no_processor_can_run_fails_after_the_grace_period() {
+    let grace = Duration::from_secs(10);
+    let sched = Scheduler::new(dagger_sched::Config {
+        no_processor_grace: Some(grace),
+        ..dagger_sched::Config::default()
+    });
+    let mut c: Core = DriverCore::new(sched, DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(101, 1), false)
+        .unwrap();
+    frames(&mut c);
+    events(&mut c);
+    c.handle_process_exited(ms(1), 101, ExitCause::Signal(9));
+    frames(&mut c);
+    events(&mut c);
+    c.handle_spawn(ms(2), spec(1, vec![val(1)]), 1);
+    assert!(completions(&events(&mut c)).is_empty());
+    // The core's next deadline is the scheduler's: nothing else is pending.
+    assert_eq!(c.poll_timeout(), Some(ms(2) + grace));
+    c.handle_timeout(ms(2) + grace);
+    let done = completions(&events(&mut c));
+    assert!(
+        matches!(
+            &done[..],
+            [(
+                TaskId(1),
+                1,
+                Err(TaskError::NoProcessor {
+                    task: TaskId(1),
+                    ..
+                })
+            )]
+        ),
+        "{done:?}"
+    );
 }
