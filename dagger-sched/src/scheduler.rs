@@ -17,11 +17,11 @@ use crate::placement::Placer;
 use crate::recovery::MAX_LOSS_RERUNS;
 use crate::task_table::{opt_time, State, Task, TaskTable, CLIENT_RELEASED, COMPLETED, HELD, NONE};
 use crate::{ClusterEvent, Command, Completion, Config, Stats, TaskInfo};
+use dagger_core::topology::Topology;
 use dagger_core::wire::{Outcome, TaskDone};
 use dagger_core::{
     ChunkId, GraphError, Incarnation, LostReason, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo,
 };
-use dagger_proc::Topology;
 use std::time::Duration;
 
 /// The scheduler: tasks, their placement, results and recovery, as a sans-I/O state

@@ -23,10 +23,7 @@ pub const ALLOWED: &[(&str, &[&str])] = &[
     ("dagger-core", &[]),
     ("dagger-proc", &["dagger-core"]),
     ("dagger-move", &["dagger-core", "dagger-proc"]),
-    (
-        "dagger-sched",
-        &["dagger-core", "dagger-proc", "dagger-move"],
-    ),
+    ("dagger-sched", &["dagger-core", "dagger-move"]),
     ("dagger-net", &["dagger-core"]),
     (
         "dagger-ft",
@@ -48,7 +45,11 @@ pub const ALLOWED: &[(&str, &[&str])] = &[
 /// (with its default features): the data model and the scheduler stay free of I/O runtimes.
 pub const FORBIDDEN: &[(&str, &[&str])] = &[
     ("dagger-core", &["quinn", "tokio"]),
-    ("dagger-sched", &["quinn", "tokio"]),
+    // The scheduler needs the topology graph only: not the thread runtime, nor hwloc.
+    (
+        "dagger-sched",
+        &["quinn", "tokio", "dagger-proc", "hwlocality"],
+    ),
     ("dagger-runtime", &["quinn", "tokio"]),
 ];
 
