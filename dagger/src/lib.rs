@@ -54,6 +54,7 @@ pub use dagger_macros::task;
 pub use dagger_move::{moves, KindPattern, MoveError, MoveRegistry, MoveTarget, MoveValue};
 pub use dagger_net::{BoxFuture, Identity, NetError, Transport};
 pub use dagger_proc::{detectors, DetectContext, Detectors, Processor, Topology};
+pub use dagger_sched::{Config as SchedulerConfig, Stats};
 pub use handle::Handle;
 pub use lazy::{Collect, IntoLazy, Lazy};
 pub use registry::{registry_hash, task_names, CallError};

@@ -1,6 +1,9 @@
 //! A user's transport replaces QUIC in every process of the binary: registered before
 //! `init`, it is what the driver listens with and what the worker processes connect with.
 
+// Worker processes link to the driver over QUIC.
+#![cfg(feature = "quic")]
+
 use dagger::prelude::*;
 use dagger::{BoxFuture, Identity, NetError, Transport};
 use dagger_net::{Conn, Listener, NetConfig, QuicTransport};
