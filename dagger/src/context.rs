@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use dagger_sched::ClusterEvent;
@@ -971,22 +971,40 @@ impl Inner {
             let _ = rx.recv_timeout(Duration::from_secs(5));
         }
         // Give the workers a moment to exit by themselves, then make sure they are gone.
-        let mut children = std::mem::take(&mut *self.children.lock());
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for c in &mut children {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        let children = std::mem::take(&mut *self.children.lock());
+        self.wait_for_exits(&children, CHILD_EXIT_GRACE);
+        // Dropping a `WorkerProcess` kills it if it is still running, and reaps it.
         drop(children);
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
         }
     }
+
+    /// Waits until every one of `children` has exited, or `grace` has passed: one task on
+    /// the I/O runtime awaits their exit notifications (pidfds), no polling.
+    fn wait_for_exits(&self, children: &[WorkerProcess], grace: Duration) {
+        if children.is_empty() {
+            return;
+        }
+        let watches: Vec<_> = children.iter().map(WorkerProcess::exit_watch).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            for watch in watches {
+                if let Err(e) = watch.wait().await {
+                    tracing::warn!(error = %e, "cannot watch a local worker process exit");
+                }
+            }
+            let _ = tx.send(());
+        });
+        // Not awaited on the runtime: `shutdown` may run on any thread, the driver's too
+        // (the bound then still holds: the task cannot run and the wait times out).
+        let _ = rx.recv_timeout(grace);
+    }
 }
+
+/// How long local worker processes get to exit by themselves at shutdown before they are
+/// killed.
+const CHILD_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 impl Drop for Inner {
     fn drop(&mut self) {
