@@ -25,6 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use dagger_sched::ClusterEvent;
 
+/// The events of a cluster from [`Context::subscribe`], in order: `recv().await` in async
+/// code, `blocking_recv()` or `try_recv()` elsewhere. `recv` yields `None` once the context
+/// is shut down.
+pub type ClusterEvents = mpsc::UnboundedReceiver<ClusterEvent>;
+
 /// A context could not be started or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -373,7 +378,7 @@ impl Links {
         };
         let listener = {
             let transport = transport.clone();
-            let addr = b.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+            let addr = b.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
             run_on(handle, async move { transport.listen(&addr).await })
                 .ok_or(ContextError::Shutdown)??
         };
@@ -479,7 +484,10 @@ impl Context {
         let mut expected = b.workers;
         let driver_runs = b.driver_runs_tasks.unwrap_or(b.workers == 0);
         if driver_runs {
-            let net = ctx.inner.links.as_ref().map(|l| l.transport.clone());
+            let net = ctx.inner.links.as_ref().map(|l| {
+                let requested = b.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+                (l.transport.clone(), peer_bind_for(requested))
+            });
             ctx.start_in_process_worker(net, ev_tx, b.shm)?;
             expected += 1;
         } else {
@@ -520,10 +528,11 @@ impl Context {
 
     /// Starts the worker that runs tasks on the driver's own cores. It talks to the driver
     /// over an in-process link; its peers (other workers) reach it over `net`, the network
-    /// transport, or, when the context links no processes, over the in-process transport.
+    /// transport and the address to listen at, or, when the context links no processes,
+    /// over the in-process transport.
     fn start_in_process_worker(
         &self,
-        net: Option<Arc<dyn Transport>>,
+        net: Option<(Arc<dyn Transport>, String)>,
         ev_tx: mpsc::UnboundedSender<LinkEvent>,
         shm: bool,
     ) -> Result<(), ContextError> {
@@ -540,7 +549,7 @@ impl Context {
             driver::spawn_acceptor(listener, ev_tx, true, true);
         }
         let (peer_transport, peer_bind): (Arc<dyn Transport>, String) = match net {
-            Some(net) => (net, "127.0.0.1:0".into()),
+            Some(net) => net,
             None => (Arc::new(mem.clone()), "mem:0".into()),
         };
         let setup = WorkerSetup {
@@ -827,14 +836,14 @@ impl Context {
     }
 
     /// Events of the cluster from now on: workers joined or lost, tasks retried.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<ClusterEvent> {
+    pub fn subscribe(&self) -> ClusterEvents {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = self.query(move |st| st.subscribe(tx));
         rx
     }
 
     /// Counters of the scheduler (submitted, finished, running...).
-    pub fn stats(&self) -> Option<dagger_sched::Stats> {
+    pub fn stats(&self) -> Option<crate::Stats> {
         self.query(|st| st.sched.stats())
     }
 
@@ -1002,6 +1011,25 @@ impl Inner {
     }
 }
 
+/// Where the driver listens for workers unless told otherwise.
+const DEFAULT_LISTEN: &str = "127.0.0.1:0";
+
+/// Where the driver's own worker listens for its peers, given where the driver listens for
+/// workers: the same address with port 0 (`0.0.0.0:7400` → `0.0.0.0:0`, `mem:3` →
+/// `mem:0`), so that whoever can reach the driver can reach it; `127.0.0.1:0` for an
+/// address of another form.
+fn peer_bind_for(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        // The worker names an unspecified address by this host's name to its peers, which
+        // it does for IPv4's only.
+        Some(("[::]", _)) => "0.0.0.0:0".into(),
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{host}:0")
+        }
+        _ => DEFAULT_LISTEN.into(),
+    }
+}
+
 /// How long local worker processes get to exit by themselves at shutdown before they are
 /// killed.
 const CHILD_EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -1048,6 +1076,22 @@ where
 /// The largest encoded plain-value argument: well under the transport's frame limit, so
 /// the message that carries it can always be sent.
 const MAX_VALUE_ARG: u64 = 256 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::peer_bind_for;
+
+    #[test]
+    fn the_driver_s_worker_listens_for_peers_where_the_driver_listens() {
+        assert_eq!(peer_bind_for("127.0.0.1:0"), "127.0.0.1:0");
+        assert_eq!(peer_bind_for("0.0.0.0:7400"), "0.0.0.0:0");
+        assert_eq!(peer_bind_for("[::1]:7400"), "[::1]:0");
+        assert_eq!(peer_bind_for("[::]:7400"), "0.0.0.0:0");
+        assert_eq!(peer_bind_for("mem:3"), "mem:0");
+        assert_eq!(peer_bind_for("/run/dagger.sock"), "127.0.0.1:0");
+        assert_eq!(peer_bind_for("host:"), "127.0.0.1:0");
+    }
+}
 
 fn check_sizes(args: &[Arg]) -> Result<(), SubmitError> {
     for a in args {

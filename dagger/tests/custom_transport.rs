@@ -4,9 +4,9 @@
 // Worker processes link to the driver over QUIC.
 #![cfg(feature = "quic")]
 
+use dagger::net::{Conn, Listener, NetConfig, QuicTransport};
 use dagger::prelude::*;
 use dagger::{BoxFuture, Identity, NetError, Transport};
-use dagger_net::{Conn, Listener, NetConfig, QuicTransport};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 

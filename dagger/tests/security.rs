@@ -5,11 +5,11 @@
 // Worker processes link to the driver over QUIC.
 #![cfg(feature = "quic")]
 
+use dagger::net::{ClusterCa, NetConfig, QuicTransport, Transport};
 use dagger::prelude::*;
 use dagger::ClusterEvent;
 use dagger_core::wire::{self, Hello, ToDriver, PROTOCOL_VERSION};
 use dagger_core::{Incarnation, WorkerInfo};
-use dagger_net::{ClusterCa, NetConfig, QuicTransport, Transport};
 use std::time::Duration;
 
 #[dagger::task]
