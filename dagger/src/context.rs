@@ -1077,6 +1077,20 @@ where
 /// the message that carries it can always be sent.
 const MAX_VALUE_ARG: u64 = 256 << 20;
 
+fn check_sizes(args: &[Arg]) -> Result<(), SubmitError> {
+    for a in args {
+        if let Arg::Value(v) = a {
+            if v.len() as u64 > MAX_VALUE_ARG {
+                return Err(SubmitError::TooLarge {
+                    bytes: v.len() as u64,
+                    limit: MAX_VALUE_ARG,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::peer_bind_for;
@@ -1091,18 +1105,4 @@ mod tests {
         assert_eq!(peer_bind_for("/run/dagger.sock"), "127.0.0.1:0");
         assert_eq!(peer_bind_for("host:"), "127.0.0.1:0");
     }
-}
-
-fn check_sizes(args: &[Arg]) -> Result<(), SubmitError> {
-    for a in args {
-        if let Arg::Value(v) = a {
-            if v.len() as u64 > MAX_VALUE_ARG {
-                return Err(SubmitError::TooLarge {
-                    bytes: v.len() as u64,
-                    limit: MAX_VALUE_ARG,
-                });
-            }
-        }
-    }
-    Ok(())
 }
