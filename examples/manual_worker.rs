@@ -46,7 +46,10 @@ fn main() -> anyhow::Result<()> {
         .driver_runs_tasks(false)
         .cert_dir(&ours)
         .build()?;
-    let addr = ctx.listen_addr().to_string();
+    let addr = ctx
+        .listen_addr()
+        .context("a driver with a certificate folder listens")?
+        .to_string();
     println!(
         "driver listening on {addr}; certificate files in {}",
         ours.display()

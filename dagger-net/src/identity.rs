@@ -11,8 +11,9 @@ const TEXT_PREFIX: &str = "dagger-identity-v1:";
 ///
 /// Cheap to clone (three short strings). Produced by
 /// [`ClusterCa::issue`](crate::ClusterCa::issue) (feature `quic`) or read back from files or
-/// from its [text form](Identity::to_text).
-#[derive(Clone, PartialEq, Eq)]
+/// from its [text form](Identity::to_text). A cluster without a certificate authority hands
+/// its processes the [empty identity](Identity::empty) instead.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     /// The node's certificate, PEM.
     pub cert_pem: String,
@@ -33,6 +34,20 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
+    /// An identity without credentials (every field empty): what a cluster that has no
+    /// certificate authority hands its processes, for a transport that authenticates peers
+    /// by other means or not at all. QUIC refuses it. Survives
+    /// [`to_text`](Identity::to_text)/[`from_text`](Identity::from_text); files holding it
+    /// are refused by [`from_files`](Identity::from_files).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Whether this is the [empty identity](Identity::empty).
+    pub fn is_empty(&self) -> bool {
+        self.cert_pem.is_empty() && self.key_pem.is_empty() && self.ca_pem.is_empty()
+    }
+
     /// Reads an identity from three PEM files. Costs three small file reads; the contents are
     /// checked for a PEM header only (full parsing happens when a transport uses them).
     pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, NetError> {
@@ -109,7 +124,9 @@ impl Identity {
             key_pem: decode_hex(key)?,
             ca_pem: decode_hex(ca)?,
         };
-        id.check_shape()?;
+        if !id.is_empty() {
+            id.check_shape()?;
+        }
         Ok(id)
     }
 
@@ -209,6 +226,23 @@ mod tests {
         let v = id.to_text();
         assert!(!v.chars().any(char::is_whitespace));
         assert_eq!(Identity::from_text(&v).unwrap(), id);
+    }
+
+    #[test]
+    fn the_empty_identity_round_trips_as_text_but_not_as_files() {
+        let empty = Identity::empty();
+        assert!(empty.is_empty() && !sample().is_empty());
+        assert_eq!(Identity::from_text(&empty.to_text()).unwrap(), empty);
+        let half = Identity {
+            cert_pem: String::new(),
+            ..sample()
+        };
+        assert!(Identity::from_text(&half.to_text()).is_err());
+        let dir = std::env::temp_dir().join(format!("dagger-net-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k, a) = empty.write_files(&dir).unwrap();
+        assert!(Identity::from_files(&c, &k, &a).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,9 @@ use dagger_core::{
     Arg, ChunkId, ExitCause, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId,
 };
 use dagger_net::launch::{LocalLauncher, WorkerProcess};
-use dagger_net::{ClusterCa, Identity, MemTransport, NetError, Transport};
+#[cfg(feature = "quic")]
+use dagger_net::ClusterCa;
+use dagger_net::{Identity, MemTransport, NetError, Transport};
 use dagger_proc::Topology;
 use parking_lot::Mutex;
 use std::borrow::Cow;
@@ -18,10 +20,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use dagger_sched::ClusterEvent;
+
+/// The events of a cluster from [`Context::subscribe`], in order: `recv().await` in async
+/// code, `blocking_recv()` or `try_recv()` elsewhere. `recv` yields `None` once the context
+/// is shut down.
+pub type ClusterEvents = mpsc::UnboundedReceiver<ClusterEvent>;
 
 /// A context could not be started or changed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +55,12 @@ pub enum ContextError {
     /// The context was shut down.
     #[error("the context is shut down")]
     Shutdown,
+    /// The context would link processes (local workers, a listening address, a certificate
+    /// folder, or a driver that runs no tasks and waits for workers started by hand), but
+    /// this build has no transport for it: the `quic` feature is off and no transport was
+    /// registered with [`set_transport`](crate::set_transport).
+    #[error("no transport to link processes: build `dagger` with its `quic` feature, or register one with `dagger::set_transport` before `dagger::init`")]
+    NoTransport,
     /// A builder setting is out of range or cannot be honoured.
     #[error("invalid setting `{setting}`: {reason}")]
     InvalidSetting {
@@ -128,9 +141,8 @@ pub(crate) struct Inner {
     /// Local worker processes that exited (counted by the child watch; receivers are told
     /// of every change).
     exited_children: Arc<tokio::sync::watch::Sender<usize>>,
-    identity: Option<Identity>,
-    ca: Option<ClusterCa>,
-    listen_addr: String,
+    /// Credentials, transport and address of a context that links processes.
+    links: Option<Links>,
     stopped: std::sync::atomic::AtomicBool,
 }
 
@@ -139,7 +151,7 @@ pub(crate) struct Inner {
 pub struct ContextBuilder {
     workers: usize,
     driver_runs_tasks: Option<bool>,
-    listen: String,
+    listen: Option<String>,
     config: dagger_sched::Config,
     heartbeat_timeout: Duration,
     join_timeout: Duration,
@@ -166,7 +178,7 @@ impl Default for ContextBuilder {
         Self {
             workers: 0,
             driver_runs_tasks: None,
-            listen: "127.0.0.1:0".into(),
+            listen: None,
             config: dagger_sched::Config::default(),
             heartbeat_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(60),
@@ -191,13 +203,14 @@ impl ContextBuilder {
         self
     }
     /// The address the driver listens on for workers (default `127.0.0.1:0`; use
-    /// `0.0.0.0:7400` for workers on other hosts).
+    /// `0.0.0.0:7400` for workers on other hosts). Setting it makes the context listen even
+    /// without local workers, so that workers started by hand can join.
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
-        self.listen = addr.into();
+        self.listen = Some(addr.into());
         self
     }
     /// The scheduler's settings.
-    pub fn scheduler(mut self, config: dagger_sched::Config) -> Self {
+    pub fn scheduler(mut self, config: crate::SchedulerConfig) -> Self {
         self.config = config;
         self
     }
@@ -224,6 +237,9 @@ impl ContextBuilder {
     }
     /// Writes the cluster's CA and a worker certificate into `dir`, so that workers started
     /// by hand or by a batch system can join (`--dagger-worker --join ADDR --cert .. --key .. --ca ..`).
+    /// Makes the context listen even without local workers. Needs the `quic` feature (the
+    /// certificate authority): without it `build` fails with
+    /// [`ContextError::InvalidSetting`].
     pub fn cert_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cert_dir = Some(dir.into());
         self
@@ -297,7 +313,84 @@ impl ContextBuilder {
                 reason: "must be longer than zero".into(),
             });
         }
+        if !cfg!(feature = "quic") && self.cert_dir.is_some() {
+            return Err(ContextError::InvalidSetting {
+                setting: "cert_dir",
+                reason: "certificates need the `quic` feature of `dagger` (the cluster's certificate authority)".into(),
+            });
+        }
+        if self.links_processes() && !crate::transport::available() {
+            return Err(ContextError::NoTransport);
+        }
         Ok(())
+    }
+
+    /// Whether the context links to other processes, and so listens and needs a transport
+    /// and (with QUIC) a certificate authority: it starts local workers, was given an
+    /// address or a certificate folder for workers started by hand, or its driver runs no
+    /// tasks (so only workers that join can run them). Otherwise the driver's own cores
+    /// run every task over the in-process transport, and no socket is opened.
+    fn links_processes(&self) -> bool {
+        self.workers > 0
+            || self.listen.is_some()
+            || self.cert_dir.is_some()
+            || self.driver_runs_tasks == Some(false)
+    }
+}
+
+/// What a context that links processes holds: its credentials, its network transport and
+/// the address workers join at.
+struct Links {
+    transport: Arc<dyn Transport>,
+    listen_addr: String,
+    /// What the driver presents to workers.
+    identity: Identity,
+    /// What local workers get, and what `cert_dir` receives.
+    worker_identity: Identity,
+    #[cfg(feature = "quic")]
+    ca: ClusterCa,
+}
+
+impl Links {
+    /// Makes the credentials (a fresh certificate authority with QUIC, the empty identity
+    /// without), writes the worker's into the certificate folder, makes the transport and
+    /// listens. Returns the listener the driver accepts workers on.
+    fn open(
+        b: &ContextBuilder,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<(Links, Box<dyn dagger_net::Listener>), ContextError> {
+        #[cfg(feature = "quic")]
+        let (ca, identity, worker_identity) = {
+            let ca = ClusterCa::generate("dagger-local")?;
+            let identity = ca.issue("driver")?;
+            let worker_identity = ca.issue("worker")?;
+            (ca, identity, worker_identity)
+        };
+        #[cfg(not(feature = "quic"))]
+        let (identity, worker_identity) = (Identity::empty(), Identity::empty());
+        if let Some(dir) = &b.cert_dir {
+            std::fs::create_dir_all(dir).map_err(|e| ContextError::Net(NetError::Io(e)))?;
+            worker_identity.write_files(dir)?;
+        }
+        let transport = {
+            let _g = handle.enter();
+            crate::transport::make(&identity)?
+        };
+        let listener = {
+            let transport = transport.clone();
+            let addr = b.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
+            run_on(handle, async move { transport.listen(&addr).await })
+                .ok_or(ContextError::Shutdown)??
+        };
+        let links = Links {
+            transport,
+            listen_addr: listener.local_addr(),
+            identity,
+            worker_identity,
+            #[cfg(feature = "quic")]
+            ca,
+        };
+        Ok((links, listener))
     }
 }
 
@@ -311,18 +404,26 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Context(listening on {})", self.inner.listen_addr)
+        match self.listen_addr() {
+            Some(addr) => write!(f, "Context(listening on {addr})"),
+            None => f.write_str("Context(in-process)"),
+        }
     }
 }
 
 impl Context {
     /// The driver plus `n` worker processes of this executable on this host, linked by QUIC
-    /// with mutual TLS. With `n == 0` the driver's own cores run the tasks.
+    /// with mutual TLS (or the transport registered with [`set_transport`](crate::set_transport)).
+    /// With `n == 0` the driver's own cores run the tasks, as with [`Context::threads`].
+    /// Without the `quic` feature and without a registered transport, `n > 0` fails with
+    /// [`ContextError::NoTransport`].
     pub fn local(n: usize) -> Result<Context, ContextError> {
         Self::builder().workers(n).build()
     }
 
-    /// Only this process's own cores, no worker processes.
+    /// Only this process's own cores, no worker processes: tasks run on thread processors
+    /// of this process, over the in-process transport. Opens no socket and makes no
+    /// certificate authority; works in every feature configuration.
     pub fn threads() -> Result<Context, ContextError> {
         Self::builder().build()
     }
@@ -344,25 +445,14 @@ impl Context {
             .build()
             .map_err(ContextError::Runtime)?;
         let handle = runtime.handle().clone();
-        let ca = ClusterCa::generate("dagger-local")?;
-        let identity = ca.issue("driver")?;
-        let worker_identity = ca.issue("worker")?;
-        if let Some(dir) = &b.cert_dir {
-            std::fs::create_dir_all(dir).map_err(|e| ContextError::Net(NetError::Io(e)))?;
-            worker_identity.write_files(dir)?;
-        }
+        let (links, listener) = if b.links_processes() {
+            let (links, listener) = Links::open(&b, &handle)?;
+            (Some(links), Some(listener))
+        } else {
+            (None, None)
+        };
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let quic: Arc<dyn Transport> = {
-            let _g = handle.enter();
-            crate::transport::make(&identity)?
-        };
-        let listener = {
-            let (quic, addr) = (quic.clone(), b.listen.clone());
-            run_on(&handle, async move { quic.listen(&addr).await })
-                .ok_or(ContextError::Shutdown)??
-        };
-        let listen_addr = listener.local_addr();
         let sched = dagger_sched::Scheduler::new(b.config.clone());
         let state = DriverState::new(
             sched,
@@ -374,7 +464,9 @@ impl Context {
         );
         {
             let _g = handle.enter();
-            driver::spawn_acceptor(listener, ev_tx.clone(), false, b.allow_mixed_builds);
+            if let Some(listener) = listener {
+                driver::spawn_acceptor(listener, ev_tx.clone(), false, b.allow_mixed_builds);
+            }
             handle.spawn(driver::run(state, cmd_rx, ev_rx));
         }
         let inner = Arc::new(Inner {
@@ -384,9 +476,7 @@ impl Context {
             handle: handle.clone(),
             children: Arc::new(Mutex::new(Vec::new())),
             exited_children: Arc::new(tokio::sync::watch::Sender::new(0)),
-            identity: Some(identity),
-            ca: Some(ca),
-            listen_addr: listen_addr.clone(),
+            links,
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let ctx = Context { inner };
@@ -394,14 +484,19 @@ impl Context {
         let mut expected = b.workers;
         let driver_runs = b.driver_runs_tasks.unwrap_or(b.workers == 0);
         if driver_runs {
-            ctx.start_in_process_worker(quic.clone(), ev_tx, b.shm)?;
+            let net = ctx.inner.links.as_ref().map(|l| {
+                let requested = b.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+                (l.transport.clone(), peer_bind_for(requested))
+            });
+            ctx.start_in_process_worker(net, ev_tx, b.shm)?;
             expected += 1;
         } else {
             ctx.query(|st| st.add_driver_root())
                 .ok_or(ContextError::Shutdown)?;
         }
-        if b.workers > 0 {
-            let mut launcher = LocalLauncher::new(listen_addr.clone(), worker_identity.clone());
+        if let (true, Some(links)) = (b.workers > 0, &ctx.inner.links) {
+            let mut launcher =
+                LocalLauncher::new(links.listen_addr.clone(), links.worker_identity.clone());
             if let Some(t) = b.worker_threads {
                 launcher = launcher.env("DAGGER_THREADS", t.to_string());
             }
@@ -431,9 +526,13 @@ impl Context {
         Ok(ctx)
     }
 
+    /// Starts the worker that runs tasks on the driver's own cores. It talks to the driver
+    /// over an in-process link; its peers (other workers) reach it over `net`, the network
+    /// transport and the address to listen at, or, when the context links no processes,
+    /// over the in-process transport.
     fn start_in_process_worker(
         &self,
-        quic: Arc<dyn Transport>,
+        net: Option<(Arc<dyn Transport>, String)>,
         ev_tx: mpsc::UnboundedSender<LinkEvent>,
         shm: bool,
     ) -> Result<(), ContextError> {
@@ -449,11 +548,15 @@ impl Context {
             // The driver's own worker is this very build.
             driver::spawn_acceptor(listener, ev_tx, true, true);
         }
+        let (peer_transport, peer_bind): (Arc<dyn Transport>, String) = match net {
+            Some(net) => net,
+            None => (Arc::new(mem.clone()), "mem:0".into()),
+        };
         let setup = WorkerSetup {
             transport: Arc::new(mem),
             join: addr,
-            peer_transport: quic,
-            peer_bind: "127.0.0.1:0".into(),
+            peer_transport,
+            peer_bind,
             shm,
             in_process: true,
         };
@@ -733,14 +836,14 @@ impl Context {
     }
 
     /// Events of the cluster from now on: workers joined or lost, tasks retried.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<ClusterEvent> {
+    pub fn subscribe(&self) -> ClusterEvents {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = self.query(move |st| st.subscribe(tx));
         rx
     }
 
     /// Counters of the scheduler (submitted, finished, running...).
-    pub fn stats(&self) -> Option<dagger_sched::Stats> {
+    pub fn stats(&self) -> Option<crate::Stats> {
         self.query(|st| st.core.stats())
     }
 
@@ -749,9 +852,10 @@ impl Context {
         self.inner.task_info(task)
     }
 
-    /// The address workers join at.
-    pub fn listen_addr(&self) -> &str {
-        &self.inner.listen_addr
+    /// The address workers join at; `None` when the context links no processes (as
+    /// [`Context::threads`]) and so listens nowhere.
+    pub fn listen_addr(&self) -> Option<&str> {
+        self.inner.links.as_ref().map(|l| l.listen_addr.as_str())
     }
 
     /// Operating-system process ids of the local worker processes.
@@ -764,14 +868,22 @@ impl Context {
         self.inner.shutdown();
     }
 
-    /// The cluster's certificate authority (to issue identities for workers started by hand).
+    /// The cluster's certificate authority (to issue identities for workers started by
+    /// hand); `None` when the context links no processes (as [`Context::threads`]).
+    #[cfg(feature = "quic")]
     pub fn cluster_ca(&self) -> Option<&ClusterCa> {
-        self.inner.ca.as_ref()
+        self.inner.links.as_ref().map(|l| &l.ca)
     }
 
-    /// The identity the driver presents to workers.
+    /// The identity the driver presents to workers; `None` when the context links no
+    /// processes, or when it has no certificate authority (without the `quic` feature the
+    /// transport gets [`Identity::empty`]).
     pub fn driver_identity(&self) -> Option<&Identity> {
-        self.inner.identity.as_ref()
+        self.inner
+            .links
+            .as_ref()
+            .map(|l| &l.identity)
+            .filter(|id| !id.is_empty())
     }
 }
 
@@ -868,22 +980,59 @@ impl Inner {
             let _ = rx.recv_timeout(Duration::from_secs(5));
         }
         // Give the workers a moment to exit by themselves, then make sure they are gone.
-        let mut children = std::mem::take(&mut *self.children.lock());
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for c in &mut children {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        let children = std::mem::take(&mut *self.children.lock());
+        self.wait_for_exits(&children, CHILD_EXIT_GRACE);
+        // Dropping a `WorkerProcess` kills it if it is still running, and reaps it.
         drop(children);
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
         }
     }
+
+    /// Waits until every one of `children` has exited, or `grace` has passed: one task on
+    /// the I/O runtime awaits their exit notifications (pidfds), no polling.
+    fn wait_for_exits(&self, children: &[WorkerProcess], grace: Duration) {
+        if children.is_empty() {
+            return;
+        }
+        let watches: Vec<_> = children.iter().map(WorkerProcess::exit_watch).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            for watch in watches {
+                if let Err(e) = watch.wait().await {
+                    tracing::warn!(error = %e, "cannot watch a local worker process exit");
+                }
+            }
+            let _ = tx.send(());
+        });
+        // Not awaited on the runtime: `shutdown` may run on any thread, the driver's too
+        // (the bound then still holds: the task cannot run and the wait times out).
+        let _ = rx.recv_timeout(grace);
+    }
 }
+
+/// Where the driver listens for workers unless told otherwise.
+const DEFAULT_LISTEN: &str = "127.0.0.1:0";
+
+/// Where the driver's own worker listens for its peers, given where the driver listens for
+/// workers: the same address with port 0 (`0.0.0.0:7400` → `0.0.0.0:0`, `mem:3` →
+/// `mem:0`), so that whoever can reach the driver can reach it; `127.0.0.1:0` for an
+/// address of another form.
+fn peer_bind_for(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        // The worker names an unspecified address by this host's name to its peers, which
+        // it does for IPv4's only.
+        Some(("[::]", _)) => "0.0.0.0:0".into(),
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{host}:0")
+        }
+        _ => DEFAULT_LISTEN.into(),
+    }
+}
+
+/// How long local worker processes get to exit by themselves at shutdown before they are
+/// killed.
+const CHILD_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -940,4 +1089,20 @@ fn check_sizes(args: &[Arg]) -> Result<(), SubmitError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_bind_for;
+
+    #[test]
+    fn the_driver_s_worker_listens_for_peers_where_the_driver_listens() {
+        assert_eq!(peer_bind_for("127.0.0.1:0"), "127.0.0.1:0");
+        assert_eq!(peer_bind_for("0.0.0.0:7400"), "0.0.0.0:0");
+        assert_eq!(peer_bind_for("[::1]:7400"), "[::1]:0");
+        assert_eq!(peer_bind_for("[::]:7400"), "0.0.0.0:0");
+        assert_eq!(peer_bind_for("mem:3"), "mem:0");
+        assert_eq!(peer_bind_for("/run/dagger.sock"), "127.0.0.1:0");
+        assert_eq!(peer_bind_for("host:"), "127.0.0.1:0");
+    }
 }

@@ -28,6 +28,25 @@
 //! of every test that starts a context with worker processes), because a local cluster
 //! starts its workers by running the same executable again.
 //!
+//! # Names
+//!
+//! A program needs `dagger` alone: every type that the facade's API names is re-exported
+//! here, so no lower crate (`dagger-sched`, `dagger-net`, ...) has to be a dependency.
+//! What a context and its tasks name is at the crate root — the scheduler's settings and
+//! counters as [`SchedulerConfig`] and [`Stats`], the topology's [`Edge`]s, the
+//! [`Processor`] trait's [`Job`], [`LazyArg`] — and so are [`Transport`], [`Identity`],
+//! [`NetError`] and [`BoxFuture`], which [`set_transport`] names. The rest of the
+//! transport API, everything needed to write or wrap a transport, is in [`net`].
+//!
+//! # Features
+//!
+//! - `quic` (default): links between processes over QUIC with mutual TLS, and the cluster's
+//!   certificate authority. Without it, [`Context::threads`] works as before, and a context
+//!   with worker processes needs a transport registered with [`set_transport`] (otherwise
+//!   `build` fails with [`ContextError::NoTransport`]); that transport gets
+//!   [`Identity::empty`].
+//! - `hwloc`: cores, NUMA nodes and caches from hwloc.
+//!
 //! What is **not** guaranteed: the order in which independent tasks run; on which
 //! processor a task runs, unless its scope says so; that a task runs only once (a task is
 //! re-run when its worker is lost, so tasks should be pure functions of their inputs).
@@ -43,7 +62,8 @@ mod worker;
 
 pub use args::IntoArg;
 pub use context::{
-    ClusterEvent, CollectError, Context, ContextBuilder, ContextError, SubmitError, TaskInfo,
+    ClusterEvent, ClusterEvents, CollectError, Context, ContextBuilder, ContextError, SubmitError,
+    TaskInfo,
 };
 pub use dagger_core::{
     Arg, ChunkId, ExitCause, GraphError, Incarnation, LinkCost, LostReason, MemorySpace,
@@ -51,13 +71,34 @@ pub use dagger_core::{
     WorkerInfo,
 };
 pub use dagger_macros::task;
-pub use dagger_move::{moves, KindPattern, MoveError, MoveRegistry, MoveTarget, MoveValue};
+pub use dagger_move::{moves, KindPattern, MoveError, MoveFn, MoveRegistry, MoveTarget, MoveValue};
+#[cfg(feature = "quic")]
+pub use dagger_net::ClusterCa;
 pub use dagger_net::{BoxFuture, Identity, NetError, Transport};
-pub use dagger_proc::{detectors, DetectContext, Detectors, Processor, Topology};
+pub use dagger_proc::{
+    detectors, DefaultCosts, DetectContext, Detectors, Edge, EdgeKind, Job, Processor, Topology,
+};
+/// The scheduler's settings, for [`ContextBuilder::scheduler`].
+pub use dagger_sched::Config as SchedulerConfig;
+/// Counts of tasks by state, from [`Context::stats`].
+pub use dagger_sched::Stats;
 pub use handle::Handle;
-pub use lazy::{Collect, IntoLazy, Lazy};
+pub use lazy::{Collect, IntoLazy, Lazy, LazyArg};
 pub use registry::{registry_hash, task_names, CallError};
 pub use transport::{set_transport, TransportFactory};
+
+/// The transport API: what a [`Transport`] implementation names (links, frames,
+/// listeners, settings), the in-process transport, and with the `quic` feature the QUIC
+/// transport and the cluster's certificate authority. Register a transport with
+/// [`set_transport`].
+pub mod net {
+    pub use dagger_net::{
+        BoxFuture, Conn, Frame, FrameReceiver, FrameSender, Identity, Listener, MemTransport,
+        NetConfig, NetError, Transport,
+    };
+    #[cfg(feature = "quic")]
+    pub use dagger_net::{ClusterCa, QuicTransport};
+}
 
 /// The names most programs need: `use dagger::prelude::*;`.
 pub mod prelude {

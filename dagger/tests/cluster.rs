@@ -39,6 +39,8 @@ fn sum_bytes(b: ByteBuf) -> u64 {
     b.iter().map(|&x| x as u64).sum()
 }
 
+/// Two worker processes, linked by QUIC.
+#[cfg(feature = "quic")]
 fn cluster() -> Context {
     Context::builder()
         .workers(2)
@@ -48,6 +50,7 @@ fn cluster() -> Context {
         .expect("local cluster starts")
 }
 
+#[cfg(feature = "quic")]
 #[test]
 fn eager_and_lazy_graphs_give_checked_results() {
     dagger::init();
@@ -88,6 +91,7 @@ fn eager_and_lazy_graphs_give_checked_results() {
     assert_ne!(info.proc.unwrap().worker, WorkerId::DRIVER);
 }
 
+#[cfg(feature = "quic")]
 #[test]
 fn a_panicking_task_is_a_typed_error_and_the_others_finish() {
     dagger::init();
@@ -118,6 +122,7 @@ fn a_panicking_task_is_a_typed_error_and_the_others_finish() {
     assert_eq!(inc::spawn(&ctx, 41).unwrap().fetch().unwrap(), 42);
 }
 
+#[cfg(feature = "quic")]
 #[test]
 fn fetching_as_the_wrong_type_is_a_type_mismatch() {
     dagger::init();
@@ -136,6 +141,7 @@ fn fetching_as_the_wrong_type_is_a_type_mismatch() {
     assert_eq!(h.fetch().unwrap(), 2);
 }
 
+#[cfg(feature = "quic")]
 #[test]
 fn an_unknown_task_name_is_reported_by_the_worker() {
     dagger::init();
@@ -161,10 +167,12 @@ fn an_unknown_task_name_is_reported_by_the_worker() {
     );
 }
 
+#[cfg(feature = "quic")]
 fn dagger_core_arg(bytes: &[u8]) -> dagger::Arg {
     dagger::Arg::Value(bytes.to_vec())
 }
 
+#[cfg(feature = "quic")]
 #[test]
 fn scopes_pin_tasks_to_workers_and_large_results_move_worker_to_worker() {
     dagger::init();
@@ -205,6 +213,7 @@ fn scopes_pin_tasks_to_workers_and_large_results_move_worker_to_worker() {
     assert_eq!(prev.fetch().unwrap(), 50);
 }
 
+#[cfg(feature = "quic")]
 #[test]
 fn same_host_moves_use_shared_memory_or_the_network_and_agree() {
     dagger::init();
@@ -236,6 +245,7 @@ fn same_host_moves_use_shared_memory_or_the_network_and_agree() {
     }
 }
 
+#[cfg(feature = "quic")]
 #[test]
 fn async_await_works() {
     dagger::init();

@@ -2,6 +2,9 @@
 //! scheduler when a task's scope asks for it, and a user's move converts the task's input on
 //! the way to it. Runs over real worker processes.
 
+// Worker processes link to the driver over QUIC.
+#![cfg(feature = "quic")]
+
 use dagger::prelude::*;
 use std::any::Any;
 use std::sync::mpsc;

@@ -1,9 +1,12 @@
 //! A user's transport replaces QUIC in every process of the binary: registered before
 //! `init`, it is what the driver listens with and what the worker processes connect with.
 
+// Worker processes link to the driver over QUIC.
+#![cfg(feature = "quic")]
+
+use dagger::net::{Conn, Listener, NetConfig, QuicTransport};
 use dagger::prelude::*;
 use dagger::{BoxFuture, Identity, NetError, Transport};
-use dagger_net::{Conn, Listener, NetConfig, QuicTransport};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 

@@ -2,6 +2,9 @@
 //! scheduler does not count it as a holder and would never release it, so keeping it would
 //! grow the worker's memory with every move.
 
+// Worker processes link to the driver over QUIC.
+#![cfg(feature = "quic")]
+
 use dagger::prelude::*;
 use serde_bytes::ByteBuf;
 

@@ -1,6 +1,9 @@
 //! A local worker process that dies before it joins makes `Context::local` fail at once with
 //! a typed error, rather than wait for the join timeout.
 
+// Worker processes link to the driver over QUIC.
+#![cfg(feature = "quic")]
+
 use dagger::prelude::*;
 use dagger::ContextError;
 use std::time::Duration;

@@ -154,7 +154,7 @@ fn a_worker_of_another_build_is_refused(base: &Path) {
         .cert_dir(&certs)
         .build()
         .unwrap();
-    let addr = ctx.listen_addr().to_string();
+    let addr = ctx.listen_addr().expect("it listens").to_string();
     let copy = another_build(base);
 
     let refused = run_to_end(worker_command(&copy, &addr, &certs));
@@ -194,7 +194,7 @@ fn a_worker_of_another_build_is_refused(base: &Path) {
         .cert_dir(&certs)
         .build()
         .unwrap();
-    let mut cmd = worker_command(&copy, ctx.listen_addr(), &certs);
+    let mut cmd = worker_command(&copy, ctx.listen_addr().expect("it listens"), &certs);
     cmd.stdout(Stdio::null());
     let child = cmd.spawn().unwrap();
     ctx.wait_for_workers(1, Duration::from_secs(60)).unwrap();
@@ -246,7 +246,7 @@ fn driver_role() {
         .cert_dir(dir)
         .build()
         .unwrap();
-    println!("listening {}", ctx.listen_addr());
+    println!("listening {}", ctx.listen_addr().expect("it listens"));
     ctx.wait_for_workers(1, Duration::from_secs(60)).unwrap();
     println!("joined");
     // Killed by the test.

@@ -3,6 +3,9 @@
 //! varying sizes, one chunk read by several consumers, and replicas, all checked against
 //! the network path.
 
+// Worker processes link to the driver over QUIC.
+#![cfg(feature = "quic")]
+
 use dagger::prelude::*;
 use serde_bytes::ByteBuf;
 

@@ -2,6 +2,9 @@
 //! closes), the lost tasks and the results that lived only there are recomputed on the
 //! surviving worker, and every result is right.
 
+// Worker processes link to the driver over QUIC.
+#![cfg(feature = "quic")]
+
 use dagger::prelude::*;
 use dagger::ClusterEvent;
 use std::time::Duration;

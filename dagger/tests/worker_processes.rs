@@ -1,6 +1,9 @@
 //! Local worker processes: what they inherit, how long they live, how their end is
 //! reported; and the builder's and the arguments' checks.
 
+// Worker processes link to the driver over QUIC.
+#![cfg(feature = "quic")]
+
 use dagger::prelude::*;
 use dagger::{ClusterEvent, ContextError, ExitCause, LostReason, SubmitError};
 use std::sync::mpsc;
