@@ -9,3 +9,5 @@
 
 pub mod driver;
 pub mod worker;
+
+pub use worker::{WorkerConfig, WorkerState};
