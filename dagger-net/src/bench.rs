@@ -6,7 +6,8 @@
 //! raw path and the [`Conn`] path the same way. Nothing here asserts a speed.
 
 #[cfg(feature = "quic")]
-use crate::quic::{build_configs, make_endpoint, open_raw, preamble};
+use crate::quic::handshake::{open_raw, preamble};
+use crate::quic::tls::{build_configs, make_endpoint};
 use crate::{Conn, NetError, Transport};
 #[cfg(feature = "quic")]
 use crate::{Identity, NetConfig};
@@ -51,11 +52,11 @@ pub async fn raw_quic_pair(
         })?;
         let conn = incoming
             .await
-            .map_err(|e| crate::quic::handshake_error(e, "raw client"))?;
+            .map_err(|e| crate::quic::handshake::handshake_error(e, "raw client"))?;
         let (send, mut recv) = conn
             .accept_bi()
             .await
-            .map_err(|e| crate::quic::handshake_error(e, "raw client"))?;
+            .map_err(|e| crate::quic::handshake::handshake_error(e, "raw client"))?;
         let mut p = [0u8; 18];
         recv.read_exact(&mut p)
             .await
@@ -74,7 +75,7 @@ pub async fn raw_quic_pair(
         .await?;
         let mut hello = [0u8; 18];
         hello[..8].copy_from_slice(&preamble(dagger_core::wire::PROTOCOL_VERSION));
-        hello[8..].copy_from_slice(&crate::quic::hello_ext(0, 1, 0));
+        hello[8..].copy_from_slice(&crate::quic::handshake::hello_ext(0, 1, 0));
         send.write_all(&hello).await.map_err(|e| NetError::Closed {
             reason: e.to_string(),
         })?;

@@ -47,6 +47,8 @@ pub use identity::Identity;
 pub use link::{FrameReceiver, FrameSender};
 pub use mem::MemTransport;
 #[cfg(feature = "quic")]
+pub use quic::codec;
+#[cfg(feature = "quic")]
 pub use quic::QuicTransport;
 
 use std::future::Future;

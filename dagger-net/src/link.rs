@@ -142,7 +142,7 @@ pub struct FrameReceiver {
 pub(crate) enum RecvInner {
     Mem(crate::mem::MemReceiver),
     #[cfg(feature = "quic")]
-    Quic(Box<crate::quic::QuicReceiver>),
+    Quic(Box<crate::quic::lanes::QuicReceiver>),
 }
 
 impl FrameReceiver {

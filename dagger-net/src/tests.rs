@@ -149,7 +149,8 @@ fn mem_addresses() {
 #[cfg(feature = "quic")]
 mod quic_tests {
     use super::*;
-    use crate::quic::{connect_on, preamble, resolve, QuicTransport};
+    use crate::quic::handshake::{connect_on, preamble};
+    use crate::quic::{resolve, QuicTransport};
     use rustls::pki_types::pem::PemObject;
     use std::sync::OnceLock;
 
@@ -230,8 +231,9 @@ mod quic_tests {
             let addr = listener.local_addr();
             let sock = resolve(&addr).await.unwrap();
             let ep = server.client_endpoint(&sock).unwrap();
-            let ext = crate::quic::hello_ext(crate::quic::ROLE_LANE, 1, 12345);
-            let r = crate::quic::dial_stream(
+            let ext =
+                crate::quic::handshake::hello_ext(crate::quic::handshake::ROLE_LANE, 1, 12345);
+            let r = crate::quic::handshake::dial_stream(
                 &ep,
                 server.client.clone(),
                 sock,
@@ -259,13 +261,13 @@ mod quic_tests {
         let sock = resolve(target).await.unwrap();
         let ep = client.client_endpoint(&sock).unwrap();
         let (conn, mut send, mut recv) =
-            crate::quic::open_raw(&ep, client.client.clone(), sock, target)
+            crate::quic::handshake::open_raw(&ep, client.client.clone(), sock, target)
                 .await
                 .unwrap();
         send.write_all(&preamble(dagger_core::wire::PROTOCOL_VERSION))
             .await
             .unwrap();
-        send.write_all(&crate::quic::hello_ext(0, 1, 7))
+        send.write_all(&crate::quic::handshake::hello_ext(0, 1, 7))
             .await
             .unwrap();
         let mut p = [0u8; 8];
