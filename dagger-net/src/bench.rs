@@ -156,12 +156,17 @@ pub async fn raw_quic_rtt_us(identity: &Identity, iters: usize) -> Result<f64, N
 }
 
 /// Opens a link from `transport` to itself (listen on `addr`, dial it) and returns both
-/// ends: `(dialler, accepted)`.
+/// ends: `(dialler, accepted)`. The dialler has already sent a one-byte hello, which the
+/// accepted end has received, so frames of any size up to the frame limit may follow
+/// (see [`NetConfig::max_first_frame`](crate::NetConfig::max_first_frame)).
 pub async fn loop_pair(transport: &dyn Transport, addr: &str) -> Result<(Conn, Conn), NetError> {
     let mut listener = transport.listen(addr).await?;
     let target = listener.local_addr();
     let (a, b) = tokio::join!(transport.connect(&target), listener.accept());
-    Ok((a?, b?))
+    let (a, mut b) = (a?, b?);
+    a.sender.send(vec![0])?;
+    b.receiver.recv().await?;
+    Ok((a, b))
 }
 
 /// Sends `count` frames of `len` bytes one way over a [`Conn`] pair of `transport` and

@@ -99,7 +99,7 @@ impl MemTransport {
                 own_inbox: Some(a_tx.downgrade()),
             },
             receiver: FrameReceiver {
-                inner: RecvInner::Mem(MemReceiver::new(a_rx, state.clone())),
+                inner: RecvInner::Mem(MemReceiver::new(a_rx, state.clone(), None)),
             },
             peer_addr: format!("mem:{n}"),
         };
@@ -111,7 +111,11 @@ impl MemTransport {
                 own_inbox: Some(b_tx.downgrade()),
             },
             receiver: FrameReceiver {
-                inner: RecvInner::Mem(MemReceiver::new(b_rx, state)),
+                inner: RecvInner::Mem(MemReceiver::new(
+                    b_rx,
+                    state,
+                    Some(self.hub.config.max_first_frame.min(max_frame)),
+                )),
             },
             peer_addr: format!("mem:dialler-of-{n}"),
         };
@@ -170,14 +174,21 @@ impl Listener for MemListener {
 pub(crate) struct MemReceiver {
     rx: mpsc::UnboundedReceiver<Cmd>,
     state: Arc<LinkState>,
+    /// The limit on the first frame, until it has arrived (accepted links only).
+    first_limit: Option<usize>,
     done: Option<String>,
 }
 
 impl MemReceiver {
-    fn new(rx: mpsc::UnboundedReceiver<Cmd>, state: Arc<LinkState>) -> Self {
+    fn new(
+        rx: mpsc::UnboundedReceiver<Cmd>,
+        state: Arc<LinkState>,
+        first_limit: Option<usize>,
+    ) -> Self {
         MemReceiver {
             rx,
             state,
+            first_limit,
             done: None,
         }
     }
@@ -189,14 +200,29 @@ impl MemReceiver {
             });
         }
         let reason = match self.rx.recv().await {
-            Some(Cmd::Frame(f)) => return Ok(f),
+            Some(Cmd::Frame(f)) => match self.first_limit.take() {
+                Some(limit) if f.len() > limit => {
+                    let err = NetError::FrameTooLarge {
+                        len: f.len() as u64,
+                        limit: limit as u64,
+                    };
+                    self.end(err.to_string());
+                    return Err(err);
+                }
+                _ => return Ok(f),
+            },
             Some(Cmd::Close(reason)) => reason,
             None => "the peer dropped the link".to_owned(),
         };
+        self.end(reason.clone());
+        Err(NetError::Closed { reason })
+    }
+
+    /// Marks the link down for good with `reason`.
+    fn end(&mut self, reason: String) {
         self.state.shut(&reason);
         self.rx.close();
-        self.done = Some(reason.clone());
-        Err(NetError::Closed { reason })
+        self.done = Some(reason);
     }
 }
 

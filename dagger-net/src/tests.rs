@@ -119,6 +119,33 @@ fn mem_frame_limit_and_drop() {
 }
 
 #[test]
+fn mem_first_frame_is_limited_on_accepted_links() {
+    rt().block_on(async {
+        let t = MemTransport::new();
+        let mut listener = t.listen("mem:0").await.unwrap();
+        let addr = listener.local_addr();
+        let (a, b) = tokio::join!(t.connect(&addr), listener.accept());
+        let (a, mut b) = (a.unwrap(), b.unwrap());
+        a.sender.send(vec![0; DEFAULT_MAX_FIRST_FRAME + 1]).unwrap();
+        match b.receiver.recv().await {
+            Err(NetError::FrameTooLarge { len, limit }) => assert_eq!(
+                (len, limit),
+                (
+                    DEFAULT_MAX_FIRST_FRAME as u64 + 1,
+                    DEFAULT_MAX_FIRST_FRAME as u64
+                )
+            ),
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert!(a.sender.is_closed());
+        assert!(matches!(
+            b.receiver.recv().await,
+            Err(NetError::Closed { .. })
+        ));
+    });
+}
+
+#[test]
 fn mem_addresses() {
     rt().block_on(async {
         let t = MemTransport::new();
@@ -153,6 +180,7 @@ mod quic_tests {
     use crate::quic::{resolve, QuicTransport};
     use rustls::pki_types::pem::PemObject;
     use std::sync::OnceLock;
+    use std::time::Duration;
 
     fn ca() -> &'static ClusterCa {
         static CA: OnceLock<ClusterCa> = OnceLock::new();
@@ -312,6 +340,63 @@ mod quic_tests {
             let (good, mut acc) = (good.unwrap(), acc.unwrap());
             good.sender.send(b"hello".to_vec()).unwrap();
             assert_eq!(acc.receiver.recv().await.unwrap(), b"hello");
+        });
+    }
+
+    /// A peer with a valid certificate that announces a huge first frame (under the frame
+    /// limit) before its hello is refused on the header: the listener neither waits for nor
+    /// buffers the body.
+    #[test]
+    fn huge_first_frame_is_refused_before_the_hello() {
+        let server = quic(NetConfig::default());
+        let client = quic(NetConfig::default());
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let announced = 1u64 << 29;
+            let header = announced.to_le_bytes();
+            let (raw, accepted) =
+                tokio::join!(raw_peer(&client, &addr, &header), listener.accept());
+            let mut accepted = accepted.unwrap();
+            // Without the first-frame limit `recv` would wait for 512 MiB that never come.
+            let got = tokio::time::timeout(Duration::from_secs(20), accepted.receiver.recv())
+                .await
+                .expect("the announced frame must be refused on its header");
+            match got {
+                Err(NetError::FrameTooLarge { len, limit }) => {
+                    assert_eq!((len, limit), (announced, DEFAULT_MAX_FIRST_FRAME as u64))
+                }
+                other => panic!("expected FrameTooLarge, got {other:?}"),
+            }
+            assert!(accepted.sender.is_closed());
+            let e = raw.closed().await;
+            assert!(
+                matches!(e, quinn::ConnectionError::ApplicationClosed(_)),
+                "{e:?}"
+            );
+            good_client_still_accepted(&mut listener, &server).await;
+        });
+    }
+
+    /// After the first frame, frames up to `max_frame` pass; the dialling side applies no
+    /// first-frame limit.
+    #[test]
+    fn first_frame_limit_only_guards_the_hello() {
+        let t = quic(NetConfig::default());
+        rt().block_on(async {
+            let mut listener = t.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let (a, b) = tokio::join!(t.connect(&addr), listener.accept());
+            let (mut a, mut b) = (a.unwrap(), b.unwrap());
+            a.sender.send(vec![1; DEFAULT_MAX_FIRST_FRAME]).unwrap();
+            assert_eq!(
+                b.receiver.recv().await.unwrap().len(),
+                DEFAULT_MAX_FIRST_FRAME
+            );
+            a.sender.send(vec![2; 64 << 10]).unwrap();
+            assert_eq!(b.receiver.recv().await.unwrap().len(), 64 << 10);
+            b.sender.send(vec![3; 64 << 10]).unwrap();
+            assert_eq!(a.receiver.recv().await.unwrap().len(), 64 << 10);
         });
     }
 
@@ -499,4 +584,36 @@ mod quic_tests {
             }
         });
     }
+}
+
+/// Prints the cost of many small frames (the driver loop's pattern) over both transports.
+/// Run with `cargo test --release -p dagger-net measure_small_frames -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, not a test"]
+fn measure_small_frames() {
+    let rt = rt();
+    rt.block_on(async {
+        for round in 0..3 {
+            let mem = MemTransport::new();
+            let n = 200_000;
+            let mem_mbps = bench::conn_mbps(&mem, "mem:0", n, 64).await.unwrap();
+            let mem_rtt = bench::conn_rtt_us(&mem, "mem:0", 5000).await.unwrap();
+            let mut line = format!(
+                "round {round}: mem_small_frames_per_s {:.0}  mem_rtt_us {mem_rtt:.1}",
+                mem_mbps * 1e6 / 64.0
+            );
+            #[cfg(feature = "quic")]
+            {
+                let ca = ClusterCa::generate("m").unwrap();
+                let t = QuicTransport::new(ca.issue("n").unwrap(), NetConfig::default()).unwrap();
+                let q = bench::conn_mbps(&t, "127.0.0.1:0", n, 64).await.unwrap();
+                let q_rtt = bench::conn_rtt_us(&t, "127.0.0.1:0", 2000).await.unwrap();
+                line.push_str(&format!(
+                    "  quic_small_frames_per_s {:.0}  quic_rtt_us {q_rtt:.1}",
+                    q * 1e6 / 64.0
+                ));
+            }
+            println!("{line}");
+        }
+    });
 }

@@ -190,6 +190,7 @@ pub(crate) async fn connect_on(
         extra,
         sock.to_string(),
         config,
+        false,
     ))
 }
 
@@ -357,6 +358,7 @@ async fn server_handshake(
                 lanes,
                 peer.to_owned(),
                 config,
+                true,
             )))
         }
         ROLE_LANE if (1..MAX_LANES).contains(&n) => {

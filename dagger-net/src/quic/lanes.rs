@@ -34,6 +34,7 @@ pub(crate) fn make_conn(
     lanes: Vec<Lane>,
     peer_addr: String,
     config: &NetConfig,
+    accepted: bool,
 ) -> Conn {
     let (connection, send, recv) = primary;
     let state = Arc::new(LinkState::default());
@@ -53,7 +54,10 @@ pub(crate) fn make_conn(
         lane_recvs.push(recv);
         lane_conns.push(conn);
     }
-    let decoder = Decoder::new(config.max_frame).allow_striped(!lane_recvs.is_empty());
+    let mut decoder = Decoder::new(config.max_frame).allow_striped(!lane_recvs.is_empty());
+    if accepted {
+        decoder = decoder.with_first_frame_limit(config.max_first_frame);
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(writer(
         send,
