@@ -35,6 +35,8 @@
 pub mod bench;
 #[cfg(feature = "quic")]
 mod ca;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod error;
 mod identity;
 pub mod launch;
@@ -47,7 +49,7 @@ mod quic;
 pub use ca::{ClusterCa, SERVER_NAME};
 pub use error::NetError;
 pub use identity::Identity;
-pub use link::{FrameReceiver, FrameSender};
+pub use link::{FrameReceiver, FrameSender, FrameSink, FrameSource};
 pub use mem::MemTransport;
 #[cfg(feature = "quic")]
 pub use quic::codec;

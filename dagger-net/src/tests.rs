@@ -145,6 +145,22 @@ fn mem_first_frame_is_limited_on_accepted_links() {
     });
 }
 
+/// The in-memory transport passes the public conformance suite.
+#[test]
+fn mem_passes_the_conformance_suite() {
+    let config = NetConfig {
+        max_frame: 1 << 20,
+        ..NetConfig::default()
+    };
+    let hub = MemTransport::with_config(config.clone());
+    let subject = conformance::Subject::new(
+        move || std::sync::Arc::new(hub.clone()) as std::sync::Arc<dyn Transport>,
+        || "mem:0".to_owned(),
+        &config,
+    );
+    rt().block_on(conformance::run_all(&subject)).unwrap();
+}
+
 #[test]
 fn mem_addresses() {
     rt().block_on(async {
@@ -189,6 +205,33 @@ mod quic_tests {
 
     fn quic(config: NetConfig) -> QuicTransport {
         QuicTransport::new(ca().issue("node-a").unwrap(), config).unwrap()
+    }
+
+    /// QUIC passes the public conformance suite, with striping (frames of the limit are
+    /// striped over 2 lanes) and without.
+    #[test]
+    fn quic_passes_the_conformance_suite() {
+        for lanes in [1u8, 2] {
+            let config = NetConfig {
+                max_frame: 2 << 20,
+                ..NetConfig::default()
+            };
+            let identity = ca().issue("node-c").unwrap();
+            let cfg = config.clone();
+            let subject = conformance::Subject::new(
+                move || {
+                    std::sync::Arc::new(
+                        QuicTransport::new(identity.clone(), cfg.clone())
+                            .unwrap()
+                            .with_lanes(lanes),
+                    ) as std::sync::Arc<dyn Transport>
+                },
+                || "127.0.0.1:0".to_owned(),
+                &config,
+            );
+            rt().block_on(conformance::run_all(&subject))
+                .unwrap_or_else(|e| panic!("lanes {lanes}: {e}"));
+        }
     }
 
     #[test]
@@ -593,27 +636,63 @@ mod quic_tests {
 fn measure_small_frames() {
     let rt = rt();
     rt.block_on(async {
-        for round in 0..3 {
+        let (mut mem_fps, mut mem_rtt, mut q_fps, mut q_rtt) = (0f64, f64::MAX, 0f64, f64::MAX);
+        #[cfg(feature = "quic")]
+        let ca = ClusterCa::generate("m").unwrap();
+        for _ in 0..7 {
             let mem = MemTransport::new();
             let n = 200_000;
-            let mem_mbps = bench::conn_mbps(&mem, "mem:0", n, 64).await.unwrap();
-            let mem_rtt = bench::conn_rtt_us(&mem, "mem:0", 5000).await.unwrap();
-            let mut line = format!(
-                "round {round}: mem_small_frames_per_s {:.0}  mem_rtt_us {mem_rtt:.1}",
-                mem_mbps * 1e6 / 64.0
-            );
+            let m = bench::conn_mbps(&mem, "mem:0", n, 64).await.unwrap();
+            mem_fps = mem_fps.max(m * 1e6 / 64.0);
+            mem_rtt = mem_rtt.min(bench::conn_rtt_us(&mem, "mem:0", 5000).await.unwrap());
             #[cfg(feature = "quic")]
             {
-                let ca = ClusterCa::generate("m").unwrap();
                 let t = QuicTransport::new(ca.issue("n").unwrap(), NetConfig::default()).unwrap();
                 let q = bench::conn_mbps(&t, "127.0.0.1:0", n, 64).await.unwrap();
-                let q_rtt = bench::conn_rtt_us(&t, "127.0.0.1:0", 2000).await.unwrap();
-                line.push_str(&format!(
-                    "  quic_small_frames_per_s {:.0}  quic_rtt_us {q_rtt:.1}",
-                    q * 1e6 / 64.0
-                ));
+                q_fps = q_fps.max(q * 1e6 / 64.0);
+                q_rtt = q_rtt.min(bench::conn_rtt_us(&t, "127.0.0.1:0", 2000).await.unwrap());
             }
-            println!("{line}");
         }
+        println!(
+            "best of 7: mem_small_frames_per_s {mem_fps:.0}  mem_rtt_us {mem_rtt:.1}  \
+             quic_small_frames_per_s {q_fps:.0}  quic_rtt_us {q_rtt:.1}"
+        );
+    });
+}
+
+/// Prints the CPU time (of the measuring thread, so other load on the machine does not
+/// count) per small frame sent and received over the in-memory transport, best of 9.
+#[test]
+#[ignore = "measurement, not a test"]
+fn measure_mem_cpu_per_frame() {
+    fn thread_cpu_ns() -> u128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = MemTransport::new();
+        let (a, mut b) = bench::loop_pair(&t, "mem:0").await.unwrap();
+        let n = 200_000u32;
+        let mut best = f64::MAX;
+        for _ in 0..9 {
+            let start = thread_cpu_ns();
+            for i in 0..n {
+                a.sender.send(i.to_le_bytes().to_vec()).unwrap();
+            }
+            for _ in 0..n {
+                b.receiver.recv().await.unwrap();
+            }
+            best = best.min((thread_cpu_ns() - start) as f64 / f64::from(n));
+        }
+        println!("mem_cpu_ns_per_frame {best:.1}");
     });
 }

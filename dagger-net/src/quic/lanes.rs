@@ -10,7 +10,7 @@
 
 use super::code;
 use super::codec::{Decoded, Decoder, Encoder};
-use crate::link::{Cmd, FrameReceiver, FrameSender, LinkState, RecvInner};
+use crate::link::{Cmd, FrameReceiver, FrameSender, FrameSource, LinkState, QueueSink};
 use crate::{Conn, Frame, NetConfig, NetError};
 use bytes::{Buf, Bytes};
 use quinn::{ConnectionError, Endpoint, ReadError, RecvStream, SendStream, VarInt};
@@ -69,14 +69,16 @@ pub(crate) fn make_conn(
         config.idle_timeout,
     ));
     Conn {
-        sender: FrameSender {
-            tx,
-            state: state.clone(),
-            max_frame: config.max_frame,
-            own_inbox: None,
-        },
-        receiver: FrameReceiver {
-            inner: RecvInner::Quic(Box::new(QuicReceiver {
+        sender: FrameSender::new(
+            QueueSink {
+                tx,
+                state: state.clone(),
+                own_inbox: None,
+            },
+            config.max_frame,
+        ),
+        receiver: FrameReceiver::new(QuicSource {
+            idle: Some(Box::new(QuicReceiver {
                 recv,
                 lanes: lane_recvs,
                 connection,
@@ -88,7 +90,8 @@ pub(crate) fn make_conn(
                 striped: None,
                 done: None,
             })),
-        },
+            busy: None,
+        }),
         peer_addr,
     }
 }
@@ -274,6 +277,49 @@ pub(crate) struct QuicReceiver {
     done: Option<String>,
 }
 
+/// A [`QuicReceiver::recv`] in progress, owning the receiver until it completes.
+type PendingRecv = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Box<QuicReceiver>, Result<Frame, NetError>)> + Send>,
+>;
+
+/// The [`FrameSource`] of a QUIC link: drives [`QuicReceiver::recv`], keeping an
+/// unfinished call across polls (so a dropped `FrameReceiver::recv` loses nothing).
+pub(crate) struct QuicSource {
+    idle: Option<Box<QuicReceiver>>,
+    busy: Option<PendingRecv>,
+}
+
+impl FrameSource for QuicSource {
+    fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Frame, NetError>> {
+        if self.busy.is_none() {
+            // Fast path: a frame already buffered (small frames arrive many to a read)
+            // is returned without starting an asynchronous receive.
+            if let Some(ready) = self.idle.as_mut().and_then(|rx| rx.try_buffered()) {
+                return std::task::Poll::Ready(ready);
+            }
+            let Some(mut rx) = self.idle.take() else {
+                return std::task::Poll::Ready(Err(NetError::Closed {
+                    reason: "the link's receiver is gone".into(),
+                }));
+            };
+            self.busy = Some(Box::pin(async move {
+                let r = rx.recv().await;
+                (rx, r)
+            }));
+        }
+        let Some(fut) = self.busy.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let (rx, r) = std::task::ready!(fut.as_mut().poll(cx));
+        self.busy = None;
+        self.idle = Some(rx);
+        std::task::Poll::Ready(r)
+    }
+}
+
 /// The outcome of waiting for the parts of a striped frame.
 enum LaneProgress {
     Progress,
@@ -329,6 +375,17 @@ impl QuicReceiver {
                 Err(e) => return Err(self.read_failed(e)),
             }
         }
+    }
+
+    /// The outcome of `recv` if it needs no I/O: the link already ended, or a whole frame
+    /// (or a bad header) is buffered.
+    fn try_buffered(&mut self) -> Option<Result<Frame, NetError>> {
+        if let Some(reason) = &self.done {
+            return Some(Err(NetError::Closed {
+                reason: reason.clone(),
+            }));
+        }
+        self.parse().transpose()
     }
 
     fn read_failed(&mut self, e: ReadError) -> NetError {
