@@ -591,6 +591,54 @@ mod quic_tests {
     /// Prints the throughput and round trip of the raw quinn path and of the `Conn` path.
     /// Run with `cargo test -p dagger-net --release -- --ignored --nocapture measure`;
     /// `DAGGER_NET_MEASURE_THREADS` sets the runtime's worker threads (default 2).
+    /// Large transfers (32 frames of 8 MiB, MB/s) and 64-byte round trips (µs) over QUIC
+    /// links of 1 and 4 lanes, with the default flow-control windows and with windows 4x
+    /// larger; configurations interleaved, best of 5 each. Run with
+    /// `cargo test --release -p dagger-net measure_lanes -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement, not a test"]
+    fn measure_lanes() {
+        use crate::quic::tls::{transport_config, CONN_WINDOW, STREAM_WINDOW};
+        let id = ca().issue("bench").unwrap();
+        let configs: [(u8, u32, u32); 4] = [
+            (1, STREAM_WINDOW, CONN_WINDOW),
+            (4, STREAM_WINDOW, CONN_WINDOW),
+            (1, STREAM_WINDOW * 4, CONN_WINDOW * 4),
+            (4, STREAM_WINDOW * 4, CONN_WINDOW * 4),
+        ];
+        let make = |(lanes, sw, cw): (u8, u32, u32)| {
+            let mut t = QuicTransport::new(id.clone(), NetConfig::default())
+                .unwrap()
+                .with_lanes(lanes);
+            let tc = std::sync::Arc::new(transport_config(&t.config, sw, cw).unwrap());
+            t.server.transport_config(tc.clone());
+            t.client.transport_config(tc);
+            t
+        };
+        let mut best = [(0f64, f64::MAX); 4];
+        rt().block_on(async {
+            for _ in 0..5 {
+                for (i, c) in configs.iter().enumerate() {
+                    let t = make(*c);
+                    let mbps = bench::conn_mbps(&t, "127.0.0.1:0", 32, 8 << 20)
+                        .await
+                        .unwrap();
+                    let rtt = bench::conn_rtt_us(&t, "127.0.0.1:0", 1000).await.unwrap();
+                    best[i].0 = best[i].0.max(mbps);
+                    best[i].1 = best[i].1.min(rtt);
+                }
+            }
+        });
+        for ((lanes, sw, cw), (mbps, rtt)) in configs.iter().zip(best) {
+            println!(
+                "lanes {lanes}  stream window {} MiB  connection window {} MiB:  \
+                 {mbps:.0} MB/s  rtt {rtt:.1} us",
+                sw >> 20,
+                cw >> 20
+            );
+        }
+    }
+
     #[test]
     #[ignore = "measurement, not a test"]
     fn measure_quic_paths() {

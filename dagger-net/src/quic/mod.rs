@@ -24,8 +24,11 @@ use std::sync::Mutex;
 use tls::{build_configs, make_endpoint};
 use tokio::sync::mpsc;
 
-/// How many QUIC connections a link uses by default (one primary, the rest lanes).
-pub(crate) const DEFAULT_LANES: u8 = 4;
+/// How many QUIC connections a link uses by default: one, no lanes. Striping over 4
+/// connections, with the default or 4x larger flow-control windows, did not move large
+/// transfers faster on a 2-core host (see the `measure_lanes` measurement) and costs 3
+/// extra handshakes per link, so it is opt-in.
+pub(crate) const DEFAULT_LANES: u8 = 1;
 /// The most connections one link may use.
 pub(crate) const MAX_LANES: u8 = 16;
 /// Application error codes used when closing a QUIC connection.
@@ -40,9 +43,9 @@ pub(crate) mod code {
 
 /// QUIC with mutual TLS: the default transport between processes.
 ///
-/// A link is one primary QUIC connection carrying a bidirectional stream of frames, plus
-/// (by default three) extra connections, its lanes, over which frames of 1 MiB or more are
-/// striped; see [`QuicTransport::with_lanes`].
+/// A link is one QUIC connection carrying a bidirectional stream of frames; optionally
+/// (see [`QuicTransport::with_lanes`]) plus extra connections, its lanes, over which
+/// frames of 1 MiB or more are striped.
 ///
 /// Holds the TLS configuration built from an [`Identity`] and one client endpoint (a UDP
 /// socket), created at the first `connect` and shared by all dialled links. Listening and
@@ -81,11 +84,12 @@ impl QuicTransport {
     }
 
     /// Sets how many QUIC connections each link this transport dials uses (1 to 16,
-    /// clamped; default 4). Frames of 1 MiB or more are split evenly over them and
+    /// clamped; default 1). Frames of 1 MiB or more are split evenly over them and
     /// reassembled in order, so that encryption and packet processing of one large
-    /// transfer run on several cores; smaller frames use the first connection only.
-    /// Costs one extra handshake per lane when dialling. The accepting side follows the
-    /// dialler's choice.
+    /// transfer can run on several cores; smaller frames use the first connection only.
+    /// Costs one extra handshake per lane when dialling, and pays off only on hosts with
+    /// cores to spare (measure with `measure_lanes` before turning it on). The accepting
+    /// side follows the dialler's choice.
     pub fn with_lanes(mut self, lanes: u8) -> Self {
         self.lanes = lanes.clamp(1, MAX_LANES);
         self

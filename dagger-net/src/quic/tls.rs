@@ -17,8 +17,8 @@ use std::time::Duration;
 const ALPN: &[u8] = b"dagger";
 /// Per-stream and per-connection flow-control windows. Large, so that one 8 MiB frame
 /// never waits for window updates on a fast link.
-const STREAM_WINDOW: u32 = 128 << 20;
-const CONN_WINDOW: u32 = 256 << 20;
+pub(crate) const STREAM_WINDOW: u32 = 128 << 20;
+pub(crate) const CONN_WINDOW: u32 = 256 << 20;
 /// UDP socket buffer size requested from the kernel.
 const SOCKET_BUFFER: usize = 16 << 20;
 
@@ -72,7 +72,7 @@ pub(crate) fn build_configs(
         .map_err(tls)?;
     client_tls.alpn_protocols = vec![ALPN.to_vec()];
 
-    let transport = Arc::new(transport_config(config)?);
+    let transport = Arc::new(transport_config(config, STREAM_WINDOW, CONN_WINDOW)?);
     let server_crypto =
         QuicServerConfig::try_from(server_tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
@@ -85,7 +85,13 @@ pub(crate) fn build_configs(
 }
 
 /// The QUIC transport settings of every cluster link.
-fn transport_config(config: &NetConfig) -> Result<TransportConfig, NetError> {
+/// `stream_window` and `conn_window` are the per-stream and per-connection flow-control
+/// windows (receive, and send for the connection).
+pub(crate) fn transport_config(
+    config: &NetConfig,
+    stream_window: u32,
+    conn_window: u32,
+) -> Result<TransportConfig, NetError> {
     let mut t = TransportConfig::default();
     let idle = IdleTimeout::try_from(config.idle_timeout).map_err(|_| NetError::Address {
         addr: String::new(),
@@ -93,9 +99,9 @@ fn transport_config(config: &NetConfig) -> Result<TransportConfig, NetError> {
     })?;
     t.max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(config.keep_alive))
-        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(VarInt::from_u32(CONN_WINDOW))
-        .send_window(u64::from(CONN_WINDOW))
+        .stream_receive_window(VarInt::from_u32(stream_window))
+        .receive_window(VarInt::from_u32(conn_window))
+        .send_window(u64::from(conn_window))
         .max_concurrent_bidi_streams(VarInt::from_u32(16))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(None)
