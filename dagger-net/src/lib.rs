@@ -14,6 +14,15 @@
 //! The [`launch`] module starts worker processes on this host and tells a process whether
 //! it was started as a worker.
 //!
+//! # Implementing a transport
+//!
+//! A transport outside this crate implements [`Transport`] and [`Listener`], and builds
+//! each [`Conn`] from its own halves: a [`FrameSink`] wrapped by [`FrameSender::new`] (which
+//! enforces the frame limit, then makes one virtual call per frame) and a [`FrameSource`]
+//! wrapped by [`FrameReceiver::new`]. A byte-stream transport can reuse this crate's
+//! framing, [`codec`] (feature `quic`). The `conformance` module (feature `conformance`)
+//! checks an implementation against the contract below.
+//!
 //! # Contract
 //!
 //! - Frames are delivered whole, in the order they were sent, or not at all: after an
