@@ -6,7 +6,9 @@
 //! raw path and the [`Conn`] path the same way. Nothing here asserts a speed.
 
 #[cfg(feature = "quic")]
-use crate::quic::{build_configs, make_endpoint, open_raw, preamble};
+use crate::quic::handshake::{open_raw, preamble};
+#[cfg(feature = "quic")]
+use crate::quic::tls::{build_configs, make_endpoint};
 use crate::{Conn, NetError, Transport};
 #[cfg(feature = "quic")]
 use crate::{Identity, NetConfig};
@@ -51,11 +53,11 @@ pub async fn raw_quic_pair(
         })?;
         let conn = incoming
             .await
-            .map_err(|e| crate::quic::handshake_error(e, "raw client"))?;
+            .map_err(|e| crate::quic::handshake::handshake_error(e, "raw client"))?;
         let (send, mut recv) = conn
             .accept_bi()
             .await
-            .map_err(|e| crate::quic::handshake_error(e, "raw client"))?;
+            .map_err(|e| crate::quic::handshake::handshake_error(e, "raw client"))?;
         let mut p = [0u8; 18];
         recv.read_exact(&mut p)
             .await
@@ -74,7 +76,7 @@ pub async fn raw_quic_pair(
         .await?;
         let mut hello = [0u8; 18];
         hello[..8].copy_from_slice(&preamble(dagger_core::wire::PROTOCOL_VERSION));
-        hello[8..].copy_from_slice(&crate::quic::hello_ext(0, 1, 0));
+        hello[8..].copy_from_slice(&crate::quic::handshake::hello_ext(0, 1, 0));
         send.write_all(&hello).await.map_err(|e| NetError::Closed {
             reason: e.to_string(),
         })?;
@@ -155,12 +157,17 @@ pub async fn raw_quic_rtt_us(identity: &Identity, iters: usize) -> Result<f64, N
 }
 
 /// Opens a link from `transport` to itself (listen on `addr`, dial it) and returns both
-/// ends: `(dialler, accepted)`.
+/// ends: `(dialler, accepted)`. The dialler has already sent a one-byte hello, which the
+/// accepted end has received, so frames of any size up to the frame limit may follow
+/// (see [`NetConfig::max_first_frame`](crate::NetConfig::max_first_frame)).
 pub async fn loop_pair(transport: &dyn Transport, addr: &str) -> Result<(Conn, Conn), NetError> {
     let mut listener = transport.listen(addr).await?;
     let target = listener.local_addr();
     let (a, b) = tokio::join!(transport.connect(&target), listener.accept());
-    Ok((a?, b?))
+    let (a, mut b) = (a?, b?);
+    a.sender.send(vec![0])?;
+    b.receiver.recv().await?;
+    Ok((a, b))
 }
 
 /// Sends `count` frames of `len` bytes one way over a [`Conn`] pair of `transport` and

@@ -14,6 +14,15 @@
 //! The [`launch`] module starts worker processes on this host and tells a process whether
 //! it was started as a worker.
 //!
+//! # Implementing a transport
+//!
+//! A transport outside this crate implements [`Transport`] and [`Listener`], and builds
+//! each [`Conn`] from its own halves: a [`FrameSink`] wrapped by [`FrameSender::new`] (which
+//! enforces the frame limit, then makes one virtual call per frame) and a [`FrameSource`]
+//! wrapped by [`FrameReceiver::new`]. A byte-stream transport can reuse this crate's
+//! framing, [`codec`]. The `conformance` module (feature `conformance`)
+//! checks an implementation against the contract below.
+//!
 //! # Contract
 //!
 //! - Frames are delivered whole, in the order they were sent, or not at all: after an
@@ -23,6 +32,9 @@
 //!   caller's business (the scheduler bounds what it has in flight).
 //! - A frame longer than [`NetConfig::max_frame`] is refused by `send`; one received from a
 //!   misbehaving peer closes that link (never the process) before anything is allocated.
+//! - On a link a listener accepted, the first frame (the peer's hello) is limited to
+//!   [`NetConfig::max_first_frame`] (4 KiB by default); a larger one closes the link with
+//!   [`NetError::FrameTooLarge`] on the accepting side.
 //! - Not guaranteed: delivery of frames still queued when the process exits, or when the
 //!   link dies; that a frame was *processed* by the peer (acknowledge at a higher level).
 
@@ -32,6 +44,9 @@
 pub mod bench;
 #[cfg(feature = "quic")]
 mod ca;
+pub mod codec;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod error;
 mod identity;
 pub mod launch;
@@ -44,7 +59,7 @@ mod quic;
 pub use ca::{ClusterCa, SERVER_NAME};
 pub use error::NetError;
 pub use identity::Identity;
-pub use link::{FrameReceiver, FrameSender};
+pub use link::{FrameReceiver, FrameSender, FrameSink, FrameSource};
 pub use mem::MemTransport;
 #[cfg(feature = "quic")]
 pub use quic::QuicTransport;
@@ -59,12 +74,21 @@ pub type Frame = Vec<u8>;
 /// A boxed, sendable future (the return type of the object-safe transport traits).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The default of [`NetConfig::max_first_frame`]: 4 KiB.
+pub const DEFAULT_MAX_FIRST_FRAME: usize = 4096;
+
 /// Settings shared by every link of a transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
     /// The longest frame accepted, in bytes (default 1 GiB). Larger frames are refused by
     /// `send`, and a peer sending one has its link closed.
     pub max_frame: usize,
+    /// The longest *first* frame accepted on a link this side accepted (default 4 KiB):
+    /// the peer's hello, sent before it has said who it is. A larger one is refused with
+    /// [`NetError::FrameTooLarge`] and closes the link, so a peer that merely holds a valid
+    /// certificate cannot make a listener buffer a frame of up to `max_frame` bytes.
+    /// Frames after the first are limited by `max_frame` only.
+    pub max_first_frame: usize,
     /// How often an idle QUIC link sends a keep-alive packet (default 1 s).
     pub keep_alive: Duration,
     /// How long a QUIC link may stay silent before it is declared dead (default 10 s); also
@@ -76,6 +100,7 @@ impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             max_frame: 1 << 30,
+            max_first_frame: DEFAULT_MAX_FIRST_FRAME,
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
         }

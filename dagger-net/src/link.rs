@@ -1,11 +1,46 @@
-//! The two halves of a link, shared by every transport.
+//! The two halves of a link, and the traits a transport implements to provide them.
+//!
+//! A transport builds each [`Conn`](crate::Conn) from a [`FrameSink`] (the sending side)
+//! and a [`FrameSource`] (the receiving side). [`FrameSender`] and [`FrameReceiver`] wrap
+//! them behind one virtual call per operation and add what every transport shares: the
+//! frame limit on `send`, cheap clones of the sender, and `recv` as an `async fn`.
 
 use crate::{Frame, NetError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio::sync::{mpsc, Notify};
 
-/// What a [`FrameSender`] queues towards the peer.
+/// The sending side of one link, as a transport implements it.
+///
+/// Shared by every clone of the [`FrameSender`] that wraps it, so it takes `&self` and
+/// must be usable from any thread, inside or outside a runtime.
+pub trait FrameSink: Send + Sync + 'static {
+    /// Queues `frame` behind every frame queued before it, without blocking or awaiting.
+    /// The length has already been checked against the link's limit. Fails with
+    /// [`NetError::Closed`] once the link is down (the frame is dropped).
+    fn send(&self, frame: Frame) -> Result<(), NetError>;
+
+    /// Closes the link: frames queued before are still delivered, then the peer's receiver
+    /// returns [`NetError::Closed`] carrying `reason`; afterwards `send` fails, and this
+    /// end's receiver returns `Closed` too. Idempotent; never blocks.
+    fn close(&self, reason: &str);
+
+    /// Whether the link is known to be down (closed by either side or broken).
+    fn is_closed(&self) -> bool;
+}
+
+/// The receiving side of one link, as a transport implements it.
+///
+/// Poll-based, like a stream: the frame being received lives in the source, not in a
+/// future, so dropping a pending [`FrameReceiver::recv`] loses nothing.
+pub trait FrameSource: Send + 'static {
+    /// Polls for the next frame from the peer, registering `cx`'s waker when none is
+    /// ready. The contract of the result is [`FrameReceiver::recv`]'s.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, NetError>>;
+}
+
+/// What a [`QueueSink`] queues towards the link's writer.
 #[derive(Debug)]
 pub(crate) enum Cmd {
     /// A frame to deliver.
@@ -72,36 +107,21 @@ impl LinkState {
     }
 }
 
-/// The sending half of a link. Cheap to clone; every clone feeds the same ordered queue.
-///
-/// The link's writer drains the queue in the background (for QUIC, a tokio task that
-/// coalesces small queued frames into one write), so `send` costs one channel push.
-#[derive(Clone, Debug)]
-pub struct FrameSender {
+/// The sink of this crate's transports: an unbounded queue drained by the link's writer
+/// (a QUIC writer task, or the peer's receiver in memory).
+#[derive(Debug)]
+pub(crate) struct QueueSink {
     pub(crate) tx: mpsc::UnboundedSender<Cmd>,
     pub(crate) state: Arc<LinkState>,
-    pub(crate) max_frame: usize,
     /// For the in-memory transport: this end's own incoming queue, so that `close` also
     /// ends this end's receiver.
     pub(crate) own_inbox: Option<mpsc::WeakUnboundedSender<Cmd>>,
 }
 
-impl FrameSender {
-    /// Queues `frame` for delivery after every frame queued before it (from any clone).
-    ///
-    /// Never blocks or awaits; callable from any thread, inside or outside a runtime.
-    /// Errors: [`NetError::Closed`] once the link is down (the frame is dropped),
-    /// [`NetError::FrameTooLarge`] if `frame` exceeds the configured limit (nothing is sent
-    /// and the link stays up). `Ok` means queued, not delivered.
-    pub fn send(&self, frame: Frame) -> Result<(), NetError> {
+impl FrameSink for QueueSink {
+    fn send(&self, frame: Frame) -> Result<(), NetError> {
         if self.state.is_down() {
             return Err(self.state.closed_error());
-        }
-        if frame.len() > self.max_frame {
-            return Err(NetError::FrameTooLarge {
-                len: frame.len() as u64,
-                limit: self.max_frame as u64,
-            });
         }
         self.tx.send(Cmd::Frame(frame)).map_err(|_| {
             self.state.shut("the link's writer has stopped");
@@ -109,10 +129,7 @@ impl FrameSender {
         })
     }
 
-    /// Closes the link: frames queued before this call are still sent, then the peer's
-    /// receiver returns [`NetError::Closed`] carrying `reason`. Afterwards `send` fails on
-    /// every clone and this end's receiver returns `Closed` too. Idempotent; never blocks.
-    pub fn close(&self, reason: &str) {
+    fn close(&self, reason: &str) {
         if self.state.is_down() {
             return;
         }
@@ -125,27 +142,98 @@ impl FrameSender {
         self.state.shut(reason);
     }
 
-    /// Whether the link is known to be down (closed by either side or broken). A `false`
-    /// answer may be stale by the time it is read.
-    pub fn is_closed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         self.state.is_down() || self.tx.is_closed()
     }
 }
 
-/// The receiving half of a link.
-#[derive(Debug)]
-pub struct FrameReceiver {
-    pub(crate) inner: RecvInner,
+/// The sending half of a link. Cheap to clone; every clone feeds the same ordered queue.
+///
+/// For this crate's transports the link's writer drains the queue in the background (for
+/// QUIC, a tokio task that coalesces small queued frames into one write), so `send` costs
+/// one channel push.
+#[derive(Clone)]
+pub struct FrameSender {
+    sink: Arc<dyn FrameSink>,
+    max_frame: usize,
 }
 
-#[derive(Debug)]
-pub(crate) enum RecvInner {
-    Mem(crate::mem::MemReceiver),
-    #[cfg(feature = "quic")]
-    Quic(Box<crate::quic::QuicReceiver>),
+impl std::fmt::Debug for FrameSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameSender")
+            .field("max_frame", &self.max_frame)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameSender {
+    /// Wraps a transport's sink; `send` refuses frames longer than `max_frame` before
+    /// they reach it.
+    pub fn new(sink: impl FrameSink, max_frame: usize) -> Self {
+        Self::from_arc(Arc::new(sink), max_frame)
+    }
+
+    /// Like [`FrameSender::new`], for a sink already shared.
+    pub fn from_arc(sink: Arc<dyn FrameSink>, max_frame: usize) -> Self {
+        FrameSender { sink, max_frame }
+    }
+
+    /// The longest frame `send` accepts.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Queues `frame` for delivery after every frame queued before it (from any clone).
+    ///
+    /// Never blocks or awaits; callable from any thread, inside or outside a runtime.
+    /// Errors: [`NetError::FrameTooLarge`] if `frame` exceeds the configured limit (nothing
+    /// is sent and the link stays up), [`NetError::Closed`] once the link is down (the
+    /// frame is dropped). `Ok` means queued, not delivered.
+    #[inline]
+    pub fn send(&self, frame: Frame) -> Result<(), NetError> {
+        if frame.len() > self.max_frame {
+            return Err(NetError::FrameTooLarge {
+                len: frame.len() as u64,
+                limit: self.max_frame as u64,
+            });
+        }
+        self.sink.send(frame)
+    }
+
+    /// Closes the link: frames queued before this call are still sent, then the peer's
+    /// receiver returns [`NetError::Closed`] carrying `reason`. Afterwards `send` fails on
+    /// every clone and this end's receiver returns `Closed` too. Idempotent; never blocks.
+    pub fn close(&self, reason: &str) {
+        self.sink.close(reason)
+    }
+
+    /// Whether the link is known to be down (closed by either side or broken). A `false`
+    /// answer may be stale by the time it is read.
+    pub fn is_closed(&self) -> bool {
+        self.sink.is_closed()
+    }
+}
+
+/// The receiving half of a link.
+pub struct FrameReceiver {
+    source: Box<dyn FrameSource>,
+}
+
+impl std::fmt::Debug for FrameReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReceiver").finish_non_exhaustive()
+    }
 }
 
 impl FrameReceiver {
+    /// Wraps a transport's source.
+    pub fn new(source: impl FrameSource) -> Self {
+        FrameReceiver {
+            source: Box::new(source),
+        }
+    }
+
     /// Waits for the next frame from the peer.
     ///
     /// Returns `Err` once the link is down; the first error names the cause
@@ -154,10 +242,11 @@ impl FrameReceiver {
     /// also closes the link), and every later call returns [`NetError::Closed`].
     /// Cancel-safe: if the future is dropped before completing, no frame is lost.
     pub async fn recv(&mut self) -> Result<Frame, NetError> {
-        match &mut self.inner {
-            RecvInner::Mem(m) => m.recv().await,
-            #[cfg(feature = "quic")]
-            RecvInner::Quic(q) => q.recv().await,
-        }
+        std::future::poll_fn(|cx| self.source.poll_recv(cx)).await
+    }
+
+    /// Polls for the next frame (the poll form of [`FrameReceiver::recv`]).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, NetError>> {
+        self.source.poll_recv(cx)
     }
 }

@@ -1,9 +1,10 @@
 //! The in-process transport.
 
-use crate::link::{Cmd, FrameReceiver, FrameSender, LinkState, RecvInner};
+use crate::link::{Cmd, FrameReceiver, FrameSender, FrameSource, LinkState, QueueSink};
 use crate::{BoxFuture, Conn, Frame, Listener, NetConfig, NetError, Transport};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 /// An in-process transport: a hub of named listeners (`mem:<n>`) joined by tokio channels.
@@ -92,27 +93,38 @@ impl MemTransport {
         let (a_tx, a_rx) = mpsc::unbounded_channel(); // towards the dialler
         let (b_tx, b_rx) = mpsc::unbounded_channel(); // towards the listener
         let dialler = Conn {
-            sender: FrameSender {
-                tx: b_tx.clone(),
-                state: state.clone(),
+            sender: FrameSender::new(
+                QueueSink {
+                    tx: b_tx.clone(),
+                    state: state.clone(),
+                    own_inbox: Some(a_tx.downgrade()),
+                },
                 max_frame,
-                own_inbox: Some(a_tx.downgrade()),
-            },
-            receiver: FrameReceiver {
-                inner: RecvInner::Mem(MemReceiver::new(a_rx, state.clone())),
-            },
+            ),
+            receiver: FrameReceiver::new(MemReceiver::new(
+                a_rx,
+                b_tx.downgrade(),
+                state.clone(),
+                None,
+            )),
             peer_addr: format!("mem:{n}"),
         };
+        let a_weak = a_tx.downgrade();
         let accepted = Conn {
-            sender: FrameSender {
-                tx: a_tx,
-                state: state.clone(),
+            sender: FrameSender::new(
+                QueueSink {
+                    tx: a_tx,
+                    state: state.clone(),
+                    own_inbox: Some(b_tx.downgrade()),
+                },
                 max_frame,
-                own_inbox: Some(b_tx.downgrade()),
-            },
-            receiver: FrameReceiver {
-                inner: RecvInner::Mem(MemReceiver::new(b_rx, state)),
-            },
+            ),
+            receiver: FrameReceiver::new(MemReceiver::new(
+                b_rx,
+                a_weak,
+                state,
+                Some(self.hub.config.max_first_frame.min(max_frame)),
+            )),
             peer_addr: format!("mem:dialler-of-{n}"),
         };
         drop(b_tx);
@@ -169,34 +181,67 @@ impl Listener for MemListener {
 #[derive(Debug)]
 pub(crate) struct MemReceiver {
     rx: mpsc::UnboundedReceiver<Cmd>,
+    /// The peer's incoming queue, told when this end fails the link.
+    peer_inbox: Option<mpsc::WeakUnboundedSender<Cmd>>,
     state: Arc<LinkState>,
+    /// The limit on the first frame, until it has arrived (accepted links only).
+    first_limit: Option<usize>,
     done: Option<String>,
 }
 
 impl MemReceiver {
-    fn new(rx: mpsc::UnboundedReceiver<Cmd>, state: Arc<LinkState>) -> Self {
+    fn new(
+        rx: mpsc::UnboundedReceiver<Cmd>,
+        peer_inbox: mpsc::WeakUnboundedSender<Cmd>,
+        state: Arc<LinkState>,
+        first_limit: Option<usize>,
+    ) -> Self {
         MemReceiver {
             rx,
+            peer_inbox: Some(peer_inbox),
             state,
+            first_limit,
             done: None,
         }
     }
 
-    pub(crate) async fn recv(&mut self) -> Result<Frame, NetError> {
-        if let Some(reason) = &self.done {
-            return Err(NetError::Closed {
-                reason: reason.clone(),
-            });
+    /// Marks the link down for good with `reason`.
+    fn end(&mut self, reason: String) {
+        // A link this end fails (a refused frame) ends for the peer too; after a close
+        // from the peer this only queues a message nobody reads.
+        if let Some(peer) = self.peer_inbox.take().and_then(|w| w.upgrade()) {
+            let _ = peer.send(Cmd::Close(reason.clone()));
         }
-        let reason = match self.rx.recv().await {
-            Some(Cmd::Frame(f)) => return Ok(f),
+        self.state.shut(&reason);
+        self.rx.close();
+        self.done = Some(reason);
+    }
+}
+
+impl FrameSource for MemReceiver {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, NetError>> {
+        if let Some(reason) = &self.done {
+            return Poll::Ready(Err(NetError::Closed {
+                reason: reason.clone(),
+            }));
+        }
+        let reason = match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Cmd::Frame(f)) => match self.first_limit.take() {
+                Some(limit) if f.len() > limit => {
+                    let err = NetError::FrameTooLarge {
+                        len: f.len() as u64,
+                        limit: limit as u64,
+                    };
+                    self.end(err.to_string());
+                    return Poll::Ready(Err(err));
+                }
+                _ => return Poll::Ready(Ok(f)),
+            },
             Some(Cmd::Close(reason)) => reason,
             None => "the peer dropped the link".to_owned(),
         };
-        self.state.shut(&reason);
-        self.rx.close();
-        self.done = Some(reason.clone());
-        Err(NetError::Closed { reason })
+        self.end(reason.clone());
+        Poll::Ready(Err(NetError::Closed { reason }))
     }
 }
 

@@ -119,6 +119,49 @@ fn mem_frame_limit_and_drop() {
 }
 
 #[test]
+fn mem_first_frame_is_limited_on_accepted_links() {
+    rt().block_on(async {
+        let t = MemTransport::new();
+        let mut listener = t.listen("mem:0").await.unwrap();
+        let addr = listener.local_addr();
+        let (a, b) = tokio::join!(t.connect(&addr), listener.accept());
+        let (a, mut b) = (a.unwrap(), b.unwrap());
+        a.sender.send(vec![0; DEFAULT_MAX_FIRST_FRAME + 1]).unwrap();
+        match b.receiver.recv().await {
+            Err(NetError::FrameTooLarge { len, limit }) => assert_eq!(
+                (len, limit),
+                (
+                    DEFAULT_MAX_FIRST_FRAME as u64 + 1,
+                    DEFAULT_MAX_FIRST_FRAME as u64
+                )
+            ),
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert!(a.sender.is_closed());
+        assert!(matches!(
+            b.receiver.recv().await,
+            Err(NetError::Closed { .. })
+        ));
+    });
+}
+
+/// The in-memory transport passes the public conformance suite.
+#[test]
+fn mem_passes_the_conformance_suite() {
+    let config = NetConfig {
+        max_frame: 1 << 20,
+        ..NetConfig::default()
+    };
+    let hub = MemTransport::with_config(config.clone());
+    let subject = conformance::Subject::new(
+        move || std::sync::Arc::new(hub.clone()) as std::sync::Arc<dyn Transport>,
+        || "mem:0".to_owned(),
+        &config,
+    );
+    rt().block_on(conformance::run_all(&subject)).unwrap();
+}
+
+#[test]
 fn mem_addresses() {
     rt().block_on(async {
         let t = MemTransport::new();
@@ -149,9 +192,11 @@ fn mem_addresses() {
 #[cfg(feature = "quic")]
 mod quic_tests {
     use super::*;
-    use crate::quic::{connect_on, preamble, resolve, QuicTransport};
+    use crate::quic::handshake::{connect_on, preamble};
+    use crate::quic::{resolve, QuicTransport};
     use rustls::pki_types::pem::PemObject;
     use std::sync::OnceLock;
+    use std::time::Duration;
 
     fn ca() -> &'static ClusterCa {
         static CA: OnceLock<ClusterCa> = OnceLock::new();
@@ -160,6 +205,33 @@ mod quic_tests {
 
     fn quic(config: NetConfig) -> QuicTransport {
         QuicTransport::new(ca().issue("node-a").unwrap(), config).unwrap()
+    }
+
+    /// QUIC passes the public conformance suite, with striping (frames of the limit are
+    /// striped over 2 lanes) and without.
+    #[test]
+    fn quic_passes_the_conformance_suite() {
+        for lanes in [1u8, 2] {
+            let config = NetConfig {
+                max_frame: 2 << 20,
+                ..NetConfig::default()
+            };
+            let identity = ca().issue("node-c").unwrap();
+            let cfg = config.clone();
+            let subject = conformance::Subject::new(
+                move || {
+                    std::sync::Arc::new(
+                        QuicTransport::new(identity.clone(), cfg.clone())
+                            .unwrap()
+                            .with_lanes(lanes),
+                    ) as std::sync::Arc<dyn Transport>
+                },
+                || "127.0.0.1:0".to_owned(),
+                &config,
+            );
+            rt().block_on(conformance::run_all(&subject))
+                .unwrap_or_else(|e| panic!("lanes {lanes}: {e}"));
+        }
     }
 
     #[test]
@@ -230,8 +302,9 @@ mod quic_tests {
             let addr = listener.local_addr();
             let sock = resolve(&addr).await.unwrap();
             let ep = server.client_endpoint(&sock).unwrap();
-            let ext = crate::quic::hello_ext(crate::quic::ROLE_LANE, 1, 12345);
-            let r = crate::quic::dial_stream(
+            let ext =
+                crate::quic::handshake::hello_ext(crate::quic::handshake::ROLE_LANE, 1, 12345);
+            let r = crate::quic::handshake::dial_stream(
                 &ep,
                 server.client.clone(),
                 sock,
@@ -259,13 +332,13 @@ mod quic_tests {
         let sock = resolve(target).await.unwrap();
         let ep = client.client_endpoint(&sock).unwrap();
         let (conn, mut send, mut recv) =
-            crate::quic::open_raw(&ep, client.client.clone(), sock, target)
+            crate::quic::handshake::open_raw(&ep, client.client.clone(), sock, target)
                 .await
                 .unwrap();
         send.write_all(&preamble(dagger_core::wire::PROTOCOL_VERSION))
             .await
             .unwrap();
-        send.write_all(&crate::quic::hello_ext(0, 1, 7))
+        send.write_all(&crate::quic::handshake::hello_ext(0, 1, 7))
             .await
             .unwrap();
         let mut p = [0u8; 8];
@@ -310,6 +383,63 @@ mod quic_tests {
             let (good, mut acc) = (good.unwrap(), acc.unwrap());
             good.sender.send(b"hello".to_vec()).unwrap();
             assert_eq!(acc.receiver.recv().await.unwrap(), b"hello");
+        });
+    }
+
+    /// A peer with a valid certificate that announces a huge first frame (under the frame
+    /// limit) before its hello is refused on the header: the listener neither waits for nor
+    /// buffers the body.
+    #[test]
+    fn huge_first_frame_is_refused_before_the_hello() {
+        let server = quic(NetConfig::default());
+        let client = quic(NetConfig::default());
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let announced = 1u64 << 29;
+            let header = announced.to_le_bytes();
+            let (raw, accepted) =
+                tokio::join!(raw_peer(&client, &addr, &header), listener.accept());
+            let mut accepted = accepted.unwrap();
+            // Without the first-frame limit `recv` would wait for 512 MiB that never come.
+            let got = tokio::time::timeout(Duration::from_secs(20), accepted.receiver.recv())
+                .await
+                .expect("the announced frame must be refused on its header");
+            match got {
+                Err(NetError::FrameTooLarge { len, limit }) => {
+                    assert_eq!((len, limit), (announced, DEFAULT_MAX_FIRST_FRAME as u64))
+                }
+                other => panic!("expected FrameTooLarge, got {other:?}"),
+            }
+            assert!(accepted.sender.is_closed());
+            let e = raw.closed().await;
+            assert!(
+                matches!(e, quinn::ConnectionError::ApplicationClosed(_)),
+                "{e:?}"
+            );
+            good_client_still_accepted(&mut listener, &server).await;
+        });
+    }
+
+    /// After the first frame, frames up to `max_frame` pass; the dialling side applies no
+    /// first-frame limit.
+    #[test]
+    fn first_frame_limit_only_guards_the_hello() {
+        let t = quic(NetConfig::default());
+        rt().block_on(async {
+            let mut listener = t.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            let (a, b) = tokio::join!(t.connect(&addr), listener.accept());
+            let (mut a, mut b) = (a.unwrap(), b.unwrap());
+            a.sender.send(vec![1; DEFAULT_MAX_FIRST_FRAME]).unwrap();
+            assert_eq!(
+                b.receiver.recv().await.unwrap().len(),
+                DEFAULT_MAX_FIRST_FRAME
+            );
+            a.sender.send(vec![2; 64 << 10]).unwrap();
+            assert_eq!(b.receiver.recv().await.unwrap().len(), 64 << 10);
+            b.sender.send(vec![3; 64 << 10]).unwrap();
+            assert_eq!(a.receiver.recv().await.unwrap().len(), 64 << 10);
         });
     }
 
@@ -461,6 +591,54 @@ mod quic_tests {
     /// Prints the throughput and round trip of the raw quinn path and of the `Conn` path.
     /// Run with `cargo test -p dagger-net --release -- --ignored --nocapture measure`;
     /// `DAGGER_NET_MEASURE_THREADS` sets the runtime's worker threads (default 2).
+    /// Large transfers (32 frames of 8 MiB, MB/s) and 64-byte round trips (µs) over QUIC
+    /// links of 1 and 4 lanes, with the default flow-control windows and with windows 4x
+    /// larger; configurations interleaved, best of 5 each. Run with
+    /// `cargo test --release -p dagger-net measure_lanes -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement, not a test"]
+    fn measure_lanes() {
+        use crate::quic::tls::{transport_config, CONN_WINDOW, STREAM_WINDOW};
+        let id = ca().issue("bench").unwrap();
+        let configs: [(u8, u32, u32); 4] = [
+            (1, STREAM_WINDOW, CONN_WINDOW),
+            (4, STREAM_WINDOW, CONN_WINDOW),
+            (1, STREAM_WINDOW * 4, CONN_WINDOW * 4),
+            (4, STREAM_WINDOW * 4, CONN_WINDOW * 4),
+        ];
+        let make = |(lanes, sw, cw): (u8, u32, u32)| {
+            let mut t = QuicTransport::new(id.clone(), NetConfig::default())
+                .unwrap()
+                .with_lanes(lanes);
+            let tc = std::sync::Arc::new(transport_config(&t.config, sw, cw).unwrap());
+            t.server.transport_config(tc.clone());
+            t.client.transport_config(tc);
+            t
+        };
+        let mut best = [(0f64, f64::MAX); 4];
+        rt().block_on(async {
+            for _ in 0..5 {
+                for (i, c) in configs.iter().enumerate() {
+                    let t = make(*c);
+                    let mbps = bench::conn_mbps(&t, "127.0.0.1:0", 32, 8 << 20)
+                        .await
+                        .unwrap();
+                    let rtt = bench::conn_rtt_us(&t, "127.0.0.1:0", 1000).await.unwrap();
+                    best[i].0 = best[i].0.max(mbps);
+                    best[i].1 = best[i].1.min(rtt);
+                }
+            }
+        });
+        for ((lanes, sw, cw), (mbps, rtt)) in configs.iter().zip(best) {
+            println!(
+                "lanes {lanes}  stream window {} MiB  connection window {} MiB:  \
+                 {mbps:.0} MB/s  rtt {rtt:.1} us",
+                sw >> 20,
+                cw >> 20
+            );
+        }
+    }
+
     #[test]
     #[ignore = "measurement, not a test"]
     fn measure_quic_paths() {
@@ -497,4 +675,73 @@ mod quic_tests {
             }
         });
     }
+}
+
+/// Prints the cost of many small frames (the driver loop's pattern) over both transports.
+/// Run with `cargo test --release -p dagger-net measure_small_frames -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, not a test"]
+#[cfg_attr(not(feature = "quic"), allow(unused_mut))]
+fn measure_small_frames() {
+    let rt = rt();
+    rt.block_on(async {
+        let (mut mem_fps, mut mem_rtt, mut q_fps, mut q_rtt) = (0f64, f64::MAX, 0f64, f64::MAX);
+        #[cfg(feature = "quic")]
+        let ca = ClusterCa::generate("m").unwrap();
+        for _ in 0..7 {
+            let mem = MemTransport::new();
+            let n = 200_000;
+            let m = bench::conn_mbps(&mem, "mem:0", n, 64).await.unwrap();
+            mem_fps = mem_fps.max(m * 1e6 / 64.0);
+            mem_rtt = mem_rtt.min(bench::conn_rtt_us(&mem, "mem:0", 5000).await.unwrap());
+            #[cfg(feature = "quic")]
+            {
+                let t = QuicTransport::new(ca.issue("n").unwrap(), NetConfig::default()).unwrap();
+                let q = bench::conn_mbps(&t, "127.0.0.1:0", n, 64).await.unwrap();
+                q_fps = q_fps.max(q * 1e6 / 64.0);
+                q_rtt = q_rtt.min(bench::conn_rtt_us(&t, "127.0.0.1:0", 2000).await.unwrap());
+            }
+        }
+        println!(
+            "best of 7: mem_small_frames_per_s {mem_fps:.0}  mem_rtt_us {mem_rtt:.1}  \
+             quic_small_frames_per_s {q_fps:.0}  quic_rtt_us {q_rtt:.1}"
+        );
+    });
+}
+
+/// Prints the CPU time (of the measuring thread, so other load on the machine does not
+/// count) per small frame sent and received over the in-memory transport, best of 9.
+#[test]
+#[ignore = "measurement, not a test"]
+fn measure_mem_cpu_per_frame() {
+    fn thread_cpu_ns() -> u128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = MemTransport::new();
+        let (a, mut b) = bench::loop_pair(&t, "mem:0").await.unwrap();
+        let n = 200_000u32;
+        let mut best = f64::MAX;
+        for _ in 0..9 {
+            let start = thread_cpu_ns();
+            for i in 0..n {
+                a.sender.send(i.to_le_bytes().to_vec()).unwrap();
+            }
+            for _ in 0..n {
+                b.receiver.recv().await.unwrap();
+            }
+            best = best.min((thread_cpu_ns() - start) as f64 / f64::from(n));
+        }
+        println!("mem_cpu_ns_per_frame {best:.1}");
+    });
 }

@@ -93,8 +93,8 @@ pub use transport::{set_transport, TransportFactory};
 /// [`set_transport`].
 pub mod net {
     pub use dagger_net::{
-        BoxFuture, Conn, Frame, FrameReceiver, FrameSender, Identity, Listener, MemTransport,
-        NetConfig, NetError, Transport,
+        codec, BoxFuture, Conn, Frame, FrameReceiver, FrameSender, FrameSink, FrameSource,
+        Identity, Listener, MemTransport, NetConfig, NetError, Transport,
     };
     #[cfg(feature = "quic")]
     pub use dagger_net::{ClusterCa, QuicTransport};

@@ -1,6 +1,12 @@
 //! Which transport the links of this binary use. QUIC with mutual TLS by default (feature
 //! `quic`); a user can swap in their own `Transport` (an RDMA fabric, a test harness) for
 //! every process of the binary without touching the scheduler.
+//!
+//! A transport implements `dagger_net::Transport` and `Listener`, and builds each link's
+//! `Conn` from its own `dagger_net::FrameSink` (sending side) and `FrameSource`
+//! (receiving side); `dagger_net::conformance` (feature `conformance`) checks that it keeps
+//! the contract the driver and the workers rely on: ordered frames, the frame limits,
+//! close reasons, errors after the peer is gone.
 
 use crate::context::ContextError;
 use dagger_net::{Identity, NetError, Transport};
