@@ -1,1 +1,1066 @@
-//! The driver core.
+//! The driver core: every decision of the driver, as a state machine without I/O.
+//!
+//! # Shape
+//!
+//! [`DriverCore`] owns the [`Scheduler`] and everything the driver decides around it:
+//! worker ids and incarnations, membership (`Welcome`, `PeerJoined`, `PeerLeft`), fencing of
+//! links that were replaced or lost, heartbeat expiry (through
+//! [`dagger_ft::FailureDetector`]), fetches of large results (parked while a lost result is
+//! recomputed), `Release` messages held back to ride with the next message, and `Run`
+//! batches split to fit the transport's frame limit.
+//!
+//! Like the scheduler and quinn-proto's `Connection`, it is driven by a shell:
+//!
+//! * inputs come in through `handle_*` methods that take the current time `now` (a
+//!   [`Duration`] since a start the shell chooses; it must not go backwards — an earlier
+//!   value is treated as the latest one seen);
+//! * frames to send come out of [`DriverCore::poll_transmit`] (already encoded with
+//!   [`dagger_core::wire::encode`], each at most [`DriverConfig::max_frame`] bytes), and
+//!   everything else the shell must carry out comes out of [`DriverCore::poll_event`]
+//!   (completions for client slots, fetch answers, cluster events, links to close);
+//! * [`DriverCore::poll_timeout`] says when the core next needs
+//!   [`DriverCore::handle_timeout`]; the shell arms one timer for it. There is no periodic
+//!   tick.
+//!
+//! The shell calls the `poll_*` methods after each batch of inputs, until they return
+//! `None`. Submissions made between two polls are given to the scheduler in one call
+//! (one batch), which keeps the per-task cost low.
+//!
+//! A link is named by a [`LinkId`] the shell chooses when a process passes the handshake;
+//! every later input from that link names it, and the core maps it to the worker and the
+//! incarnation it joined as. Input from a link that is not (or no longer) joined is
+//! ignored: that is the fencing of stale incarnations.
+//!
+//! The type parameter `S` is what the shell keeps per client-visible task (the facade keeps
+//! its completion slot there; a simulation may use `()`). The core hands it back exactly
+//! once, in [`DriverEvent::Complete`].
+//!
+//! Architecture invariant: this module never performs I/O, never spawns a thread and never
+//! reads the clock.
+//!
+//! # Not guaranteed
+//!
+//! * A frame handed out by `poll_transmit` may be lost if its link breaks; the core learns
+//!   of it only through [`DriverCore::handle_link_closed`] (or the heartbeat timeout).
+//! * Held-back releases are sent at most [`DriverConfig::release_delay`] after the first of
+//!   them was held, or earlier; not at any exact time.
+
+use dagger_core::hash::IdHashMap;
+use dagger_core::wire::{self, Outcome, PeerInfo, RunTask, TaskDone, ToDriver, ToWorker};
+use dagger_core::{
+    ChunkId, ExitCause, GraphError, Incarnation, LostReason, MemorySpace, MoveFailure, ProcId,
+    ProcInfo, ProcKind, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo,
+};
+use dagger_ft::FailureDetector;
+use dagger_proc::Topology;
+use dagger_sched::{ClusterEvent, Command, Completion, Scheduler, Stats, TaskInfo};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+/// Names one link (one connection to a process) of the shell. Chosen by the shell, unique
+/// among the links it ever reports; opaque to the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId(pub u64);
+
+impl fmt::Display for LinkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "link-{}", self.0)
+    }
+}
+
+/// Names one fetch of a large result, as returned by [`DriverCore::handle_fetch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FetchId(pub u64);
+
+impl fmt::Display for FetchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fetch-{}", self.0)
+    }
+}
+
+/// Tunables of the driver core, fixed at [`DriverCore::new`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// A worker heard nothing from for this long is declared lost
+    /// ([`LostReason::Silent`]); workers are told to send a heartbeat every quarter of it.
+    /// Default 5 s.
+    pub heartbeat_timeout: Duration,
+    /// How long a fetch waits for a lost result to be recomputed before it fails with
+    /// [`MoveFailure::NoHolder`]. Default 60 s.
+    pub fetch_park_limit: Duration,
+    /// Held-back releases are sent at once when this many have gathered. Default 1024.
+    pub release_batch: usize,
+    /// The longest a release is held back waiting for another message to its worker.
+    /// Default 20 ms.
+    pub release_delay: Duration,
+    /// The largest frame the links carry, in bytes (the transport's limit). `Run` batches
+    /// are split to fit; a single task that cannot fit fails with
+    /// [`MoveFailure::TooLarge`]. Default 1 GiB.
+    pub max_frame: usize,
+    /// Whether workers on one host are joined by a shared-memory shortcut edge in the
+    /// topology (the workers use one for large moves). Default on.
+    pub shm_shortcuts: bool,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: Duration::from_secs(5),
+            fetch_park_limit: Duration::from_secs(60),
+            release_batch: 1024,
+            release_delay: Duration::from_millis(20),
+            max_frame: 1 << 30,
+            shm_shortcuts: true,
+        }
+    }
+}
+
+/// One encoded frame to send, taken with [`DriverCore::poll_transmit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The link to send it on.
+    pub link: LinkId,
+    /// The worker on the other end of that link.
+    pub worker: WorkerId,
+    /// One `ToWorker` message, encoded; at most [`DriverConfig::max_frame`] bytes.
+    pub frame: Vec<u8>,
+}
+
+/// Something the shell must carry out, taken with [`DriverCore::poll_event`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum DriverEvent<S> {
+    /// A task submitted with a slot finished, failed, was refused, or the driver shut down.
+    /// Emitted exactly once per slot.
+    Complete {
+        /// The task.
+        task: TaskId,
+        /// The slot it was submitted with.
+        slot: S,
+        /// Its result, or why there is none.
+        result: Result<Completion, TaskError>,
+    },
+    /// The answer to a fetch. Emitted exactly once per [`DriverCore::handle_fetch`].
+    FetchDone {
+        /// The fetch.
+        fetch: FetchId,
+        /// The result's encoded bytes, or why they could not be brought.
+        result: Result<Vec<u8>, TaskError>,
+    },
+    /// A change of the cluster, for subscribers.
+    Cluster(ClusterEvent),
+    /// Close this link: its worker was declared lost (or replaced). Emitted once per joined
+    /// link; nothing more is sent on it.
+    CloseLink {
+        /// The link.
+        link: LinkId,
+        /// Why.
+        reason: LostReason,
+    },
+}
+
+/// Who a joining process became, returned by [`DriverCore::handle_join`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The id assigned to it.
+    pub worker: WorkerId,
+    /// Its incarnation (unique over the driver's life).
+    pub incarnation: Incarnation,
+}
+
+/// A join the core refused; the shell closes the link.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The link already carries a joined worker (a shell error: link ids must be fresh).
+    #[error("{link} already carries a joined worker")]
+    LinkInUse {
+        /// The link.
+        link: LinkId,
+    },
+    /// The driver is shut down and admits no workers.
+    #[error("the driver is shut down")]
+    ShutDown,
+}
+
+/// A joined worker's link.
+struct WorkerLink {
+    link: LinkId,
+    incarnation: Incarnation,
+    pid: u32,
+    peer: PeerInfo,
+}
+
+/// A fetch waiting for a live holder of its chunk.
+struct ParkedFetch {
+    fetch: FetchId,
+    chunk: ChunkId,
+    holders: Vec<WorkerId>,
+    since: Duration,
+}
+
+/// The driver's decisions as a state machine without I/O. See the [module
+/// documentation](self) for how a shell drives it.
+pub struct DriverCore<S = ()> {
+    sched: Scheduler,
+    config: DriverConfig,
+    /// The latest `now` seen.
+    now: Duration,
+    /// Whether inputs arrived since the scheduler's commands were last taken.
+    dirty: bool,
+    shut_down: bool,
+
+    /// Slots of accepted tasks whose completion has not been handed out.
+    slots: IdHashMap<TaskId, S>,
+    /// Submissions not yet given to the scheduler (all of them go in one call).
+    pending: Vec<TaskSpec>,
+    /// The slot of each task in `pending`, in the same order.
+    pending_slots: Vec<(TaskId, Option<S>)>,
+    /// Where each submission in `pending` ends.
+    pending_ends: Vec<usize>,
+
+    /// Joined workers, by id (ordered, so that what the core emits is deterministic).
+    workers: BTreeMap<WorkerId, WorkerLink>,
+    /// Joined links: the worker and incarnation each joined as.
+    links: IdHashMap<LinkId, (WorkerId, Incarnation)>,
+    next_worker: u32,
+    next_incarnation: u32,
+    joined_total: usize,
+    detector: FailureDetector,
+
+    next_fetch: u64,
+    /// Fetches sent to a worker, by chunk: who was asked, for which fetch.
+    fetches: IdHashMap<ChunkId, Vec<(WorkerId, FetchId)>>,
+    parked: Vec<ParkedFetch>,
+
+    /// Releases held back per worker, how many in all, and since when the oldest waits.
+    held: BTreeMap<WorkerId, Vec<ChunkId>>,
+    held_count: usize,
+    held_since: Option<Duration>,
+
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<DriverEvent<S>>,
+}
+
+impl<S> DriverCore<S> {
+    /// A core around `sched` with no workers. Cheap.
+    pub fn new(sched: Scheduler, config: DriverConfig) -> Self {
+        Self {
+            detector: FailureDetector::new(config.heartbeat_timeout),
+            sched,
+            config,
+            now: Duration::ZERO,
+            dirty: false,
+            shut_down: false,
+            slots: IdHashMap::default(),
+            pending: Vec::new(),
+            pending_slots: Vec::new(),
+            pending_ends: Vec::new(),
+            workers: BTreeMap::new(),
+            links: IdHashMap::default(),
+            next_worker: 1,
+            next_incarnation: 1,
+            joined_total: 0,
+            next_fetch: 1,
+            fetches: IdHashMap::default(),
+            parked: Vec::new(),
+            held: BTreeMap::new(),
+            held_count: 0,
+            held_since: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The configuration it was created with.
+    pub fn config(&self) -> &DriverConfig {
+        &self.config
+    }
+
+    fn advance(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+        self.dirty = true;
+    }
+
+    // ---------------------------------------------------------------- membership
+
+    /// Puts the driver's own process (`pid` on `host`) in the topology as a root without
+    /// task processors, so the tree shows it and move costs from the driver (inline values)
+    /// are known. Used when the driver runs no tasks itself.
+    pub fn add_driver_root(&mut self, now: Duration, host: String, pid: u32) {
+        self.advance(now);
+        let root = ProcInfo {
+            id: ProcId::root(WorkerId::DRIVER),
+            kind: ProcKind::OS,
+            parent: None,
+            memory: MemorySpace::HOST,
+            label: format!("driver process {pid} on {host}"),
+            properties: [("role".to_string(), "driver (runs no tasks)".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        let info = WorkerInfo {
+            worker: WorkerId::DRIVER,
+            incarnation: Incarnation(0),
+            host,
+            pid,
+            peer_addr: None,
+            procs: vec![root],
+        };
+        self.sched.worker_joined(self.now, info);
+    }
+
+    /// A process passed the handshake on `link` and joins with `info` (its id and
+    /// incarnation fields are ignored and filled here). `in_process` marks the driver's own
+    /// worker, which becomes `WorkerId::DRIVER` (a previous incarnation of it is fenced off);
+    /// any other gets a fresh id. Every join gets a fresh incarnation.
+    ///
+    /// Queues `Welcome` to the new worker (its id, incarnation, the other workers and the
+    /// heartbeat interval), then `PeerJoined` to every other worker; the scheduler may
+    /// place tasks on it from the next poll. Costs O(workers).
+    pub fn handle_join(
+        &mut self,
+        now: Duration,
+        link: LinkId,
+        mut info: WorkerInfo,
+        in_process: bool,
+    ) -> Result<Joined, JoinError> {
+        if self.shut_down {
+            return Err(JoinError::ShutDown);
+        }
+        if self.links.contains_key(&link) {
+            return Err(JoinError::LinkInUse { link });
+        }
+        self.advance(now);
+        let worker = if in_process {
+            WorkerId::DRIVER
+        } else {
+            let w = WorkerId(self.next_worker);
+            self.next_worker += 1;
+            w
+        };
+        let incarnation = Incarnation(self.next_incarnation);
+        self.next_incarnation += 1;
+        if let Some(old) = self.workers.get(&worker) {
+            let old = old.incarnation;
+            self.lose(worker, old, LostReason::Fenced { by: incarnation });
+        }
+        info.worker = worker;
+        info.incarnation = incarnation;
+        for p in &mut info.procs {
+            p.id.worker = worker;
+            if let Some(parent) = &mut p.parent {
+                parent.worker = worker;
+            }
+        }
+        let peer = PeerInfo {
+            worker,
+            incarnation,
+            addr: info.peer_addr.clone().unwrap_or_default(),
+            host: info.host.clone(),
+        };
+        let peers: Vec<PeerInfo> = self.workers.values().map(|l| l.peer.clone()).collect();
+        let welcome = ToWorker::Welcome {
+            worker,
+            incarnation,
+            peers,
+            heartbeat: self.config.heartbeat_timeout / 4,
+        };
+        self.transmits.push_back(Transmit {
+            link,
+            worker,
+            frame: wire::encode(&welcome),
+        });
+        self.broadcast(&ToWorker::PeerJoined(peer.clone()));
+        self.workers.insert(
+            worker,
+            WorkerLink {
+                link,
+                incarnation,
+                pid: info.pid,
+                peer,
+            },
+        );
+        self.links.insert(link, (worker, incarnation));
+        self.detector.heard(worker, incarnation, self.now);
+        self.sched.worker_joined(self.now, info);
+        if self.config.shm_shortcuts {
+            dagger_move::shm::add_same_host_shortcuts(self.sched.topology_mut());
+        }
+        self.joined_total += 1;
+        Ok(Joined {
+            worker,
+            incarnation,
+        })
+    }
+
+    /// A decoded message arrived on `link`. Ignored if the link is not (or no longer)
+    /// joined: a replaced or lost incarnation is fenced off. Any message counts as a sign
+    /// of life. A second `Join` on a joined link is a protocol violation and loses the
+    /// worker. Costs O(tasks in the message) plus the scheduler's work.
+    pub fn handle_message(&mut self, now: Duration, link: LinkId, msg: ToDriver) {
+        let Some(&(worker, link_incarnation)) = self.links.get(&link) else {
+            return;
+        };
+        self.advance(now);
+        let now = self.now;
+        self.detector.heard(worker, link_incarnation, now);
+        match msg {
+            ToDriver::Done { incarnation, tasks } => {
+                for done in tasks {
+                    self.sched.task_done(now, worker, incarnation, done);
+                }
+            }
+            ToDriver::ChunkData { chunk, data, .. } => self.answer_fetches(worker, chunk, data),
+            ToDriver::Replicated {
+                incarnation,
+                chunk,
+                to,
+            } => self.sched.chunk_replicated(worker, incarnation, chunk, to),
+            ToDriver::Heartbeat { .. } => {}
+            ToDriver::Join(_) => {
+                let detail = "sent a second join".to_string();
+                let reason = LostReason::ProtocolViolation { detail };
+                self.lose(worker, link_incarnation, reason);
+            }
+        }
+    }
+
+    /// `link` closed or sent a frame that does not decode (`reason` says which). Its
+    /// worker, if the link is still joined, is declared lost: its tasks run again
+    /// elsewhere, the other workers are told `PeerLeft`, and fetches waiting on it fail.
+    pub fn handle_link_closed(&mut self, now: Duration, link: LinkId, reason: LostReason) {
+        let Some(&(worker, incarnation)) = self.links.get(&link) else {
+            return;
+        };
+        self.advance(now);
+        self.lose(worker, incarnation, reason);
+    }
+
+    /// A local worker process exited (its parent saw it at once; a killed process's link
+    /// would otherwise be noticed only by missed heartbeats). The worker with that process
+    /// id, if joined, is declared lost with [`LostReason::ProcessExited`].
+    pub fn handle_process_exited(&mut self, now: Duration, pid: u32, exit: ExitCause) {
+        let found = self
+            .workers
+            .iter()
+            .find(|(w, l)| l.pid == pid && !w.is_driver())
+            .map(|(w, l)| (*w, l.incarnation));
+        if let Some((worker, incarnation)) = found {
+            self.advance(now);
+            self.lose(worker, incarnation, LostReason::ProcessExited { pid, exit });
+        }
+    }
+
+    /// Declares `worker` (in `incarnation`) lost, unless it is already gone or replaced.
+    fn lose(&mut self, worker: WorkerId, incarnation: Incarnation, reason: LostReason) {
+        match self.workers.get(&worker) {
+            Some(l) if l.incarnation == incarnation => {}
+            _ => return,
+        }
+        let Some(l) = self.workers.remove(&worker) else {
+            return;
+        };
+        self.links.remove(&l.link);
+        self.events.push_back(DriverEvent::CloseLink {
+            link: l.link,
+            reason: reason.clone(),
+        });
+        self.detector.forget(worker);
+        if let Some(chunks) = self.held.remove(&worker) {
+            self.held_count -= chunks.len();
+            if self.held_count == 0 {
+                self.held_since = None;
+            }
+        }
+        tracing::warn!(%worker, %reason, "worker lost");
+        self.sched.worker_lost(self.now, worker, reason);
+        self.broadcast(&ToWorker::PeerLeft(worker));
+        // Fetches waiting on it fail; the caller may fetch again from another holder.
+        let events = &mut self.events;
+        self.fetches.retain(|chunk, waiters| {
+            waiters.retain(|&(w, fetch)| {
+                if w != worker {
+                    return true;
+                }
+                events.push_back(DriverEvent::FetchDone {
+                    fetch,
+                    result: Err(TaskError::MoveFailed {
+                        task: chunk.task(),
+                        cause: MoveFailure::PeerLeft { worker },
+                    }),
+                });
+                false
+            });
+            !waiters.is_empty()
+        });
+    }
+
+    // ---------------------------------------------------------------- client
+
+    /// One new task, whose completion goes to `slot`. Given to the scheduler at the next
+    /// poll together with every other submission since the last one. After shutdown the
+    /// slot completes at once with [`TaskError::Shutdown`].
+    pub fn handle_spawn(&mut self, now: Duration, spec: TaskSpec, slot: S) {
+        if self.shut_down {
+            let task = spec.id;
+            self.events.push_back(DriverEvent::Complete {
+                task,
+                slot,
+                result: Err(TaskError::Shutdown { task }),
+            });
+            return;
+        }
+        self.advance(now);
+        self.pending_slots.push((spec.id, Some(slot)));
+        self.pending.push(spec);
+        self.pending_ends.push(self.pending.len());
+    }
+
+    /// One submission of tasks (a graph), each with an optional slot. The submissions made
+    /// between two polls go to the scheduler in one batch; if that batch is refused, each
+    /// submission is tried on its own, so a bad submission fails only its own tasks (their
+    /// slots complete with [`TaskError::Rejected`]). After shutdown every slot completes
+    /// at once with [`TaskError::Shutdown`].
+    pub fn handle_submit(
+        &mut self,
+        now: Duration,
+        tasks: impl IntoIterator<Item = (TaskSpec, Option<S>)>,
+    ) {
+        if self.shut_down {
+            for (spec, slot) in tasks {
+                if let Some(slot) = slot {
+                    let task = spec.id;
+                    self.events.push_back(DriverEvent::Complete {
+                        task,
+                        slot,
+                        result: Err(TaskError::Shutdown { task }),
+                    });
+                }
+            }
+            return;
+        }
+        self.advance(now);
+        for (spec, slot) in tasks {
+            self.pending_slots.push((spec.id, slot));
+            self.pending.push(spec);
+        }
+        self.pending_ends.push(self.pending.len());
+    }
+
+    /// The client no longer wants `task`'s result (its last handle was dropped).
+    pub fn handle_release(&mut self, now: Duration, task: TaskId) {
+        if self.shut_down {
+            return;
+        }
+        self.advance(now);
+        self.submit_pending();
+        self.sched.release(task);
+    }
+
+    /// Brings a large result's bytes to the driver: asks a live holder of `chunk` (the
+    /// scheduler's current holders first, else `holders`, what the client was told). While
+    /// no live worker holds it (it is being recomputed) the fetch waits, at most
+    /// [`DriverConfig::fetch_park_limit`]. The answer comes as one
+    /// [`DriverEvent::FetchDone`] with the returned id.
+    pub fn handle_fetch(
+        &mut self,
+        now: Duration,
+        chunk: ChunkId,
+        holders: Vec<WorkerId>,
+    ) -> FetchId {
+        let fetch = FetchId(self.next_fetch);
+        self.next_fetch += 1;
+        if self.shut_down {
+            self.events.push_back(DriverEvent::FetchDone {
+                fetch,
+                result: Err(TaskError::Shutdown { task: chunk.task() }),
+            });
+            return fetch;
+        }
+        self.advance(now);
+        self.submit_pending();
+        self.start_fetch(ParkedFetch {
+            fetch,
+            chunk,
+            holders,
+            since: self.now,
+        });
+        fetch
+    }
+
+    /// Stops: every worker is told `Shutdown`, every pending slot completes with
+    /// [`TaskError::Shutdown`], every fetch fails the same way. Later submissions and
+    /// fetches are answered at once with that error; other inputs are ignored.
+    pub fn handle_shutdown(&mut self, now: Duration) {
+        if self.shut_down {
+            return;
+        }
+        self.advance(now);
+        self.process();
+        self.shut_down = true;
+        self.broadcast(&ToWorker::Shutdown);
+        self.held.clear();
+        self.held_count = 0;
+        self.held_since = None;
+        for (task, slot) in self.slots.drain() {
+            self.events.push_back(DriverEvent::Complete {
+                task,
+                slot,
+                result: Err(TaskError::Shutdown { task }),
+            });
+        }
+        let waiting = self
+            .fetches
+            .drain()
+            .flat_map(|(chunk, waiters)| waiters.into_iter().map(move |(_, fetch)| (chunk, fetch)));
+        let parked = self.parked.drain(..).map(|p| (p.chunk, p.fetch));
+        for (chunk, fetch) in waiting.chain(parked) {
+            self.events.push_back(DriverEvent::FetchDone {
+                fetch,
+                result: Err(TaskError::Shutdown { task: chunk.task() }),
+            });
+        }
+    }
+
+    /// The time given by [`DriverCore::poll_timeout`] has come (calling it earlier or more
+    /// often is harmless): sends held-back releases that waited long enough, declares
+    /// workers silent for the heartbeat timeout lost ([`LostReason::Silent`]), and fails
+    /// fetches parked for longer than the park limit.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if self.shut_down {
+            return;
+        }
+        self.advance(now);
+        let now = self.now;
+        if self
+            .held_since
+            .is_some_and(|since| now >= since.saturating_add(self.config.release_delay))
+        {
+            self.send_all_releases();
+        }
+        let timeout = self.config.heartbeat_timeout;
+        for (worker, incarnation) in self.detector.expired(now) {
+            self.lose(worker, incarnation, LostReason::Silent { timeout });
+        }
+        // Parked fetches past their limit fail at the next `process`.
+    }
+
+    // ---------------------------------------------------------------- outputs
+
+    /// The next frame to send, if any. Call after each batch of inputs until it returns
+    /// `None`. Frames for one link come out in the order they must be sent.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.process();
+        self.transmits.pop_front()
+    }
+
+    /// The next thing for the shell to carry out, if any. Call after each batch of inputs
+    /// until it returns `None`.
+    pub fn poll_event(&mut self) -> Option<DriverEvent<S>> {
+        self.process();
+        self.events.pop_front()
+    }
+
+    /// When the core next needs [`DriverCore::handle_timeout`]: the earliest heartbeat
+    /// deadline, held-release flush or parked-fetch limit. `None` when nothing is due
+    /// (no worker watched, nothing held, nothing parked, or shut down). O(workers + parked
+    /// fetches).
+    pub fn poll_timeout(&mut self) -> Option<Duration> {
+        self.process();
+        if self.shut_down {
+            return None;
+        }
+        let release = self
+            .held_since
+            .map(|since| since.saturating_add(self.config.release_delay));
+        let fetch = self
+            .parked
+            .iter()
+            .map(|p| p.since.saturating_add(self.config.fetch_park_limit))
+            .min();
+        [self.detector.poll_timeout(), release, fetch]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Gives pending submissions to the scheduler and moves its commands into the core's
+    /// outputs, so that queries see every input so far. The `poll_*` methods do this
+    /// themselves; a shell calls it only before a query.
+    pub fn flush(&mut self) {
+        self.process();
+    }
+
+    /// Carries out what the scheduler asked for since the last call. Releases are not
+    /// urgent: they are held back and ride along with the worker's next message, or go out
+    /// after the release delay or once many have gathered, so a finished task does not
+    /// wake its worker again.
+    fn process(&mut self) {
+        if !self.dirty || self.shut_down {
+            return;
+        }
+        self.dirty = false;
+        self.submit_pending();
+        while let Some(cmd) = self.sched.poll_command() {
+            match cmd {
+                Command::Send {
+                    worker,
+                    msg: ToWorker::Release(chunks),
+                } => {
+                    if chunks.is_empty() {
+                        continue;
+                    }
+                    if self.held_count == 0 {
+                        self.held_since = Some(self.now);
+                    }
+                    self.held_count += chunks.len();
+                    self.held.entry(worker).or_default().extend(chunks);
+                }
+                Command::Send {
+                    worker,
+                    msg: ToWorker::Run(tasks),
+                } => {
+                    self.send_releases(worker);
+                    self.send_run(worker, tasks);
+                }
+                Command::Send { worker, msg } => {
+                    self.send_releases(worker);
+                    self.send(worker, &msg);
+                }
+                Command::Complete { task, result } => {
+                    if let Some(slot) = self.slots.remove(&task) {
+                        self.events
+                            .push_back(DriverEvent::Complete { task, slot, result });
+                    }
+                }
+                Command::Event(e) => self.events.push_back(DriverEvent::Cluster(e)),
+            }
+        }
+        if self.held_count >= self.config.release_batch {
+            self.send_all_releases();
+        }
+        self.retry_parked();
+    }
+
+    /// Gives the scheduler every submission taken since the last call, in one batch. If
+    /// the merged batch is refused, each submission is tried on its own, so one bad
+    /// submission fails only its own tasks (as if each had been submitted alone).
+    fn submit_pending(&mut self) {
+        if self.pending.is_empty() {
+            self.pending_ends.clear();
+            self.pending_slots.clear();
+            return;
+        }
+        let now = self.now;
+        let tasks = std::mem::take(&mut self.pending);
+        let mut ends = std::mem::take(&mut self.pending_ends);
+        let mut slots = std::mem::take(&mut self.pending_slots);
+        match self.sched.try_submit(now, tasks) {
+            Ok(()) => self.adopt(slots.drain(..)),
+            Err((error, tasks)) if ends.len() <= 1 => {
+                drop(tasks);
+                self.reject(slots.drain(..), &error);
+            }
+            Err((_, tasks)) => {
+                let mut rest = tasks.into_iter();
+                let mut start = 0;
+                let mut taken = slots.drain(..);
+                for &end in &ends {
+                    let group: Vec<TaskSpec> = rest.by_ref().take(end - start).collect();
+                    let group_slots = taken.by_ref().take(end - start);
+                    start = end;
+                    match self.sched.try_submit(now, group) {
+                        Ok(()) => {
+                            for (task, slot) in group_slots {
+                                if let Some(slot) = slot {
+                                    self.slots.insert(task, slot);
+                                }
+                            }
+                        }
+                        Err((error, _)) => {
+                            for (task, slot) in group_slots {
+                                if let Some(slot) = slot {
+                                    self.events.push_back(DriverEvent::Complete {
+                                        task,
+                                        slot,
+                                        result: Err(TaskError::Rejected {
+                                            task,
+                                            error: error.clone(),
+                                        }),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Keep the buffers' capacity for the next drain.
+        ends.clear();
+        self.pending_ends = ends;
+        slots.clear();
+        self.pending_slots = slots;
+    }
+
+    /// Records the slots of accepted tasks.
+    fn adopt(&mut self, slots: impl Iterator<Item = (TaskId, Option<S>)>) {
+        for (task, slot) in slots {
+            if let Some(slot) = slot {
+                self.slots.insert(task, slot);
+            }
+        }
+    }
+
+    /// Fails the slots of refused tasks.
+    fn reject(&mut self, slots: impl Iterator<Item = (TaskId, Option<S>)>, error: &GraphError) {
+        for (task, slot) in slots {
+            if let Some(slot) = slot {
+                self.events.push_back(DriverEvent::Complete {
+                    task,
+                    slot,
+                    result: Err(TaskError::Rejected {
+                        task,
+                        error: error.clone(),
+                    }),
+                });
+            }
+        }
+    }
+
+    /// Queues `msg` for `worker`, if it is joined.
+    fn send(&mut self, worker: WorkerId, msg: &ToWorker) {
+        if let Some(l) = self.workers.get(&worker) {
+            self.transmits.push_back(Transmit {
+                link: l.link,
+                worker,
+                frame: wire::encode(msg),
+            });
+        }
+    }
+
+    /// Queues `msg` for every joined worker (encoded once).
+    fn broadcast(&mut self, msg: &ToWorker) {
+        if self.workers.is_empty() {
+            return;
+        }
+        let frame = wire::encode(msg);
+        for (&worker, l) in &self.workers {
+            self.transmits.push_back(Transmit {
+                link: l.link,
+                worker,
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    /// Queues a batch of tasks, split in halves while its frame would exceed the frame
+    /// limit; a single task that cannot fit is reported failed to the scheduler (which
+    /// fails it with [`MoveFailure::TooLarge`]) instead of being lost.
+    fn send_run(&mut self, worker: WorkerId, tasks: Vec<RunTask>) {
+        let Some((link, incarnation)) = self.workers.get(&worker).map(|l| (l.link, l.incarnation))
+        else {
+            return;
+        };
+        let msg = ToWorker::Run(tasks);
+        let frame = wire::encode(&msg);
+        if frame.len() <= self.config.max_frame {
+            self.transmits.push_back(Transmit {
+                link,
+                worker,
+                frame,
+            });
+            return;
+        }
+        let bytes = frame.len() as u64;
+        drop(frame);
+        let ToWorker::Run(mut tasks) = msg else {
+            return;
+        };
+        if tasks.len() > 1 {
+            let rest = tasks.split_off(tasks.len() / 2);
+            self.send_run(worker, tasks);
+            self.send_run(worker, rest);
+            return;
+        }
+        let Some(t) = tasks.pop() else {
+            return;
+        };
+        let done = TaskDone {
+            task: t.task,
+            proc: t.proc,
+            run_ns: 0,
+            outcome: Outcome::Failed(TaskError::MoveFailed {
+                task: t.task,
+                cause: MoveFailure::TooLarge {
+                    bytes,
+                    limit: self.config.max_frame as u64,
+                },
+            }),
+        };
+        self.sched.task_done(self.now, worker, incarnation, done);
+    }
+
+    /// Sends the releases held back for `worker`, if any.
+    fn send_releases(&mut self, worker: WorkerId) {
+        if self.held_count == 0 {
+            return;
+        }
+        if let Some(chunks) = self.held.remove(&worker) {
+            self.held_count -= chunks.len();
+            if self.held_count == 0 {
+                self.held_since = None;
+            }
+            self.send(worker, &ToWorker::Release(chunks));
+        }
+    }
+
+    /// Sends every release held back.
+    fn send_all_releases(&mut self) {
+        for (worker, chunks) in std::mem::take(&mut self.held) {
+            self.send(worker, &ToWorker::Release(chunks));
+        }
+        self.held_count = 0;
+        self.held_since = None;
+    }
+
+    /// Asks a live holder of the fetch's chunk for its bytes. The scheduler's holders are
+    /// the current ones (a lost holder's chunk is recomputed elsewhere); while no live
+    /// worker holds it the fetch is parked, until its park limit.
+    fn start_fetch(&mut self, mut p: ParkedFetch) {
+        let current = self.sched.holders(p.chunk);
+        if !current.is_empty() {
+            p.holders.clear();
+            p.holders.extend_from_slice(current);
+        }
+        match p
+            .holders
+            .iter()
+            .copied()
+            .find(|w| self.workers.contains_key(w))
+        {
+            Some(w) => {
+                self.send(w, &ToWorker::Fetch(p.chunk));
+                self.fetches.entry(p.chunk).or_default().push((w, p.fetch));
+            }
+            None if self.now.saturating_sub(p.since) < self.config.fetch_park_limit => {
+                self.parked.push(p);
+            }
+            None => {
+                tracing::debug!(chunk = %p.chunk, holders = ?p.holders, "no live worker holds the fetched result");
+                self.events.push_back(DriverEvent::FetchDone {
+                    fetch: p.fetch,
+                    result: Err(TaskError::MoveFailed {
+                        task: p.chunk.task(),
+                        cause: MoveFailure::NoHolder,
+                    }),
+                });
+            }
+        }
+    }
+
+    /// Tries the parked fetches again (after inputs that may have brought a copy back, or
+    /// time that may have passed their limit).
+    fn retry_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        for p in std::mem::take(&mut self.parked) {
+            self.start_fetch(p);
+        }
+    }
+
+    /// Answers the fetches of `chunk` that asked `worker`.
+    fn answer_fetches(
+        &mut self,
+        worker: WorkerId,
+        chunk: ChunkId,
+        data: Result<wire::ByteBuf, MoveFailure>,
+    ) {
+        let Some(waiters) = self.fetches.get_mut(&chunk) else {
+            return;
+        };
+        let mut answered: Vec<FetchId> = Vec::new();
+        waiters.retain(|&(w, fetch)| {
+            if w == worker {
+                answered.push(fetch);
+                false
+            } else {
+                true
+            }
+        });
+        if waiters.is_empty() {
+            self.fetches.remove(&chunk);
+        }
+        let mut data = Some(data.map(|b| b.into_vec()));
+        let last = answered.len().saturating_sub(1);
+        for (k, fetch) in answered.into_iter().enumerate() {
+            // The last waiter takes the bytes; the others get copies.
+            let d = if k == last { data.take() } else { data.clone() };
+            let Some(d) = d else { break };
+            let result = d.map_err(|cause| TaskError::MoveFailed {
+                task: chunk.task(),
+                cause,
+            });
+            self.events
+                .push_back(DriverEvent::FetchDone { fetch, result });
+        }
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    /// The workers now joined, in id order (the driver's own worker included if it joined).
+    pub fn workers(&self) -> Vec<WorkerId> {
+        self.workers.keys().copied().collect()
+    }
+
+    /// The link a joined worker is on.
+    pub fn link_of(&self, worker: WorkerId) -> Option<LinkId> {
+        self.workers.get(&worker).map(|l| l.link)
+    }
+
+    /// The worker and incarnation a link joined as, while it is joined.
+    pub fn worker_on(&self, link: LinkId) -> Option<(WorkerId, Incarnation)> {
+        self.links.get(&link).copied()
+    }
+
+    /// The pool's processors and the edges between them.
+    pub fn topology(&self) -> &Topology {
+        self.sched.topology()
+    }
+
+    /// What the scheduler knows about one task, or `None` if it never saw it (a submission
+    /// not yet given to it counts as unseen: call [`DriverCore::flush`] first).
+    pub fn task_info(&self, task: TaskId) -> Option<TaskInfo> {
+        self.sched.task_info(task)
+    }
+
+    /// The scheduler's counts of tasks by state.
+    pub fn stats(&self) -> Stats {
+        self.sched.stats()
+    }
+
+    /// The workers holding `chunk` now, as the scheduler knows them.
+    pub fn holders(&self, chunk: ChunkId) -> &[WorkerId] {
+        self.sched.holders(chunk)
+    }
+
+    /// How many joins were accepted over the driver's life.
+    pub fn joined_total(&self) -> usize {
+        self.joined_total
+    }
+
+    /// The scheduler, for queries this type does not forward.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    /// Whether [`DriverCore::handle_shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+
+    /// The latest time given to the core.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+}

@@ -9,3 +9,7 @@
 
 pub mod driver;
 pub mod worker;
+
+pub use driver::{
+    DriverConfig, DriverCore, DriverEvent, FetchId, JoinError, Joined, LinkId, Transmit,
+};

@@ -418,7 +418,7 @@ impl Context {
             let exited = self.inner.exited_children.load(Ordering::Relaxed);
             if exited > 0 {
                 let joined_pids: std::collections::HashSet<u32> = self
-                    .query(|st| st.sched.topology().workers().map(|w| w.pid).collect())
+                    .query(|st| st.core.topology().workers().map(|w| w.pid).collect())
                     .unwrap_or_default();
                 let pending = self
                     .inner
@@ -583,7 +583,7 @@ impl Context {
 
     /// The processor tree of every process of the cluster, with shortcut edges.
     pub fn topology(&self) -> Topology {
-        self.query(|st| st.sched.topology().clone())
+        self.query(|st| st.core.topology().clone())
             .unwrap_or_default()
     }
 
@@ -601,7 +601,7 @@ impl Context {
 
     /// Counters of the scheduler (submitted, finished, running...).
     pub fn stats(&self) -> Option<dagger_sched::Stats> {
-        self.query(|st| st.sched.stats())
+        self.query(|st| st.core.stats())
     }
 
     /// Where and when a task ran.
@@ -662,9 +662,9 @@ impl Inner {
 
     pub(crate) fn task_info(&self, task: TaskId) -> Option<TaskInfo> {
         self.query(move |st| {
-            let i = st.sched.task_info(task)?;
+            let i = st.core.task_info(task)?;
             let processor = match i.proc {
-                Some(p) => match st.sched.topology().proc(p) {
+                Some(p) => match st.core.topology().proc(p) {
                     Some(info) => format!("{}[{}]@{}", info.kind, p.index, p.worker),
                     None => format!("{p}"),
                 },

@@ -1,22 +1,20 @@
-//! The driver loop: owns the scheduler and the links to the workers. It feeds the
-//! scheduler events (submissions, joins, finished tasks, losses, `now`) and carries out
-//! the commands it returns. It is the only place where the scheduler meets I/O.
+//! The driver loop: a thin shell around [`DriverCore`], the driver's decisions as a state
+//! machine without I/O. The loop feeds the core what happens (messages and closes from the
+//! link readers, the user's commands, local processes exiting, the timer), sends the frames
+//! it yields on the right link, carries out its events (completing slots, answering
+//! fetches, telling subscribers, closing links) and arms one timer for its next deadline.
 
 use crate::context::ClusterEvent;
 use crate::handle::Slot;
 use crate::registry;
 use dagger_core::hash::IdHashMap;
-use dagger_core::wire::{
-    self, Hello, Outcome, PeerInfo, RunTask, TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
-};
+use dagger_core::wire::{self, Hello, ToDriver, PROTOCOL_VERSION};
 use dagger_core::{
-    ChunkId, ExitCause, Incarnation, LostReason, MoveFailure, TaskError, TaskId, TaskSpec,
-    WorkerId, WorkerInfo,
+    ChunkId, ExitCause, LostReason, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo,
 };
-use dagger_ft::FailureDetector;
 use dagger_net::{Conn, FrameSender, Listener};
-use dagger_sched::{Command, Scheduler};
-use std::collections::HashMap;
+use dagger_runtime::driver::{DriverCore, DriverEvent, FetchId, LinkId};
+use dagger_sched::Scheduler;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -36,7 +34,7 @@ pub(crate) enum DriverCmd {
     FetchChunk {
         chunk: ChunkId,
         holders: Vec<WorkerId>,
-        reply: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+        reply: FetchReply,
     },
     /// Run a closure on the driver's state (queries: topology, task info, workers).
     Query(Box<dyn FnOnce(&mut DriverState) + Send>),
@@ -52,72 +50,32 @@ pub(crate) enum LinkEvent {
         info: WorkerInfo,
         in_process: bool,
     },
-    /// A message from a joined worker.
-    Msg {
-        worker: WorkerId,
-        incarnation: Incarnation,
-        msg: ToDriver,
-    },
-    /// A worker's link closed or sent garbage.
-    Closed {
-        worker: WorkerId,
-        incarnation: Incarnation,
-        reason: LostReason,
-    },
+    /// A message from a joined link.
+    Msg { link: LinkId, msg: ToDriver },
+    /// A joined link closed or sent garbage.
+    Closed { link: LinkId, reason: LostReason },
     /// A local worker process exited (seen by its parent at once; a killed process's
     /// QUIC link would only be noticed by missed heartbeats).
     ProcessExited { pid: u32, exit: ExitCause },
 }
 
-struct WorkerLink {
-    incarnation: Incarnation,
-    pid: u32,
-    sender: FrameSender,
-    peer: PeerInfo,
-}
-
+/// The facade's settings of the driver core (the rest keep their defaults).
 pub(crate) struct DriverConfig {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) shm: bool,
 }
 
-/// The driver loop's state. Only the loop touches it (queries run inside the loop).
+/// The driver loop's state: the core and the I/O handles its outputs name. Only the loop
+/// touches it (queries run inside the loop).
 pub(crate) struct DriverState {
-    pub(crate) sched: Scheduler,
+    pub(crate) core: DriverCore<Arc<Slot>>,
     start: Instant,
-    slots: IdHashMap<TaskId, Arc<Slot>>,
-    /// Submissions taken from the command queue and not yet given to the scheduler: the
-    /// submissions of one drain go to it in one call.
-    pending: Vec<TaskSpec>,
-    /// Where each submission (one `Spawn`, or one `Submit` batch) in `pending` ends.
-    pending_ends: Vec<usize>,
-    links: HashMap<WorkerId, WorkerLink>,
-    next_worker: u32,
-    next_incarnation: u32,
-    fetches: HashMap<ChunkId, Vec<(WorkerId, FetchReply)>>,
+    links: IdHashMap<LinkId, FrameSender>,
+    next_link: u64,
+    fetches: IdHashMap<FetchId, FetchReply>,
     subscribers: Vec<mpsc::UnboundedSender<ClusterEvent>>,
-    detector: FailureDetector,
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
-    config: DriverConfig,
-    pub(crate) joined_total: usize,
-    /// Releases held back per worker (see `flush`), and how many in all.
-    pending_release: HashMap<WorkerId, Vec<ChunkId>>,
-    pending_release_count: usize,
-    /// Fetches waiting for a lost result to be recomputed.
-    parked_fetches: Vec<(ChunkId, Vec<WorkerId>, FetchReply, Duration)>,
 }
-
-/// How long a fetch waits for a lost result to be recomputed before it fails.
-const FETCH_PARK_LIMIT: Duration = Duration::from_secs(60);
-
-/// The largest frame the links carry (the transports' default limit).
-const MAX_FRAME: usize = 1 << 30;
-
-/// Held-back releases are sent once this many have gathered.
-const RELEASE_BATCH: usize = 1024;
-
-/// How often the driver loop checks heartbeats and sends held-back releases.
-const TICK: Duration = Duration::from_millis(20);
 
 impl DriverState {
     pub(crate) fn new(
@@ -125,24 +83,19 @@ impl DriverState {
         ev_tx: mpsc::UnboundedSender<LinkEvent>,
         config: DriverConfig,
     ) -> Self {
+        let config = dagger_runtime::driver::DriverConfig {
+            heartbeat_timeout: config.heartbeat_timeout,
+            shm_shortcuts: config.shm,
+            ..Default::default()
+        };
         Self {
-            sched,
+            core: DriverCore::new(sched, config),
             start: Instant::now(),
-            slots: IdHashMap::default(),
-            pending: Vec::new(),
-            pending_ends: Vec::new(),
-            links: HashMap::new(),
-            next_worker: 1,
-            next_incarnation: 1,
-            fetches: HashMap::new(),
+            links: IdHashMap::default(),
+            next_link: 1,
+            fetches: IdHashMap::default(),
             subscribers: Vec::new(),
-            detector: FailureDetector::new(config.heartbeat_timeout),
             ev_tx,
-            config,
-            joined_total: 0,
-            pending_release: HashMap::new(),
-            pending_release_count: 0,
-            parked_fetches: Vec::new(),
         }
     }
 
@@ -152,509 +105,113 @@ impl DriverState {
 
     /// Workers currently joined.
     pub(crate) fn workers(&self) -> Vec<WorkerId> {
-        let mut v: Vec<_> = self.links.keys().copied().collect();
-        v.sort();
-        v
+        self.core.workers()
     }
 
     /// Puts the driver's own process in the topology as a root without thread processors,
     /// so the tree shows it and move costs from the driver (inline values) are known.
     pub(crate) fn add_driver_root(&mut self) {
-        let host = dagger_proc::hostname();
-        let pid = std::process::id();
-        let root = dagger_core::ProcInfo {
-            id: dagger_core::ProcId::root(WorkerId::DRIVER),
-            kind: dagger_core::ProcKind::OS,
-            parent: None,
-            memory: dagger_core::MemorySpace::HOST,
-            label: format!("driver process {pid} on {host}"),
-            properties: [("role".to_string(), "driver (runs no tasks)".to_string())]
-                .into_iter()
-                .collect(),
-        };
-        let info = WorkerInfo {
-            worker: WorkerId::DRIVER,
-            incarnation: Incarnation(0),
-            host,
-            pid,
-            peer_addr: None,
-            procs: vec![root],
-        };
         let now = self.now();
-        self.sched.worker_joined(now, info);
+        self.core
+            .add_driver_root(now, dagger_proc::hostname(), std::process::id());
     }
 
     pub(crate) fn subscribe(&mut self, tx: mpsc::UnboundedSender<ClusterEvent>) {
         self.subscribers.push(tx);
     }
 
-    /// Gives the scheduler every submission taken since the last call, in one batch. If the
-    /// merged batch is refused, each submission is tried on its own, so one bad submission
-    /// fails only its own tasks (as if each had been submitted alone).
-    fn submit_pending(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let now = self.now();
-        let tasks = std::mem::take(&mut self.pending);
-        let ends = std::mem::take(&mut self.pending_ends);
-        let tasks = match self.sched.try_submit(now, tasks) {
-            Ok(()) => return,
-            Err((error, tasks)) if ends.len() <= 1 => {
-                self.reject(&tasks, &error);
-                return;
-            }
-            Err((_, tasks)) => tasks,
-        };
-        let mut rest = tasks.into_iter();
-        let mut start = 0;
-        for end in ends {
-            let group: Vec<TaskSpec> = rest.by_ref().take(end - start).collect();
-            start = end;
-            if let Err((error, group)) = self.sched.try_submit(now, group) {
-                self.reject(&group, &error);
-            }
-        }
-    }
-
-    /// Fails the slots of refused tasks.
-    fn reject(&mut self, tasks: &[TaskSpec], error: &dagger_core::GraphError) {
-        for t in tasks {
-            if let Some(slot) = self.slots.remove(&t.id) {
-                slot.complete(Err(TaskError::Rejected {
-                    task: t.id,
-                    error: error.clone(),
-                }));
-            }
-        }
-    }
-
-    fn on_cmd(&mut self, cmd: DriverCmd) -> Option<std::sync::mpsc::Sender<()>> {
+    /// Feeds one command to the core; returns the acknowledgement channel of a shutdown.
+    fn on_cmd(&mut self, now: Duration, cmd: DriverCmd) -> Option<std::sync::mpsc::Sender<()>> {
         match cmd {
-            DriverCmd::Spawn(spec, slot) => {
-                self.slots.insert(spec.id, slot);
-                self.pending.push(spec);
-                self.pending_ends.push(self.pending.len());
-                return None;
-            }
-            DriverCmd::Submit(tasks) => {
-                for (spec, slot) in tasks {
-                    if let Some(slot) = slot {
-                        self.slots.insert(spec.id, slot);
-                    }
-                    self.pending.push(spec);
-                }
-                self.pending_ends.push(self.pending.len());
-                return None;
-            }
-            _ => {}
-        }
-        // Everything else sees the submissions made before it.
-        self.submit_pending();
-        match cmd {
-            DriverCmd::Spawn(..) | DriverCmd::Submit(_) => {}
-            DriverCmd::Release(task) => self.sched.release(task),
+            DriverCmd::Spawn(spec, slot) => self.core.handle_spawn(now, spec, slot),
+            DriverCmd::Submit(tasks) => self.core.handle_submit(now, tasks),
+            DriverCmd::Release(task) => self.core.handle_release(now, task),
             DriverCmd::FetchChunk {
                 chunk,
                 holders,
                 reply,
             } => {
-                let now = self.now();
-                self.start_fetch(chunk, holders, reply, now);
+                let fetch = self.core.handle_fetch(now, chunk, holders);
+                self.fetches.insert(fetch, reply);
             }
-            DriverCmd::Query(f) => f(self),
+            DriverCmd::Query(f) => {
+                if !self.core.is_shut_down() {
+                    // Queries see every submission made before them.
+                    self.core.flush();
+                    f(self);
+                }
+            }
             DriverCmd::Shutdown(ack) => return Some(ack),
         }
         None
     }
 
-    /// Asks a live holder of `chunk` for its bytes. The scheduler's holders are the current
-    /// ones (a lost holder's chunk is recomputed elsewhere); while no live worker holds it
-    /// (it is being recomputed) the fetch waits, for at most `FETCH_PARK_LIMIT`.
-    fn start_fetch(
-        &mut self,
-        chunk: ChunkId,
-        fallback: Vec<WorkerId>,
-        reply: FetchReply,
-        since: Duration,
-    ) {
-        let current = self.sched.holders(chunk);
-        let holders = if current.is_empty() {
-            fallback
-        } else {
-            current.to_vec()
-        };
-        match holders.iter().copied().find(|w| self.links.contains_key(w)) {
-            Some(w) => {
-                let msg = wire::encode(&ToWorker::Fetch(chunk));
-                if self.links[&w].sender.send(msg).is_ok() {
-                    self.fetches.entry(chunk).or_default().push((w, reply));
-                } else {
-                    let _ = reply.send(Err(TaskError::MoveFailed {
-                        task: chunk.task(),
-                        cause: MoveFailure::PeerLeft { worker: w },
-                    }));
-                }
-            }
-            None if self.now().saturating_sub(since) < FETCH_PARK_LIMIT => {
-                self.parked_fetches.push((chunk, holders, reply, since));
-            }
-            None => {
-                tracing::debug!(%chunk, ?holders, "no live worker holds the fetched result");
-                let _ = reply.send(Err(TaskError::MoveFailed {
-                    task: chunk.task(),
-                    cause: MoveFailure::NoHolder,
-                }));
-            }
-        }
-    }
-
-    /// Tries the parked fetches again (after events that may have brought a copy back).
-    fn retry_parked_fetches(&mut self) {
-        if self.parked_fetches.is_empty() {
-            return;
-        }
-        for (chunk, holders, reply, since) in std::mem::take(&mut self.parked_fetches) {
-            self.start_fetch(chunk, holders, reply, since);
-        }
-    }
-
-    fn on_link(&mut self, ev: LinkEvent) {
+    fn on_link(&mut self, now: Duration, ev: LinkEvent) {
         match ev {
             LinkEvent::Joined {
                 conn,
                 info,
                 in_process,
-            } => self.on_join(conn, info, in_process),
-            LinkEvent::Msg {
-                worker,
-                incarnation,
-                msg,
-            } => self.on_msg(worker, incarnation, msg),
-            LinkEvent::Closed {
-                worker,
-                incarnation,
-                reason,
-            } => self.on_lost(worker, incarnation, reason),
-            LinkEvent::ProcessExited { pid, exit } => {
-                let found = self
-                    .links
-                    .iter()
-                    .find(|(w, l)| l.pid == pid && !w.is_driver())
-                    .map(|(w, l)| (*w, l.incarnation));
-                if let Some((worker, incarnation)) = found {
-                    self.on_lost(worker, incarnation, LostReason::ProcessExited { pid, exit });
-                }
-            }
-        }
-    }
-
-    fn on_join(&mut self, conn: Conn, mut info: WorkerInfo, in_process: bool) {
-        let worker = if in_process {
-            WorkerId::DRIVER
-        } else {
-            let w = WorkerId(self.next_worker);
-            self.next_worker += 1;
-            w
-        };
-        let incarnation = Incarnation(self.next_incarnation);
-        self.next_incarnation += 1;
-        info.worker = worker;
-        info.incarnation = incarnation;
-        for p in &mut info.procs {
-            p.id.worker = worker;
-            if let Some(parent) = &mut p.parent {
-                parent.worker = worker;
-            }
-        }
-        let peer = PeerInfo {
-            worker,
-            incarnation,
-            addr: info.peer_addr.clone().unwrap_or_default(),
-            host: info.host.clone(),
-        };
-        let peers: Vec<PeerInfo> = self.links.values().map(|l| l.peer.clone()).collect();
-        let welcome = ToWorker::Welcome {
-            worker,
-            incarnation,
-            peers,
-            heartbeat: self.config.heartbeat_timeout / 4,
-        };
-        if conn.sender.send(wire::encode(&welcome)).is_err() {
-            return;
-        }
-        let joined = wire::encode(&ToWorker::PeerJoined(peer.clone()));
-        for l in self.links.values() {
-            let _ = l.sender.send(joined.clone());
-        }
-        let Conn {
-            sender, receiver, ..
-        } = conn;
-        self.links.insert(
-            worker,
-            WorkerLink {
-                incarnation,
-                pid: info.pid,
-                sender: sender.clone(),
-                peer,
-            },
-        );
-        spawn_reader(worker, incarnation, sender, receiver, self.ev_tx.clone());
-        let now = self.now();
-        self.detector.heard(worker, incarnation, now);
-        self.sched.worker_joined(now, info);
-        if self.config.shm {
-            dagger_move::shm::add_same_host_shortcuts(self.sched.topology_mut());
-        }
-        self.joined_total += 1;
-    }
-
-    fn on_msg(&mut self, worker: WorkerId, incarnation: Incarnation, msg: ToDriver) {
-        let now = self.now();
-        match self.links.get(&worker) {
-            Some(l) if l.incarnation == incarnation => {}
-            // A message from a connection already declared lost: fenced.
-            _ => return,
-        }
-        self.detector.heard(worker, incarnation, now);
-        match msg {
-            ToDriver::Done { incarnation, tasks } => {
-                for done in tasks {
-                    self.sched.task_done(now, worker, incarnation, done);
-                }
-            }
-            ToDriver::ChunkData { chunk, data, .. } => {
-                if let Some(waiters) = self.fetches.get_mut(&chunk) {
-                    let mut rest = Vec::new();
-                    for (w, reply) in waiters.drain(..) {
-                        if w == worker {
-                            let r = data.clone().map(|b| b.into_vec()).map_err(|cause| {
-                                TaskError::MoveFailed {
-                                    task: chunk.task(),
-                                    cause,
-                                }
-                            });
-                            let _ = reply.send(r);
-                        } else {
-                            rest.push((w, reply));
-                        }
-                    }
-                    if rest.is_empty() {
-                        self.fetches.remove(&chunk);
-                    } else {
-                        self.fetches.insert(chunk, rest);
-                    }
-                }
-            }
-            ToDriver::Replicated {
-                incarnation,
-                chunk,
-                to,
             } => {
-                self.sched.chunk_replicated(worker, incarnation, chunk, to);
-            }
-            ToDriver::Heartbeat { .. } => {}
-            ToDriver::Join(_) => {
-                // A second join on a live link is a protocol error.
-                let detail = "sent a second join".to_string();
-                self.on_lost(
-                    worker,
-                    incarnation,
-                    LostReason::ProtocolViolation { detail },
-                );
-            }
-        }
-    }
-
-    fn on_lost(&mut self, worker: WorkerId, incarnation: Incarnation, reason: LostReason) {
-        match self.links.get(&worker) {
-            Some(l) if l.incarnation == incarnation => {}
-            _ => return,
-        }
-        if let Some(l) = self.links.remove(&worker) {
-            l.sender.close(&reason.to_string());
-        }
-        self.detector.forget(worker);
-        if let Some(chunks) = self.pending_release.remove(&worker) {
-            self.pending_release_count -= chunks.len();
-        }
-        let now = self.now();
-        tracing::warn!(%worker, %reason, "worker lost");
-        self.sched.worker_lost(now, worker, reason.clone());
-        let left = wire::encode(&ToWorker::PeerLeft(worker));
-        for l in self.links.values() {
-            let _ = l.sender.send(left.clone());
-        }
-        // Fetches waiting on it fail; the caller may fetch again from another holder.
-        self.fetches.retain(|chunk, waiters| {
-            let (lost, keep): (Vec<_>, Vec<_>) = waiters.drain(..).partition(|(w, _)| *w == worker);
-            for (_, reply) in lost {
-                let _ = reply.send(Err(TaskError::MoveFailed {
-                    task: chunk.task(),
-                    cause: MoveFailure::PeerLeft { worker },
-                }));
-            }
-            *waiters = keep;
-            !waiters.is_empty()
-        });
-    }
-
-    fn on_tick(&mut self) {
-        self.send_all_releases();
-        let now = self.now();
-        for (worker, incarnation) in self.detector.expired(now) {
-            let timeout = self.config.heartbeat_timeout;
-            self.on_lost(worker, incarnation, LostReason::Silent { timeout });
-        }
-    }
-
-    /// Sends a batch of tasks, split in halves while its frame would exceed the transport's
-    /// limit; a single task that cannot fit is reported failed to the scheduler (which
-    /// retries it, then fails it with a typed error) instead of being lost.
-    fn send_run(&mut self, worker: WorkerId, tasks: Vec<RunTask>) {
-        let msg = ToWorker::Run(tasks);
-        let frame = wire::encode(&msg);
-        if frame.len() <= MAX_FRAME {
-            if let Some(l) = self.links.get(&worker) {
-                let _ = l.sender.send(frame);
-            }
-            return;
-        }
-        drop(frame);
-        let ToWorker::Run(mut tasks) = msg else {
-            return;
-        };
-        if tasks.len() > 1 {
-            let rest = tasks.split_off(tasks.len() / 2);
-            self.send_run(worker, tasks);
-            self.send_run(worker, rest);
-            return;
-        }
-        let (Some(t), Some(incarnation)) =
-            (tasks.pop(), self.links.get(&worker).map(|l| l.incarnation))
-        else {
-            return;
-        };
-        let now = self.now();
-        let bytes = wire::encode(&ToWorker::Run(vec![t.clone()])).len() as u64;
-        let done = TaskDone {
-            task: t.task,
-            proc: t.proc,
-            run_ns: 0,
-            outcome: Outcome::Failed(TaskError::MoveFailed {
-                task: t.task,
-                cause: MoveFailure::TooLarge {
-                    bytes,
-                    limit: MAX_FRAME as u64,
-                },
-            }),
-        };
-        self.sched.task_done(now, worker, incarnation, done);
-    }
-
-    /// Sends the releases held back for `worker`, if any.
-    fn send_releases(&mut self, worker: WorkerId) {
-        if let Some(chunks) = self.pending_release.remove(&worker) {
-            self.pending_release_count -= chunks.len();
-            if let Some(l) = self.links.get(&worker) {
-                let _ = l.sender.send(wire::encode(&ToWorker::Release(chunks)));
-            }
-        }
-    }
-
-    /// Sends every release held back.
-    fn send_all_releases(&mut self) {
-        let workers: Vec<WorkerId> = self.pending_release.keys().copied().collect();
-        for w in workers {
-            self.send_releases(w);
-        }
-    }
-
-    /// Carries out everything the scheduler asked for. Releases are not urgent: they are
-    /// held back and ride along with the worker's next message, or go out on the next tick
-    /// or once many have gathered, so a finished task does not wake its worker again.
-    fn flush(&mut self) {
-        self.submit_pending();
-        while let Some(cmd) = self.sched.poll_command() {
-            match cmd {
-                Command::Send {
-                    worker,
-                    msg: ToWorker::Release(chunks),
-                } => {
-                    self.pending_release_count += chunks.len();
-                    self.pending_release
-                        .entry(worker)
-                        .or_default()
-                        .extend(chunks);
-                }
-                Command::Send {
-                    worker,
-                    msg: ToWorker::Run(tasks),
-                } => {
-                    self.send_releases(worker);
-                    self.send_run(worker, tasks);
-                }
-                Command::Send { worker, msg } => {
-                    self.send_releases(worker);
-                    if let Some(l) = self.links.get(&worker) {
-                        let _ = l.sender.send(wire::encode(&msg));
+                let link = LinkId(self.next_link);
+                self.next_link += 1;
+                match self.core.handle_join(now, link, info, in_process) {
+                    Ok(_) => {
+                        let Conn {
+                            sender, receiver, ..
+                        } = conn;
+                        self.links.insert(link, sender);
+                        spawn_reader(link, receiver, self.ev_tx.clone());
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "join refused");
+                        conn.sender.close(&e.to_string());
                     }
                 }
-                Command::Complete { task, result } => {
-                    if let Some(slot) = self.slots.remove(&task) {
-                        slot.complete(result);
-                    }
-                }
-                Command::Event(e) => {
-                    self.subscribers.retain(|s| s.send(e.clone()).is_ok());
+            }
+            LinkEvent::Msg { link, msg } => self.core.handle_message(now, link, msg),
+            LinkEvent::Closed { link, reason } => self.core.handle_link_closed(now, link, reason),
+            LinkEvent::ProcessExited { pid, exit } => {
+                self.core.handle_process_exited(now, pid, exit)
+            }
+        }
+    }
+
+    /// Carries out everything the core asks for: frames first (so that frames queued
+    /// before a link's close still go out), then events.
+    fn drive(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            if let Some(sender) = self.links.get(&t.link) {
+                if let Err(e) = sender.send(t.frame) {
+                    // The link's reader reports the close; the core then loses the worker.
+                    tracing::debug!(worker = %t.worker, error = %e, "frame not sent");
                 }
             }
         }
-        if self.pending_release_count >= RELEASE_BATCH {
-            self.send_all_releases();
+        while let Some(ev) = self.core.poll_event() {
+            match ev {
+                DriverEvent::Complete { slot, result, .. } => slot.complete(result),
+                DriverEvent::FetchDone { fetch, result } => {
+                    if let Some(reply) = self.fetches.remove(&fetch) {
+                        let _ = reply.send(result);
+                    }
+                }
+                DriverEvent::Cluster(e) => self.subscribers.retain(|s| s.send(e.clone()).is_ok()),
+                DriverEvent::CloseLink { link, reason } => {
+                    if let Some(sender) = self.links.remove(&link) {
+                        sender.close(&reason.to_string());
+                    }
+                }
+            }
         }
-        self.retry_parked_fetches();
     }
 
+    /// Stops the core and carries out what that asks (workers told to exit, every pending
+    /// slot and fetch answered).
     fn shutdown(&mut self) {
-        let bye = wire::encode(&ToWorker::Shutdown);
-        for l in self.links.values() {
-            let _ = l.sender.send(bye.clone());
-        }
-        for (task, slot) in self.slots.drain() {
-            slot.complete(Err(TaskError::Shutdown { task }));
-        }
-        for (chunk, waiters) in self.fetches.drain() {
-            for (_, reply) in waiters {
-                let _ = reply.send(Err(TaskError::Shutdown { task: chunk.task() }));
-            }
-        }
-        for (chunk, _, reply, _) in self.parked_fetches.drain(..) {
-            let _ = reply.send(Err(TaskError::Shutdown { task: chunk.task() }));
-        }
-    }
-
-    /// Fails what a command arriving after shutdown asked for, so no caller waits forever.
-    fn refuse(&mut self, cmd: DriverCmd) {
-        match cmd {
-            DriverCmd::Spawn(spec, slot) => {
-                slot.complete(Err(TaskError::Shutdown { task: spec.id }))
-            }
-            DriverCmd::Submit(tasks) => {
-                for (spec, slot) in tasks {
-                    if let Some(slot) = slot {
-                        slot.complete(Err(TaskError::Shutdown { task: spec.id }));
-                    }
-                }
-            }
-            DriverCmd::FetchChunk { chunk, reply, .. } => {
-                let _ = reply.send(Err(TaskError::Shutdown { task: chunk.task() }));
-            }
-            DriverCmd::Shutdown(ack) => {
-                let _ = ack.send(());
-            }
-            DriverCmd::Release(_) | DriverCmd::Query(_) => {}
-        }
+        let now = self.now();
+        self.core.handle_shutdown(now);
+        self.drive();
     }
 }
 
@@ -662,16 +219,12 @@ impl DriverState {
 /// still waiting gets an answer.
 impl Drop for DriverState {
     fn drop(&mut self) {
-        for (task, slot) in self.slots.drain() {
-            slot.complete(Err(TaskError::Shutdown { task }));
-        }
+        self.shutdown();
     }
 }
 
 fn spawn_reader(
-    worker: WorkerId,
-    incarnation: Incarnation,
-    sender: FrameSender,
+    link: LinkId,
     mut receiver: dagger_net::FrameReceiver,
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
 ) {
@@ -680,22 +233,15 @@ fn spawn_reader(
             match receiver.recv().await {
                 Ok(frame) => match wire::decode::<ToDriver>(&frame) {
                     Ok(msg) => {
-                        if ev_tx
-                            .send(LinkEvent::Msg {
-                                worker,
-                                incarnation,
-                                msg,
-                            })
-                            .is_err()
-                        {
+                        if ev_tx.send(LinkEvent::Msg { link, msg }).is_err() {
                             return;
                         }
                     }
+                    // The core declares the worker lost and has the link closed.
                     Err(e) => {
-                        sender.close("malformed frame");
                         break LostReason::MalformedFrame {
                             detail: e.to_string(),
-                        };
+                        }
                     }
                 },
                 Err(e) => {
@@ -705,11 +251,7 @@ fn spawn_reader(
                 }
             }
         };
-        let _ = ev_tx.send(LinkEvent::Closed {
-            worker,
-            incarnation,
-            reason,
-        });
+        let _ = ev_tx.send(LinkEvent::Closed { link, reason });
     });
 }
 
@@ -784,50 +326,66 @@ pub(crate) async fn run(
     mut cmd_rx: mpsc::UnboundedReceiver<DriverCmd>,
     mut ev_rx: mpsc::UnboundedReceiver<LinkEvent>,
 ) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = tokio::time::Instant::from_std(st.start);
+    // One timer, armed for the core's next deadline. It is moved earlier when the deadline
+    // moves earlier; a later deadline lets it fire early, which is harmless (the core
+    // does nothing that is not due) and re-arms it.
+    let timer = tokio::time::sleep_until(start);
+    tokio::pin!(timer);
+    let mut armed: Option<Duration> = None;
     let ack = loop {
         let mut stop = None;
         tokio::select! {
             biased;
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { break None };
-                st.on_link(ev);
+                let now = st.now();
+                st.on_link(now, ev);
                 for _ in 0..4096 {
                     match ev_rx.try_recv() {
-                        Ok(ev) => st.on_link(ev),
+                        Ok(ev) => st.on_link(now, ev),
                         Err(_) => break,
                     }
                 }
             }
             cmd = cmd_rx.recv() => {
-                match cmd {
-                    None => break None,
-                    Some(cmd) => {
-                        stop = st.on_cmd(cmd);
-                        while stop.is_none() {
-                            match cmd_rx.try_recv() {
-                                Ok(cmd) => stop = st.on_cmd(cmd),
-                                Err(_) => break,
-                            }
-                        }
+                let Some(cmd) = cmd else { break None };
+                let now = st.now();
+                stop = st.on_cmd(now, cmd);
+                while stop.is_none() {
+                    match cmd_rx.try_recv() {
+                        Ok(cmd) => stop = st.on_cmd(now, cmd),
+                        Err(_) => break,
                     }
                 }
             }
-            _ = tick.tick() => st.on_tick(),
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                let now = st.now();
+                st.core.handle_timeout(now);
+            }
         }
-        st.flush();
+        st.drive();
         if let Some(ack) = stop {
             break Some(ack);
         }
+        if let Some(deadline) = st.core.poll_timeout() {
+            if armed.is_none_or(|a| deadline < a) {
+                timer.as_mut().reset(start + deadline);
+                armed = Some(deadline);
+            }
+        }
     };
-    st.flush();
     st.shutdown();
     // Commands that raced with the shutdown are answered, not dropped.
     cmd_rx.close();
     while let Ok(cmd) = cmd_rx.try_recv() {
-        st.refuse(cmd);
+        let now = st.now();
+        if let Some(late) = st.on_cmd(now, cmd) {
+            let _ = late.send(());
+        }
     }
+    st.drive();
     if let Some(ack) = ack {
         let _ = ack.send(());
     }

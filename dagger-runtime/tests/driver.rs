@@ -1,0 +1,783 @@
+//! The driver core driven step by step: virtual time, every message through the real
+//! encoder (frames the core yields are decoded with `wire::decode`, messages fed to it are
+//! encoded and decoded first).
+
+use dagger_core::wire::{self, Outcome, RunTask, TaskDone, ToDriver, ToWorker};
+use dagger_core::{
+    Arg, ChunkId, ExitCause, GraphError, Incarnation, LostReason, MemorySpace, MoveFailure,
+    Options, ProcId, ProcInfo, ProcKind, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo,
+};
+use dagger_runtime::driver::{
+    DriverConfig, DriverCore, DriverEvent, JoinError, Joined, LinkId, Transmit,
+};
+use dagger_sched::{ClusterEvent, Completion, Scheduler};
+use std::time::Duration;
+
+/// The slot a test keeps per task: the task's number, to check the right slot comes back.
+type Core = DriverCore<u64>;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn core(config: DriverConfig) -> Core {
+    DriverCore::new(Scheduler::new(dagger_sched::Config::default()), config)
+}
+
+/// What a process says of itself when it joins: a root and `threads` CPU threads. The id
+/// and incarnation are the driver's to fill.
+fn info(pid: u32, threads: u32) -> WorkerInfo {
+    let id = WorkerId(0);
+    let root = ProcId::root(id);
+    let mut procs = vec![ProcInfo {
+        id: root,
+        kind: ProcKind::OS,
+        parent: None,
+        memory: MemorySpace::HOST,
+        label: format!("process {pid}"),
+        properties: Default::default(),
+    }];
+    for t in 0..threads {
+        procs.push(ProcInfo {
+            id: ProcId::new(id, t + 1),
+            kind: ProcKind::THREAD,
+            parent: Some(root),
+            memory: MemorySpace::HOST,
+            label: format!("core {t}"),
+            properties: Default::default(),
+        });
+    }
+    let info = WorkerInfo {
+        worker: id,
+        incarnation: Incarnation(0),
+        host: "sim".into(),
+        pid,
+        peer_addr: Some(format!("10.0.0.{pid}:7000")),
+        procs,
+    };
+    match wire::decode::<ToDriver>(&wire::encode(&ToDriver::Join(info))).unwrap() {
+        ToDriver::Join(i) => i,
+        other => panic!("join decoded as {other:?}"),
+    }
+}
+
+fn spec(id: u64, args: Vec<Arg>) -> TaskSpec {
+    TaskSpec {
+        id: TaskId(id),
+        func: "f".into(),
+        args,
+        options: Options::default(),
+    }
+}
+
+fn val(x: u64) -> Arg {
+    Arg::Value(wire::encode(&x))
+}
+
+/// Every frame the core wants sent, decoded, each checked against the frame limit.
+fn frames(c: &mut Core) -> Vec<(LinkId, ToWorker)> {
+    let max = c.config().max_frame;
+    let mut v = Vec::new();
+    while let Some(Transmit {
+        link,
+        worker,
+        frame,
+    }) = c.poll_transmit()
+    {
+        assert!(frame.len() <= max, "a frame of {} bytes", frame.len());
+        assert_eq!(c.link_of(worker).or(Some(link)), Some(link));
+        v.push((
+            link,
+            wire::decode::<ToWorker>(&frame).expect("frames decode"),
+        ));
+    }
+    v
+}
+
+fn events(c: &mut Core) -> Vec<DriverEvent<u64>> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+/// Feeds `msg` from `link`, through the encoder.
+fn deliver(c: &mut Core, now: Duration, link: LinkId, msg: ToDriver) {
+    let msg = wire::decode::<ToDriver>(&wire::encode(&msg)).unwrap();
+    c.handle_message(now, link, msg);
+}
+
+/// The tasks of the `Run` frames, with their link.
+fn runs(frames: &[(LinkId, ToWorker)]) -> Vec<(LinkId, RunTask)> {
+    let mut v = Vec::new();
+    for (link, msg) in frames {
+        if let ToWorker::Run(tasks) = msg {
+            v.extend(tasks.iter().map(|t| (*link, t.clone())));
+        }
+    }
+    v
+}
+
+fn done(t: &RunTask, outcome: Outcome) -> TaskDone {
+    TaskDone {
+        task: t.task,
+        proc: t.proc,
+        run_ns: 1_000,
+        outcome,
+    }
+}
+
+fn completions(evs: &[DriverEvent<u64>]) -> Vec<(TaskId, u64, Result<Completion, TaskError>)> {
+    evs.iter()
+        .filter_map(|e| match e {
+            DriverEvent::Complete { task, slot, result } => Some((*task, *slot, result.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn joins_get_fresh_ids_and_incarnations_welcome_first_then_peer_joined() {
+    let mut c = core(DriverConfig::default());
+    let a = c
+        .handle_join(ms(0), LinkId(10), info(101, 2), false)
+        .unwrap();
+    assert_eq!(
+        a,
+        Joined {
+            worker: WorkerId(1),
+            incarnation: Incarnation(1)
+        }
+    );
+    let f = frames(&mut c);
+    assert_eq!(f.len(), 1);
+    match &f[0] {
+        (
+            LinkId(10),
+            ToWorker::Welcome {
+                worker,
+                incarnation,
+                peers,
+                heartbeat,
+            },
+        ) => {
+            assert_eq!((*worker, *incarnation), (WorkerId(1), Incarnation(1)));
+            assert!(peers.is_empty());
+            assert_eq!(*heartbeat, DriverConfig::default().heartbeat_timeout / 4);
+        }
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+
+    let b = c
+        .handle_join(ms(1), LinkId(20), info(102, 2), false)
+        .unwrap();
+    assert_eq!(
+        b,
+        Joined {
+            worker: WorkerId(2),
+            incarnation: Incarnation(2)
+        }
+    );
+    let f = frames(&mut c);
+    assert_eq!(f.len(), 2, "{f:?}");
+    // The newcomer learns of the others first, then the others learn of it.
+    match &f[0] {
+        (LinkId(20), ToWorker::Welcome { worker, peers, .. }) => {
+            assert_eq!(*worker, WorkerId(2));
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].worker, WorkerId(1));
+            assert_eq!(peers[0].incarnation, Incarnation(1));
+            assert_eq!(peers[0].addr, "10.0.0.101:7000");
+        }
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    match &f[1] {
+        (LinkId(10), ToWorker::PeerJoined(p)) => {
+            assert_eq!((p.worker, p.incarnation), (WorkerId(2), Incarnation(2)));
+            assert_eq!(p.host, "sim");
+        }
+        other => panic!("expected a peer-joined, got {other:?}"),
+    }
+
+    // The driver's own worker is always WorkerId::DRIVER, with a fresh incarnation.
+    let own = c
+        .handle_join(ms(2), LinkId(30), info(100, 1), true)
+        .unwrap();
+    assert_eq!(
+        own,
+        Joined {
+            worker: WorkerId::DRIVER,
+            incarnation: Incarnation(3)
+        }
+    );
+    assert_eq!(
+        c.handle_join(ms(3), LinkId(30), info(103, 1), false),
+        Err(JoinError::LinkInUse { link: LinkId(30) })
+    );
+    let evs = events(&mut c);
+    let joined: Vec<WorkerId> = evs
+        .iter()
+        .filter_map(|e| match e {
+            DriverEvent::Cluster(ClusterEvent::WorkerJoined { worker }) => Some(*worker),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joined, vec![WorkerId(1), WorkerId(2), WorkerId::DRIVER]);
+    assert_eq!(
+        c.workers(),
+        vec![WorkerId::DRIVER, WorkerId(1), WorkerId(2)]
+    );
+    assert_eq!(c.joined_total(), 3);
+    // The ids were rewritten into the processors the scheduler knows.
+    assert!(c.topology().proc(ProcId::new(WorkerId(2), 2)).is_some());
+    assert_eq!(c.worker_on(LinkId(20)), Some((WorkerId(2), Incarnation(2))));
+}
+
+#[test]
+fn a_replaced_incarnation_is_fenced_even_when_it_claims_the_new_one() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(100, 1), true).unwrap();
+    c.handle_spawn(ms(1), spec(1, vec![val(7)]), 1);
+    let f = frames(&mut c);
+    let r = runs(&f);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, LinkId(1));
+    let task = r[0].1.clone();
+
+    // The driver's worker joins again on a new link: the old incarnation is fenced off.
+    let new = c.handle_join(ms(2), LinkId(2), info(100, 1), true).unwrap();
+    assert_eq!(new.incarnation, Incarnation(2));
+    let evs = events(&mut c);
+    assert!(evs.contains(&DriverEvent::CloseLink {
+        link: LinkId(1),
+        reason: LostReason::Fenced { by: Incarnation(2) },
+    }));
+    let rerun = runs(&frames(&mut c));
+    assert_eq!(rerun.len(), 1, "the task runs again on the new incarnation");
+    assert_eq!(rerun[0].0, LinkId(2));
+
+    // A late Done on the old link is ignored, even if it names the new incarnation.
+    let value = Outcome::Value(wire::encode(&8u64));
+    deliver(
+        &mut c,
+        ms(3),
+        LinkId(1),
+        ToDriver::Done {
+            incarnation: Incarnation(2),
+            tasks: vec![done(&task, value.clone())],
+        },
+    );
+    assert!(completions(&events(&mut c)).is_empty(), "fenced");
+    assert!(frames(&mut c).iter().all(|(l, _)| *l != LinkId(1)));
+
+    deliver(
+        &mut c,
+        ms(4),
+        LinkId(2),
+        ToDriver::Done {
+            incarnation: Incarnation(2),
+            tasks: vec![done(&rerun[0].1, value)],
+        },
+    );
+    let done = completions(&events(&mut c));
+    assert_eq!(
+        done,
+        vec![(TaskId(1), 1, Ok(Completion::Value(wire::encode(&8u64))))]
+    );
+}
+
+#[test]
+fn a_silent_worker_is_lost_at_the_heartbeat_deadline() {
+    let config = DriverConfig {
+        heartbeat_timeout: Duration::from_secs(5),
+        ..DriverConfig::default()
+    };
+    let mut c = core(config);
+    c.handle_join(ms(0), LinkId(1), info(101, 1), false)
+        .unwrap();
+    c.handle_join(ms(0), LinkId(2), info(102, 1), false)
+        .unwrap();
+    frames(&mut c);
+    events(&mut c);
+    deliver(
+        &mut c,
+        ms(3000),
+        LinkId(2),
+        ToDriver::Heartbeat {
+            incarnation: Incarnation(2),
+        },
+    );
+    assert_eq!(c.poll_timeout(), Some(ms(5000)));
+    // Just before the deadline nothing happens.
+    c.handle_timeout(ms(4999));
+    assert!(events(&mut c).is_empty());
+    assert!(frames(&mut c).is_empty());
+    assert_eq!(c.poll_timeout(), Some(ms(5000)));
+
+    c.handle_timeout(ms(5000));
+    let silent = LostReason::Silent {
+        timeout: Duration::from_secs(5),
+    };
+    let evs = events(&mut c);
+    assert!(evs.contains(&DriverEvent::CloseLink {
+        link: LinkId(1),
+        reason: silent.clone(),
+    }));
+    assert!(
+        evs.contains(&DriverEvent::Cluster(ClusterEvent::WorkerLost {
+            worker: WorkerId(1),
+            reason: silent,
+        }))
+    );
+    assert_eq!(
+        frames(&mut c),
+        vec![(LinkId(2), ToWorker::PeerLeft(WorkerId(1)))]
+    );
+    assert_eq!(c.workers(), vec![WorkerId(2)]);
+    // The other worker was heard at 3 s: its deadline is next.
+    assert_eq!(c.poll_timeout(), Some(ms(8000)));
+    // Anything still arriving on the lost link is ignored.
+    deliver(
+        &mut c,
+        ms(5001),
+        LinkId(1),
+        ToDriver::Heartbeat {
+            incarnation: Incarnation(1),
+        },
+    );
+    assert_eq!(c.workers(), vec![WorkerId(2)]);
+    assert_eq!(c.poll_timeout(), Some(ms(8000)));
+}
+
+/// One worker, one finished task with a small result: the scheduler keeps the value and
+/// releases the worker's copy.
+fn finished_small_task(c: &mut Core) -> RunTask {
+    c.handle_join(ms(0), LinkId(1), info(101, 2), false)
+        .unwrap();
+    c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
+    let t = runs(&frames(c))[0].1.clone();
+    deliver(
+        c,
+        ms(10),
+        LinkId(1),
+        ToDriver::Done {
+            incarnation: Incarnation(1),
+            tasks: vec![done(&t, Outcome::Value(wire::encode(&2u64)))],
+        },
+    );
+    t
+}
+
+#[test]
+fn releases_are_held_back_then_flushed_at_the_release_delay() {
+    let mut c = core(DriverConfig::default());
+    let t = finished_small_task(&mut c);
+    assert_eq!(completions(&events(&mut c)).len(), 1);
+    assert!(frames(&mut c).is_empty(), "the release is held back");
+    assert_eq!(c.poll_timeout(), Some(ms(30)));
+    c.handle_timeout(ms(29));
+    assert!(frames(&mut c).is_empty());
+    c.handle_timeout(ms(30));
+    assert_eq!(
+        frames(&mut c),
+        vec![(LinkId(1), ToWorker::Release(vec![t.task.chunk()]))]
+    );
+    // Nothing held any more: the heartbeat deadline is next.
+    assert_eq!(c.poll_timeout(), Some(ms(5010)));
+}
+
+#[test]
+fn releases_ride_with_the_next_message_to_their_worker() {
+    let mut c = core(DriverConfig::default());
+    let t = finished_small_task(&mut c);
+    assert!(frames(&mut c).is_empty(), "the release is held back");
+    c.handle_spawn(ms(11), spec(2, vec![val(3)]), 2);
+    let f = frames(&mut c);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(f[0], (LinkId(1), ToWorker::Release(vec![t.task.chunk()])));
+    assert!(matches!(&f[1], (LinkId(1), ToWorker::Run(ts)) if ts[0].task == TaskId(2)));
+    assert_eq!(c.poll_timeout(), Some(ms(5010)));
+}
+
+#[test]
+fn releases_go_at_once_when_a_batch_gathered() {
+    let mut c = core(DriverConfig {
+        release_batch: 2,
+        ..DriverConfig::default()
+    });
+    c.handle_join(ms(0), LinkId(1), info(101, 2), false)
+        .unwrap();
+    c.handle_submit(
+        ms(1),
+        vec![
+            (spec(1, vec![val(1)]), Some(1)),
+            (spec(2, vec![val(2)]), Some(2)),
+        ],
+    );
+    let r = runs(&frames(&mut c));
+    deliver(
+        &mut c,
+        ms(10),
+        LinkId(1),
+        ToDriver::Done {
+            incarnation: Incarnation(1),
+            tasks: vec![done(&r[0].1, Outcome::Value(wire::encode(&2u64)))],
+        },
+    );
+    assert!(frames(&mut c).is_empty());
+    deliver(
+        &mut c,
+        ms(11),
+        LinkId(1),
+        ToDriver::Done {
+            incarnation: Incarnation(1),
+            tasks: vec![done(&r[1].1, Outcome::Value(wire::encode(&3u64)))],
+        },
+    );
+    let f = frames(&mut c);
+    assert_eq!(f.len(), 1);
+    assert!(matches!(&f[0], (LinkId(1), ToWorker::Release(chunks)) if chunks.len() == 2));
+}
+
+#[test]
+fn oversized_run_batches_are_split_and_a_task_too_large_fails() {
+    let limit = 4096;
+    let mut c = core(DriverConfig {
+        max_frame: limit,
+        ..DriverConfig::default()
+    });
+    c.handle_join(ms(0), LinkId(1), info(101, 8), false)
+        .unwrap();
+    frames(&mut c);
+    let blob = |n: usize| Arg::Value(vec![7u8; n]);
+    let mut batch: Vec<(TaskSpec, Option<u64>)> = (1..=4)
+        .map(|i| (spec(i, vec![blob(1500)]), Some(i)))
+        .collect();
+    batch.push((spec(5, vec![blob(5000)]), Some(5)));
+    c.handle_submit(ms(1), batch);
+    // `frames` checks every frame against the limit.
+    let f = frames(&mut c);
+    assert!(f.len() >= 3, "split into several Run frames: {f:?}");
+    let mut ran: Vec<u64> = runs(&f).iter().map(|(_, t)| t.task.0).collect();
+    ran.sort_unstable();
+    assert_eq!(ran, vec![1, 2, 3, 4], "each fitting task is sent once");
+    let done = completions(&events(&mut c));
+    assert_eq!(done.len(), 1, "{done:?}");
+    let (task, slot, result) = &done[0];
+    assert_eq!((*task, *slot), (TaskId(5), 5));
+    match result {
+        Err(TaskError::MoveFailed {
+            task: TaskId(5),
+            cause: MoveFailure::TooLarge { bytes, limit: l },
+        }) => {
+            assert!(*bytes > limit as u64);
+            assert_eq!(*l, limit as u64);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+/// Worker 1 on link 1 stores task 1's large result; worker 2 joins on link 2; worker 1 is
+/// lost, so the result is recomputed on worker 2.
+fn stored_result_lost(c: &mut Core, second_worker: bool) -> ChunkId {
+    c.handle_join(ms(0), LinkId(1), info(101, 1), false)
+        .unwrap();
+    c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
+    let t = runs(&frames(c))[0].1.clone();
+    deliver(
+        c,
+        ms(2),
+        LinkId(1),
+        ToDriver::Done {
+            incarnation: Incarnation(1),
+            tasks: vec![done(&t, Outcome::Stored { size: 1 << 20 })],
+        },
+    );
+    let done = completions(&events(c));
+    assert_eq!(
+        done,
+        vec![(
+            TaskId(1),
+            1,
+            Ok(Completion::Stored {
+                holders: vec![WorkerId(1)],
+                size: 1 << 20
+            })
+        )]
+    );
+    if second_worker {
+        c.handle_join(ms(3), LinkId(2), info(102, 1), false)
+            .unwrap();
+    }
+    frames(c);
+    let closed = LostReason::LinkClosed {
+        detail: "reset".into(),
+    };
+    c.handle_link_closed(ms(4), LinkId(1), closed.clone());
+    let evs = events(c);
+    assert!(evs.contains(&DriverEvent::CloseLink {
+        link: LinkId(1),
+        reason: closed,
+    }));
+    t.task.chunk()
+}
+
+#[test]
+fn a_parked_fetch_is_answered_once_the_lost_result_is_recomputed() {
+    let mut c = core(DriverConfig::default());
+    let chunk = stored_result_lost(&mut c, true);
+    let rerun = runs(&frames(&mut c));
+    assert_eq!(rerun.len(), 1);
+    assert_eq!(rerun[0].0, LinkId(2));
+
+    // The client fetches from the holder it was told of, which is gone: the fetch waits.
+    let fetch = c.handle_fetch(ms(5), chunk, vec![WorkerId(1)]);
+    assert!(frames(&mut c).is_empty());
+    assert!(events(&mut c).is_empty(), "neither answered nor failed");
+
+    deliver(
+        &mut c,
+        ms(6),
+        LinkId(2),
+        ToDriver::Done {
+            incarnation: Incarnation(2),
+            tasks: vec![done(&rerun[0].1, Outcome::Stored { size: 1 << 20 })],
+        },
+    );
+    assert_eq!(frames(&mut c), vec![(LinkId(2), ToWorker::Fetch(chunk))]);
+    let bytes = vec![5u8; 1000];
+    deliver(
+        &mut c,
+        ms(7),
+        LinkId(2),
+        ToDriver::ChunkData {
+            incarnation: Incarnation(2),
+            chunk,
+            data: Ok(wire::ByteBuf::from(bytes.clone())),
+        },
+    );
+    assert_eq!(
+        events(&mut c),
+        vec![DriverEvent::FetchDone {
+            fetch,
+            result: Ok(bytes)
+        }]
+    );
+}
+
+#[test]
+fn a_parked_fetch_fails_at_the_park_limit() {
+    let limit = Duration::from_secs(60);
+    let mut c = core(DriverConfig {
+        fetch_park_limit: limit,
+        ..DriverConfig::default()
+    });
+    let chunk = stored_result_lost(&mut c, false);
+    let fetch = c.handle_fetch(ms(5), chunk, vec![WorkerId(1)]);
+    assert!(events(&mut c).is_empty());
+    // No worker is left: the park limit is the only deadline.
+    assert_eq!(c.poll_timeout(), Some(ms(5) + limit));
+    c.handle_timeout(ms(4) + limit);
+    assert!(events(&mut c).is_empty());
+    c.handle_timeout(ms(5) + limit);
+    assert_eq!(
+        events(&mut c),
+        vec![DriverEvent::FetchDone {
+            fetch,
+            result: Err(TaskError::MoveFailed {
+                task: chunk.task(),
+                cause: MoveFailure::NoHolder
+            })
+        }]
+    );
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn a_fetch_from_a_worker_that_leaves_fails_with_peer_left() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(101, 1), false)
+        .unwrap();
+    c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
+    let t = runs(&frames(&mut c))[0].1.clone();
+    deliver(
+        &mut c,
+        ms(2),
+        LinkId(1),
+        ToDriver::Done {
+            incarnation: Incarnation(1),
+            tasks: vec![done(&t, Outcome::Stored { size: 1 << 20 })],
+        },
+    );
+    events(&mut c);
+    let fetch = c.handle_fetch(ms(3), t.task.chunk(), vec![WorkerId(1)]);
+    assert_eq!(
+        frames(&mut c),
+        vec![(LinkId(1), ToWorker::Fetch(t.task.chunk()))]
+    );
+    c.handle_process_exited(ms(4), 101, ExitCause::Signal(9));
+    let evs = events(&mut c);
+    assert!(evs.contains(&DriverEvent::FetchDone {
+        fetch,
+        result: Err(TaskError::MoveFailed {
+            task: t.task,
+            cause: MoveFailure::PeerLeft {
+                worker: WorkerId(1)
+            }
+        })
+    }));
+    assert!(
+        evs.contains(&DriverEvent::Cluster(ClusterEvent::WorkerLost {
+            worker: WorkerId(1),
+            reason: LostReason::ProcessExited {
+                pid: 101,
+                exit: ExitCause::Signal(9)
+            }
+        }))
+    );
+}
+
+#[test]
+fn shutdown_answers_every_slot_and_fetch() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(101, 1), false)
+        .unwrap();
+    c.handle_submit(
+        ms(1),
+        vec![
+            (spec(1, vec![val(1)]), Some(1)),
+            (spec(2, vec![Arg::Task(TaskId(1))]), Some(2)),
+            (spec(3, vec![Arg::Task(TaskId(2))]), None),
+        ],
+    );
+    frames(&mut c);
+    // A fetch of a result nobody holds waits (parked).
+    let parked = c.handle_fetch(ms(2), ChunkId(77), vec![WorkerId(9)]);
+    // Submitted, not yet given to the scheduler.
+    c.handle_spawn(ms(3), spec(4, vec![val(4)]), 4);
+    c.handle_shutdown(ms(4));
+    // What was decided before the shutdown still goes out, then the shutdown itself.
+    let f = frames(&mut c);
+    assert_eq!(f.last(), Some(&(LinkId(1), ToWorker::Shutdown)), "{f:?}");
+    let evs = events(&mut c);
+    let mut failed: Vec<(u64, u64)> = completions(&evs)
+        .into_iter()
+        .map(|(task, slot, r)| {
+            assert_eq!(r, Err(TaskError::Shutdown { task }));
+            (task.0, slot)
+        })
+        .collect();
+    failed.sort_unstable();
+    assert_eq!(failed, vec![(1, 1), (2, 2), (4, 4)]);
+    assert!(evs.contains(&DriverEvent::FetchDone {
+        fetch: parked,
+        result: Err(TaskError::Shutdown { task: TaskId(77) })
+    }));
+    assert_eq!(c.poll_timeout(), None);
+
+    // Whatever comes later is answered at once.
+    c.handle_spawn(ms(5), spec(5, vec![val(5)]), 5);
+    let late = c.handle_fetch(ms(5), ChunkId(1), vec![WorkerId(1)]);
+    let evs = events(&mut c);
+    assert_eq!(
+        evs,
+        vec![
+            DriverEvent::Complete {
+                task: TaskId(5),
+                slot: 5,
+                result: Err(TaskError::Shutdown { task: TaskId(5) })
+            },
+            DriverEvent::FetchDone {
+                fetch: late,
+                result: Err(TaskError::Shutdown { task: TaskId(1) })
+            }
+        ]
+    );
+    assert_eq!(
+        c.handle_join(ms(6), LinkId(2), info(102, 1), false),
+        Err(JoinError::ShutDown)
+    );
+    assert!(frames(&mut c).is_empty());
+}
+
+#[test]
+fn a_refused_submission_fails_only_its_own_tasks() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(101, 2), false)
+        .unwrap();
+    frames(&mut c);
+    // Two submissions between two polls: merged into one batch, which is refused.
+    c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
+    c.handle_submit(
+        ms(1),
+        vec![
+            (spec(2, vec![Arg::Task(TaskId(999))]), Some(2)),
+            (spec(3, vec![val(3)]), Some(3)),
+        ],
+    );
+    let ran: Vec<TaskId> = runs(&frames(&mut c)).iter().map(|(_, t)| t.task).collect();
+    assert_eq!(ran, vec![TaskId(1)], "the good submission runs");
+    let refused = GraphError::UnknownDependency {
+        task: TaskId(2),
+        dependency: TaskId(999),
+    };
+    let mut done = completions(&events(&mut c));
+    done.sort_by_key(|d| d.0);
+    assert_eq!(
+        done,
+        vec![
+            (
+                TaskId(2),
+                2,
+                Err(TaskError::Rejected {
+                    task: TaskId(2),
+                    error: refused.clone()
+                })
+            ),
+            (
+                TaskId(3),
+                3,
+                Err(TaskError::Rejected {
+                    task: TaskId(3),
+                    error: refused
+                })
+            ),
+        ]
+    );
+    assert_eq!(c.stats().submitted, 1);
+}
+
+#[test]
+fn a_second_join_or_a_malformed_frame_loses_the_worker() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(101, 1), false)
+        .unwrap();
+    c.handle_join(ms(0), LinkId(2), info(102, 1), false)
+        .unwrap();
+    frames(&mut c);
+    events(&mut c);
+    deliver(&mut c, ms(1), LinkId(1), ToDriver::Join(info(101, 1)));
+    let evs = events(&mut c);
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        DriverEvent::CloseLink {
+            link: LinkId(1),
+            reason: LostReason::ProtocolViolation { .. }
+        }
+    )));
+    let bad = LostReason::MalformedFrame {
+        detail: "garbage".into(),
+    };
+    c.handle_link_closed(ms(2), LinkId(2), bad.clone());
+    assert!(events(&mut c).contains(&DriverEvent::CloseLink {
+        link: LinkId(2),
+        reason: bad,
+    }));
+    assert!(c.workers().is_empty());
+    // A close reported again (the reader and the core both noticed) changes nothing.
+    c.handle_link_closed(
+        ms(3),
+        LinkId(2),
+        LostReason::LinkClosed {
+            detail: "closed".into(),
+        },
+    );
+    assert!(events(&mut c).is_empty());
+}
