@@ -13,3 +13,4 @@ pub mod worker;
 pub use driver::{
     DriverConfig, DriverCore, DriverEvent, FetchId, JoinError, Joined, LinkId, Transmit,
 };
+pub use worker::{WorkerConfig, WorkerState};

@@ -1,0 +1,169 @@
+//! What goes in and out of the worker core besides decoded messages: link keys, frames to
+//! send and actions for the shell.
+
+use dagger_core::wire::ChunkPayload;
+use dagger_core::{ChunkId, ProcId, TaskId, WorkerId};
+use std::borrow::Cow;
+use std::fmt;
+use thiserror::Error;
+
+/// The bytes of one chunk, as the shell holds them.
+///
+/// The core never looks at the bytes beyond their length; it only clones handles to them
+/// (so cloning must be cheap: an `Arc`, or a `Vec` in tests) and makes one from the inline
+/// bytes of a message (`From<Vec<u8>>`). Implemented for every type with those traits.
+pub trait ChunkData: AsRef<[u8]> + Clone + From<Vec<u8>> {}
+
+impl<T: AsRef<[u8]> + Clone + From<Vec<u8>>> ChunkData for T {}
+
+/// One peer link, named by the shell: the shell picks a fresh key for every link it opens
+/// (after [`Action::Connect`]) or accepts, and never reuses one.
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct LinkKey(pub u64);
+
+impl fmt::Display for LinkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "link-{}", self.0)
+    }
+}
+
+/// Where a frame goes.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Dest {
+    /// The link to the driver.
+    Driver,
+    /// A peer link; the core emits frames only to links it was told are up. A frame for a
+    /// link that closed meanwhile is dropped by the shell.
+    Link(LinkKey),
+}
+
+/// One encoded frame to send.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Transmit {
+    /// Where to.
+    pub to: Dest,
+    /// The encoded message (`dagger_core::wire`).
+    pub frame: Vec<u8>,
+    /// `Some(chunk)` when the frame answers a request for `chunk` with its bytes (a peer's
+    /// want or the driver's fetch): if the link refuses it as too large, the shell reports
+    /// that with [`WorkerState::handle_send_too_large`](super::WorkerState::handle_send_too_large)
+    /// so the requester is told instead of waiting.
+    pub chunk: Option<ChunkId>,
+}
+
+/// How a frame that is not an answer on a known link reaches a peer.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Route {
+    /// On this link (the one a want came on).
+    Link(LinkKey),
+    /// On this worker's own link to the peer, opened first if needed.
+    Peer(WorkerId),
+}
+
+/// A task whose inputs are all here: the shell runs it on its processor and reports the
+/// result with [`WorkerState::handle_task_finished`](super::WorkerState::handle_task_finished).
+#[derive(Clone, Debug)]
+pub struct StartTask<B> {
+    /// The task.
+    pub task: TaskId,
+    /// The registered name of its function.
+    pub func: Cow<'static, str>,
+    /// The processor to run it on (its `index` among this worker's processors).
+    pub proc: ProcId,
+    /// Its arguments, in order.
+    pub args: Vec<B>,
+}
+
+/// A chunk to copy into shared memory for a peer on this host. The shell writes it (into a
+/// segment it lends to `peer` for an answer, or a one-shot object for a push) and hands
+/// this back with [`WorkerState::handle_shm_written`](super::WorkerState::handle_shm_written).
+#[derive(Clone, Debug)]
+pub struct ShmWrite<B> {
+    /// The peer that will read it.
+    pub peer: WorkerId,
+    /// How the frame naming the object reaches the peer.
+    pub route: Route,
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// Whether it is a push (a replica the peer keeps; never in a lent segment) or the
+    /// answer to a want.
+    pub push: bool,
+    /// The bytes.
+    pub bytes: B,
+}
+
+/// Something only the shell can do.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Action<B> {
+    /// Run a task.
+    Start(StartTask<B>),
+    /// Open a link to a peer at `addr`; report
+    /// [`WorkerState::handle_link_up`](super::WorkerState::handle_link_up) or
+    /// [`WorkerState::handle_connect_failed`](super::WorkerState::handle_connect_failed).
+    Connect {
+        /// The peer.
+        peer: WorkerId,
+        /// Its address for peer links.
+        addr: String,
+    },
+    /// Copy a chunk into shared memory for a peer.
+    WriteShm(ShmWrite<B>),
+    /// A peer sent a chunk in shared memory (`payload` is `ChunkPayload::Shm` or
+    /// `ChunkPayload::Segment`): map it and report the bytes (or why not) with
+    /// [`WorkerState::handle_chunk_received`](super::WorkerState::handle_chunk_received),
+    /// passing `push` back. A segment is lent by `from`: when the bytes are dropped, or
+    /// cannot be mapped, hand it back with
+    /// [`WorkerState::handle_segment_released`](super::WorkerState::handle_segment_released).
+    ReadShm {
+        /// The peer that sent it.
+        from: WorkerId,
+        /// The chunk.
+        chunk: ChunkId,
+        /// Whether to keep it (a push) or only hand it to the tasks waiting for it.
+        push: bool,
+        /// Where it is.
+        payload: ChunkPayload,
+    },
+    /// A peer is done with a segment this worker lent it: it may be written again.
+    SegmentReturned {
+        /// The peer.
+        peer: WorkerId,
+        /// The segment's name.
+        name: String,
+    },
+    /// A peer left the cluster: drop what the shell keeps for it (segments lent to it).
+    ForgetPeer(WorkerId),
+    /// Close a peer link (its peer left, or was replaced).
+    CloseLink(LinkKey),
+    /// The driver asked this worker to finish: stop serving.
+    Shutdown,
+}
+
+/// Why a link a peer opened was refused at its hello.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PeerRefused {
+    /// The peer speaks another protocol version.
+    #[error("the peer speaks protocol version {theirs}, this worker {ours}")]
+    Version {
+        /// This worker's version.
+        ours: u32,
+        /// The peer's.
+        theirs: u32,
+    },
+    /// The peer runs a binary with other task functions.
+    #[error("the peer's task registry ({theirs:#x}) differs from this worker's ({ours:#x})")]
+    Registry {
+        /// This worker's fingerprint.
+        ours: u64,
+        /// The peer's.
+        theirs: u64,
+    },
+    /// The shell already registered a link with this key.
+    #[error("{link} is already registered")]
+    DuplicateLink {
+        /// The key.
+        link: LinkKey,
+    },
+}
