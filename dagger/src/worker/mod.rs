@@ -1,27 +1,32 @@
-//! The worker side: holds chunks, runs tasks on its processors, serves and fetches chunks
-//! to and from its peers directly (never through the driver).
+//! The worker shell: joins the driver, runs tasks on this process's processors, and
+//! carries out what the worker core ([`dagger_runtime::worker::WorkerState`]) decides:
+//! frames to send, links to open, shared memory to write and read. The core holds the
+//! chunk store, the want/serve protocol, heartbeats and the batching of finished tasks.
 //!
 //! The same code runs in worker processes (over QUIC) and inside the driver's process when
 //! the driver's own cores run tasks (over the in-process transport).
+//!
+//! Every event source (the driver link's reader, the peer links' readers, processor
+//! threads finishing tasks, the timer) locks the core, feeds it the event, drains what it
+//! asks for, unlocks, and only then sends frames and starts jobs. One timer task sleeps
+//! until the core's next deadline; an event that brings the deadline forward wakes it.
 
 mod peer;
 
 use crate::registry::{self, ArgValue};
 use dagger_core::hash::IdHashMap;
-use dagger_core::wire::{
-    self, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone, ToDriver,
-    ToWorker, PROTOCOL_VERSION,
-};
-use dagger_core::{ChunkId, Incarnation, ProcId, TaskError, TaskId, WorkerId, WorkerInfo};
-use dagger_core::{MoveFailure, ProcKind};
+use dagger_core::wire::{self, Hello, ToDriver, ToWorker, PROTOCOL_VERSION};
+use dagger_core::{Incarnation, MoveFailure, ProcId, ProcKind, TaskError, WorkerId, WorkerInfo};
 use dagger_move::{MoveTarget, MoveValue};
 use dagger_net::launch::WorkerArgs;
-use dagger_net::{Conn, FrameReceiver, FrameSender, Transport};
+use dagger_net::{FrameReceiver, FrameSender, NetError, Transport};
 use dagger_proc::{DetectContext, LocalProcs};
+use dagger_runtime::worker::{
+    Action, Dest, LinkKey, StartTask, Transmit, WorkerConfig, WorkerState,
+};
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,10 +46,6 @@ pub(crate) fn current_worker() -> WorkerId {
 pub(crate) fn current_proc() -> Option<ProcId> {
     CURRENT_PROC.with(|c| c.get())
 }
-
-/// Chunks whose bytes are at least this large go through shared memory to a peer on the
-/// same host (when the shortcut is on).
-const SHM_MIN_BYTES: usize = 64 * 1024;
 
 /// Bytes of one chunk held by this worker.
 pub(crate) enum ChunkBytes {
@@ -68,60 +69,47 @@ impl std::ops::Deref for ChunkBytes {
     }
 }
 
+/// The core's handle to a chunk's bytes: shared, so handing a chunk to several tasks and
+/// peers never copies it.
+#[derive(Clone)]
+pub(crate) struct Data(Arc<ChunkBytes>);
+
+impl Data {
+    pub(crate) fn new(bytes: ChunkBytes) -> Self {
+        Data(Arc::new(bytes))
+    }
+}
+
+impl From<Vec<u8>> for Data {
+    fn from(v: Vec<u8>) -> Self {
+        Data::new(ChunkBytes::Vec(v))
+    }
+}
+
+impl AsRef<[u8]> for Data {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+type Core = WorkerState<Data>;
+
+/// Reports a task that its processor dropped without running it, so nobody waits.
 struct StartGuard {
     worker: Arc<Worker>,
-    pending: Option<Arc<Pending>>,
+    task: Option<StartTask<Data>>,
 }
 
 impl Drop for StartGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.pending.take() {
-            self.worker.fail_task(
-                &p,
-                TaskError::MoveFailed {
-                    task: p.task,
-                    cause: MoveFailure::Dropped,
-                },
-            );
+        if let Some(t) = self.task.take() {
+            let err = TaskError::MoveFailed {
+                task: t.task,
+                cause: MoveFailure::Dropped,
+            };
+            self.worker.finished(t.task, Duration::ZERO, Err(err));
         }
     }
-}
-
-struct Pending {
-    task: TaskId,
-    func: std::borrow::Cow<'static, str>,
-    proc: ProcId,
-    inline_limit: u32,
-    args: Mutex<Vec<Option<Arc<ChunkBytes>>>>,
-    missing: AtomicUsize,
-    failed: AtomicBool,
-}
-
-enum Waiter {
-    Task(Arc<Pending>, usize),
-    Peer(FrameSender, WorkerId),
-    Driver,
-}
-
-enum Entry {
-    Ready(Arc<ChunkBytes>),
-    Waiting {
-        waiters: Vec<Waiter>,
-        holders: Vec<WorkerId>,
-        attempts: u32,
-    },
-}
-
-enum PeerLink {
-    Idle,
-    /// Frames queued while the link is being opened, with the chunk each one wants.
-    Connecting(Vec<(Vec<u8>, Option<ChunkId>)>),
-    Up(FrameSender),
-}
-
-struct Peer {
-    info: PeerInfo,
-    link: PeerLink,
 }
 
 /// Settings of one worker.
@@ -134,19 +122,67 @@ pub(crate) struct WorkerSetup {
     pub(crate) in_process: bool,
 }
 
+/// What the core and its links look like under the lock.
+struct Inner {
+    core: Core,
+    /// The senders of the peer links that are up, by the key the core knows them by.
+    links: IdHashMap<LinkKey, FrameSender>,
+    /// The deadline the timer task sleeps until (`None`: it waits to be woken).
+    armed: Option<Duration>,
+}
+
+/// What one event asked for, performed after the lock is released.
+#[derive(Default)]
+struct Out {
+    sends: Vec<(Option<FrameSender>, Transmit)>,
+    actions: Vec<Action<Data>>,
+    closes: Vec<FrameSender>,
+    wake_timer: bool,
+}
+
+impl Inner {
+    /// Takes the core's output; frames for links that closed meanwhile are dropped.
+    fn drain(&mut self, out: &mut Out) {
+        while let Some(t) = self.core.poll_transmit() {
+            let sender = match t.to {
+                Dest::Driver => None,
+                Dest::Link(key) => match self.links.get(&key) {
+                    Some(s) => Some(s.clone()),
+                    None => continue,
+                },
+            };
+            out.sends.push((sender, t));
+        }
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::CloseLink(key) => {
+                    if let Some(s) = self.links.remove(&key) {
+                        out.closes.push(s);
+                    }
+                }
+                a => out.actions.push(a),
+            }
+        }
+        if let Some(t) = self.core.poll_timeout() {
+            if self.armed.is_none_or(|a| t < a) {
+                self.armed = Some(t);
+                out.wake_timer = true;
+            }
+        }
+    }
+}
+
 pub(crate) struct Worker {
     id: WorkerId,
-    incarnation: Incarnation,
-    host: String,
     procs: LocalProcs,
-    store: Mutex<IdHashMap<ChunkId, Entry>>,
-    peers: Mutex<HashMap<WorkerId, Peer>>,
+    inner: Mutex<Inner>,
     to_driver: FrameSender,
-    done: Mutex<Vec<TaskDone>>,
-    done_notify: tokio::sync::Notify,
+    timer: tokio::sync::Notify,
+    stopping: AtomicBool,
+    epoch: Instant,
+    next_link: AtomicU64,
     peer_transport: Arc<dyn Transport>,
     rt: tokio::runtime::Handle,
-    shm: bool,
     shm_prefix: String,
 }
 
@@ -213,7 +249,7 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
     if let Some(port) = peer_addr.strip_prefix("0.0.0.0:") {
         peer_addr = format!("{host}:{port}");
     }
-    let Conn {
+    let dagger_net::Conn {
         sender,
         mut receiver,
         ..
@@ -246,45 +282,36 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
         .recv()
         .await
         .map_err(|e| format!("the driver refused this worker: {e}"))?;
-    let (id, incarnation, peers, heartbeat) =
-        match wire::decode::<ToWorker>(&first).map_err(|e| e.to_string())? {
-            ToWorker::Welcome {
-                worker,
-                incarnation,
-                peers,
-                heartbeat,
-            } => (worker, incarnation, peers, heartbeat),
-            other => return Err(format!("expected a welcome from the driver, got {other:?}")),
-        };
+    let welcome = wire::decode::<ToWorker>(&first).map_err(|e| e.to_string())?;
+    let ToWorker::Welcome { worker: id, .. } = &welcome else {
+        return Err(format!(
+            "expected a welcome from the driver, got {welcome:?}"
+        ));
+    };
+    let id = *id;
     if !setup.in_process {
         WORKER_ID.store(id.0, Ordering::Relaxed);
     }
+    let mut config = WorkerConfig::new(host, registry::registry_hash());
+    config.shm = setup.shm;
+    let epoch = Instant::now();
+    let mut core = Core::new(config);
+    core.handle_driver_msg(Duration::ZERO, welcome);
     let worker = Arc::new(Worker {
         id,
-        incarnation,
-        host,
         procs,
-        store: Mutex::new(IdHashMap::default()),
-        peers: Mutex::new(
-            peers
-                .into_iter()
-                .map(|p| {
-                    (
-                        p.worker,
-                        Peer {
-                            info: p,
-                            link: PeerLink::Idle,
-                        },
-                    )
-                })
-                .collect(),
-        ),
+        inner: Mutex::new(Inner {
+            core,
+            links: IdHashMap::default(),
+            armed: None,
+        }),
         to_driver: sender,
-        done: Mutex::new(Vec::new()),
-        done_notify: tokio::sync::Notify::new(),
+        timer: tokio::sync::Notify::new(),
+        stopping: AtomicBool::new(false),
+        epoch,
+        next_link: AtomicU64::new(0),
         peer_transport: setup.peer_transport.clone(),
         rt: tokio::runtime::Handle::current(),
-        shm: setup.shm,
         // Unique per worker in this process (several contexts may each run one here), and
         // starting with the pid so the driver can clean up after a killed worker.
         shm_prefix: format!(
@@ -301,55 +328,124 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
         tokio::spawn(async move {
             while let Ok(conn) = listener.accept().await {
                 let w = w.clone();
-                tokio::spawn(async move { w.serve_peer_conn(conn, None).await });
+                tokio::spawn(async move { w.serve_inbound(conn).await });
             }
         });
     }
-    // Finished tasks go to the driver in batches.
-    {
-        let w = worker.clone();
-        tokio::spawn(async move {
-            loop {
-                w.done_notify.notified().await;
-                let batch = std::mem::take(&mut *w.done.lock());
-                if batch.is_empty() {
-                    continue;
-                }
-                let msg = ToDriver::Done {
-                    incarnation: w.incarnation,
-                    tasks: batch,
-                };
-                if w.to_driver.send(wire::encode(&msg)).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    // Heartbeats.
-    {
-        let w = worker.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(heartbeat.max(Duration::from_millis(1)));
-            loop {
-                t.tick().await;
-                if w.to_driver
-                    .send(wire::encode(&ToDriver::Heartbeat {
-                        incarnation: w.incarnation,
-                    }))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-    }
+    // Heartbeats, batches of finished tasks and repeated wants, when the core wants them.
+    tokio::spawn(worker.clone().run_timer());
 
     let result = worker.serve_driver(&mut receiver).await;
+    worker.stopping.store(true, Ordering::Release);
+    worker.timer.notify_one();
     dagger_move::shm::cleanup_prefix(&worker.shm_prefix);
     result
 }
 
 impl Worker {
+    /// The core's clock: time since this worker joined.
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Feeds one event to the core under the lock, then performs what it asked for.
+    fn drive(self: &Arc<Self>, event: impl FnOnce(&mut Inner, Duration)) {
+        let mut out = Out::default();
+        {
+            let mut inner = self.inner.lock();
+            let now = self.now();
+            event(&mut inner, now);
+            inner.drain(&mut out);
+        }
+        self.perform(out);
+    }
+
+    fn perform(self: &Arc<Self>, out: Out) {
+        let Out {
+            sends,
+            actions,
+            closes,
+            wake_timer,
+        } = out;
+        if wake_timer {
+            self.timer.notify_one();
+        }
+        for (sender, t) in sends {
+            let sender = sender.as_ref().unwrap_or(&self.to_driver);
+            // A closed link is seen by its reader, which tells the core.
+            if let Err(NetError::FrameTooLarge { len, limit }) = sender.send(t.frame) {
+                match t.chunk {
+                    Some(chunk) => self
+                        .drive(|i, now| i.core.handle_send_too_large(now, t.to, chunk, len, limit)),
+                    None => {
+                        tracing::warn!(len, limit, "a frame too large for its link was dropped")
+                    }
+                }
+            }
+        }
+        for s in closes {
+            s.close("the peer left");
+        }
+        for a in actions {
+            match a {
+                Action::Start(t) => self.start(t),
+                Action::Connect { peer, addr } => self.connect(peer, addr),
+                Action::WriteShm(w) => {
+                    let payload = self.write_shm(&w);
+                    self.drive(|i, now| i.core.handle_shm_written(now, w, payload));
+                }
+                Action::ReadShm {
+                    from,
+                    chunk,
+                    push,
+                    payload,
+                } => {
+                    let bytes = self.read_shm(from, payload);
+                    self.drive(|i, now| i.core.handle_chunk_received(now, chunk, push, bytes));
+                }
+                Action::SegmentReturned { peer, name } => self.segment_returned(peer, &name),
+                Action::ForgetPeer(peer) => self.forget_peer(peer),
+                Action::Shutdown => self.stopping.store(true, Ordering::Release),
+                Action::CloseLink(_) => {}
+                other => {
+                    tracing::debug!(action = ?std::mem::discriminant(&other), "an action this shell does not know")
+                }
+            }
+        }
+    }
+
+    /// Sleeps until the core's next deadline (or until an event brings it forward) and
+    /// calls the core's timeout handler.
+    async fn run_timer(self: Arc<Self>) {
+        loop {
+            let mut out = Out::default();
+            let deadline = {
+                let mut inner = self.inner.lock();
+                let now = self.now();
+                inner.core.handle_timeout(now);
+                inner.armed = None;
+                inner.drain(&mut out);
+                inner.armed
+            };
+            // The timer is this task: no need to wake it.
+            out.wake_timer = false;
+            self.perform(out);
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            match deadline {
+                Some(at) => {
+                    let sleep = tokio::time::sleep_until((self.epoch + at).into());
+                    tokio::select! {
+                        _ = sleep => {}
+                        _ = self.timer.notified() => {}
+                    }
+                }
+                None => self.timer.notified().await,
+            }
+        }
+    }
+
     async fn serve_driver(self: &Arc<Self>, receiver: &mut FrameReceiver) -> Result<(), String> {
         loop {
             let frame = match receiver.recv().await {
@@ -370,353 +466,70 @@ impl Worker {
                     return Err(format!("the driver sent a malformed frame: {e}"));
                 }
             };
-            match msg {
-                ToWorker::Run(tasks) => {
-                    for t in tasks {
-                        self.accept_task(t);
-                    }
-                }
-                ToWorker::Release(chunks) => {
-                    let mut store = self.store.lock();
-                    for c in chunks {
-                        if let Some(Entry::Ready(_)) = store.get(&c) {
-                            store.remove(&c);
-                        }
-                    }
-                }
-                ToWorker::Fetch(chunk) => self.want(chunk, Waiter::Driver),
-                ToWorker::Replicate { chunk, to } => {
-                    let bytes = match self.store.lock().get(&chunk) {
-                        Some(Entry::Ready(b)) => Some(b.clone()),
-                        _ => None,
-                    };
-                    if let Some(b) = bytes {
-                        let frame = self.chunk_frame(true, to, chunk, Ok(b));
-                        self.send_frame_to_peer(to, frame);
-                        let _ = self.to_driver.send(wire::encode(&ToDriver::Replicated {
-                            incarnation: self.incarnation,
-                            chunk,
-                            to,
-                        }));
-                    }
-                }
-                ToWorker::PeerJoined(p) => {
-                    self.peers.lock().insert(
-                        p.worker,
-                        Peer {
-                            info: p,
-                            link: PeerLink::Idle,
-                        },
-                    );
-                }
-                ToWorker::PeerLeft(w) => {
-                    self.peers.lock().remove(&w);
-                    self.peer_gone(w);
-                }
-                ToWorker::Welcome { .. } => {}
-                ToWorker::Shutdown => return Ok(()),
+            self.drive(|i, now| i.core.handle_driver_msg(now, msg));
+            if self.stopping.load(Ordering::Acquire) {
+                return Ok(());
             }
         }
     }
 
-    /// Registers a task: resolves its inputs (local, inline, or wanted from a peer) and
-    /// starts it once all are here.
-    fn accept_task(self: &Arc<Self>, t: RunTask) {
-        let n = t.args.len();
-        let pending = Arc::new(Pending {
-            task: t.task,
-            func: t.func,
-            proc: t.proc,
-            inline_limit: t.inline_limit,
-            args: Mutex::new(vec![None; n]),
-            missing: AtomicUsize::new(n + 1),
-            failed: AtomicBool::new(false),
-        });
-        let mut wants = Vec::new();
-        {
-            let mut store = self.store.lock();
-            // Our own result will be produced here: peers asking for it wait.
-            store
-                .entry(t.task.chunk())
-                .or_insert_with(|| Entry::Waiting {
-                    waiters: Vec::new(),
-                    holders: Vec::new(),
-                    attempts: 0,
-                });
-            let mut args = pending.args.lock();
-            for (i, arg) in t.args.into_iter().enumerate() {
-                match arg {
-                    RunArg::Value(v) => {
-                        args[i] = Some(Arc::new(ChunkBytes::Vec(v)));
-                        pending.missing.fetch_sub(1, Ordering::AcqRel);
-                    }
-                    RunArg::Chunk { chunk, from } => match store.get_mut(&chunk) {
-                        Some(Entry::Ready(b)) => {
-                            args[i] = Some(b.clone());
-                            pending.missing.fetch_sub(1, Ordering::AcqRel);
-                        }
-                        Some(Entry::Waiting {
-                            waiters, holders, ..
-                        }) => {
-                            waiters.push(Waiter::Task(pending.clone(), i));
-                            // The scheduler's view may be newer (a recomputed copy).
-                            for f in from {
-                                if f != self.id && !holders.contains(&f) {
-                                    holders.push(f);
-                                }
-                            }
-                        }
-                        None => {
-                            let holders: Vec<WorkerId> =
-                                from.into_iter().filter(|w| *w != self.id).collect();
-                            store.insert(
-                                chunk,
-                                Entry::Waiting {
-                                    waiters: vec![Waiter::Task(pending.clone(), i)],
-                                    holders: holders.clone(),
-                                    attempts: 0,
-                                },
-                            );
-                            wants.push((chunk, holders));
-                        }
-                    },
-                }
-            }
-        }
-        for (chunk, holders) in wants {
-            match holders.first() {
-                Some(&h) => self.send_to_peer(h, PeerMsg::Want(chunk)),
-                None => self.fail_chunk(chunk, MoveFailure::NoHolder),
-            }
-        }
-        if pending.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.start(pending);
-        }
-    }
-
-    /// Someone wants a chunk: answered now if it is here, when it arrives if it is coming.
-    fn want(self: &Arc<Self>, chunk: ChunkId, waiter: Waiter) {
-        let mut store = self.store.lock();
-        match store.get_mut(&chunk) {
-            Some(Entry::Ready(b)) => {
-                let b = b.clone();
-                drop(store);
-                self.answer(chunk, waiter, Ok(b));
-            }
-            Some(Entry::Waiting { waiters, .. }) => waiters.push(waiter),
-            None => {
-                drop(store);
-                self.answer(chunk, waiter, Err(MoveFailure::NotHeld { worker: self.id }));
-            }
-        }
-    }
-
-    fn answer(
+    /// Reports a task's result (or why it has none) to the core.
+    fn finished(
         self: &Arc<Self>,
-        chunk: ChunkId,
-        waiter: Waiter,
-        data: Result<Arc<ChunkBytes>, MoveFailure>,
+        task: dagger_core::TaskId,
+        run: Duration,
+        result: Result<Data, TaskError>,
     ) {
-        match waiter {
-            Waiter::Task(p, i) => match data {
-                Ok(b) => {
-                    p.args.lock()[i] = Some(b);
-                    if p.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        self.start(p);
-                    }
-                }
-                Err(cause) => self.fail_task(
-                    &p,
-                    TaskError::MoveFailed {
-                        task: p.task,
-                        cause,
-                    },
-                ),
-            },
-            Waiter::Peer(sender, peer) => {
-                if let Err(e) = sender.send(self.chunk_frame(false, peer, chunk, data)) {
-                    // Too large for one frame (the link itself closing is seen by the peer):
-                    // say so, so the peer fails the task instead of waiting.
-                    if let dagger_net::NetError::FrameTooLarge { len, limit } = e {
-                        let payload =
-                            ChunkPayload::Gone(MoveFailure::TooLarge { bytes: len, limit });
-                        let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
-                    }
-                }
-            }
-            Waiter::Driver => {
-                let msg = ToDriver::ChunkData {
-                    incarnation: self.incarnation,
-                    chunk,
-                    data: data.map(|b| wire::ByteBuf::from(b.to_vec())),
-                };
-                if let Err(dagger_net::NetError::FrameTooLarge { len, limit }) =
-                    self.to_driver.send(wire::encode(&msg))
-                {
-                    let msg = ToDriver::ChunkData {
-                        incarnation: self.incarnation,
-                        chunk,
-                        data: Err(MoveFailure::TooLarge { bytes: len, limit }),
-                    };
-                    let _ = self.to_driver.send(wire::encode(&msg));
-                }
-            }
-        }
-    }
-
-    /// A chunk's bytes are here: keep them and wake everyone waiting.
-    fn deliver(self: &Arc<Self>, chunk: ChunkId, bytes: Arc<ChunkBytes>) {
-        let waiters = {
-            let mut store = self.store.lock();
-            match store.insert(chunk, Entry::Ready(bytes.clone())) {
-                Some(Entry::Waiting { waiters, .. }) => waiters,
-                _ => Vec::new(),
-            }
-        };
-        for w in waiters {
-            self.answer(chunk, w, Ok(bytes.clone()));
-        }
-    }
-
-    /// A chunk will not come: everyone waiting for it is told.
-    pub(super) fn fail_chunk(self: &Arc<Self>, chunk: ChunkId, cause: MoveFailure) {
-        let waiters = {
-            let mut store = self.store.lock();
-            match store.remove(&chunk) {
-                Some(Entry::Waiting { waiters, .. }) => waiters,
-                Some(ready @ Entry::Ready(_)) => {
-                    store.insert(chunk, ready);
-                    Vec::new()
-                }
-                None => Vec::new(),
-            }
-        };
-        for w in waiters {
-            match w {
-                // A peer must not ask again: the chunk will never exist here.
-                Waiter::Peer(sender, _) => {
-                    let payload = ChunkPayload::Gone(cause.clone());
-                    let _ = sender.send(wire::encode(&PeerMsg::Chunk { chunk, payload }));
-                }
-                w => self.answer(chunk, w, Err(cause.clone())),
-            }
-        }
-    }
-
-    /// A peer left the cluster (or its link to us closed): every input we asked it for is
-    /// asked of the next holder, or fails (the scheduler then re-runs the task elsewhere).
-    pub(super) fn peer_gone(self: &Arc<Self>, gone: WorkerId) {
-        let mut retry = Vec::new();
-        let mut failed = Vec::new();
-        {
-            let mut store = self.store.lock();
-            for (chunk, e) in store.iter_mut() {
-                if let Entry::Waiting {
-                    holders, attempts, ..
-                } = e
-                {
-                    if holders.first() == Some(&gone) {
-                        holders.retain(|h| *h != gone);
-                        *attempts = 0;
-                        match holders.first() {
-                            Some(&h) => retry.push((*chunk, h)),
-                            None => failed.push(*chunk),
-                        }
-                    }
-                }
-            }
-        }
-        for (chunk, h) in retry {
-            self.send_to_peer(h, PeerMsg::Want(chunk));
-        }
-        for chunk in failed {
-            self.fail_chunk(chunk, MoveFailure::PeerLeft { worker: gone });
-        }
-    }
-
-    fn fail_task(self: &Arc<Self>, p: &Pending, err: TaskError) {
-        if p.failed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        tracing::debug!(task = %p.task, error = %err, "task failed");
-        self.fail_chunk(p.task.chunk(), MoveFailure::SourceFailed);
-        self.report(TaskDone {
-            task: p.task,
-            proc: p.proc,
-            run_ns: 0,
-            outcome: Outcome::Failed(err),
-        });
-    }
-
-    fn report(&self, done: TaskDone) {
-        let was_empty = {
-            let mut d = self.done.lock();
-            d.push(done);
-            d.len() == 1
-        };
-        if was_empty {
-            self.done_notify.notify_one();
-        }
+        self.drive(|i, now| i.core.handle_task_finished(now, task, run, result));
     }
 
     /// All inputs are here: run the task on its processor.
-    fn start(self: &Arc<Self>, p: Arc<Pending>) {
-        if p.failed.load(Ordering::Acquire) {
-            return;
-        }
-        let Some(proc) = self.procs.get(p.proc.index).cloned() else {
+    fn start(self: &Arc<Self>, t: StartTask<Data>) {
+        let Some(proc) = self.procs.get(t.proc.index).cloned() else {
             let err = TaskError::MoveFailed {
-                task: p.task,
-                cause: MoveFailure::NoSuchProcessor { proc: p.proc },
+                task: t.task,
+                cause: MoveFailure::NoSuchProcessor { proc: t.proc },
             };
-            self.fail_task(&p, err);
+            self.finished(t.task, Duration::ZERO, Err(err));
             return;
         };
         // A processor may drop a job without running it (it was shut down, or a user's
         // processor refuses work): the guard then reports the task failed, so nobody waits.
         let mut guard = StartGuard {
             worker: self.clone(),
-            pending: Some(p),
+            task: Some(t),
         };
         proc.execute(Box::new(move || {
-            if let Some(p) = guard.pending.take() {
-                guard.worker.run_task(p);
+            if let Some(t) = guard.task.take() {
+                guard.worker.run_task(t);
             }
         }));
     }
 
-    fn run_task(self: &Arc<Self>, p: Arc<Pending>) {
-        let Some(f) = registry::lookup(&p.func) else {
+    fn run_task(self: &Arc<Self>, t: StartTask<Data>) {
+        let StartTask {
+            task,
+            func,
+            proc,
+            args,
+        } = t;
+        let Some(f) = registry::lookup(&func) else {
             let err = TaskError::UnknownFunction {
-                task: p.task,
-                func: p.func.to_string(),
+                task,
+                func: func.to_string(),
                 worker: self.id,
             };
-            self.fail_task(&p, err);
+            self.finished(task, Duration::ZERO, Err(err));
             return;
         };
-        // A task starts only once every input arrived; should that ever not hold, it fails
-        // with a typed error instead of taking the worker down.
-        let args: Option<Vec<Arc<ChunkBytes>>> = p.args.lock().iter().cloned().collect();
-        let Some(args) = args else {
-            tracing::error!(task = %p.task, "started before all its inputs arrived");
-            self.fail_task(
-                &p,
-                TaskError::MoveFailed {
-                    task: p.task,
-                    cause: MoveFailure::NoHolder,
-                },
-            );
-            return;
-        };
-        let prev = CURRENT_PROC.with(|c| c.replace(Some(p.proc)));
+        let prev = CURRENT_PROC.with(|c| c.replace(Some(proc)));
         let t0 = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let moved = self.move_args(&p, f, &args)?;
+            let moved = self.move_args(task, proc, f, &args)?;
             let mut bytes: Vec<Option<Vec<u8>>> = Vec::new();
             let mut vals: Vec<Option<Box<dyn std::any::Any + Send>>> = Vec::new();
             let mut values: Vec<ArgValue<'_>> = match moved {
-                None => args.iter().map(|a| ArgValue::Bytes(&a[..])).collect(),
+                None => args.iter().map(|a| ArgValue::Bytes(a.as_ref())).collect(),
                 Some(m) => {
                     for mv in m {
                         match mv {
@@ -741,31 +554,18 @@ impl Worker {
                 }
             };
             (f.call)(&mut values).map_err(|e| TaskError::BadArguments {
-                task: p.task,
-                func: p.func.to_string(),
+                task,
+                func: func.to_string(),
                 message: e.to_string(),
             })
         }));
-        let run_ns = t0.elapsed().as_nanos() as u64;
+        let run = t0.elapsed();
         CURRENT_PROC.with(|c| c.set(prev));
+        // The inputs go before the result is reported: a lent segment is handed back now.
         drop(args);
-        match result {
-            Ok(Ok(bytes)) => {
-                let size = bytes.len();
-                let outcome = if size <= p.inline_limit as usize {
-                    Outcome::Value(bytes.clone())
-                } else {
-                    Outcome::Stored { size: size as u64 }
-                };
-                self.deliver(p.task.chunk(), Arc::new(ChunkBytes::Vec(bytes)));
-                self.report(TaskDone {
-                    task: p.task,
-                    proc: p.proc,
-                    run_ns,
-                    outcome,
-                });
-            }
-            Ok(Err(err)) => self.fail_task(&p, err),
+        let result = match result {
+            Ok(Ok(bytes)) => Ok(Data::from(bytes)),
+            Ok(Err(err)) => Err(err),
             Err(panic) => {
                 let message = if let Some(s) = panic.downcast_ref::<&str>() {
                     s.to_string()
@@ -774,14 +574,14 @@ impl Worker {
                 } else {
                     "a non-string panic payload".to_string()
                 };
-                let err = TaskError::Panicked {
-                    task: p.task,
-                    func: p.func.to_string(),
+                Err(TaskError::Panicked {
+                    task,
+                    func: func.to_string(),
                     message,
-                };
-                self.fail_task(&p, err);
+                })
             }
-        }
+        };
+        self.finished(task, run, result);
     }
 
     /// Inputs of a task on a processor that does not compute in host memory go through the
@@ -789,11 +589,12 @@ impl Worker {
     /// move can turn host bytes into a device buffer on the way.
     fn move_args(
         &self,
-        p: &Pending,
+        task: dagger_core::TaskId,
+        proc_id: ProcId,
         f: &registry::TaskFn,
-        args: &[Arc<ChunkBytes>],
+        args: &[Data],
     ) -> Result<Option<Vec<MoveValue>>, TaskError> {
-        let Some(proc) = self.procs.get(p.proc.index) else {
+        let Some(proc) = self.procs.get(proc_id.index) else {
             return Ok(None);
         };
         let kind = proc.kind();
@@ -801,15 +602,20 @@ impl Worker {
             return Ok(None);
         }
         let memory = proc.memory();
-        let target = MoveTarget::new(p.proc, &kind, &memory);
+        let target = MoveTarget::new(proc_id, &kind, &memory);
         let types = (f.arg_types)();
         let mut out = Vec::with_capacity(args.len());
         for (i, a) in args.iter().enumerate() {
             let ty = types.get(i).copied().unwrap_or("");
             let v = dagger_move::moves()
-                .apply(&ProcKind::THREAD, ty, MoveValue::Bytes(a.to_vec()), &target)
+                .apply(
+                    &ProcKind::THREAD,
+                    ty,
+                    MoveValue::Bytes(a.as_ref().to_vec()),
+                    &target,
+                )
                 .map_err(|e| TaskError::MoveFailed {
-                    task: p.task,
+                    task,
                     cause: MoveFailure::Conversion {
                         message: e.to_string(),
                     },
