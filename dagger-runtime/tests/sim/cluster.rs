@@ -306,6 +306,12 @@ pub const BUG_FETCH_PEER_LEFT: &str =
 pub const BUG_UNDISPATCHED_LEAK: &str =
     "the scheduler ignores the Done of a task it failed while dispatched, and never releases the chunk the worker stored for it";
 
+/// A finished task whose only copy is lost is put back to wait for its inputs even when
+/// one of them has failed since: it waits forever (its record is never freed, and a
+/// consumer still needing it would hang).
+pub const BUG_REQUEUE_BEHIND_FAILURE: &str =
+    "Scheduler::requeue puts a lost result back to Waiting even when an input has failed since; it waits forever instead of failing";
+
 /// What a run found.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -1484,7 +1490,45 @@ impl Sim {
         }
     }
 
+    /// Tasks that settled, were put back to be recomputed, and wait behind an input that
+    /// failed meanwhile.
+    fn requeued_behind_failure(&self) -> Vec<TaskId> {
+        (0..self.graph.nodes.len())
+            .filter(|&k| {
+                let t = graph::task_of(k);
+                self.settled[k].is_some()
+                    && self
+                        .driver
+                        .task_info(t)
+                        .is_some_and(|i| i.finished.is_none())
+                    && self.graph.nodes[k].deps.iter().any(|&d| self.doomed(d))
+            })
+            .map(graph::task_of)
+            .collect()
+    }
+
+    /// Whether node `k` cannot be computed (again): it failed, or it or an input of it is
+    /// pinned to a worker that was lost.
+    fn doomed(&self, k: usize) -> bool {
+        let pinned_lost = |a: usize| {
+            self.graph.nodes[a]
+                .pin
+                .is_some_and(|i| self.lost_workers.contains(&self.pins[i]))
+        };
+        matches!(self.settled[k], Some(Settled::Error(_)))
+            || pinned_lost(k)
+            || self.ancestors(k).into_iter().any(pinned_lost)
+    }
+
     fn final_checks(&mut self, settled: bool) {
+        let behind = self.requeued_behind_failure();
+        if !behind.is_empty() {
+            self.known.push(Known {
+                bug: BUG_REQUEUE_BEHIND_FAILURE,
+                detail: format!("{behind:?} wait behind a failed input after being requeued"),
+            });
+            return;
+        }
         if !settled {
             let pending: Vec<TaskId> = (0..self.graph.nodes.len())
                 .filter(|&k| self.settled[k].is_none())
@@ -1576,6 +1620,18 @@ impl Sim {
             );
         }
         let _ = writeln!(s, "  lost workers: {:?}", self.lost_workers);
+        for k in 0..self.graph.nodes.len() {
+            let t = graph::task_of(k);
+            if let Some(i) = self.driver.task_info(t) {
+                if i.finished.is_none() && self.settled[k].is_some() {
+                    let _ = writeln!(
+                        s,
+                        "  {t} settled as {:?} but unfinished: {:?}, {i:?}",
+                        self.settled[k], self.graph.nodes[k]
+                    );
+                }
+            }
+        }
         let mut shown = 0;
         for k in 0..self.graph.nodes.len() {
             if self.settled[k].is_some() || shown >= 12 {
