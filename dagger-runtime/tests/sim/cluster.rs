@@ -1492,7 +1492,16 @@ impl Sim {
 
     /// Tasks that settled, were put back to be recomputed, and wait behind an input that
     /// failed meanwhile.
-    fn requeued_behind_failure(&self) -> Vec<TaskId> {
+    fn requeued_behind_failure(&mut self) -> Vec<TaskId> {
+        // Tasks the scheduler failed after the client saw them succeed (a recomputation
+        // that failed): any requeued task may wait behind one of them.
+        self.driver.flush();
+        let seen_failed = self
+            .settled
+            .iter()
+            .filter(|s| matches!(s, Some(Settled::Error(_))))
+            .count() as u64;
+        let failed_later = self.driver.stats().failed > seen_failed;
         (0..self.graph.nodes.len())
             .filter(|&k| {
                 let t = graph::task_of(k);
@@ -1501,7 +1510,7 @@ impl Sim {
                         .driver
                         .task_info(t)
                         .is_some_and(|i| i.finished.is_none())
-                    && self.graph.nodes[k].deps.iter().any(|&d| self.doomed(d))
+                    && (failed_later || self.graph.nodes[k].deps.iter().any(|&d| self.doomed(d)))
             })
             .map(graph::task_of)
             .collect()
