@@ -184,8 +184,9 @@ struct Partition {
     until: Option<Duration>,
 }
 
-/// What a node ended with, as the client saw it.
+/// What a node ended with, as the client saw it (the values are shown in reports).
 #[derive(Clone, Debug)]
+#[allow(dead_code)]
 enum Settled {
     Value(u64),
     Error(TaskError),
@@ -1249,6 +1250,13 @@ impl Sim {
         }
     }
 
+    /// Whether `w` was declared lost. The scheduler completes the tasks a loss fails
+    /// before the driver reports the loss itself, so a joined worker's link that is gone
+    /// counts too.
+    fn is_lost(&self, w: WorkerId) -> bool {
+        self.lost_workers.contains(&w) || self.driver.link_of(w).is_none()
+    }
+
     fn attempts(&self, task: TaskId) -> u32 {
         self.driver.task_info(task).map_or(0, |i| i.attempts)
     }
@@ -1282,7 +1290,7 @@ impl Sim {
             }
             TaskError::NoProcessor { task: t, .. } if *t == task => {
                 match node.pin.map(|i| self.pins[i]) {
-                    Some(w) if self.lost_workers.contains(&w) => {
+                    Some(w) if self.is_lost(w) => {
                         self.totals.no_processor += 1;
                         Ok(())
                     }
@@ -1293,7 +1301,7 @@ impl Sim {
                 task: t, worker, ..
             } if *t == task => {
                 let attempts = self.attempts(task);
-                if self.lost_workers.contains(worker) && attempts >= LOSS_BUDGET_ATTEMPTS {
+                if self.is_lost(*worker) && attempts >= LOSS_BUDGET_ATTEMPTS {
                     self.totals.budget_exhausted += 1;
                     Ok(())
                 } else {
@@ -1336,7 +1344,7 @@ impl Sim {
         let explained = chain.iter().any(|&a| {
             let pinned_lost = self.graph.nodes[a]
                 .pin
-                .is_some_and(|i| self.lost_workers.contains(&self.pins[i]));
+                .is_some_and(|i| self.is_lost(self.pins[i]));
             pinned_lost || self.attempts(graph::task_of(a)) >= LOSS_BUDGET_ATTEMPTS
         });
         if explained {
