@@ -102,14 +102,16 @@ fn starts(w: &mut Worker) -> Vec<StartTask<Vec<u8>>> {
 fn peer_msgs(ts: &[Transmit], link: LinkKey) -> Vec<PeerMsg> {
     ts.iter()
         .filter(|t| t.to == Dest::Link(link))
-        .filter_map(|t| wire::decode::<PeerMsg>(&t.frame).ok())
+        .filter_map(|t| wire::decode::<PeerMsg>(&t.clone().into_frame()).ok())
         .collect()
 }
 
 fn driver_msgs(ts: &[Transmit]) -> Vec<ToDriver> {
     ts.iter()
         .filter(|t| t.to == Dest::Driver)
-        .map(|t| wire::decode::<ToDriver>(&t.frame).expect("a driver message decodes"))
+        .map(|t| {
+            wire::decode::<ToDriver>(&t.clone().into_frame()).expect("a driver message decodes")
+        })
         .collect()
 }
 
@@ -124,7 +126,7 @@ fn link_up(w: &mut Worker, now: Duration, peer: u32, link: LinkKey) -> Vec<PeerM
     w.handle_link_up(now, WorkerId(peer), link);
     let ts = transmits(w);
     let first = ts.first().expect("the hello");
-    let hello: Hello = wire::decode(&first.frame).expect("a hello");
+    let hello: Hello = wire::decode(&first.clone().into_frame()).expect("a hello");
     assert_eq!(hello.worker, ME);
     assert_eq!(hello.registry_hash, REGISTRY);
     peer_msgs(&ts[1..], link)
@@ -378,7 +380,7 @@ fn a_want_for_a_chunk_being_produced_is_answered_when_it_is_produced() {
     assert_eq!(answer.len(), 1);
     assert_eq!(answer[0].chunk, Some(ChunkId(40)));
     assert_eq!(
-        wire::decode::<PeerMsg>(&answer[0].frame).unwrap(),
+        wire::decode::<PeerMsg>(&answer[0].clone().into_frame()).unwrap(),
         PeerMsg::Chunk {
             chunk: ChunkId(40),
             payload: ChunkPayload::Bytes(vec![4; 10]),

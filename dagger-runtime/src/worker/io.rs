@@ -1,7 +1,7 @@
 //! What goes in and out of the worker core besides decoded messages: link keys, frames to
 //! send and actions for the shell.
 
-use dagger_core::wire::ChunkPayload;
+use dagger_core::wire::{self, ChunkPayload, ToDriver};
 use dagger_core::{ChunkId, ProcId, TaskId, WorkerId};
 use std::borrow::Cow;
 use std::fmt;
@@ -37,18 +37,37 @@ pub enum Dest {
     Link(LinkKey),
 }
 
-/// One encoded frame to send.
-#[derive(Clone, PartialEq, Eq, Debug)]
+/// One frame to send. [`Transmit::into_frame`] encodes it (with `dagger_core::wire`); a
+/// shell that keeps the core under a lock calls it after releasing the lock, so a large
+/// batch of finished tasks is not encoded while processor threads wait.
+#[derive(Clone, PartialEq, Debug)]
 pub struct Transmit {
     /// Where to.
     pub to: Dest,
-    /// The encoded message (`dagger_core::wire`).
-    pub frame: Vec<u8>,
     /// `Some(chunk)` when the frame answers a request for `chunk` with its bytes (a peer's
     /// want or the driver's fetch): if the link refuses it as too large, the shell reports
     /// that with [`WorkerState::handle_send_too_large`](super::WorkerState::handle_send_too_large)
     /// so the requester is told instead of waiting.
     pub chunk: Option<ChunkId>,
+    pub(crate) body: Body,
+}
+
+/// A frame's contents: already encoded, or a message to the driver encoded on demand.
+#[derive(Clone, PartialEq, Debug)]
+pub(crate) enum Body {
+    Encoded(Vec<u8>),
+    Driver(ToDriver),
+}
+
+impl Transmit {
+    /// The encoded frame. Costs the encoding of a message to the driver (one pass to size
+    /// it, one to write); nothing for a frame to a peer, which is encoded already.
+    pub fn into_frame(self) -> Vec<u8> {
+        match self.body {
+            Body::Encoded(frame) => frame,
+            Body::Driver(msg) => wire::encode(&msg),
+        }
+    }
 }
 
 /// How a frame that is not an answer on a known link reaches a peer.

@@ -37,6 +37,8 @@
 mod config;
 mod io;
 
+use io::Body;
+
 pub use config::WorkerConfig;
 pub use io::{Action, ChunkData, Dest, LinkKey, PeerRefused, Route, ShmWrite, StartTask, Transmit};
 
@@ -351,6 +353,14 @@ impl<B: ChunkData> WorkerState<B> {
         }
     }
 
+    /// One task of a `Run` batch: the same as [`WorkerState::handle_driver_msg`] with a
+    /// batch of one, so a shell may feed a large batch a few tasks at a time (and start
+    /// the first ones before the last are read).
+    pub fn handle_run(&mut self, now: Duration, task: RunTask) {
+        self.now = self.now.max(now);
+        self.accept_task(task);
+    }
+
     /// A peer opened a link to this worker and said hello on it. On success the link's
     /// messages may be passed to [`WorkerState::handle_peer_msg`] and the peer's id is
     /// returned; on error the shell closes the link.
@@ -566,7 +576,7 @@ impl<B: ChunkData> WorkerState<B> {
                     chunk,
                     data: Err(cause),
                 };
-                self.send(Dest::Driver, wire::encode(&msg), None);
+                self.send_driver(msg, None);
             }
             Dest::Link(link) => {
                 let payload = ChunkPayload::Gone(cause);
@@ -633,7 +643,7 @@ impl<B: ChunkData> WorkerState<B> {
                 let msg = ToDriver::Heartbeat {
                     incarnation: self.incarnation,
                 };
-                self.send(Dest::Driver, wire::encode(&msg), None);
+                self.send_driver(msg, None);
                 // After a stall, one heartbeat, not one per missed interval.
                 let next = at + self.heartbeat;
                 self.next_heartbeat = Some(if next <= now {
@@ -665,7 +675,20 @@ impl<B: ChunkData> WorkerState<B> {
     // ---- internals -------------------------------------------------------------------
 
     fn send(&mut self, to: Dest, frame: Vec<u8>, chunk: Option<ChunkId>) {
-        self.transmits.push_back(Transmit { to, frame, chunk });
+        self.transmits.push_back(Transmit {
+            to,
+            chunk,
+            body: Body::Encoded(frame),
+        });
+    }
+
+    /// Queues a message to the driver, encoded when the shell takes it.
+    fn send_driver(&mut self, msg: ToDriver, chunk: Option<ChunkId>) {
+        self.transmits.push_back(Transmit {
+            to: Dest::Driver,
+            chunk,
+            body: Body::Driver(msg),
+        });
     }
 
     /// Registers a task: resolves its inputs (inline, here, or wanted from a peer) and
@@ -809,7 +832,7 @@ impl<B: ChunkData> WorkerState<B> {
                     data: data.map(|b| ByteBuf::from(b.as_ref().to_vec())),
                 };
                 let carries = msg_carries_bytes(&msg).then_some(chunk);
-                self.send(Dest::Driver, wire::encode(&msg), carries);
+                self.send_driver(msg, carries);
             }
         }
     }
@@ -906,7 +929,7 @@ impl<B: ChunkData> WorkerState<B> {
             incarnation: self.incarnation,
             tasks: std::mem::take(&mut self.done),
         };
-        self.send(Dest::Driver, wire::encode(&msg), None);
+        self.send_driver(msg, None);
     }
 
     /// A chunk's bytes are here: keep them and answer everyone waiting.
@@ -1103,7 +1126,7 @@ impl<B: ChunkData> WorkerState<B> {
             chunk,
             to,
         };
-        self.send(Dest::Driver, wire::encode(&msg), None);
+        self.send_driver(msg, None);
     }
 }
 

@@ -94,6 +94,9 @@ impl AsRef<[u8]> for Data {
 
 type Core = WorkerState<Data>;
 
+/// How many tasks of a `Run` batch are fed to the core per lock.
+const RUN_TASKS_PER_LOCK: usize = 16;
+
 /// Reports a task that its processor dropped without running it, so nobody waits.
 struct StartGuard {
     worker: Arc<Worker>,
@@ -373,10 +376,11 @@ impl Worker {
         for (sender, t) in sends {
             let sender = sender.as_ref().unwrap_or(&self.to_driver);
             // A closed link is seen by its reader, which tells the core.
-            if let Err(NetError::FrameTooLarge { len, limit }) = sender.send(t.frame) {
-                match t.chunk {
+            let (to, chunk) = (t.to, t.chunk);
+            if let Err(NetError::FrameTooLarge { len, limit }) = sender.send(t.into_frame()) {
+                match chunk {
                     Some(chunk) => self
-                        .drive(|i, now| i.core.handle_send_too_large(now, t.to, chunk, len, limit)),
+                        .drive(|i, now| i.core.handle_send_too_large(now, to, chunk, len, limit)),
                     None => {
                         tracing::warn!(len, limit, "a frame too large for its link was dropped")
                     }
@@ -466,7 +470,21 @@ impl Worker {
                     return Err(format!("the driver sent a malformed frame: {e}"));
                 }
             };
-            self.drive(|i, now| i.core.handle_driver_msg(now, msg));
+            match msg {
+                // A large batch is fed a few tasks per lock, so processors finishing tasks
+                // are not held up behind it and its first tasks start at once.
+                ToWorker::Run(tasks) => {
+                    let mut tasks = tasks.into_iter().peekable();
+                    while tasks.peek().is_some() {
+                        self.drive(|i, now| {
+                            for t in tasks.by_ref().take(RUN_TASKS_PER_LOCK) {
+                                i.core.handle_run(now, t);
+                            }
+                        });
+                    }
+                }
+                msg => self.drive(|i, now| i.core.handle_driver_msg(now, msg)),
+            }
             if self.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
