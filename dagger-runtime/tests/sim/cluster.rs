@@ -761,7 +761,7 @@ impl Sim {
                         return self.fail(format!("first frame on {conn} is not a join"));
                     };
                     if let Err(e) = self.driver.handle_join(self.now, LinkId(conn), info, false) {
-                        return self.fail(format!("join refused: {e}"));
+                        self.fail(format!("join refused: {e}"));
                     }
                 } else {
                     self.driver.handle_message(self.now, LinkId(conn), msg);
@@ -938,7 +938,7 @@ impl Sim {
                         continue;
                     }
                     let e = self.end_of(conn, Who::Proc(p));
-                    self.send(conn, e, t.frame);
+                    self.send(conn, e, t.into_frame());
                 }
                 while let Some(a) = self.procs[p].core.poll_action() {
                     any = true;
