@@ -1,5 +1,5 @@
 //! Helpers shared by the scheduler's tests: worker descriptions, task specs, a command
-//! drain that round-trips every message through the wire encoding, and a tiny seeded RNG.
+//! drain that round-trips every message through the wire encoding.
 #![allow(dead_code)]
 
 use dagger_core::wire::{self, RunTask, TaskDone, ToDriver, ToWorker};
@@ -9,33 +9,6 @@ use dagger_core::{
 };
 use dagger_sched::{Command, Scheduler};
 use std::time::Duration;
-
-/// xorshift64*: deterministic, seedable, good enough for schedules.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// A worker with a root and `threads` CPU thread processors, plus one processor of each
 /// kind in `extra`.
