@@ -6,7 +6,7 @@
 
 use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
-use crate::task_table::{State, CLIENT_RELEASED, DEAD, HELD};
+use crate::task_table::{State, TaskFlags};
 use dagger_core::WorkerId;
 
 #[derive(Default)]
@@ -23,13 +23,13 @@ pub(crate) struct DataDir {
 impl Scheduler {
     /// Whether task `i`'s result exists somewhere (on a worker or inline).
     pub(crate) fn available(&self, i: u32) -> bool {
-        self.tasks[i].flags & HELD != 0 || self.data.inline.contains_key(&i)
+        self.tasks[i].flags.contains(TaskFlags::HELD) || self.data.inline.contains_key(&i)
     }
 
     /// The workers holding task `i`'s result.
     pub(crate) fn holders_of(&self, i: u32) -> &[WorkerId] {
         let t = &self.tasks[i];
-        if t.flags & HELD == 0 {
+        if !t.flags.contains(TaskFlags::HELD) {
             return &[];
         }
         if !self.data.replicas.is_empty() {
@@ -42,7 +42,7 @@ impl Scheduler {
 
     /// Makes `w` the only holder of task `i`'s result.
     pub(crate) fn set_holder(&mut self, i: u32, w: WorkerId) {
-        if self.tasks[i].flags & HELD != 0 {
+        if self.tasks[i].flags.contains(TaskFlags::HELD) {
             self.unindex_holders(i);
         }
         if !self.data.replicas.is_empty() {
@@ -50,14 +50,14 @@ impl Scheduler {
         }
         let t = &mut self.tasks[i];
         t.holder = w;
-        t.flags |= HELD;
+        t.flags.insert(TaskFlags::HELD);
         self.data.held_by.entry(w).or_default().insert(i);
     }
 
     /// Adds `w` to the holders of task `i`'s result.
     pub(crate) fn add_holder(&mut self, i: u32, w: WorkerId) {
         let t = &self.tasks[i];
-        if t.flags & HELD == 0 {
+        if !t.flags.contains(TaskFlags::HELD) {
             return self.set_holder(i, w);
         }
         let first = t.holder;
@@ -87,12 +87,12 @@ impl Scheduler {
 
     /// Tells every holder of task `i`'s result to drop it and forgets them.
     pub(crate) fn release_holders(&mut self, i: u32) {
-        if self.tasks[i].flags & HELD == 0 {
+        if !self.tasks[i].flags.contains(TaskFlags::HELD) {
             return;
         }
         self.unindex_holders(i);
         let t = &mut self.tasks[i];
-        t.flags &= !HELD;
+        t.flags.remove(TaskFlags::HELD);
         let chunk = t.id.chunk();
         let first = t.holder;
         match self.data.replicas.remove(&i) {
@@ -126,8 +126,8 @@ impl Scheduler {
                 }
             } else {
                 let t = &mut self.tasks[i];
-                debug_assert!(t.flags & HELD != 0 && t.holder == w);
-                t.flags &= !HELD;
+                debug_assert!(t.flags.contains(TaskFlags::HELD) && t.holder == w);
+                t.flags.remove(TaskFlags::HELD);
                 emptied.push(i);
             }
         }
@@ -138,7 +138,7 @@ impl Scheduler {
     pub(crate) fn maybe_release(&mut self, i: u32) {
         let t = &self.tasks[i];
         if t.state == State::Finished {
-            let released = t.flags & CLIENT_RELEASED != 0;
+            let released = t.flags.contains(TaskFlags::CLIENT_RELEASED);
             let unneeded = released && t.consumers == 0;
             let mut has_inline = self.data.inline.contains_key(&i);
             if has_inline && unneeded {
@@ -159,16 +159,16 @@ impl Scheduler {
         let mut stack = vec![i];
         while let Some(x) = stack.pop() {
             let t = &mut self.tasks[x];
-            if t.flags & DEAD != 0
+            if t.flags.contains(TaskFlags::DEAD)
                 || !t.state.terminal()
-                || t.flags & CLIENT_RELEASED == 0
+                || !t.flags.contains(TaskFlags::CLIENT_RELEASED)
                 || t.consumers > 0
                 || t.live_dependents > 0
                 || t.pending_fetch > 0
             {
                 continue;
             }
-            t.flags |= DEAD;
+            t.flags.insert(TaskFlags::DEAD);
             let spec = t.spec.take();
             self.tasks.counts.live -= 1;
             if !self.data.inline.is_empty() {

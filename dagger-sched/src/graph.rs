@@ -3,7 +3,7 @@
 
 use crate::hash::FxMap;
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, satisfies, Spec, State, Task, COMPLETED, DEAD, EARLY, NONE};
+use crate::task_table::{ns, satisfies, Spec, State, Task, TaskFlags, NONE};
 use crate::Completion;
 use dagger_core::{GraphError, TaskError, TaskId, TaskSpec, WorkerId};
 use std::time::Duration;
@@ -25,7 +25,7 @@ impl Scheduler {
                 match batch.get(&d) {
                     Some(&j) => forward |= j as usize >= k,
                     None => match self.tasks.get(&d) {
-                        Some(i) if self.tasks[i].flags & DEAD == 0 => {}
+                        Some(i) if !self.tasks[i].flags.contains(TaskFlags::DEAD) => {}
                         _ => {
                             return Err(GraphError::UnknownDependency {
                                 task: t.id,
@@ -94,7 +94,11 @@ impl Scheduler {
                 slot: 0,
                 loss_reruns: 0,
                 state: State::Waiting,
-                flags: if early { EARLY } else { 0 },
+                flags: if early {
+                    TaskFlags::EARLY
+                } else {
+                    TaskFlags::empty()
+                },
                 spec: Some(Box::new(Spec {
                     args,
                     deps,
@@ -126,7 +130,7 @@ impl Scheduler {
             if self.tasks[x].state != State::Waiting {
                 continue; // failed by a cascade from an earlier task of this batch
             }
-            let early = self.tasks[x].flags & EARLY != 0;
+            let early = self.tasks[x].flags.contains(TaskFlags::EARLY);
             let deps = self.tasks.deps_of(x);
             let mut unmet = 0;
             let mut failed_dep = None;
@@ -166,7 +170,7 @@ impl Scheduler {
 
     pub(crate) fn complete(&mut self, i: u32, result: Result<Completion, TaskError>) {
         let t = &mut self.tasks[i];
-        t.flags |= COMPLETED;
+        t.flags.insert(TaskFlags::COMPLETED);
         let task = t.id;
         self.outbox.complete(task, result);
     }
@@ -198,7 +202,7 @@ impl Scheduler {
             if !matches!(ut.state, State::Waiting | State::Ready) {
                 continue;
             }
-            let early = ut.flags & EARLY != 0;
+            let early = ut.flags.contains(TaskFlags::EARLY);
             let before = satisfies(early, old);
             let after = satisfies(early, new);
             if before && !after {

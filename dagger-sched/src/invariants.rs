@@ -2,7 +2,7 @@
 
 use crate::hash::FxMap;
 use crate::scheduler::Scheduler;
-use crate::task_table::{satisfies, Counts, State, CLIENT_RELEASED, DEAD, EARLY, HELD};
+use crate::task_table::{satisfies, Counts, State, TaskFlags};
 
 impl Scheduler {
     /// Checks the internal bookkeeping against a recount from scratch and returns the
@@ -13,7 +13,7 @@ impl Scheduler {
         let mut fetchers: FxMap<u32, u32> = FxMap::default();
         for (i, t) in self.tasks.iter() {
             *counts.slot(t.state) += 1;
-            if t.flags & DEAD == 0 {
+            if !t.flags.contains(TaskFlags::DEAD) {
                 counts.live += 1;
             }
             if self.tasks.get(&t.id) != Some(i) {
@@ -27,7 +27,7 @@ impl Scheduler {
                 }
             }
             let Some(spec) = t.spec.as_ref() else {
-                if t.flags & DEAD == 0 {
+                if !t.flags.contains(TaskFlags::DEAD) {
                     return Err(format!("{}: spec freed but not dead", t.id));
                 }
                 continue;
@@ -39,13 +39,13 @@ impl Scheduler {
             } else if !spec.fetching.is_empty() {
                 return Err(format!("{}: fetching while not dispatched", t.id));
             }
-            let early = t.flags & EARLY != 0;
+            let early = t.flags.contains(TaskFlags::EARLY);
             let mut unmet = 0;
             let mut consumers = 0;
             let mut live = 0;
             for &d in &spec.deps {
                 let dt = &self.tasks[d];
-                if dt.flags & DEAD != 0 {
+                if dt.flags.contains(TaskFlags::DEAD) {
                     return Err(format!("{}: depends on freed {}", t.id, dt.id));
                 }
                 if !satisfies(early, dt.state) {
@@ -71,7 +71,7 @@ impl Scheduler {
                 if !ut.state.terminal() {
                     consumers += 1;
                 }
-                if ut.flags & DEAD == 0 {
+                if !ut.flags.contains(TaskFlags::DEAD) {
                     live += 1;
                 }
             }
@@ -82,7 +82,7 @@ impl Scheduler {
                 ));
             }
             if t.state == State::Finished
-                && (t.consumers > 0 || t.flags & CLIENT_RELEASED == 0)
+                && (t.consumers > 0 || !t.flags.contains(TaskFlags::CLIENT_RELEASED))
                 && !self.available(i)
             {
                 return Err(format!("{}: needed result is nowhere", t.id));
@@ -113,7 +113,10 @@ impl Scheduler {
             }
         }
         for (i, hs) in &self.data.replicas {
-            if hs.len() < 2 || self.tasks[*i].flags & HELD == 0 || hs[0] != self.tasks[*i].holder {
+            if hs.len() < 2
+                || !self.tasks[*i].flags.contains(TaskFlags::HELD)
+                || hs[0] != self.tasks[*i].holder
+            {
                 return Err(format!(
                     "replica list of {} is inconsistent",
                     self.tasks[*i].id

@@ -355,7 +355,7 @@ impl Scheduler {
                         let dt = &self.tasks[d];
                         if let Some(v) = self.data.inline.get(&d) {
                             driver_bytes += v.len() as u64;
-                        } else if dt.flags & crate::task_table::HELD != 0 {
+                        } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
                             sources.push((self.holders_of(d).to_vec(), dt.size));
                         } else if dt.state == State::Dispatched {
                             sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));

@@ -3,7 +3,7 @@
 //! failure cascades to every transitive dependent.
 
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, State, CLIENT_RELEASED, COMPLETED, EARLY, NONE};
+use crate::task_table::{ns, State, TaskFlags, NONE};
 use crate::ClusterEvent;
 use dagger_core::{LostReason, TaskError, TaskId, WorkerId};
 
@@ -55,7 +55,7 @@ impl Scheduler {
             let t = &self.tasks[i];
             if t.state == State::Finished
                 && !self.data.inline.contains_key(&i)
-                && (t.consumers > 0 || t.flags & CLIENT_RELEASED == 0)
+                && (t.consumers > 0 || !t.flags.contains(TaskFlags::CLIENT_RELEASED))
             {
                 self.requeue(i);
             }
@@ -101,7 +101,7 @@ impl Scheduler {
             self.tasks[x].finished_ns = ns(self.now);
             self.set_state(x, State::Failed);
             self.errors.insert(x, e.clone());
-            if self.tasks[x].flags & COMPLETED == 0 {
+            if !self.tasks[x].flags.contains(TaskFlags::COMPLETED) {
                 self.complete(x, Err(e));
             }
             for d in self.tasks.deps_of(x) {
@@ -150,7 +150,7 @@ impl Scheduler {
             }
             self.tasks[x].finished_ns = NONE;
             self.set_state(x, State::Waiting);
-            let early = self.tasks[x].flags & EARLY != 0;
+            let early = self.tasks[x].flags.contains(TaskFlags::EARLY);
             let mut unmet = 0;
             for d in self.tasks.deps_of(x) {
                 let ds = self.tasks[d].state;

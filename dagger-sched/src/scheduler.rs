@@ -15,7 +15,7 @@ use crate::hash::FxMap;
 use crate::outbox::Outbox;
 use crate::placement::Placer;
 use crate::recovery::MAX_LOSS_RERUNS;
-use crate::task_table::{opt_time, State, Task, TaskTable, CLIENT_RELEASED, COMPLETED, HELD, NONE};
+use crate::task_table::{opt_time, State, Task, TaskFlags, TaskTable, NONE};
 use crate::{ClusterEvent, Command, Completion, Config, Stats, TaskInfo};
 use dagger_core::topology::Topology;
 use dagger_core::wire::{Outcome, TaskDone};
@@ -171,10 +171,10 @@ impl Scheduler {
             return;
         };
         let t = &mut self.tasks[i];
-        if t.flags & CLIENT_RELEASED != 0 {
+        if t.flags.contains(TaskFlags::CLIENT_RELEASED) {
             return;
         }
-        t.flags |= CLIENT_RELEASED;
+        t.flags.insert(TaskFlags::CLIENT_RELEASED);
         self.maybe_release(i);
     }
 
@@ -208,8 +208,8 @@ impl Scheduler {
                 let size = bytes.len() as u64;
                 self.finish(i, worker, done.run_ns, size);
                 let t = &self.tasks[i];
-                let keep = t.consumers > 0 || t.flags & CLIENT_RELEASED == 0;
-                let first = t.flags & COMPLETED == 0;
+                let keep = t.consumers > 0 || !t.flags.contains(TaskFlags::CLIENT_RELEASED);
+                let first = !t.flags.contains(TaskFlags::COMPLETED);
                 match (first, keep) {
                     (true, true) => {
                         self.complete(i, Ok(Completion::Value(bytes.clone())));
@@ -226,7 +226,7 @@ impl Scheduler {
             Outcome::Stored { size } => {
                 self.placer.learn(func, kind, done.run_ns);
                 self.finish(i, worker, done.run_ns, size);
-                if self.tasks[i].flags & COMPLETED == 0 {
+                if !self.tasks[i].flags.contains(TaskFlags::COMPLETED) {
                     self.complete(
                         i,
                         Ok(Completion::Stored {
@@ -282,7 +282,7 @@ impl Scheduler {
         let Some(i) = self.tasks.get(&chunk.task()) else {
             return;
         };
-        if self.tasks[i].flags & HELD != 0 {
+        if self.tasks[i].flags.contains(TaskFlags::HELD) {
             self.add_holder(i, to);
         }
     }

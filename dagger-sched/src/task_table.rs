@@ -13,13 +13,24 @@ use std::time::Duration;
 /// "No time recorded".
 pub(crate) const NONE: u64 = u64::MAX;
 
-/// Flags of [`Task::flags`].
-pub(crate) const EARLY: u8 = 1;
-pub(crate) const CLIENT_RELEASED: u8 = 2;
-pub(crate) const COMPLETED: u8 = 4;
-pub(crate) const DEAD: u8 = 8;
-/// `holder` is valid (more holders, if any, are listed in the data directory's replicas).
-pub(crate) const HELD: u8 = 16;
+bitflags::bitflags! {
+    /// Flags of [`Task::flags`] (one byte of the record).
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub(crate) struct TaskFlags: u8 {
+        /// Its scope pins it to one worker: it may be dispatched once its inputs are
+        /// dispatched, before they exist.
+        const EARLY = 1;
+        /// The client released its handle.
+        const CLIENT_RELEASED = 2;
+        /// The client's completion slot was answered.
+        const COMPLETED = 4;
+        /// Freed for good: no longer needed, not even to recompute a lost result.
+        const DEAD = 8;
+        /// `holder` is valid (more holders, if any, are listed in the data directory's
+        /// replicas).
+        const HELD = 16;
+    }
+}
 
 /// Where a task is in its life.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -79,7 +90,7 @@ pub(crate) struct Task {
     pub(crate) slot: u32,
     pub(crate) loss_reruns: u8,
     pub(crate) state: State,
-    pub(crate) flags: u8,
+    pub(crate) flags: TaskFlags,
     pub(crate) spec: Option<Box<Spec>>,
 }
 
@@ -87,6 +98,8 @@ pub(crate) struct Task {
 // less (a million tasks in about 107 MiB).
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<Task>() <= 112);
+// The flags take one byte, as the `u8` they replace did.
+const _: () = assert!(std::mem::size_of::<TaskFlags>() == 1);
 
 /// The variable-sized part of a task: its arguments and graph edges (its lineage).
 pub(crate) struct Spec {

@@ -39,6 +39,23 @@ fn sum_bytes(b: ByteBuf) -> u64 {
     b.iter().map(|&x| x as u64).sum()
 }
 
+/// The sum of `b`'s bytes, and how many shared-memory objects created by process
+/// `writer_pid` this process has mapped while it runs (a reader keeps each segment it was
+/// lent mapped, so an input that came through shared memory shows here; the objects are
+/// unlinked, and listed as deleted, by then).
+#[dagger::task]
+fn sum_bytes_counting_shm_maps(b: ByteBuf, writer_pid: u32) -> (u64, usize) {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps readable");
+    // Object names start with the writing worker's prefix, `dagger-<its pid>-`.
+    let from_writer = format!("/dev/shm/dagger-{writer_pid}-");
+    let objects: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.starts_with(&from_writer))
+        .collect();
+    (b.iter().map(|&x| x as u64).sum(), objects.len())
+}
+
 /// Two worker processes, linked by QUIC.
 #[cfg(feature = "quic")]
 fn cluster() -> Context {
@@ -213,6 +230,9 @@ fn scopes_pin_tasks_to_workers_and_large_results_move_worker_to_worker() {
     assert_eq!(prev.fetch().unwrap(), 50);
 }
 
+/// Large results moved between two workers of one host: with shared memory on, the reader
+/// maps the writer's segments (seen in its `/proc/self/maps`); with it off, it maps none of
+/// the writer's objects. Both give the right sums.
 #[cfg(feature = "quic")]
 #[test]
 fn same_host_moves_use_shared_memory_or_the_network_and_agree() {
@@ -228,19 +248,28 @@ fn same_host_moves_use_shared_memory_or_the_network_and_agree() {
         let topo = ctx.topology().to_string();
         assert_eq!(topo.contains("shortcut shm"), shm, "{topo}");
         let ws = ctx.workers();
+        let writer_pid = ctx.topology().worker(ws[0]).unwrap().pid;
         let len = 1u64 << 20;
         let hs: Vec<_> = (0..8u64)
             .map(|i| {
                 let p = big::with(Options::new().scope(Scope::worker(ws[0])))
                     .spawn(&ctx, len, i as u8)
                     .unwrap();
-                sum_bytes::with(Options::new().scope(Scope::worker(ws[1])))
-                    .spawn(&ctx, &p)
+                sum_bytes_counting_shm_maps::with(Options::new().scope(Scope::worker(ws[1])))
+                    .spawn(&ctx, &p, writer_pid)
                     .unwrap()
             })
             .collect();
         for (i, h) in hs.iter().enumerate() {
-            assert_eq!(h.fetch().unwrap(), i as u64 * len);
+            let (sum, shm_maps) = h.fetch().unwrap();
+            assert_eq!(sum, i as u64 * len);
+            // With shared memory on, the reader holds the writer's segment that carried
+            // this input (or an earlier one's, reused); with it off, nothing of the writer.
+            if shm {
+                assert!(shm_maps > 0, "input {i} did not come through shared memory");
+            } else {
+                assert_eq!(shm_maps, 0, "input {i} came through shared memory");
+            }
         }
     }
 }
