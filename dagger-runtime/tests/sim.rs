@@ -235,9 +235,8 @@ mod scenario {
 /// A fetch waiting on the worker that holds a result must survive that worker's loss: the
 /// result is recomputed from lineage and the fetch answered from the new holder.
 #[test]
-#[ignore = "known bug: DriverCore::lose fails fetches waiting on a lost worker with MoveFailed(PeerLeft)"]
 fn a_fetch_outlives_the_loss_of_the_holder_it_asked() {
-    use dagger_core::wire::{Outcome, ToWorker};
+    use dagger_core::wire::{self, Outcome, ToDriver, ToWorker};
     use dagger_runtime::driver::DriverEvent;
     use scenario::*;
 
@@ -277,6 +276,44 @@ fn a_fetch_outlives_the_loss_of_the_holder_it_asked() {
     let rerun = runs(&frames);
     assert_eq!(rerun.len(), 1, "task 1 runs again");
     assert_eq!(rerun[0].0 .0, other);
+
+    // The recomputed result is fetched from its new holder.
+    let (link2, t2) = &rerun[0];
+    let inc2 = if other == 1 {
+        a.incarnation
+    } else {
+        b.incarnation
+    };
+    done(
+        &mut c,
+        ms(5),
+        *link2,
+        inc2,
+        t2,
+        Outcome::Stored { size: 22 },
+    );
+    let (frames, _) = drain(&mut c);
+    assert!(
+        frames
+            .iter()
+            .any(|(l, m)| l == link2 && *m == ToWorker::Fetch(t.task.chunk())),
+        "the fetch asks the new holder: {frames:?}"
+    );
+    let bytes = vec![7u8; 22];
+    let msg = ToDriver::ChunkData {
+        incarnation: inc2,
+        chunk: t.task.chunk(),
+        data: Ok(wire::ByteBuf::from(bytes.clone())),
+    };
+    c.handle_message(ms(6), *link2, wire::decode(&wire::encode(&msg)).unwrap());
+    let (_, evs) = drain(&mut c);
+    assert_eq!(
+        evs,
+        vec![DriverEvent::FetchDone {
+            fetch,
+            result: Ok(bytes)
+        }]
+    );
 }
 
 /// A result lost after an input of it failed (its recomputation failed) cannot be

@@ -327,6 +327,18 @@ impl Scheduler {
         }
     }
 
+    /// Why a task failed, or `None` if it has not failed (or is unknown, or its record was
+    /// freed). A task that finished and whose result was then lost may fail later, when
+    /// its recomputation fails; this is how the owner learns of it (the task does not
+    /// complete a second time). O(1).
+    pub fn failure(&self, task: TaskId) -> Option<&TaskError> {
+        let i = self.tasks.get(&task)?;
+        if self.tasks[i].state != State::Failed {
+            return None;
+        }
+        self.errors.get(&i)
+    }
+
     /// What is known about one task, or `None` if it was never submitted.
     pub fn task_info(&self, task: TaskId) -> Option<TaskInfo> {
         let i = self.tasks.get(&task)?;

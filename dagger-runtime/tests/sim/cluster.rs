@@ -298,10 +298,6 @@ pub struct Known {
     pub detail: String,
 }
 
-/// A fetch of a stored result fails with `PeerLeft` when the worker asked for it is lost
-/// meanwhile, instead of waiting for the result to be recomputed.
-pub const BUG_FETCH_PEER_LEFT: &str =
-    "DriverCore::lose fails fetches waiting on a lost worker (MoveFailed PeerLeft) instead of parking them until the result is recomputed";
 /// A task failed while it was dispatched (a dependency's recomputation failed) still runs
 /// on its worker; the worker keeps its result, which nothing ever releases.
 pub const BUG_UNDISPATCHED_LEAK: &str =
@@ -1152,21 +1148,6 @@ impl Sim {
                     Ok(bytes) => self.settle_bytes(task, &bytes),
                     Err(e) => match self.judge_fetch(task, &e) {
                         Ok(()) => self.settle(task, Settled::Error(e)),
-                        Err(_)
-                            if matches!(
-                                e,
-                                TaskError::MoveFailed {
-                                    cause: dagger_core::MoveFailure::PeerLeft { .. },
-                                    ..
-                                }
-                            ) =>
-                        {
-                            self.known.push(Known {
-                                bug: BUG_FETCH_PEER_LEFT,
-                                detail: format!("the fetch of {task} failed: {e}"),
-                            });
-                            self.settle(task, Settled::Error(e));
-                        }
                         Err(why) => self.fail(format!("the fetch of {task} failed: {e:?} ({why})")),
                     },
                 }
@@ -1326,14 +1307,17 @@ impl Sim {
     }
 
     /// A fetch of a stored result may fail only when the result cannot be brought back:
-    /// its recomputation itself failed for a reason a fault explains.
+    /// its recomputation itself failed (with an error the task may end with), or it found
+    /// no holder within the park limit for a reason a fault explains.
     fn judge_fetch(&mut self, task: TaskId, error: &TaskError) -> Result<(), String> {
         let TaskError::MoveFailed {
             task: t,
             cause: dagger_core::MoveFailure::NoHolder,
         } = error
         else {
-            return Err("a transient loss surfaced to the client".into());
+            return self
+                .judge(task, error)
+                .map_err(|why| format!("not an error its recomputation may fail with: {why}"));
         };
         if *t != task {
             return Err("it names another task".into());
