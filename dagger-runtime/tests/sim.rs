@@ -319,7 +319,6 @@ fn a_fetch_outlives_the_loss_of_the_holder_it_asked() {
 /// A result lost after an input of it failed (its recomputation failed) cannot be
 /// recomputed: a task that needs it must fail, not wait forever.
 #[test]
-#[ignore = "known bug: Scheduler::requeue leaves a lost result Waiting behind a failed input"]
 fn a_result_whose_input_cannot_be_recomputed_fails_its_consumers() {
     use dagger_core::wire::Outcome;
     use dagger_runtime::driver::LinkId;

@@ -810,6 +810,69 @@ fn lost_worker_costs_what_it_held_not_every_task() {
     assert_eq!(s.stats().running, 300);
 }
 
+/// A result lost after one of its inputs failed (that input's own recomputation failed)
+/// cannot be recomputed: it fails with the root failure, and so does a task that needs it,
+/// instead of waiting forever.
+#[test]
+fn a_lost_result_whose_input_failed_since_fails() {
+    let mut s = cluster(&[1, 2], 1);
+    s.submit(
+        ms(0),
+        vec![
+            spec(1, "big", vec![], on(1)),
+            spec(2, "use", vec![Arg::Task(TaskId(1))], on(2)),
+        ],
+    )
+    .unwrap();
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 2, "task 2 is dispatched early");
+    for (w, rt) in &r {
+        report(&mut s, ms(1), *w, 1, stored_done(rt, 1 << 20));
+    }
+    assert_eq!(completes(&drain(&mut s)).len(), 2);
+    // Worker 1 is lost: task 1 (still wanted by the client) cannot run again, its scope's
+    // only worker is gone.
+    lose(&mut s, ms(2), 1);
+    drain(&mut s);
+    let no_processor = TaskError::NoProcessor {
+        task: TaskId(1),
+        scope: Scope::Worker(WorkerId(1)).to_string(),
+    };
+    assert_eq!(s.failure(TaskId(1)), Some(&no_processor));
+    assert_eq!(s.failure(TaskId(2)), None, "task 2's result is still held");
+    // Worker 2 is lost: task 2's result must be recomputed, from failed task 1.
+    lose(&mut s, ms(3), 2);
+    let cmds = drain(&mut s);
+    assert!(completes(&cmds).is_empty(), "task 2 completed once already");
+    assert_eq!(
+        s.failure(TaskId(2)),
+        Some(&TaskError::DependencyFailed {
+            task: TaskId(2),
+            dependency: TaskId(1),
+            cause: Box::new(no_processor.clone()),
+        })
+    );
+    assert_eq!(s.stats().waiting, 0, "nothing waits behind task 1");
+    // A task that needs task 2 fails at once.
+    s.submit(
+        ms(4),
+        vec![spec(3, "use", vec![Arg::Task(TaskId(2))], Options::new())],
+    )
+    .unwrap();
+    assert_eq!(
+        completes(&drain(&mut s)),
+        vec![(
+            TaskId(3),
+            Err(TaskError::DependencyFailed {
+                task: TaskId(3),
+                dependency: TaskId(1),
+                cause: Box::new(no_processor),
+            })
+        )]
+    );
+    s.check_invariants().unwrap();
+}
+
 #[test]
 fn a_task_losing_its_worker_four_times_fails() {
     let mut s = cluster(&[1], 1);
