@@ -379,7 +379,6 @@ fn a_result_whose_input_cannot_be_recomputed_fails_its_consumers() {
 /// A task failed while it ran (its input's recomputation failed) still finishes on its
 /// worker, which keeps its result: the scheduler must release that copy.
 #[test]
-#[ignore = "known bug: the Done of a task failed while dispatched is ignored and its chunk never released"]
 fn the_result_of_a_task_failed_while_it_ran_is_released() {
     use dagger_core::wire::{Outcome, ToWorker};
     use dagger_runtime::driver::LinkId;

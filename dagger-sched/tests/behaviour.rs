@@ -873,6 +873,55 @@ fn a_lost_result_whose_input_failed_since_fails() {
     s.check_invariants().unwrap();
 }
 
+/// A task failed by a cascade while it ran still finishes on its worker, which keeps the
+/// result until it is released: the scheduler releases it when the report comes, whether
+/// the result is small (inline) or stored. A report from a stale incarnation is not
+/// answered (that worker is gone).
+#[test]
+fn the_result_of_a_task_failed_while_it_ran_is_released() {
+    for stored in [false, true] {
+        let mut s = cluster(&[1, 2], 1);
+        s.submit(
+            ms(0),
+            vec![
+                spec(1, "big", vec![], on(1)),
+                spec(2, "use", vec![Arg::Task(TaskId(1))], on(2)),
+            ],
+        )
+        .unwrap();
+        let r = runs(&drain(&mut s));
+        assert_eq!(r.len(), 2, "task 2 is dispatched early");
+        let (w1, t1) = r.iter().find(|(w, _)| *w == WorkerId(1)).unwrap();
+        let (w2, t2) = r.iter().find(|(w, _)| *w == WorkerId(2)).unwrap();
+        report(&mut s, ms(1), *w1, 1, stored_done(t1, 1 << 20));
+        drain(&mut s);
+        // Worker 1 is lost while task 2 runs: task 1 cannot run again, task 2 fails.
+        lose(&mut s, ms(2), 1);
+        let c = completes(&drain(&mut s));
+        assert!(
+            matches!(
+                &c[..],
+                [(TaskId(2), Err(TaskError::DependencyFailed { .. }))]
+            ),
+            "{c:?}"
+        );
+        // A stale incarnation's report of it is not answered.
+        let done = if stored {
+            stored_done(t2, 1 << 20)
+        } else {
+            value_done(t2, 2)
+        };
+        report(&mut s, ms(3), *w2, 0, done.clone());
+        assert!(releases(&drain(&mut s)).is_empty());
+        // Worker 2 finishes task 2 anyway and keeps its result: it is released.
+        report(&mut s, ms(3), *w2, 1, done);
+        let cmds = drain(&mut s);
+        assert!(completes(&cmds).is_empty());
+        assert_eq!(releases(&cmds), vec![(WorkerId(2), vec![ChunkId(2)])]);
+        s.check_invariants().unwrap();
+    }
+}
+
 #[test]
 fn a_task_losing_its_worker_four_times_fails() {
     let mut s = cluster(&[1], 1);
