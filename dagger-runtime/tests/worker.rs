@@ -512,6 +512,86 @@ fn panicked(t: u64) -> TaskError {
     }
 }
 
+/// The one answer a peer's want of chunk `c` got on `l`.
+fn answer_on(w: &mut Worker, l: LinkKey, c: u64) -> ChunkPayload {
+    match &peer_msgs(&transmits(w), l)[..] {
+        [PeerMsg::Chunk { chunk, payload }] if *chunk == ChunkId(c) => payload.clone(),
+        other => panic!("expected one answer for chunk {c}, got {other:?}"),
+    }
+}
+
+/// A want that arrives after the task producing the chunk failed here is answered "gone"
+/// (final), as a want that waited for it is, not "missing" (which the asker would ask again
+/// for seconds). The memory ends with a release, a new run of the task, or when newer
+/// failures push it out.
+#[test]
+fn a_want_after_the_producer_failed_here_is_answered_gone() {
+    let mut c = config();
+    c.failed_chunks_kept = 2;
+    let mut w = joined(c);
+    let l = LinkKey(9);
+    inbound(&mut w, ms(1), 3, l);
+    let gone = ChunkPayload::Gone(MoveFailure::SourceFailed);
+
+    // Task 50 panics; task 51 cannot get its input.
+    run(&mut w, ms(1), vec![task(51, vec![chunk_arg(7, &[4])])]);
+    let l4 = LinkKey(10);
+    link_up(&mut w, ms(2), 4, l4);
+    run(&mut w, ms(2), vec![task(50, vec![value(1)])]);
+    assert_eq!(starts(&mut w).len(), 1);
+    w.handle_task_finished(ms(2), TaskId(50), ms(1), Err(panicked(50)));
+    let _ = transmits(&mut w);
+    let lost = PeerMsg::Chunk {
+        chunk: ChunkId(7),
+        payload: ChunkPayload::Gone(MoveFailure::SourceFailed),
+    };
+    peer_msg(&mut w, ms(3), l4, lost);
+    let _ = transmits(&mut w);
+    for c in [50, 51] {
+        peer_msg(&mut w, ms(4), l, PeerMsg::Want(ChunkId(c)));
+        assert_eq!(answer_on(&mut w, l, c), gone, "chunk {c}");
+    }
+    // The driver fetching it is told the same.
+    w.handle_driver_msg(ms(4), over_wire(&ToWorker::Fetch(ChunkId(50))));
+    assert!(matches!(
+        &driver_msgs(&transmits(&mut w))[..],
+        [ToDriver::ChunkData {
+            data: Err(MoveFailure::SourceFailed),
+            ..
+        }]
+    ));
+
+    // Released: forgotten.
+    w.handle_driver_msg(ms(5), over_wire(&ToWorker::Release(vec![ChunkId(51)])));
+    peer_msg(&mut w, ms(5), l, PeerMsg::Want(ChunkId(51)));
+    assert!(matches!(answer_on(&mut w, l, 51), ChunkPayload::Missing(_)));
+
+    // Run again here: the want waits for the new run.
+    run(&mut w, ms(6), vec![task(50, vec![value(1)])]);
+    assert_eq!(starts(&mut w).len(), 1);
+    peer_msg(&mut w, ms(6), l, PeerMsg::Want(ChunkId(50)));
+    assert!(
+        transmits(&mut w).is_empty(),
+        "the peer waits for the new run"
+    );
+    w.handle_task_finished(ms(7), TaskId(50), ms(1), Ok(vec![5; 10]));
+    assert_eq!(answer_on(&mut w, l, 50), ChunkPayload::Bytes(vec![5; 10]));
+
+    // At most two are remembered: the oldest of three failures is forgotten.
+    for t in 60..63 {
+        run(&mut w, ms(8), vec![task(t, vec![value(1)])]);
+        starts(&mut w);
+        w.handle_task_finished(ms(8), TaskId(t), ms(1), Err(panicked(t)));
+    }
+    let _ = transmits(&mut w);
+    peer_msg(&mut w, ms(9), l, PeerMsg::Want(ChunkId(60)));
+    assert!(matches!(answer_on(&mut w, l, 60), ChunkPayload::Missing(_)));
+    for c in [61, 62] {
+        peer_msg(&mut w, ms(9), l, PeerMsg::Want(ChunkId(c)));
+        assert_eq!(answer_on(&mut w, l, c), gone, "chunk {c}");
+    }
+}
+
 #[test]
 fn release_drops_only_ready_chunks() {
     let mut w = joined(config());
