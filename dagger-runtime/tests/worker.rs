@@ -290,6 +290,85 @@ fn gone_fails_the_waiting_task_at_once() {
     );
 }
 
+/// A task that fails for want of one input no longer waits for its others: a chunk asked
+/// of a peer only for it is not expected any more (its answer, when it comes, is dropped),
+/// while a chunk produced here, or also wanted by another task, stays coming.
+#[test]
+fn a_failed_task_withdraws_its_other_wants() {
+    let mut w = joined(config());
+    // Task 30 is produced here; task 31 needs chunk 8 (peer 3), chunk 9 (peer 4) and
+    // chunk 30; task 32 needs chunk 9 too.
+    run(
+        &mut w,
+        ms(1),
+        vec![
+            task(30, vec![value(1)]),
+            task(
+                31,
+                vec![chunk_arg(8, &[3]), chunk_arg(9, &[4]), chunk_arg(30, &[1])],
+            ),
+        ],
+    );
+    let (l3, l4) = (LinkKey(1), LinkKey(2));
+    let mut acts = actions(&mut w);
+    assert_eq!(
+        acts.iter()
+            .filter(|a| matches!(a, Action::Start(_)))
+            .count(),
+        1
+    );
+    acts.retain(|a| matches!(a, Action::Connect { .. }));
+    assert_eq!(acts.len(), 2, "one connect to each holder");
+    for (peer, link) in [(3, l3), (4, l4)] {
+        w.handle_link_up(ms(1), WorkerId(peer), link);
+    }
+    let _ = transmits(&mut w);
+    let gone = PeerMsg::Chunk {
+        chunk: ChunkId(8),
+        payload: ChunkPayload::Gone(MoveFailure::SourceFailed),
+    };
+    peer_msg(&mut w, ms(2), l3, gone);
+    assert!(matches!(
+        flush_done(&mut w, ms(2))[..],
+        [wire::TaskDone {
+            task: TaskId(31),
+            outcome: Outcome::Failed(_),
+            ..
+        }]
+    ));
+    assert!(!w.is_coming(ChunkId(9)), "nothing here waits for chunk 9");
+    assert!(w.is_coming(ChunkId(30)), "task 30 still produces chunk 30");
+    // Its answer is dropped.
+    let bytes = PeerMsg::Chunk {
+        chunk: ChunkId(9),
+        payload: ChunkPayload::Bytes(vec![9; 10]),
+    };
+    peer_msg(&mut w, ms(3), l4, bytes.clone());
+    assert!(!w.holds(ChunkId(9)) && !w.is_coming(ChunkId(9)));
+    assert_eq!(w.waiting_tasks(), 0);
+
+    // With another task waiting for it, it stays coming and reaches that task.
+    run(
+        &mut w,
+        ms(4),
+        vec![
+            task(33, vec![chunk_arg(8, &[3]), chunk_arg(9, &[4])]),
+            task(34, vec![chunk_arg(9, &[4])]),
+        ],
+    );
+    let _ = transmits(&mut w);
+    let gone = PeerMsg::Chunk {
+        chunk: ChunkId(8),
+        payload: ChunkPayload::Gone(MoveFailure::SourceFailed),
+    };
+    peer_msg(&mut w, ms(5), l3, gone);
+    assert!(w.is_coming(ChunkId(9)), "task 34 waits for chunk 9");
+    peer_msg(&mut w, ms(6), l4, bytes);
+    let started = starts(&mut w);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].task, TaskId(34));
+}
+
 #[test]
 fn a_peer_leaving_has_its_wants_asked_of_the_next_holder_or_failed() {
     let mut w = joined(config());

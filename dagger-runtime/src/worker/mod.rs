@@ -84,6 +84,8 @@ struct Pending<B> {
     inline_limit: u32,
     args: Vec<Option<B>>,
     missing: usize,
+    /// The chunks it waits for (those of its missing arguments when it came).
+    wanted: Vec<ChunkId>,
 }
 
 /// A task handed to the shell to run.
@@ -737,6 +739,7 @@ impl<B: ChunkData> WorkerState<B> {
                 attempts: 0,
             });
         let mut missing = 0usize;
+        let mut wanted: Vec<ChunkId> = Vec::new();
         let mut wants: Vec<(ChunkId, Option<WorkerId>)> = Vec::new();
         let mut values: Vec<Option<B>> = Vec::with_capacity(args.len());
         for (i, arg) in args.into_iter().enumerate() {
@@ -755,6 +758,7 @@ impl<B: ChunkData> WorkerState<B> {
                             }
                         }
                         missing += 1;
+                        wanted.push(chunk);
                         values.push(None);
                     }
                     None => {
@@ -770,6 +774,7 @@ impl<B: ChunkData> WorkerState<B> {
                             },
                         );
                         missing += 1;
+                        wanted.push(chunk);
                         values.push(None);
                     }
                 },
@@ -788,6 +793,7 @@ impl<B: ChunkData> WorkerState<B> {
                 inline_limit,
                 args: values,
                 missing,
+                wanted,
             },
         );
         for (chunk, holder) in wants {
@@ -929,6 +935,7 @@ impl<B: ChunkData> WorkerState<B> {
             return;
         };
         tracing::debug!(%task, error = %err, "task failed");
+        self.withdraw_wants(task, &p.wanted);
         self.fail_own_chunk(task.chunk());
         self.report(TaskDone {
             task,
@@ -936,6 +943,25 @@ impl<B: ChunkData> WorkerState<B> {
             run_ns: 0,
             outcome: Outcome::Failed(err),
         });
+    }
+
+    /// Task `task`, which waited for `chunks`, no longer needs them: it leaves their waiters,
+    /// and a chunk asked of a peer that no one here waits for any more is no longer asked
+    /// for (an answer that comes later is dropped). A chunk produced here stays coming.
+    fn withdraw_wants(&mut self, task: TaskId, chunks: &[ChunkId]) {
+        for &chunk in chunks {
+            let Some(Entry::Waiting { waiters, .. }) = self.store.get_mut(&chunk) else {
+                continue;
+            };
+            waiters.retain(|w| !matches!(w, Waiter::Task(t, _) if *t == task));
+            let producer = chunk.task();
+            if waiters.is_empty()
+                && !self.pending.contains_key(&producer)
+                && !self.running.contains_key(&producer)
+            {
+                self.store.remove(&chunk);
+            }
+        }
     }
 
     /// Adds a finished task to the batch for the driver: the batch goes out when it is
