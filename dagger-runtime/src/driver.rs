@@ -190,6 +190,14 @@ struct WorkerLink {
     peer: PeerInfo,
 }
 
+/// A fetch sent to a worker that holds its chunk.
+#[derive(Clone, Copy)]
+struct SentFetch {
+    worker: WorkerId,
+    fetch: FetchId,
+    since: Duration,
+}
+
 /// A fetch waiting for a live holder of its chunk.
 struct ParkedFetch {
     fetch: FetchId,
@@ -228,8 +236,9 @@ pub struct DriverCore<S = ()> {
     detector: FailureDetector,
 
     next_fetch: u64,
-    /// Fetches sent to a worker, by chunk: who was asked, for which fetch.
-    fetches: IdHashMap<ChunkId, Vec<(WorkerId, FetchId)>>,
+    /// Fetches sent to a worker, by chunk: who was asked, for which fetch, and when the
+    /// fetch started (its park limit counts from then).
+    fetches: IdHashMap<ChunkId, Vec<SentFetch>>,
     parked: Vec<ParkedFetch>,
 
     /// Releases held back per worker, how many in all, and since when the oldest waits.
@@ -427,7 +436,8 @@ impl<S> DriverCore<S> {
 
     /// `link` closed or sent a frame that does not decode (`reason` says which). Its
     /// worker, if the link is still joined, is declared lost: its tasks run again
-    /// elsewhere, the other workers are told `PeerLeft`, and fetches waiting on it fail.
+    /// elsewhere, the other workers are told `PeerLeft`, and fetches waiting on it ask
+    /// another holder or wait while the result is recomputed.
     pub fn handle_link_closed(&mut self, now: Duration, link: LinkId, reason: LostReason) {
         let Some(&(worker, incarnation)) = self.links.get(&link) else {
             return;
@@ -475,24 +485,26 @@ impl<S> DriverCore<S> {
         tracing::warn!(%worker, %reason, "worker lost");
         self.sched.worker_lost(self.now, worker, reason);
         self.broadcast(&ToWorker::PeerLeft(worker));
-        // Fetches waiting on it fail; the caller may fetch again from another holder.
-        let events = &mut self.events;
-        self.fetches.retain(|chunk, waiters| {
-            waiters.retain(|&(w, fetch)| {
-                if w != worker {
+        // Fetches waiting on it are parked again: the next `process` asks another holder,
+        // or waits while the result is recomputed (at most the park limit, counted from
+        // the fetch's start), or fails them if the recomputation failed.
+        let parked = &mut self.parked;
+        self.fetches.retain(|&chunk, waiters| {
+            waiters.retain(|f| {
+                if f.worker != worker {
                     return true;
                 }
-                events.push_back(DriverEvent::FetchDone {
-                    fetch,
-                    result: Err(TaskError::MoveFailed {
-                        task: chunk.task(),
-                        cause: MoveFailure::PeerLeft { worker },
-                    }),
+                parked.push(ParkedFetch {
+                    fetch: f.fetch,
+                    chunk,
+                    holders: Vec::new(),
+                    since: f.since,
                 });
                 false
             });
             !waiters.is_empty()
         });
+        self.dirty = true;
     }
 
     // ---------------------------------------------------------------- client
@@ -560,8 +572,10 @@ impl<S> DriverCore<S> {
     /// Brings a large result's bytes to the driver: asks a live holder of `chunk` (the
     /// scheduler's current holders first, else `holders`, what the client was told). While
     /// no live worker holds it (it is being recomputed) the fetch waits, at most
-    /// [`DriverConfig::fetch_park_limit`]. The answer comes as one
-    /// [`DriverEvent::FetchDone`] with the returned id.
+    /// [`DriverConfig::fetch_park_limit`]; a holder lost before it answers counts the
+    /// same way. If the recomputation fails for good, the fetch fails at once with the
+    /// task's error. The answer comes as one [`DriverEvent::FetchDone`] with the returned
+    /// id.
     pub fn handle_fetch(
         &mut self,
         now: Duration,
@@ -612,7 +626,7 @@ impl<S> DriverCore<S> {
         let waiting = self
             .fetches
             .drain()
-            .flat_map(|(chunk, waiters)| waiters.into_iter().map(move |(_, fetch)| (chunk, fetch)));
+            .flat_map(|(chunk, waiters)| waiters.into_iter().map(move |f| (chunk, f.fetch)));
         let parked = self.parked.drain(..).map(|p| (p.chunk, p.fetch));
         for (chunk, fetch) in waiting.chain(parked) {
             self.events.push_back(DriverEvent::FetchDone {
@@ -936,8 +950,18 @@ impl<S> DriverCore<S> {
 
     /// Asks a live holder of the fetch's chunk for its bytes. The scheduler's holders are
     /// the current ones (a lost holder's chunk is recomputed elsewhere); while no live
-    /// worker holds it the fetch is parked, until its park limit.
+    /// worker holds it the fetch is parked, until its park limit. If the task that
+    /// produces the chunk failed (its recomputation failed for good), the fetch fails at
+    /// once with that task's error.
     fn start_fetch(&mut self, mut p: ParkedFetch) {
+        if let Some(err) = self.sched.failure(p.chunk.task()) {
+            tracing::debug!(chunk = %p.chunk, error = %err, "the fetched result cannot be recomputed");
+            self.events.push_back(DriverEvent::FetchDone {
+                fetch: p.fetch,
+                result: Err(err.clone()),
+            });
+            return;
+        }
         let current = self.sched.holders(p.chunk);
         if !current.is_empty() {
             p.holders.clear();
@@ -951,7 +975,11 @@ impl<S> DriverCore<S> {
         {
             Some(w) => {
                 self.send(w, &ToWorker::Fetch(p.chunk));
-                self.fetches.entry(p.chunk).or_default().push((w, p.fetch));
+                self.fetches.entry(p.chunk).or_default().push(SentFetch {
+                    worker: w,
+                    fetch: p.fetch,
+                    since: p.since,
+                });
             }
             None if self.now.saturating_sub(p.since) < self.config.fetch_park_limit => {
                 self.parked.push(p);
@@ -991,9 +1019,9 @@ impl<S> DriverCore<S> {
             return;
         };
         let mut answered: Vec<FetchId> = Vec::new();
-        waiters.retain(|&(w, fetch)| {
-            if w == worker {
-                answered.push(fetch);
+        waiters.retain(|f| {
+            if f.worker == worker {
+                answered.push(f.fetch);
                 false
             } else {
                 true

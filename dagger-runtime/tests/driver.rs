@@ -599,9 +599,17 @@ fn a_parked_fetch_fails_at_the_park_limit() {
     assert_eq!(c.poll_timeout(), None);
 }
 
+/// A fetch sent to a worker that is then lost waits while the result is recomputed; when
+/// the recomputation fails for good, the fetch fails at once with the task's error (not
+/// with the lost worker, and not only at the park limit).
 #[test]
-fn a_fetch_from_a_worker_that_leaves_fails_with_peer_left() {
-    let mut c = core(DriverConfig::default());
+fn a_fetch_from_a_worker_that_leaves_ends_with_the_recomputation() {
+    let grace = Duration::from_secs(2);
+    let sched = Scheduler::new(dagger_sched::Config {
+        no_processor_grace: Some(grace),
+        ..dagger_sched::Config::default()
+    });
+    let mut c = DriverCore::new(sched, DriverConfig::default());
     c.handle_join(ms(0), LinkId(1), info(101, 1), false)
         .unwrap();
     c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
@@ -623,15 +631,6 @@ fn a_fetch_from_a_worker_that_leaves_fails_with_peer_left() {
     );
     c.handle_process_exited(ms(4), 101, ExitCause::Signal(9));
     let evs = events(&mut c);
-    assert!(evs.contains(&DriverEvent::FetchDone {
-        fetch,
-        result: Err(TaskError::MoveFailed {
-            task: t.task,
-            cause: MoveFailure::PeerLeft {
-                worker: WorkerId(1)
-            }
-        })
-    }));
     assert!(
         evs.contains(&DriverEvent::Cluster(ClusterEvent::WorkerLost {
             worker: WorkerId(1),
@@ -641,6 +640,28 @@ fn a_fetch_from_a_worker_that_leaves_fails_with_peer_left() {
             }
         }))
     );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, DriverEvent::FetchDone { .. })),
+        "the fetch waits for the recomputation: {evs:?}"
+    );
+    // No processor is left: the recomputation fails at the end of the scheduler's grace
+    // period, long before the park limit, and the fetch with it.
+    let deadline = c.poll_timeout().expect("the grace period is armed");
+    assert_eq!(deadline, ms(4) + grace);
+    c.handle_timeout(deadline);
+    let no_processor = TaskError::NoProcessor {
+        task: t.task,
+        scope: dagger_core::Scope::Any.to_string(),
+    };
+    assert_eq!(
+        events(&mut c),
+        vec![DriverEvent::FetchDone {
+            fetch,
+            result: Err(no_processor)
+        }]
+    );
+    assert_eq!(c.poll_timeout(), None);
 }
 
 #[test]

@@ -290,6 +290,85 @@ fn gone_fails_the_waiting_task_at_once() {
     );
 }
 
+/// A task that fails for want of one input no longer waits for its others: a chunk asked
+/// of a peer only for it is not expected any more (its answer, when it comes, is dropped),
+/// while a chunk produced here, or also wanted by another task, stays coming.
+#[test]
+fn a_failed_task_withdraws_its_other_wants() {
+    let mut w = joined(config());
+    // Task 30 is produced here; task 31 needs chunk 8 (peer 3), chunk 9 (peer 4) and
+    // chunk 30; task 32 needs chunk 9 too.
+    run(
+        &mut w,
+        ms(1),
+        vec![
+            task(30, vec![value(1)]),
+            task(
+                31,
+                vec![chunk_arg(8, &[3]), chunk_arg(9, &[4]), chunk_arg(30, &[1])],
+            ),
+        ],
+    );
+    let (l3, l4) = (LinkKey(1), LinkKey(2));
+    let mut acts = actions(&mut w);
+    assert_eq!(
+        acts.iter()
+            .filter(|a| matches!(a, Action::Start(_)))
+            .count(),
+        1
+    );
+    acts.retain(|a| matches!(a, Action::Connect { .. }));
+    assert_eq!(acts.len(), 2, "one connect to each holder");
+    for (peer, link) in [(3, l3), (4, l4)] {
+        w.handle_link_up(ms(1), WorkerId(peer), link);
+    }
+    let _ = transmits(&mut w);
+    let gone = PeerMsg::Chunk {
+        chunk: ChunkId(8),
+        payload: ChunkPayload::Gone(MoveFailure::SourceFailed),
+    };
+    peer_msg(&mut w, ms(2), l3, gone);
+    assert!(matches!(
+        flush_done(&mut w, ms(2))[..],
+        [wire::TaskDone {
+            task: TaskId(31),
+            outcome: Outcome::Failed(_),
+            ..
+        }]
+    ));
+    assert!(!w.is_coming(ChunkId(9)), "nothing here waits for chunk 9");
+    assert!(w.is_coming(ChunkId(30)), "task 30 still produces chunk 30");
+    // Its answer is dropped.
+    let bytes = PeerMsg::Chunk {
+        chunk: ChunkId(9),
+        payload: ChunkPayload::Bytes(vec![9; 10]),
+    };
+    peer_msg(&mut w, ms(3), l4, bytes.clone());
+    assert!(!w.holds(ChunkId(9)) && !w.is_coming(ChunkId(9)));
+    assert_eq!(w.waiting_tasks(), 0);
+
+    // With another task waiting for it, it stays coming and reaches that task.
+    run(
+        &mut w,
+        ms(4),
+        vec![
+            task(33, vec![chunk_arg(8, &[3]), chunk_arg(9, &[4])]),
+            task(34, vec![chunk_arg(9, &[4])]),
+        ],
+    );
+    let _ = transmits(&mut w);
+    let gone = PeerMsg::Chunk {
+        chunk: ChunkId(8),
+        payload: ChunkPayload::Gone(MoveFailure::SourceFailed),
+    };
+    peer_msg(&mut w, ms(5), l3, gone);
+    assert!(w.is_coming(ChunkId(9)), "task 34 waits for chunk 9");
+    peer_msg(&mut w, ms(6), l4, bytes);
+    let started = starts(&mut w);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].task, TaskId(34));
+}
+
 #[test]
 fn a_peer_leaving_has_its_wants_asked_of_the_next_holder_or_failed() {
     let mut w = joined(config());
@@ -509,6 +588,86 @@ fn panicked(t: u64) -> TaskError {
         task: TaskId(t),
         func: "f".into(),
         message: "boom".into(),
+    }
+}
+
+/// The one answer a peer's want of chunk `c` got on `l`.
+fn answer_on(w: &mut Worker, l: LinkKey, c: u64) -> ChunkPayload {
+    match &peer_msgs(&transmits(w), l)[..] {
+        [PeerMsg::Chunk { chunk, payload }] if *chunk == ChunkId(c) => payload.clone(),
+        other => panic!("expected one answer for chunk {c}, got {other:?}"),
+    }
+}
+
+/// A want that arrives after the task producing the chunk failed here is answered "gone"
+/// (final), as a want that waited for it is, not "missing" (which the asker would ask again
+/// for seconds). The memory ends with a release, a new run of the task, or when newer
+/// failures push it out.
+#[test]
+fn a_want_after_the_producer_failed_here_is_answered_gone() {
+    let mut c = config();
+    c.failed_chunks_kept = 2;
+    let mut w = joined(c);
+    let l = LinkKey(9);
+    inbound(&mut w, ms(1), 3, l);
+    let gone = ChunkPayload::Gone(MoveFailure::SourceFailed);
+
+    // Task 50 panics; task 51 cannot get its input.
+    run(&mut w, ms(1), vec![task(51, vec![chunk_arg(7, &[4])])]);
+    let l4 = LinkKey(10);
+    link_up(&mut w, ms(2), 4, l4);
+    run(&mut w, ms(2), vec![task(50, vec![value(1)])]);
+    assert_eq!(starts(&mut w).len(), 1);
+    w.handle_task_finished(ms(2), TaskId(50), ms(1), Err(panicked(50)));
+    let _ = transmits(&mut w);
+    let lost = PeerMsg::Chunk {
+        chunk: ChunkId(7),
+        payload: ChunkPayload::Gone(MoveFailure::SourceFailed),
+    };
+    peer_msg(&mut w, ms(3), l4, lost);
+    let _ = transmits(&mut w);
+    for c in [50, 51] {
+        peer_msg(&mut w, ms(4), l, PeerMsg::Want(ChunkId(c)));
+        assert_eq!(answer_on(&mut w, l, c), gone, "chunk {c}");
+    }
+    // The driver fetching it is told the same.
+    w.handle_driver_msg(ms(4), over_wire(&ToWorker::Fetch(ChunkId(50))));
+    assert!(matches!(
+        &driver_msgs(&transmits(&mut w))[..],
+        [ToDriver::ChunkData {
+            data: Err(MoveFailure::SourceFailed),
+            ..
+        }]
+    ));
+
+    // Released: forgotten.
+    w.handle_driver_msg(ms(5), over_wire(&ToWorker::Release(vec![ChunkId(51)])));
+    peer_msg(&mut w, ms(5), l, PeerMsg::Want(ChunkId(51)));
+    assert!(matches!(answer_on(&mut w, l, 51), ChunkPayload::Missing(_)));
+
+    // Run again here: the want waits for the new run.
+    run(&mut w, ms(6), vec![task(50, vec![value(1)])]);
+    assert_eq!(starts(&mut w).len(), 1);
+    peer_msg(&mut w, ms(6), l, PeerMsg::Want(ChunkId(50)));
+    assert!(
+        transmits(&mut w).is_empty(),
+        "the peer waits for the new run"
+    );
+    w.handle_task_finished(ms(7), TaskId(50), ms(1), Ok(vec![5; 10]));
+    assert_eq!(answer_on(&mut w, l, 50), ChunkPayload::Bytes(vec![5; 10]));
+
+    // At most two are remembered: the oldest of three failures is forgotten.
+    for t in 60..63 {
+        run(&mut w, ms(8), vec![task(t, vec![value(1)])]);
+        starts(&mut w);
+        w.handle_task_finished(ms(8), TaskId(t), ms(1), Err(panicked(t)));
+    }
+    let _ = transmits(&mut w);
+    peer_msg(&mut w, ms(9), l, PeerMsg::Want(ChunkId(60)));
+    assert!(matches!(answer_on(&mut w, l, 60), ChunkPayload::Missing(_)));
+    for c in [61, 62] {
+        peer_msg(&mut w, ms(9), l, PeerMsg::Want(ChunkId(c)));
+        assert_eq!(answer_on(&mut w, l, c), gone, "chunk {c}");
     }
 }
 

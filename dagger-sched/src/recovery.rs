@@ -132,7 +132,10 @@ impl Scheduler {
     }
 
     /// Puts a dispatched or finished task back to waiting, recursively recomputing any of
-    /// its inputs whose result is gone.
+    /// its inputs whose result is gone. A task with an input that failed meanwhile (a
+    /// finished task's input may fail after it was used, when its own recomputation fails)
+    /// cannot run again: it fails with `DependencyFailed` naming the root failure, and so
+    /// do its dependents.
     pub(crate) fn requeue(&mut self, i: u32) {
         let mut stack = vec![i];
         while let Some(x) = stack.pop() {
@@ -150,9 +153,20 @@ impl Scheduler {
             }
             self.tasks[x].finished_ns = NONE;
             self.set_state(x, State::Waiting);
+            let deps = self.tasks.deps_of(x);
+            if let Some(&d) = deps.iter().find(|&&d| self.tasks[d].state == State::Failed) {
+                let (dependency, cause) = self.root_failure(d);
+                let err = TaskError::DependencyFailed {
+                    task: self.tasks[x].id,
+                    dependency,
+                    cause: Box::new(cause),
+                };
+                self.fail(x, err);
+                continue;
+            }
             let early = self.tasks[x].flags.contains(TaskFlags::EARLY);
             let mut unmet = 0;
-            for d in self.tasks.deps_of(x) {
+            for d in deps {
                 let ds = self.tasks[d].state;
                 if !crate::task_table::satisfies(early, ds) {
                     unmet += 1;

@@ -181,7 +181,10 @@ impl Scheduler {
     // ---------------------------------------------------------------- worker reports
 
     /// A worker reports a finished (or failed) task. Ignored unless `incarnation` is the
-    /// worker's current one and the task is dispatched to that worker. O(dependents).
+    /// worker's current one and the task is dispatched to that worker; but a result the
+    /// current incarnation reports for a task no longer dispatched to it (failed by a
+    /// cascade while it ran, say) is released there at once, since the worker keeps every
+    /// result until told otherwise. O(dependents).
     pub fn task_done(
         &mut self,
         now: Duration,
@@ -198,6 +201,12 @@ impl Scheduler {
         };
         let t = &self.tasks[i];
         if t.state != State::Dispatched || self.placer.slot_proc(t.slot).worker != worker {
+            // The worker stored that result: unless it is a copy the scheduler counts,
+            // nothing else would ever release it.
+            let stored = matches!(done.outcome, Outcome::Value(_) | Outcome::Stored { .. });
+            if stored && !self.holders_of(i).contains(&worker) {
+                self.outbox.release(worker, done.task.chunk());
+            }
             return;
         }
         let kind = self.placer.slots[t.slot as usize].kind;
@@ -325,6 +334,18 @@ impl Scheduler {
             Some(i) => self.holders_of(i),
             None => &[],
         }
+    }
+
+    /// Why a task failed, or `None` if it has not failed (or is unknown, or its record was
+    /// freed). A task that finished and whose result was then lost may fail later, when
+    /// its recomputation fails; this is how the owner learns of it (the task does not
+    /// complete a second time). O(1).
+    pub fn failure(&self, task: TaskId) -> Option<&TaskError> {
+        let i = self.tasks.get(&task)?;
+        if self.tasks[i].state != State::Failed {
+            return None;
+        }
+        self.errors.get(&i)
     }
 
     /// What is known about one task, or `None` if it was never submitted.

@@ -810,6 +810,118 @@ fn lost_worker_costs_what_it_held_not_every_task() {
     assert_eq!(s.stats().running, 300);
 }
 
+/// A result lost after one of its inputs failed (that input's own recomputation failed)
+/// cannot be recomputed: it fails with the root failure, and so does a task that needs it,
+/// instead of waiting forever.
+#[test]
+fn a_lost_result_whose_input_failed_since_fails() {
+    let mut s = cluster(&[1, 2], 1);
+    s.submit(
+        ms(0),
+        vec![
+            spec(1, "big", vec![], on(1)),
+            spec(2, "use", vec![Arg::Task(TaskId(1))], on(2)),
+        ],
+    )
+    .unwrap();
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 2, "task 2 is dispatched early");
+    for (w, rt) in &r {
+        report(&mut s, ms(1), *w, 1, stored_done(rt, 1 << 20));
+    }
+    assert_eq!(completes(&drain(&mut s)).len(), 2);
+    // Worker 1 is lost: task 1 (still wanted by the client) cannot run again, its scope's
+    // only worker is gone.
+    lose(&mut s, ms(2), 1);
+    drain(&mut s);
+    let no_processor = TaskError::NoProcessor {
+        task: TaskId(1),
+        scope: Scope::Worker(WorkerId(1)).to_string(),
+    };
+    assert_eq!(s.failure(TaskId(1)), Some(&no_processor));
+    assert_eq!(s.failure(TaskId(2)), None, "task 2's result is still held");
+    // Worker 2 is lost: task 2's result must be recomputed, from failed task 1.
+    lose(&mut s, ms(3), 2);
+    let cmds = drain(&mut s);
+    assert!(completes(&cmds).is_empty(), "task 2 completed once already");
+    assert_eq!(
+        s.failure(TaskId(2)),
+        Some(&TaskError::DependencyFailed {
+            task: TaskId(2),
+            dependency: TaskId(1),
+            cause: Box::new(no_processor.clone()),
+        })
+    );
+    assert_eq!(s.stats().waiting, 0, "nothing waits behind task 1");
+    // A task that needs task 2 fails at once.
+    s.submit(
+        ms(4),
+        vec![spec(3, "use", vec![Arg::Task(TaskId(2))], Options::new())],
+    )
+    .unwrap();
+    assert_eq!(
+        completes(&drain(&mut s)),
+        vec![(
+            TaskId(3),
+            Err(TaskError::DependencyFailed {
+                task: TaskId(3),
+                dependency: TaskId(1),
+                cause: Box::new(no_processor),
+            })
+        )]
+    );
+    s.check_invariants().unwrap();
+}
+
+/// A task failed by a cascade while it ran still finishes on its worker, which keeps the
+/// result until it is released: the scheduler releases it when the report comes, whether
+/// the result is small (inline) or stored. A report from a stale incarnation is not
+/// answered (that worker is gone).
+#[test]
+fn the_result_of_a_task_failed_while_it_ran_is_released() {
+    for stored in [false, true] {
+        let mut s = cluster(&[1, 2], 1);
+        s.submit(
+            ms(0),
+            vec![
+                spec(1, "big", vec![], on(1)),
+                spec(2, "use", vec![Arg::Task(TaskId(1))], on(2)),
+            ],
+        )
+        .unwrap();
+        let r = runs(&drain(&mut s));
+        assert_eq!(r.len(), 2, "task 2 is dispatched early");
+        let (w1, t1) = r.iter().find(|(w, _)| *w == WorkerId(1)).unwrap();
+        let (w2, t2) = r.iter().find(|(w, _)| *w == WorkerId(2)).unwrap();
+        report(&mut s, ms(1), *w1, 1, stored_done(t1, 1 << 20));
+        drain(&mut s);
+        // Worker 1 is lost while task 2 runs: task 1 cannot run again, task 2 fails.
+        lose(&mut s, ms(2), 1);
+        let c = completes(&drain(&mut s));
+        assert!(
+            matches!(
+                &c[..],
+                [(TaskId(2), Err(TaskError::DependencyFailed { .. }))]
+            ),
+            "{c:?}"
+        );
+        // A stale incarnation's report of it is not answered.
+        let done = if stored {
+            stored_done(t2, 1 << 20)
+        } else {
+            value_done(t2, 2)
+        };
+        report(&mut s, ms(3), *w2, 0, done.clone());
+        assert!(releases(&drain(&mut s)).is_empty());
+        // Worker 2 finishes task 2 anyway and keeps its result: it is released.
+        report(&mut s, ms(3), *w2, 1, done);
+        let cmds = drain(&mut s);
+        assert!(completes(&cmds).is_empty());
+        assert_eq!(releases(&cmds), vec![(WorkerId(2), vec![ChunkId(2)])]);
+        s.check_invariants().unwrap();
+    }
+}
+
 #[test]
 fn a_task_losing_its_worker_four_times_fails() {
     let mut s = cluster(&[1], 1);

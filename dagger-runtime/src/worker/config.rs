@@ -44,6 +44,10 @@ pub struct WorkerConfig {
     pub build_id: u64,
     /// Whether this worker accepts peers of another build (and asks them to accept it).
     pub allow_mixed_builds: bool,
+    /// How many chunks whose producing task failed here are remembered (the most recent
+    /// ones, default 4096), so that a peer asking for one after the failure is told it is
+    /// gone (final) rather than "not here yet" (asked again for seconds).
+    pub failed_chunks_kept: usize,
 }
 
 impl WorkerConfig {
@@ -63,6 +67,7 @@ impl WorkerConfig {
             done_delay: Duration::ZERO,
             build_id: 0,
             allow_mixed_builds: false,
+            failed_chunks_kept: 4096,
         }
     }
 

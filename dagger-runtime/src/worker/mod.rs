@@ -84,6 +84,8 @@ struct Pending<B> {
     inline_limit: u32,
     args: Vec<Option<B>>,
     missing: usize,
+    /// The chunks it waits for (those of its missing arguments when it came).
+    wanted: Vec<ChunkId>,
 }
 
 /// A task handed to the shell to run.
@@ -140,6 +142,13 @@ pub struct WorkerState<B> {
     /// Wants to ask again: (when, sequence number, chunk, of whom).
     retries: BinaryHeap<Reverse<(Duration, u64, ChunkId, WorkerId)>>,
     retry_seq: u64,
+    /// Chunks whose producing task failed here, each with the sequence number it was
+    /// remembered under (at most [`WorkerConfig::failed_chunks_kept`]).
+    failed: IdHashMap<ChunkId, u64>,
+    /// The same chunks, oldest first; an entry whose number no longer matches `failed` was
+    /// forgotten or remembered again since.
+    failed_order: VecDeque<(u64, ChunkId)>,
+    failed_seq: u64,
     transmits: VecDeque<Transmit>,
     actions: VecDeque<Action<B>>,
 }
@@ -166,6 +175,9 @@ impl<B: ChunkData> WorkerState<B> {
             done_due: None,
             retries: BinaryHeap::new(),
             retry_seq: 0,
+            failed: IdHashMap::default(),
+            failed_order: VecDeque::new(),
+            failed_seq: 0,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
         }
@@ -311,6 +323,7 @@ impl<B: ChunkData> WorkerState<B> {
                     if let Some(Entry::Ready(_)) = self.store.get(&c) {
                         self.store.remove(&c);
                     }
+                    self.failed.remove(&c);
                 }
             }
             ToWorker::Fetch(chunk) => self.want(chunk, Waiter::Driver),
@@ -635,7 +648,7 @@ impl<B: ChunkData> WorkerState<B> {
             }
             Err(err) => {
                 tracing::debug!(%task, error = %err, "task failed");
-                self.fail_chunk(task.chunk(), MoveFailure::SourceFailed);
+                self.fail_own_chunk(task.chunk());
                 Outcome::Failed(err)
             }
         };
@@ -715,7 +728,9 @@ impl<B: ChunkData> WorkerState<B> {
             inline_limit,
             push_to: _,
         } = t;
-        // Our own result will be produced here: peers asking for it wait.
+        // Our own result will be produced here (again, if an earlier run failed): peers
+        // asking for it wait.
+        self.failed.remove(&task.chunk());
         self.store
             .entry(task.chunk())
             .or_insert_with(|| Entry::Waiting {
@@ -724,6 +739,7 @@ impl<B: ChunkData> WorkerState<B> {
                 attempts: 0,
             });
         let mut missing = 0usize;
+        let mut wanted: Vec<ChunkId> = Vec::new();
         let mut wants: Vec<(ChunkId, Option<WorkerId>)> = Vec::new();
         let mut values: Vec<Option<B>> = Vec::with_capacity(args.len());
         for (i, arg) in args.into_iter().enumerate() {
@@ -742,6 +758,7 @@ impl<B: ChunkData> WorkerState<B> {
                             }
                         }
                         missing += 1;
+                        wanted.push(chunk);
                         values.push(None);
                     }
                     None => {
@@ -757,6 +774,7 @@ impl<B: ChunkData> WorkerState<B> {
                             },
                         );
                         missing += 1;
+                        wanted.push(chunk);
                         values.push(None);
                     }
                 },
@@ -775,6 +793,7 @@ impl<B: ChunkData> WorkerState<B> {
                 inline_limit,
                 args: values,
                 missing,
+                wanted,
             },
         );
         for (chunk, holder) in wants {
@@ -803,7 +822,7 @@ impl<B: ChunkData> WorkerState<B> {
     }
 
     /// Someone wants a chunk: answered now if it is here, when it arrives if it is coming,
-    /// "not held" otherwise.
+    /// "gone" if its producing task failed here (and is remembered), "not held" otherwise.
     fn want(&mut self, chunk: ChunkId, waiter: Waiter) {
         match self.store.get_mut(&chunk) {
             Some(Entry::Ready(b)) => {
@@ -811,6 +830,9 @@ impl<B: ChunkData> WorkerState<B> {
                 self.answer(chunk, waiter, Ok(b));
             }
             Some(Entry::Waiting { waiters, .. }) => waiters.push(waiter),
+            None if self.failed.contains_key(&chunk) => {
+                self.answer_gone(chunk, waiter, MoveFailure::SourceFailed);
+            }
             None => {
                 let cause = MoveFailure::NotHeld { worker: self.id };
                 self.answer(chunk, waiter, Err(cause));
@@ -913,13 +935,33 @@ impl<B: ChunkData> WorkerState<B> {
             return;
         };
         tracing::debug!(%task, error = %err, "task failed");
-        self.fail_chunk(task.chunk(), MoveFailure::SourceFailed);
+        self.withdraw_wants(task, &p.wanted);
+        self.fail_own_chunk(task.chunk());
         self.report(TaskDone {
             task,
             proc: p.proc,
             run_ns: 0,
             outcome: Outcome::Failed(err),
         });
+    }
+
+    /// Task `task`, which waited for `chunks`, no longer needs them: it leaves their waiters,
+    /// and a chunk asked of a peer that no one here waits for any more is no longer asked
+    /// for (an answer that comes later is dropped). A chunk produced here stays coming.
+    fn withdraw_wants(&mut self, task: TaskId, chunks: &[ChunkId]) {
+        for &chunk in chunks {
+            let Some(Entry::Waiting { waiters, .. }) = self.store.get_mut(&chunk) else {
+                continue;
+            };
+            waiters.retain(|w| !matches!(w, Waiter::Task(t, _) if *t == task));
+            let producer = chunk.task();
+            if waiters.is_empty()
+                && !self.pending.contains_key(&producer)
+                && !self.running.contains_key(&producer)
+            {
+                self.store.remove(&chunk);
+            }
+        }
     }
 
     /// Adds a finished task to the batch for the driver: the batch goes out when it is
@@ -947,6 +989,9 @@ impl<B: ChunkData> WorkerState<B> {
 
     /// A chunk's bytes are here: keep them and answer everyone waiting.
     fn deliver(&mut self, chunk: ChunkId, bytes: B) {
+        if !self.failed.is_empty() {
+            self.failed.remove(&chunk);
+        }
         if let Some(Entry::Waiting { waiters, .. }) =
             self.store.insert(chunk, Entry::Ready(bytes.clone()))
         {
@@ -980,16 +1025,50 @@ impl<B: ChunkData> WorkerState<B> {
             return;
         };
         for w in waiters {
-            match w {
-                Waiter::Peer(link, _) => {
-                    if self.links.contains_key(&link) {
-                        let payload = ChunkPayload::Gone(cause.clone());
-                        let frame = wire::encode(&PeerMsg::Chunk { chunk, payload });
-                        self.send(Dest::Link(link), frame, None);
-                    }
+            self.answer_gone(chunk, w, cause.clone());
+        }
+    }
+
+    /// Tells one waiter that `chunk` will not come (a peer with a final "gone").
+    fn answer_gone(&mut self, chunk: ChunkId, waiter: Waiter, cause: MoveFailure) {
+        match waiter {
+            Waiter::Peer(link, _) => {
+                if self.links.contains_key(&link) {
+                    let payload = ChunkPayload::Gone(cause);
+                    let frame = wire::encode(&PeerMsg::Chunk { chunk, payload });
+                    self.send(Dest::Link(link), frame, None);
                 }
-                w => self.answer(chunk, w, Err(cause.clone())),
             }
+            w => self.answer(chunk, w, Err(cause)),
+        }
+    }
+
+    /// The task producing `chunk` here failed: everyone waiting for it is told, and it is
+    /// remembered so that later askers are told too (until it is released, produced again,
+    /// or pushed out by newer failures).
+    fn fail_own_chunk(&mut self, chunk: ChunkId) {
+        self.fail_chunk(chunk, MoveFailure::SourceFailed);
+        let keep = self.config.failed_chunks_kept;
+        if keep == 0 {
+            return;
+        }
+        self.failed_seq += 1;
+        let seq = self.failed_seq;
+        self.failed.insert(chunk, seq);
+        self.failed_order.push_back((seq, chunk));
+        while self.failed.len() > keep {
+            let Some((s, c)) = self.failed_order.pop_front() else {
+                break;
+            };
+            if self.failed.get(&c) == Some(&s) {
+                self.failed.remove(&c);
+            }
+        }
+        // Entries forgotten early (released, produced again) stay in the order until they
+        // reach its front: drop them once they are half of it (amortised O(1)).
+        if self.failed_order.len() > 2 * keep {
+            let failed = &self.failed;
+            self.failed_order.retain(|(s, c)| failed.get(c) == Some(s));
         }
     }
 

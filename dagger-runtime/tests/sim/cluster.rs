@@ -195,6 +195,11 @@ enum Settled {
 /// Totals over a run, for the coverage line.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Totals {
+    /// Runs added up.
+    pub seeds: u64,
+    /// Runs in which some task spent its loss budget (or a fetch found no holder for
+    /// that reason).
+    pub seeds_budget_spent: u64,
     pub tasks: u64,
     pub executions: u64,
     pub stored: u64,
@@ -218,7 +223,10 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds the totals of one run.
     pub fn add(&mut self, o: &Totals) {
+        self.seeds += 1;
+        self.seeds_budget_spent += u64::from(o.budget_exhausted > 0);
         self.tasks += o.tasks;
         self.executions += o.executions;
         self.stored += o.stored;
@@ -279,7 +287,6 @@ pub struct Sim {
     faults_left: u32,
     kills_left: u32,
     failure: Option<String>,
-    known: Vec<Known>,
     /// Until when faults may still hold messages back (partitions healing, links timing
     /// out).
     busy_until: Duration,
@@ -288,38 +295,11 @@ pub struct Sim {
     pub totals: Totals,
 }
 
-/// A failure the simulation recognises as a known bug of a core: the run goes on and the
-/// test reports it (and fails on it with `DAGGER_SIM_STRICT`).
-#[derive(Clone, Debug)]
-pub struct Known {
-    /// Which bug.
-    pub bug: &'static str,
-    /// What happened in this run.
-    pub detail: String,
-}
-
-/// A fetch of a stored result fails with `PeerLeft` when the worker asked for it is lost
-/// meanwhile, instead of waiting for the result to be recomputed.
-pub const BUG_FETCH_PEER_LEFT: &str =
-    "DriverCore::lose fails fetches waiting on a lost worker (MoveFailed PeerLeft) instead of parking them until the result is recomputed";
-/// A task failed while it was dispatched (a dependency's recomputation failed) still runs
-/// on its worker; the worker keeps its result, which nothing ever releases.
-pub const BUG_UNDISPATCHED_LEAK: &str =
-    "the scheduler ignores the Done of a task it failed while dispatched, and never releases the chunk the worker stored for it";
-
-/// A finished task whose only copy is lost is put back to wait for its inputs even when
-/// one of them has failed since: it waits forever (its record is never freed, and a
-/// consumer still needing it would hang).
-pub const BUG_REQUEUE_BEHIND_FAILURE: &str =
-    "Scheduler::requeue puts a lost result back to Waiting even when an input has failed since; it waits forever instead of failing";
-
 /// What a run found.
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Its totals.
     pub totals: Totals,
-    /// Known bugs it hit.
-    pub known: Vec<Known>,
 }
 
 /// The result of a run: `Err` with the report of what went wrong.
@@ -392,7 +372,6 @@ impl Sim {
             faults_left,
             kills_left,
             failure: None,
-            known: Vec::new(),
             busy_until: Duration::ZERO,
             trace: std::env::var_os("DAGGER_SIM_TRACE").is_some(),
             totals: Totals {
@@ -549,6 +528,20 @@ impl Sim {
         }
     }
 
+    /// Closes `conn` at its idle timeout: both ends are told at once.
+    fn close_idle(&mut self, conn: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closed {
+            return;
+        }
+        c.closed = true;
+        for to in 0..2 {
+            self.push(self.now, Ev::Closed { conn, to });
+        }
+    }
+
     /// The end of `conn` that `who` is.
     fn end_of(&self, conn: u64, who: Who) -> usize {
         if self.conns[&conn].ends[0] == who {
@@ -586,6 +579,7 @@ impl Sim {
     /// Runs to the end; `Err` with a report if anything went wrong.
     pub fn run(mut self) -> RunResult {
         let mut settled_at: Option<Duration> = None;
+        let mut sched_busy_at = Duration::ZERO;
         while let Some(((at, _), ev)) = self.queue.pop_first() {
             self.now = at;
             self.totals.events += 1;
@@ -612,9 +606,17 @@ impl Sim {
                 self.pump();
             }
             if let Some(s) = settled_at {
+                // Results lost after the client saw them may still be recomputed for a
+                // consumer (a want across a partition takes the idle timeout to fail):
+                // the quiet time counts from when the scheduler has nothing left to do.
+                if !self.scheduler_idle() {
+                    sched_busy_at = self.now;
+                }
                 // Long enough for held-back releases, every frame in flight, and a want
                 // of a chunk whose producer failed to be given up (about 5 s of asking).
-                if self.now > s.max(self.busy_until) + QUIET && !self.any_paused() {
+                if self.now > s.max(self.busy_until).max(sched_busy_at) + QUIET
+                    && !self.any_paused()
+                {
                     break;
                 }
             }
@@ -629,10 +631,16 @@ impl Sim {
         match self.failure.take() {
             None => Ok(Outcome {
                 totals: self.totals,
-                known: self.known,
             }),
             Some(f) => Err(self.report(&f)),
         }
+    }
+
+    /// Whether the scheduler has no task left to run, place or wait for.
+    fn scheduler_idle(&mut self) -> bool {
+        self.driver.flush();
+        let stats = self.driver.stats();
+        stats.running + stats.ready + stats.waiting == 0
     }
 
     fn any_paused(&self) -> bool {
@@ -662,7 +670,9 @@ impl Sim {
                         |e| matches!(e, Who::Proc(p) if self.procs[*p].state == PState::Paused),
                     );
                 if cut {
-                    self.close(conn, None, Duration::ZERO);
+                    // Each end's own idle timer fires: both learn of the close now, even
+                    // across the partition.
+                    self.close_idle(conn);
                 }
             }
             Ev::DriverTimer => {
@@ -1152,21 +1162,6 @@ impl Sim {
                     Ok(bytes) => self.settle_bytes(task, &bytes),
                     Err(e) => match self.judge_fetch(task, &e) {
                         Ok(()) => self.settle(task, Settled::Error(e)),
-                        Err(_)
-                            if matches!(
-                                e,
-                                TaskError::MoveFailed {
-                                    cause: dagger_core::MoveFailure::PeerLeft { .. },
-                                    ..
-                                }
-                            ) =>
-                        {
-                            self.known.push(Known {
-                                bug: BUG_FETCH_PEER_LEFT,
-                                detail: format!("the fetch of {task} failed: {e}"),
-                            });
-                            self.settle(task, Settled::Error(e));
-                        }
                         Err(why) => self.fail(format!("the fetch of {task} failed: {e:?} ({why})")),
                     },
                 }
@@ -1326,14 +1321,17 @@ impl Sim {
     }
 
     /// A fetch of a stored result may fail only when the result cannot be brought back:
-    /// its recomputation itself failed for a reason a fault explains.
+    /// its recomputation itself failed (with an error the task may end with), or it found
+    /// no holder within the park limit for a reason a fault explains.
     fn judge_fetch(&mut self, task: TaskId, error: &TaskError) -> Result<(), String> {
         let TaskError::MoveFailed {
             task: t,
             cause: dagger_core::MoveFailure::NoHolder,
         } = error
         else {
-            return Err("a transient loss surfaced to the client".into());
+            return self
+                .judge(task, error)
+                .map_err(|why| format!("not an error its recomputation may fail with: {why}"));
         };
         if *t != task {
             return Err("it names another task".into());
@@ -1498,54 +1496,7 @@ impl Sim {
         }
     }
 
-    /// Tasks that settled, were put back to be recomputed, and wait behind an input that
-    /// failed meanwhile.
-    fn requeued_behind_failure(&mut self) -> Vec<TaskId> {
-        // Tasks the scheduler failed after the client saw them succeed (a recomputation
-        // that failed): any requeued task may wait behind one of them.
-        self.driver.flush();
-        let seen_failed = self
-            .settled
-            .iter()
-            .filter(|s| matches!(s, Some(Settled::Error(_))))
-            .count() as u64;
-        let failed_later = self.driver.stats().failed > seen_failed;
-        (0..self.graph.nodes.len())
-            .filter(|&k| {
-                let t = graph::task_of(k);
-                self.settled[k].is_some()
-                    && self
-                        .driver
-                        .task_info(t)
-                        .is_some_and(|i| i.finished.is_none())
-                    && (failed_later || self.graph.nodes[k].deps.iter().any(|&d| self.doomed(d)))
-            })
-            .map(graph::task_of)
-            .collect()
-    }
-
-    /// Whether node `k` cannot be computed (again): it failed, or it or an input of it is
-    /// pinned to a worker that was lost.
-    fn doomed(&self, k: usize) -> bool {
-        let pinned_lost = |a: usize| {
-            self.graph.nodes[a]
-                .pin
-                .is_some_and(|i| self.lost_workers.contains(&self.pins[i]))
-        };
-        matches!(self.settled[k], Some(Settled::Error(_)))
-            || pinned_lost(k)
-            || self.ancestors(k).into_iter().any(pinned_lost)
-    }
-
     fn final_checks(&mut self, settled: bool) {
-        let behind = self.requeued_behind_failure();
-        if !behind.is_empty() {
-            self.known.push(Known {
-                bug: BUG_REQUEUE_BEHIND_FAILURE,
-                detail: format!("{behind:?} wait behind a failed input after being requeued"),
-            });
-            return;
-        }
         if !settled {
             let pending: Vec<TaskId> = (0..self.graph.nodes.len())
                 .filter(|&k| self.settled[k].is_none())
@@ -1560,7 +1511,13 @@ impl Sim {
         }
         self.driver.flush();
         let stats = self.driver.stats();
-        if stats.live != 0 || stats.running + stats.ready + stats.waiting != 0 {
+        if stats.running + stats.ready + stats.waiting != 0 {
+            return self.fail(format!(
+                "hang: tasks still not finished {:?} after every task settled: {stats:?}",
+                self.now
+            ));
+        }
+        if stats.live != 0 {
             return self.fail(format!("records not freed after every release: {stats:?}"));
         }
         for p in 0..self.procs.len() {
@@ -1576,20 +1533,6 @@ impl Sim {
                 .map(graph::task_of)
                 .filter(|t| x.core.is_coming(t.chunk()))
                 .collect();
-            // Results of tasks the scheduler failed while they ran there: known.
-            let (leaked, held): (Vec<TaskId>, Vec<TaskId>) = held
-                .into_iter()
-                .partition(|t| matches!(self.settled[graph::node_of(*t)], Some(Settled::Error(_))));
-            if !leaked.is_empty() {
-                let w = x.core.id();
-                self.known.push(Known {
-                    bug: BUG_UNDISPATCHED_LEAK,
-                    detail: format!(
-                        "{w} still holds {leaked:?}, failed tasks, after every release"
-                    ),
-                });
-            }
-            let x = &self.procs[p];
             if !held.is_empty() || !coming.is_empty() {
                 let w = x.core.id();
                 return self.fail(format!(
