@@ -10,6 +10,11 @@
 //! threads finishing tasks, the timer) locks the core, feeds it the event, drains what it
 //! asks for, unlocks, and only then sends frames and starts jobs. One timer task sleeps
 //! until the core's next deadline; an event that brings the deadline forward wakes it.
+//!
+//! A processor thread never waits for the core: a finished task's report goes into a
+//! queue, and the thread feeds the queue to the core only if the core is free. Whoever
+//! holds the core feeds the queue before letting go and looks at it again after, so no
+//! report is left behind (see [`Worker::finished`]).
 
 mod peer;
 
@@ -132,6 +137,15 @@ struct Inner {
     links: IdHashMap<LinkKey, FrameSender>,
     /// The deadline the timer task sleeps until (`None`: it waits to be woken).
     armed: Option<Duration>,
+    /// The reports taken from [`Worker::finished_queue`], kept for its capacity.
+    finished_buf: Vec<FinishedTask>,
+}
+
+/// A finished task's report, queued until the core is free.
+struct FinishedTask {
+    task: dagger_core::TaskId,
+    run: Duration,
+    result: Result<Data, TaskError>,
 }
 
 /// What one event asked for, performed after the lock is released.
@@ -179,6 +193,9 @@ pub(crate) struct Worker {
     id: WorkerId,
     procs: LocalProcs,
     inner: Mutex<Inner>,
+    /// Reports of finished tasks not yet given to the core. Lock order: `inner`, then
+    /// this; never `inner` while holding this.
+    finished_queue: Mutex<Vec<FinishedTask>>,
     to_driver: FrameSender,
     timer: tokio::sync::Notify,
     stopping: AtomicBool,
@@ -315,7 +332,9 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
             core,
             links: IdHashMap::default(),
             armed: None,
+            finished_buf: Vec::new(),
         }),
+        finished_queue: Mutex::new(Vec::new()),
         to_driver: sender,
         timer: tokio::sync::Notify::new(),
         stopping: AtomicBool::new(false),
@@ -359,16 +378,59 @@ impl Worker {
         self.epoch.elapsed()
     }
 
-    /// Feeds one event to the core under the lock, then performs what it asked for.
+    /// Feeds one event to the core under the lock (and the finished tasks queued
+    /// meanwhile), then performs what it asked for.
     fn drive(self: &Arc<Self>, event: impl FnOnce(&mut Inner, Duration)) {
         let mut out = Out::default();
         {
             let mut inner = self.inner.lock();
             let now = self.now();
             event(&mut inner, now);
+            self.take_finished(&mut inner, now);
             inner.drain(&mut out);
         }
         self.perform(out);
+        self.after_unlock();
+    }
+
+    /// Feeds the queued reports of finished tasks to the core (called with it locked).
+    fn take_finished(&self, inner: &mut Inner, now: Duration) {
+        let Inner {
+            core, finished_buf, ..
+        } = inner;
+        std::mem::swap(&mut *self.finished_queue.lock(), finished_buf);
+        for f in finished_buf.drain(..) {
+            core.handle_task_finished(now, f.task, f.run, f.result);
+        }
+    }
+
+    /// Called by every holder of the core after it let go: reports queued while it held
+    /// the core (by threads that found it busy and left) are fed now.
+    fn after_unlock(self: &Arc<Self>) {
+        if !self.finished_queue.lock().is_empty() {
+            self.feed_finished();
+        }
+    }
+
+    /// Feeds the queued reports to the core if it is free. If it is not, its holder feeds
+    /// them: it looks at the queue after letting go, and the queue's lock orders that look
+    /// after this thread's push, so the report is seen by one of the two.
+    fn feed_finished(self: &Arc<Self>) {
+        loop {
+            let mut out = Out::default();
+            {
+                let Some(mut inner) = self.inner.try_lock() else {
+                    return;
+                };
+                let now = self.now();
+                self.take_finished(&mut inner, now);
+                inner.drain(&mut out);
+            }
+            self.perform(out);
+            if self.finished_queue.lock().is_empty() {
+                return;
+            }
+        }
     }
 
     fn perform(self: &Arc<Self>, out: Out) {
@@ -434,6 +496,7 @@ impl Worker {
             let deadline = {
                 let mut inner = self.inner.lock();
                 let now = self.now();
+                self.take_finished(&mut inner, now);
                 inner.core.handle_timeout(now);
                 inner.armed = None;
                 inner.drain(&mut out);
@@ -442,6 +505,7 @@ impl Worker {
             // The timer is this task: no need to wake it.
             out.wake_timer = false;
             self.perform(out);
+            self.after_unlock();
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
@@ -497,14 +561,19 @@ impl Worker {
         }
     }
 
-    /// Reports a task's result (or why it has none) to the core.
+    /// Reports a task's result (or why it has none) to the core. Called on processor
+    /// threads, which must not wait for the core while another event holds it: the report
+    /// is queued and fed by this thread if the core is free, else by its holder.
     fn finished(
         self: &Arc<Self>,
         task: dagger_core::TaskId,
         run: Duration,
         result: Result<Data, TaskError>,
     ) {
-        self.drive(|i, now| i.core.handle_task_finished(now, task, run, result));
+        self.finished_queue
+            .lock()
+            .push(FinishedTask { task, run, result });
+        self.feed_finished();
     }
 
     /// All inputs are here: run the task on its processor.

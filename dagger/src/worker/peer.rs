@@ -89,6 +89,7 @@ impl Worker {
             }
             r
         };
+        self.after_unlock();
         if let Err(e) = accepted {
             tracing::warn!(error = %e, "refused a peer link");
             sender.close("bad peer hello");
