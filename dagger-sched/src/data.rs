@@ -13,11 +13,18 @@ use dagger_core::WorkerId;
 pub(crate) struct DataDir {
     /// Results kept inline by the scheduler, by task index.
     pub(crate) inline: FxMap<u32, Vec<u8>>,
-    /// Full holder lists of results held by more than one worker.
+    /// Full holder lists of results held by more than one worker (the first is
+    /// `Task::holder`).
     pub(crate) replicas: FxMap<u32, Vec<WorkerId>>,
-    /// The results each worker holds a copy of (the inverse of the holder lists), so a
-    /// lost worker costs in proportion to what it held.
-    pub(crate) held_by: FxMap<WorkerId, FxSet<u32>>,
+    /// The results each worker is the first holder of, so a lost worker costs in proportion
+    /// to what it held. Intrusive: a held task's `link` is its position in its first
+    /// holder's list, so adding and removing are O(1) without hashing the task.
+    pub(crate) held_by: FxMap<WorkerId, Vec<u32>>,
+    /// The results each worker holds a further copy of (it is in their replica list, not
+    /// first). Replicas are rare, so a hash set is good enough here.
+    pub(crate) replica_by: FxMap<WorkerId, FxSet<u32>>,
+    /// Scratch stack of `maybe_free` (kept to avoid an allocation per call).
+    free_stack: Vec<u32>,
 }
 
 impl Scheduler {
@@ -44,14 +51,20 @@ impl Scheduler {
     pub(crate) fn set_holder(&mut self, i: u32, w: WorkerId) {
         if self.tasks[i].flags.contains(TaskFlags::HELD) {
             self.unindex_holders(i);
+            if !self.data.replicas.is_empty() {
+                self.data.replicas.remove(&i);
+            }
         }
-        if !self.data.replicas.is_empty() {
-            self.data.replicas.remove(&i);
-        }
-        let t = &mut self.tasks[i];
-        t.holder = w;
-        t.flags.insert(TaskFlags::HELD);
-        self.data.held_by.entry(w).or_default().insert(i);
+        self.tasks[i].holder = w;
+        self.tasks[i].flags.insert(TaskFlags::HELD);
+        self.index_first_holder(i, w);
+    }
+
+    /// Appends task `i` to `w`'s list of results it holds first and records its position.
+    fn index_first_holder(&mut self, i: u32, w: WorkerId) {
+        let list = self.data.held_by.entry(w).or_default();
+        self.tasks[i].link = list.len() as u32;
+        list.push(i);
     }
 
     /// Adds `w` to the holders of task `i`'s result.
@@ -67,20 +80,37 @@ impl Scheduler {
         let list = self.data.replicas.entry(i).or_insert_with(|| vec![first]);
         if !list.contains(&w) {
             list.push(w);
-            self.data.held_by.entry(w).or_default().insert(i);
+            self.data.replica_by.entry(w).or_default().insert(i);
         }
     }
 
-    /// Removes task `i` from the per-worker index of every worker holding its result.
+    /// Removes task `i` (held) from the per-worker index of every worker holding its result.
     fn unindex_holders(&mut self, i: u32) {
+        let t = &self.tasks[i];
+        let (first, pos) = (t.holder, t.link as usize);
+        if let Some(list) = self.data.held_by.get_mut(&first) {
+            if list.get(pos) == Some(&i) {
+                list.swap_remove(pos);
+                if let Some(&moved) = list.get(pos) {
+                    self.tasks[moved].link = pos as u32;
+                }
+            } else {
+                debug_assert!(false, "held task not at its position in held_by");
+            }
+        }
+        if self.data.replicas.is_empty() {
+            return;
+        }
         let DataDir {
-            held_by, replicas, ..
+            replicas,
+            replica_by,
+            ..
         } = &mut self.data;
-        let first = [self.tasks[i].holder];
-        let holders = replicas.get(&i).map_or(&first[..], |v| &v[..]);
-        for h in holders {
-            if let Some(set) = held_by.get_mut(h) {
-                set.remove(&i);
+        if let Some(hs) = replicas.get(&i) {
+            for h in &hs[1..] {
+                if let Some(set) = replica_by.get_mut(h) {
+                    set.remove(&i);
+                }
             }
         }
     }
@@ -95,7 +125,12 @@ impl Scheduler {
         t.flags.remove(TaskFlags::HELD);
         let chunk = t.id.chunk();
         let first = t.holder;
-        match self.data.replicas.remove(&i) {
+        let list = if self.data.replicas.is_empty() {
+            None
+        } else {
+            self.data.replicas.remove(&i)
+        };
+        match list {
             Some(list) => {
                 for h in list {
                     self.outbox.release(h, chunk);
@@ -108,29 +143,55 @@ impl Scheduler {
     /// Forgets every copy held by `w`; returns the tasks whose result is now held nowhere,
     /// in index order, and how many records it examined. Costs O(copies `w` held).
     pub(crate) fn drop_holder(&mut self, w: WorkerId) -> (Vec<u32>, u64) {
-        let Some(set) = self.data.held_by.remove(&w) else {
-            return (Vec::new(), 0);
-        };
-        let mut held: Vec<u32> = set.into_iter().collect();
-        held.sort_unstable();
-        let examined = held.len() as u64;
-        let mut emptied = Vec::new();
-        for i in held {
+        let firsts = self.data.held_by.remove(&w).unwrap_or_default();
+        let mut others: Vec<u32> = self
+            .data
+            .replica_by
+            .remove(&w)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default();
+        others.sort_unstable();
+        let examined = (firsts.len() + others.len()) as u64;
+        // Further copies: the first holder stays.
+        for i in others {
             if let Some(list) = self.data.replicas.get_mut(&i) {
                 list.retain(|&h| h != w);
-                if let Some(&first) = list.first() {
-                    self.tasks[i].holder = first;
-                }
                 if list.len() < 2 {
                     self.data.replicas.remove(&i);
                 }
-            } else {
-                let t = &mut self.tasks[i];
-                debug_assert!(t.flags.contains(TaskFlags::HELD) && t.holder == w);
-                t.flags.remove(TaskFlags::HELD);
-                emptied.push(i);
             }
         }
+        // First copies: the next holder, if any, becomes the first.
+        let mut emptied = Vec::new();
+        for i in firsts {
+            let next = match self.data.replicas.get_mut(&i) {
+                Some(list) => {
+                    list.retain(|&h| h != w);
+                    let next = list.first().copied();
+                    if list.len() < 2 {
+                        self.data.replicas.remove(&i);
+                    }
+                    next
+                }
+                None => None,
+            };
+            match next {
+                Some(h) => {
+                    if let Some(set) = self.data.replica_by.get_mut(&h) {
+                        set.remove(&i);
+                    }
+                    self.tasks[i].holder = h;
+                    self.index_first_holder(i, h);
+                }
+                None => {
+                    let t = &mut self.tasks[i];
+                    debug_assert!(t.flags.contains(TaskFlags::HELD) && t.holder == w);
+                    t.flags.remove(TaskFlags::HELD);
+                    emptied.push(i);
+                }
+            }
+        }
+        emptied.sort_unstable();
         (emptied, examined)
     }
 
@@ -153,21 +214,32 @@ impl Scheduler {
         self.maybe_free(i);
     }
 
+    /// Whether task `x`'s record can be freed now.
+    #[inline]
+    fn freeable(&self, x: u32) -> bool {
+        let t = &self.tasks[x];
+        !t.flags.contains(TaskFlags::DEAD)
+            && t.state.terminal()
+            && t.flags.contains(TaskFlags::CLIENT_RELEASED)
+            && t.consumers == 0
+            && t.live_dependents == 0
+            && t.pending_fetch == 0
+    }
+
     /// Frees the variable-sized state of tasks nothing can need any more, cascading to
     /// their inputs.
     pub(crate) fn maybe_free(&mut self, i: u32) {
-        let mut stack = vec![i];
+        if !self.freeable(i) {
+            return;
+        }
+        // A reused stack: no allocation per call.
+        let mut stack = std::mem::take(&mut self.data.free_stack);
+        stack.push(i);
         while let Some(x) = stack.pop() {
-            let t = &mut self.tasks[x];
-            if t.flags.contains(TaskFlags::DEAD)
-                || !t.state.terminal()
-                || !t.flags.contains(TaskFlags::CLIENT_RELEASED)
-                || t.consumers > 0
-                || t.live_dependents > 0
-                || t.pending_fetch > 0
-            {
+            if !self.freeable(x) {
                 continue;
             }
+            let t = &mut self.tasks[x];
             t.flags.insert(TaskFlags::DEAD);
             let spec = t.spec.take();
             self.tasks.counts.live -= 1;
@@ -186,5 +258,6 @@ impl Scheduler {
                 }
             }
         }
+        self.data.free_stack = stack;
     }
 }

@@ -87,7 +87,7 @@ impl Scheduler {
                 priority: t.options.priority,
                 retries_left: t.options.retries,
                 attempts: 0,
-                unmet: 0,
+                link: 0,
                 consumers: 0,
                 live_dependents: 0,
                 pending_fetch: 0,
@@ -158,7 +158,7 @@ impl Scheduler {
                 self.fail(x, err);
                 continue;
             }
-            self.tasks[x].unmet = unmet;
+            self.tasks[x].link = unmet;
             if unmet == 0 {
                 self.make_ready(x);
             }
@@ -206,13 +206,13 @@ impl Scheduler {
             let before = satisfies(early, old);
             let after = satisfies(early, new);
             if before && !after {
-                ut.unmet += 1;
+                ut.link += 1;
                 if ut.state == State::Ready {
                     self.set_state(u, State::Waiting);
                 }
             } else if !before && after {
-                ut.unmet = ut.unmet.saturating_sub(1);
-                if ut.unmet == 0 && ut.state == State::Waiting {
+                ut.link = ut.link.saturating_sub(1);
+                if ut.link == 0 && ut.state == State::Waiting {
                     self.make_ready(u);
                 }
             }

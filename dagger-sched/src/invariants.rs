@@ -58,12 +58,11 @@ impl Scheduler {
                     ));
                 }
             }
-            if t.state == State::Ready && unmet != 0
-                || t.state == State::Waiting && unmet != t.unmet
+            if t.state == State::Ready && unmet != 0 || t.state == State::Waiting && unmet != t.link
             {
                 return Err(format!(
                     "{}: unmet {} but recount {} ({:?})",
-                    t.id, t.unmet, unmet, t.state
+                    t.id, t.link, unmet, t.state
                 ));
             }
             for &u in &spec.dependents {
@@ -151,28 +150,44 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The per-worker index (tasks dispatched to each worker, results each holds) against
-    /// a full scan.
+    /// The per-worker indexes (tasks dispatched to each worker, results each holds) against
+    /// a full scan, positions included.
     fn check_worker_index(&self) -> Result<(), String> {
         let mut running = 0usize;
-        let mut held = 0usize;
+        let mut firsts = 0usize;
+        let mut others = 0usize;
         for (i, t) in self.tasks.iter() {
             if t.state == State::Dispatched {
                 running += 1;
                 let w = self.placer.slot_proc(t.slot).worker;
-                if !self
+                let at = self
                     .placer
                     .running_on
                     .get(&w)
-                    .is_some_and(|s| s.contains(&i))
-                {
+                    .and_then(|l| l.get(t.link as usize));
+                if at != Some(&i) {
                     return Err(format!("{}: dispatched to {w} but not indexed there", t.id));
                 }
             }
-            for &h in self.holders_of(i) {
-                held += 1;
-                if !self.data.held_by.get(&h).is_some_and(|s| s.contains(&i)) {
-                    return Err(format!("{}: held by {h} but not indexed there", t.id));
+            let holders = self.holders_of(i);
+            if let Some((&first, rest)) = holders.split_first() {
+                if t.state != State::Finished {
+                    return Err(format!("{}: held while {:?}", t.id, t.state));
+                }
+                firsts += 1;
+                let at = self
+                    .data
+                    .held_by
+                    .get(&first)
+                    .and_then(|l| l.get(t.link as usize));
+                if at != Some(&i) {
+                    return Err(format!("{}: held by {first} but not indexed there", t.id));
+                }
+                for &h in rest {
+                    others += 1;
+                    if !self.data.replica_by.get(&h).is_some_and(|s| s.contains(&i)) {
+                        return Err(format!("{}: copy on {h} but not indexed there", t.id));
+                    }
                 }
             }
         }
@@ -183,8 +198,12 @@ impl Scheduler {
             ));
         }
         let indexed: usize = self.data.held_by.values().map(|s| s.len()).sum();
-        if indexed != held {
-            return Err(format!("{indexed} copies indexed, {held} held"));
+        if indexed != firsts {
+            return Err(format!("{indexed} first copies indexed, {firsts} held"));
+        }
+        let indexed: usize = self.data.replica_by.values().map(|s| s.len()).sum();
+        if indexed != others {
+            return Err(format!("{indexed} further copies indexed, {others} held"));
         }
         Ok(())
     }

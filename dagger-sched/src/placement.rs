@@ -62,8 +62,9 @@ pub(crate) struct Placer {
     dist: FxMap<(WorkerId, u8), Vec<u64>>,
     pub(crate) draining: FxSet<WorkerId>,
     /// The tasks dispatched to each worker and not finished, so a lost worker costs in
-    /// proportion to what it ran.
-    pub(crate) running_on: FxMap<WorkerId, FxSet<u32>>,
+    /// proportion to what it ran. Intrusive: a dispatched task's `link` is its position in
+    /// its worker's list, so adding and removing are O(1) without hashing the task.
+    pub(crate) running_on: FxMap<WorkerId, Vec<u32>>,
     /// Parked tasks that no processor of the pool admits, with the time they fail at.
     pub(crate) starving: FxMap<u32, Duration>,
     /// The same deadlines in time order (always the same entries as `starving`).
@@ -465,11 +466,9 @@ impl Scheduler {
             push_to: Vec::new(),
         };
         self.outbox.run(proc.worker, run, self.config.max_batch);
-        self.placer
-            .running_on
-            .entry(proc.worker)
-            .or_default()
-            .insert(i);
+        let list = self.placer.running_on.entry(proc.worker).or_default();
+        self.tasks[i].link = list.len() as u32;
+        list.push(i);
         self.set_state(i, State::Dispatched);
     }
 
@@ -479,6 +478,7 @@ impl Scheduler {
         let slot = t.slot as usize;
         let est = t.est_ns;
         let worker = self.placer.slot_proc(t.slot).worker;
+        let pos = t.link as usize;
         let fetching = t
             .spec
             .as_mut()
@@ -487,8 +487,15 @@ impl Scheduler {
         if let Some(s) = self.placer.slots.get_mut(slot) {
             s.queued_ns = s.queued_ns.saturating_sub(est);
         }
-        if let Some(set) = self.placer.running_on.get_mut(&worker) {
-            set.remove(&i);
+        if let Some(list) = self.placer.running_on.get_mut(&worker) {
+            if list.get(pos) == Some(&i) {
+                list.swap_remove(pos);
+                if let Some(&moved) = list.get(pos) {
+                    self.tasks[moved].link = pos as u32;
+                }
+            } else {
+                debug_assert!(false, "dispatched task not at its position in running_on");
+            }
         }
         for d in fetching {
             let dt = &mut self.tasks[d];

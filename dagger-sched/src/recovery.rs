@@ -23,12 +23,7 @@ impl Scheduler {
         let (mut emptied, held) = self.drop_holder(worker);
 
         // Tasks running there run again.
-        let mut lost: Vec<u32> = self
-            .placer
-            .running_on
-            .remove(&worker)
-            .map(|set| set.into_iter().collect())
-            .unwrap_or_default();
+        let mut lost = self.placer.running_on.remove(&worker).unwrap_or_default();
         lost.sort_unstable();
         self.recovery_examined += held + lost.len() as u64;
         for i in lost {
@@ -175,7 +170,7 @@ impl Scheduler {
                     stack.push(d);
                 }
             }
-            self.tasks[x].unmet = unmet;
+            self.tasks[x].link = unmet;
             if unmet == 0 {
                 self.make_ready(x);
             }

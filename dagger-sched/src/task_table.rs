@@ -77,8 +77,14 @@ pub(crate) struct Task {
     pub(crate) priority: i32,
     pub(crate) retries_left: u32,
     pub(crate) attempts: u32,
-    /// Dependencies not yet satisfied (while Waiting/Ready).
-    pub(crate) unmet: u32,
+    /// Shared by state (the states never overlap, and the record has no room for three
+    /// fields):
+    /// * while `Waiting`/`Ready`: the dependencies not yet satisfied;
+    /// * while `Dispatched`: its position in its worker's list of running tasks
+    ///   (`Placer::running_on`);
+    /// * while `HELD` (only ever `Finished`): its position in its first holder's list of
+    ///   held results (`DataDir::held_by`).
+    pub(crate) link: u32,
     /// Dependents not finished or failed (they need this result).
     pub(crate) consumers: u32,
     /// Dependents whose record is not freed (they may need this task's lineage).
