@@ -17,13 +17,15 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Queues a task for `worker`'s next `Run` batch, starting a new batch at `max` tasks.
-    pub(crate) fn run(&mut self, worker: WorkerId, run: RunTask, max: usize) {
+    /// `expected` is how many tasks are likely to be queued before the next flush (this
+    /// one included): a new batch is sized for them, up to `max`, so it does not grow.
+    pub(crate) fn run(&mut self, worker: WorkerId, run: RunTask, max: usize, expected: usize) {
         let max = max.max(1);
         let batches = self.runs.entry(worker).or_default();
         match batches.last_mut() {
             Some(b) if b.len() < max => b.push(run),
             _ => {
-                let mut b = Vec::with_capacity(max.min(64));
+                let mut b = Vec::with_capacity(expected.clamp(1, max));
                 b.push(run);
                 batches.push(b);
             }

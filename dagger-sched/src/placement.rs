@@ -53,6 +53,8 @@ pub(crate) struct Placer {
     kinds: FxMap<ProcKind, u32>,
     pub(crate) scopes: Vec<ScopeEntry>,
     scope_ids: FxMap<Scope, u32>,
+    /// The scope interned last (an index into `scopes`; out of range while there is none).
+    last_scope: u32,
     pub(crate) slots: Vec<Slot>,
     slot_of: FxMap<ProcId, u32>,
     pool_has_procs: bool,
@@ -87,6 +89,7 @@ impl Default for Placer {
             kinds: FxMap::default(),
             scopes: Vec::new(),
             scope_ids: FxMap::default(),
+            last_scope: u32::MAX,
             slots: Vec::new(),
             slot_of: FxMap::default(),
             pool_has_procs: false,
@@ -134,9 +137,22 @@ impl Placer {
     }
 
     pub(crate) fn intern_scope(&mut self, scope: Scope) -> u32 {
-        if let Some(&s) = self.scope_ids.get(&scope) {
-            return s;
+        // Most tasks of a batch share their scope (`Any`, mostly): compare with the last
+        // one interned or looked up before hashing.
+        if let Some(e) = self.scopes.get(self.last_scope as usize) {
+            if e.scope == scope {
+                return self.last_scope;
+            }
         }
+        let s = match self.scope_ids.get(&scope) {
+            Some(&s) => s,
+            None => self.add_scope(scope),
+        };
+        self.last_scope = s;
+        s
+    }
+
+    fn add_scope(&mut self, scope: Scope) -> u32 {
         let s = self.scopes.len() as u32;
         self.scope_ids.insert(scope.clone(), s);
         self.scopes.push(ScopeEntry {
@@ -465,7 +481,10 @@ impl Scheduler {
             inline_limit: self.config.inline_limit,
             push_to: Vec::new(),
         };
-        self.outbox.run(proc.worker, run, self.config.max_batch);
+        // Every ready task may be placed before the flush (this one is still counted).
+        let expected = self.tasks.counts.ready as usize;
+        self.outbox
+            .run(proc.worker, run, self.config.max_batch, expected);
         let list = self.placer.running_on.entry(proc.worker).or_default();
         self.tasks[i].link = list.len() as u32;
         list.push(i);

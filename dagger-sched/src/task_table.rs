@@ -143,7 +143,6 @@ impl Counts {
 }
 
 /// The slab of task records and what is interned alongside it.
-#[derive(Default)]
 pub(crate) struct TaskTable {
     tasks: Vec<Task>,
     index: FxMap<TaskId, u32>,
@@ -151,7 +150,23 @@ pub(crate) struct TaskTable {
     /// copying it into a `RunTask` costs nothing.
     funcs: Vec<Cow<'static, str>>,
     func_ids: FxMap<Cow<'static, str>, u32>,
+    /// The function interned last (an index into `funcs`; out of range while there is
+    /// none).
+    last_func: u32,
     pub(crate) counts: Counts,
+}
+
+impl Default for TaskTable {
+    fn default() -> Self {
+        Self {
+            tasks: Vec::new(),
+            index: FxMap::default(),
+            funcs: Vec::new(),
+            func_ids: FxMap::default(),
+            last_func: u32::MAX,
+            counts: Counts::default(),
+        }
+    }
 }
 
 impl TaskTable {
@@ -192,12 +207,21 @@ impl TaskTable {
 
     /// The id of a function name, interning it on first sight; `new_func` is true then.
     pub(crate) fn intern_func(&mut self, name: Cow<'static, str>) -> (u32, bool) {
+        // Tasks of a batch mostly call the same function: compare with the last one before
+        // hashing.
+        if let Some(last) = self.funcs.get(self.last_func as usize) {
+            if last.as_ref() == name.as_ref() {
+                return (self.last_func, false);
+            }
+        }
         if let Some(&f) = self.func_ids.get(name.as_ref()) {
+            self.last_func = f;
             return (f, false);
         }
         let f = self.funcs.len() as u32;
         self.funcs.push(name.clone());
         self.func_ids.insert(name, f);
+        self.last_func = f;
         (f, true)
     }
 
