@@ -162,9 +162,9 @@ impl Scheduler {
                 let w = self.placer.slot_proc(t.slot).worker;
                 let at = self
                     .placer
-                    .running_on
-                    .get(&w)
-                    .and_then(|l| l.get(t.link as usize));
+                    .slots
+                    .get(t.slot as usize)
+                    .and_then(|s| s.running.get(t.link as usize));
                 if at != Some(&i) {
                     return Err(format!("{}: dispatched to {w} but not indexed there", t.id));
                 }
@@ -191,7 +191,7 @@ impl Scheduler {
                 }
             }
         }
-        let indexed: usize = self.placer.running_on.values().map(|s| s.len()).sum();
+        let indexed: usize = self.placer.slots.iter().map(|s| s.running.len()).sum();
         if indexed != running {
             return Err(format!(
                 "{indexed} tasks indexed as dispatched, {running} dispatched"

@@ -21,6 +21,10 @@ pub(crate) struct Slot {
     pub(crate) alive: bool,
     /// Estimated run time of the tasks dispatched here and not finished.
     pub(crate) queued_ns: u64,
+    /// The tasks dispatched here and not finished, so a lost worker costs in proportion to
+    /// what it ran. Intrusive: a dispatched task's `link` is its position here, so adding
+    /// and removing are O(1) without hashing.
+    pub(crate) running: Vec<u32>,
 }
 
 /// A distinct scope and its cached candidate processors.
@@ -63,10 +67,6 @@ pub(crate) struct Placer {
     /// Path cost from a worker's root to every slot, per size bucket.
     dist: FxMap<(WorkerId, u8), Vec<u64>>,
     pub(crate) draining: FxSet<WorkerId>,
-    /// The tasks dispatched to each worker and not finished, so a lost worker costs in
-    /// proportion to what it ran. Intrusive: a dispatched task's `link` is its position in
-    /// its worker's list, so adding and removing are O(1) without hashing the task.
-    pub(crate) running_on: FxMap<WorkerId, Vec<u32>>,
     /// Parked tasks that no processor of the pool admits, with the time they fail at.
     pub(crate) starving: FxMap<u32, Duration>,
     /// The same deadlines in time order (always the same entries as `starving`).
@@ -96,7 +96,6 @@ impl Default for Placer {
             runtime: Vec::new(),
             dist: FxMap::default(),
             draining: FxSet::default(),
-            running_on: FxMap::default(),
             starving: FxMap::default(),
             deadlines: BTreeSet::new(),
             ready: BTreeMap::new(),
@@ -140,6 +139,9 @@ impl Placer {
         // Most tasks of a batch share their scope (`Any`, mostly): compare with the last
         // one interned or looked up before hashing.
         if let Some(e) = self.scopes.get(self.last_scope as usize) {
+            if matches!((&e.scope, &scope), (Scope::Any, Scope::Any)) {
+                return self.last_scope;
+            }
             if e.scope == scope {
                 return self.last_scope;
             }
@@ -255,6 +257,7 @@ impl Scheduler {
                         kind: k,
                         alive: true,
                         queued_ns: 0,
+                        running: Vec::new(),
                     });
                     p.slot_of.insert(id, s);
                     s
@@ -292,6 +295,17 @@ impl Scheduler {
         }
     }
 
+    /// Takes the lists of tasks running on `worker`'s processors; O(slots).
+    pub(crate) fn take_running(&mut self, worker: WorkerId) -> Vec<u32> {
+        let mut lost = Vec::new();
+        for s in &mut self.placer.slots {
+            if s.id.worker == worker && !s.running.is_empty() {
+                lost.append(&mut s.running);
+            }
+        }
+        lost
+    }
+
     /// Cheapest path cost from `src`'s root to every slot for `bytes` (bucketed), cached.
     fn ensure_dist(&mut self, src: WorkerId, b: u8) {
         let p = &mut self.placer;
@@ -323,6 +337,19 @@ impl Scheduler {
             self.ensure_dist(h, b);
         }
         let p = &mut self.placer;
+        if let [h] = holders {
+            // One source (the common case): its costs are the minimum.
+            if let Some(table) = p.dist.get(&(*h, b)) {
+                for (j, &c) in cands.iter().enumerate() {
+                    p.scratch_cost[j] = p.scratch_cost[j].saturating_add(table[c as usize]);
+                }
+            } else {
+                for x in &mut p.scratch_cost[..cands.len()] {
+                    *x = x.saturating_add(UNREACHABLE);
+                }
+            }
+            return;
+        }
         let mut mins = std::mem::take(&mut p.scratch_min);
         mins.clear();
         mins.resize(cands.len(), UNREACHABLE);
@@ -485,9 +512,9 @@ impl Scheduler {
         let expected = self.tasks.counts.ready as usize;
         self.outbox
             .run(proc.worker, run, self.config.max_batch, expected);
-        let list = self.placer.running_on.entry(proc.worker).or_default();
-        self.tasks[i].link = list.len() as u32;
-        list.push(i);
+        let running = &mut self.placer.slots[slot as usize].running;
+        self.tasks[i].link = running.len() as u32;
+        running.push(i);
         self.set_state(i, State::Dispatched);
     }
 
@@ -496,7 +523,6 @@ impl Scheduler {
         let t = &mut self.tasks[i];
         let slot = t.slot as usize;
         let est = t.est_ns;
-        let worker = self.placer.slot_proc(t.slot).worker;
         let pos = t.link as usize;
         let fetching = t
             .spec
@@ -505,15 +531,12 @@ impl Scheduler {
             .unwrap_or_default();
         if let Some(s) = self.placer.slots.get_mut(slot) {
             s.queued_ns = s.queued_ns.saturating_sub(est);
-        }
-        if let Some(list) = self.placer.running_on.get_mut(&worker) {
-            if list.get(pos) == Some(&i) {
-                list.swap_remove(pos);
-                if let Some(&moved) = list.get(pos) {
+            // Absent when recovery already took the lost worker's list.
+            if s.running.get(pos) == Some(&i) {
+                s.running.swap_remove(pos);
+                if let Some(&moved) = s.running.get(pos) {
                     self.tasks[moved].link = pos as u32;
                 }
-            } else {
-                debug_assert!(false, "dispatched task not at its position in running_on");
             }
         }
         for d in fetching {

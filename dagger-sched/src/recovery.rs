@@ -23,7 +23,7 @@ impl Scheduler {
         let (mut emptied, held) = self.drop_holder(worker);
 
         // Tasks running there run again.
-        let mut lost = self.placer.running_on.remove(&worker).unwrap_or_default();
+        let mut lost = self.take_running(worker);
         lost.sort_unstable();
         self.recovery_examined += held + lost.len() as u64;
         for i in lost {

@@ -122,8 +122,9 @@ impl Scheduler {
     /// later messages from it are ignored; its unfinished tasks are queued again (at most
     /// three times per task, then they fail with `TaskError::WorkerLost`); results whose
     /// only copy it held and that are still needed are recomputed from lineage. Emits
-    /// `ClusterEvent::WorkerLost`. Costs O(tasks dispatched to it + results it held, plus
-    /// what is recomputed), not O(tasks in memory). Unknown workers are ignored.
+    /// `ClusterEvent::WorkerLost`. Costs O(tasks dispatched to it + results it held + the
+    /// processor slots of the pool, plus what is recomputed), not O(tasks in memory).
+    /// Unknown workers are ignored.
     pub fn worker_lost(&mut self, now: Duration, worker: WorkerId, reason: LostReason) {
         self.now = now;
         if self.topology.remove_worker(worker).is_none() {

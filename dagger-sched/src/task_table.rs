@@ -80,8 +80,8 @@ pub(crate) struct Task {
     /// Shared by state (the states never overlap, and the record has no room for three
     /// fields):
     /// * while `Waiting`/`Ready`: the dependencies not yet satisfied;
-    /// * while `Dispatched`: its position in its worker's list of running tasks
-    ///   (`Placer::running_on`);
+    /// * while `Dispatched`: its position in its processor slot's list of running tasks
+    ///   (`Slot::running`);
     /// * while `HELD` (only ever `Finished`): its position in its first holder's list of
     ///   held results (`DataDir::held_by`).
     pub(crate) link: u32,
@@ -210,7 +210,8 @@ impl TaskTable {
         // Tasks of a batch mostly call the same function: compare with the last one before
         // hashing.
         if let Some(last) = self.funcs.get(self.last_func as usize) {
-            if last.as_ref() == name.as_ref() {
+            let (a, b) = (last.as_ref(), name.as_ref());
+            if std::ptr::eq(a, b) || a == b {
                 return (self.last_func, false);
             }
         }
