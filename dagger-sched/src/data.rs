@@ -30,7 +30,40 @@ pub(crate) struct DataDir {
 impl Scheduler {
     /// Whether task `i`'s result exists somewhere (on a worker or inline).
     pub(crate) fn available(&self, i: u32) -> bool {
-        self.tasks[i].flags.contains(TaskFlags::HELD) || self.data.inline.contains_key(&i)
+        self.tasks[i]
+            .flags
+            .intersects(TaskFlags::HELD | TaskFlags::INLINE)
+    }
+
+    /// Whether the scheduler keeps a copy of task `i`'s result.
+    #[inline]
+    pub(crate) fn has_inline(&self, i: u32) -> bool {
+        self.tasks[i].flags.contains(TaskFlags::INLINE)
+    }
+
+    /// The scheduler's copy of task `i`'s result, if it keeps one.
+    #[inline]
+    pub(crate) fn inline_of(&self, i: u32) -> Option<&Vec<u8>> {
+        if self.has_inline(i) {
+            self.data.inline.get(&i)
+        } else {
+            None
+        }
+    }
+
+    /// Keeps a copy of task `i`'s result in the scheduler.
+    pub(crate) fn put_inline(&mut self, i: u32, bytes: Vec<u8>) {
+        self.tasks[i].flags.insert(TaskFlags::INLINE);
+        self.data.inline.insert(i, bytes);
+    }
+
+    /// Drops the scheduler's copy of task `i`'s result, if any.
+    pub(crate) fn drop_inline(&mut self, i: u32) {
+        let t = &mut self.tasks[i];
+        if t.flags.contains(TaskFlags::INLINE) {
+            t.flags.remove(TaskFlags::INLINE);
+            self.data.inline.remove(&i);
+        }
     }
 
     /// The workers holding task `i`'s result.
@@ -201,12 +234,12 @@ impl Scheduler {
         if t.state == State::Finished {
             let released = t.flags.contains(TaskFlags::CLIENT_RELEASED);
             let unneeded = released && t.consumers == 0;
-            let mut has_inline = self.data.inline.contains_key(&i);
+            let mut has_inline = t.flags.contains(TaskFlags::INLINE);
             if has_inline && unneeded {
-                self.data.inline.remove(&i);
+                self.drop_inline(i);
                 has_inline = false;
             }
-            let release_workers = t.pending_fetch == 0 && (has_inline || unneeded);
+            let release_workers = self.tasks[i].pending_fetch == 0 && (has_inline || unneeded);
             if release_workers {
                 self.release_holders(i);
             }
@@ -243,9 +276,7 @@ impl Scheduler {
             t.flags.insert(TaskFlags::DEAD);
             let spec = t.spec.take();
             self.tasks.counts.live -= 1;
-            if !self.data.inline.is_empty() {
-                self.data.inline.remove(&x);
-            }
+            self.drop_inline(x);
             if !self.errors.is_empty() {
                 self.errors.remove(&x);
             }

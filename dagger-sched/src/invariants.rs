@@ -111,6 +111,11 @@ impl Scheduler {
                 }
             }
         }
+        for (i, t) in self.tasks.iter() {
+            if t.flags.contains(TaskFlags::INLINE) != self.data.inline.contains_key(&i) {
+                return Err(format!("{}: inline flag disagrees with the copy", t.id));
+            }
+        }
         for (i, hs) in &self.data.replicas {
             if hs.len() < 2
                 || !self.tasks[*i].flags.contains(TaskFlags::HELD)

@@ -397,7 +397,7 @@ impl Scheduler {
                             continue;
                         };
                         let dt = &self.tasks[d];
-                        if let Some(v) = self.data.inline.get(&d) {
+                        if let Some(v) = self.inline_of(d) {
                             driver_bytes += v.len() as u64;
                         } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
                             sources.push((self.holders_of(d).to_vec(), dt.size));
@@ -461,7 +461,7 @@ impl Scheduler {
                             let Some(d) = self.tasks.get(id) else {
                                 continue;
                             };
-                            if let Some(v) = self.data.inline.get(&d) {
+                            if let Some(v) = self.inline_of(d) {
                                 RunArg::Value(v.clone())
                             } else {
                                 let from = match self.holders_of(d) {

@@ -49,7 +49,7 @@ impl Scheduler {
         for i in emptied {
             let t = &self.tasks[i];
             if t.state == State::Finished
-                && !self.data.inline.contains_key(&i)
+                && !self.has_inline(i)
                 && (t.consumers > 0 || !t.flags.contains(TaskFlags::CLIENT_RELEASED))
             {
                 self.requeue(i);
@@ -142,7 +142,7 @@ impl Scheduler {
                         self.tasks[d].consumers += 1;
                     }
                     self.release_holders(x);
-                    self.data.inline.remove(&x);
+                    self.drop_inline(x);
                 }
                 _ => continue,
             }

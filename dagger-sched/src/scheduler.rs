@@ -223,11 +223,11 @@ impl Scheduler {
                 match (first, keep) {
                     (true, true) => {
                         self.complete(i, Ok(Completion::Value(bytes.clone())));
-                        self.data.inline.insert(i, bytes);
+                        self.put_inline(i, bytes);
                     }
                     (true, false) => self.complete(i, Ok(Completion::Value(bytes))),
                     (false, true) => {
-                        self.data.inline.insert(i, bytes);
+                        self.put_inline(i, bytes);
                     }
                     (false, false) => {}
                 }

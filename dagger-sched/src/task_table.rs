@@ -29,6 +29,8 @@ bitflags::bitflags! {
         /// `holder` is valid (more holders, if any, are listed in the data directory's
         /// replicas).
         const HELD = 16;
+        /// The scheduler keeps a copy of the result (in the data directory's `inline`).
+        const INLINE = 32;
     }
 }
 
