@@ -329,27 +329,36 @@ impl Scheduler {
         p.dist.insert((src, b), dist);
     }
 
+    /// Adds to `scratch_cost[j]` the cached cost of moving an input from `key`'s source
+    /// (for `key`'s size bucket) to candidate `cands[j]`; false when it is not cached.
+    fn add_source_cost(&mut self, cands: &[u32], key: (WorkerId, u8)) -> bool {
+        let p = &mut self.placer;
+        let Some(table) = p.dist.get(&key) else {
+            return false;
+        };
+        for (j, &c) in cands.iter().enumerate() {
+            p.scratch_cost[j] = p.scratch_cost[j].saturating_add(table[c as usize]);
+        }
+        true
+    }
+
     /// Adds to `scratch_cost[j]` the cost of moving an input held by `holders` (of `bytes`)
     /// to candidate `cands[j]`.
     fn add_input_cost(&mut self, cands: &[u32], holders: &[WorkerId], bytes: u64) {
         let b = bucket(bytes);
+        if let [h] = holders {
+            // One source (the common case): its costs are the minimum; one lookup when
+            // they are cached.
+            if !self.add_source_cost(cands, (*h, b)) {
+                self.ensure_dist(*h, b);
+                self.add_source_cost(cands, (*h, b));
+            }
+            return;
+        }
         for &h in holders {
             self.ensure_dist(h, b);
         }
         let p = &mut self.placer;
-        if let [h] = holders {
-            // One source (the common case): its costs are the minimum.
-            if let Some(table) = p.dist.get(&(*h, b)) {
-                for (j, &c) in cands.iter().enumerate() {
-                    p.scratch_cost[j] = p.scratch_cost[j].saturating_add(table[c as usize]);
-                }
-            } else {
-                for x in &mut p.scratch_cost[..cands.len()] {
-                    *x = x.saturating_add(UNREACHABLE);
-                }
-            }
-            return;
-        }
         let mut mins = std::mem::take(&mut p.scratch_min);
         mins.clear();
         mins.resize(cands.len(), UNREACHABLE);
