@@ -810,6 +810,52 @@ fn lost_worker_costs_what_it_held_not_every_task() {
     assert_eq!(s.stats().running, 300);
 }
 
+/// Copies beyond the first holder are indexed too: losing a worker with only further
+/// copies keeps the first holder; losing the first holder promotes the next one; results
+/// removed from the middle of a worker's lists leave the others findable.
+#[test]
+fn further_copies_and_list_positions_follow_losses() {
+    let mut s = cluster(&[1, 2, 3], 2);
+    let specs = (1..=6).map(|id| spec(id, "f", vec![], on(1))).collect();
+    s.submit(ms(1), specs).unwrap();
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 6);
+    // Finish them out of dispatch order, so removals come from the middle of the list.
+    for k in [3, 0, 5, 1, 4, 2] {
+        let (to, rt) = &r[k];
+        report(&mut s, ms(2), *to, 1, stored_done(rt, 1 << 20));
+        s.check_invariants().unwrap();
+    }
+    let ids: Vec<TaskId> = r.iter().map(|(_, rt)| rt.task).collect();
+    // Copies of task 1 on 2 and 3; of task 2 on 2.
+    s.chunk_replicated(WorkerId(1), Incarnation(1), ids[0].chunk(), WorkerId(2));
+    s.chunk_replicated(WorkerId(1), Incarnation(1), ids[0].chunk(), WorkerId(3));
+    s.chunk_replicated(WorkerId(1), Incarnation(1), ids[1].chunk(), WorkerId(2));
+    s.check_invariants().unwrap();
+    // The client releases a result from the middle of worker 1's list.
+    s.release(ids[3]);
+    drain(&mut s);
+    s.check_invariants().unwrap();
+
+    // Worker 2 held only further copies: the first holder stays.
+    lose(&mut s, ms(3), 2);
+    assert!(runs(&drain(&mut s)).is_empty(), "nothing to recompute");
+    s.check_invariants().unwrap();
+    assert_eq!(s.holders(ids[0].chunk()), &[WorkerId(1), WorkerId(3)]);
+    assert_eq!(s.holders(ids[1].chunk()), &[WorkerId(1)]);
+    assert_eq!(s.stats().recovery_examined, 2);
+
+    // Worker 1 was the first holder of every result: task 1's copy on 3 becomes the
+    // first; the others are held nowhere now.
+    lose(&mut s, ms(4), 1);
+    drain(&mut s);
+    s.check_invariants().unwrap();
+    assert_eq!(s.holders(ids[0].chunk()), &[WorkerId(3)]);
+    assert!(s.holders(ids[1].chunk()).is_empty());
+    // 2 before + 5 first copies on worker 1 (task 4 was released).
+    assert_eq!(s.stats().recovery_examined, 7);
+}
+
 /// A result lost after one of its inputs failed (that input's own recomputation failed)
 /// cannot be recomputed: it fails with the root failure, and so does a task that needs it,
 /// instead of waiting forever.
