@@ -440,9 +440,6 @@ impl Worker {
             closes,
             wake_timer,
         } = out;
-        if wake_timer {
-            self.timer.notify_one();
-        }
         for (sender, t) in sends {
             let sender = sender.as_ref().unwrap_or(&self.to_driver);
             // A closed link is seen by its reader, which tells the core.
@@ -485,6 +482,12 @@ impl Worker {
                     tracing::debug!(action = ?std::mem::discriminant(&other), "an action this shell does not know")
                 }
             }
+        }
+        // Last: what the timer sends (the batch of finished tasks for the driver, a
+        // heartbeat) is not urgent, and on a runtime of one thread a task woken earlier
+        // runs earlier. A result a peer waits for, or a task ready to start, goes first.
+        if wake_timer {
+            self.timer.notify_one();
         }
     }
 
