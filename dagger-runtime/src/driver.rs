@@ -509,17 +509,21 @@ impl<S> DriverCore<S> {
 
     // ---------------------------------------------------------------- client
 
+    /// Completes `slot` with [`TaskError::Shutdown`]: the context stopped before `task` ran.
+    fn complete_shut_down(&mut self, task: TaskId, slot: S) {
+        self.events.push_back(DriverEvent::Complete {
+            task,
+            slot,
+            result: Err(TaskError::Shutdown { task }),
+        });
+    }
+
     /// One new task, whose completion goes to `slot`. Given to the scheduler at the next
     /// poll together with every other submission since the last one. After shutdown the
     /// slot completes at once with [`TaskError::Shutdown`].
     pub fn handle_spawn(&mut self, now: Duration, spec: TaskSpec, slot: S) {
         if self.shut_down {
-            let task = spec.id;
-            self.events.push_back(DriverEvent::Complete {
-                task,
-                slot,
-                result: Err(TaskError::Shutdown { task }),
-            });
+            self.complete_shut_down(spec.id, slot);
             return;
         }
         self.advance(now);
@@ -541,12 +545,7 @@ impl<S> DriverCore<S> {
         if self.shut_down {
             for (spec, slot) in tasks {
                 if let Some(slot) = slot {
-                    let task = spec.id;
-                    self.events.push_back(DriverEvent::Complete {
-                        task,
-                        slot,
-                        result: Err(TaskError::Shutdown { task }),
-                    });
+                    self.complete_shut_down(spec.id, slot);
                 }
             }
             return;
@@ -616,12 +615,9 @@ impl<S> DriverCore<S> {
         self.held.clear();
         self.held_count = 0;
         self.held_since = None;
-        for (task, slot) in self.slots.drain() {
-            self.events.push_back(DriverEvent::Complete {
-                task,
-                slot,
-                result: Err(TaskError::Shutdown { task }),
-            });
+        let slots: Vec<_> = self.slots.drain().collect();
+        for (task, slot) in slots {
+            self.complete_shut_down(task, slot);
         }
         let waiting = self
             .fetches
