@@ -21,6 +21,9 @@ use dagger_core::{Incarnation, WorkerId};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod restart;
+pub use restart::{RestartBudget, RestartsExhausted};
+
 /// Declares workers lost when nothing was heard from them for longer than a timeout.
 #[derive(Clone, Debug)]
 pub struct FailureDetector {

@@ -192,6 +192,28 @@ pub enum ClusterEvent {
         /// The number of the attempt that comes next (the first run is attempt 1).
         attempt: u32,
     },
+    /// The supervisor of local workers started a process to replace one that died. The
+    /// replacement joins as a new worker with a new incarnation ([`ClusterEvent::WorkerJoined`]
+    /// follows when it has). Emitted by the shell that owns the processes, not the scheduler.
+    WorkerRestarted {
+        /// The process that died.
+        old_pid: u32,
+        /// The process started in its place.
+        new_pid: u32,
+        /// Restarts within the budget's window, this one included.
+        restarts: u32,
+    },
+    /// The supervisor's restart budget is spent: a local worker process that died is not
+    /// replaced (a crash loop). Tasks the remaining pool cannot run fail with a typed error
+    /// once their grace period is over. Emitted by the shell that owns the processes.
+    RestartsExhausted {
+        /// The process that died and was not replaced.
+        pid: u32,
+        /// Restarts made within the window.
+        restarts: u32,
+        /// The budget's window.
+        window: std::time::Duration,
+    },
 }
 
 /// What the scheduler knows about one task, for observability.

@@ -180,7 +180,7 @@ impl Default for ContextBuilder {
             driver_runs_tasks: None,
             listen: None,
             config: dagger_sched::Config::default(),
-            heartbeat_timeout: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(1),
             join_timeout: Duration::from_secs(60),
             shm: true,
             worker_threads: None,
@@ -214,7 +214,7 @@ impl ContextBuilder {
         self.config = config;
         self
     }
-    /// A worker silent this long is declared lost. Default 5 s.
+    /// A worker silent this long is declared lost. Default 1 s (heartbeats every 250 ms).
     pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
         self.heartbeat_timeout = d;
         self
