@@ -7,6 +7,8 @@ use dagger::prelude::*;
 use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
 
+mod w5;
+
 #[dagger::task]
 fn inc(i: u64) -> u64 {
     i + 1
@@ -40,7 +42,7 @@ fn repeat() -> usize {
         .unwrap_or(1)
 }
 
-fn line(id: &str, metric: &str, value: f64, unit: &str) {
+pub(crate) fn line(id: &str, metric: &str, value: f64, unit: &str) {
     if value.fract() == 0.0 || value >= 1000.0 {
         println!("dagger {id} {metric} {} {unit}", value.round() as i64);
     } else {
@@ -220,7 +222,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let Some(id) = args.iter().find(|a| !a.starts_with("--")) else {
-        bail!("usage: dagger-bench <W1|W2|W3|W4|L1> [--quick]");
+        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|L1> [--quick]");
     };
     match id.as_str() {
         "W1" => w1(quick),
@@ -228,6 +230,7 @@ fn main() -> anyhow::Result<()> {
         "W3" => w3(quick),
         "W4" => w4(quick),
         "L1" => l1(quick),
+        "W5" => w5::w5(quick),
         // Diagnostics for profiling, not BENCH.md workloads: a chain on one worker
         // (no network hop), W4 without the move, and W4's shared-memory half alone.
         "W3same" => {

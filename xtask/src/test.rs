@@ -20,6 +20,9 @@ const RUN_EXAMPLES: &[&str] = &["topology", "custom_processor", "manual_worker"]
 /// Seeds of the simulated cluster run by the `chaos` step.
 const CHAOS_SEEDS: u64 = 1000;
 
+/// Random graphs run on real, killed and paused worker processes by the `chaos:real` step.
+const REAL_CHAOS_GRAPHS: u64 = 6;
+
 /// Transport crates outside the workspace whose own tests (the transport conformance suite)
 /// the `transports` step runs.
 const EXTERNAL_TRANSPORTS: &[&str] = &["transports/unix-transport"];
@@ -118,6 +121,7 @@ fn steps() -> Vec<(String, StepFn)> {
         ("no-quic".into(), Box::new(no_quic_step)),
         ("unit+integration".into(), Box::new(unit_integration_step)),
         ("chaos".into(), Box::new(chaos_step)),
+        ("chaos:real".into(), Box::new(real_chaos_step)),
         ("transports".into(), Box::new(transports_step)),
         ("hwloc".into(), Box::new(hwloc_step)),
         ("features".into(), Box::new(features_step)),
@@ -258,6 +262,14 @@ fn no_quic_step(ctx: &Context) -> Result<Outcome> {
 /// The simulated cluster over many seeds (see `cargo xtask chaos`).
 fn chaos_step(ctx: &Context) -> Result<Outcome> {
     let mut command = crate::chaos::command(&ctx.root, CHAOS_SEEDS, None);
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
+/// Random graphs on real worker processes that are SIGKILLed and SIGSTOPped while they run
+/// (see `cargo xtask chaos --real`), built with the dev profile the other steps share.
+fn real_chaos_step(ctx: &Context) -> Result<Outcome> {
+    let mut command = crate::chaos::real_command(&ctx.root, REAL_CHAOS_GRAPHS, None, false)?;
     let status = process::run_inherited(&mut command)?;
     Ok(Outcome::from_status(&command, status))
 }
@@ -443,6 +455,7 @@ mod tests {
                 "no-quic",
                 "unit+integration",
                 "chaos",
+                "chaos:real",
                 "transports",
                 "hwloc",
                 "features",
