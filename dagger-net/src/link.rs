@@ -38,6 +38,13 @@ pub trait FrameSource: Send + 'static {
     /// Polls for the next frame from the peer, registering `cx`'s waker when none is
     /// ready. The contract of the result is [`FrameReceiver::recv`]'s.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, NetError>>;
+
+    /// How many bytes arrived on the link so far, counting those of a frame not yet
+    /// complete; `None` (the default) when the transport cannot tell. A peer sending one
+    /// large frame is alive while this grows, though no frame completes for a while.
+    fn received_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a [`QueueSink`] queues towards the link's writer.
@@ -243,6 +250,13 @@ impl FrameReceiver {
     /// Cancel-safe: if the future is dropped before completing, no frame is lost.
     pub async fn recv(&mut self) -> Result<Frame, NetError> {
         std::future::poll_fn(|cx| self.source.poll_recv(cx)).await
+    }
+
+    /// How many bytes arrived on the link so far, including those of a frame still being
+    /// received, if the transport tells ([`FrameSource::received_bytes`]). Readable while
+    /// a `recv` is pending elsewhere; cheap (an atomic load for QUIC).
+    pub fn received_bytes(&self) -> Option<u64> {
+        self.source.received_bytes()
     }
 
     /// Polls for the next frame (the poll form of [`FrameReceiver::recv`]).

@@ -329,6 +329,15 @@ mod quic_tests {
 
     /// Dials `target` with a raw stream, sends a good preamble and then `bytes`.
     async fn raw_peer(client: &QuicTransport, target: &str, bytes: &[u8]) -> quinn::Connection {
+        raw_peer_open(client, target, bytes).await.0
+    }
+
+    /// As [`raw_peer`], keeping the stream open for more bytes.
+    async fn raw_peer_open(
+        client: &QuicTransport,
+        target: &str,
+        bytes: &[u8],
+    ) -> (quinn::Connection, quinn::SendStream) {
         let sock = resolve(target).await.unwrap();
         let ep = client.client_endpoint(&sock).unwrap();
         let (conn, mut send, mut recv) =
@@ -344,7 +353,7 @@ mod quic_tests {
         let mut p = [0u8; 8];
         recv.read_exact(&mut p).await.unwrap();
         send.write_all(bytes).await.unwrap();
-        conn
+        (conn, send)
     }
 
     #[test]
@@ -383,6 +392,41 @@ mod quic_tests {
             let (good, mut acc) = (good.unwrap(), acc.unwrap());
             good.sender.send(b"hello".to_vec()).unwrap();
             assert_eq!(acc.receiver.recv().await.unwrap(), b"hello");
+        });
+    }
+
+    /// The bytes of a frame still arriving are counted (a peer sending one large frame is
+    /// visibly alive before the frame completes).
+    #[test]
+    fn bytes_of_an_unfinished_frame_are_counted() {
+        let server = quic(NetConfig::default());
+        let client = quic(NetConfig::default());
+        rt().block_on(async {
+            let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr();
+            // A header announcing 3,000 bytes, then only 1,000 of them.
+            let mut partial = 3000u64.to_le_bytes().to_vec();
+            partial.extend(std::iter::repeat_n(7u8, 1000));
+            let ((_raw, _send), accepted) =
+                tokio::join!(raw_peer_open(&client, &addr, &partial), listener.accept());
+            let mut accepted = accepted.unwrap();
+            assert_eq!(accepted.receiver.received_bytes(), Some(0));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let polled = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(accepted.receiver.poll_recv(cx))
+                })
+                .await;
+                assert!(polled.is_pending(), "no frame is complete: {polled:?}");
+                if accepted.receiver.received_bytes() >= Some(1008) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the bytes never came"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         });
     }
 

@@ -14,6 +14,7 @@ use crate::link::{Cmd, FrameReceiver, FrameSender, FrameSource, LinkState, Queue
 use crate::{Conn, Frame, NetConfig, NetError};
 use bytes::{Buf, Bytes};
 use quinn::{ConnectionError, Endpoint, ReadError, RecvStream, SendStream, VarInt};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -68,6 +69,7 @@ pub(crate) fn make_conn(
         endpoint.clone(),
         config.idle_timeout,
     ));
+    let received = Arc::new(AtomicU64::new(0));
     Conn {
         sender: FrameSender::new(
             QueueSink {
@@ -89,8 +91,10 @@ pub(crate) fn make_conn(
                 decoder,
                 striped: None,
                 done: None,
+                received: received.clone(),
             })),
             busy: None,
+            received,
         }),
         peer_addr,
     }
@@ -275,6 +279,8 @@ pub(crate) struct QuicReceiver {
     decoder: Decoder,
     striped: Option<Striped>,
     done: Option<String>,
+    /// Bytes read from the link so far (every stream), shared with the [`QuicSource`].
+    received: Arc<AtomicU64>,
 }
 
 /// A [`QuicReceiver::recv`] in progress, owning the receiver until it completes.
@@ -287,9 +293,15 @@ type PendingRecv = std::pin::Pin<
 pub(crate) struct QuicSource {
     idle: Option<Box<QuicReceiver>>,
     busy: Option<PendingRecv>,
+    /// The receiver's byte count, readable while it is busy inside a frame.
+    received: Arc<AtomicU64>,
 }
 
 impl FrameSource for QuicSource {
+    fn received_bytes(&self) -> Option<u64> {
+        Some(self.received.load(Ordering::Relaxed))
+    }
+
     fn poll_recv(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -363,7 +375,11 @@ impl QuicReceiver {
                 _ = self.state.wait_down() => continue,
             };
             match read {
-                Ok(Some(chunk)) => self.pending = chunk.bytes,
+                Ok(Some(chunk)) => {
+                    self.received
+                        .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                    self.pending = chunk.bytes;
+                }
                 Ok(None) => {
                     let reason = if !self.decoder.is_idle() || self.striped.is_some() {
                         "the peer ended the stream inside a frame"
@@ -403,6 +419,7 @@ impl QuicReceiver {
             recv,
             lanes,
             striped,
+            received,
             ..
         } = self;
         std::future::poll_fn(move |cx| {
@@ -426,6 +443,7 @@ impl QuicReceiver {
                     Poll::Ready(Ok(0)) => return Poll::Ready(LaneProgress::Ended),
                     Poll::Ready(Ok(n)) => {
                         frame.filled[i] += n;
+                        received.fetch_add(n as u64, Ordering::Relaxed);
                         progressed = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(LaneProgress::Failed(e)),
