@@ -66,6 +66,7 @@ fn task(id: u64, args: Vec<RunArg>) -> RunTask {
         proc: ProcId::new(ME, 1),
         inline_limit: 1024,
         push_to: vec![],
+        watch: false,
     }
 }
 
