@@ -11,7 +11,11 @@
 //! processes are killed). A suspect is *watched* when it runs again: the worker reports
 //! [`ToDriver::Started`](dagger_core::wire::ToDriver::Started) before running it, and a
 //! later crash counts against it only if that report came from the incarnation that
-//! crashed. [`PolicyConfig::poison_crashes`] counted crashes, each of another process, make
+//! crashed. Suspects of one crash are queued again together and often land together
+//! again, and a crash of a process running two of them says nothing about which one did
+//! it (counting it against both poisons the innocent neighbour of a poison task): such a
+//! crash counts against a task only once every other watched task running there has been
+//! cleared (it succeeded since). [`PolicyConfig::poison_crashes`] counted crashes, each of another process, make
 //! it a poison task: it fails with [`TaskError::Poisoned`] instead of killing more workers.
 //!
 //! # Worker exclusion
@@ -106,8 +110,18 @@ pub struct Exclusion {
 struct Suspect {
     /// The process that reported it started in its current attempt.
     started: Option<(WorkerId, Incarnation)>,
-    /// Counted crashes.
-    crashes: Vec<(WorkerId, Incarnation, LostReason)>,
+    /// Crashes of processes it had reported starting in.
+    crashes: Vec<Crash>,
+}
+
+/// A crash of a process a watched task was running in.
+#[derive(Debug)]
+struct Crash {
+    worker: WorkerId,
+    incarnation: Incarnation,
+    reason: LostReason,
+    /// The other watched tasks running there: the crash counts once all are cleared.
+    others: Vec<TaskId>,
 }
 
 /// One failed attempt of a task.
@@ -129,6 +143,10 @@ pub struct FaultPolicy {
     failed: HashMap<TaskId, Vec<Failed>>,
     /// `failed` is pruned of attempts older than the window when it grows past this.
     prune_at: usize,
+    /// Former suspects that succeeded since (kept while any suspect remains).
+    cleared: std::collections::HashSet<TaskId>,
+    /// Per process: the watched tasks that reported starting there and have not ended.
+    running_watched: BTreeMap<(WorkerId, Incarnation), Vec<TaskId>>,
     /// Strikes per process: when the failure was, and which task.
     strikes: BTreeMap<(WorkerId, Incarnation), VecDeque<(Duration, TaskId)>>,
 }
@@ -180,17 +198,36 @@ impl FaultPolicy {
                         && !s
                             .crashes
                             .iter()
-                            .any(|c| c.0 == worker && c.1 == incarnation)
+                            .any(|c| c.worker == worker && c.incarnation == incarnation)
                     {
-                        s.crashes.push((worker, incarnation, reason.clone()));
+                        let others = self
+                            .running_watched
+                            .get(&(worker, incarnation))
+                            .map(|v| v.iter().copied().filter(|&t| t != task.task).collect())
+                            .unwrap_or_default();
+                        s.crashes.push(Crash {
+                            worker,
+                            incarnation,
+                            reason: reason.clone(),
+                            others,
+                        });
                     }
                     s.started = None;
-                    if s.crashes.len() >= self.config.poison_crashes as usize {
+                    let cleared = &self.cleared;
+                    let counted = |c: &Crash| c.others.iter().all(|o| cleared.contains(o));
+                    let n = s.crashes.iter().filter(|c| counted(c)).count();
+                    if n >= self.config.poison_crashes as usize {
                         let s = o.remove();
+                        let crashes = s
+                            .crashes
+                            .into_iter()
+                            .filter(|c| counted(c))
+                            .map(|c| (c.worker, c.reason))
+                            .collect();
                         return Verdict::Fail(TaskError::Poisoned {
                             task: task.task,
                             func: task.func.to_string(),
-                            crashes: s.crashes.into_iter().map(|(w, _, r)| (w, r)).collect(),
+                            crashes,
                         });
                     }
                 }
@@ -215,7 +252,29 @@ impl FaultPolicy {
     /// that is not a suspect. O(1).
     pub fn started(&mut self, task: TaskId, worker: WorkerId, incarnation: Incarnation) {
         if let Some(s) = self.suspects.get_mut(&task) {
-            s.started = Some((worker, incarnation));
+            if let Some(old) = s.started.replace((worker, incarnation)) {
+                Self::unlist(&mut self.running_watched, old, task);
+            }
+            let list = self
+                .running_watched
+                .entry((worker, incarnation))
+                .or_default();
+            if !list.contains(&task) {
+                list.push(task);
+            }
+        }
+    }
+
+    fn unlist(
+        running: &mut BTreeMap<(WorkerId, Incarnation), Vec<TaskId>>,
+        process: (WorkerId, Incarnation),
+        task: TaskId,
+    ) {
+        if let Some(v) = running.get_mut(&process) {
+            v.retain(|&t| t != task);
+            if v.is_empty() {
+                running.remove(&process);
+            }
         }
     }
 
@@ -276,7 +335,16 @@ impl FaultPolicy {
         if self.suspects.is_empty() && self.failed.is_empty() {
             return Vec::new();
         }
-        self.suspects.remove(&task);
+        if let Some(s) = self.suspects.remove(&task) {
+            if let Some(process) = s.started {
+                Self::unlist(&mut self.running_watched, process, task);
+            }
+            // It ran to the end: crashes it shared with other suspects were theirs.
+            self.cleared.insert(task);
+        }
+        if self.suspects.is_empty() {
+            self.cleared.clear();
+        }
         let _ = incarnation;
         let Some(failures) = self.failed.remove(&task) else {
             return Vec::new();
@@ -318,6 +386,7 @@ impl FaultPolicy {
         if let Some(s) = self.suspects.get_mut(&task) {
             if s.started == Some((worker, incarnation)) {
                 s.started = None;
+                Self::unlist(&mut self.running_watched, (worker, incarnation), task);
             }
         }
     }
@@ -338,13 +407,20 @@ impl FaultPolicy {
         if self.suspects.is_empty() && self.failed.is_empty() {
             return;
         }
-        self.suspects.remove(&task);
+        if let Some(s) = self.suspects.remove(&task) {
+            if let Some(process) = s.started {
+                Self::unlist(&mut self.running_watched, process, task);
+            }
+        }
         self.failed.remove(&task);
     }
 
-    /// `worker` (in `incarnation`) left: its strikes are dropped.
+    /// `worker` (in `incarnation`) left and its tasks were judged
+    /// ([`FaultPolicy::on_lost`]): its strikes and the watched tasks started there are
+    /// dropped.
     pub fn forget_worker(&mut self, worker: WorkerId, incarnation: Incarnation) {
         self.strikes.remove(&(worker, incarnation));
+        self.running_watched.remove(&(worker, incarnation));
     }
 }
 
@@ -461,6 +537,38 @@ mod tests {
             RETRY_WATCHED
         );
         assert!(p.is_suspect(t(5)), "one counted crash is not enough");
+    }
+
+    #[test]
+    fn a_crash_of_a_process_running_two_watched_tasks_counts_against_neither() {
+        let mut p = FaultPolicy::new(PolicyConfig::default());
+        for task in [5, 6] {
+            assert_eq!(
+                p.on_lost(w(1), inc(1), &exited(), &lost(task, 0)),
+                RETRY_WATCHED
+            );
+        }
+        // Both land together, twice, and start: ambiguous, nobody is poisoned.
+        for k in 2..4u32 {
+            p.started(t(5), w(k), inc(k));
+            p.started(t(6), w(k), inc(k));
+            for task in [5, 6] {
+                let v = p.on_lost(w(k), inc(k), &exited(), &lost(task, 0));
+                assert_eq!(v, RETRY_WATCHED, "crash {k}, task {task}");
+            }
+            p.forget_worker(w(k), inc(k));
+        }
+        // Task 6 then succeeds elsewhere: the crashes it shared were task 5's, which is
+        // poisoned at its next crash.
+        p.started(t(6), w(9), inc(9));
+        assert!(p.attempt_succeeded(s(1), t(6), w(9), inc(9)).is_empty());
+        p.started(t(5), w(4), inc(4));
+        let v = p.on_lost(w(4), inc(4), &exited(), &lost(5, 0));
+        let Verdict::Fail(TaskError::Poisoned { crashes, .. }) = v else {
+            panic!("{v:?}");
+        };
+        let workers: Vec<WorkerId> = crashes.iter().map(|c| c.0).collect();
+        assert_eq!(workers, vec![w(2), w(3), w(4)]);
     }
 
     #[test]

@@ -522,7 +522,6 @@ impl<S> DriverCore<S> {
             }
         }
         tracing::warn!(%worker, %incarnation, kind = reason.kind(), %reason, "worker lost");
-        self.policy.forget_worker(worker, incarnation);
         let policy = &mut self.policy;
         let r = &reason;
         let mut verdict = |t: &dagger_sched::LostTask<'_>| {
@@ -542,6 +541,7 @@ impl<S> DriverCore<S> {
         };
         self.sched
             .worker_lost_with(self.now, worker, reason.clone(), Some(&mut verdict));
+        self.policy.forget_worker(worker, incarnation);
         self.broadcast(&ToWorker::PeerLeft(worker));
         // Fetches waiting on it are parked again: the next `process` asks another holder,
         // or waits while the result is recomputed (at most the park limit, counted from
