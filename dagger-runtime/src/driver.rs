@@ -5,7 +5,11 @@
 //! [`DriverCore`] owns the [`Scheduler`] and everything the driver decides around it:
 //! worker ids and incarnations, membership (`Welcome`, `PeerJoined`, `PeerLeft`), fencing of
 //! links that were replaced or lost, heartbeat expiry (through
-//! [`dagger_ft::FailureDetector`]), fetches of large results (parked while a lost result is
+//! [`dagger_ft::FailureDetector`], which a stall of the driver itself does not trip), the
+//! fault policy ([`dagger_ft::FaultPolicy`]: the verdict on each task of a lost worker,
+//! watched suspects and their `Started` reports, poison tasks, loss budgets, and the
+//! exclusion of a worker whose failed tasks succeed elsewhere, declared lost with
+//! [`LostReason::Excluded`]), fetches of large results (parked while a lost result is
 //! recomputed), `Release` messages held back to ride with the next message, and `Run`
 //! batches split to fit the transport's frame limit.
 //!
