@@ -50,6 +50,40 @@ pub enum LostReason {
         /// The incarnation that replaced it.
         by: Incarnation,
     },
+    /// The fault policy excluded it: tasks that failed there succeeded elsewhere, from
+    /// `strikes` distinct tasks within the policy's window.
+    #[error("excluded after {strikes} tasks failed there and succeeded elsewhere")]
+    Excluded {
+        /// The strikes that excluded it.
+        strikes: u32,
+    },
+}
+
+impl LostReason {
+    /// A short name of the kind of loss (`"link_closed"`, `"process_exited"`, ...), for logs
+    /// and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LostReason::LinkClosed { .. } => "link_closed",
+            LostReason::ProcessExited { .. } => "process_exited",
+            LostReason::Silent { .. } => "silent",
+            LostReason::MalformedFrame { .. } => "malformed_frame",
+            LostReason::ProtocolViolation { .. } => "protocol_violation",
+            LostReason::Fenced { .. } => "fenced",
+            LostReason::Excluded { .. } => "excluded",
+        }
+    }
+
+    /// Whether the loss may be a crash of the worker's process (it exited, or its link
+    /// closed, which is how the death of a remote process is seen): the losses that count
+    /// against the tasks running there when attributing crashes. A silent (perhaps
+    /// paused) worker, a fenced or excluded one and a protocol error are not crashes.
+    pub fn is_crash(&self) -> bool {
+        matches!(
+            self,
+            LostReason::LinkClosed { .. } | LostReason::ProcessExited { .. }
+        )
+    }
 }
 
 /// How an OS process ended.
@@ -221,6 +255,17 @@ pub enum TaskError {
         /// Why it was declared lost.
         reason: LostReason,
     },
+    /// The task is a poison task: it was running in distinct worker processes that
+    /// crashed while it ran, so it is failed instead of being run again.
+    #[error("task {task} ({func}) is poisoned: it killed {} worker processes", crashes.len())]
+    Poisoned {
+        /// The task.
+        task: TaskId,
+        /// Its function's registered name.
+        func: String,
+        /// The workers that crashed while it ran, and how each was lost.
+        crashes: Vec<(WorkerId, LostReason)>,
+    },
     /// No processor in the pool is admitted by the task's scope.
     #[error("task {task}: no processor matches scope {scope}")]
     NoProcessor {
@@ -263,6 +308,7 @@ impl TaskError {
             | TaskError::TypeMismatch { task, .. }
             | TaskError::DependencyFailed { task, .. }
             | TaskError::WorkerLost { task, .. }
+            | TaskError::Poisoned { task, .. }
             | TaskError::NoProcessor { task, .. }
             | TaskError::MoveFailed { task, .. }
             | TaskError::Rejected { task, .. }

@@ -99,14 +99,21 @@ impl From<&'static str> for ProcKindArg {
 pub struct Options {
     /// Which processors may run it.
     pub scope: Scope,
-    /// How many times it is retried after its worker was lost or it panicked.
+    /// How many times it is run again after it failed itself (its function panicked).
+    /// Default 0.
     pub retries: u32,
     /// Higher runs first among ready tasks.
     pub priority: i32,
+    /// How many times it is run again after the worker running it was lost (or an input
+    /// could not be brought for a transient reason), which is not the task's fault.
+    /// `None` (the default) leaves it to the driver's fault policy
+    /// (`dagger_ft::DEFAULT_LOSS_RETRIES`, 3, unless configured otherwise).
+    pub loss_retries: Option<u32>,
 }
 
 impl Options {
-    /// The default options: any CPU thread, no retries, priority 0.
+    /// The default options: any CPU thread, no retries after a panic, the policy's budget
+    /// for lost workers, priority 0.
     pub fn new() -> Self {
         Self::default()
     }
@@ -115,9 +122,16 @@ impl Options {
         self.scope = scope;
         self
     }
-    /// Sets the retry budget.
+    /// Sets the budget of re-runs after the task itself failed (panicked).
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
+        self
+    }
+    /// Sets the budget of re-runs after the worker running the task was lost (see
+    /// [`Options::loss_retries`](Options#structfield.loss_retries)); 0 fails it at the
+    /// first loss.
+    pub fn loss_retries(mut self, n: u32) -> Self {
+        self.loss_retries = Some(n);
         self
     }
     /// Sets the priority.

@@ -12,7 +12,7 @@ pub use serde_bytes::ByteBuf;
 use std::borrow::Cow;
 
 /// The version of this message set. Peers with another version are refused at the hello.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first message on every link, in both directions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,6 +104,14 @@ pub enum ToDriver {
         /// The sender's incarnation.
         incarnation: Incarnation,
     },
+    /// Watched tasks ([`RunTask::watch`]) are about to run: sent at once, before their
+    /// functions start, so that a crash of the process afterwards is attributed to them.
+    Started {
+        /// The sender's incarnation.
+        incarnation: Incarnation,
+        /// The tasks.
+        tasks: Vec<TaskId>,
+    },
 }
 
 /// Worker ↔ worker.
@@ -191,6 +199,9 @@ pub struct RunTask {
     pub inline_limit: u32,
     /// Workers to push the result to as soon as it exists (consumers already placed).
     pub push_to: Vec<WorkerId>,
+    /// The task is suspected of crashing workers: the worker reports
+    /// [`ToDriver::Started`] before running it.
+    pub watch: bool,
 }
 
 /// One argument of a task to run.
@@ -327,6 +338,7 @@ mod tests {
             proc: ProcId::new(WorkerId(1), 2),
             inline_limit: 1024,
             push_to: vec![],
+            watch: true,
         }]);
         let bytes = encode(&m);
         assert_eq!(decode::<ToWorker>(&bytes).unwrap(), m);

@@ -5,7 +5,11 @@
 //! [`DriverCore`] owns the [`Scheduler`] and everything the driver decides around it:
 //! worker ids and incarnations, membership (`Welcome`, `PeerJoined`, `PeerLeft`), fencing of
 //! links that were replaced or lost, heartbeat expiry (through
-//! [`dagger_ft::FailureDetector`]), fetches of large results (parked while a lost result is
+//! [`dagger_ft::FailureDetector`], which a stall of the driver itself does not trip), the
+//! fault policy ([`dagger_ft::FaultPolicy`]: the verdict on each task of a lost worker,
+//! watched suspects and their `Started` reports, poison tasks, loss budgets, and the
+//! exclusion of a worker whose failed tasks succeed elsewhere, declared lost with
+//! [`LostReason::Excluded`]), fetches of large results (parked while a lost result is
 //! recomputed), `Release` messages held back to ride with the next message, and `Run`
 //! batches split to fit the transport's frame limit.
 //!
@@ -51,9 +55,9 @@ use dagger_core::{
     ChunkId, ExitCause, GraphError, Incarnation, LostReason, MemorySpace, MoveFailure, ProcId,
     ProcInfo, ProcKind, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo,
 };
-use dagger_ft::FailureDetector;
+use dagger_ft::{FailureDetector, FaultPolicy, PolicyConfig, Verdict};
 use dagger_proc::Topology;
-use dagger_sched::{ClusterEvent, Command, Completion, Scheduler, Stats, TaskInfo};
+use dagger_sched::{ClusterEvent, Command, Completion, LossVerdict, Scheduler, Stats, TaskInfo};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
@@ -101,6 +105,8 @@ pub struct DriverConfig {
     /// Whether workers on one host are joined by a shared-memory shortcut edge in the
     /// topology (the workers use one for large moves). Default on.
     pub shm_shortcuts: bool,
+    /// The fault policy: loss budgets, poison tasks, exclusion of workers.
+    pub policy: PolicyConfig,
 }
 
 impl Default for DriverConfig {
@@ -112,6 +118,7 @@ impl Default for DriverConfig {
             release_delay: Duration::from_millis(20),
             max_frame: 1 << 30,
             shm_shortcuts: true,
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -234,6 +241,7 @@ pub struct DriverCore<S = ()> {
     next_incarnation: u32,
     joined_total: usize,
     detector: FailureDetector,
+    policy: FaultPolicy,
 
     next_fetch: u64,
     /// Fetches sent to a worker, by chunk: who was asked, for which fetch, and when the
@@ -252,9 +260,11 @@ pub struct DriverCore<S = ()> {
 
 impl<S> DriverCore<S> {
     /// A core around `sched` with no workers. Cheap.
-    pub fn new(sched: Scheduler, config: DriverConfig) -> Self {
+    pub fn new(mut sched: Scheduler, config: DriverConfig) -> Self {
+        sched.set_default_loss_retries(config.policy.loss_retries);
         Self {
             detector: FailureDetector::new(config.heartbeat_timeout),
+            policy: FaultPolicy::new(config.policy.clone()),
             sched,
             config,
             now: Duration::ZERO,
@@ -287,6 +297,8 @@ impl<S> DriverCore<S> {
 
     fn advance(&mut self, now: Duration) {
         self.now = self.now.max(now);
+        // After a stall of the driver itself, nobody expires before one more interval.
+        self.detector.observe(self.now);
         self.dirty = true;
     }
 
@@ -415,8 +427,39 @@ impl<S> DriverCore<S> {
         self.detector.heard(worker, link_incarnation, now);
         match msg {
             ToDriver::Done { incarnation, tasks } => {
+                let mut excluded = Vec::new();
                 for done in tasks {
+                    if incarnation == link_incarnation {
+                        match &done.outcome {
+                            Outcome::Failed(err) => {
+                                self.policy
+                                    .attempt_failed(now, done.task, worker, incarnation, err)
+                            }
+                            _ => excluded.extend(self.policy.attempt_succeeded(
+                                now,
+                                done.task,
+                                worker,
+                                incarnation,
+                            )),
+                        }
+                    }
                     self.sched.task_done(now, worker, incarnation, done);
+                }
+                for ex in excluded {
+                    // The driver's own worker runs in its process: never excluded.
+                    if !ex.worker.is_driver() {
+                        let strikes = ex.strikes;
+                        self.lose(ex.worker, ex.incarnation, LostReason::Excluded { strikes });
+                    }
+                }
+            }
+            ToDriver::Started { incarnation, tasks } => {
+                if incarnation == link_incarnation {
+                    for task in tasks {
+                        if self.sched.is_dispatched_to(task, worker) {
+                            self.policy.started(task, worker, incarnation);
+                        }
+                    }
                 }
             }
             ToDriver::ChunkData { chunk, data, .. } => self.answer_fetches(worker, chunk, data),
@@ -482,8 +525,27 @@ impl<S> DriverCore<S> {
                 self.held_since = None;
             }
         }
-        tracing::warn!(%worker, %reason, "worker lost");
-        self.sched.worker_lost(self.now, worker, reason);
+        tracing::warn!(%worker, %incarnation, kind = reason.kind(), %reason, "worker lost");
+        let policy = &mut self.policy;
+        let r = &reason;
+        let mut verdict = |t: &dagger_sched::LostTask<'_>| {
+            let lost = dagger_ft::LostTask {
+                task: t.task,
+                func: t.func,
+                loss_reruns: t.loss_reruns,
+                loss_retries: t.loss_retries,
+            };
+            match policy.on_lost(worker, incarnation, r, &lost) {
+                Verdict::Retry { watch } => LossVerdict::Retry { watch },
+                Verdict::Fail(err) => {
+                    tracing::warn!(task = %t.task, error = %err, "a task of the lost worker fails");
+                    LossVerdict::Fail(err)
+                }
+            }
+        };
+        self.sched
+            .worker_lost_with(self.now, worker, reason.clone(), Some(&mut verdict));
+        self.policy.forget_worker(worker, incarnation);
         self.broadcast(&ToWorker::PeerLeft(worker));
         // Fetches waiting on it are parked again: the next `process` asks another holder,
         // or waits while the result is recomputed (at most the park limit, counted from
@@ -749,6 +811,9 @@ impl<S> DriverCore<S> {
                     self.send(worker, &msg);
                 }
                 Command::Complete { task, result } => {
+                    if result.is_err() {
+                        self.policy.forget_task(task);
+                    }
                     if let Some(slot) = self.slots.remove(&task) {
                         self.events
                             .push_back(DriverEvent::Complete { task, slot, result });

@@ -380,7 +380,10 @@ fn releases_are_held_back_then_flushed_at_the_release_delay() {
         vec![(LinkId(1), ToWorker::Release(vec![t.task.chunk()]))]
     );
     // Nothing held any more: the heartbeat deadline is next.
-    assert_eq!(c.poll_timeout(), Some(ms(5010)));
+    assert_eq!(
+        c.poll_timeout(),
+        Some(ms(10) + DriverConfig::default().heartbeat_timeout)
+    );
 }
 
 #[test]
@@ -393,7 +396,10 @@ fn releases_ride_with_the_next_message_to_their_worker() {
     assert_eq!(f.len(), 2, "{f:?}");
     assert_eq!(f[0], (LinkId(1), ToWorker::Release(vec![t.task.chunk()])));
     assert!(matches!(&f[1], (LinkId(1), ToWorker::Run(ts)) if ts[0].task == TaskId(2)));
-    assert_eq!(c.poll_timeout(), Some(ms(5010)));
+    assert_eq!(
+        c.poll_timeout(),
+        Some(ms(10) + DriverConfig::default().heartbeat_timeout)
+    );
 }
 
 #[test]
@@ -849,4 +855,308 @@ fn a_task_no_processor_can_run_fails_after_the_grace_period() {
         ),
         "{done:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Fault policy: poison tasks, exclusion, loss budgets, a stall of the driver.
+
+/// Joins `n` workers with one thread each on links 1..=n; worker k is `WorkerId(k)`,
+/// incarnation k, process 100 + k.
+fn cluster(c: &mut Core, n: u64) {
+    for k in 1..=n {
+        let j = c
+            .handle_join(ms(0), LinkId(k), info(100 + k as u32, 1), false)
+            .unwrap();
+        assert_eq!(j.worker, WorkerId(k as u32));
+        assert_eq!(j.incarnation, Incarnation(k as u32));
+    }
+    frames(c);
+    events(c);
+}
+
+fn panicked(t: &RunTask) -> Outcome {
+    Outcome::Failed(TaskError::Panicked {
+        task: t.task,
+        func: "f".into(),
+        message: "boom".into(),
+    })
+}
+
+fn started(c: &mut Core, now: Duration, link: LinkId, task: TaskId) {
+    let incarnation = Incarnation(link.0 as u32);
+    deliver(
+        c,
+        now,
+        link,
+        ToDriver::Started {
+            incarnation,
+            tasks: vec![task],
+        },
+    );
+}
+
+fn exited(pid: u32) -> LostReason {
+    LostReason::ProcessExited {
+        pid,
+        exit: ExitCause::Signal(9),
+    }
+}
+
+fn closed() -> LostReason {
+    LostReason::LinkClosed {
+        detail: "reset".into(),
+    }
+}
+
+/// The one `Run` of `task` in `f`: its link and whether it is watched.
+fn run_of(f: &[(LinkId, ToWorker)], task: u64) -> (LinkId, bool) {
+    let r: Vec<_> = runs(f)
+        .into_iter()
+        .filter(|(_, t)| t.task == TaskId(task))
+        .collect();
+    assert_eq!(r.len(), 1, "one run of task {task}: {f:?}");
+    (r[0].0, r[0].1.watch)
+}
+
+#[test]
+fn a_task_that_crashed_two_processes_while_it_ran_is_poisoned() {
+    let mut c = core(DriverConfig::default());
+    cluster(&mut c, 4);
+    let mut dependent = spec(2, vec![Arg::Task(TaskId(1))]);
+    dependent.options = Options::new().scope(dagger_core::Scope::worker(WorkerId(4)));
+    c.handle_submit(
+        ms(1),
+        vec![(spec(1, vec![val(1)]), Some(1)), (dependent, Some(2))],
+    );
+    let f = frames(&mut c);
+    let (l1, watch) = run_of(&f, 1);
+    assert!(!watch, "not a suspect yet: no Started asked for");
+    // 1st crash: imprecise (was task 1 running, or only queued?). It runs again, watched.
+    c.handle_process_exited(ms(10), 100 + l1.0 as u32, ExitCause::Signal(9));
+    events(&mut c);
+    let (l2, watch) = run_of(&frames(&mut c), 1);
+    assert!(watch, "a suspect is watched");
+    // 2nd crash, after its Started came from that process: counted.
+    started(&mut c, ms(11), l2, TaskId(1));
+    c.handle_link_closed(ms(12), l2, closed());
+    assert!(completions(&events(&mut c)).is_empty(), "one counted crash");
+    let (l3, watch) = run_of(&frames(&mut c), 1);
+    assert!(watch);
+    // 3rd crash, counted: two processes killed while it ran.
+    started(&mut c, ms(13), l3, TaskId(1));
+    c.handle_process_exited(ms(14), 100 + l3.0 as u32, ExitCause::Signal(9));
+    let done = completions(&events(&mut c));
+    let poisoned = TaskError::Poisoned {
+        task: TaskId(1),
+        func: "f".into(),
+        crashes: vec![
+            (WorkerId(l2.0 as u32), closed()),
+            (WorkerId(l3.0 as u32), exited(100 + l3.0 as u32)),
+        ],
+    };
+    assert!(poisoned.to_string().contains("killed 2 worker processes"));
+    assert_eq!(
+        done,
+        vec![
+            (TaskId(1), 1, Err(poisoned.clone())),
+            (
+                TaskId(2),
+                2,
+                Err(TaskError::DependencyFailed {
+                    task: TaskId(2),
+                    dependency: TaskId(1),
+                    cause: Box::new(poisoned),
+                })
+            ),
+        ]
+    );
+    assert!(runs(&frames(&mut c)).is_empty(), "not run again");
+}
+
+#[test]
+fn crashes_while_a_watched_task_was_only_queued_do_not_poison_it() {
+    let mut c = core(DriverConfig::default());
+    cluster(&mut c, 5);
+    c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
+    let (mut link, _) = run_of(&frames(&mut c), 1);
+    // Crashes of every process it was sent to; its Started never came (it was queued
+    // behind other work, or the report was lost with the process): retried within its
+    // loss budget, then WorkerLost, never Poisoned.
+    for k in 0..4u64 {
+        c.handle_process_exited(ms(10 + k), 100 + link.0 as u32, ExitCause::Signal(9));
+        let done = completions(&events(&mut c));
+        if k < 3 {
+            assert!(done.is_empty(), "loss {k}: {done:?}");
+            link = run_of(&frames(&mut c), 1).0;
+        } else {
+            assert!(
+                matches!(&done[..], [(_, 1, Err(TaskError::WorkerLost { .. }))]),
+                "{done:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_worker_whose_failed_tasks_succeed_elsewhere_is_excluded() {
+    let mut c = core(DriverConfig::default());
+    cluster(&mut c, 2);
+    let bad = LinkId(1);
+    // Tasks panic on worker 1 and succeed on worker 2; each may be retried.
+    let tasks: Vec<_> = (1..=12)
+        .map(|k| {
+            let mut s = spec(k, vec![val(k)]);
+            s.options = Options::new().retries(3);
+            (s, Some(k))
+        })
+        .collect();
+    c.handle_submit(ms(1), tasks);
+    let mut excluded = None;
+    let mut now = ms(2);
+    for _ in 0..50 {
+        let f = frames(&mut c);
+        let evs = events(&mut c);
+        for e in &evs {
+            if let DriverEvent::Cluster(ClusterEvent::WorkerLost { worker, reason }) = e {
+                excluded = Some((*worker, reason.clone()));
+            }
+        }
+        let r = runs(&f);
+        if r.is_empty() {
+            break;
+        }
+        for (link, t) in r {
+            now += ms(1);
+            let outcome = if link == bad {
+                panicked(&t)
+            } else {
+                Outcome::Value(wire::encode(&t.task.0))
+            };
+            let incarnation = Incarnation(link.0 as u32);
+            let tasks = vec![done(&t, outcome)];
+            deliver(&mut c, now, link, ToDriver::Done { incarnation, tasks });
+        }
+    }
+    assert_eq!(
+        excluded,
+        Some((WorkerId(1), LostReason::Excluded { strikes: 3 })),
+        "worker 1 is excluded after three tasks failed there and succeeded on worker 2"
+    );
+    assert_eq!(c.workers(), vec![WorkerId(2)]);
+}
+
+#[test]
+fn loss_budgets_come_from_the_task_options() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(101, 3), false)
+        .unwrap();
+    let with = |id: u64, o: Options| TaskSpec {
+        options: o,
+        ..spec(id, vec![val(id)])
+    };
+    c.handle_submit(
+        ms(1),
+        vec![
+            (with(1, Options::new().loss_retries(0)), Some(1)),
+            (with(2, Options::new()), Some(2)),
+            (with(3, Options::new().loss_retries(5)), Some(3)),
+        ],
+    );
+    assert_eq!(runs(&frames(&mut c)).len(), 3);
+    let mut failed = Vec::new();
+    // Silent losses: no crash attribution, only the budgets.
+    let mut now = ms(1);
+    for k in 1..=6u64 {
+        let mut evs = Vec::new();
+        for _ in 0..5 {
+            now = c.poll_timeout().expect("a deadline");
+            c.handle_timeout(now);
+            evs.extend(events(&mut c));
+            if !c.workers().contains(&WorkerId(k as u32)) {
+                break;
+            }
+        }
+        assert!(
+            evs.iter().any(|e| matches!(
+                e,
+                DriverEvent::Cluster(ClusterEvent::WorkerLost {
+                    reason: LostReason::Silent { .. },
+                    ..
+                })
+            )),
+            "loss {k}: {evs:?}"
+        );
+        for (task, _, r) in completions(&evs) {
+            assert!(matches!(r, Err(TaskError::WorkerLost { .. })), "{r:?}");
+            failed.push((task.0, k));
+        }
+        // A fresh worker takes what is left.
+        c.handle_join(now, LinkId(1 + k), info(101 + k as u32, 3), false)
+            .unwrap();
+        frames(&mut c);
+    }
+    // Task 1 (budget 0) fails at its first loss, task 2 (the policy's default, 3) at its
+    // fourth, task 3 (budget 5) at its sixth.
+    assert_eq!(failed, vec![(1, 1), (2, 4), (3, 6)]);
+}
+
+#[test]
+fn a_stall_of_the_driver_loses_nobody_and_a_silent_worker_is_still_found() {
+    let mut c = core(DriverConfig::default());
+    let timeout = c.config().heartbeat_timeout;
+    let interval = timeout / 4;
+    cluster(&mut c, 2);
+    let beat = |c: &mut Core, now: Duration, link: u64| {
+        let incarnation = Incarnation(link as u32);
+        deliver(c, now, LinkId(link), ToDriver::Heartbeat { incarnation });
+    };
+    beat(&mut c, ms(250), 1);
+    beat(&mut c, ms(250), 2);
+    // The driver's thread stalls for 10 s: its timer fires late, before the heartbeats
+    // waiting in its sockets are read.
+    c.handle_timeout(ms(10_250));
+    let evs = events(&mut c);
+    assert!(
+        evs.is_empty(),
+        "a stall of the driver loses nobody: {evs:?}"
+    );
+    // Worker 1's heartbeats are read now; worker 2 is really gone.
+    beat(&mut c, ms(10_251), 1);
+    let mut lost = None;
+    for _ in 0..10 {
+        let at = c.poll_timeout().expect("a deadline");
+        c.handle_timeout(at);
+        for e in events(&mut c) {
+            if let DriverEvent::Cluster(ClusterEvent::WorkerLost { worker, reason }) = e {
+                lost = Some((worker, reason, at));
+            }
+        }
+        if lost.is_some() {
+            break;
+        }
+        beat(&mut c, at, 1);
+    }
+    let (worker, reason, at) = lost.expect("worker 2 is lost");
+    assert_eq!(worker, WorkerId(2));
+    assert_eq!(reason, LostReason::Silent { timeout });
+    assert!(at <= ms(10_250) + interval, "lost at {at:?}");
+    assert_eq!(c.workers(), vec![WorkerId(1)]);
+
+    // Without a stall, a silent worker is lost within the timeout and one interval.
+    let mut c = core(DriverConfig::default());
+    cluster(&mut c, 1);
+    let mut lost_at = None;
+    for _ in 0..10 {
+        let at = c.poll_timeout().expect("a deadline");
+        c.handle_timeout(at);
+        if events(&mut c)
+            .iter()
+            .any(|e| matches!(e, DriverEvent::Cluster(ClusterEvent::WorkerLost { .. })))
+        {
+            lost_at = Some(at);
+            break;
+        }
+    }
+    let at = lost_at.expect("lost");
+    assert!(at <= timeout + interval, "lost at {at:?}");
 }

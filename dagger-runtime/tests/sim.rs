@@ -43,7 +43,9 @@ fn random_graphs_on_a_faulty_cluster() {
         "{seeds} seed(s) from {first} in {:.1}s: {} tasks, {} executions, {} stored results fetched {} times; \
          {} kills, {} pauses ({} past the heartbeat timeout), {} partitions, {} links cut, {} joins; \
          {} workers lost ({} silent), {} retries, {} stale frames fenced, {} frames lost with their link; \
-         {} retry budgets spent (in {} of {} passing seeds), {} tasks without a processor; {} events, {:.0}s virtual",
+         {} retry budgets spent (in {} of {} passing seeds), {} tasks without a processor; \
+         {} poison crashes, {} poison tasks poisoned, {} other tasks poisoned, {} restarts ({} refused), {} clean leaves, \
+         {} flaky panics, {} workers excluded ({} flaky); {} events, {:.0}s virtual",
         started.elapsed().as_secs_f64(),
         t.tasks,
         t.executions,
@@ -64,6 +66,15 @@ fn random_graphs_on_a_faulty_cluster() {
         t.seeds_budget_spent,
         t.seeds,
         t.no_processor,
+        t.poison_crashes,
+        t.poisoned,
+        t.innocent_poisoned,
+        t.restarts,
+        t.restarts_refused,
+        t.leaves,
+        t.flaky_panics,
+        t.excluded,
+        t.excluded_flaky,
         t.events,
         t.virtual_ms as f64 / 1000.0,
     );

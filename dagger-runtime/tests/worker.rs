@@ -66,6 +66,7 @@ fn task(id: u64, args: Vec<RunArg>) -> RunTask {
         proc: ProcId::new(ME, 1),
         inline_limit: 1024,
         push_to: vec![],
+        watch: false,
     }
 }
 
@@ -907,4 +908,42 @@ fn a_peer_of_another_build_is_refused_unless_mixing_is_allowed() {
         w.handle_inbound_link(ms(1), LinkKey(2), &hello),
         Ok(WorkerId(3))
     );
+}
+
+#[test]
+fn watched_tasks_report_started_before_they_run_and_others_do_not() {
+    let mut w = joined(config());
+    // An unwatched task: no message to the driver before it runs.
+    run(&mut w, ms(1), vec![task(1, vec![value(1)])]);
+    assert!(driver_msgs(&transmits(&mut w)).is_empty());
+    assert_eq!(starts(&mut w).len(), 1);
+    // Two watched tasks starting together: one Started, queued before their starts (the
+    // shell sends frames before it starts jobs), and a watched task that waits for an
+    // input reports only when it starts.
+    let mut a = task(2, vec![value(2)]);
+    a.watch = true;
+    let mut b = task(3, vec![value(3)]);
+    b.watch = true;
+    let mut c = task(4, vec![chunk_arg(9, &[2])]);
+    c.watch = true;
+    run(&mut w, ms(2), vec![a, b, c]);
+    let msgs = driver_msgs(&transmits(&mut w));
+    assert_eq!(
+        msgs,
+        vec![ToDriver::Started {
+            incarnation: Incarnation(5),
+            tasks: vec![TaskId(2), TaskId(3)],
+        }]
+    );
+    assert_eq!(starts(&mut w).len(), 2);
+    w.handle_chunk_received(ms(3), ChunkId(9), false, Ok(vec![1, 2, 3]));
+    let msgs = driver_msgs(&transmits(&mut w));
+    assert_eq!(
+        msgs,
+        vec![ToDriver::Started {
+            incarnation: Incarnation(5),
+            tasks: vec![TaskId(4)],
+        }]
+    );
+    assert_eq!(starts(&mut w).len(), 1);
 }

@@ -93,6 +93,7 @@ impl Scheduler {
                 pending_fetch: 0,
                 slot: 0,
                 loss_reruns: 0,
+                loss_retries: crate::task_table::loss_retries_of(t.options.loss_retries),
                 state: State::Waiting,
                 flags: if early {
                     TaskFlags::EARLY

@@ -56,7 +56,11 @@
 //!   `TaskError::DependencyFailed` naming the task that failed first and its error. Other
 //!   tasks are not affected.
 //! * A lost worker is not a task's fault: the tasks dispatched there run again regardless of
-//!   their retry budget, up to three times per task, then fail with `TaskError::WorkerLost`.
+//!   their retry budget, within their loss budget (`Options::loss_retries`, else
+//!   [`Config::default_loss_retries`], 3), then fail with `TaskError::WorkerLost`. An owner
+//!   with a fault policy (the driver core, with `dagger_ft::FaultPolicy`) judges each such
+//!   task itself through [`Scheduler::worker_lost_with`]: run again, watched (a suspected
+//!   poison task) or not, or fail with its error (`TaskError::Poisoned`).
 //!   Results whose only copy was there and that are still needed are recomputed from their
 //!   lineage (recursively through inputs that are lost as well). A task whose input fetch
 //!   failed (`TaskError::MoveFailed`, e.g. its source worker died) counts the same way.
@@ -120,6 +124,11 @@ pub struct Config {
     /// forever. The owner drives it with [`Scheduler::poll_timeout`] and
     /// [`Scheduler::handle_timeout`].
     pub no_processor_grace: Option<Duration>,
+    /// How many times a task runs again after its worker was lost (or a transient move
+    /// failure), when its options do not say (`Options::loss_retries`). Default 3. The
+    /// driver core replaces it with its fault policy's (`dagger_ft::PolicyConfig`), whose
+    /// verdicts decide worker losses.
+    pub default_loss_retries: u32,
 }
 
 impl Default for Config {
@@ -129,8 +138,36 @@ impl Default for Config {
             max_batch: 512,
             default_runtime_ns: 50_000,
             no_processor_grace: Some(Duration::from_secs(10)),
+            default_loss_retries: 3,
         }
     }
+}
+
+/// An unfinished task dispatched to a worker, as [`Scheduler::dispatched_to`] lists it and
+/// a fault policy judges it when the worker is lost ([`Scheduler::worker_lost_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostTask<'a> {
+    /// The task.
+    pub task: TaskId,
+    /// Its function's registered name.
+    pub func: &'a str,
+    /// How many times it already ran again after a loss (or a transient move failure).
+    pub loss_reruns: u32,
+    /// Its own loss budget (`Options::loss_retries`), if its options set one.
+    pub loss_retries: Option<u32>,
+}
+
+/// What to do with an unfinished task of a lost worker ([`Scheduler::worker_lost_with`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LossVerdict {
+    /// Queue it again.
+    Retry {
+        /// Ask the worker it runs on next to report when it starts
+        /// (`RunTask::watch`).
+        watch: bool,
+    },
+    /// Fail it with this error; its dependents fail with `DependencyFailed`.
+    Fail(TaskError),
 }
 
 /// One output of the scheduler, taken with [`Scheduler::poll_command`].

@@ -509,6 +509,7 @@ impl Scheduler {
             spec.fetching = fetching;
         }
         let (task, func) = (t.id, t.func);
+        let watch = t.flags.contains(crate::task_table::TaskFlags::WATCH);
         let run = RunTask {
             task,
             func: self.tasks.func_name(func).clone(),
@@ -516,6 +517,7 @@ impl Scheduler {
             proc,
             inline_limit: self.config.inline_limit,
             push_to: Vec::new(),
+            watch,
         };
         // Every ready task may be placed before the flush (this one is still counted).
         let expected = self.tasks.counts.ready as usize;

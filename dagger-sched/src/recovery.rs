@@ -3,18 +3,46 @@
 //! failure cascades to every transitive dependent.
 
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, State, TaskFlags, NONE};
-use crate::ClusterEvent;
-use dagger_core::{LostReason, TaskError, TaskId, WorkerId};
-
-/// A task that lost its worker (or an input fetch) more often than this fails.
-pub(crate) const MAX_LOSS_RERUNS: u8 = 3;
+use crate::task_table::{ns, State, TaskFlags, MAX_LOSS_BUDGET, NONE};
+use crate::{ClusterEvent, LossVerdict, LostTask};
+use dagger_core::{TaskError, TaskId, WorkerId};
 
 impl Scheduler {
-    /// Everything a lost worker held or ran: copies are forgotten, its tasks run again and
-    /// needed results that only it held are recomputed. The worker has already left the
-    /// topology.
-    pub(crate) fn recover_worker(&mut self, worker: WorkerId, reason: &LostReason) {
+    /// The loss budget of task `i`: its own, or the configured default.
+    pub(crate) fn loss_budget(&self, i: u32) -> u32 {
+        self.tasks[i]
+            .own_loss_retries()
+            .unwrap_or(self.config.default_loss_retries)
+            .min(MAX_LOSS_BUDGET)
+    }
+
+    /// The unfinished tasks dispatched to `worker`, from its processor slots' lists.
+    /// O(processor slots of the pool + tasks dispatched there).
+    pub(crate) fn lost_tasks_of(&self, worker: WorkerId) -> impl Iterator<Item = LostTask<'_>> {
+        self.placer
+            .slots
+            .iter()
+            .filter(move |s| s.id.worker == worker)
+            .flat_map(|s| s.running.iter())
+            .map(move |&i| {
+                let t = &self.tasks[i];
+                LostTask {
+                    task: t.id,
+                    func: self.tasks.func_name(t.func),
+                    loss_reruns: u32::from(t.loss_reruns),
+                    loss_retries: t.own_loss_retries(),
+                }
+            })
+    }
+
+    /// Everything a lost worker held or ran: copies are forgotten, its tasks run again or
+    /// fail as `verdict` says, and needed results that only it held are recomputed. The
+    /// worker has already left the topology.
+    pub(crate) fn recover_worker(
+        &mut self,
+        worker: WorkerId,
+        verdict: &mut dyn FnMut(&LostTask<'_>) -> LossVerdict,
+    ) {
         self.placer.dirty = true;
         self.placer.draining.remove(&worker);
         self.outbox.forget(worker);
@@ -27,20 +55,24 @@ impl Scheduler {
         lost.sort_unstable();
         self.recovery_examined += held + lost.len() as u64;
         for i in lost {
-            let t = &mut self.tasks[i];
+            let t = &self.tasks[i];
             if t.state != State::Dispatched {
                 continue;
             }
+            let v = verdict(&LostTask {
+                task: t.id,
+                func: self.tasks.func_name(t.func),
+                loss_reruns: u32::from(t.loss_reruns),
+                loss_retries: t.own_loss_retries(),
+            });
+            let t = &mut self.tasks[i];
             t.loss_reruns = t.loss_reruns.saturating_add(1);
-            if t.loss_reruns > MAX_LOSS_RERUNS {
-                let err = TaskError::WorkerLost {
-                    task: t.id,
-                    worker,
-                    reason: reason.clone(),
-                };
-                self.fail(i, err);
-            } else {
-                self.retry(i);
+            match v {
+                LossVerdict::Retry { watch } => {
+                    t.flags.set(TaskFlags::WATCH, watch);
+                    self.retry(i);
+                }
+                LossVerdict::Fail(err) => self.fail(i, err),
             }
         }
 

@@ -14,9 +14,8 @@ use crate::data::DataDir;
 use crate::hash::FxMap;
 use crate::outbox::Outbox;
 use crate::placement::Placer;
-use crate::recovery::MAX_LOSS_RERUNS;
 use crate::task_table::{opt_time, State, Task, TaskFlags, TaskTable, NONE};
-use crate::{ClusterEvent, Command, Completion, Config, Stats, TaskInfo};
+use crate::{ClusterEvent, Command, Completion, Config, LossVerdict, LostTask, Stats, TaskInfo};
 use dagger_core::topology::Topology;
 use dagger_core::wire::{Outcome, TaskDone};
 use dagger_core::{
@@ -60,6 +59,13 @@ impl Scheduler {
     /// The configuration it was created with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Replaces [`Config::default_loss_retries`] (an owner with a fault policy makes it
+    /// agree with the policy's). Tasks already submitted without their own budget use the
+    /// new default from their next loss on.
+    pub fn set_default_loss_retries(&mut self, n: u32) {
+        self.config.default_loss_retries = n;
     }
 
     /// The pool's processors and the edges between them.
@@ -119,18 +125,54 @@ impl Scheduler {
     }
 
     /// A worker is gone (its link closed or it stopped answering). It leaves the topology;
-    /// later messages from it are ignored; its unfinished tasks are queued again (at most
-    /// three times per task, then they fail with `TaskError::WorkerLost`); results whose
-    /// only copy it held and that are still needed are recomputed from lineage. Emits
-    /// `ClusterEvent::WorkerLost`. Costs O(tasks dispatched to it + results it held + the
-    /// processor slots of the pool, plus what is recomputed), not O(tasks in memory).
-    /// Unknown workers are ignored.
+    /// later messages from it are ignored; its unfinished tasks are queued again while
+    /// their loss budget lasts (`Options::loss_retries`, else
+    /// [`Config::default_loss_retries`]), then they fail with `TaskError::WorkerLost`;
+    /// results whose only copy it held and that are still needed are recomputed from
+    /// lineage. Emits `ClusterEvent::WorkerLost`. Costs O(tasks dispatched to it + results
+    /// it held + the processor slots of the pool, plus what is recomputed), not O(tasks in
+    /// memory). Unknown workers are ignored.
     pub fn worker_lost(&mut self, now: Duration, worker: WorkerId, reason: LostReason) {
+        self.worker_lost_with(now, worker, reason, None);
+    }
+
+    /// Like [`Scheduler::worker_lost`], with a fault policy: `verdict` is asked, once per
+    /// unfinished task dispatched to the worker (in task order), whether to run it again
+    /// (and watch it: its `RunTask::watch` is set) or to fail it with an error (a poison
+    /// task, a spent budget); its dependents then fail with `DependencyFailed`. `None`
+    /// applies the loss budget alone. Either way a re-run counts against the task's loss
+    /// budget. Same cost as `worker_lost`.
+    pub fn worker_lost_with(
+        &mut self,
+        now: Duration,
+        worker: WorkerId,
+        reason: LostReason,
+        verdict: Option<&mut dyn FnMut(&LostTask<'_>) -> LossVerdict>,
+    ) {
         self.now = now;
         if self.topology.remove_worker(worker).is_none() {
             return;
         }
-        self.recover_worker(worker, &reason);
+        match verdict {
+            Some(v) => self.recover_worker(worker, v),
+            None => {
+                let budgets = self.config.default_loss_retries;
+                let r = reason.clone();
+                let mut by_budget = move |lost: &LostTask<'_>| {
+                    let budget = lost.loss_retries.unwrap_or(budgets);
+                    if lost.loss_reruns >= budget.min(crate::task_table::MAX_LOSS_BUDGET) {
+                        LossVerdict::Fail(TaskError::WorkerLost {
+                            task: lost.task,
+                            worker,
+                            reason: r.clone(),
+                        })
+                    } else {
+                        LossVerdict::Retry { watch: false }
+                    }
+                };
+                self.recover_worker(worker, &mut by_budget);
+            }
+        }
         // Tasks parked behind its (draining) processors are looked at again.
         self.unpark();
         self.outbox
@@ -248,6 +290,7 @@ impl Scheduler {
                 self.maybe_release(i);
             }
             Outcome::Failed(err) => {
+                let loss_budget = self.loss_budget(i);
                 let t = &mut self.tasks[i];
                 t.run_ns = done.run_ns;
                 let retry = match &err {
@@ -259,9 +302,9 @@ impl Scheduler {
                     // cured by recomputing the input; a deterministic one (too large,
                     // undecodable) would fail the same way again.
                     TaskError::MoveFailed { cause, .. }
-                        if cause.is_transient() && t.loss_reruns < MAX_LOSS_RERUNS =>
+                        if cause.is_transient() && u32::from(t.loss_reruns) < loss_budget =>
                     {
-                        t.loss_reruns += 1;
+                        t.loss_reruns = t.loss_reruns.saturating_add(1);
                         true
                     }
                     _ => false,
@@ -327,6 +370,21 @@ impl Scheduler {
     pub fn handle_timeout(&mut self, now: Duration) {
         self.now = now;
         self.expire_starving();
+    }
+
+    /// The unfinished tasks dispatched to `worker` (running there or waiting there for
+    /// their inputs), with what a fault policy needs to judge them if the worker is lost.
+    /// O(processor slots of the pool + tasks dispatched there).
+    pub fn dispatched_to(&self, worker: WorkerId) -> impl Iterator<Item = LostTask<'_>> {
+        self.lost_tasks_of(worker)
+    }
+
+    /// Whether `task` is dispatched to `worker` and unfinished. O(1).
+    pub fn is_dispatched_to(&self, task: TaskId, worker: WorkerId) -> bool {
+        self.tasks.get(&task).is_some_and(|i| {
+            let t = &self.tasks[i];
+            t.state == State::Dispatched && self.placer.slot_proc(t.slot).worker == worker
+        })
     }
 
     /// The workers holding a copy of a chunk (empty if none or unknown).

@@ -13,6 +13,16 @@ use std::time::Duration;
 /// "No time recorded".
 pub(crate) const NONE: u64 = u64::MAX;
 
+/// `Task::loss_retries` of a task whose options leave the budget to the default.
+pub(crate) const LOSS_BUDGET_UNSET: u8 = u8::MAX;
+/// The largest loss budget a task keeps (`loss_reruns` saturates at `u8::MAX`).
+pub(crate) const MAX_LOSS_BUDGET: u32 = u8::MAX as u32 - 1;
+
+/// The stored form of `Options::loss_retries`.
+pub(crate) fn loss_retries_of(options: Option<u32>) -> u8 {
+    options.map_or(LOSS_BUDGET_UNSET, |n| n.min(MAX_LOSS_BUDGET) as u8)
+}
+
 bitflags::bitflags! {
     /// Flags of [`Task::flags`] (one byte of the record).
     #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -31,6 +41,9 @@ bitflags::bitflags! {
         const HELD = 16;
         /// The scheduler keeps a copy of the result (in the data directory's `inline`).
         const INLINE = 32;
+        /// It is suspected of crashing workers: its `RunTask` asks the worker to report
+        /// when it starts (`RunTask::watch`).
+        const WATCH = 64;
     }
 }
 
@@ -97,6 +110,9 @@ pub(crate) struct Task {
     /// are never reused for another processor); valid once `dispatched_ns` is set.
     pub(crate) slot: u32,
     pub(crate) loss_reruns: u8,
+    /// Its own budget of re-runs after losses (`Options::loss_retries`, at most
+    /// [`MAX_LOSS_BUDGET`]), or [`LOSS_BUDGET_UNSET`] for the configured default.
+    pub(crate) loss_retries: u8,
     pub(crate) state: State,
     pub(crate) flags: TaskFlags,
     pub(crate) spec: Option<Box<Spec>>,
@@ -240,6 +256,13 @@ impl TaskTable {
             .as_ref()
             .map(|s| s.deps.clone())
             .unwrap_or_default()
+    }
+}
+
+impl Task {
+    /// Its own loss budget, if its options set one.
+    pub(crate) fn own_loss_retries(&self) -> Option<u32> {
+        (self.loss_retries != LOSS_BUDGET_UNSET).then_some(u32::from(self.loss_retries))
     }
 }
 

@@ -86,6 +86,8 @@ struct Pending<B> {
     missing: usize,
     /// The chunks it waits for (those of its missing arguments when it came).
     wanted: Vec<ChunkId>,
+    /// The driver watches it: report `Started` before it runs.
+    watch: bool,
 }
 
 /// A task handed to the shell to run.
@@ -727,6 +729,7 @@ impl<B: ChunkData> WorkerState<B> {
             proc,
             inline_limit,
             push_to: _,
+            watch,
         } = t;
         // Our own result will be produced here (again, if an earlier run failed): peers
         // asking for it wait.
@@ -782,7 +785,7 @@ impl<B: ChunkData> WorkerState<B> {
         }
         if missing == 0 {
             let args = values.into_iter().flatten().collect();
-            self.start(task, func, proc, inline_limit, args);
+            self.start(task, func, proc, inline_limit, args, watch);
             return;
         }
         self.pending.insert(
@@ -794,6 +797,7 @@ impl<B: ChunkData> WorkerState<B> {
                 args: values,
                 missing,
                 wanted,
+                watch,
             },
         );
         for (chunk, holder) in wants {
@@ -811,7 +815,11 @@ impl<B: ChunkData> WorkerState<B> {
         proc: ProcId,
         inline_limit: u32,
         args: Vec<B>,
+        watch: bool,
     ) {
+        if watch {
+            self.report_started(task);
+        }
         self.running.insert(task, Running { proc, inline_limit });
         self.actions.push_back(Action::Start(StartTask {
             task,
@@ -819,6 +827,26 @@ impl<B: ChunkData> WorkerState<B> {
             proc,
             args,
         }));
+    }
+
+    /// Tells the driver at once that watched `task` starts (a suspected poison task: if
+    /// this process dies now, the driver blames it). Tasks starting together share one
+    /// `Started` message when nothing else was queued between them.
+    fn report_started(&mut self, task: TaskId) {
+        if let Some(Transmit {
+            to: Dest::Driver,
+            body: Body::Driver(ToDriver::Started { tasks, .. }),
+            ..
+        }) = self.transmits.back_mut()
+        {
+            tasks.push(task);
+            return;
+        }
+        let msg = ToDriver::Started {
+            incarnation: self.incarnation,
+            tasks: vec![task],
+        };
+        self.send_driver(msg, None);
     }
 
     /// Someone wants a chunk: answered now if it is here, when it arrives if it is coming,
@@ -924,7 +952,7 @@ impl<B: ChunkData> WorkerState<B> {
         if p.missing == 0 {
             if let Some(p) = self.pending.remove(&task) {
                 let args = p.args.into_iter().flatten().collect();
-                self.start(task, p.func, p.proc, p.inline_limit, args);
+                self.start(task, p.func, p.proc, p.inline_limit, args, p.watch);
             }
         }
     }

@@ -25,6 +25,14 @@
 //! parent sees its child exit. A process whose driver connection closes exits, as the
 //! facade's worker does.
 //!
+//! Faults of tasks and processes: a poison task crashes the process running it a little
+//! after it starts; some processes are flaky and make tasks with retries panic; a
+//! supervisor replaces crashed processes while its `dagger_ft::RestartBudget` allows; a
+//! worker may also leave cleanly (it closes its links). The oracle accepts
+//! `TaskError::Poisoned` for a poison task, and for another task only if the simulation
+//! itself saw it running in two processes that crashed; `LostReason::Excluded` only for a
+//! worker where at least as many distinct tasks panicked as its strikes.
+//!
 //! Shared memory is off (`WorkerConfig::shm` false, no shortcut edges), and the processes
 //! are spread over a few host names: every chunk moves over the links.
 
@@ -49,9 +57,9 @@ pub const IDLE: Duration = Duration::from_secs(10);
 const INLINE_LIMIT: u32 = 12;
 /// A run still going after this much virtual time is a hang.
 const HANG_LIMIT: Duration = Duration::from_secs(600);
-/// How many times a task may lose its worker or an input before it fails (the
-/// scheduler's budget, `MAX_LOSS_RERUNS`, plus the first run).
-const LOSS_BUDGET_ATTEMPTS: u32 = 4;
+/// How many times a task may lose its worker or an input before it fails (the fault
+/// policy's default budget, `dagger_ft::DEFAULT_LOSS_RETRIES`, plus the first run).
+const LOSS_BUDGET_ATTEMPTS: u32 = dagger_ft::DEFAULT_LOSS_RETRIES + 1;
 /// How long the cluster runs on after the last task settled (and the last fault healed)
 /// before the final checks.
 const QUIET: Duration = Duration::from_secs(7);
@@ -110,6 +118,8 @@ struct Proc {
     tokens: BTreeMap<TaskId, u64>,
     /// The driver declared it lost (any later message of it is stale).
     lost: bool,
+    /// It makes tasks with retries panic, half the time.
+    flaky: bool,
 }
 
 /// How a killed process's end is noticed.
@@ -121,6 +131,8 @@ enum KillMode {
     Remote,
     /// Its sockets are closed: the other ends see the links close.
     LinkClose,
+    /// It leaves on its own: it closes its links and exits (not replaced).
+    Leave,
 }
 
 enum Ev {
@@ -155,6 +167,8 @@ enum Ev {
     Exited {
         pid: u32,
     },
+    /// A poison task running in process `p` crashes it.
+    Crash(usize),
     Fault,
     Resume(usize),
     Submit(usize),
@@ -171,7 +185,9 @@ impl Ev {
                 Who::Proc(p) => Some(p),
                 Who::Driver => None,
             },
-            Ev::WorkerTimer(p) | Ev::Finish { p, .. } | Ev::Connect { p, .. } => Some(*p),
+            Ev::WorkerTimer(p) | Ev::Finish { p, .. } | Ev::Connect { p, .. } | Ev::Crash(p) => {
+                Some(*p)
+            }
             _ => None,
         }
     }
@@ -220,6 +236,22 @@ pub struct Totals {
     pub no_processor: u64,
     pub virtual_ms: u64,
     pub events: u64,
+    /// Processes crashed by poison tasks.
+    pub poison_crashes: u64,
+    /// Poison tasks that ended `Poisoned`.
+    pub poisoned: u64,
+    /// Other tasks that ended `Poisoned` (they ran in two crashed processes).
+    pub innocent_poisoned: u64,
+    /// Crashed processes the supervisor replaced, and those it refused to.
+    pub restarts: u64,
+    pub restarts_refused: u64,
+    /// Workers that left cleanly.
+    pub leaves: u64,
+    /// Panics caused by flaky workers.
+    pub flaky_panics: u64,
+    /// Workers excluded by the fault policy (of them, flaky ones).
+    pub excluded: u64,
+    pub excluded_flaky: u64,
 }
 
 impl Totals {
@@ -247,6 +279,15 @@ impl Totals {
         self.no_processor += o.no_processor;
         self.virtual_ms += o.virtual_ms;
         self.events += o.events;
+        self.poison_crashes += o.poison_crashes;
+        self.poisoned += o.poisoned;
+        self.innocent_poisoned += o.innocent_poisoned;
+        self.restarts += o.restarts;
+        self.restarts_refused += o.restarts_refused;
+        self.leaves += o.leaves;
+        self.flaky_panics += o.flaky_panics;
+        self.excluded += o.excluded;
+        self.excluded_flaky += o.excluded_flaky;
     }
 }
 
@@ -283,6 +324,16 @@ pub struct Sim {
     /// How many batches were submitted.
     submitted: usize,
     executions: BTreeMap<TaskId, u32>,
+    /// Per task: the processes that crashed (were killed, or left) while it ran there.
+    crashed_running: BTreeMap<TaskId, BTreeSet<usize>>,
+    /// Per task: how many of its executions panicked.
+    panics: BTreeMap<TaskId, u32>,
+    /// Per process: the tasks that panicked there.
+    panicked_on: BTreeMap<usize, BTreeSet<TaskId>>,
+    /// The share of processes that are flaky, in percent.
+    flaky_pct: u32,
+    /// The supervisor's restart policy for crashed processes.
+    supervisor: dagger_ft::RestartBudget,
     lost_workers: BTreeSet<WorkerId>,
     faults_left: u32,
     kills_left: u32,
@@ -342,6 +393,11 @@ impl Sim {
             rng.random_range(1..=6)
         };
         let kills_left = rng.random_range(0..=3);
+        let flaky_pct = if rng.random_bool(0.4) {
+            rng.random_range(10..=50)
+        } else {
+            0
+        };
         let mut sim = Sim {
             seed,
             rng,
@@ -368,6 +424,11 @@ impl Sim {
             last_ref,
             submitted: 0,
             executions: BTreeMap::new(),
+            crashed_running: BTreeMap::new(),
+            panics: BTreeMap::new(),
+            panicked_on: BTreeMap::new(),
+            flaky_pct,
+            supervisor: dagger_ft::RestartBudget::default(),
             lost_workers: BTreeSet::new(),
             faults_left,
             kills_left,
@@ -445,6 +506,7 @@ impl Sim {
         let mut config = WorkerConfig::new(host.clone(), REGISTRY);
         config.shm = false;
         let threads = self.rng.random_range(1..=3u32);
+        let flaky = self.rng.random_range(0..100) < self.flaky_pct;
         let conn = self.new_conn([Who::Proc(p), Who::Driver]);
         self.procs.push(Proc {
             core: Worker::new(config),
@@ -457,6 +519,7 @@ impl Sim {
             free_at: vec![Duration::ZERO; threads as usize + 1],
             tokens: BTreeMap::new(),
             lost: false,
+            flaky,
         });
         let info = process_info(pid, &host, threads);
         let frame = wire::encode(&ToDriver::Join(info));
@@ -558,11 +621,24 @@ impl Sim {
         self.trace(|| format!("process {p} killed ({mode:?})"));
         self.procs[p].state = PState::Dead;
         self.procs[p].deferred.clear();
-        self.procs[p].tokens.clear();
+        for (task, _) in std::mem::take(&mut self.procs[p].tokens) {
+            self.crashed_running.entry(task).or_default().insert(p);
+        }
         let delay = match mode {
-            KillMode::LinkClose => self.conns[&self.procs[p].driver_conn].latency,
+            KillMode::LinkClose | KillMode::Leave => self.conns[&self.procs[p].driver_conn].latency,
             KillMode::LocalChild | KillMode::Remote => IDLE,
         };
+        // The supervisor replaces a process that died, while its budget lasts.
+        if !matches!(mode, KillMode::Leave) {
+            match self.supervisor.try_restart(self.now) {
+                Ok(_) => {
+                    self.totals.restarts += 1;
+                    let at = self.now + ms(self.rng.random_range(20..200));
+                    self.push(at, Ev::Spawn);
+                }
+                Err(_) => self.totals.restarts_refused += 1,
+            }
+        }
         for conn in std::mem::take(&mut self.procs[p].conns) {
             let e = self.end_of(conn, Who::Proc(p));
             let l = self.conns[&conn].latency;
@@ -711,6 +787,15 @@ impl Sim {
             Ev::Exited { pid } => {
                 self.driver
                     .handle_process_exited(self.now, pid, ExitCause::Signal(9));
+            }
+            Ev::Crash(p) => {
+                self.totals.poison_crashes += 1;
+                let mode = match self.rng.random_range(0..10) {
+                    0..=3 => KillMode::LocalChild,
+                    4..=7 => KillMode::LinkClose,
+                    _ => KillMode::Remote,
+                };
+                self.kill(p, mode);
             }
             Ev::Fault => self.fault(),
             Ev::Resume(p) => self.resume(p),
@@ -1050,7 +1135,27 @@ impl Sim {
         self.totals.executions += 1;
         let runs = self.executions.entry(task).or_default();
         *runs += 1;
-        let result = if node.always_panics || (node.panics_once && *runs == 1) {
+        let runs = *runs;
+        let idx = s.proc.index as usize;
+        let proc = &self.procs[p];
+        if idx == 0 || idx >= proc.free_at.len() || s.proc.worker != proc.core.id() {
+            return self.fail(format!("{task} started on processor {}", s.proc));
+        }
+        if node.poison {
+            // It runs a little, then the process crashes.
+            let token = self.next_token;
+            self.next_token += 1;
+            self.procs[p].tokens.insert(task, token);
+            let at = self.now + Duration::from_micros(self.rng.random_range(0..4000));
+            self.trace(|| format!("process {p} starts poison {task}, crashes at {at:?}"));
+            self.push(at, Ev::Crash(p));
+            return;
+        }
+        let flaky = self.procs[p].flaky && node.retries > 0 && self.rng.random_bool(0.5);
+        let result = if node.always_panics || (node.panics_once && runs == 1) || flaky {
+            self.totals.flaky_panics += u64::from(flaky);
+            *self.panics.entry(task).or_default() += 1;
+            self.panicked_on.entry(p).or_default().insert(task);
             Err(TaskError::Panicked {
                 task,
                 func: FUNC.into(),
@@ -1060,11 +1165,7 @@ impl Sim {
             Ok(graph::result_bytes(v, node.big))
         };
         let run = Duration::from_micros(self.rng.random_range(200..15_000));
-        let idx = s.proc.index as usize;
         let proc = &mut self.procs[p];
-        if idx == 0 || idx >= proc.free_at.len() || s.proc.worker != proc.core.id() {
-            return self.fail(format!("{task} started on processor {}", s.proc));
-        }
         let at = proc.free_at[idx].max(self.now) + run;
         if self.trace {
             eprintln!(
@@ -1171,6 +1272,21 @@ impl Sim {
                 if matches!(reason, LostReason::Silent { .. }) {
                     self.totals.silent += 1;
                 }
+                if let LostReason::Excluded { strikes } = reason {
+                    // Strikes come from distinct tasks that failed there (and succeeded
+                    // elsewhere): at least that many distinct tasks panicked there.
+                    let Some(p) = self.proc_of(worker) else {
+                        return self.fail(format!("unknown {worker} excluded"));
+                    };
+                    let panicked = self.panicked_on.get(&p).map_or(0, |s| s.len());
+                    if strikes < 3 || panicked < strikes as usize {
+                        return self.fail(format!(
+                            "{worker} (process {p}) excluded with {strikes} strikes, {panicked} distinct tasks panicked there"
+                        ));
+                    }
+                    self.totals.excluded += 1;
+                    self.totals.excluded_flaky += u64::from(self.procs[p].flaky);
+                }
                 self.lost_workers.insert(worker);
                 if let Some(p) = self.proc_of(worker) {
                     self.procs[p].lost = true;
@@ -1263,10 +1379,37 @@ impl Sim {
         let node = &self.graph.nodes[k];
         match error {
             TaskError::Panicked { task: t, .. } if *t == task => {
-                if node.always_panics {
+                let panics = self.panics.get(&task).copied().unwrap_or(0);
+                if node.always_panics || panics > node.retries {
                     Ok(())
                 } else {
-                    Err("it does not always panic (a panic once has a retry)".into())
+                    Err(format!(
+                        "it panicked {panics} time(s), within its {} retries",
+                        node.retries
+                    ))
+                }
+            }
+            TaskError::Poisoned {
+                task: t, crashes, ..
+            } if *t == task => {
+                let seen = self.crashed_running.get(&task).map_or(0, |s| s.len());
+                let workers: BTreeSet<WorkerId> = crashes.iter().map(|c| c.0).collect();
+                if crashes.len() < 2 || workers.len() != crashes.len() {
+                    Err(format!("not two distinct crashed workers: {crashes:?}"))
+                } else if seen < crashes.len() {
+                    Err(format!(
+                        "poisoned by {} crashes, but seen running in {seen} crashed processes",
+                        crashes.len()
+                    ))
+                } else if crashes.iter().any(|(_, r)| !r.is_crash()) {
+                    Err(format!("a loss that is no crash counted: {crashes:?}"))
+                } else {
+                    if node.poison {
+                        self.totals.poisoned += 1;
+                    } else {
+                        self.totals.innocent_poisoned += 1;
+                    }
+                    Ok(())
                 }
             }
             TaskError::DependencyFailed {
@@ -1435,6 +1578,10 @@ impl Sim {
                     let l = self.conns[&conn].latency;
                     self.close(conn, None, l);
                 }
+            }
+            85..=91 if usable.len() >= 2 => {
+                self.totals.leaves += 1;
+                self.kill(p, KillMode::Leave);
             }
             _ => {
                 self.totals.joins += 1;

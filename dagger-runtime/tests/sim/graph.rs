@@ -25,6 +25,11 @@ pub struct Node {
     pub panics_once: bool,
     /// Whether every execution panics.
     pub always_panics: bool,
+    /// A poison task: the worker process running it crashes shortly after it starts.
+    pub poison: bool,
+    /// Its retry budget after a panic (`Options::retries`): 1 for `panics_once`, and
+    /// some tasks get a few, which flaky workers use up.
+    pub retries: u32,
     /// The initial worker (index among them) its scope pins it to, if any.
     pub pin: Option<usize>,
 }
@@ -59,6 +64,13 @@ impl Graph {
         } else {
             0
         };
+        // Poison tasks in some graphs (per mille), retries on some tasks.
+        let poison_pm = if rng.random_bool(0.3) {
+            rng.random_range(2..=20u32)
+        } else {
+            0
+        };
+        let retry_pct = rng.random_range(0..30u32);
         let mut nodes = Vec::with_capacity(n);
         let mut batch_ends = Vec::new();
         for k in 0..n {
@@ -69,12 +81,25 @@ impl Graph {
                     deps.push(rng.random_range(lo..k));
                 }
             }
+            let poison = rng.random_range(0..1000) < poison_pm;
+            let panics_once = !poison && rng.random_range(0..100) < 3;
+            let always_panics = !poison && rng.random_range(0..1000) < 7;
+            let retries = if panics_once {
+                1
+            } else if !poison && rng.random_range(0..100) < retry_pct {
+                rng.random_range(1..=3)
+            } else {
+                0
+            };
+            let pin = (rng.random_range(0..100) < pin_pct).then(|| rng.random_range(0..pins));
             nodes.push(Node {
                 deps,
                 big: rng.random_range(0..100) < big_pct,
-                panics_once: rng.random_range(0..100) < 3,
-                always_panics: rng.random_range(0..1000) < 7,
-                pin: (rng.random_range(0..100) < pin_pct).then(|| rng.random_range(0..pins)),
+                panics_once,
+                always_panics,
+                poison,
+                retries,
+                pin: pin.filter(|_| !poison),
             });
             if k + 1 == n || rng.random_range(0..100) < 3 {
                 batch_ends.push(k + 1);
@@ -87,8 +112,8 @@ impl Graph {
     pub fn spec(&self, k: usize, workers: &[WorkerId]) -> TaskSpec {
         let node = &self.nodes[k];
         let mut options = Options::new();
-        if node.panics_once {
-            options = options.retries(1);
+        if node.retries > 0 {
+            options = options.retries(node.retries);
         }
         if let Some(p) = node.pin {
             options = options.scope(Scope::worker(workers[p]));
@@ -103,12 +128,13 @@ impl Graph {
         }
     }
 
-    /// The value every node must produce, or `None` when it must fail (it always panics,
-    /// or depends on one that does). Failures caused by faults are judged separately.
+    /// The value every node must produce, or `None` when it must fail (it always panics or
+    /// is a poison task, or depends on one). Failures caused by faults are judged
+    /// separately.
     pub fn expected(&self) -> Vec<Option<u64>> {
         let mut out: Vec<Option<u64>> = Vec::with_capacity(self.nodes.len());
         for (k, node) in self.nodes.iter().enumerate() {
-            let mut v = (!node.always_panics).then_some(k as u64 + 1);
+            let mut v = (!node.always_panics && !node.poison).then_some(k as u64 + 1);
             for &d in &node.deps {
                 v = match (v, out[d]) {
                     (Some(a), Some(b)) => Some(a.wrapping_add(b)),
