@@ -226,11 +226,11 @@ fn expect_replacement(
     new
 }
 
+/// The handles of [`gated_graph`]: the squares, their tags and the sum.
+type GatedGraph = (Vec<Handle<u64>>, Vec<Handle<(u64, u32)>>, Handle<u64>);
+
 /// Spawns 40 gated squares, each tagged with the worker that ran its tag, and their sum.
-fn gated_graph(
-    ctx: &Context,
-    dir: &TempDir,
-) -> (Vec<Handle<u64>>, Vec<Handle<(u64, u32)>>, Handle<u64>) {
+fn gated_graph(ctx: &Context, dir: &TempDir) -> GatedGraph {
     let squares: Vec<_> = (0..40u64)
         .map(|i| gated_square::spawn(ctx, i, dir.arg()).unwrap())
         .collect();
