@@ -137,8 +137,8 @@ pub(crate) struct Inner {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     children: Children,
-    /// Local worker processes that exited (counted by the child watch; receivers are told
-    /// of every change).
+    /// Local worker processes that exited (counted by the supervisor's exit watches;
+    /// receivers are told of every change).
     exited_children: Arc<tokio::sync::watch::Sender<usize>>,
     /// Credentials, transport and address of a context that links processes.
     links: Option<Links>,
@@ -866,7 +866,8 @@ impl Context {
         self.query(|st| st.workers()).unwrap_or_default()
     }
 
-    /// Events of the cluster from now on: workers joined or lost, tasks retried.
+    /// Events of the cluster from now on: workers joined or lost, tasks retried, local
+    /// worker processes replaced by the supervisor or not replaced (restart budget spent).
     pub fn subscribe(&self) -> ClusterEvents {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = self.query(move |st| st.subscribe(tx));
@@ -889,7 +890,8 @@ impl Context {
         self.inner.links.as_ref().map(|l| l.listen_addr.as_str())
     }
 
-    /// Operating-system process ids of the local worker processes.
+    /// Operating-system process ids of the local worker processes now running (the
+    /// supervisor's replacements included; a process leaves the list once it exited).
     pub fn local_worker_pids(&self) -> Vec<u32> {
         self.inner.children.lock().iter().map(|c| c.pid()).collect()
     }
