@@ -47,7 +47,7 @@ fn cluster(respawn: bool) -> anyhow::Result<Context> {
     Ok(Context::builder()
         .workers(2)
         .worker_threads(2)
-        //RESPAWN .respawn(respawn)
+        .respawn(respawn)
         .build()?)
 }
 

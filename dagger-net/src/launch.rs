@@ -387,6 +387,7 @@ pub struct LocalLauncher {
     identity: Identity,
     envs: Vec<(String, String)>,
     args: Option<Vec<OsString>>,
+    memory_limit: Option<u64>,
 }
 
 impl LocalLauncher {
@@ -397,7 +398,25 @@ impl LocalLauncher {
             identity,
             envs: Vec::new(),
             args: None,
+            memory_limit: None,
         }
+    }
+
+    /// Caps the address space of every worker this launcher starts at `bytes`
+    /// (`RLIMIT_AS`, set in the child before it executes; Unix hosts only). An allocation
+    /// beyond it fails inside the worker, and a Rust program aborts on a failed allocation
+    /// (`SIGABRT`): the driver sees a process exit like any other, and the worker's tasks
+    /// run again elsewhere. The limit counts reserved address space, not resident memory:
+    /// each thread's stack and the allocator's per-thread arenas count in full, so leave a
+    /// few hundred MiB above what the tasks need. Default: no limit.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The address-space limit set with [`LocalLauncher::memory_limit`], if any.
+    pub fn memory_limit_bytes(&self) -> Option<u64> {
+        self.memory_limit
     }
 
     /// Sets an extra environment variable for every worker this launcher starts (e.g.
@@ -456,6 +475,9 @@ impl LocalLauncher {
             .env(ENV_NAME, name)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         inherit_fd(&mut cmd, read.as_raw_fd());
+        if let Some(bytes) = self.memory_limit {
+            limit_address_space(&mut cmd, bytes);
+        }
         let child = cmd.spawn()?;
         drop(read);
         let pidfd = pidfd_open(child.id());
@@ -530,6 +552,28 @@ fn inherit_fd(cmd: &mut Command, fd: i32) {
     unsafe {
         cmd.pre_exec(move || {
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Caps the child's address space at `bytes` (`RLIMIT_AS`, soft and hard limit).
+#[cfg(unix)]
+fn limit_address_space(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    let bytes = libc::rlim_t::try_from(bytes).unwrap_or(libc::RLIM_INFINITY);
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // setrlimit, which is async-signal-safe, with a limit struct on its own stack; it
+    // allocates nothing and touches no lock. It changes only the child's limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -821,6 +865,35 @@ mod tests {
         let status = p.try_wait().unwrap().expect("exited, not yet reaped");
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    /// A worker started with a memory limit runs under it: its `RLIMIT_AS` is the limit,
+    /// and an allocation larger than the limit fails there (while it succeeds here).
+    #[test]
+    fn a_memory_limit_caps_the_worker_s_address_space() {
+        const LIMIT: u64 = 512 << 20;
+        if std::env::var_os(ENV_JOIN).is_some() {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the struct it is given.
+            let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) };
+            let capped = rc == 0 && limit.rlim_cur == LIMIT && limit.rlim_max == LIMIT;
+            let refused = Vec::<u8>::new().try_reserve_exact(1 << 30).is_err();
+            std::process::exit(if capped && refused { 0 } else { 1 });
+        }
+        assert!(Vec::<u8>::new().try_reserve_exact(1 << 30).is_ok());
+        let launcher = LocalLauncher::new("x", sample())
+            .args(this_test())
+            .memory_limit(LIMIT);
+        assert_eq!(launcher.memory_limit_bytes(), Some(LIMIT));
+        let mut p = launcher.spawn_named("w").unwrap();
+        let status = p.wait().unwrap();
+        assert!(
+            status.success(),
+            "the worker ran without its limit: {status}"
+        );
     }
 
     #[test]

@@ -5,10 +5,9 @@ use crate::driver::{self, DriverCmd, DriverConfig, DriverState, LinkEvent};
 use crate::handle::{Handle, Slot};
 use crate::lazy::{Collect, LazyArgKind, LazyNode};
 use crate::registry;
+use crate::supervisor::{Children, Supervisor};
 use crate::worker::{self, WorkerSetup};
-use dagger_core::{
-    Arg, ChunkId, ExitCause, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId,
-};
+use dagger_core::{Arg, ChunkId, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
 use dagger_net::launch::{LocalLauncher, WorkerProcess};
 #[cfg(feature = "quic")]
 use dagger_net::ClusterCa;
@@ -137,9 +136,9 @@ pub(crate) struct Inner {
     next_task: AtomicU64,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
-    children: Arc<Mutex<Vec<WorkerProcess>>>,
-    /// Local worker processes that exited (counted by the child watch; receivers are told
-    /// of every change).
+    children: Children,
+    /// Local worker processes that exited (counted by the supervisor's exit watches;
+    /// receivers are told of every change).
     exited_children: Arc<tokio::sync::watch::Sender<usize>>,
     /// Credentials, transport and address of a context that links processes.
     links: Option<Links>,
@@ -160,6 +159,9 @@ pub struct ContextBuilder {
     cert_dir: Option<PathBuf>,
     worker_args: WorkerArgs,
     allow_mixed_builds: bool,
+    respawn: bool,
+    restart_budget: (u32, Duration),
+    worker_memory_limit: Option<u64>,
 }
 
 /// Which command-line arguments local workers get.
@@ -187,6 +189,12 @@ impl Default for ContextBuilder {
             cert_dir: None,
             worker_args: WorkerArgs::Own,
             allow_mixed_builds: false,
+            respawn: true,
+            restart_budget: {
+                let b = dagger_ft::RestartBudget::default();
+                (b.max(), b.window())
+            },
+            worker_memory_limit: None,
         }
     }
 }
@@ -286,6 +294,37 @@ impl ContextBuilder {
         self
     }
 
+    /// Whether a local worker process that dies (killed, crashed, out of memory, or killed
+    /// by the context after it was declared lost) is replaced by a new one started the same
+    /// way. Default on. The replacement joins as a new worker; subscribers see
+    /// [`ClusterEvent::WorkerRestarted`], then its [`ClusterEvent::WorkerJoined`].
+    /// Replacements are limited by [`ContextBuilder::restart_budget`].
+    pub fn respawn(mut self, yes: bool) -> Self {
+        self.respawn = yes;
+        self
+    }
+
+    /// At most `max` replacements of dead local worker processes within any `window` of
+    /// time; a process that dies beyond that is not replaced, and subscribers see
+    /// [`ClusterEvent::RestartsExhausted`] (a crash loop ends instead of spinning). Default
+    /// 10 within 60 s. `max == 0` never replaces, as `respawn(false)`.
+    pub fn restart_budget(mut self, max: u32, window: Duration) -> Self {
+        self.restart_budget = (max, window);
+        self
+    }
+
+    /// Caps the address space of each local worker process at `bytes` (`RLIMIT_AS`; see
+    /// [`LocalLauncher::memory_limit`]). A worker whose allocation fails under it aborts,
+    /// which the context handles as any other process exit: its tasks run again elsewhere,
+    /// and it is replaced. Counts reserved address space (thread stacks, allocator arenas)
+    /// as well as used memory: leave a few hundred MiB above what the tasks need. Default:
+    /// no limit. At least 64 MiB: `build` refuses less with
+    /// [`ContextError::InvalidSetting`].
+    pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
+        self.worker_memory_limit = Some(bytes);
+        self
+    }
+
     /// Starts the context: the driver loop, the local workers; returns once they joined.
     pub fn build(self) -> Result<Context, ContextError> {
         self.validate()?;
@@ -305,6 +344,24 @@ impl ContextBuilder {
                 reason:
                     "called on a thread without a test's name (call it on the test's own thread)"
                         .into(),
+            });
+        }
+        if self
+            .worker_memory_limit
+            .is_some_and(|b| b < MIN_WORKER_MEMORY)
+        {
+            return Err(ContextError::InvalidSetting {
+                setting: "worker_memory_limit",
+                reason: format!(
+                    "a worker needs more than {} MiB of address space",
+                    MIN_WORKER_MEMORY >> 20
+                ),
+            });
+        }
+        if self.restart_budget.1.is_zero() && self.restart_budget.0 > 0 {
+            return Err(ContextError::InvalidSetting {
+                setting: "restart_budget",
+                reason: "the window must be longer than zero".into(),
             });
         }
         if self.heartbeat_timeout.is_zero() {
@@ -480,7 +537,7 @@ impl Context {
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let ctx = Context { inner };
-        let ev_tx_watch = ev_tx.clone();
+        let ev_tx_supervisor = ev_tx.clone();
         let mut expected = b.workers;
         let driver_runs = b.driver_runs_tasks.unwrap_or(b.workers == 0);
         if driver_runs {
@@ -503,6 +560,9 @@ impl Context {
             if !b.shm {
                 launcher = launcher.env("DAGGER_SHM", "0");
             }
+            if let Some(bytes) = b.worker_memory_limit {
+                launcher = launcher.memory_limit(bytes);
+            }
             launcher = match &b.worker_args {
                 WorkerArgs::Own => launcher,
                 WorkerArgs::Given(args) => launcher.args(args.iter().cloned()),
@@ -520,9 +580,24 @@ impl Context {
                 .spawn(b.workers)
                 .map_err(|e| ContextError::Launch(e.to_string()))?;
             ctx.inner.children.lock().extend(children);
-            ctx.watch_children(ev_tx_watch);
+            let budget = (b.respawn && b.restart_budget.0 > 0)
+                .then(|| dagger_ft::RestartBudget::new(b.restart_budget.0, b.restart_budget.1));
+            let supervisor = Supervisor::new(
+                launcher,
+                budget,
+                ctx.inner.children.clone(),
+                ctx.inner.exited_children.clone(),
+                ev_tx_supervisor,
+                ctx.inner.handle.clone(),
+                b.workers,
+            );
+            ctx.query(move |st| st.supervise(supervisor))
+                .ok_or(ContextError::Shutdown)?;
         }
         ctx.wait_for_workers(expected, b.join_timeout)?;
+        // Started: from now on a local process that dies is replaced, not a launch failure.
+        ctx.query(|st| st.arm_supervisor())
+            .ok_or(ContextError::Shutdown)?;
         Ok(ctx)
     }
 
@@ -576,50 +651,6 @@ impl Context {
             })
             .map_err(ContextError::Runtime)?;
         Ok(())
-    }
-
-    /// Reports local worker processes that exit, so a killed worker is declared lost at
-    /// once rather than after missed heartbeats. No polling: one task per child waits on
-    /// the child's pidfd (a blocking `waitid` on older kernels) and reaps it when it exits.
-    fn watch_children(&self, ev_tx: mpsc::UnboundedSender<LinkEvent>) {
-        // Holds the child list, not the context: the watch never keeps the context alive
-        // (nor runs its final drop on the driver's runtime).
-        let watches: Vec<(u32, dagger_net::launch::ExitWatch)> = self
-            .inner
-            .children
-            .lock()
-            .iter()
-            .map(|c| (c.pid(), c.exit_watch()))
-            .collect();
-        for (pid, watch) in watches {
-            let children = self.inner.children.clone();
-            let exited_count = self.inner.exited_children.clone();
-            let ev_tx = ev_tx.clone();
-            self.inner.handle.spawn(async move {
-                if let Err(e) = watch.wait().await {
-                    tracing::warn!(pid, error = %e, "cannot watch a local worker process");
-                    return;
-                }
-                let status = {
-                    let mut children = children.lock();
-                    let Some(i) = children.iter().position(|c| c.pid() == pid) else {
-                        // Shut down: the context took the list.
-                        return;
-                    };
-                    let status = children[i].try_wait();
-                    children.swap_remove(i);
-                    status
-                };
-                let exit = match status {
-                    Ok(Some(status)) => exit_cause(status),
-                    _ => ExitCause::Unknown,
-                };
-                exited_count.send_modify(|n| *n += 1);
-                // A killed worker cleans up nothing: remove its shared-memory objects.
-                dagger_move::shm::cleanup_prefix(&format!("dagger-{pid}"));
-                let _ = ev_tx.send(LinkEvent::ProcessExited { pid, exit });
-            });
-        }
     }
 
     /// Blocks until `n` workers (counting the driver's own, if it runs tasks) have joined,
@@ -835,7 +866,8 @@ impl Context {
         self.query(|st| st.workers()).unwrap_or_default()
     }
 
-    /// Events of the cluster from now on: workers joined or lost, tasks retried.
+    /// Events of the cluster from now on: workers joined or lost, tasks retried, local
+    /// worker processes replaced by the supervisor or not replaced (restart budget spent).
     pub fn subscribe(&self) -> ClusterEvents {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = self.query(move |st| st.subscribe(tx));
@@ -858,7 +890,8 @@ impl Context {
         self.inner.links.as_ref().map(|l| l.listen_addr.as_str())
     }
 
-    /// Operating-system process ids of the local worker processes.
+    /// Operating-system process ids of the local worker processes now running (the
+    /// supervisor's replacements included; a process leaves the list once it exited).
     pub fn local_worker_pids(&self) -> Vec<u32> {
         self.inner.children.lock().iter().map(|c| c.pid()).collect()
     }
@@ -1030,6 +1063,9 @@ fn peer_bind_for(listen: &str) -> String {
     }
 }
 
+/// The smallest address-space limit accepted for a local worker process.
+const MIN_WORKER_MEMORY: u64 = 64 << 20;
+
 /// How long local worker processes get to exit by themselves at shutdown before they are
 /// killed.
 const CHILD_EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -1037,24 +1073,6 @@ const CHILD_EXIT_GRACE: Duration = Duration::from_secs(2);
 impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// How a local worker process ended.
-fn exit_cause(status: std::process::ExitStatus) -> ExitCause {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        match (status.code(), status.signal()) {
-            (Some(code), _) => ExitCause::Code(code),
-            (None, Some(sig)) => ExitCause::Signal(sig),
-            (None, None) => ExitCause::Unknown,
-        }
-    }
-    #[cfg(not(unix))]
-    match status.code() {
-        Some(code) => ExitCause::Code(code),
-        None => ExitCause::Unknown,
     }
 }
 

@@ -7,6 +7,7 @@
 use crate::context::ClusterEvent;
 use crate::handle::Slot;
 use crate::registry;
+use crate::supervisor::Supervisor;
 use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{self, Hello, ToDriver, PROTOCOL_VERSION};
 use dagger_core::{
@@ -75,6 +76,14 @@ pub(crate) struct DriverState {
     fetches: IdHashMap<FetchId, FetchReply>,
     subscribers: Vec<mpsc::UnboundedSender<ClusterEvent>>,
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
+    /// The host and process id each joined link's worker reported (links of other
+    /// processes only): a local one declared lost is killed by the supervisor.
+    link_procs: IdHashMap<LinkId, (String, u32)>,
+    /// The local worker processes' supervisor, once the context started some.
+    supervisor: Option<Supervisor>,
+    /// Events of the shell (the supervisor's), told to subscribers after the core's
+    /// events of the same step, so that a restart follows the loss it answers.
+    shell_events: Vec<ClusterEvent>,
 }
 
 impl DriverState {
@@ -96,6 +105,23 @@ impl DriverState {
             fetches: IdHashMap::default(),
             subscribers: Vec::new(),
             ev_tx,
+            link_procs: IdHashMap::default(),
+            supervisor: None,
+            shell_events: Vec::new(),
+        }
+    }
+
+    /// Hands the local worker processes' supervisor to the loop; it watches them from now on.
+    pub(crate) fn supervise(&mut self, supervisor: Supervisor) {
+        supervisor.watch_all();
+        self.supervisor = Some(supervisor);
+    }
+
+    /// The context started: from now on local worker processes that die are replaced
+    /// (within the restart budget).
+    pub(crate) fn arm_supervisor(&mut self) {
+        if let Some(s) = &mut self.supervisor {
+            s.arm();
         }
     }
 
@@ -155,8 +181,12 @@ impl DriverState {
             } => {
                 let link = LinkId(self.next_link);
                 self.next_link += 1;
+                let process = (!in_process).then(|| (info.host.clone(), info.pid));
                 match self.core.handle_join(now, link, info, in_process) {
                     Ok(_) => {
+                        if let Some(process) = process {
+                            self.link_procs.insert(link, process);
+                        }
                         let Conn {
                             sender, receiver, ..
                         } = conn;
@@ -172,7 +202,13 @@ impl DriverState {
             LinkEvent::Msg { link, msg } => self.core.handle_message(now, link, msg),
             LinkEvent::Closed { link, reason } => self.core.handle_link_closed(now, link, reason),
             LinkEvent::ProcessExited { pid, exit } => {
-                self.core.handle_process_exited(now, pid, exit)
+                self.core.handle_process_exited(now, pid, exit);
+                if self.core.is_shut_down() {
+                    return;
+                }
+                if let Some(e) = self.supervisor.as_mut().and_then(|s| s.on_exit(now, pid)) {
+                    self.shell_events.push(e);
+                }
             }
         }
     }
@@ -201,8 +237,21 @@ impl DriverState {
                     if let Some(sender) = self.links.remove(&link) {
                         sender.close(&reason.to_string());
                     }
+                    // A local process declared lost while it still runs (paused, hung,
+                    // cut off) is ours and fenced: kill it, so it does not linger and its
+                    // exit brings a replacement.
+                    if let (Some((host, pid)), Some(sup)) =
+                        (self.link_procs.remove(&link), &self.supervisor)
+                    {
+                        if !self.core.is_shut_down() {
+                            sup.kill_lost(&host, pid);
+                        }
+                    }
                 }
             }
+        }
+        for e in self.shell_events.drain(..) {
+            self.subscribers.retain(|s| s.send(e.clone()).is_ok());
         }
     }
 

@@ -57,6 +57,7 @@ mod driver;
 mod handle;
 mod lazy;
 mod registry;
+mod supervisor;
 mod transport;
 mod worker;
 

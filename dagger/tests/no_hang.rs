@@ -28,6 +28,8 @@ fn tasks_left_without_any_processor_fail_instead_of_waiting_forever() {
         .test_harness()
         // Only the worker processes run tasks: once they are gone, nothing can.
         .driver_runs_tasks(false)
+        // No replacement processes either.
+        .respawn(false)
         .scheduler(SchedulerConfig {
             no_processor_grace: Some(Duration::from_millis(500)),
             ..SchedulerConfig::default()

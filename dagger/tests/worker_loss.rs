@@ -9,6 +9,10 @@
 //! fetches below are bounded so that this shows as a failure, not a hang). The tests also
 //! require the `WorkerLost` event, with the exact reason, and a `TaskRetried` event for
 //! every task that was seen running on the victim.
+//!
+//! The supervisor's replacement of the killed process is off here (`respawn(false)`):
+//! these tests are about recomputation on the survivors; `supervisor.rs` covers the
+//! replacement.
 
 // Worker processes link to the driver over QUIC.
 #![cfg(feature = "quic")]
@@ -202,6 +206,8 @@ fn a_killed_worker_delays_results_but_never_loses_them() {
         .workers(2)
         .test_harness()
         .worker_threads(2)
+        // Recovery on the survivors alone: no replacement process joins.
+        .respawn(false)
         .build()
         .unwrap();
     let rt = runtime();
@@ -267,6 +273,8 @@ fn kill_a_producer_worker_and_check_consumers(workers: usize, pairs: u64) {
         .workers(workers)
         .test_harness()
         .worker_threads(2)
+        // Recovery on the survivors alone: no replacement process joins.
+        .respawn(false)
         .build()
         .unwrap();
     let rt = runtime();

@@ -15,7 +15,12 @@ use crate::process;
 const HWLOC_PACKAGES: &str = "libhwloc-dev libudev-dev pkg-config";
 
 /// Examples run (not only built) by the `examples` steps.
-const RUN_EXAMPLES: &[&str] = &["topology", "custom_processor", "manual_worker"];
+const RUN_EXAMPLES: &[&str] = &[
+    "topology",
+    "custom_processor",
+    "manual_worker",
+    "fault_tolerance",
+];
 
 /// Seeds of the simulated cluster run by the `chaos` step.
 const CHAOS_SEEDS: u64 = 1000;
@@ -465,6 +470,7 @@ mod tests {
                 "examples:topology",
                 "examples:custom_processor",
                 "examples:manual_worker",
+                "examples:fault_tolerance",
                 "fmt",
             ]
         );
