@@ -20,6 +20,10 @@ const RUN_EXAMPLES: &[&str] = &["topology", "custom_processor", "manual_worker"]
 /// Seeds of the simulated cluster run by the `chaos` step.
 const CHAOS_SEEDS: u64 = 1000;
 
+/// Cases per target run by the `fuzz` step (about a minute in all on 2 cores, build
+/// included).
+const FUZZ_CASES: u32 = 100_000;
+
 /// Transport crates outside the workspace whose own tests (the transport conformance suite)
 /// the `transports` step runs.
 const EXTERNAL_TRANSPORTS: &[&str] = &["transports/unix-transport"];
@@ -118,6 +122,7 @@ fn steps() -> Vec<(String, StepFn)> {
         ("no-quic".into(), Box::new(no_quic_step)),
         ("unit+integration".into(), Box::new(unit_integration_step)),
         ("chaos".into(), Box::new(chaos_step)),
+        ("fuzz".into(), Box::new(fuzz_step)),
         ("transports".into(), Box::new(transports_step)),
         ("hwloc".into(), Box::new(hwloc_step)),
         ("features".into(), Box::new(features_step)),
@@ -260,6 +265,17 @@ fn chaos_step(ctx: &Context) -> Result<Outcome> {
     let mut command = crate::chaos::command(&ctx.root, CHAOS_SEEDS, None);
     let status = process::run_inherited(&mut command)?;
     Ok(Outcome::from_status(&command, status))
+}
+
+/// The stable fuzz tests of the decoders and the cores, in release mode with many cases.
+fn fuzz_step(ctx: &Context) -> Result<Outcome> {
+    Ok(if crate::fuzz::run_all(&ctx.root, FUZZ_CASES)? {
+        Outcome::Passed
+    } else {
+        Outcome::failed(format!(
+            "a fuzz test failed with {FUZZ_CASES} cases (see its output above)"
+        ))
+    })
 }
 
 /// Transport crates outside the workspace, built against the workspace's crates, pass the
@@ -443,6 +459,7 @@ mod tests {
                 "no-quic",
                 "unit+integration",
                 "chaos",
+                "fuzz",
                 "transports",
                 "hwloc",
                 "features",

@@ -3,6 +3,8 @@
 //! `frame_decoder` (coverage-guided, on nightly). Everything is driven by an
 //! [`Unstructured`], so both feed the same code.
 
+#![allow(dead_code)]
+
 use arbitrary::{Result, Unstructured};
 use bytes::Bytes;
 use dagger_net::codec::{CodecError, Decoded, Decoder, Encoder, Header, MAX_CLOSE_REASON};

@@ -171,12 +171,18 @@ impl Driver {
     /// A `Done` batch on a link: for tasks dispatched there (honest), for tasks dispatched
     /// elsewhere or never, with the right or a stale incarnation, and any outcome.
     fn done(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
-        let link = if self.dispatched.is_empty() || u.ratio(1, 4)? {
-            self.link(u)?
+        let (link, given) = if self.dispatched.is_empty() || u.ratio(1, 4)? {
+            (self.link(u)?, None)
         } else {
-            u.choose(&self.dispatched)?.link
+            let d = u.choose(&self.dispatched)?;
+            (d.link, Some(d.incarnation))
         };
-        let incarnation = self.incarnation(u, link)?;
+        // The incarnation the tasks were given to (which may have been replaced since),
+        // the link's current one, or a made-up one.
+        let incarnation = match given {
+            Some(i) if u.ratio(1, 2)? => i,
+            _ => self.incarnation(u, link)?,
+        };
         let mut tasks = Vec::new();
         for _ in 0..u.int_in_range(1..=3)? {
             let d = if self.dispatched.is_empty() || u.ratio(1, 4)? {
