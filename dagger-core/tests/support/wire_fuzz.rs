@@ -56,9 +56,9 @@ pub fn decode_as_worker(bytes: &[u8]) {
 
 fn small_string(u: &mut Unstructured<'_>) -> Result<String> {
     let n = u.int_in_range(0..=12)?;
-    Ok((0..n)
+    (0..n)
         .map(|_| u.int_in_range(b'a'..=b'z').map(char::from))
-        .collect::<Result<_>>()?)
+        .collect()
 }
 
 fn bytes(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
