@@ -243,6 +243,7 @@ pub enum TaskError {
         /// The input that failed.
         dependency: TaskId,
         /// Why it failed.
+        #[serde(deserialize_with = "nested_cause")]
         cause: Box<TaskError>,
     },
     /// The worker running the task was lost and the retry budget is spent.
@@ -296,6 +297,39 @@ pub enum TaskError {
         /// The task.
         task: TaskId,
     },
+}
+
+/// The deepest chain of [`TaskError::DependencyFailed`] causes that decodes. The
+/// scheduler names the root failure directly, so real chains are two deep; a peer's deeper
+/// one would make the decoder recurse once per level and exhaust its stack.
+pub const MAX_CAUSE_DEPTH: u32 = 32;
+
+thread_local! {
+    /// How many `DependencyFailed` causes the decoder of this thread is inside.
+    static CAUSE_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes the cause of a `DependencyFailed`, refusing chains deeper than
+/// [`MAX_CAUSE_DEPTH`].
+fn nested_cause<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Box<TaskError>, D::Error> {
+    /// Leaves one level when dropped, also when decoding fails.
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            CAUSE_DEPTH.with(|c| c.set(c.get().saturating_sub(1)));
+        }
+    }
+    let depth = CAUSE_DEPTH.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let _level = Level;
+    if depth > MAX_CAUSE_DEPTH {
+        return Err(serde::de::Error::custom(format_args!(
+            "failure causes nested deeper than {MAX_CAUSE_DEPTH}"
+        )));
+    }
+    TaskError::deserialize(d).map(Box::new)
 }
 
 impl TaskError {

@@ -20,7 +20,8 @@ impl Scheduler {
                 return Err(format!("{}: index mismatch", t.id));
             }
             if t.state == State::Dispatched {
-                queued[t.slot as usize] += t.est_ns;
+                let q = &mut queued[t.slot as usize];
+                *q = q.saturating_add(t.est_ns);
                 let w = self.placer.slot_proc(t.slot).worker;
                 if self.topology.worker(w).is_none() {
                     return Err(format!("{}: dispatched to absent {w}", t.id));

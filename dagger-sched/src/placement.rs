@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// Cost of an unreachable destination; small enough that sums do not overflow.
 const UNREACHABLE: u64 = u64::MAX / 1024;
+/// The longest run time learned from a report (2^50 ns, about 13 days).
+const MAX_LEARNED_RUN_NS: u64 = 1 << 50;
 
 /// One processor of the pool (or one that was in it: slots are never removed).
 pub(crate) struct Slot {
@@ -176,8 +178,11 @@ impl Placer {
         k
     }
 
-    /// Folds a measured run time into the estimate for (function, processor kind).
+    /// Folds a measured run time into the estimate for (function, processor kind). A run
+    /// time comes from a worker's report, so it is capped at [`MAX_LEARNED_RUN_NS`]: a
+    /// lying worker cannot push the estimates to where their sums saturate.
     pub(crate) fn learn(&mut self, func: u32, kind: u32, run_ns: u64) {
+        let run_ns = run_ns.min(MAX_LEARNED_RUN_NS);
         let row = &mut self.runtime[func as usize];
         if row.len() <= kind as usize {
             row.resize(kind as usize + 1, 0);
@@ -442,7 +447,9 @@ impl Scheduler {
             };
             let own = p.scratch_cost[j].saturating_add(run);
             let total = own.saturating_add(slot.queued_ns);
-            if total < best.0 {
+            // The first candidate is taken even at the largest cost, so the slot is always
+            // one of the candidates (never slot 0 by default).
+            if total < best.0 || j == 0 {
                 best = (total, c, own);
             }
         }
@@ -455,7 +462,8 @@ impl Scheduler {
 
     fn dispatch(&mut self, i: u32, slot: u32, est: u64) {
         let proc = self.placer.slots[slot as usize].id;
-        self.placer.slots[slot as usize].queued_ns += est;
+        let queued = &mut self.placer.slots[slot as usize].queued_ns;
+        *queued = queued.saturating_add(est);
         let now = ns(self.now);
         let mut args = Vec::new();
         let mut fetching = Vec::new();

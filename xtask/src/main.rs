@@ -6,6 +6,8 @@
 //!   and prints the median of each figure as `dagger <ID> <metric> <value> <unit>`.
 //! - `cargo xtask chaos --seeds N` runs the simulated cluster (the real driver and worker
 //!   cores over a virtual network with faults) for N seeds and prints the time taken.
+//! - `cargo xtask fuzz --cases N` runs the stable fuzz tests of the decoders and the cores
+//!   with N cases each.
 //! - `cargo xtask deps` prints the crate graph of the workspace and checks its layering.
 //!
 //! Every cargo invocation runs in the workspace root with the environment inherited from
@@ -14,6 +16,7 @@
 mod bench;
 mod chaos;
 mod deps;
+mod fuzz;
 mod layering;
 mod metadata;
 mod process;
@@ -47,6 +50,9 @@ enum Command {
     /// Run the simulated cluster (real driver and worker cores, virtual network and time,
     /// random faults) for many seeds; print the time taken and any failing seed.
     Chaos(chaos::ChaosArgs),
+    /// Run the stable fuzz tests (frame decoder, wire decoder, hostile peers against the
+    /// cores) in release mode with many cases each.
+    Fuzz(fuzz::FuzzArgs),
     /// Print the dependency graph of the workspace crates and check their layering.
     Deps,
 }
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
         Command::Chaos(args) => chaos::run(&root, &args),
+        Command::Fuzz(args) => fuzz::run(&root, &args),
         Command::Deps => deps::run(&root),
     };
     match result {

@@ -27,6 +27,9 @@ const CHAOS_SEEDS: u64 = 1000;
 
 /// Random graphs run on real, killed and paused worker processes by the `chaos:real` step.
 const REAL_CHAOS_GRAPHS: u64 = 6;
+/// Cases per target run by the `fuzz` step (about a minute in all on 2 cores, build
+/// included).
+const FUZZ_CASES: u32 = 100_000;
 
 /// Transport crates outside the workspace whose own tests (the transport conformance suite)
 /// the `transports` step runs.
@@ -127,6 +130,7 @@ fn steps() -> Vec<(String, StepFn)> {
         ("unit+integration".into(), Box::new(unit_integration_step)),
         ("chaos".into(), Box::new(chaos_step)),
         ("chaos:real".into(), Box::new(real_chaos_step)),
+        ("fuzz".into(), Box::new(fuzz_step)),
         ("transports".into(), Box::new(transports_step)),
         ("hwloc".into(), Box::new(hwloc_step)),
         ("features".into(), Box::new(features_step)),
@@ -277,6 +281,17 @@ fn real_chaos_step(ctx: &Context) -> Result<Outcome> {
     let mut command = crate::chaos::real_command(&ctx.root, REAL_CHAOS_GRAPHS, None, false)?;
     let status = process::run_inherited(&mut command)?;
     Ok(Outcome::from_status(&command, status))
+}
+
+/// The stable fuzz tests of the decoders and the cores, in release mode with many cases.
+fn fuzz_step(ctx: &Context) -> Result<Outcome> {
+    Ok(if crate::fuzz::run_all(&ctx.root, FUZZ_CASES)? {
+        Outcome::Passed
+    } else {
+        Outcome::failed(format!(
+            "a fuzz test failed with {FUZZ_CASES} cases (see its output above)"
+        ))
+    })
 }
 
 /// Transport crates outside the workspace, built against the workspace's crates, pass the
@@ -461,6 +476,7 @@ mod tests {
                 "unit+integration",
                 "chaos",
                 "chaos:real",
+                "fuzz",
                 "transports",
                 "hwloc",
                 "features",

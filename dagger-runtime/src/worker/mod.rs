@@ -290,7 +290,9 @@ impl<B: ChunkData> WorkerState<B> {
             .heartbeat
             .unwrap_or(heartbeat)
             .max(Duration::from_millis(1));
-        self.next_heartbeat = Some(now + self.heartbeat);
+        // The interval comes from the driver: an absurd one means no heartbeat, not an
+        // overflow.
+        self.next_heartbeat = Some(now.saturating_add(self.heartbeat));
         for p in peers {
             if p.worker != worker {
                 self.peers.insert(
@@ -673,9 +675,9 @@ impl<B: ChunkData> WorkerState<B> {
                 };
                 self.send_driver(msg, None);
                 // After a stall, one heartbeat, not one per missed interval.
-                let next = at + self.heartbeat;
+                let next = at.saturating_add(self.heartbeat);
                 self.next_heartbeat = Some(if next <= now {
-                    now + self.heartbeat
+                    now.saturating_add(self.heartbeat)
                 } else {
                     next
                 });
