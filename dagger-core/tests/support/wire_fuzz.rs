@@ -239,7 +239,7 @@ pub fn task_done(u: &mut Unstructured<'_>, task: TaskId) -> Result<TaskDone> {
 
 /// Any message to the driver.
 pub fn to_driver(u: &mut Unstructured<'_>) -> Result<ToDriver> {
-    Ok(match u.int_in_range(0..=4u8)? {
+    Ok(match u.int_in_range(0..=5u8)? {
         0 => ToDriver::Join(worker_info(u)?),
         1 => {
             let n = u.int_in_range(0..=4)?;
@@ -267,6 +267,12 @@ pub fn to_driver(u: &mut Unstructured<'_>) -> Result<ToDriver> {
             incarnation: incarnation(u)?,
             chunk: ChunkId(id64(u)?),
             to: worker(u)?,
+        },
+        4 => ToDriver::Started {
+            incarnation: incarnation(u)?,
+            tasks: (0..u.int_in_range(0..=4)?)
+                .map(|_| task(u))
+                .collect::<Result<_>>()?,
         },
         _ => ToDriver::Heartbeat {
             incarnation: incarnation(u)?,
@@ -306,6 +312,7 @@ pub fn run_task(u: &mut Unstructured<'_>) -> Result<RunTask> {
         proc: proc_id(u)?,
         inline_limit: u.arbitrary()?,
         push_to: vec![],
+        watch: u.arbitrary()?,
     })
 }
 

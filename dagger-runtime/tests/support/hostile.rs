@@ -262,7 +262,16 @@ impl Driver {
             }
             11 => {
                 let link = self.link(u)?;
-                let msg = ToDriver::Join(wire_fuzz::worker_info(u)?);
+                let msg = if u.arbitrary()? {
+                    ToDriver::Join(wire_fuzz::worker_info(u)?)
+                } else {
+                    // Started reports, true or false, for tasks the driver knows.
+                    let n = u.int_in_range(0..=3)?;
+                    ToDriver::Started {
+                        incarnation: self.incarnation(u, link)?,
+                        tasks: (0..n).map(|_| self.known_task(u)).collect::<Result<_>>()?,
+                    }
+                };
                 self.core.handle_message(now, link, over_wire(&msg));
             }
             12 => {
