@@ -489,14 +489,29 @@ impl<S> DriverCore<S> {
         self.lose(worker, incarnation, reason);
     }
 
-    /// A local worker process exited (its parent saw it at once; a killed process's link
-    /// would otherwise be noticed only by missed heartbeats). The worker with that process
-    /// id, if joined, is declared lost with [`LostReason::ProcessExited`].
-    pub fn handle_process_exited(&mut self, now: Duration, pid: u32, exit: ExitCause) {
+    /// Bytes of a message still arriving came in on `link` (a peer sending one large
+    /// frame, a result being fetched, is alive before the frame completes; the shell
+    /// reports such progress about once per heartbeat interval). Counts as a sign of life
+    /// like a message; ignored if the link is not joined. O(log workers).
+    pub fn handle_progress(&mut self, now: Duration, link: LinkId) {
+        let Some(&(worker, incarnation)) = self.links.get(&link) else {
+            return;
+        };
+        self.now = self.now.max(now);
+        self.detector.observe(self.now);
+        self.detector.heard(worker, incarnation, self.now);
+    }
+
+    /// A process the shell started on host `host` (its own) exited: its parent saw it at
+    /// once, where a killed process's link would otherwise be noticed only by missed
+    /// heartbeats. The worker that joined from that host with that process id, if any, is
+    /// declared lost with [`LostReason::ProcessExited`]; a worker of another host that
+    /// happens to have the same process id is not.
+    pub fn handle_process_exited(&mut self, now: Duration, host: &str, pid: u32, exit: ExitCause) {
         let found = self
             .workers
             .iter()
-            .find(|(w, l)| l.pid == pid && !w.is_driver())
+            .find(|(w, l)| l.pid == pid && l.peer.host == host && !w.is_driver())
             .map(|(w, l)| (*w, l.incarnation));
         if let Some((worker, incarnation)) = found {
             self.advance(now);

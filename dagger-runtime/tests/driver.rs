@@ -635,7 +635,7 @@ fn a_fetch_from_a_worker_that_leaves_ends_with_the_recomputation() {
         frames(&mut c),
         vec![(LinkId(1), ToWorker::Fetch(t.task.chunk()))]
     );
-    c.handle_process_exited(ms(4), 101, ExitCause::Signal(9));
+    c.handle_process_exited(ms(4), "sim", 101, ExitCause::Signal(9));
     let evs = events(&mut c);
     assert!(
         evs.contains(&DriverEvent::Cluster(ClusterEvent::WorkerLost {
@@ -832,7 +832,7 @@ fn a_task_no_processor_can_run_fails_after_the_grace_period() {
         .unwrap();
     frames(&mut c);
     events(&mut c);
-    c.handle_process_exited(ms(1), 101, ExitCause::Signal(9));
+    c.handle_process_exited(ms(1), "sim", 101, ExitCause::Signal(9));
     frames(&mut c);
     events(&mut c);
     c.handle_spawn(ms(2), spec(1, vec![val(1)]), 1);
@@ -932,7 +932,7 @@ fn a_task_that_crashed_two_processes_while_it_ran_is_poisoned() {
     let (l1, watch) = run_of(&f, 1);
     assert!(!watch, "not a suspect yet: no Started asked for");
     // 1st crash: imprecise (was task 1 running, or only queued?). It runs again, watched.
-    c.handle_process_exited(ms(10), 100 + l1.0 as u32, ExitCause::Signal(9));
+    c.handle_process_exited(ms(10), "sim", 100 + l1.0 as u32, ExitCause::Signal(9));
     events(&mut c);
     let (l2, watch) = run_of(&frames(&mut c), 1);
     assert!(watch, "a suspect is watched");
@@ -944,7 +944,7 @@ fn a_task_that_crashed_two_processes_while_it_ran_is_poisoned() {
     assert!(watch);
     // 3rd crash, counted: two processes killed while it ran.
     started(&mut c, ms(13), l3, TaskId(1));
-    c.handle_process_exited(ms(14), 100 + l3.0 as u32, ExitCause::Signal(9));
+    c.handle_process_exited(ms(14), "sim", 100 + l3.0 as u32, ExitCause::Signal(9));
     let done = completions(&events(&mut c));
     let poisoned = TaskError::Poisoned {
         task: TaskId(1),
@@ -983,7 +983,7 @@ fn crashes_while_a_watched_task_was_only_queued_do_not_poison_it() {
     // behind other work, or the report was lost with the process): retried within its
     // loss budget, then WorkerLost, never Poisoned.
     for k in 0..4u64 {
-        c.handle_process_exited(ms(10 + k), 100 + link.0 as u32, ExitCause::Signal(9));
+        c.handle_process_exited(ms(10 + k), "sim", 100 + link.0 as u32, ExitCause::Signal(9));
         let done = completions(&events(&mut c));
         if k < 3 {
             assert!(done.is_empty(), "loss {k}: {done:?}");
@@ -1159,4 +1159,61 @@ fn a_stall_of_the_driver_loses_nobody_and_a_silent_worker_is_still_found() {
     }
     let at = lost_at.expect("lost");
     assert!(at <= timeout + interval, "lost at {at:?}");
+}
+
+#[test]
+fn bytes_still_arriving_keep_a_worker_alive_and_a_silent_one_is_lost() {
+    let mut c = core(DriverConfig::default());
+    let timeout = c.config().heartbeat_timeout;
+    cluster(&mut c, 2);
+    events(&mut c);
+    // Worker 1 sends one large frame for 5 s: no message completes, but its bytes keep
+    // coming (the shell reports progress every interval). Worker 2 is silent.
+    let mut now = Duration::ZERO;
+    let mut lost = Vec::new();
+    while now < ms(5_000) {
+        now += timeout / 4;
+        c.handle_progress(now, LinkId(1));
+        while let Some(at) = c.poll_timeout() {
+            if at > now {
+                break;
+            }
+            c.handle_timeout(at);
+        }
+        for e in events(&mut c) {
+            if let DriverEvent::Cluster(ClusterEvent::WorkerLost { worker, .. }) = e {
+                lost.push(worker);
+            }
+        }
+    }
+    assert_eq!(lost, vec![WorkerId(2)]);
+    assert_eq!(c.workers(), vec![WorkerId(1)]);
+    // Progress on a link that is not joined (or no longer) is ignored.
+    c.handle_progress(now, LinkId(2));
+    c.handle_progress(now, LinkId(99));
+    assert!(events(&mut c).is_empty());
+}
+
+#[test]
+fn a_process_exit_loses_only_the_worker_of_that_host() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(101, 1), false)
+        .unwrap();
+    events(&mut c);
+    // Another host's process with the same pid exited: worker 1 (host "sim") stays.
+    c.handle_process_exited(ms(1), "elsewhere", 101, ExitCause::Signal(9));
+    assert!(events(&mut c).is_empty());
+    assert_eq!(c.workers(), vec![WorkerId(1)]);
+    c.handle_process_exited(ms(2), "sim", 101, ExitCause::Signal(9));
+    let evs = events(&mut c);
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            DriverEvent::Cluster(ClusterEvent::WorkerLost {
+                worker: WorkerId(1),
+                reason: LostReason::ProcessExited { pid: 101, .. }
+            })
+        )),
+        "{evs:?}"
+    );
 }

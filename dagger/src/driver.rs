@@ -53,6 +53,9 @@ pub(crate) enum LinkEvent {
     },
     /// A message from a joined link.
     Msg { link: LinkId, msg: ToDriver },
+    /// Bytes of a message not yet complete arrived on a joined link (its worker is alive
+    /// while it sends one large frame).
+    Progress { link: LinkId },
     /// A joined link closed or sent garbage.
     Closed { link: LinkId, reason: LostReason },
     /// A local worker process exited (seen by its parent at once; a killed process's
@@ -84,6 +87,8 @@ pub(crate) struct DriverState {
     /// Events of the shell (the supervisor's), told to subscribers after the core's
     /// events of the same step, so that a restart follows the loss it answers.
     shell_events: Vec<ClusterEvent>,
+    /// This host's name, as local worker processes report it.
+    host: String,
 }
 
 impl DriverState {
@@ -108,6 +113,7 @@ impl DriverState {
             link_procs: IdHashMap::default(),
             supervisor: None,
             shell_events: Vec::new(),
+            host: dagger_proc::hostname(),
         }
     }
 
@@ -191,7 +197,8 @@ impl DriverState {
                             sender, receiver, ..
                         } = conn;
                         self.links.insert(link, sender);
-                        spawn_reader(link, receiver, self.ev_tx.clone());
+                        let beat = self.core.config().heartbeat_timeout / 4;
+                        spawn_reader(link, receiver, self.ev_tx.clone(), beat);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "join refused");
@@ -200,9 +207,10 @@ impl DriverState {
                 }
             }
             LinkEvent::Msg { link, msg } => self.core.handle_message(now, link, msg),
+            LinkEvent::Progress { link } => self.core.handle_progress(now, link),
             LinkEvent::Closed { link, reason } => self.core.handle_link_closed(now, link, reason),
             LinkEvent::ProcessExited { pid, exit } => {
-                self.core.handle_process_exited(now, pid, exit);
+                self.core.handle_process_exited(now, &self.host, pid, exit);
                 if self.core.is_shut_down() {
                     return;
                 }
@@ -276,12 +284,35 @@ fn spawn_reader(
     link: LinkId,
     mut receiver: dagger_net::FrameReceiver,
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
+    beat: Duration,
 ) {
     tokio::spawn(async move {
+        // Once per heartbeat interval without a whole message, bytes that came in for a
+        // message still arriving are reported: a worker sending one large frame (a result
+        // being fetched) is not silent, though its heartbeats wait behind that frame.
+        let mut tick = tokio::time::interval(beat.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = receiver.received_bytes();
+        let mut whole = false;
         let reason = loop {
-            match receiver.recv().await {
+            let got = tokio::select! {
+                got = receiver.recv() => got,
+                _ = tick.tick(), if seen.is_some() => {
+                    let bytes = receiver.received_bytes();
+                    if !std::mem::take(&mut whole)
+                        && bytes != seen
+                        && ev_tx.send(LinkEvent::Progress { link }).is_err()
+                    {
+                        return;
+                    }
+                    seen = bytes;
+                    continue;
+                }
+            };
+            match got {
                 Ok(frame) => match wire::decode::<ToDriver>(&frame) {
                     Ok(msg) => {
+                        whole = true;
                         if ev_tx.send(LinkEvent::Msg { link, msg }).is_err() {
                             return;
                         }

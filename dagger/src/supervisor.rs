@@ -116,10 +116,12 @@ impl Supervisor {
                 Ok(Some(status)) => exit_cause(status),
                 _ => ExitCause::Unknown,
             };
-            exited.send_modify(|n| *n += 1);
-            // A killed worker cleans up nothing: remove its shared-memory objects.
-            dagger_move::shm::cleanup_prefix(&format!("dagger-{pid}"));
+            // The driver hears of it first (the loss is on the critical path of recovery),
+            // then a killed worker's shared-memory objects, which it did not clean up, are
+            // removed (a scan of the shared-memory folder).
             let _ = ev_tx.send(LinkEvent::ProcessExited { pid, exit });
+            exited.send_modify(|n| *n += 1);
+            dagger_move::shm::cleanup_prefix(&format!("dagger-{pid}"));
         });
     }
 

@@ -785,8 +785,10 @@ impl Sim {
                 started,
             } => self.connect(p, peer, target, started),
             Ev::Exited { pid } => {
+                // Process p has pid 100 + p and runs on host-(1 + p % hosts).
+                let host = format!("host-{}", 1 + (pid as usize - 100) % self.hosts);
                 self.driver
-                    .handle_process_exited(self.now, pid, ExitCause::Signal(9));
+                    .handle_process_exited(self.now, &host, pid, ExitCause::Signal(9));
             }
             Ev::Crash(p) => {
                 self.totals.poison_crashes += 1;

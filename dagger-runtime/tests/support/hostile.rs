@@ -293,7 +293,9 @@ impl Driver {
                     self.core.handle_release(now, task);
                 } else {
                     let exit = ExitCause::Signal(9);
-                    self.core.handle_process_exited(now, u.arbitrary()?, exit);
+                    let host = if u.arbitrary()? { "node-a" } else { "node-b" };
+                    self.core
+                        .handle_process_exited(now, host, u.arbitrary()?, exit);
                 }
             }
             _ => {
