@@ -70,6 +70,17 @@ fn hog_on_first_attempt(dir: String) -> u64 {
     42
 }
 
+/// Allocates and touches memory until the process's allocation fails under its memory
+/// limit, which aborts the process: on every worker, every time.
+#[dagger::task]
+fn hog_always() -> u64 {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        held.push(vec![1u8; 32 << 20]);
+        std::hint::black_box(&held);
+    }
+}
+
 /// A fresh, empty directory, removed on drop.
 struct TempDir(PathBuf);
 
@@ -491,6 +502,74 @@ fn a_worker_over_its_memory_limit_aborts_and_its_task_runs_again() {
     let info = hog.info().expect("task info");
     assert_eq!(info.attempts, 2, "{info:?}");
     expect_replacement(&ctx, &mut events, pid, &ws);
+    let more: Vec<_> = (0..8u64).map(|i| add::spawn(&ctx, i, i).unwrap()).collect();
+    for (i, h) in more.iter().enumerate() {
+        assert_eq!(events.fetch(h), 2 * i as u64);
+    }
+}
+
+/// A task that runs out of memory on every worker is a poison task: after it took down two
+/// worker processes (each replaced), it fails with `TaskError::Poisoned` naming both
+/// crashes, its dependent fails with `DependencyFailed` naming it, and the cluster carries
+/// on — it does not kill one worker after another.
+#[test]
+fn a_task_that_runs_out_of_memory_everywhere_is_a_poison_task() {
+    dagger::init();
+    let ctx = Context::builder()
+        .workers(2)
+        .test_harness()
+        .worker_threads(1)
+        .worker_memory_limit(1 << 30)
+        .build()
+        .unwrap();
+    let mut events = Events::new(&ctx);
+    let before = add::spawn(&ctx, 20, 22).unwrap();
+    assert_eq!(events.fetch(&before), 42);
+    let hog = hog_always::spawn(&ctx).unwrap();
+    let after = add::spawn(&ctx, &hog, 1).unwrap();
+
+    let err = events
+        .rt
+        .block_on(async { tokio::time::timeout(GUARD, hog.clone()).await })
+        .expect("the poison task ends")
+        .expect_err("a poison task has no value");
+    let crashes = match &err {
+        TaskError::Poisoned { task, crashes, .. } => {
+            assert_eq!(*task, hog.id());
+            crashes.clone()
+        }
+        other => panic!("expected Poisoned, got {other:?}"),
+    };
+    assert_eq!(crashes.len(), 2, "{crashes:?}");
+    assert_ne!(crashes[0].0, crashes[1].0, "two different workers");
+    for (_, reason) in &crashes {
+        assert!(
+            matches!(
+                reason,
+                LostReason::ProcessExited {
+                    exit: ExitCause::Signal(libc::SIGABRT),
+                    ..
+                }
+            ),
+            "{reason:?}"
+        );
+    }
+    match events
+        .rt
+        .block_on(async { tokio::time::timeout(GUARD, after.clone()).await })
+        .expect("the dependent ends")
+    {
+        Err(TaskError::DependencyFailed { dependency, .. }) => assert_eq!(dependency, hog.id()),
+        other => panic!("expected DependencyFailed, got {other:?}"),
+    }
+    // Exactly the two crashes: no third worker was taken down.
+    let lost = events
+        .drain()
+        .iter()
+        .filter(|e| matches!(e, ClusterEvent::WorkerLost { .. }))
+        .count();
+    assert_eq!(lost, 2, "{:?}", events.seen);
+    // The replacements carry on.
     let more: Vec<_> = (0..8u64).map(|i| add::spawn(&ctx, i, i).unwrap()).collect();
     for (i, h) in more.iter().enumerate() {
         assert_eq!(events.fetch(h), 2 * i as u64);
