@@ -129,6 +129,26 @@ pub struct Config {
     /// driver core replaces it with its fault policy's (`dagger_ft::PolicyConfig`), whose
     /// verdicts decide worker losses.
     pub default_loss_retries: u32,
+    /// Bounded dispatch ("saturation", as Dask's worker saturation or HyperQueue's bounded
+    /// worker queues): a processor is sent another task only while it is not saturated (see
+    /// [`Config::min_depth`] and [`Config::queue_horizon`]); the other ready tasks wait in
+    /// the scheduler, so a worker that joins later (a replacement, a pool that grows) gets
+    /// its share of what is left. Tasks whose scope pins them to one worker are never held
+    /// back. Default `true`; `false` dispatches every ready task at once.
+    pub saturation: bool,
+    /// A processor is not saturated while fewer than this many tasks are dispatched to it
+    /// and unfinished. Default 2: one running and one queued, so the processor does not
+    /// idle while a `Done`/`Run` round trip is in flight. Taken as at least 1.
+    pub min_depth: u32,
+    /// A processor at or above [`Config::min_depth`] is still not saturated while the
+    /// learned run times of the tasks dispatched to it and unfinished add up to less than
+    /// this, and the task to place has a learned run time there too: a task never
+    /// measured on that processor kind, or any such task queued there, counts as
+    /// expensive (only `min_depth` applies). Default 5 ms: more than a round trip to a
+    /// worker and the driver's time to answer it, so a processor of µs-scale tasks has
+    /// thousands queued and never waits for the next batch, while a worker that joins
+    /// late finds at most about 5 ms of work per processor placed elsewhere before it.
+    pub queue_horizon: Duration,
 }
 
 impl Default for Config {
@@ -139,6 +159,9 @@ impl Default for Config {
             default_runtime_ns: 50_000,
             no_processor_grace: Some(Duration::from_secs(10)),
             default_loss_retries: 3,
+            saturation: true,
+            min_depth: 2,
+            queue_horizon: Duration::from_millis(5),
         }
     }
 }
@@ -283,7 +306,8 @@ pub struct Stats {
     pub failed: u64,
     /// Tasks dispatched to a processor and not finished.
     pub running: u64,
-    /// Tasks whose inputs are ready, waiting for placement (including parked ones).
+    /// Tasks whose inputs are ready, waiting for placement (including parked ones and those
+    /// held back while every processor that may run them is saturated).
     pub ready: u64,
     /// Tasks waiting for inputs.
     pub waiting: u64,
