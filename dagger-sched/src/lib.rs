@@ -17,7 +17,7 @@
 //! # Placement
 //!
 //! A ready task goes to the processor, among those its scope admits on workers that accept
-//! work, with the lowest estimated finish time: the cost of moving each input from its
+//! work (and that are not saturated, see below), with the lowest estimated finish time: the cost of moving each input from its
 //! nearest holder (cheapest path over the topology's edges, `latency + bytes / bandwidth`
 //! per hop), plus the expected run time of the function on that processor kind (an
 //! exponentially weighted mean of the measured `run_ns`, [`Config::default_runtime_ns`]
@@ -27,12 +27,30 @@
 //! ready tasks, higher [`Options::priority`](dagger_core::Options) goes first, then
 //! submission order.
 //!
+//! Dispatch is bounded ("saturation", as Dask's worker saturation or HyperQueue's bounded
+//! worker queues; [`Config::saturation`]): a processor is sent another task only while it
+//! is not saturated, that is while fewer than [`Config::min_depth`] tasks (2: one running,
+//! one queued, so it never idles while a `Done`/`Run` round trip is in flight) are
+//! dispatched there and unfinished, or while the learned run times of those add up to
+//! less than [`Config::queue_horizon`] (5 ms, so µs-scale tasks still go thousands at a
+//! time). A function never measured on a processor kind counts as expensive there (only
+//! the count applies): 200 never-measured tasks go two per processor, not all at once. The
+//! other ready tasks wait in the scheduler, in one queue per distinct scope (by priority,
+//! FIFO within one; tasks of a scope share their candidates), and each queue is retried
+//! from its head, until its first task that still finds no room, whenever room may have
+//! appeared: a task finished or failed, a worker joined or was lost, a drain ended. So a
+//! worker that joins late (a replacement for a lost one, a pool that grows) receives its
+//! share of the remaining work in the same [`Scheduler::poll_command`] round as its join,
+//! and a huge graph is not re-examined on every event. They count as `ready` in
+//! [`Stats`].
+//!
 //! A task whose scope names exactly one worker (`Scope::Worker`, `Scope::Proc`,
 //! `Scope::WorkerKind`) is dispatched *early*: as soon as each of its inputs is finished or
 //! at least dispatched. An input that is only dispatched is passed as
 //! `RunArg::Chunk { from: [the worker running it] }`; that worker answers the fetch once the
 //! value exists. A chain alternating between two workers thus costs one one-way trip per
-//! hop.
+//! hop. Such tasks are never held back by saturation: no other worker could run them, and
+//! holding them would put a driver round trip back on every hop.
 //!
 //! # Results and memory
 //!
