@@ -334,4 +334,8 @@ pub struct Stats {
     /// Task records looked at, in all, to find what lost workers ran or held (the tasks
     /// dispatched to each and the results each held a copy of; never a scan of every task).
     pub recovery_examined: u64,
+    /// Placements tried, in all: one per dispatch, park or failure for want of a processor,
+    /// plus one per held-back queue that was retried and still found no room (held-back
+    /// tasks are not looked at one by one on every event).
+    pub placements: u64,
 }

@@ -135,6 +135,8 @@ pub(crate) struct Placer {
     /// Room may have appeared, or tasks were held back, since the held queues were last
     /// retried.
     pub(crate) retry: bool,
+    /// Placements tried, ever (see `Stats::placements`).
+    pub(crate) placements: u64,
     driver_present: bool,
     /// Network cost per size bucket, used when the driver is not in the topology.
     net_cost: Vec<u64>,
@@ -163,6 +165,7 @@ impl Default for Placer {
             parked: Vec::new(),
             held_scopes: BTreeSet::new(),
             retry: false,
+            placements: 0,
             driver_present: false,
             net_cost: Vec::new(),
             scratch_cost: Vec::new(),
@@ -470,6 +473,7 @@ impl Scheduler {
     /// saturated (all of them when `bounded` is false), the one with the lowest estimated
     /// finish time.
     fn place(&mut self, i: u32, bounded: bool) -> Placement {
+        self.placer.placements += 1;
         let s = self.tasks[i].scope;
         self.refresh_scope(s);
         let cands = std::mem::take(&mut self.placer.scopes[s as usize].cands);

@@ -306,3 +306,37 @@ fn a_held_task_does_not_overtake_a_higher_priority_one() {
     // Task 14 becomes ready when filler 0 finishes, in the same call that frees room.
     assert_eq!(order, vec![14, 13, 12, 10, 11]);
 }
+
+#[test]
+fn held_tasks_are_not_looked_at_on_every_event() {
+    let mut s = pool(&[1, 2], 2);
+    let n = 200_000u64;
+    s.submit(ms(0), tasks(0..n, "sleep", Options::new()))
+        .unwrap();
+    let mut running: VecDeque<(WorkerId, RunTask)> = runs(&drain(&mut s)).into_iter().collect();
+    assert_eq!(running.len(), 8);
+    let before = s.stats().placements;
+    let events = 1_000u64;
+    for k in 0..events {
+        let (w, rt) = running.pop_front().unwrap();
+        s.task_done(
+            ms(k + 1),
+            w,
+            dagger_core::Incarnation(1),
+            done(&rt, 50_000_000),
+        );
+        running.extend(runs(&drain(&mut s)));
+    }
+    let st = s.stats();
+    assert_eq!(
+        (st.finished, st.running, st.ready),
+        (events, 8, n - events - 8)
+    );
+    // Each event dispatches one task and finds the next one without room: two placements,
+    // not one per held task.
+    assert!(
+        st.placements - before <= 2 * events,
+        "{} placements for {events} events",
+        st.placements - before
+    );
+}
