@@ -144,6 +144,7 @@ fn an_absurd_run_time_does_not_send_tasks_to_a_lost_worker() {
     };
     core.handle_message(ms(4), LinkId(2), done);
     core.handle_submit(ms(5), [(spec(2), None), (spec(3), None)]);
-    assert_eq!(runs(&mut core), 2, "the next tasks go to the live worker");
+    // Task 100 still runs there, so the bounded dispatch sends one of the two now.
+    assert_eq!(runs(&mut core), 1, "the next task goes to the live worker");
     core.scheduler().check_invariants().expect("consistent");
 }

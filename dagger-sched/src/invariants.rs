@@ -129,6 +129,7 @@ impl Scheduler {
             }
         }
         self.check_worker_index()?;
+        self.check_held()?;
         for (&i, &d) in &self.placer.starving {
             if self.tasks[i].state != State::Ready {
                 return Err(format!("{}: starving but not ready", self.tasks[i].id));

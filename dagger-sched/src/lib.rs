@@ -17,7 +17,7 @@
 //! # Placement
 //!
 //! A ready task goes to the processor, among those its scope admits on workers that accept
-//! work, with the lowest estimated finish time: the cost of moving each input from its
+//! work (and that are not saturated, see below), with the lowest estimated finish time: the cost of moving each input from its
 //! nearest holder (cheapest path over the topology's edges, `latency + bytes / bandwidth`
 //! per hop), plus the expected run time of the function on that processor kind (an
 //! exponentially weighted mean of the measured `run_ns`, [`Config::default_runtime_ns`]
@@ -27,12 +27,30 @@
 //! ready tasks, higher [`Options::priority`](dagger_core::Options) goes first, then
 //! submission order.
 //!
+//! Dispatch is bounded ("saturation", as Dask's worker saturation or HyperQueue's bounded
+//! worker queues; [`Config::saturation`]): a processor is sent another task only while it
+//! is not saturated, that is while fewer than [`Config::min_depth`] tasks (2: one running,
+//! one queued, so it never idles while a `Done`/`Run` round trip is in flight) are
+//! dispatched there and unfinished, or while the learned run times of those add up to
+//! less than [`Config::queue_horizon`] (5 ms, so µs-scale tasks still go thousands at a
+//! time). A function never measured on a processor kind counts as expensive there (only
+//! the count applies): 200 never-measured tasks go two per processor, not all at once. The
+//! other ready tasks wait in the scheduler, in one queue per distinct scope (by priority,
+//! FIFO within one; tasks of a scope share their candidates), and each queue is retried
+//! from its head, until its first task that still finds no room, whenever room may have
+//! appeared: a task finished or failed, a worker joined or was lost, a drain ended. So a
+//! worker that joins late (a replacement for a lost one, a pool that grows) receives its
+//! share of the remaining work in the same [`Scheduler::poll_command`] round as its join,
+//! and a huge graph is not re-examined on every event. They count as `ready` in
+//! [`Stats`].
+//!
 //! A task whose scope names exactly one worker (`Scope::Worker`, `Scope::Proc`,
 //! `Scope::WorkerKind`) is dispatched *early*: as soon as each of its inputs is finished or
 //! at least dispatched. An input that is only dispatched is passed as
 //! `RunArg::Chunk { from: [the worker running it] }`; that worker answers the fetch once the
 //! value exists. A chain alternating between two workers thus costs one one-way trip per
-//! hop.
+//! hop. Such tasks are never held back by saturation: no other worker could run them, and
+//! holding them would put a driver round trip back on every hop.
 //!
 //! # Results and memory
 //!
@@ -129,6 +147,26 @@ pub struct Config {
     /// driver core replaces it with its fault policy's (`dagger_ft::PolicyConfig`), whose
     /// verdicts decide worker losses.
     pub default_loss_retries: u32,
+    /// Bounded dispatch ("saturation", as Dask's worker saturation or HyperQueue's bounded
+    /// worker queues): a processor is sent another task only while it is not saturated (see
+    /// [`Config::min_depth`] and [`Config::queue_horizon`]); the other ready tasks wait in
+    /// the scheduler, so a worker that joins later (a replacement, a pool that grows) gets
+    /// its share of what is left. Tasks whose scope pins them to one worker are never held
+    /// back. Default `true`; `false` dispatches every ready task at once.
+    pub saturation: bool,
+    /// A processor is not saturated while fewer than this many tasks are dispatched to it
+    /// and unfinished. Default 2: one running and one queued, so the processor does not
+    /// idle while a `Done`/`Run` round trip is in flight. Taken as at least 1.
+    pub min_depth: u32,
+    /// A processor at or above [`Config::min_depth`] is still not saturated while the
+    /// learned run times of the tasks dispatched to it and unfinished add up to less than
+    /// this, and the task to place has a learned run time there too: a task never
+    /// measured on that processor kind, or any such task queued there, counts as
+    /// expensive (only `min_depth` applies). Default 5 ms: more than a round trip to a
+    /// worker and the driver's time to answer it, so a processor of µs-scale tasks has
+    /// thousands queued and never waits for the next batch, while a worker that joins
+    /// late finds at most about 5 ms of work per processor placed elsewhere before it.
+    pub queue_horizon: Duration,
 }
 
 impl Default for Config {
@@ -139,6 +177,9 @@ impl Default for Config {
             default_runtime_ns: 50_000,
             no_processor_grace: Some(Duration::from_secs(10)),
             default_loss_retries: 3,
+            saturation: true,
+            min_depth: 2,
+            queue_horizon: Duration::from_millis(5),
         }
     }
 }
@@ -283,7 +324,8 @@ pub struct Stats {
     pub failed: u64,
     /// Tasks dispatched to a processor and not finished.
     pub running: u64,
-    /// Tasks whose inputs are ready, waiting for placement (including parked ones).
+    /// Tasks whose inputs are ready, waiting for placement (including parked ones and those
+    /// held back while every processor that may run them is saturated).
     pub ready: u64,
     /// Tasks waiting for inputs.
     pub waiting: u64,
@@ -292,4 +334,8 @@ pub struct Stats {
     /// Task records looked at, in all, to find what lost workers ran or held (the tasks
     /// dispatched to each and the results each held a copy of; never a scan of every task).
     pub recovery_examined: u64,
+    /// Placements tried, in all: one per dispatch, park or failure for want of a processor,
+    /// plus one per held-back queue that was retried and still found no room (held-back
+    /// tasks are not looked at one by one on every event).
+    pub placements: u64,
 }

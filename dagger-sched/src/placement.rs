@@ -2,6 +2,14 @@
 //! estimated finish time, with its caches (path costs per source worker and size bucket,
 //! candidate lists per scope, learned run times per function and processor kind, queued
 //! work per processor), and the dispatch of a placed task into the outbox.
+//!
+//! With [`Config::saturation`](crate::Config::saturation) on, a processor takes another
+//! task only while it is not saturated ([`Slot::saturated`]); a ready task whose candidate
+//! processors are all saturated is held back in its scope's queue ([`ScopeEntry::held`]).
+//! Tasks of one scope share their candidates, so each queue is retried from its head, and
+//! only until its first task that still finds no room, whenever room may have appeared (a
+//! task finished or failed, the pool changed, a drain ended): huge graphs are not
+//! re-examined on every event. Tasks pinned to one worker (early dispatch) bypass it.
 
 use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
@@ -27,6 +35,43 @@ pub(crate) struct Slot {
     /// what it ran. Intrusive: a dispatched task's `link` is its position here, so adding
     /// and removing are O(1) without hashing.
     pub(crate) running: Vec<u32>,
+    /// The learned run time of each task of `running` (same positions) when it was
+    /// dispatched; 0 for a task whose function had none on this processor kind.
+    pub(crate) run_est: Vec<u64>,
+    /// The sum of `run_est`: the work queued here, as far as it was measured.
+    pub(crate) load_ns: u64,
+    /// The entries of `run_est` that are 0 (tasks of unknown cost).
+    pub(crate) unmeasured: u32,
+}
+
+impl Slot {
+    /// Whether the slot takes no more held-back work for a task whose function has
+    /// (`measured`) or has not a learned run time on its kind: `min_depth` tasks or more
+    /// are dispatched here, and either the task or one queued here is of unknown cost, or
+    /// the measured work queued here reaches `horizon`.
+    #[inline]
+    pub(crate) fn saturated(&self, min_depth: u32, horizon: u64, measured: bool) -> bool {
+        self.running.len() >= min_depth.max(1) as usize
+            && (!measured || self.unmeasured > 0 || self.load_ns >= horizon)
+    }
+
+    /// Records a task dispatched here (at the end of `running`).
+    fn push(&mut self, i: u32, run_est: u64) {
+        self.running.push(i);
+        self.run_est.push(run_est);
+        self.load_ns = self.load_ns.saturating_add(run_est);
+        self.unmeasured += u32::from(run_est == 0);
+    }
+
+    /// Forgets the task at `pos` of `running` (swapped with the last); the task moved
+    /// into `pos`, if any.
+    fn remove(&mut self, pos: usize) -> Option<u32> {
+        self.running.swap_remove(pos);
+        let run_est = self.run_est.swap_remove(pos);
+        self.load_ns = self.load_ns.saturating_sub(run_est);
+        self.unmeasured -= u32::from(run_est == 0);
+        self.running.get(pos).copied()
+    }
 }
 
 /// A distinct scope and its cached candidate processors.
@@ -37,12 +82,19 @@ pub(crate) struct ScopeEntry {
     gen: u64,
     cands: Vec<u32>,
     any_admits: bool,
+    /// Ready tasks held back because every candidate processor was saturated, by
+    /// priority, FIFO within one (never early ones). Entries of tasks that are no longer
+    /// ready are dropped when they reach the head.
+    pub(crate) held: BTreeMap<i32, VecDeque<u32>>,
 }
 
 /// What placement decided for a ready task.
 pub(crate) enum Placement {
-    /// Run it on this slot, with this estimate of its own cost.
-    On { slot: u32, est: u64 },
+    /// Run it on this slot, with this estimate of its own cost and its learned run time
+    /// there (0 when there is none).
+    On { slot: u32, est: u64, run: u64 },
+    /// Hold it back: every processor that may run it is saturated.
+    Full,
     /// Wait: processors admit it but their workers do not accept work now.
     Park,
     /// Wait, at most the grace period: the pool has no task processor at all (empty, still
@@ -74,8 +126,17 @@ pub(crate) struct Placer {
     /// The same deadlines in time order (always the same entries as `starving`).
     pub(crate) deadlines: BTreeSet<(Duration, u32)>,
     /// Ready tasks by priority, FIFO within one priority.
+    /// With saturation on, only early tasks (pinned to one worker) come here; the others
+    /// go to their scope's `held` queue.
     ready: BTreeMap<i32, VecDeque<u32>>,
     parked: Vec<u32>,
+    /// The scopes whose `held` queue may be non-empty.
+    pub(crate) held_scopes: BTreeSet<u32>,
+    /// Room may have appeared, or tasks were held back, since the held queues were last
+    /// retried.
+    pub(crate) retry: bool,
+    /// Placements tried, ever (see `Stats::placements`).
+    pub(crate) placements: u64,
     driver_present: bool,
     /// Network cost per size bucket, used when the driver is not in the topology.
     net_cost: Vec<u64>,
@@ -102,6 +163,9 @@ impl Default for Placer {
             deadlines: BTreeSet::new(),
             ready: BTreeMap::new(),
             parked: Vec::new(),
+            held_scopes: BTreeSet::new(),
+            retry: false,
+            placements: 0,
             driver_present: false,
             net_cost: Vec::new(),
             scratch_cost: Vec::new(),
@@ -165,6 +229,7 @@ impl Placer {
             gen: u64::MAX,
             cands: Vec::new(),
             any_admits: false,
+            held: BTreeMap::new(),
         });
         s
     }
@@ -209,6 +274,17 @@ impl Placer {
         self.ready.entry(priority).or_default().push_back(i);
     }
 
+    /// Queues ready task `i` of scope `s` behind the scope's held-back tasks.
+    fn push_held(&mut self, i: u32, s: u32, priority: i32) {
+        self.scopes[s as usize]
+            .held
+            .entry(priority)
+            .or_default()
+            .push_back(i);
+        self.held_scopes.insert(s);
+        self.retry = true;
+    }
+
     /// Takes the parked tasks (to be put back in the ready queue).
     pub(crate) fn take_parked(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.parked)
@@ -223,11 +299,18 @@ impl Scheduler {
                 self.push_ready(i);
             }
         }
+        // The pool changed: a held-back task may find room now.
+        self.placer.retry = true;
     }
 
     pub(crate) fn push_ready(&mut self, i: u32) {
-        let priority = self.tasks[i].priority;
-        self.placer.push_ready(i, priority);
+        let t = &self.tasks[i];
+        let (priority, s) = (t.priority, t.scope);
+        if self.config.saturation && !self.placer.scopes[s as usize].early {
+            self.placer.push_held(i, s, priority);
+        } else {
+            self.placer.push_ready(i, priority);
+        }
     }
 
     /// Rebuilds the processor table from the topology after a change.
@@ -263,6 +346,9 @@ impl Scheduler {
                         alive: true,
                         queued_ns: 0,
                         running: Vec::new(),
+                        run_est: Vec::new(),
+                        load_ns: 0,
+                        unmeasured: 0,
                     });
                     p.slot_of.insert(id, s);
                     s
@@ -306,6 +392,9 @@ impl Scheduler {
         for s in &mut self.placer.slots {
             if s.id.worker == worker && !s.running.is_empty() {
                 lost.append(&mut s.running);
+                s.run_est.clear();
+                s.load_ns = 0;
+                s.unmeasured = 0;
             }
         }
         lost
@@ -380,7 +469,11 @@ impl Scheduler {
         p.scratch_min = mins;
     }
 
-    fn place(&mut self, i: u32) -> Placement {
+    /// Chooses a processor for ready task `i`: among its scope's candidates that are not
+    /// saturated (all of them when `bounded` is false), the one with the lowest estimated
+    /// finish time.
+    fn place(&mut self, i: u32, bounded: bool) -> Placement {
+        self.placer.placements += 1;
         let s = self.tasks[i].scope;
         self.refresh_scope(s);
         let cands = std::mem::take(&mut self.placer.scopes[s as usize].cands);
@@ -438,29 +531,33 @@ impl Scheduler {
         let p = &self.placer;
         let row = &p.runtime[func];
         let default = self.config.default_runtime_ns;
-        let mut best = (u64::MAX, 0u32, 0u64);
+        let (depth, horizon) = (self.config.min_depth, ns(self.config.queue_horizon));
+        let mut best: Option<(u64, u32, u64, u64)> = None;
         for (j, &c) in cands.iter().enumerate() {
             let slot = &p.slots[c as usize];
-            let run = match row.get(slot.kind as usize) {
+            let learned = match row.get(slot.kind as usize) {
                 Some(&r) if r > 0 => r,
-                _ => default,
+                _ => 0,
             };
+            if bounded && slot.saturated(depth, horizon, learned > 0) {
+                continue;
+            }
+            let run = if learned > 0 { learned } else { default };
             let own = p.scratch_cost[j].saturating_add(run);
             let total = own.saturating_add(slot.queued_ns);
-            // The first candidate is taken even at the largest cost, so the slot is always
-            // one of the candidates (never slot 0 by default).
-            if total < best.0 || j == 0 {
-                best = (total, c, own);
+            // The first admitted candidate is taken even at the largest cost.
+            if best.is_none_or(|b| total < b.0) {
+                best = Some((total, c, own, learned));
             }
         }
         self.placer.scopes[s as usize].cands = cands;
-        Placement::On {
-            slot: best.1,
-            est: best.2,
+        match best {
+            Some((_, slot, est, run)) => Placement::On { slot, est, run },
+            None => Placement::Full,
         }
     }
 
-    fn dispatch(&mut self, i: u32, slot: u32, est: u64) {
+    fn dispatch(&mut self, i: u32, slot: u32, est: u64, run_est: u64) {
         let proc = self.placer.slots[slot as usize].id;
         let queued = &mut self.placer.slots[slot as usize].queued_ns;
         *queued = queued.saturating_add(est);
@@ -527,13 +624,19 @@ impl Scheduler {
             push_to: Vec::new(),
             watch,
         };
-        // Every ready task may be placed before the flush (this one is still counted).
-        let expected = self.tasks.counts.ready as usize;
+        // Every ready task may be placed before the flush (this one is still counted),
+        // unless held back: then only a few are likely to be.
+        let ready = self.tasks.counts.ready as usize;
+        let expected = if self.config.saturation {
+            ready.min(64)
+        } else {
+            ready
+        };
         self.outbox
             .run(proc.worker, run, self.config.max_batch, expected);
-        let running = &mut self.placer.slots[slot as usize].running;
-        self.tasks[i].link = running.len() as u32;
-        running.push(i);
+        let slot = &mut self.placer.slots[slot as usize];
+        self.tasks[i].link = slot.running.len() as u32;
+        slot.push(i, run_est);
         self.set_state(i, State::Dispatched);
     }
 
@@ -552,10 +655,11 @@ impl Scheduler {
             s.queued_ns = s.queued_ns.saturating_sub(est);
             // Absent when recovery already took the lost worker's list.
             if s.running.get(pos) == Some(&i) {
-                s.running.swap_remove(pos);
-                if let Some(&moved) = s.running.get(pos) {
+                if let Some(moved) = s.remove(pos) {
                     self.tasks[moved].link = pos as u32;
                 }
+                // The slot has room for another task.
+                self.placer.retry = true;
             }
         }
         for d in fetching {
@@ -565,13 +669,31 @@ impl Scheduler {
         }
     }
 
-    /// Places every ready task: dispatches it, parks it, or fails it when no processor of
-    /// the pool admits it.
+    /// Places every ready task: dispatches it, holds it back while its processors are
+    /// saturated, parks it, or fails it when no processor of the pool admits it.
     pub(crate) fn schedule(&mut self) {
-        if self.placer.ready.is_empty() {
+        let retry = self.placer.retry && !self.placer.held_scopes.is_empty();
+        if self.placer.ready.is_empty() && !retry {
             return;
         }
         self.refresh();
+        loop {
+            self.place_ready();
+            if !self.placer.retry {
+                break;
+            }
+            self.placer.retry = false;
+            self.release_held();
+            // Dispatching a task makes the early tasks that depend on it ready.
+            if self.placer.ready.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Places the tasks of the ready queue (only early ones with saturation on: they are
+    /// never held back).
+    fn place_ready(&mut self) {
         loop {
             let i = match self.placer.ready.last_entry() {
                 None => break,
@@ -586,24 +708,184 @@ impl Scheduler {
             if self.tasks[i].state != State::Ready {
                 continue;
             }
-            match self.place(i) {
-                Placement::On { slot, est } => self.dispatch(i, slot, est),
-                Placement::Park => {
+            let placement = self.place(i, false);
+            self.carry_out(i, placement);
+        }
+    }
+
+    /// Acts on a placement of ready task `i` that is not `Full`.
+    fn carry_out(&mut self, i: u32, placement: Placement) {
+        match placement {
+            Placement::On { slot, est, run } => self.dispatch(i, slot, est, run),
+            Placement::Full => {
+                debug_assert!(false, "a task placed without a bound found no room");
+                self.placer.parked.push(i);
+            }
+            Placement::Park => {
+                self.stop_starving(i);
+                self.placer.parked.push(i)
+            }
+            Placement::Starve => {
+                self.start_starving(i);
+                self.placer.parked.push(i)
+            }
+            Placement::NoProcessor => {
+                let t = &self.tasks[i];
+                let scope = self.placer.scopes[t.scope as usize].scope.to_string();
+                let err = TaskError::NoProcessor { task: t.id, scope };
+                self.fail(i, err);
+            }
+        }
+    }
+
+    /// The first held-back task of scope `s` that is still ready, and its priority;
+    /// entries of tasks that are not are dropped. `None` (and `s` leaves `held_scopes`)
+    /// when there is none.
+    fn held_head(&mut self, s: u32) -> Option<(i32, u32)> {
+        let held = &mut self.placer.scopes[s as usize].held;
+        loop {
+            let Some(mut e) = held.last_entry() else {
+                self.placer.held_scopes.remove(&s);
+                return None;
+            };
+            match e.get().front() {
+                None => {
+                    e.remove();
+                }
+                Some(&i) if self.tasks[i].state != State::Ready => {
+                    e.get_mut().pop_front();
+                }
+                Some(&i) => return Some((*e.key(), i)),
+            }
+        }
+    }
+
+    /// Retries the held-back tasks: across scopes by priority (then submission order),
+    /// each scope from its head and only until its first task that finds no room.
+    /// O(scopes with held tasks) per task dispatched, plus one placement per such scope.
+    fn release_held(&mut self) {
+        let mut active: Vec<u32> = self.placer.held_scopes.iter().copied().collect();
+        while !active.is_empty() {
+            let mut best: Option<(usize, i32, u32)> = None;
+            let mut k = 0;
+            while k < active.len() {
+                match self.held_head(active[k]) {
+                    None => {
+                        active.swap_remove(k);
+                    }
+                    Some((prio, i)) => {
+                        if best.is_none_or(|(_, bp, bi)| {
+                            (prio, std::cmp::Reverse(i)) > (bp, std::cmp::Reverse(bi))
+                        }) {
+                            best = Some((k, prio, i));
+                        }
+                        k += 1;
+                    }
+                }
+            }
+            let Some((k, _, i)) = best else {
+                break;
+            };
+            let s = active[k];
+            match self.place(i, true) {
+                Placement::Full => {
+                    // Some processor admits it: it is not starving.
                     self.stop_starving(i);
-                    self.placer.parked.push(i)
+                    active.swap_remove(k);
                 }
-                Placement::Starve => {
-                    self.start_starving(i);
-                    self.placer.parked.push(i)
-                }
-                Placement::NoProcessor => {
-                    let t = &self.tasks[i];
-                    let scope = self.placer.scopes[t.scope as usize].scope.to_string();
-                    let err = TaskError::NoProcessor { task: t.id, scope };
-                    self.fail(i, err);
+                placement => {
+                    if let Some(mut e) = self.placer.scopes[s as usize].held.last_entry() {
+                        e.get_mut().pop_front();
+                    }
+                    self.carry_out(i, placement);
                 }
             }
         }
+    }
+
+    /// The recount of the held-back tasks and the slots' loads: every ready task is listed
+    /// (ready queue, held queue of its own scope, or parked), no early task is held back,
+    /// each slot's load matches its entries, and, once the held queues were retried after
+    /// the last change, no scope's first held task would find room.
+    pub(crate) fn check_held(&self) -> Result<(), String> {
+        let p = &self.placer;
+        for slot in &p.slots {
+            let load = slot.run_est.iter().fold(0u64, |a, &r| a.saturating_add(r));
+            let unmeasured = slot.run_est.iter().filter(|&&r| r == 0).count();
+            if slot.run_est.len() != slot.running.len()
+                || load != slot.load_ns
+                || unmeasured != slot.unmeasured as usize
+            {
+                return Err(format!("slot {:?}: load does not match its tasks", slot.id));
+            }
+        }
+        let mut listed = FxSet::default();
+        listed.extend(p.ready.values().flatten().copied());
+        listed.extend(p.parked.iter().copied());
+        for (s, entry) in p.scopes.iter().enumerate() {
+            let held: Vec<u32> = entry.held.values().flatten().copied().collect();
+            if held.is_empty() {
+                continue;
+            }
+            if entry.early {
+                return Err(format!(
+                    "tasks of early scope {} are held back",
+                    entry.scope
+                ));
+            }
+            if !p.held_scopes.contains(&(s as u32)) {
+                return Err(format!(
+                    "held tasks of scope {} are not listed",
+                    entry.scope
+                ));
+            }
+            for &i in &held {
+                if self.tasks[i].scope != s as u32 {
+                    return Err(format!(
+                        "{} held in another scope's queue",
+                        self.tasks[i].id
+                    ));
+                }
+            }
+            listed.extend(held);
+        }
+        for (i, t) in self.tasks.iter() {
+            if t.state == State::Ready && !listed.contains(&i) {
+                return Err(format!("{}: ready but in no queue", t.id));
+            }
+        }
+        if p.retry || p.dirty || !self.config.saturation {
+            return Ok(());
+        }
+        let (depth, horizon) = (self.config.min_depth, ns(self.config.queue_horizon));
+        for &s in &p.held_scopes {
+            let entry = &p.scopes[s as usize];
+            if entry.gen != p.gen {
+                continue;
+            }
+            let head = entry
+                .held
+                .values()
+                .rev()
+                .flatten()
+                .copied()
+                .find(|&i| self.tasks[i].state == State::Ready);
+            let Some(i) = head else {
+                continue;
+            };
+            let row = &p.runtime[self.tasks[i].func as usize];
+            for &c in &entry.cands {
+                let slot = &p.slots[c as usize];
+                let measured = row.get(slot.kind as usize).is_some_and(|&r| r > 0);
+                if !slot.saturated(depth, horizon, measured) {
+                    return Err(format!(
+                        "{}: held back while {:?} has room",
+                        self.tasks[i].id, slot.id
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Task `i` is parked because no processor of the pool admits it: from now it waits at

@@ -434,6 +434,7 @@ impl Scheduler {
             waiting: c.waiting,
             live: c.live,
             recovery_examined: self.recovery_examined,
+            placements: self.placer.placements,
         }
     }
 }
