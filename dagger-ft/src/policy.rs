@@ -5,9 +5,12 @@
 //! # Attribution of crashes
 //!
 //! When a worker crashes ([`LostReason::is_crash`]), which of the tasks dispatched to it
-//! were running is not known: the driver learns that a task started only when it finishes.
-//! So a first crash makes every unfinished task dispatched there a *suspect* and counts
-//! against none of them (counting it, as Dask does, poisons innocent tasks when unrelated
+//! were running is known only for *watched* tasks, which report when they start. The
+//! scheduler watches a task from its first run when it is expected to run long (or its
+//! run time is not known yet), where one more small message per task costs nothing; short
+//! tasks are not watched. A crash makes every unfinished task dispatched there a *suspect*,
+//! and counts only against the watched ones that reported starting there (counting it
+//! against every task dispatched there, as Dask does, poisons innocent tasks when unrelated
 //! processes are killed). A suspect is *watched* when it runs again: the worker reports
 //! [`ToDriver::Started`](dagger_core::wire::ToDriver::Started) before running it, and a
 //! later crash counts against it only if that report came from the incarnation that
@@ -105,9 +108,12 @@ pub struct Exclusion {
     pub strikes: u32,
 }
 
-/// A task suspected of crashing workers.
+/// A task suspected of crashing workers, or a watched task that reported starting (a task
+/// expected to run long is watched from its first run, so a first crash can count).
 #[derive(Debug, Default)]
 struct Suspect {
+    /// Whether a crash made it a suspect (rather than only its start being tracked).
+    suspected: bool,
     /// The process that reported it started in its current attempt.
     started: Option<(WorkerId, Incarnation)>,
     /// Crashes of processes it had reported starting in.
@@ -145,6 +151,8 @@ pub struct FaultPolicy {
     prune_at: usize,
     /// Former suspects that succeeded since (kept while any suspect remains).
     cleared: std::collections::HashSet<TaskId>,
+    /// How many entries of `suspects` a crash made suspects.
+    suspected: usize,
     /// Per process: the watched tasks that reported starting there and have not ended.
     running_watched: BTreeMap<(WorkerId, Incarnation), Vec<TaskId>>,
     /// Strikes per process: when the failure was, and which task.
@@ -188,11 +196,19 @@ impl FaultPolicy {
         if attributing && reason.is_crash() {
             match self.suspects.entry(task.task) {
                 Entry::Vacant(v) => {
-                    // First strike: imprecise, counts against nobody.
-                    v.insert(Suspect::default());
+                    // Not known to have started there: imprecise, counts against nobody.
+                    v.insert(Suspect {
+                        suspected: true,
+                        ..Suspect::default()
+                    });
+                    self.suspected += 1;
                 }
                 Entry::Occupied(mut o) => {
                     let s = o.get_mut();
+                    if !s.suspected {
+                        s.suspected = true;
+                        self.suspected += 1;
+                    }
                     let ran_here = s.started == Some((worker, incarnation));
                     if ran_here
                         && !s
@@ -218,6 +234,7 @@ impl FaultPolicy {
                     let n = s.crashes.iter().filter(|c| counted(c)).count();
                     if n >= self.config.poison_crashes as usize {
                         let s = o.remove();
+                        self.suspected -= 1;
                         let crashes = s
                             .crashes
                             .into_iter()
@@ -238,7 +255,7 @@ impl FaultPolicy {
             watch = true;
         }
         if task.loss_reruns >= self.loss_budget(task.loss_retries) {
-            self.suspects.remove(&task.task);
+            self.remove_suspect(task.task);
             return Verdict::Fail(TaskError::WorkerLost {
                 task: task.task,
                 worker,
@@ -251,7 +268,11 @@ impl FaultPolicy {
     /// `worker` (in `incarnation`) reported that watched `task` starts. Ignored for a task
     /// that is not a suspect. O(1).
     pub fn started(&mut self, task: TaskId, worker: WorkerId, incarnation: Incarnation) {
-        if let Some(s) = self.suspects.get_mut(&task) {
+        if self.config.poison_crashes == 0 {
+            return;
+        }
+        {
+            let s = self.suspects.entry(task).or_default();
             if let Some(old) = s.started.replace((worker, incarnation)) {
                 Self::unlist(&mut self.running_watched, old, task);
             }
@@ -280,7 +301,17 @@ impl FaultPolicy {
 
     /// Whether `task` is a suspect (its next runs are watched).
     pub fn is_suspect(&self, task: TaskId) -> bool {
-        self.suspects.contains_key(&task)
+        self.suspects.get(&task).is_some_and(|s| s.suspected)
+    }
+
+    /// Drops what is known of `task` as a suspect or a watched task, keeping the count of
+    /// suspects right.
+    fn remove_suspect(&mut self, task: TaskId) -> Option<Suspect> {
+        let s = self.suspects.remove(&task)?;
+        if s.suspected {
+            self.suspected -= 1;
+        }
+        Some(s)
     }
 
     /// An attempt of `task` on `worker` failed with `error` at `now`. A failure the worker
@@ -335,14 +366,16 @@ impl FaultPolicy {
         if self.suspects.is_empty() && self.failed.is_empty() {
             return Vec::new();
         }
-        if let Some(s) = self.suspects.remove(&task) {
+        if let Some(s) = self.remove_suspect(task) {
             if let Some(process) = s.started {
                 Self::unlist(&mut self.running_watched, process, task);
             }
             // It ran to the end: crashes it shared with other suspects were theirs.
-            self.cleared.insert(task);
+            if s.suspected {
+                self.cleared.insert(task);
+            }
         }
-        if self.suspects.is_empty() {
+        if self.suspected == 0 {
             self.cleared.clear();
         }
         let _ = incarnation;
@@ -407,7 +440,7 @@ impl FaultPolicy {
         if self.suspects.is_empty() && self.failed.is_empty() {
             return;
         }
-        if let Some(s) = self.suspects.remove(&task) {
+        if let Some(s) = self.remove_suspect(task) {
             if let Some(process) = s.started {
                 Self::unlist(&mut self.running_watched, process, task);
             }

@@ -918,9 +918,46 @@ fn run_of(f: &[(LinkId, ToWorker)], task: u64) -> (LinkId, bool) {
     (r[0].0, r[0].1.watch)
 }
 
+/// A core whose scheduler watches suspects only (not tasks expected to run long).
+fn core_watching_suspects_only() -> Core {
+    let sched = Scheduler::new(dagger_sched::Config {
+        watch_threshold: Duration::MAX,
+        ..dagger_sched::Config::default()
+    });
+    DriverCore::new(sched, DriverConfig::default())
+}
+
+#[test]
+fn a_task_watched_from_its_first_run_is_poisoned_by_two_crashes() {
+    let mut c = core(DriverConfig::default());
+    cluster(&mut c, 4);
+    c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
+    // Never measured: it may run long, so it reports its start from its first run.
+    let (l1, watch) = run_of(&frames(&mut c), 1);
+    assert!(watch, "a task of unknown run time is watched");
+    started(&mut c, ms(2), l1, TaskId(1));
+    c.handle_process_exited(ms(3), "sim", 100 + l1.0 as u32, ExitCause::Signal(9));
+    assert!(completions(&events(&mut c)).is_empty(), "one counted crash");
+    let (l2, watch) = run_of(&frames(&mut c), 1);
+    assert!(watch);
+    started(&mut c, ms(4), l2, TaskId(1));
+    c.handle_link_closed(ms(5), l2, closed());
+    let done = completions(&events(&mut c));
+    let poisoned = TaskError::Poisoned {
+        task: TaskId(1),
+        func: "f".into(),
+        crashes: vec![
+            (WorkerId(l1.0 as u32), exited(100 + l1.0 as u32)),
+            (WorkerId(l2.0 as u32), closed()),
+        ],
+    };
+    assert_eq!(done, vec![(TaskId(1), 1, Err(poisoned))]);
+    assert!(runs(&frames(&mut c)).is_empty(), "not run again");
+}
+
 #[test]
 fn a_task_that_crashed_two_processes_while_it_ran_is_poisoned() {
-    let mut c = core(DriverConfig::default());
+    let mut c = core_watching_suspects_only();
     cluster(&mut c, 4);
     let mut dependent = spec(2, vec![Arg::Task(TaskId(1))]);
     dependent.options = Options::new().scope(dagger_core::Scope::worker(WorkerId(4)));

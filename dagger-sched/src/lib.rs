@@ -167,6 +167,14 @@ pub struct Config {
     /// thousands queued and never waits for the next batch, while a worker that joins
     /// late finds at most about 5 ms of work per processor placed elsewhere before it.
     pub queue_horizon: Duration,
+    /// Tasks whose learned run time on the chosen processor kind is at least this, or not
+    /// known yet, report when they start (`RunTask::watch`), so that a crash of their
+    /// worker while they run can be attributed to them (poison tasks) from their first run.
+    /// Shorter tasks are watched only after a crash made them suspects. Default 1 ms (one
+    /// more small message per task of a millisecond or more costs nothing);
+    /// `Duration::MAX` watches suspects only (also tasks of unknown run time are then not
+    /// watched).
+    pub watch_threshold: Duration,
 }
 
 impl Default for Config {
@@ -180,6 +188,7 @@ impl Default for Config {
             saturation: true,
             min_depth: 2,
             queue_horizon: Duration::from_millis(5),
+            watch_threshold: Duration::from_millis(1),
         }
     }
 }

@@ -614,7 +614,11 @@ impl Scheduler {
             spec.fetching = fetching;
         }
         let (task, func) = (t.id, t.func);
-        let watch = t.flags.contains(crate::task_table::TaskFlags::WATCH);
+        // Suspects report their start, and so do tasks expected to run long (or never
+        // measured on this kind): a crash while one runs can then count against it.
+        let threshold = u64::try_from(self.config.watch_threshold.as_nanos()).unwrap_or(u64::MAX);
+        let watch = t.flags.contains(crate::task_table::TaskFlags::WATCH)
+            || (threshold < u64::MAX && (run_est == 0 || run_est >= threshold));
         let run = RunTask {
             task,
             func: self.tasks.func_name(func).clone(),

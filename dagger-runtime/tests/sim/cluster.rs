@@ -116,6 +116,9 @@ struct Proc {
     /// When each of its thread processors is next free (index = processor index).
     free_at: Vec<Duration>,
     tokens: BTreeMap<TaskId, u64>,
+    /// Tasks that finished here and whose `Done` has not reached the driver: to the driver
+    /// they still run here, and a crash now counts against them as against a running one.
+    unreported: BTreeSet<TaskId>,
     /// The driver declared it lost (any later message of it is stale).
     lost: bool,
     /// It makes tasks with retries panic, half the time.
@@ -518,6 +521,7 @@ impl Sim {
             timer: None,
             free_at: vec![Duration::ZERO; threads as usize + 1],
             tokens: BTreeMap::new(),
+            unreported: BTreeSet::new(),
             lost: false,
             flaky,
         });
@@ -621,7 +625,9 @@ impl Sim {
         self.trace(|| format!("process {p} killed ({mode:?})"));
         self.procs[p].state = PState::Dead;
         self.procs[p].deferred.clear();
-        for (task, _) in std::mem::take(&mut self.procs[p].tokens) {
+        let unreported = std::mem::take(&mut self.procs[p].unreported);
+        let running = std::mem::take(&mut self.procs[p].tokens).into_keys();
+        for task in running.chain(unreported) {
             self.crashed_running.entry(task).or_default().insert(p);
         }
         let delay = match mode {
@@ -773,6 +779,7 @@ impl Sim {
                 if self.procs[p].tokens.get(&task) == Some(&token) {
                     self.trace(|| format!("process {p} finished {task}"));
                     self.procs[p].tokens.remove(&task);
+                    self.procs[p].unreported.insert(task);
                     self.procs[p]
                         .core
                         .handle_task_finished(self.now, task, run, result);
@@ -861,6 +868,13 @@ impl Sim {
                         self.fail(format!("join refused: {e}"));
                     }
                 } else {
+                    if let ToDriver::Done { tasks, .. } = &msg {
+                        if let Some(p) = self.procs.iter().position(|x| x.driver_conn == conn) {
+                            for d in tasks {
+                                self.procs[p].unreported.remove(&d.task);
+                            }
+                        }
+                    }
                     self.driver.handle_message(self.now, LinkId(conn), msg);
                 }
             }
