@@ -88,7 +88,7 @@ impl fmt::Display for FetchId {
 pub struct DriverConfig {
     /// A worker heard nothing from for this long is declared lost
     /// ([`LostReason::Silent`]); workers are told to send a heartbeat every quarter of it.
-    /// Default 1 s.
+    /// Default 900 ms.
     pub heartbeat_timeout: Duration,
     /// How long a fetch waits for a lost result to be recomputed before it fails with
     /// [`MoveFailure::NoHolder`]. Default 60 s.
@@ -112,7 +112,7 @@ pub struct DriverConfig {
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
-            heartbeat_timeout: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_millis(900),
             fetch_park_limit: Duration::from_secs(60),
             release_batch: 1024,
             release_delay: Duration::from_millis(20),

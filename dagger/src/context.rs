@@ -182,7 +182,7 @@ impl Default for ContextBuilder {
             driver_runs_tasks: None,
             listen: None,
             config: dagger_sched::Config::default(),
-            heartbeat_timeout: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_millis(900),
             join_timeout: Duration::from_secs(60),
             shm: true,
             worker_threads: None,
@@ -222,7 +222,7 @@ impl ContextBuilder {
         self.config = config;
         self
     }
-    /// A worker silent this long is declared lost. Default 1 s (heartbeats every 250 ms).
+    /// A worker silent this long is declared lost. Default 900 ms (heartbeats every 225 ms), so a paused worker is lost within a second.
     pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
         self.heartbeat_timeout = d;
         self

@@ -17,7 +17,7 @@ fn big(len: u64) -> ByteBuf {
 }
 
 /// A worker fetched from sends one frame that takes longer than the heartbeat timeout (the
-/// default, 1 s) to arrive, its heartbeats waiting behind that frame: 128 MiB, which takes
+/// default, 900 ms) to arrive, its heartbeats waiting behind that frame: 128 MiB, which takes
 /// several seconds over QUIC in the unoptimized build the test suite uses. The bytes
 /// arriving keep it alive: it is not declared lost, and the fetch succeeds (with a lost
 /// worker and no other, the result would have to be recomputed and the fetch would fail

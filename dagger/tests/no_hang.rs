@@ -39,13 +39,16 @@ fn tasks_left_without_any_processor_fail_instead_of_waiting_forever() {
     let bad = crash::spawn(&ctx, 1).unwrap();
     let after = inc::spawn(&ctx, &bad).unwrap();
     // The crashing task kills each worker it is placed on; with both gone, it and its
-    // dependent end with a typed error: the retry budget (`WorkerLost`) or the grace
-    // period (`NoProcessor`), whichever comes first.
+    // dependent end with a typed error: a poison task (`Poisoned`, when both crashes were
+    // seen while it ran), the retry budget (`WorkerLost`) or the grace period
+    // (`NoProcessor`), whichever comes first.
     let err = bad.fetch().unwrap_err();
     assert!(
         matches!(
             err,
-            TaskError::WorkerLost { .. } | TaskError::NoProcessor { .. }
+            TaskError::Poisoned { .. }
+                | TaskError::WorkerLost { .. }
+                | TaskError::NoProcessor { .. }
         ),
         "{err:?}"
     );

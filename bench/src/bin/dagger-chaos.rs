@@ -221,7 +221,7 @@ fn chaos(ctx: Context, mut rng: StdRng, done: Arc<AtomicBool>) -> Faults {
             stop_pending = false;
             faults.stops += 1;
             signal(pid, Signal::STOP);
-            // Shorter or longer than the heartbeat timeout (1 s by default).
+            // Shorter or longer than the heartbeat timeout (900 ms by default).
             let held = rng.random_range(100..=1_800);
             std::thread::sleep(Duration::from_millis(held));
             signal(pid, Signal::CONT);
