@@ -214,6 +214,9 @@ impl DriverState {
                 if self.core.is_shut_down() {
                     return;
                 }
+                // The loss goes out (its tasks re-placed, subscribers told) before the
+                // replacement is started, which takes a fork and an exec.
+                self.drive();
                 if let Some(e) = self.supervisor.as_mut().and_then(|s| s.on_exit(now, pid)) {
                     self.shell_events.push(e);
                 }
