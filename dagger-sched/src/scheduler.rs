@@ -153,6 +153,11 @@ impl Scheduler {
         if self.topology.remove_worker(worker).is_none() {
             return;
         }
+        // Subscribers hear of the loss before the retries and failures it causes.
+        self.outbox.event(ClusterEvent::WorkerLost {
+            worker,
+            reason: reason.clone(),
+        });
         match verdict {
             Some(v) => self.recover_worker(worker, v),
             None => {
@@ -175,8 +180,6 @@ impl Scheduler {
         }
         // Tasks parked behind its (draining) processors are looked at again.
         self.unpark();
-        self.outbox
-            .event(ClusterEvent::WorkerLost { worker, reason });
     }
 
     // ---------------------------------------------------------------- submission

@@ -562,7 +562,10 @@ fn a_task_that_runs_out_of_memory_everywhere_is_a_poison_task() {
         Err(TaskError::DependencyFailed { dependency, .. }) => assert_eq!(dependency, hog.id()),
         other => panic!("expected DependencyFailed, got {other:?}"),
     }
-    // Exactly the two crashes: no third worker was taken down.
+    // Exactly the two crashes: it was never run a third time, and no third worker was
+    // taken down (the losses reach subscribers before the failures they cause).
+    let info = ctx.task_info(hog.id()).expect("task info");
+    assert_eq!(info.attempts, 2, "{info:?}");
     let lost = events
         .drain()
         .iter()
