@@ -644,10 +644,12 @@ impl Context {
             .map_err(ContextError::Runtime)?;
         std::thread::Builder::new()
             .name("dagger-local-io".into())
-            .spawn(move || {
-                if let Err(e) = runtime.block_on(worker::run_worker(setup)) {
-                    tracing::warn!(error = %e, "the driver's own worker stopped");
+            .spawn(move || match runtime.block_on(worker::run_worker(setup)) {
+                Ok(worker::WorkerEnd::Shutdown) => {}
+                Ok(worker::WorkerEnd::LinkLost { why, .. }) => {
+                    tracing::warn!(error = %why, "the driver's own worker stopped")
                 }
+                Err(e) => tracing::warn!(error = %e, "the driver's own worker stopped"),
             })
             .map_err(ContextError::Runtime)?;
         Ok(())

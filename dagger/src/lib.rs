@@ -126,10 +126,12 @@ pub fn init() {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| match dagger_net::launch::worker_args_from_env() {
         Ok(Some(mut args)) => {
+            // A worker started by hand has no link to a launcher: it may join again.
+            let by_hand = args.driver_link.is_none();
             if let Some(link) = args.driver_link.take() {
                 watch_driver(link);
             }
-            let code = worker::run_worker_process(args);
+            let code = worker::run_worker_process(args, by_hand);
             std::process::exit(code);
         }
         Ok(None) => {}

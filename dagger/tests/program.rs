@@ -1,7 +1,8 @@
 //! Worker processes seen as a program sees them (this test has no libtest harness: `main`
 //! is the program's, like a user's): local workers get the program's own arguments, whatever
 //! thread starts the context; a worker of another build is refused unless mixing builds was
-//! allowed; a hand-started worker whose driver dies exits non-zero and says why.
+//! allowed; a hand-started worker whose driver dies exits non-zero and says why; one that was
+//! paused until the driver declared it lost joins again, as a new worker.
 //!
 //! The checks re-run this executable in roles, chosen by `PROGRAM_TEST_ROLE`.
 
@@ -40,6 +41,8 @@ fn main() {
     println!("ok: a worker of another build is refused unless mixed builds are allowed");
     a_hand_started_worker_whose_driver_died_exits_non_zero(&base);
     println!("ok: a hand-started worker whose driver died exits non-zero and says why");
+    a_paused_hand_started_worker_rejoins_as_a_new_worker(&base);
+    println!("ok: a hand-started worker declared lost while paused rejoins as a new worker");
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -251,4 +254,84 @@ fn driver_role() {
     println!("joined");
     // Killed by the test.
     std::thread::sleep(Duration::from_secs(600));
+}
+
+/// The next cluster event `want` accepts, waiting at most a generous bound.
+fn next_event<T>(
+    events: &mut dagger::ClusterEvents,
+    what: &str,
+    want: impl Fn(&dagger::ClusterEvent) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match events.try_recv() {
+            Ok(e) => {
+                if let Some(t) = want(&e) {
+                    return t;
+                }
+            }
+            Err(_) => {
+                assert!(std::time::Instant::now() < deadline, "no {what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// A worker started by hand is paused (SIGSTOP) until the driver declares it lost, then
+/// resumed: the driver has fenced it, so it executes itself again and joins as a new worker
+/// (same process, new worker id and incarnation), and runs tasks.
+fn a_paused_hand_started_worker_rejoins_as_a_new_worker(base: &Path) {
+    let certs = base.join("rejoin-certs");
+    let exe = std::env::current_exe().unwrap();
+    let ctx = Context::builder()
+        .driver_runs_tasks(false)
+        .cert_dir(&certs)
+        .build()
+        .unwrap();
+    let addr = ctx.listen_addr().expect("it listens").to_owned();
+    let mut cmd = worker_command(&exe, &addr, &certs);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let worker = cmd.spawn().unwrap();
+    let pid = worker.id();
+    ctx.wait_for_workers(1, Duration::from_secs(60)).unwrap();
+    let first = ctx.workers()[0];
+    let mut events = ctx.subscribe();
+    // SAFETY: plain syscalls on a child process id we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let reason = next_event(&mut events, "WorkerLost", |e| match e {
+        dagger::ClusterEvent::WorkerLost { worker, reason } if *worker == first => {
+            Some(reason.clone())
+        }
+        _ => None,
+    });
+    assert!(
+        matches!(reason, dagger::LostReason::Silent { .. }),
+        "{reason:?}"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
+    let second = next_event(&mut events, "the rejoin", |e| match e {
+        dagger::ClusterEvent::WorkerJoined { worker } => Some(*worker),
+        _ => None,
+    });
+    assert_ne!(second, first, "a new worker id");
+    let info = ctx.topology().worker(second).expect("joined").clone();
+    assert_eq!(info.pid, pid, "the same process, executed again");
+    let h = process_id::with(Options::new().scope(Scope::worker(second)))
+        .spawn(&ctx, 0)
+        .unwrap();
+    assert_eq!(h.fetch().unwrap(), pid);
+    ctx.shutdown();
+    let out = wait_to_end(worker);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the rejoined worker exited with {} after the shutdown: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("joining again as a new worker"),
+        "the worker says it rejoins: {stderr:?}"
+    );
 }

@@ -206,8 +206,39 @@ pub(crate) struct Worker {
     shm_prefix: String,
 }
 
+/// How a worker's service ended without an error of its own.
+pub(crate) enum WorkerEnd {
+    /// The driver said shutdown.
+    Shutdown,
+    /// The link to the driver ended without a shutdown: the driver declared this worker
+    /// lost (it was paused or cut off, and is fenced now), or the driver is gone.
+    LinkLost {
+        /// What the link said.
+        why: String,
+        /// How long the worker had been joined.
+        joined_for: Duration,
+    },
+}
+
+/// Environment variable counting the rejoins of a worker started by hand (see
+/// [`run_worker_process`]).
+const ENV_REJOINS: &str = "DAGGER_REJOINS";
+/// A worker started by hand rejoins at most this many times in a row (a rejoined worker
+/// that stays joined for [`REJOIN_RESET`] starts counting anew).
+const MAX_REJOINS: u32 = 20;
+const REJOIN_RESET: Duration = Duration::from_secs(60);
+
 /// Entry point of a process started as a worker. Returns the exit code.
-pub(crate) fn run_worker_process(args: WorkerArgs) -> i32 {
+///
+/// A worker started by hand (`rejoin`: its credentials come from files, so its command
+/// line can be run again) whose link to the driver ends without a shutdown joins again as
+/// a new worker: the driver declared it lost (it was paused past the heartbeat timeout,
+/// or cut off) and fenced what it held, so this process executes itself anew, with the
+/// same arguments and a fresh state, and the driver gives it a new worker id and
+/// incarnation. If the driver is gone, that join fails and the process exits non-zero.
+/// Rejoins back off (50 ms doubling to 5 s) and stop after [`MAX_REJOINS`] in a row. A
+/// local worker (`rejoin` false) exits instead: its supervisor replaces it.
+pub(crate) fn run_worker_process(args: WorkerArgs, rejoin: bool) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -245,7 +276,18 @@ pub(crate) fn run_worker_process(args: WorkerArgs) -> i32 {
     });
     rt.shutdown_timeout(Duration::from_millis(200));
     match result {
-        Ok(()) => 0,
+        Ok(WorkerEnd::Shutdown) => 0,
+        Ok(WorkerEnd::LinkLost { why, joined_for }) => {
+            eprintln!(
+                "dagger worker: the link to the driver closed before it said shutdown ({why})"
+            );
+            if rejoin {
+                join_again(joined_for)
+            } else {
+                eprintln!("dagger worker: is the driver gone? exiting");
+                1
+            }
+        }
         Err(e) => {
             eprintln!("dagger worker: {e}");
             1
@@ -253,8 +295,45 @@ pub(crate) fn run_worker_process(args: WorkerArgs) -> i32 {
     }
 }
 
+/// Executes this program again with the same arguments, to join as a new worker. Returns
+/// the exit code only if that is not possible.
+fn join_again(joined_for: Duration) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let before = std::env::var(ENV_REJOINS)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    let rejoins = if joined_for >= REJOIN_RESET {
+        0
+    } else {
+        before
+    };
+    if rejoins >= MAX_REJOINS {
+        eprintln!("dagger worker: {rejoins} rejoins in a row; giving up");
+        return 1;
+    }
+    let pause = Duration::from_millis(50)
+        .saturating_mul(1 << rejoins.min(7))
+        .min(Duration::from_secs(5));
+    std::thread::sleep(pause);
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("dagger worker: cannot find this program to join again: {e}");
+            return 1;
+        }
+    };
+    eprintln!("dagger worker: joining again as a new worker");
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(ENV_REJOINS, (rejoins + 1).to_string())
+        .exec();
+    eprintln!("dagger worker: cannot execute this program again: {err}");
+    1
+}
+
 /// Joins the driver, then serves until the driver says shutdown or the link closes.
-pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
+pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> {
     let host = dagger_proc::hostname();
     let procs = LocalProcs::detect(&DetectContext {
         worker: WorkerId(0),
@@ -365,7 +444,16 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<(), String> {
     // Heartbeats, batches of finished tasks and repeated wants, when the core wants them.
     tokio::spawn(worker.clone().run_timer());
 
-    let result = worker.serve_driver(&mut receiver).await;
+    let result = worker
+        .serve_driver(&mut receiver)
+        .await
+        .map(|end| match end {
+            WorkerEnd::LinkLost { why, .. } => WorkerEnd::LinkLost {
+                why,
+                joined_for: epoch.elapsed(),
+            },
+            end => end,
+        });
     worker.stopping.store(true, Ordering::Release);
     worker.timer.notify_one();
     dagger_move::shm::cleanup_prefix(&worker.shm_prefix);
@@ -525,15 +613,20 @@ impl Worker {
         }
     }
 
-    async fn serve_driver(self: &Arc<Self>, receiver: &mut FrameReceiver) -> Result<(), String> {
+    async fn serve_driver(
+        self: &Arc<Self>,
+        receiver: &mut FrameReceiver,
+    ) -> Result<WorkerEnd, String> {
         loop {
             let frame = match receiver.recv().await {
                 Ok(f) => f,
-                // The driver went away without saying shutdown (it died, or the link broke).
+                // The driver declared this worker lost, went away without saying shutdown,
+                // or the link broke.
                 Err(e) => {
-                    return Err(format!(
-                        "the link to the driver closed before it said shutdown ({e}); is the driver gone?"
-                    ))
+                    return Ok(WorkerEnd::LinkLost {
+                        why: e.to_string(),
+                        joined_for: Duration::ZERO,
+                    })
                 }
             };
             let msg = match wire::decode::<ToWorker>(&frame) {
@@ -559,7 +652,7 @@ impl Worker {
                 msg => self.drive(|i, now| i.core.handle_driver_msg(now, msg)),
             }
             if self.stopping.load(Ordering::Acquire) {
-                return Ok(());
+                return Ok(WorkerEnd::Shutdown);
             }
         }
     }
