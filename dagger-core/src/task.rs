@@ -35,3 +35,33 @@ impl TaskSpec {
         })
     }
 }
+
+/// An unfinished task dispatched to a worker that was lost, as the scheduler knows it when
+/// a fault policy judges it (the scheduler's `worker_lost_with`, the fault policy's
+/// `on_lost`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostTask<'a> {
+    /// The task.
+    pub task: crate::TaskId,
+    /// Its function's registered name.
+    pub func: &'a str,
+    /// How many times it already ran again after a loss (or a transient move failure);
+    /// this loss not included.
+    pub loss_reruns: u32,
+    /// Its own loss budget (`Options::loss_retries`), if its options set one.
+    pub loss_retries: Option<u32>,
+}
+
+/// What to do with an unfinished task of a lost worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LossVerdict {
+    /// Queue it again.
+    Retry {
+        /// The task is a suspect: ask the worker it runs on next to report when it starts
+        /// (`RunTask::watch`).
+        watch: bool,
+    },
+    /// Fail it (and its dependents, with `DependencyFailed`) with this error:
+    /// `TaskError::Poisoned`, or `TaskError::WorkerLost` once the loss budget is spent.
+    Fail(crate::TaskError),
+}

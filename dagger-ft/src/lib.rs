@@ -33,7 +33,8 @@ use std::time::Duration;
 
 mod policy;
 mod restart;
-pub use policy::{Exclusion, FaultPolicy, LostTask, PolicyConfig, Verdict, DEFAULT_LOSS_RETRIES};
+pub use dagger_core::{LossVerdict, LostTask};
+pub use policy::{Exclusion, FaultPolicy, PolicyConfig, DEFAULT_LOSS_RETRIES};
 pub use restart::{RestartBudget, RestartsExhausted};
 
 /// Declares workers lost when nothing was heard from them for longer than a timeout.

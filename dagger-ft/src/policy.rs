@@ -32,7 +32,7 @@
 //!
 //! Sans-I/O, like the rest of the crate: time is the owner's `now`.
 
-use dagger_core::{Incarnation, LostReason, TaskError, TaskId, WorkerId};
+use dagger_core::{Incarnation, LossVerdict, LostReason, LostTask, TaskError, TaskId, WorkerId};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -68,32 +68,6 @@ impl Default for PolicyConfig {
             strike_window: Duration::from_secs(60),
         }
     }
-}
-
-/// An unfinished task dispatched to a worker that was lost, as the scheduler knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LostTask<'a> {
-    /// The task.
-    pub task: TaskId,
-    /// Its function's registered name.
-    pub func: &'a str,
-    /// How many times it already ran again after a loss (this loss not included).
-    pub loss_reruns: u32,
-    /// Its own budget of such re-runs, if its options set one.
-    pub loss_retries: Option<u32>,
-}
-
-/// What to do with one task of a lost worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Run it again; `watch`: ask its next worker to report when it starts.
-    Retry {
-        /// The task is a suspect: the next worker reports `Started` for it.
-        watch: bool,
-    },
-    /// Fail it (and its dependents) with this error: [`TaskError::Poisoned`] or
-    /// [`TaskError::WorkerLost`] once the loss budget is spent.
-    Fail(TaskError),
 }
 
 /// A worker to declare lost with [`LostReason::Excluded`], from
@@ -190,7 +164,7 @@ impl FaultPolicy {
         incarnation: Incarnation,
         reason: &LostReason,
         task: &LostTask<'_>,
-    ) -> Verdict {
+    ) -> LossVerdict {
         let attributing = self.config.poison_crashes > 0;
         let mut watch = false;
         if attributing && reason.is_crash() {
@@ -241,7 +215,7 @@ impl FaultPolicy {
                             .filter(|c| counted(c))
                             .map(|c| (c.worker, c.reason))
                             .collect();
-                        return Verdict::Fail(TaskError::Poisoned {
+                        return LossVerdict::Fail(TaskError::Poisoned {
                             task: task.task,
                             func: task.func.to_string(),
                             crashes,
@@ -256,13 +230,13 @@ impl FaultPolicy {
         }
         if task.loss_reruns >= self.loss_budget(task.loss_retries) {
             self.remove_suspect(task.task);
-            return Verdict::Fail(TaskError::WorkerLost {
+            return LossVerdict::Fail(TaskError::WorkerLost {
                 task: task.task,
                 worker,
                 reason: reason.clone(),
             });
         }
-        Verdict::Retry { watch }
+        LossVerdict::Retry { watch }
     }
 
     /// `worker` (in `incarnation`) reported that watched `task` starts. Ignored for a task
@@ -500,8 +474,8 @@ mod tests {
             message: "boom".into(),
         }
     }
-    const RETRY_WATCHED: Verdict = Verdict::Retry { watch: true };
-    const RETRY: Verdict = Verdict::Retry { watch: false };
+    const RETRY_WATCHED: LossVerdict = LossVerdict::Retry { watch: true };
+    const RETRY: LossVerdict = LossVerdict::Retry { watch: false };
 
     #[test]
     fn a_task_started_in_two_crashed_processes_after_the_first_crash_is_poisoned() {
@@ -523,7 +497,7 @@ mod tests {
         let v = p.on_lost(w(3), inc(3), &exited(), &lost(5, 2));
         assert_eq!(
             v,
-            Verdict::Fail(TaskError::Poisoned {
+            LossVerdict::Fail(TaskError::Poisoned {
                 task: t(5),
                 func: "f".into(),
                 crashes: vec![(w(2), closed()), (w(3), exited())],
@@ -597,7 +571,7 @@ mod tests {
         assert!(p.attempt_succeeded(s(1), t(6), w(9), inc(9)).is_empty());
         p.started(t(5), w(4), inc(4));
         let v = p.on_lost(w(4), inc(4), &exited(), &lost(5, 0));
-        let Verdict::Fail(TaskError::Poisoned { crashes, .. }) = v else {
+        let LossVerdict::Fail(TaskError::Poisoned { crashes, .. }) = v else {
             panic!("{v:?}");
         };
         let workers: Vec<WorkerId> = crashes.iter().map(|c| c.0).collect();
@@ -648,7 +622,7 @@ mod tests {
         let spent = p.on_lost(w(1), inc(1), &silent, &lost(5, DEFAULT_LOSS_RETRIES));
         assert_eq!(
             spent,
-            Verdict::Fail(TaskError::WorkerLost {
+            LossVerdict::Fail(TaskError::WorkerLost {
                 task: t(5),
                 worker: w(1),
                 reason: silent.clone(),
@@ -661,7 +635,7 @@ mod tests {
         };
         assert!(matches!(
             p.on_lost(w(1), inc(1), &silent, &own(0, 0)),
-            Verdict::Fail(TaskError::WorkerLost { .. })
+            LossVerdict::Fail(TaskError::WorkerLost { .. })
         ));
         assert_eq!(p.on_lost(w(1), inc(1), &silent, &own(5, 10)), RETRY);
         // And the configured default replaces the constant.
@@ -672,7 +646,7 @@ mod tests {
         assert_eq!(p.on_lost(w(1), inc(1), &silent, &lost(5, 0)), RETRY);
         assert!(matches!(
             p.on_lost(w(1), inc(1), &silent, &lost(5, 1)),
-            Verdict::Fail(TaskError::WorkerLost { .. })
+            LossVerdict::Fail(TaskError::WorkerLost { .. })
         ));
     }
 

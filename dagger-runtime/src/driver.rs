@@ -55,7 +55,7 @@ use dagger_core::{
     ChunkId, ExitCause, GraphError, Incarnation, LostReason, MemorySpace, MoveFailure, ProcId,
     ProcInfo, ProcKind, TaskError, TaskId, TaskSpec, WorkerId, WorkerInfo,
 };
-use dagger_ft::{FailureDetector, FaultPolicy, PolicyConfig, Verdict};
+use dagger_ft::{FailureDetector, FaultPolicy, PolicyConfig};
 use dagger_proc::Topology;
 use dagger_sched::{ClusterEvent, Command, Completion, LossVerdict, Scheduler, Stats, TaskInfo};
 use std::collections::{BTreeMap, VecDeque};
@@ -544,19 +544,11 @@ impl<S> DriverCore<S> {
         let policy = &mut self.policy;
         let r = &reason;
         let mut verdict = |t: &dagger_sched::LostTask<'_>| {
-            let lost = dagger_ft::LostTask {
-                task: t.task,
-                func: t.func,
-                loss_reruns: t.loss_reruns,
-                loss_retries: t.loss_retries,
-            };
-            match policy.on_lost(worker, incarnation, r, &lost) {
-                Verdict::Retry { watch } => LossVerdict::Retry { watch },
-                Verdict::Fail(err) => {
-                    tracing::warn!(task = %t.task, error = %err, "a task of the lost worker fails");
-                    LossVerdict::Fail(err)
-                }
+            let v = policy.on_lost(worker, incarnation, r, t);
+            if let LossVerdict::Fail(err) = &v {
+                tracing::warn!(task = %t.task, error = %err, "a task of the lost worker fails");
             }
+            v
         };
         self.sched
             .worker_lost_with(self.now, worker, reason.clone(), Some(&mut verdict));

@@ -194,31 +194,9 @@ impl Default for Config {
 }
 
 /// An unfinished task dispatched to a worker, as [`Scheduler::dispatched_to`] lists it and
-/// a fault policy judges it when the worker is lost ([`Scheduler::worker_lost_with`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LostTask<'a> {
-    /// The task.
-    pub task: TaskId,
-    /// Its function's registered name.
-    pub func: &'a str,
-    /// How many times it already ran again after a loss (or a transient move failure).
-    pub loss_reruns: u32,
-    /// Its own loss budget (`Options::loss_retries`), if its options set one.
-    pub loss_retries: Option<u32>,
-}
-
-/// What to do with an unfinished task of a lost worker ([`Scheduler::worker_lost_with`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LossVerdict {
-    /// Queue it again.
-    Retry {
-        /// Ask the worker it runs on next to report when it starts
-        /// (`RunTask::watch`).
-        watch: bool,
-    },
-    /// Fail it with this error; its dependents fail with `DependencyFailed`.
-    Fail(TaskError),
-}
+/// a fault policy judges it when the worker is lost ([`Scheduler::worker_lost_with`]), and
+/// what the policy decides for it.
+pub use dagger_core::{LossVerdict, LostTask};
 
 /// One output of the scheduler, taken with [`Scheduler::poll_command`].
 #[derive(Clone, Debug, PartialEq)]
