@@ -487,7 +487,39 @@ pub(crate) async fn run(
         }
     }
     st.drive();
+    // Workers exit when told to shut down, which closes their links. Wait for that, at
+    // most SHUTDOWN_LINGER, so that the runtime is not dropped while `Shutdown` frames are
+    // still queued (a worker started by hand, which the context cannot watch exit, would
+    // otherwise see its link time out instead of a shutdown).
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_LINGER;
+    while !st.links.is_empty() {
+        tokio::select! {
+            ev = ev_rx.recv() => match ev {
+                Some(LinkEvent::Closed { link, .. }) => {
+                    st.links.remove(&link);
+                }
+                // A local worker's process ended (its link would only time out).
+                Some(LinkEvent::ProcessExited { pid, .. }) => {
+                    let host = st.host.clone();
+                    st.link_procs.retain(|link, (h, p)| {
+                        let gone = *p == pid && *h == host;
+                        if gone {
+                            st.links.remove(link);
+                        }
+                        !gone
+                    });
+                }
+                Some(LinkEvent::Joined { conn, .. }) => conn.sender.close("the driver shut down"),
+                Some(_) => {}
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
     if let Some(ack) = ack {
         let _ = ack.send(());
     }
 }
+
+/// How long a shutting-down driver waits for its workers to close their links.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
