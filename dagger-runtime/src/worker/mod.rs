@@ -44,8 +44,8 @@ pub use io::{Action, ChunkData, Dest, LinkKey, PeerRefused, Route, ShmWrite, Sta
 
 use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{
-    self, ByteBuf, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunPart, RunTask, TaskDone,
-    ToDriver, ToWorker, PROTOCOL_VERSION,
+    self, ByteBuf, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunPart, RunTask,
+    TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
 };
 use dagger_core::{ChunkId, Incarnation, MoveFailure, ProcId, TaskError, TaskId, WorkerId};
 use std::borrow::Cow;
