@@ -23,4 +23,4 @@ pub use error::{ExitCause, GraphError, LostReason, MoveFailure, TaskError, WireE
 pub use ids::{ChunkId, Incarnation, ProcId, TaskId, WorkerId};
 pub use proc::{LinkCost, MemorySpace, ProcInfo, ProcKind, WorkerInfo};
 pub use scope::{Options, Scope};
-pub use task::{Arg, LossVerdict, LostTask, TaskSpec};
+pub use task::{Arg, LossVerdict, LostTask, Part, TaskSpec};

@@ -10,6 +10,35 @@ pub enum Arg {
     Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The result of another task of the same graph (a dependency).
     Task(TaskId),
+    /// A gathered argument: a parameter of type `Vec<T>` fed by several parts, each a
+    /// value or a dependency of type `T`, in order. The function receives the parts'
+    /// results as one `Vec<T>`.
+    Gather(Vec<Part>),
+}
+
+/// One part of a gathered argument ([`Arg::Gather`]). Parts do not nest: a gather of
+/// gathers is expressed by a task that gathers and a task that gathers its result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Part {
+    /// A plain value, already encoded.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The result of another task of the same graph (a dependency).
+    Task(TaskId),
+}
+
+impl Arg {
+    /// The tasks this argument depends on, in order (may repeat).
+    pub fn deps(&self) -> impl Iterator<Item = TaskId> + '_ {
+        let (one, parts): (Option<TaskId>, &[Part]) = match self {
+            Arg::Value(_) => (None, &[]),
+            Arg::Task(t) => (Some(*t), &[]),
+            Arg::Gather(parts) => (None, parts),
+        };
+        one.into_iter().chain(parts.iter().filter_map(|p| match p {
+            Part::Task(t) => Some(*t),
+            Part::Value(_) => None,
+        }))
+    }
 }
 
 /// A task as submitted to the scheduler.
@@ -29,10 +58,7 @@ pub struct TaskSpec {
 impl TaskSpec {
     /// The tasks this one depends on, in argument order (may repeat).
     pub fn deps(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.args.iter().filter_map(|a| match a {
-            Arg::Task(t) => Some(*t),
-            Arg::Value(_) => None,
-        })
+        self.args.iter().flat_map(Arg::deps)
     }
 }
 

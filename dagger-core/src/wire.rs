@@ -12,7 +12,7 @@ pub use serde_bytes::ByteBuf;
 use std::borrow::Cow;
 
 /// The version of this message set. Peers with another version are refused at the hello.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first message on every link, in both directions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,6 +217,23 @@ pub enum RunArg {
         /// Who holds it.
         from: Vec<WorkerId>,
     },
+    /// A gathered argument: the parts, in order, each an encoded `T`; the function
+    /// receives them as one encoded `Vec<T>`.
+    Gather(Vec<RunPart>),
+}
+
+/// One part of a gathered argument ([`RunArg::Gather`]); parts do not nest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RunPart {
+    /// An encoded value.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A chunk, and the workers that hold a copy (first one preferred).
+    Chunk {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Who holds it.
+        from: Vec<WorkerId>,
+    },
 }
 
 /// One finished task.
@@ -334,6 +351,13 @@ mod tests {
                     chunk: ChunkId(3),
                     from: vec![WorkerId(2)],
                 },
+                RunArg::Gather(vec![
+                    RunPart::Value(encode(&1u64)),
+                    RunPart::Chunk {
+                        chunk: ChunkId(4),
+                        from: vec![WorkerId(3)],
+                    },
+                ]),
             ],
             proc: ProcId::new(WorkerId(1), 2),
             inline_limit: 1024,

@@ -2,8 +2,8 @@
 //! encoder and decoder.
 
 use dagger_core::wire::{
-    self, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, ToDriver, ToWorker,
-    PROTOCOL_VERSION,
+    self, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunPart, RunTask, ToDriver,
+    ToWorker, PROTOCOL_VERSION,
 };
 use dagger_core::{ChunkId, Incarnation, MoveFailure, ProcId, TaskError, TaskId, WorkerId};
 use dagger_runtime::worker::{
@@ -946,4 +946,60 @@ fn watched_tasks_report_started_before_they_run_and_others_do_not() {
         }]
     );
     assert_eq!(starts(&mut w).len(), 1);
+}
+
+#[test]
+fn a_gathered_argument_starts_once_every_part_is_here_as_one_encoded_vec() {
+    let mut w = joined(config());
+    // A part produced here.
+    run(&mut w, ms(1), vec![task(10, vec![value(1)])]);
+    assert_eq!(starts(&mut w).len(), 1);
+    w.handle_task_finished(ms(2), TaskId(10), ms(1), Ok(wire::encode(&100u64)));
+    let gather = RunArg::Gather(vec![
+        RunPart::Chunk {
+            chunk: ChunkId(20),
+            from: vec![WorkerId(3)],
+        },
+        RunPart::Value(wire::encode(&7u64)),
+        RunPart::Chunk {
+            chunk: ChunkId(10),
+            from: vec![ME],
+        },
+    ]);
+    run(
+        &mut w,
+        ms(3),
+        vec![task(11, vec![value(5), gather, RunArg::Gather(vec![])])],
+    );
+    assert_eq!(w.running_tasks(), 0, "one part is on a peer");
+    assert_eq!(w.waiting_tasks(), 1);
+    let l3 = LinkKey(1);
+    assert_eq!(
+        link_up(&mut w, ms(3), 3, l3),
+        vec![PeerMsg::Want(ChunkId(20))]
+    );
+    peer_msg(
+        &mut w,
+        ms(4),
+        l3,
+        PeerMsg::Chunk {
+            chunk: ChunkId(20),
+            payload: ChunkPayload::Bytes(wire::encode(&300u64)),
+        },
+    );
+    let s = starts(&mut w);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].task, TaskId(11));
+    assert_eq!(
+        s[0].args,
+        vec![
+            wire::encode(&5u64),
+            wire::encode(&vec![300u64, 7, 100]),
+            wire::encode(&Vec::<u64>::new()),
+        ]
+    );
+    assert_eq!(
+        wire::decode::<Vec<u64>>(&s[0].args[1]).unwrap(),
+        vec![300, 7, 100]
+    );
 }

@@ -14,8 +14,8 @@
 use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
 use crate::task_table::{ns, State};
-use dagger_core::wire::{RunArg, RunTask};
-use dagger_core::{Arg, ProcId, ProcKind, Scope, TaskError, WorkerId};
+use dagger_core::wire::{RunArg, RunPart, RunTask};
+use dagger_core::{Arg, Part, ProcId, ProcKind, Scope, TaskError, TaskId, WorkerId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
@@ -499,18 +499,26 @@ impl Scheduler {
             for a in &spec.args {
                 match a {
                     Arg::Value(v) => driver_bytes += v.len() as u64,
-                    Arg::Task(d) => {
-                        let Some(d) = self.tasks.get(d) else {
-                            continue;
-                        };
-                        let dt = &self.tasks[d];
-                        if let Some(v) = self.inline_of(d) {
-                            driver_bytes += v.len() as u64;
-                        } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
-                            sources.push((self.holders_of(d).to_vec(), dt.size));
-                        } else if dt.state == State::Dispatched {
-                            sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
+                    Arg::Task(_) => {}
+                    Arg::Gather(parts) => {
+                        for p in parts {
+                            if let Part::Value(v) = p {
+                                driver_bytes += v.len() as u64;
+                            }
                         }
+                    }
+                }
+                for d in a.deps() {
+                    let Some(d) = self.tasks.get(&d) else {
+                        continue;
+                    };
+                    let dt = &self.tasks[d];
+                    if let Some(v) = self.inline_of(d) {
+                        driver_bytes += v.len() as u64;
+                    } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
+                        sources.push((self.holders_of(d).to_vec(), dt.size));
+                    } else if dt.state == State::Dispatched {
+                        sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
                     }
                 }
             }
@@ -557,6 +565,34 @@ impl Scheduler {
         }
     }
 
+    /// Where the worker `dest` finds the result of dependency `id`: inline, or as a chunk
+    /// from its holders (a copy on `dest` first), noted in `fetching`. `None` for a task
+    /// no longer known.
+    fn run_part(&self, id: TaskId, dest: WorkerId, fetching: &mut Vec<u32>) -> Option<RunPart> {
+        let d = self.tasks.get(&id)?;
+        if let Some(v) = self.inline_of(d) {
+            return Some(RunPart::Value(v.clone()));
+        }
+        let from = match self.holders_of(d) {
+            hs if !hs.is_empty() => {
+                let mut hs = hs.to_vec();
+                // Prefer a copy on the destination worker.
+                if let Some(p) = hs.iter().position(|&h| h == dest) {
+                    hs.swap(0, p);
+                }
+                hs
+            }
+            _ => vec![self.placer.slot_proc(self.tasks[d].slot).worker],
+        };
+        if !fetching.contains(&d) {
+            fetching.push(d);
+        }
+        Some(RunPart::Chunk {
+            chunk: self.tasks[d].id.chunk(),
+            from,
+        })
+    }
+
     fn dispatch(&mut self, i: u32, slot: u32, est: u64, run_est: u64) {
         let proc = self.placer.slots[slot as usize].id;
         let queued = &mut self.placer.slots[slot as usize].queued_ns;
@@ -571,33 +607,22 @@ impl Scheduler {
                 for a in &spec.args {
                     args.push(match a {
                         Arg::Value(v) => RunArg::Value(v.clone()),
-                        Arg::Task(id) => {
-                            let Some(d) = self.tasks.get(id) else {
-                                continue;
-                            };
-                            if let Some(v) = self.inline_of(d) {
-                                RunArg::Value(v.clone())
-                            } else {
-                                let from = match self.holders_of(d) {
-                                    hs if !hs.is_empty() => {
-                                        let mut hs = hs.to_vec();
-                                        // Prefer a copy on the destination worker.
-                                        if let Some(p) = hs.iter().position(|&h| h == proc.worker) {
-                                            hs.swap(0, p);
-                                        }
-                                        hs
+                        Arg::Task(id) => match self.run_part(*id, proc.worker, &mut fetching) {
+                            Some(RunPart::Value(v)) => RunArg::Value(v),
+                            Some(RunPart::Chunk { chunk, from }) => RunArg::Chunk { chunk, from },
+                            None => continue,
+                        },
+                        Arg::Gather(parts) => RunArg::Gather(
+                            parts
+                                .iter()
+                                .filter_map(|p| match p {
+                                    Part::Value(v) => Some(RunPart::Value(v.clone())),
+                                    Part::Task(id) => {
+                                        self.run_part(*id, proc.worker, &mut fetching)
                                     }
-                                    _ => vec![self.placer.slot_proc(self.tasks[d].slot).worker],
-                                };
-                                if !fetching.contains(&d) {
-                                    fetching.push(d);
-                                }
-                                RunArg::Chunk {
-                                    chunk: self.tasks[d].id.chunk(),
-                                    from,
-                                }
-                            }
-                        }
+                                })
+                                .collect(),
+                        ),
                     });
                 }
             }

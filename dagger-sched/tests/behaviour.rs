@@ -3,10 +3,10 @@
 mod common;
 
 use common::*;
-use dagger_core::wire::{self, Outcome, RunArg, RunTask, TaskDone, ToWorker};
+use dagger_core::wire::{self, Outcome, RunArg, RunPart, RunTask, TaskDone, ToWorker};
 use dagger_core::{
-    Arg, ChunkId, GraphError, Incarnation, MoveFailure, Options, ProcId, Scope, TaskError, TaskId,
-    WorkerId,
+    Arg, ChunkId, GraphError, Incarnation, MoveFailure, Options, Part, ProcId, Scope, TaskError,
+    TaskId, WorkerId,
 };
 use dagger_sched::{ClusterEvent, Command, Completion, Config, Scheduler};
 use std::time::{Duration, Instant};
@@ -1242,6 +1242,117 @@ fn transient_move_failures_are_retried_deterministic_ones_fail_at_once() {
     assert_eq!(
         runs(&cmds).iter().map(|x| x.1.task).collect::<Vec<_>>(),
         vec![TaskId(1)]
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_gathered_argument_waits_for_all_its_parts_and_receives_them_in_order() {
+    let mut s = cluster(&[1, 2], 4);
+    let gather = Arg::Gather(vec![
+        Part::Task(TaskId(3)),
+        Part::Value(wire::encode(&7u64)),
+        Part::Task(TaskId(1)),
+        Part::Task(TaskId(2)),
+    ]);
+    s.submit(
+        ms(0),
+        vec![
+            spec(1, "part", vec![], on(1)),
+            spec(2, "part", vec![], on(2)),
+            spec(3, "part", vec![], on(1)),
+            spec(4, "vcat", vec![val(9), gather], Options::new()),
+        ],
+    )
+    .unwrap();
+    let r = runs(&drain(&mut s));
+    let mut ran: Vec<u64> = r.iter().map(|x| x.1.task.0).collect();
+    ran.sort_unstable();
+    assert_eq!(ran, vec![1, 2, 3], "the gathering task waits for its parts");
+    let by_id = |id: u64| r.iter().find(|x| x.1.task.0 == id).unwrap().clone();
+    // Part 1 small (inline), parts 2 and 3 large (kept where they ran).
+    let (w1, rt1) = by_id(1);
+    report(&mut s, ms(1), w1, 1, value_done(&rt1, 11));
+    let (w2, rt2) = by_id(2);
+    report(&mut s, ms(1), w2, 1, stored_done(&rt2, 1 << 20));
+    assert!(runs(&drain(&mut s)).is_empty(), "one part is still running");
+    s.check_invariants().unwrap();
+    let (w3, rt3) = by_id(3);
+    report(&mut s, ms(2), w3, 1, stored_done(&rt3, 1 << 20));
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].1.task, TaskId(4));
+    assert_eq!(
+        r[0].1.args,
+        vec![
+            RunArg::Value(wire::encode(&9u64)),
+            RunArg::Gather(vec![
+                RunPart::Chunk {
+                    chunk: ChunkId(3),
+                    from: vec![WorkerId(1)]
+                },
+                RunPart::Value(wire::encode(&7u64)),
+                RunPart::Value(wire::encode(&11u64)),
+                RunPart::Chunk {
+                    chunk: ChunkId(2),
+                    from: vec![WorkerId(2)]
+                },
+            ])
+        ]
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_failed_part_fails_the_gathering_task() {
+    let mut s = cluster(&[1], 2);
+    s.submit(
+        ms(0),
+        vec![
+            spec(1, "part", vec![], Options::new()),
+            spec(2, "bad", vec![], Options::new()),
+            spec(
+                3,
+                "vcat",
+                vec![Arg::Gather(vec![
+                    Part::Task(TaskId(1)),
+                    Part::Task(TaskId(2)),
+                ])],
+                Options::new(),
+            ),
+        ],
+    )
+    .unwrap();
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 2);
+    let bad = r.iter().find(|x| x.1.task == TaskId(2)).unwrap();
+    report(
+        &mut s,
+        ms(1),
+        WorkerId(1),
+        1,
+        TaskDone {
+            task: bad.1.task,
+            proc: bad.1.proc,
+            run_ns: 5,
+            outcome: Outcome::Failed(TaskError::Panicked {
+                task: bad.1.task,
+                func: "bad".into(),
+                message: "boom".into(),
+            }),
+        },
+    );
+    let cmds = drain(&mut s);
+    let failed: Vec<_> = completes(&cmds)
+        .into_iter()
+        .filter(|(t, _)| *t == TaskId(3))
+        .collect();
+    assert!(
+        matches!(
+            failed.as_slice(),
+            [(_, Err(TaskError::DependencyFailed { dependency, .. }))] if *dependency == TaskId(2)
+        ),
+        "{failed:?}"
     );
     s.check_invariants().unwrap();
 }

@@ -4,7 +4,7 @@
 
 use crate::context::{Context, SubmitError};
 use crate::handle::Handle;
-use dagger_core::Arg;
+use dagger_core::{Arg, Part, TaskId};
 use serde::Serialize;
 
 /// A value usable as a task argument of type `T`.
@@ -29,10 +29,40 @@ impl<T: Serialize> IntoArg<T> for T {
 /// than its task's result is refused with [`SubmitError::TypeMismatch`].
 impl<T> IntoArg<T> for &Handle<T> {
     fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
-        if !std::sync::Arc::ptr_eq(&self.ctx, ctx.inner()) {
-            return Err(SubmitError::ForeignHandle { task: self.id() });
-        }
-        self.check_arg_type()?;
-        Ok(Arg::Task(self.id()))
+        dependency(self, ctx).map(Arg::Task)
+    }
+}
+
+/// The task `h` stands for, as a dependency of a task of `ctx`.
+fn dependency<T>(h: &Handle<T>, ctx: &Context) -> Result<TaskId, SubmitError> {
+    if !std::sync::Arc::ptr_eq(&h.ctx, ctx.inner()) {
+        return Err(SubmitError::ForeignHandle { task: h.id() });
+    }
+    h.check_arg_type()?;
+    Ok(h.id())
+}
+
+/// Handles gather into a parameter of type `Vec<T>`: each is a dependency, and the
+/// function receives their results in order (an empty slice gives an empty vector).
+impl<T> IntoArg<Vec<T>> for &[Handle<T>] {
+    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+        self.iter()
+            .map(|h| dependency(h, ctx).map(Part::Task))
+            .collect::<Result<_, _>>()
+            .map(Arg::Gather)
+    }
+}
+
+/// See the implementation for `&[Handle<T>]`.
+impl<T> IntoArg<Vec<T>> for &Vec<Handle<T>> {
+    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+        IntoArg::<Vec<T>>::into_arg(self.as_slice(), ctx)
+    }
+}
+
+/// See the implementation for `&[Handle<T>]`.
+impl<T> IntoArg<Vec<T>> for Vec<Handle<T>> {
+    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+        IntoArg::<Vec<T>>::into_arg(self.as_slice(), ctx)
     }
 }

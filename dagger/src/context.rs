@@ -7,7 +7,7 @@ use crate::lazy::{Collect, LazyArgKind, LazyNode};
 use crate::registry;
 use crate::supervisor::{Children, Supervisor};
 use crate::worker::{self, WorkerSetup};
-use dagger_core::{Arg, ChunkId, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
+use dagger_core::{Arg, ChunkId, Options, Part, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
 use dagger_net::launch::{LocalLauncher, WorkerProcess};
 #[cfg(feature = "quic")]
 use dagger_net::ClusterCa;
@@ -773,6 +773,29 @@ impl Context {
         Ok(Handle::new(slot, self.inner.clone()))
     }
 
+    /// One argument of a lazy task (or one part of a gathered one) as submitted, given
+    /// the ids of the graph's nodes submitted before it.
+    fn lazy_part(
+        &self,
+        a: &LazyArgKind,
+        ids: &HashMap<*const LazyNode, (TaskId, Arc<Slot>)>,
+        keep_alive: &mut Vec<Arc<Slot>>,
+    ) -> Result<Part, SubmitError> {
+        Ok(match a {
+            LazyArgKind::Value(v) => Part::Value(v.clone()),
+            LazyArgKind::Node(child) => Part::Task(ids[&Arc::as_ptr(child)].0),
+            LazyArgKind::Spawned(slot) if !slot.belongs_to(&self.inner.cmd) => {
+                return Err(SubmitError::ForeignHandle { task: slot.id });
+            }
+            LazyArgKind::Spawned(slot) => {
+                keep_alive.push(slot.clone());
+                Part::Task(slot.id)
+            }
+            LazyArgKind::Invalid(e) => return Err(e.clone()),
+            LazyArgKind::Gather(_) => unreachable!("gathered parts do not nest"),
+        })
+    }
+
     /// Submits a lazy graph in one batch; returns the roots' slots.
     pub(crate) fn spawn_lazy_graph(
         &self,
@@ -791,11 +814,11 @@ impl Context {
                 }
                 if !expanded {
                     stack.push((node.clone(), true));
-                    for a in node.args.iter().rev() {
-                        if let LazyArgKind::Node(child) = &a.0 {
-                            if !ids.contains_key(&Arc::as_ptr(child)) {
-                                stack.push((child.clone(), false));
-                            }
+                    let children: Vec<&Arc<LazyNode>> =
+                        node.args.iter().flat_map(|a| a.0.children()).collect();
+                    for child in children.into_iter().rev() {
+                        if !ids.contains_key(&Arc::as_ptr(child)) {
+                            stack.push((child.clone(), false));
                         }
                     }
                     continue;
@@ -803,16 +826,17 @@ impl Context {
                 let mut args = Vec::with_capacity(node.args.len());
                 for a in &node.args {
                     args.push(match &a.0 {
-                        LazyArgKind::Value(v) => Arg::Value(v.clone()),
-                        LazyArgKind::Node(child) => Arg::Task(ids[&Arc::as_ptr(child)].0),
-                        LazyArgKind::Spawned(slot) if !slot.belongs_to(&self.inner.cmd) => {
-                            return Err(SubmitError::ForeignHandle { task: slot.id });
+                        LazyArgKind::Gather(parts) => {
+                            let mut ps = Vec::with_capacity(parts.len());
+                            for p in parts {
+                                ps.push(self.lazy_part(p, &ids, &mut keep_alive)?);
+                            }
+                            Arg::Gather(ps)
                         }
-                        LazyArgKind::Spawned(slot) => {
-                            keep_alive.push(slot.clone());
-                            Arg::Task(slot.id)
-                        }
-                        LazyArgKind::Invalid(e) => return Err(e.clone()),
+                        one => match self.lazy_part(one, &ids, &mut keep_alive)? {
+                            Part::Value(v) => Arg::Value(v),
+                            Part::Task(t) => Arg::Task(t),
+                        },
                     });
                 }
                 check_sizes(&args)?;
@@ -1099,13 +1123,22 @@ const MAX_VALUE_ARG: u64 = 256 << 20;
 
 fn check_sizes(args: &[Arg]) -> Result<(), SubmitError> {
     for a in args {
-        if let Arg::Value(v) = a {
-            if v.len() as u64 > MAX_VALUE_ARG {
-                return Err(SubmitError::TooLarge {
-                    bytes: v.len() as u64,
-                    limit: MAX_VALUE_ARG,
-                });
-            }
+        let bytes: u64 = match a {
+            Arg::Value(v) => v.len() as u64,
+            Arg::Task(_) => 0,
+            Arg::Gather(parts) => parts
+                .iter()
+                .map(|p| match p {
+                    Part::Value(v) => v.len() as u64,
+                    Part::Task(_) => 0,
+                })
+                .sum(),
+        };
+        if bytes > MAX_VALUE_ARG {
+            return Err(SubmitError::TooLarge {
+                bytes,
+                limit: MAX_VALUE_ARG,
+            });
         }
     }
     Ok(())

@@ -23,8 +23,16 @@ impl Drop for LazyNode {
         let mut stack: Vec<Arc<LazyNode>> = Vec::new();
         let take = |args: &mut Vec<LazyArg>, stack: &mut Vec<Arc<LazyNode>>| {
             for a in args.drain(..) {
-                if let LazyArgKind::Node(child) = a.0 {
-                    stack.push(child);
+                match a.0 {
+                    LazyArgKind::Node(child) => stack.push(child),
+                    LazyArgKind::Gather(parts) => {
+                        for p in parts {
+                            if let LazyArgKind::Node(child) = p {
+                                stack.push(child);
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
         };
@@ -49,6 +57,23 @@ pub(crate) enum LazyArgKind {
     Spawned(Arc<Slot>),
     /// A value that could not be encoded; reported at `collect`.
     Invalid(SubmitError),
+    /// A gathered argument: its parts, in order, none of them a `Gather`.
+    Gather(Vec<LazyArgKind>),
+}
+
+impl LazyArgKind {
+    /// The lazy tasks this argument refers to, in order.
+    pub(crate) fn children(&self) -> impl Iterator<Item = &Arc<LazyNode>> {
+        let (one, parts): (Option<&Arc<LazyNode>>, &[LazyArgKind]) = match self {
+            LazyArgKind::Node(n) => (Some(n), &[]),
+            LazyArgKind::Gather(parts) => (None, parts),
+            _ => (None, &[]),
+        };
+        one.into_iter().chain(parts.iter().filter_map(|p| match p {
+            LazyArgKind::Node(n) => Some(n),
+            _ => None,
+        }))
+    }
 }
 
 /// A task that has not run yet: pass it to other lazy tasks, then `Context::collect` it.
@@ -118,6 +143,38 @@ impl<T> IntoLazy<T> for &Handle<T> {
             Ok(()) => LazyArg(LazyArgKind::Spawned(self.slot.clone())),
             Err(e) => LazyArg(LazyArgKind::Invalid(e)),
         }
+    }
+}
+
+/// Lazy tasks gather into a parameter of type `Vec<T>`: each is a dependency, and the
+/// function receives their results in order.
+impl<T> IntoLazy<Vec<T>> for Vec<Lazy<T>> {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Gather(
+            self.into_iter()
+                .map(|l| LazyArgKind::Node(l.node))
+                .collect(),
+        ))
+    }
+}
+
+/// See the implementation for `Vec<Lazy<T>>`.
+impl<T> IntoLazy<Vec<T>> for &[Lazy<T>] {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Gather(
+            self.iter()
+                .map(|l| LazyArgKind::Node(l.node.clone()))
+                .collect(),
+        ))
+    }
+}
+
+/// Handles to spawned tasks gather into a lazy task's `Vec<T>` parameter too.
+impl<T> IntoLazy<Vec<T>> for &[Handle<T>] {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Gather(
+            self.iter().map(|h| IntoLazy::<T>::into_lazy(h).0).collect(),
+        ))
     }
 }
 

@@ -68,7 +68,7 @@ pub use context::{
 };
 pub use dagger_core::{
     Arg, ChunkId, ExitCause, GraphError, Incarnation, LinkCost, LostReason, MemorySpace,
-    MoveFailure, Options, ProcId, ProcInfo, ProcKind, Scope, TaskError, TaskId, WorkerId,
+    MoveFailure, Options, Part, ProcId, ProcInfo, ProcKind, Scope, TaskError, TaskId, WorkerId,
     WorkerInfo,
 };
 pub use dagger_macros::task;

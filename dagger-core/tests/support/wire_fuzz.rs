@@ -7,8 +7,8 @@
 
 use arbitrary::{Result, Unstructured};
 use dagger_core::wire::{
-    self, ByteBuf, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone,
-    ToDriver, ToWorker,
+    self, ByteBuf, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunPart, RunTask,
+    TaskDone, ToDriver, ToWorker,
 };
 use dagger_core::{
     ChunkId, GraphError, Incarnation, LostReason, MemorySpace, MoveFailure, ProcId, ProcInfo,
@@ -294,13 +294,31 @@ pub fn run_task(u: &mut Unstructured<'_>) -> Result<RunTask> {
     let n = u.int_in_range(0..=3)?;
     let args = (0..n)
         .map(|_| {
-            Ok(if u.arbitrary()? {
-                RunArg::Value(bytes(u)?)
-            } else {
-                let k = u.int_in_range(0..=2)?;
-                RunArg::Chunk {
-                    chunk: ChunkId(id64(u)?),
-                    from: (0..k).map(|_| worker(u)).collect::<Result<_>>()?,
+            Ok(match u.int_in_range(0..=2)? {
+                0 => RunArg::Value(bytes(u)?),
+                1 => {
+                    let k = u.int_in_range(0..=2)?;
+                    RunArg::Chunk {
+                        chunk: ChunkId(id64(u)?),
+                        from: (0..k).map(|_| worker(u)).collect::<Result<_>>()?,
+                    }
+                }
+                _ => {
+                    let n = u.int_in_range(0..=3)?;
+                    RunArg::Gather(
+                        (0..n)
+                            .map(|_| {
+                                Ok(if u.arbitrary()? {
+                                    RunPart::Value(bytes(u)?)
+                                } else {
+                                    RunPart::Chunk {
+                                        chunk: ChunkId(id64(u)?),
+                                        from: vec![worker(u)?],
+                                    }
+                                })
+                            })
+                            .collect::<Result<_>>()?,
+                    )
                 }
             })
         })

@@ -44,8 +44,8 @@ pub use io::{Action, ChunkData, Dest, LinkKey, PeerRefused, Route, ShmWrite, Sta
 
 use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{
-    self, ByteBuf, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunTask, TaskDone,
-    ToDriver, ToWorker, PROTOCOL_VERSION,
+    self, ByteBuf, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunPart, RunTask,
+    TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
 };
 use dagger_core::{ChunkId, Incarnation, MoveFailure, ProcId, TaskError, TaskId, WorkerId};
 use std::borrow::Cow;
@@ -82,7 +82,10 @@ struct Pending<B> {
     func: Cow<'static, str>,
     proc: ProcId,
     inline_limit: u32,
+    /// Its inputs, gathered parts flattened in place.
     args: Vec<Option<B>>,
+    /// How `args` folds back into the function's arguments, when it has a gathered one.
+    shape: Option<Shape>,
     missing: usize,
     /// The chunks it waits for (those of its missing arguments when it came).
     wanted: Vec<ChunkId>,
@@ -746,11 +749,12 @@ impl<B: ChunkData> WorkerState<B> {
         let mut missing = 0usize;
         let mut wanted: Vec<ChunkId> = Vec::new();
         let mut wants: Vec<(ChunkId, Option<WorkerId>)> = Vec::new();
-        let mut values: Vec<Option<B>> = Vec::with_capacity(args.len());
-        for (i, arg) in args.into_iter().enumerate() {
-            match arg {
-                RunArg::Value(v) => values.push(Some(B::from(v))),
-                RunArg::Chunk { chunk, from } => match self.store.get_mut(&chunk) {
+        let (parts, shape) = flatten(args);
+        let mut values: Vec<Option<B>> = Vec::with_capacity(parts.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            match part {
+                RunPart::Value(v) => values.push(Some(B::from(v))),
+                RunPart::Chunk { chunk, from } => match self.store.get_mut(&chunk) {
                     Some(Entry::Ready(b)) => values.push(Some(b.clone())),
                     Some(Entry::Waiting {
                         waiters, holders, ..
@@ -786,7 +790,7 @@ impl<B: ChunkData> WorkerState<B> {
             }
         }
         if missing == 0 {
-            let args = values.into_iter().flatten().collect();
+            let args = assemble(values.into_iter().flatten().collect(), shape.as_ref());
             self.start(task, func, proc, inline_limit, args, watch);
             return;
         }
@@ -797,6 +801,7 @@ impl<B: ChunkData> WorkerState<B> {
                 proc,
                 inline_limit,
                 args: values,
+                shape,
                 missing,
                 wanted,
                 watch,
@@ -953,7 +958,7 @@ impl<B: ChunkData> WorkerState<B> {
         *slot = Some(bytes);
         if p.missing == 0 {
             if let Some(p) = self.pending.remove(&task) {
-                let args = p.args.into_iter().flatten().collect();
+                let args = assemble(p.args.into_iter().flatten().collect(), p.shape.as_ref());
                 self.start(task, p.func, p.proc, p.inline_limit, args, p.watch);
             }
         }
@@ -1268,4 +1273,69 @@ impl<B> std::fmt::Debug for WorkerState<B> {
             .field("links", &self.links.len())
             .finish_non_exhaustive()
     }
+}
+
+/// How a task's flattened inputs fold back into its arguments: per argument, `None` for
+/// a plain one (one input), `Some(n)` for a gathered one (the next `n` inputs).
+type Shape = Vec<Option<usize>>;
+
+/// A task's arguments as one flat list of inputs to resolve, and their shape when one is
+/// gathered (`None` otherwise: the common case allocates nothing more).
+fn flatten(args: Vec<RunArg>) -> (Vec<RunPart>, Option<Shape>) {
+    let mut parts = Vec::with_capacity(args.len());
+    let mut shape: Option<Shape> = None;
+    let n = args.len();
+    for (k, a) in args.into_iter().enumerate() {
+        let gathered = match a {
+            RunArg::Value(v) => {
+                parts.push(RunPart::Value(v));
+                None
+            }
+            RunArg::Chunk { chunk, from } => {
+                parts.push(RunPart::Chunk { chunk, from });
+                None
+            }
+            RunArg::Gather(ps) => {
+                let len = ps.len();
+                parts.extend(ps);
+                Some(len)
+            }
+        };
+        match (&mut shape, gathered) {
+            (Some(s), g) => s.push(g),
+            (None, Some(g)) => {
+                let mut s = Vec::with_capacity(n);
+                s.resize(k, None);
+                s.push(Some(g));
+                shape = Some(s);
+            }
+            (None, None) => {}
+        }
+    }
+    (parts, shape)
+}
+
+/// Folds a task's resolved inputs back into its arguments: a gathered one becomes the
+/// bytes postcard encodes a `Vec<T>` as, its length then each part's encoded `T` in order.
+fn assemble<B: ChunkData>(inputs: Vec<B>, shape: Option<&Shape>) -> Vec<B> {
+    let Some(shape) = shape else {
+        return inputs;
+    };
+    let mut inputs = inputs.into_iter();
+    let mut args = Vec::with_capacity(shape.len());
+    for s in shape {
+        match *s {
+            None => args.extend(inputs.next()),
+            Some(n) => {
+                let parts: Vec<B> = inputs.by_ref().take(n).collect();
+                let mut bytes = wire::encode(&(parts.len() as u64));
+                bytes.reserve(parts.iter().map(|p| p.as_ref().len()).sum());
+                for p in &parts {
+                    bytes.extend_from_slice(p.as_ref());
+                }
+                args.push(B::from(bytes));
+            }
+        }
+    }
+    args
 }
