@@ -24,15 +24,18 @@ impl Scheduler {
             .iter()
             .filter(move |s| s.id.worker == worker)
             .flat_map(|s| s.running.iter())
-            .map(move |&i| {
-                let t = &self.tasks[i];
-                LostTask {
-                    task: t.id,
-                    func: self.tasks.func_name(t.func),
-                    loss_reruns: u32::from(t.loss_reruns),
-                    loss_retries: t.own_loss_retries(),
-                }
-            })
+            .map(move |&i| self.lost_task(i))
+    }
+
+    /// Task `i` as a fault policy judges it.
+    fn lost_task(&self, i: u32) -> LostTask<'_> {
+        let t = &self.tasks[i];
+        LostTask {
+            task: t.id,
+            func: self.tasks.func_name(t.func),
+            loss_reruns: u32::from(t.loss_reruns),
+            loss_retries: t.own_loss_retries(),
+        }
     }
 
     /// Everything a lost worker held or ran: copies are forgotten, its tasks run again or
@@ -55,16 +58,10 @@ impl Scheduler {
         lost.sort_unstable();
         self.recovery_examined += held + lost.len() as u64;
         for i in lost {
-            let t = &self.tasks[i];
-            if t.state != State::Dispatched {
+            if self.tasks[i].state != State::Dispatched {
                 continue;
             }
-            let v = verdict(&LostTask {
-                task: t.id,
-                func: self.tasks.func_name(t.func),
-                loss_reruns: u32::from(t.loss_reruns),
-                loss_retries: t.own_loss_retries(),
-            });
+            let v = verdict(&self.lost_task(i));
             let t = &mut self.tasks[i];
             t.loss_reruns = t.loss_reruns.saturating_add(1);
             match v {
