@@ -57,6 +57,14 @@ pub enum LostReason {
         /// The strikes that excluded it.
         strikes: u32,
     },
+    /// The user removed it from the pool: its drain finished (it held nothing the graph
+    /// still needed) or its drain deadline passed (what it still ran is run again
+    /// elsewhere).
+    #[error("removed from the pool ({detail})")]
+    Removed {
+        /// How its drain ended.
+        detail: String,
+    },
 }
 
 impl LostReason {
@@ -71,6 +79,7 @@ impl LostReason {
             LostReason::ProtocolViolation { .. } => "protocol_violation",
             LostReason::Fenced { .. } => "fenced",
             LostReason::Excluded { .. } => "excluded",
+            LostReason::Removed { .. } => "removed",
         }
     }
 

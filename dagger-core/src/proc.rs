@@ -145,6 +145,9 @@ pub struct WorkerInfo {
     pub host: String,
     /// Its OS process id.
     pub pid: u32,
+    /// The name its launcher gave it (empty if none): how a launcher recognises the
+    /// workers it started when they join.
+    pub name: String,
     /// The address other workers reach it at for worker-to-worker moves.
     pub peer_addr: Option<String>,
     /// Its processors, the `OsProc` root first.

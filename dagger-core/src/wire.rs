@@ -12,7 +12,7 @@ pub use serde_bytes::ByteBuf;
 use std::borrow::Cow;
 
 /// The version of this message set. Peers with another version are refused at the hello.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The first message on every link, in both directions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,12 +54,14 @@ pub enum ToWorker {
     Release(Vec<ChunkId>),
     /// The driver wants a chunk's bytes (a `fetch` of a large result).
     Fetch(ChunkId),
-    /// Copy a chunk to another worker (draining, or a replica).
+    /// Keep a copy of a chunk, fetched from one of its holders (a worker being drained
+    /// hands over what only it holds). Answered with [`ToDriver::Replicated`] once the copy
+    /// is here, or once it cannot come.
     Replicate {
         /// The chunk.
         chunk: ChunkId,
-        /// Where to.
-        to: WorkerId,
+        /// Its holders, in the order to ask them.
+        from: Vec<WorkerId>,
     },
     /// A worker joined the cluster.
     PeerJoined(PeerInfo),
@@ -90,14 +92,15 @@ pub enum ToDriver {
         /// Its bytes, or why they are not there.
         data: Result<ByteBuf, crate::MoveFailure>,
     },
-    /// A chunk now has a copy on another worker (after [`ToWorker::Replicate`]).
+    /// The answer to [`ToWorker::Replicate`]: the sender now holds a copy of the chunk,
+    /// or why it could not get one.
     Replicated {
         /// The sender's incarnation.
         incarnation: Incarnation,
         /// The chunk.
         chunk: ChunkId,
-        /// Where the copy is.
-        to: WorkerId,
+        /// `Ok` once the copy is stored here.
+        result: Result<(), crate::MoveFailure>,
     },
     /// Still alive.
     Heartbeat {

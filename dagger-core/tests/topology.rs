@@ -44,6 +44,7 @@ fn worker(w: u32, gpu: bool) -> WorkerInfo {
         incarnation: Incarnation(0),
         host: "node1".into(),
         pid: 100 + w,
+        name: String::new(),
         peer_addr: None,
         procs,
     }

@@ -23,6 +23,7 @@ fn worker(id: u32, host: &str) -> WorkerInfo {
         incarnation: Incarnation(1),
         host: host.to_string(),
         pid: 1000 + id,
+        name: String::new(),
         peer_addr: None,
         procs: vec![
             proc(0, ProcKind::OS, MemorySpace::HOST),

@@ -190,6 +190,7 @@ fn an_unavailable_detector_is_recorded_and_shown_in_the_tree() {
         incarnation: Incarnation(0),
         host: "testhost".into(),
         pid: 1,
+        name: String::new(),
         peer_addr: None,
         procs: procs.infos(),
     });

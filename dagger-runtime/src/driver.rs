@@ -57,7 +57,9 @@ use dagger_core::{
 };
 use dagger_ft::{FailureDetector, FaultPolicy, PolicyConfig};
 use dagger_proc::Topology;
-use dagger_sched::{ClusterEvent, Command, Completion, LossVerdict, Scheduler, Stats, TaskInfo};
+use dagger_sched::{
+    ClusterEvent, Command, Completion, DrainError, LossVerdict, Scheduler, Stats, TaskInfo,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
@@ -156,6 +158,19 @@ pub enum DriverEvent<S> {
     },
     /// A change of the cluster, for subscribers.
     Cluster(ClusterEvent),
+    /// The drain of a worker ([`DriverCore::handle_drain`]) is over, in one of the ways
+    /// [`DrainOutcome`] names. Emitted once per drained worker. When the worker was
+    /// stopped, its link follows with [`DriverEvent::CloseLink`] (after a `Shutdown` frame).
+    Drained {
+        /// The worker.
+        worker: WorkerId,
+        /// The link it was joined on.
+        link: LinkId,
+        /// Its OS process id, as it reported it when it joined.
+        pid: u32,
+        /// How the drain ended.
+        outcome: DrainOutcome,
+    },
     /// Close this link: its worker was declared lost (or replaced). Emitted once per joined
     /// link; nothing more is sent on it.
     CloseLink {
@@ -187,6 +202,74 @@ pub enum JoinError {
     /// The driver is shut down and admits no workers.
     #[error("the driver is shut down")]
     ShutDown,
+}
+
+/// What becomes of a worker once its drain is over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AfterDrain {
+    /// It is told to shut down and leaves the pool (default).
+    #[default]
+    Stop,
+    /// It stays joined but receives no task: its owner stops it (losing nothing), or a
+    /// test kills it to show that nothing is lost.
+    Keep,
+}
+
+/// How a drain ended, in [`DriverEvent::Drained`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum DrainOutcome {
+    /// It held nothing the graph still needed: every task it was given finished, every
+    /// needed result only it held was copied to a worker that stays, and no task elsewhere
+    /// still fetches from it. Stopping it loses nothing.
+    Drained {
+        /// From the drain's start to its end.
+        took: Duration,
+        /// Results it handed over.
+        moved_chunks: u32,
+        /// Their bytes.
+        moved_bytes: u64,
+        /// Whether it was told to shut down ([`AfterDrain::Stop`]).
+        stopped: bool,
+    },
+    /// The deadline came first: it was removed as lost; the tasks it still ran run again
+    /// elsewhere and the needed results only it held are recomputed (within their loss
+    /// budgets), as after any loss.
+    DeadlineExceeded {
+        /// From the drain's start to the deadline.
+        took: Duration,
+        /// Tasks it was still running.
+        rerun: usize,
+        /// Needed results only it held.
+        sole_copies: usize,
+    },
+    /// Copies of a result only it held kept failing: it was removed as lost, and what only
+    /// it held is recomputed.
+    HandoverFailed {
+        /// From the drain's start to its end.
+        took: Duration,
+        /// The task whose result could not be copied.
+        task: TaskId,
+        /// Why the last copy failed.
+        cause: MoveFailure,
+    },
+    /// It was lost before its drain was over; recovery reruns and recomputes its work.
+    Lost {
+        /// From the drain's start to the loss.
+        took: Duration,
+        /// Why it was lost.
+        reason: LostReason,
+    },
+    /// The driver shut down first.
+    ShutDown,
+}
+
+/// A drain in progress.
+struct CoreDrain {
+    incarnation: Incarnation,
+    since: Duration,
+    deadline: Option<Duration>,
+    then: AfterDrain,
 }
 
 /// A joined worker's link.
@@ -249,6 +332,9 @@ pub struct DriverCore<S = ()> {
     fetches: IdHashMap<ChunkId, Vec<SentFetch>>,
     parked: Vec<ParkedFetch>,
 
+    /// Drains in progress, by worker.
+    drains: BTreeMap<WorkerId, CoreDrain>,
+
     /// Releases held back per worker, how many in all, and since when the oldest waits.
     held: BTreeMap<WorkerId, Vec<ChunkId>>,
     held_count: usize,
@@ -282,6 +368,7 @@ impl<S> DriverCore<S> {
             next_fetch: 1,
             fetches: IdHashMap::default(),
             parked: Vec::new(),
+            drains: BTreeMap::new(),
             held: BTreeMap::new(),
             held_count: 0,
             held_since: None,
@@ -324,6 +411,7 @@ impl<S> DriverCore<S> {
             incarnation: Incarnation(0),
             host,
             pid,
+            name: String::new(),
             peer_addr: None,
             procs: vec![root],
         };
@@ -466,8 +554,10 @@ impl<S> DriverCore<S> {
             ToDriver::Replicated {
                 incarnation,
                 chunk,
-                to,
-            } => self.sched.chunk_replicated(worker, incarnation, chunk, to),
+                result,
+            } => self
+                .sched
+                .chunk_replicated(now, worker, incarnation, chunk, result),
             ToDriver::Heartbeat { .. } => {}
             ToDriver::Join(_) => {
                 let detail = "sent a second join".to_string();
@@ -519,6 +609,150 @@ impl<S> DriverCore<S> {
         }
     }
 
+    /// Removes `workers` from the pool, all or none, by draining them: from now on they
+    /// receive no task, they finish what they were given, and every needed result that
+    /// only they hold is copied to a worker that stays (the cheapest destination). Each
+    /// drain ends with one [`DriverEvent::Drained`]: once the worker holds nothing the
+    /// graph still needs (then it is told to shut down and leaves the pool, or is kept, as
+    /// `then` says); at `deadline` (a time on the `now` clock), when it is removed as lost
+    /// and what it still ran runs again elsewhere; or when it is lost first.
+    ///
+    /// Refused with nothing changed ([`DrainError`]) for an unknown worker, one already
+    /// draining, or when a task not yet dispatched would be left with no worker its scope
+    /// admits. Costs O(live tasks) for that check.
+    pub fn handle_drain(
+        &mut self,
+        now: Duration,
+        workers: &[WorkerId],
+        deadline: Option<Duration>,
+        then: AfterDrain,
+    ) -> Result<(), DrainError> {
+        for &w in workers {
+            if !self.workers.contains_key(&w) {
+                return Err(DrainError::UnknownWorker { worker: w });
+            }
+        }
+        self.advance(now);
+        self.submit_pending();
+        self.sched.drain(self.now, workers)?;
+        for &w in workers {
+            if let Some(l) = self.workers.get(&w) {
+                tracing::info!(worker = %w, ?deadline, "draining");
+                self.drains.insert(
+                    w,
+                    CoreDrain {
+                        incarnation: l.incarnation,
+                        since: self.now,
+                        deadline,
+                        then,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The workers being drained now.
+    pub fn draining(&self) -> Vec<WorkerId> {
+        self.drains.keys().copied().collect()
+    }
+
+    /// The scheduler says `worker` holds nothing needed any more: its drain is reported,
+    /// and it is stopped or kept as asked.
+    fn drain_over(&mut self, worker: WorkerId, moved_chunks: u32, moved_bytes: u64) {
+        let Some(d) = self.drains.remove(&worker) else {
+            return;
+        };
+        let Some(l) = self.workers.get(&worker) else {
+            return;
+        };
+        let (link, pid) = (l.link, l.pid);
+        let stopped = d.then == AfterDrain::Stop;
+        let took = self.now.saturating_sub(d.since);
+        tracing::info!(%worker, ?took, moved_chunks, moved_bytes, "drained");
+        self.events.push_back(DriverEvent::Drained {
+            worker,
+            link,
+            pid,
+            outcome: DrainOutcome::Drained {
+                took,
+                moved_chunks,
+                moved_bytes,
+                stopped,
+            },
+        });
+        if stopped {
+            let detail = "drained".to_string();
+            self.stop_worker(worker, d.incarnation, LostReason::Removed { detail });
+        }
+    }
+
+    /// The drain of `worker` could not hand over a result: it is removed as lost.
+    fn drain_failed(&mut self, worker: WorkerId, task: TaskId, cause: MoveFailure) {
+        let Some(d) = self.drains.remove(&worker) else {
+            return;
+        };
+        let Some(l) = self.workers.get(&worker) else {
+            return;
+        };
+        let (link, pid) = (l.link, l.pid);
+        let took = self.now.saturating_sub(d.since);
+        self.events.push_back(DriverEvent::Drained {
+            worker,
+            link,
+            pid,
+            outcome: DrainOutcome::HandoverFailed {
+                took,
+                task,
+                cause: cause.clone(),
+            },
+        });
+        let detail = format!("its drain could not copy the result of {task}: {cause}");
+        self.stop_worker(worker, d.incarnation, LostReason::Removed { detail });
+    }
+
+    /// The deadline of `worker`'s drain passed: it is removed as lost.
+    fn drain_deadline(&mut self, worker: WorkerId) {
+        let Some(d) = self.drains.remove(&worker) else {
+            return;
+        };
+        let Some(l) = self.workers.get(&worker) else {
+            return;
+        };
+        let (link, pid) = (l.link, l.pid);
+        let progress = self.sched.drain_progress(worker).unwrap_or_default();
+        let took = self.now.saturating_sub(d.since);
+        self.events.push_back(DriverEvent::Drained {
+            worker,
+            link,
+            pid,
+            outcome: DrainOutcome::DeadlineExceeded {
+                took,
+                rerun: progress.running,
+                sole_copies: progress.sole_copies,
+            },
+        });
+        let detail = format!("its drain deadline passed after {took:?}");
+        self.stop_worker(worker, d.incarnation, LostReason::Removed { detail });
+    }
+
+    /// Tells `worker` to shut down, then removes it from the pool like a lost worker
+    /// (what it still ran or alone held is redone; after a finished drain, nothing). The
+    /// `Shutdown` frame goes out before the link is closed.
+    fn stop_worker(&mut self, worker: WorkerId, incarnation: Incarnation, reason: LostReason) {
+        if let Some(l) = self.workers.get(&worker) {
+            if l.incarnation == incarnation {
+                let link = l.link;
+                self.transmits.push_back(Transmit {
+                    link,
+                    worker,
+                    frame: wire::encode(&ToWorker::Shutdown),
+                });
+            }
+        }
+        self.lose(worker, incarnation, reason);
+    }
+
     /// Declares `worker` (in `incarnation`) lost, unless it is already gone or replaced.
     fn lose(&mut self, worker: WorkerId, incarnation: Incarnation, reason: LostReason) {
         match self.workers.get(&worker) {
@@ -540,7 +774,22 @@ impl<S> DriverCore<S> {
                 self.held_since = None;
             }
         }
-        tracing::warn!(%worker, %incarnation, kind = reason.kind(), %reason, "worker lost");
+        if let Some(d) = self.drains.remove(&worker) {
+            self.events.push_back(DriverEvent::Drained {
+                worker,
+                link: l.link,
+                pid: l.pid,
+                outcome: DrainOutcome::Lost {
+                    took: self.now.saturating_sub(d.since),
+                    reason: reason.clone(),
+                },
+            });
+        }
+        if matches!(reason, LostReason::Removed { .. }) {
+            tracing::info!(%worker, %incarnation, %reason, "worker removed");
+        } else {
+            tracing::warn!(%worker, %incarnation, kind = reason.kind(), %reason, "worker lost");
+        }
         let policy = &mut self.policy;
         let r = &reason;
         let mut verdict = |t: &dagger_sched::LostTask<'_>| {
@@ -681,6 +930,16 @@ impl<S> DriverCore<S> {
         self.process();
         self.shut_down = true;
         self.broadcast(&ToWorker::Shutdown);
+        for (worker, _) in std::mem::take(&mut self.drains) {
+            if let Some(l) = self.workers.get(&worker) {
+                self.events.push_back(DriverEvent::Drained {
+                    worker,
+                    link: l.link,
+                    pid: l.pid,
+                    outcome: DrainOutcome::ShutDown,
+                });
+            }
+        }
         self.held.clear();
         self.held_count = 0;
         self.held_since = None;
@@ -716,6 +975,15 @@ impl<S> DriverCore<S> {
             .is_some_and(|since| now >= since.saturating_add(self.config.release_delay))
         {
             self.send_all_releases();
+        }
+        let due: Vec<WorkerId> = self
+            .drains
+            .iter()
+            .filter(|(_, d)| d.deadline.is_some_and(|at| at <= now))
+            .map(|(&w, _)| w)
+            .collect();
+        for worker in due {
+            self.drain_deadline(worker);
         }
         let timeout = self.config.heartbeat_timeout;
         for (worker, incarnation) in self.detector.expired(now) {
@@ -763,10 +1031,12 @@ impl<S> DriverCore<S> {
             .iter()
             .map(|p| p.since.saturating_add(self.config.fetch_park_limit))
             .min();
+        let drain = self.drains.values().filter_map(|d| d.deadline).min();
         [
             self.detector.poll_timeout(),
             release,
             fetch,
+            drain,
             self.sched.poll_timeout(),
         ]
         .into_iter()
@@ -826,7 +1096,22 @@ impl<S> DriverCore<S> {
                             .push_back(DriverEvent::Complete { task, slot, result });
                     }
                 }
-                Command::Event(e) => self.events.push_back(DriverEvent::Cluster(e)),
+                Command::Event(e) => {
+                    match &e {
+                        ClusterEvent::WorkerDrained {
+                            worker,
+                            moved_chunks,
+                            moved_bytes,
+                        } => self.drain_over(*worker, *moved_chunks, *moved_bytes),
+                        ClusterEvent::DrainFailed {
+                            worker,
+                            task,
+                            cause,
+                        } => self.drain_failed(*worker, *task, cause.clone()),
+                        _ => {}
+                    }
+                    self.events.push_back(DriverEvent::Cluster(e));
+                }
             }
         }
         if self.held_count >= self.config.release_batch {

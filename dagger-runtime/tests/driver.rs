@@ -52,6 +52,7 @@ fn info(pid: u32, threads: u32) -> WorkerInfo {
         incarnation: Incarnation(0),
         host: "sim".into(),
         pid,
+        name: String::new(),
         peer_addr: Some(format!("10.0.0.{pid}:7000")),
         procs,
     };

@@ -125,6 +125,7 @@ mod scenario {
             incarnation: Incarnation(0),
             host: format!("host-{link}"),
             pid: 100 + link as u32,
+            name: String::new(),
             peer_addr: Some(format!("sim:{link}")),
             procs: vec![
                 ProcInfo {

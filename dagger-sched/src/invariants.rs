@@ -154,6 +154,7 @@ impl Scheduler {
         {
             return Err("state counters drifted".to_string());
         }
+        self.check_drains()?;
         Ok(())
     }
 

@@ -108,6 +108,7 @@
 //!   be free of side effects that must happen exactly once.
 
 mod data;
+mod drain;
 mod graph;
 mod hash;
 mod invariants;
@@ -117,6 +118,7 @@ mod recovery;
 mod scheduler;
 mod task_table;
 
+pub use drain::{DrainError, DrainProgress, MAX_HANDOVER_FAILURES};
 pub use scheduler::Scheduler;
 
 use dagger_core::wire::ToWorker;
@@ -248,6 +250,28 @@ pub enum ClusterEvent {
         worker: WorkerId,
         /// Why it was declared lost.
         reason: dagger_core::LostReason,
+    },
+    /// A worker being drained ([`Scheduler::drain`]) holds nothing the graph still needs:
+    /// it runs no task, every needed result it held has a copy on a worker that stays, and
+    /// no task elsewhere may still fetch from it. Stopping it now loses nothing.
+    WorkerDrained {
+        /// It.
+        worker: WorkerId,
+        /// Results it handed over to other workers.
+        moved_chunks: u32,
+        /// Their bytes.
+        moved_bytes: u64,
+    },
+    /// A drain gave up: copies of a result only the worker held failed
+    /// [`MAX_HANDOVER_FAILURES`] times in a row. The owner removes the worker as lost, and
+    /// what only it held is recomputed from lineage.
+    DrainFailed {
+        /// The worker being drained.
+        worker: WorkerId,
+        /// The task whose result could not be copied.
+        task: TaskId,
+        /// Why the last copy failed.
+        cause: dagger_core::MoveFailure,
     },
     /// A task is queued to run again (after a panic with retries left, a lost worker or a
     /// failed input fetch).

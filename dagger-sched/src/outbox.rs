@@ -37,6 +37,11 @@ impl Outbox {
         self.releases.entry(worker).or_default().push(chunk);
     }
 
+    /// Queues one message for `worker`, sent on its own (not batched).
+    pub(crate) fn send(&mut self, worker: WorkerId, msg: ToWorker) {
+        self.out.push_back(Command::Send { worker, msg });
+    }
+
     /// Drops everything not yet sent to `worker` (it left).
     pub(crate) fn forget(&mut self, worker: WorkerId) {
         self.runs.remove(&worker);

@@ -386,6 +386,19 @@ impl Scheduler {
         }
     }
 
+    /// Rebuilds the processor table if the topology or the draining set changed.
+    pub(crate) fn refresh_table(&mut self) {
+        self.refresh();
+    }
+
+    /// Whether processors of the pool admit scope `s`, but only ones of workers that do
+    /// not accept work (its tasks would wait for one to join).
+    pub(crate) fn scope_only_on_draining(&mut self, s: u32) -> bool {
+        self.refresh_scope(s);
+        let e = &self.placer.scopes[s as usize];
+        e.any_admits && e.cands.is_empty()
+    }
+
     /// Takes the lists of tasks running on `worker`'s processors; O(slots).
     pub(crate) fn take_running(&mut self, worker: WorkerId) -> Vec<u32> {
         let mut lost = Vec::new();
@@ -576,6 +589,10 @@ impl Scheduler {
         let from = match self.holders_of(d) {
             hs if !hs.is_empty() => {
                 let mut hs = hs.to_vec();
+                // A worker being drained is asked last: it is about to leave.
+                if !self.placer.draining.is_empty() && hs.len() > 1 {
+                    hs.sort_by_key(|h| self.placer.draining.contains(h));
+                }
                 // Prefer a copy on the destination worker.
                 if let Some(p) = hs.iter().position(|&h| h == dest) {
                     hs.swap(0, p);

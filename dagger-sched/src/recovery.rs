@@ -48,6 +48,7 @@ impl Scheduler {
     ) {
         self.placer.dirty = true;
         self.placer.draining.remove(&worker);
+        self.forget_drains_of(worker);
         self.outbox.forget(worker);
 
         // Copies held there are gone.

@@ -11,6 +11,7 @@
 //! * [`outbox`](crate::outbox): commands queued per worker and batched at a flush.
 
 use crate::data::DataDir;
+use crate::drain::Drains;
 use crate::hash::FxMap;
 use crate::outbox::Outbox;
 use crate::placement::Placer;
@@ -33,6 +34,7 @@ pub struct Scheduler {
     pub(crate) tasks: TaskTable,
     pub(crate) data: DataDir,
     pub(crate) placer: Placer,
+    pub(crate) drains: Drains,
     pub(crate) outbox: Outbox,
     /// Why each failed task failed (until its record is freed).
     pub(crate) errors: FxMap<u32, TaskError>,
@@ -50,6 +52,7 @@ impl Scheduler {
             tasks: TaskTable::default(),
             data: DataDir::default(),
             placer: Placer::default(),
+            drains: Drains::default(),
             outbox: Outbox::default(),
             errors: FxMap::default(),
             recovery_examined: 0,
@@ -104,6 +107,8 @@ impl Scheduler {
         self.topology.add_worker(info);
         self.placer.draining.remove(&w);
         self.placer.dirty = true;
+        // A new destination for hand-overs that found none.
+        self.drains.dirty = true;
         self.unpark();
         self.outbox.event(ClusterEvent::WorkerJoined { worker: w });
     }
@@ -222,6 +227,9 @@ impl Scheduler {
         }
         t.flags.insert(TaskFlags::CLIENT_RELEASED);
         self.maybe_release(i);
+        if self.drains.any() {
+            self.drains.dirty = true;
+        }
     }
 
     // ---------------------------------------------------------------- worker reports
@@ -241,6 +249,9 @@ impl Scheduler {
         self.now = now;
         if self.topology.incarnation(worker) != Some(incarnation) {
             return;
+        }
+        if self.drains.any() {
+            self.drains.dirty = true;
         }
         let Some(i) = self.tasks.get(&done.task) else {
             return;
@@ -321,28 +332,6 @@ impl Scheduler {
         }
     }
 
-    /// A worker reports that a chunk now also has a copy on `to`. Ignored if fenced, if
-    /// `to` is not in the pool, or if the chunk is not held anywhere any more.
-    pub fn chunk_replicated(
-        &mut self,
-        worker: WorkerId,
-        incarnation: Incarnation,
-        chunk: ChunkId,
-        to: WorkerId,
-    ) {
-        if self.topology.incarnation(worker) != Some(incarnation)
-            || self.topology.worker(to).is_none()
-        {
-            return;
-        }
-        let Some(i) = self.tasks.get(&chunk.task()) else {
-            return;
-        };
-        if self.tasks[i].flags.contains(TaskFlags::HELD) {
-            self.add_holder(i, to);
-        }
-    }
-
     // ---------------------------------------------------------------- output
 
     /// The next command to carry out, or `None` when there is nothing to do. When its queue
@@ -352,6 +341,7 @@ impl Scheduler {
     pub fn poll_command(&mut self) -> Option<Command> {
         if self.outbox.is_empty() {
             self.schedule();
+            self.progress_drains();
             self.outbox.flush();
         }
         self.outbox.pop()

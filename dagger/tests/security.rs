@@ -82,6 +82,7 @@ fn a_member_sending_garbage_is_cut_off_and_the_cluster_goes_on() {
             incarnation: Incarnation(0),
             host: "rogue".into(),
             pid: 1,
+            name: String::new(),
             peer_addr: None,
             procs: vec![],
         };

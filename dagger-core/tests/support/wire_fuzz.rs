@@ -216,6 +216,7 @@ pub fn worker_info(u: &mut Unstructured<'_>) -> Result<WorkerInfo> {
         incarnation: incarnation(u)?,
         host: small_string(u)?,
         pid: u.arbitrary()?,
+        name: String::new(),
         peer_addr: u.arbitrary::<bool>()?.then(|| "127.0.0.1:1".to_string()),
         procs,
     })

@@ -62,6 +62,8 @@ enum Waiter {
     Peer(LinkKey, WorkerId),
     /// The driver fetches it.
     Driver,
+    /// The driver asked for a copy to be kept here ([`ToWorker::Replicate`]).
+    Replica,
 }
 
 /// One chunk in the store.
@@ -334,7 +336,7 @@ impl<B: ChunkData> WorkerState<B> {
                 }
             }
             ToWorker::Fetch(chunk) => self.want(chunk, Waiter::Driver),
-            ToWorker::Replicate { chunk, to } => self.replicate(chunk, to),
+            ToWorker::Replicate { chunk, from } => self.replicate(chunk, from),
             ToWorker::PeerJoined(p) => {
                 if p.worker == self.id {
                     return;
@@ -895,6 +897,16 @@ impl<B: ChunkData> WorkerState<B> {
                     }
                 }
             }
+            Waiter::Replica => match data {
+                Ok(b) => {
+                    // A chunk handed over lent (not kept by `deliver_lent`) is kept here.
+                    if !matches!(self.store.get(&chunk), Some(Entry::Ready(_))) {
+                        self.store.insert(chunk, Entry::Ready(b));
+                    }
+                    self.replicated(chunk, Ok(()));
+                }
+                Err(cause) => self.replicated(chunk, Err(cause)),
+            },
             Waiter::Driver => {
                 let msg = ToDriver::ChunkData {
                     incarnation: self.incarnation,
@@ -1241,17 +1253,46 @@ impl<B: ChunkData> WorkerState<B> {
 
     /// Pushes a chunk held here to another worker (a replica it keeps) and tells the
     /// driver the copy exists.
-    fn replicate(&mut self, chunk: ChunkId, to: WorkerId) {
-        let Some(Entry::Ready(b)) = self.store.get(&chunk) else {
-            tracing::debug!(%chunk, %to, "asked to replicate a chunk not held here");
-            return;
-        };
-        let b = b.clone();
-        self.send_chunk(to, Route::Peer(to), chunk, b, true);
+    /// Keeps a copy of `chunk` here, asked of `from` in order, and tells the driver once
+    /// it is stored (or why it cannot be).
+    fn replicate(&mut self, chunk: ChunkId, from: Vec<WorkerId>) {
+        match self.store.get_mut(&chunk) {
+            Some(Entry::Ready(_)) => self.replicated(chunk, Ok(())),
+            Some(Entry::Waiting {
+                waiters, holders, ..
+            }) => {
+                waiters.push(Waiter::Replica);
+                for f in from {
+                    if f != self.id && !holders.contains(&f) {
+                        holders.push(f);
+                    }
+                }
+            }
+            None => {
+                let holders: Vec<WorkerId> = from.into_iter().filter(|w| *w != self.id).collect();
+                let first = holders.first().copied();
+                self.store.insert(
+                    chunk,
+                    Entry::Waiting {
+                        waiters: vec![Waiter::Replica],
+                        holders,
+                        attempts: 0,
+                    },
+                );
+                match first {
+                    Some(h) => self.send_want(h, chunk),
+                    None => self.fail_chunk(chunk, MoveFailure::NoHolder),
+                }
+            }
+        }
+    }
+
+    /// Tells the driver how a replica asked for with [`ToWorker::Replicate`] ended.
+    fn replicated(&mut self, chunk: ChunkId, result: Result<(), MoveFailure>) {
         let msg = ToDriver::Replicated {
             incarnation: self.incarnation,
             chunk,
-            to,
+            result,
         };
         self.send_driver(msg, None);
     }

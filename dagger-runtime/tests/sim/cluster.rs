@@ -1802,6 +1802,7 @@ fn process_info(pid: u32, host: &str, threads: u32) -> WorkerInfo {
         incarnation: Incarnation(0),
         host: host.into(),
         pid,
+        name: String::new(),
         peer_addr: Some(format!("sim:{pid}")),
         procs,
     }

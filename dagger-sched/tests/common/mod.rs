@@ -48,6 +48,7 @@ pub fn worker(w: u32, inc: u32, threads: u32, extra: &[&'static str]) -> WorkerI
         incarnation: Incarnation(inc),
         host: "sim".into(),
         pid: 1000 + w,
+        name: String::new(),
         peer_addr: None,
         procs,
     };

@@ -370,6 +370,7 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
         incarnation: Incarnation(0),
         host: host.clone(),
         pid: std::process::id(),
+        name: String::new(),
         peer_addr: Some(peer_addr),
         procs: procs.infos(),
     };
