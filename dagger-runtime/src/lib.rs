@@ -11,6 +11,7 @@ pub mod driver;
 pub mod worker;
 
 pub use driver::{
-    DriverConfig, DriverCore, DriverEvent, FetchId, JoinError, Joined, LinkId, Transmit,
+    AfterDrain, DrainOutcome, DriverConfig, DriverCore, DriverEvent, FetchId, JoinError, Joined,
+    LinkId, Transmit,
 };
 pub use worker::{WorkerConfig, WorkerState};

@@ -399,7 +399,9 @@ impl Scheduler {
     pub(crate) fn check_drains(&self) -> Result<(), String> {
         for (&i, &(from, to)) in &self.drains.handing {
             if !self.drains.active.contains_key(&from) {
-                return Err(format!("hand-over of task {i} from {from}, which is not draining"));
+                return Err(format!(
+                    "hand-over of task {i} from {from}, which is not draining"
+                ));
             }
             if from == to {
                 return Err(format!("hand-over of task {i} from {from} to itself"));

@@ -780,7 +780,13 @@ fn lost_worker_costs_what_it_held_not_every_task() {
     let released = stored[3].1.task;
     let replicated = stored[4].1.task;
     s.release(released);
-    s.chunk_replicated(WorkerId(4), Incarnation(1), replicated.chunk(), WorkerId(1));
+    s.chunk_replicated(
+        ms(2),
+        WorkerId(1),
+        Incarnation(1),
+        replicated.chunk(),
+        Ok(()),
+    );
     drain(&mut s);
     s.check_invariants().unwrap();
     assert_eq!(s.stats().recovery_examined, 0);
@@ -837,9 +843,9 @@ fn further_copies_and_list_positions_follow_losses() {
     }
     let ids: Vec<TaskId> = r.iter().map(|(_, rt)| rt.task).collect();
     // Copies of task 1 on 2 and 3; of task 2 on 2.
-    s.chunk_replicated(WorkerId(1), Incarnation(1), ids[0].chunk(), WorkerId(2));
-    s.chunk_replicated(WorkerId(1), Incarnation(1), ids[0].chunk(), WorkerId(3));
-    s.chunk_replicated(WorkerId(1), Incarnation(1), ids[1].chunk(), WorkerId(2));
+    s.chunk_replicated(ms(2), WorkerId(2), Incarnation(1), ids[0].chunk(), Ok(()));
+    s.chunk_replicated(ms(2), WorkerId(3), Incarnation(1), ids[0].chunk(), Ok(()));
+    s.chunk_replicated(ms(2), WorkerId(2), Incarnation(1), ids[1].chunk(), Ok(()));
     s.check_invariants().unwrap();
     // The client releases a result from the middle of worker 1's list.
     s.release(ids[3]);

@@ -89,6 +89,8 @@ pub(crate) struct DriverState {
     shell_events: Vec<ClusterEvent>,
     /// This host's name, as local worker processes report it.
     host: String,
+    /// The handles waiting for each drain in progress.
+    pub(crate) drain_waiters: IdHashMap<dagger_core::WorkerId, Vec<crate::drain::DrainCell>>,
 }
 
 impl DriverState {
@@ -114,6 +116,7 @@ impl DriverState {
             supervisor: None,
             shell_events: Vec::new(),
             host: dagger_proc::hostname(),
+            drain_waiters: IdHashMap::default(),
         }
     }
 
@@ -131,7 +134,7 @@ impl DriverState {
         }
     }
 
-    fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         self.start.elapsed()
     }
 
@@ -244,6 +247,12 @@ impl DriverState {
                     }
                 }
                 DriverEvent::Cluster(e) => self.subscribers.retain(|s| s.send(e.clone()).is_ok()),
+                DriverEvent::Drained {
+                    worker,
+                    link,
+                    pid,
+                    outcome,
+                } => self.drained(worker, link, pid, outcome),
                 DriverEvent::CloseLink { link, reason } => {
                     if let Some(sender) = self.links.remove(&link) {
                         sender.close(&reason.to_string());
@@ -263,6 +272,42 @@ impl DriverState {
         }
         for e in self.shell_events.drain(..) {
             self.subscribers.retain(|s| s.send(e.clone()).is_ok());
+        }
+    }
+
+    /// A drain is over: its handles resolve; a local process that was stopped is not
+    /// replaced, and is killed if it has not exited after [`SHUTDOWN_LINGER`].
+    fn drained(
+        &mut self,
+        worker: dagger_core::WorkerId,
+        link: LinkId,
+        pid: u32,
+        outcome: dagger_runtime::DrainOutcome,
+    ) {
+        use dagger_runtime::DrainOutcome as O;
+        let removed = matches!(
+            outcome,
+            O::Drained { stopped: true, .. }
+                | O::DeadlineExceeded { .. }
+                | O::HandoverFailed { .. }
+        );
+        if removed {
+            // Ours to stop, not to kill at once or replace: it exits when told to.
+            if let Some((host, pid)) = self.link_procs.remove(&link) {
+                if let Some(sup) = &mut self.supervisor {
+                    sup.retire(&host, pid, SHUTDOWN_LINGER);
+                }
+            }
+        }
+        let report = crate::drain::DrainReport {
+            worker,
+            pid,
+            outcome,
+        };
+        if let Some(waiters) = self.drain_waiters.remove(&worker) {
+            for w in waiters {
+                w.resolve(report.clone());
+            }
         }
     }
 
@@ -521,5 +566,6 @@ pub(crate) async fn run(
     }
 }
 
-/// How long a shutting-down driver waits for its workers to close their links.
-const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
+/// How long a shutting-down driver waits for its workers to close their links (and a
+/// removed local worker's process has to exit before it is killed).
+pub(crate) const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);

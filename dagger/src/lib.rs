@@ -53,6 +53,7 @@
 
 mod args;
 mod context;
+pub mod drain;
 mod driver;
 mod handle;
 mod lazy;
@@ -83,6 +84,7 @@ pub use dagger_proc::{
 pub use dagger_sched::Config as SchedulerConfig;
 /// Counts of tasks by state, from [`Context::stats`].
 pub use dagger_sched::Stats;
+pub use drain::{Drain, DrainError, DrainOptions, DrainOutcome, DrainReport, RemoveError};
 pub use handle::Handle;
 pub use lazy::{Collect, IntoLazy, Lazy, LazyArg};
 pub use registry::{registry_hash, task_names, CallError};

@@ -43,6 +43,8 @@ pub(crate) struct Supervisor {
     next_name: usize,
     /// This host's name: only workers that report it may be processes of ours.
     host: String,
+    /// Processes removed from the pool on purpose (drained): their exit is not replaced.
+    retired: std::collections::HashSet<u32>,
 }
 
 impl Supervisor {
@@ -68,6 +70,7 @@ impl Supervisor {
             armed: false,
             next_name: started,
             host: dagger_proc::hostname(),
+            retired: std::collections::HashSet::new(),
         }
     }
 
@@ -130,7 +133,7 @@ impl Supervisor {
     /// replacement. Returns the event for subscribers: `WorkerRestarted`, or
     /// `RestartsExhausted` when the budget refused.
     pub(crate) fn on_exit(&mut self, now: Duration, pid: u32) -> Option<ClusterEvent> {
-        if !self.armed {
+        if self.retired.remove(&pid) || !self.armed {
             return None;
         }
         let budget = self.budget.as_mut()?;
@@ -180,6 +183,31 @@ impl Supervisor {
         self.children.lock().push(child);
         self.watch(pid, watch);
         Ok(pid)
+    }
+
+    /// A worker that reported process `pid` on `host` was removed from the pool on purpose
+    /// (drained, or its drain deadline passed) and told to shut down: if it is one of our
+    /// processes, its exit is not replaced, and it is killed if it still runs after
+    /// `linger` (a task that does not return).
+    pub(crate) fn retire(&mut self, host: &str, pid: u32, linger: Duration) {
+        if host != self.host || !self.children.lock().iter().any(|c| c.pid() == pid) {
+            return;
+        }
+        self.retired.insert(pid);
+        let children = self.children.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(linger).await;
+            let mut children = children.lock();
+            if let Some(child) = children.iter_mut().find(|c| c.pid() == pid) {
+                if matches!(child.try_wait(), Ok(None)) {
+                    tracing::warn!(
+                        pid,
+                        "a removed worker process did not exit in time; killing it"
+                    );
+                    let _ = child.kill();
+                }
+            }
+        });
     }
 
     /// The driver declared a worker lost that reported process `pid` on `host`: if that is

@@ -267,7 +267,11 @@ pub fn to_driver(u: &mut Unstructured<'_>) -> Result<ToDriver> {
         3 => ToDriver::Replicated {
             incarnation: incarnation(u)?,
             chunk: ChunkId(id64(u)?),
-            to: worker(u)?,
+            result: if u.arbitrary()? {
+                Ok(())
+            } else {
+                Err(move_failure(u)?)
+            },
         },
         4 => ToDriver::Started {
             incarnation: incarnation(u)?,
@@ -359,7 +363,9 @@ pub fn to_worker(u: &mut Unstructured<'_>) -> Result<ToWorker> {
         3 => ToWorker::Fetch(ChunkId(id64(u)?)),
         4 => ToWorker::Replicate {
             chunk: ChunkId(id64(u)?),
-            to: worker(u)?,
+            from: (0..u.int_in_range(0..=3)?)
+                .map(|_| worker(u))
+                .collect::<Result<_>>()?,
         },
         5 => ToWorker::PeerJoined(peer_info(u)?),
         6 => ToWorker::PeerLeft(worker(u)?),
