@@ -235,6 +235,13 @@ impl IntoFuture for Drain {
 }
 
 impl Context {
+    /// The workers holding `task`'s result now, as the scheduler knows them (empty for a
+    /// result kept inline by the driver, one not made yet, or an unknown task).
+    pub fn holders(&self, task: dagger_core::TaskId) -> Vec<WorkerId> {
+        self.query(move |st| st.core.holders(task.chunk()).to_vec())
+            .unwrap_or_default()
+    }
+
     /// Removes `workers` from the pool, all or none: each is drained (see the [module
     /// documentation](crate::drain)) and then told to shut down. Returns one [`Drain`] per
     /// worker, in the order given. Callable from any thread, also from inside a task and
