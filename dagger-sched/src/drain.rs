@@ -257,6 +257,9 @@ impl Scheduler {
                 let Some(d) = self.drains.active.remove(&w) else {
                     continue;
                 };
+                // Copies still in flight are of results no longer needed: when they land,
+                // the destination is told to release them.
+                self.drains.handing.retain(|_, (from, _)| *from != w);
                 self.outbox.event(ClusterEvent::WorkerDrained {
                     worker: w,
                     moved_chunks: d.moved_chunks,
