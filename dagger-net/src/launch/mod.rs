@@ -831,8 +831,11 @@ pub struct ManualLauncher {
     cert_dir: std::path::PathBuf,
     program: Option<String>,
     args: Option<Vec<String>>,
-    on_command: std::sync::Arc<dyn Fn(&str, &str) + Send + Sync>,
+    on_command: OnCommand,
 }
+
+/// What [`ManualLauncher`] does with each worker's name and command.
+type OnCommand = std::sync::Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl std::fmt::Debug for ManualLauncher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
