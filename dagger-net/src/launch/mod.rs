@@ -533,6 +533,23 @@ impl LocalLauncher {
         self
     }
 
+    /// The launcher that [`Launcher::launch`] uses for `spec`: this one with the spec's
+    /// address and identity, the spec's environment before this launcher's own, and this
+    /// launcher's arguments if set, else the spec's (else this process's own).
+    pub fn for_spec(&self, spec: &JoinSpec) -> LocalLauncher {
+        LocalLauncher {
+            join: spec.join.clone(),
+            identity: spec.identity.clone(),
+            envs: spec.envs.iter().chain(&self.envs).cloned().collect(),
+            args: self.args.clone().or_else(|| {
+                spec.args
+                    .as_ref()
+                    .map(|a| a.iter().map(OsString::from).collect())
+            }),
+            memory_limit: self.memory_limit,
+        }
+    }
+
     /// Starts `n` workers named `worker-0` … `worker-{n-1}`. Costs one process spawn each.
     /// If one spawn fails, the ones already started are killed and the error returned.
     pub fn spawn(&self, n: usize) -> Result<Vec<WorkerProcess>, NetError> {
@@ -601,6 +618,10 @@ impl Launcher for LocalLauncher {
         "local"
     }
 
+    fn as_local(&self) -> Option<&LocalLauncher> {
+        Some(self)
+    }
+
     /// Starts one worker process per name on this host. The spec's address and identity
     /// are used (not the ones given to [`LocalLauncher::new`]); the spec's environment
     /// comes before this launcher's own [`env`](LocalLauncher::env) settings; the
@@ -608,17 +629,7 @@ impl Launcher for LocalLauncher {
     /// spec's, else this process's own. If one spawn fails, the workers already started
     /// by this call are killed and the error returned.
     fn launch(&self, spec: &JoinSpec, names: &[String]) -> Result<Vec<Launched>, NetError> {
-        let launcher = LocalLauncher {
-            join: spec.join.clone(),
-            identity: spec.identity.clone(),
-            envs: spec.envs.iter().chain(&self.envs).cloned().collect(),
-            args: self.args.clone().or_else(|| {
-                spec.args
-                    .as_ref()
-                    .map(|a| a.iter().map(OsString::from).collect())
-            }),
-            memory_limit: self.memory_limit,
-        };
+        let launcher = self.for_spec(spec);
         names
             .iter()
             .map(|name| {
@@ -647,6 +658,12 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
     /// never a command line or an environment variable. On an error, processes this call
     /// already started are ended (dropping a [`WorkerProcess`] does that).
     fn launch(&self, spec: &JoinSpec, names: &[String]) -> Result<Vec<Launched>, NetError>;
+
+    /// This launcher as a [`LocalLauncher`], if it is one: a driver then replaces a local
+    /// worker that dies with another started the same way. Default `None`.
+    fn as_local(&self) -> Option<&LocalLauncher> {
+        None
+    }
 }
 
 /// What every worker of one launch needs: where to join, with which credentials, and the
