@@ -5,6 +5,10 @@
 //! of ours lingers and its exit brings the replacement. The policy, how many restarts within
 //! what time, is `dagger_ft::RestartBudget`'s; this is the shell that carries it out.
 //!
+//! Processes that `Context::add_workers` starts later are adopted through a
+//! [`SupervisorHandle`] from any thread; an adopted process is not replaced until it has
+//! joined (an exit before that is the call's launch failure).
+//!
 //! It lives in the driver loop's state and runs on the loop: a replacement is started
 //! there (one process spawn, a few milliseconds), so `WorkerRestarted` reaches subscribers
 //! after the `WorkerLost` of the process it replaces and before the replacement's
