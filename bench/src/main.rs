@@ -8,6 +8,7 @@ use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
 
 mod w5;
+mod w6;
 
 #[dagger::task]
 fn inc(i: u64) -> u64 {
@@ -222,7 +223,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let Some(id) = args.iter().find(|a| !a.starts_with("--")) else {
-        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|L1> [--quick]");
+        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|W6|L1> [--quick]");
     };
     match id.as_str() {
         "W1" => w1(quick),
@@ -231,6 +232,7 @@ fn main() -> anyhow::Result<()> {
         "W4" => w4(quick),
         "L1" => l1(quick),
         "W5" => w5::w5(quick),
+        "W6" => w6::w6(quick),
         // Diagnostics for profiling, not BENCH.md workloads: a chain on one worker
         // (no network hop), W4 without the move, and W4's shared-memory half alone.
         "W3same" => {

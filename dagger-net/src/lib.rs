@@ -11,8 +11,9 @@
 //! - [`MemTransport`]: an in-process hub over tokio channels, for tests and simulations. It
 //!   is a real transport (ordering, frame limit, close semantics), not a mock.
 //!
-//! The [`launch`] module starts worker processes on this host and tells a process whether
-//! it was started as a worker.
+//! The [`launch`] module starts worker processes, on this host or elsewhere (through
+//! `ssh` or Slurm's `srun`, or by hand), behind one [`launch::Launcher`] trait, and tells a
+//! process whether it was started as a worker.
 //!
 //! # Implementing a transport
 //!

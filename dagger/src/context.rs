@@ -60,6 +60,31 @@ pub enum ContextError {
     /// registered with [`set_transport`](crate::set_transport).
     #[error("no transport to link processes: build `dagger` with its `quic` feature, or register one with `dagger::set_transport` before `dagger::init`")]
     NoTransport,
+    /// Workers were to be added ([`Context::add_workers`]) to a context that links no
+    /// processes: it listens nowhere (built without workers, listen address or
+    /// certificate folder, with a driver that runs tasks).
+    #[error("the context links no processes, so no worker can join it (give it a listen address, a certificate folder, or workers)")]
+    NotLinked,
+    /// A launcher could not start workers.
+    #[error("the {kind} launcher cannot start workers: {source}")]
+    Launcher {
+        /// The launcher's kind (`"local"`, `"ssh"`, `"slurm"`, `"manual"`).
+        kind: &'static str,
+        /// What failed.
+        #[source]
+        source: NetError,
+    },
+    /// A launched process (a local worker, or the `ssh`/`srun` client of a remote one)
+    /// exited before its worker joined.
+    #[error("worker {name} ({launcher} launcher) ended before it joined: {exit}")]
+    WorkerExited {
+        /// The worker's name.
+        name: String,
+        /// The launcher's kind.
+        launcher: &'static str,
+        /// How the process ended (`Unknown` when its status was taken by another watcher).
+        exit: dagger_core::ExitCause,
+    },
     /// A builder setting is out of range or cannot be honoured.
     #[error("invalid setting `{setting}`: {reason}")]
     InvalidSetting {
@@ -136,12 +161,14 @@ pub(crate) struct Inner {
     next_task: AtomicU64,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
-    children: Children,
+    pub(crate) children: Children,
     /// Local worker processes that exited (counted by the supervisor's exit watches;
     /// receivers are told of every change).
     exited_children: Arc<tokio::sync::watch::Sender<usize>>,
     /// Credentials, transport and address of a context that links processes.
     links: Option<Links>,
+    /// What starting more workers needs (a context that links processes).
+    pub(crate) launching: Option<crate::launch::Launching>,
     stopped: std::sync::atomic::AtomicBool,
 }
 
@@ -382,6 +409,78 @@ impl ContextBuilder {
         Ok(())
     }
 
+    /// The local launcher with this builder's worker settings, what every launcher gets
+    /// from the context, and the supervisor of local worker processes.
+    fn launching(
+        &self,
+        links: &Links,
+        children: &Children,
+        exited: &Arc<tokio::sync::watch::Sender<usize>>,
+        ev_tx: mpsc::UnboundedSender<LinkEvent>,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<(crate::launch::Launching, Supervisor), ContextError> {
+        let mut envs = Vec::new();
+        if let Some(t) = self.worker_threads {
+            envs.push(("DAGGER_THREADS".to_owned(), t.to_string()));
+        }
+        if !self.shm {
+            envs.push(("DAGGER_SHM".to_owned(), "0".to_owned()));
+        }
+        let args = match &self.worker_args {
+            WorkerArgs::Own => None,
+            WorkerArgs::Given(args) => Some(
+                args.iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>(),
+            ),
+            WorkerArgs::Test(Some(test)) => Some(dagger_net::launch::test_harness_args(test)),
+            WorkerArgs::Test(None) => {
+                return Err(ContextError::InvalidSetting {
+                    setting: "test_harness",
+                    reason: "called on a thread without a test's name".into(),
+                })
+            }
+        };
+        let mut local =
+            LocalLauncher::new(links.listen_addr.clone(), links.worker_identity.clone());
+        for (k, v) in &envs {
+            local = local.env(k, v);
+        }
+        if let Some(bytes) = self.worker_memory_limit {
+            local = local.memory_limit(bytes);
+        }
+        // Local workers get exactly the given arguments (not necessarily UTF-8).
+        local = match &self.worker_args {
+            WorkerArgs::Own => local,
+            WorkerArgs::Given(args) => local.args(args.iter().cloned()),
+            WorkerArgs::Test(_) => local.args(args.iter().flatten().cloned()),
+        };
+        let budget = (self.respawn && self.restart_budget.0 > 0)
+            .then(|| dagger_ft::RestartBudget::new(self.restart_budget.0, self.restart_budget.1));
+        let names = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (supervisor, handle_of_supervisor) = Supervisor::new(
+            local.clone(),
+            budget,
+            children.clone(),
+            exited.clone(),
+            ev_tx,
+            handle.clone(),
+            names.clone(),
+        );
+        let launching = crate::launch::Launching {
+            local,
+            envs,
+            args,
+            identity: links.worker_identity.clone(),
+            listen_addr: links.listen_addr.clone(),
+            names,
+            supervisor: handle_of_supervisor,
+            clients: Arc::new(Mutex::new(Vec::new())),
+            join_timeout: self.join_timeout,
+        };
+        Ok((launching, supervisor))
+    }
+
     /// Whether the context links to other processes, and so listens and needs a transport
     /// and (with QUIC) a certificate authority: it starts local workers, was given an
     /// address or a certificate folder for workers started by hand, or its driver runs no
@@ -526,18 +625,35 @@ impl Context {
             }
             handle.spawn(driver::run(state, cmd_rx, ev_rx));
         }
+        let children: Children = Arc::new(Mutex::new(Vec::new()));
+        let exited_children = Arc::new(tokio::sync::watch::Sender::new(0));
+        // A context that links processes can start workers at any time: it gets a
+        // supervisor for its local ones from the start.
+        let (launching, supervisor) = match &links {
+            Some(links) => {
+                let (launching, supervisor) =
+                    b.launching(links, &children, &exited_children, ev_tx.clone(), &handle)?;
+                (Some(launching), Some(supervisor))
+            }
+            None => (None, None),
+        };
         let inner = Arc::new(Inner {
             cmd: cmd_tx,
             next_task: AtomicU64::new(1),
             runtime: Mutex::new(Some(runtime)),
             handle: handle.clone(),
-            children: Arc::new(Mutex::new(Vec::new())),
-            exited_children: Arc::new(tokio::sync::watch::Sender::new(0)),
+            children,
+            exited_children,
             links,
+            launching,
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let ctx = Context { inner };
-        let ev_tx_supervisor = ev_tx.clone();
+        if let Some(supervisor) = supervisor {
+            ctx.query(move |st| st.supervise(supervisor))
+                .ok_or(ContextError::Shutdown)?;
+        }
+        let deadline = tokio::time::Instant::now() + b.join_timeout;
         let mut expected = b.workers;
         let driver_runs = b.driver_runs_tasks.unwrap_or(b.workers == 0);
         if driver_runs {
@@ -551,48 +667,17 @@ impl Context {
             ctx.query(|st| st.add_driver_root())
                 .ok_or(ContextError::Shutdown)?;
         }
-        if let (true, Some(links)) = (b.workers > 0, &ctx.inner.links) {
-            let mut launcher =
-                LocalLauncher::new(links.listen_addr.clone(), links.worker_identity.clone());
-            if let Some(t) = b.worker_threads {
-                launcher = launcher.env("DAGGER_THREADS", t.to_string());
-            }
-            if !b.shm {
-                launcher = launcher.env("DAGGER_SHM", "0");
-            }
-            if let Some(bytes) = b.worker_memory_limit {
-                launcher = launcher.memory_limit(bytes);
-            }
-            launcher = match &b.worker_args {
-                WorkerArgs::Own => launcher,
-                WorkerArgs::Given(args) => launcher.args(args.iter().cloned()),
-                WorkerArgs::Test(Some(test)) => {
-                    launcher.args(dagger_net::launch::test_harness_args(test))
-                }
-                WorkerArgs::Test(None) => {
-                    return Err(ContextError::InvalidSetting {
-                        setting: "test_harness",
-                        reason: "called on a thread without a test's name".into(),
-                    })
-                }
-            };
-            let children = launcher
-                .spawn(b.workers)
-                .map_err(|e| ContextError::Launch(e.to_string()))?;
-            ctx.inner.children.lock().extend(children);
-            let budget = (b.respawn && b.restart_budget.0 > 0)
-                .then(|| dagger_ft::RestartBudget::new(b.restart_budget.0, b.restart_budget.1));
-            let supervisor = Supervisor::new(
-                launcher,
-                budget,
-                ctx.inner.children.clone(),
-                ctx.inner.exited_children.clone(),
-                ev_tx_supervisor,
-                ctx.inner.handle.clone(),
-                b.workers,
-            );
-            ctx.query(move |st| st.supervise(supervisor))
-                .ok_or(ContextError::Shutdown)?;
+        if let (true, Some(launcher)) = (b.workers > 0, ctx.local_launcher()) {
+            // The same path as `add_workers`; a process that exits before it joined is a
+            // launch failure of the context.
+            ctx.add_workers_until(&launcher, b.workers, deadline, b.join_timeout)
+                .map_err(|e| match e {
+                    ContextError::Launcher { source, .. } => {
+                        ContextError::Launch(source.to_string())
+                    }
+                    e @ ContextError::WorkerExited { .. } => ContextError::Launch(e.to_string()),
+                    e => e,
+                })?;
         }
         ctx.wait_for_workers(expected, b.join_timeout)?;
         // Started: from now on a local process that dies is replaced, not a launch failure.
@@ -634,6 +719,7 @@ impl Context {
             peer_bind,
             shm,
             in_process: true,
+            name: String::new(),
         };
         // The worker's I/O (decoding runs, batching results) gets a thread and runtime of
         // its own, so the driver loop's thread only schedules. It ends when the driver
@@ -958,6 +1044,11 @@ pub enum CollectError {
 }
 
 impl Inner {
+    /// The driver's I/O runtime.
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
     pub(crate) fn query<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut DriverState) -> R + Send + 'static,
@@ -1038,10 +1129,15 @@ impl Inner {
         if self.cmd.send(DriverCmd::Shutdown(tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(5));
         }
-        // Give the workers a moment to exit by themselves, then make sure they are gone.
-        let children = std::mem::take(&mut *self.children.lock());
+        // Give the workers (and the clients of remote ones, which end with them) a moment
+        // to exit by themselves, then make sure they are gone.
+        let mut children = std::mem::take(&mut *self.children.lock());
+        if let Some(l) = &self.launching {
+            children.append(&mut l.clients.lock());
+        }
         self.wait_for_exits(&children, CHILD_EXIT_GRACE);
-        // Dropping a `WorkerProcess` kills it if it is still running, and reaps it.
+        // Dropping a `WorkerProcess` kills it if it is still running (a client gets a
+        // moment to end its remote worker), and reaps it.
         drop(children);
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
@@ -1105,7 +1201,7 @@ impl Drop for Inner {
 /// Runs `fut` on the context's runtime and waits for its output from the calling thread.
 /// Unlike `Handle::block_on` this works from any thread, also one inside another async
 /// runtime (it then blocks that thread). `None` if the runtime is shutting down.
-fn run_on<F>(handle: &tokio::runtime::Handle, fut: F) -> Option<F::Output>
+pub(crate) fn run_on<F>(handle: &tokio::runtime::Handle, fut: F) -> Option<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,

@@ -56,6 +56,7 @@ mod context;
 pub mod drain;
 mod driver;
 mod handle;
+mod launch;
 mod lazy;
 mod registry;
 mod supervisor;
@@ -74,6 +75,12 @@ pub use dagger_core::{
 };
 pub use dagger_macros::task;
 pub use dagger_move::{moves, KindPattern, MoveError, MoveFn, MoveRegistry, MoveTarget, MoveValue};
+/// Launchers of workers, for [`Context::add_workers`]: on this host, through `ssh`,
+/// through Slurm's `srun`, or by hand.
+pub use dagger_net::launch::{
+    JoinSpec, Launched, Launcher, LocalLauncher, ManualLauncher, SlurmLauncher, SshLauncher,
+    WorkerProcess,
+};
 #[cfg(feature = "quic")]
 pub use dagger_net::ClusterCa;
 pub use dagger_net::{BoxFuture, Identity, NetError, Transport};

@@ -128,6 +128,9 @@ pub(crate) struct WorkerSetup {
     pub(crate) peer_bind: String,
     pub(crate) shm: bool,
     pub(crate) in_process: bool,
+    /// The name the launcher gave this worker (empty if none), reported in its join so
+    /// that the driver recognises the workers it launched.
+    pub(crate) name: String,
 }
 
 /// What the core and its links look like under the lock.
@@ -271,6 +274,7 @@ pub(crate) fn run_worker_process(args: WorkerArgs, rejoin: bool) -> i32 {
             peer_bind,
             shm,
             in_process: false,
+            name: args.name.clone().unwrap_or_default(),
         })
         .await
     });
@@ -370,7 +374,7 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
         incarnation: Incarnation(0),
         host: host.clone(),
         pid: std::process::id(),
-        name: String::new(),
+        name: setup.name.clone(),
         peer_addr: Some(peer_addr),
         procs: procs.infos(),
     };

@@ -1,15 +1,27 @@
 //! Starting worker processes, and recognising that this process is one.
 //!
-//! A worker is a copy of the driver's own executable started in one of two ways:
+//! A worker is a copy of the driver's own executable (or of a build of the same program on
+//! another host) started in one of three ways:
 //!
-//! - By [`LocalLauncher`]: the environment variables [`ENV_JOIN`], [`ENV_IDENTITY_FD`] and
-//!   [`ENV_NAME`], and an inherited pipe. The launcher writes the worker's [`Identity`]
-//!   (private key included) into the pipe, never into the environment or the command line,
-//!   where every process the worker starts, and `/proc/<pid>/environ`, would show it. The
-//!   launcher keeps the pipe's write end open for as long as its process lives, so the
-//!   worker sees end-of-file on it when the driver *process* is gone (see [`DriverLink`]).
-//! - By hand or by a batch system: the command line
-//!   `--dagger-worker --join ADDR --cert FILE --key FILE --ca FILE [--name N]`.
+//! - By [`LocalLauncher`], on this host: the environment variables [`ENV_JOIN`],
+//!   [`ENV_IDENTITY_FD`] and [`ENV_NAME`], and an inherited pipe. The launcher writes the
+//!   worker's [`Identity`] (private key included) into the pipe, never into the environment
+//!   or the command line, where every process the worker starts, and
+//!   `/proc/<pid>/environ`, would show it. The launcher keeps the pipe's write end open for
+//!   as long as its process lives, so the worker sees end-of-file on it when the driver
+//!   *process* is gone (see [`DriverLink`]).
+//! - By [`SshLauncher`] or [`SlurmLauncher`], through a client process (`ssh`, `srun`) that
+//!   forwards its standard input to the worker: the command line
+//!   `--dagger-worker --join ADDR --identity-stdin [--name N]`. The launcher writes the
+//!   identity as one line into the client's standard input and keeps it open for the
+//!   client's life, so end-of-file on the worker's standard input means, as the pipe does
+//!   for a local worker, that the driver's process is gone.
+//! - By hand or by a batch script ([`ManualLauncher`] prints the command): the command line
+//!   `--dagger-worker --join ADDR --cert FILE --key FILE --ca FILE [--name N]`, with the
+//!   files a driver writes into its certificate folder.
+//!
+//! Every launcher implements [`Launcher`], so a driver grows its pool the same way
+//! whichever starts the processes.
 //!
 //! Which arguments a locally launched worker gets is explicit: this process's own
 //! arguments by default, or those set with [`LocalLauncher::args`] (for a test of a
@@ -18,6 +30,12 @@
 //! Every process also has a [`build_id`]: a fingerprint of its executable, which the
 //! driver compares at the join so that a worker built from other code is refused unless
 //! mixing builds was allowed on purpose ([`ENV_ALLOW_MIXED_BUILDS`] on the worker's side).
+
+mod slurm;
+mod ssh;
+
+pub use slurm::SlurmLauncher;
+pub use ssh::SshLauncher;
 
 use crate::{Identity, NetError};
 use std::ffi::OsString;
@@ -50,8 +68,9 @@ pub struct WorkerArgs {
     pub identity: Identity,
     /// A name for logs, if the launcher gave one.
     pub name: Option<String>,
-    /// The pipe from the launcher, when a [`LocalLauncher`] started this process: it
-    /// reaches end-of-file when the launcher's process is gone.
+    /// The pipe from the launcher, when a [`LocalLauncher`] started this process, or
+    /// standard input with `--identity-stdin`: it reaches end-of-file when the launcher's
+    /// process is gone. `None` for a worker started by hand (credentials from files).
     pub driver_link: Option<DriverLink>,
 }
 
@@ -96,6 +115,17 @@ pub fn worker_args_from_env() -> Result<Option<WorkerArgs>, NetError> {
 }
 
 /// Parses the `--dagger-worker` command-line form; `Ok(None)` if the flag is absent.
+///
+/// Two forms: `--dagger-worker --join ADDR --cert FILE --key FILE --ca FILE [--name N]`
+/// (credentials from files, for a worker started by hand), and
+/// `--dagger-worker --join ADDR --identity-stdin [--name N]` (for a worker started through
+/// a client that forwards standard input, as [`SshLauncher`] and [`SlurmLauncher`] do): the
+/// identity is read as one line of [`Identity::to_text`] (at most 1 MiB) from standard
+/// input, which is then replaced by `/dev/null` for the rest of the process; the returned
+/// [`WorkerArgs::driver_link`] reaches end-of-file when standard input does, which the
+/// launcher makes mean "the driver's process is gone". Flags may follow other arguments
+/// (a `cargo test` binary gets them after `--`, where libtest takes them for test-name
+/// filters that match nothing).
 pub fn parse_worker_argv(
     args: impl IntoIterator<Item = String>,
 ) -> Result<Option<WorkerArgs>, NetError> {
@@ -121,12 +151,29 @@ pub fn parse_worker_argv(
         })
     };
     let join = required("--join")?.to_owned();
+    let name = value("--name")?.map(str::to_owned);
+    if args.iter().any(|a| a == "--identity-stdin") {
+        if ["--cert", "--key", "--ca"]
+            .iter()
+            .any(|f| args.iter().any(|a| a == f))
+        {
+            return Err(NetError::WorkerArgs {
+                reason: "--identity-stdin excludes --cert, --key and --ca".into(),
+            });
+        }
+        let (identity, link) = read_identity_stdin()?;
+        return Ok(Some(WorkerArgs {
+            join,
+            identity,
+            name,
+            driver_link: Some(link),
+        }));
+    }
     let identity = Identity::from_files(
         Path::new(required("--cert")?),
         Path::new(required("--key")?),
         Path::new(required("--ca")?),
     )?;
-    let name = value("--name")?.map(str::to_owned);
     Ok(Some(WorkerArgs {
         join,
         identity,
@@ -318,7 +365,6 @@ impl DriverLink {
 
 #[cfg(unix)]
 fn read_identity_pipe(fd: i32) -> Result<(Identity, DriverLink), NetError> {
-    use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
     let bad = |reason: String| NetError::WorkerArgs { reason };
     if fd < 3 {
@@ -341,29 +387,79 @@ fn read_identity_pipe(fd: i32) -> Result<(Identity, DriverLink), NetError> {
     unsafe {
         libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
     }
-    let mut f = std::fs::File::from(owned);
-    let mut line = Vec::with_capacity(4096);
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(bad(format!("reading the identity pipe: {e}"))),
-        };
-        line.extend_from_slice(&buf[..n]);
-        if line.last() == Some(&b'\n') || line.len() > MAX_IDENTITY_LINE {
-            break;
-        }
+    read_identity_line(owned, "the launcher's pipe")
+}
+
+/// Takes standard input for the identity and the driver link: moves it to a new
+/// close-on-exec descriptor and puts `/dev/null` in its place, so that neither the
+/// process's own reads of standard input nor the processes its tasks start can take bytes
+/// from the launcher's channel, then reads the identity line from it.
+#[cfg(unix)]
+fn read_identity_stdin() -> Result<(Identity, DriverLink), NetError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let bad = |reason: String| NetError::WorkerArgs { reason };
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1); nothing else owns it.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(bad(format!(
+            "--identity-stdin: standard input is not open: {}",
+            std::io::Error::last_os_error()
+        )));
     }
-    if line.pop() != Some(b'\n') {
-        return Err(bad(
-            "the launcher's pipe closed before a whole identity arrived (did the driver exit?)"
-                .into(),
-        ));
+    // SAFETY: just created above, owned by nothing else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto descriptor 0, which this process keeps open (now on /dev/null).
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    read_identity_line(owned, "standard input")
+}
+
+#[cfg(not(unix))]
+fn read_identity_stdin() -> Result<(Identity, DriverLink), NetError> {
+    Err(NetError::WorkerArgs {
+        reason: "--identity-stdin is supported on Unix hosts only".into(),
+    })
+}
+
+/// Reads one line of [`Identity::to_text`] (at most [`MAX_IDENTITY_LINE`] bytes) from
+/// `fd`, which stays open as the returned link; bytes after the line are never read here.
+#[cfg(unix)]
+fn read_identity_line(
+    fd: std::os::fd::OwnedFd,
+    what: &str,
+) -> Result<(Identity, DriverLink), NetError> {
+    use std::io::Read;
+    let bad = |reason: String| NetError::WorkerArgs { reason };
+    let mut f = std::fs::File::from(fd);
+    let mut line = Vec::with_capacity(4096);
+    let mut byte = [0u8; 1];
+    // One byte at a time: the line is a few KiB, read once, and nothing after it may be
+    // consumed (it is not the identity's, and the link only waits for end-of-file).
+    let complete = loop {
+        match f.read(&mut byte) {
+            Ok(0) => break false,
+            Ok(_) if byte[0] == b'\n' => break true,
+            Ok(_) => {
+                line.push(byte[0]);
+                if line.len() > MAX_IDENTITY_LINE {
+                    return Err(bad(format!(
+                        "the identity on {what} is longer than {MAX_IDENTITY_LINE} bytes"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(bad(format!("reading the identity from {what}: {e}"))),
+        }
+    };
+    if !complete {
+        return Err(bad(format!(
+            "{what} closed before a whole identity arrived (did the driver exit?)"
+        )));
     }
     let text = String::from_utf8(line).map_err(|_| bad("the identity is not UTF-8".into()))?;
-    let identity = Identity::from_text(&text)?;
+    let identity = Identity::from_text(text.trim_end_matches('\r'))?;
     Ok((identity, DriverLink { fd: f.into() }))
 }
 
@@ -437,6 +533,23 @@ impl LocalLauncher {
         self
     }
 
+    /// The launcher that [`Launcher::launch`] uses for `spec`: this one with the spec's
+    /// address and identity, the spec's environment before this launcher's own, and this
+    /// launcher's arguments if set, else the spec's (else this process's own).
+    pub fn for_spec(&self, spec: &JoinSpec) -> LocalLauncher {
+        LocalLauncher {
+            join: spec.join.clone(),
+            identity: spec.identity.clone(),
+            envs: spec.envs.iter().chain(&self.envs).cloned().collect(),
+            args: self.args.clone().or_else(|| {
+                spec.args
+                    .as_ref()
+                    .map(|a| a.iter().map(OsString::from).collect())
+            }),
+            memory_limit: self.memory_limit,
+        }
+    }
+
     /// Starts `n` workers named `worker-0` … `worker-{n-1}`. Costs one process spawn each.
     /// If one spawn fails, the ones already started are killed and the error returned.
     pub fn spawn(&self, n: usize) -> Result<Vec<WorkerProcess>, NetError> {
@@ -485,7 +598,8 @@ impl LocalLauncher {
             child,
             name: name.to_owned(),
             reaped: None,
-            _driver_link: writer,
+            is_worker: true,
+            driver_link: Some(writer),
             pidfd,
         })
     }
@@ -496,6 +610,363 @@ impl LocalLauncher {
         Err(NetError::WorkerArgs {
             reason: "local workers are supported on Unix hosts only".into(),
         })
+    }
+}
+
+impl Launcher for LocalLauncher {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn as_local(&self) -> Option<&LocalLauncher> {
+        Some(self)
+    }
+
+    /// Starts one worker process per name on this host. The spec's address and identity
+    /// are used (not the ones given to [`LocalLauncher::new`]); the spec's environment
+    /// comes before this launcher's own [`env`](LocalLauncher::env) settings; the
+    /// arguments are this launcher's [`args`](LocalLauncher::args) if set, else the
+    /// spec's, else this process's own. If one spawn fails, the workers already started
+    /// by this call are killed and the error returned.
+    fn launch(&self, spec: &JoinSpec, names: &[String]) -> Result<Vec<Launched>, NetError> {
+        let launcher = self.for_spec(spec);
+        names
+            .iter()
+            .map(|name| {
+                Ok(Launched {
+                    name: name.clone(),
+                    process: Some(launcher.spawn_named(name)?),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Starts workers, wherever they run: on this host ([`LocalLauncher`]), through `ssh`
+/// ([`SshLauncher`]), through Slurm's `srun` ([`SlurmLauncher`]), or by the user's hand
+/// ([`ManualLauncher`], which only says what to run). A driver grows its pool with any of
+/// them (in the `dagger` facade, `Context::add_workers`), and recognises the workers by the
+/// names it chose, which each worker reports when it joins.
+pub trait Launcher: Send + Sync + std::fmt::Debug {
+    /// A short name for logs and errors: `"local"`, `"ssh"`, `"slurm"`, `"manual"`.
+    fn kind(&self) -> &'static str;
+
+    /// Starts one worker per name in `names`, each told to join `spec.join` with
+    /// `spec.identity` and to report its name. Returns one [`Launched`] per name, in order,
+    /// once the processes are started (not joined). The identity's private key must reach
+    /// the worker only through a private channel (a pipe, standard input, a 0600 file),
+    /// never a command line or an environment variable. On an error, processes this call
+    /// already started are ended (dropping a [`WorkerProcess`] does that).
+    fn launch(&self, spec: &JoinSpec, names: &[String]) -> Result<Vec<Launched>, NetError>;
+
+    /// This launcher as a [`LocalLauncher`], if it is one: a driver then replaces a local
+    /// worker that dies with another started the same way. Default `None`.
+    fn as_local(&self) -> Option<&LocalLauncher> {
+        None
+    }
+}
+
+/// What every worker of one launch needs: where to join, with which credentials, and the
+/// settings the driver gives its workers. Its `Debug` form hides the private key.
+#[derive(Clone, Debug)]
+pub struct JoinSpec {
+    /// The driver's address, reachable from where the workers run (a driver listening on
+    /// `0.0.0.0:PORT` gives its host name here).
+    pub join: String,
+    /// The workers' credentials (the private key included).
+    pub identity: Identity,
+    /// Environment variables for the workers (e.g. `DAGGER_THREADS`); never secrets.
+    pub envs: Vec<(String, String)>,
+    /// The worker program's own arguments, before the worker flags (for a test of a
+    /// `cargo test` binary, [`test_harness_args`]); `None`: none for a remote worker, this
+    /// process's own for a local one. A launcher's own setting wins over this.
+    pub args: Option<Vec<String>>,
+}
+
+impl JoinSpec {
+    /// A spec with no environment and no arguments.
+    pub fn new(join: impl Into<String>, identity: Identity) -> Self {
+        JoinSpec {
+            join: join.into(),
+            identity,
+            envs: Vec::new(),
+            args: None,
+        }
+    }
+}
+
+/// One worker a [`Launcher`] started (or, for [`ManualLauncher`], asked for).
+#[derive(Debug)]
+pub struct Launched {
+    /// The name the worker reports when it joins.
+    pub name: String,
+    /// The local child process, when there is one: the worker itself for a local launch
+    /// ([`WorkerProcess::is_worker`]), the `ssh` or `srun` client whose end means the
+    /// remote worker's end otherwise; `None` when nothing was started here.
+    pub process: Option<WorkerProcess>,
+}
+
+/// The argument list that runs the worker program through a client that forwards standard
+/// input (`ssh`, `srun`): `[env K=V ...] PROGRAM [ARGS... --] --dagger-worker --join ADDR
+/// --identity-stdin --name NAME`. The `--` keeps a libtest binary from taking the worker
+/// flags for options (it takes them for test-name filters that match nothing).
+pub(crate) fn stdin_worker_argv(
+    program: &str,
+    args: Option<&[String]>,
+    envs: &[(String, String)],
+    join: &str,
+    name: &str,
+) -> Vec<String> {
+    let mut argv = Vec::new();
+    if !envs.is_empty() {
+        argv.push("env".to_owned());
+        argv.extend(envs.iter().map(|(k, v)| format!("{k}={v}")));
+    }
+    argv.push(program.to_owned());
+    if let Some(args) = args.filter(|a| !a.is_empty()) {
+        argv.extend(args.iter().cloned());
+        argv.push("--".to_owned());
+    }
+    argv.extend(
+        [
+            "--dagger-worker",
+            "--join",
+            join,
+            "--identity-stdin",
+            "--name",
+            name,
+        ]
+        .into_iter()
+        .map(str::to_owned),
+    );
+    argv
+}
+
+/// `word` quoted for a POSIX shell: as it is when it has only safe characters, else in
+/// single quotes (a quote inside written `'\''`).
+pub fn shell_quote(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        return word.to_owned();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// The path of the worker program on the remote host: `program` if set, else this
+/// executable's path (the same path must hold the same build there).
+pub(crate) fn program_or_current(program: Option<&str>) -> Result<String, NetError> {
+    if let Some(p) = program {
+        return Ok(p.to_owned());
+    }
+    let exe = std::env::current_exe()?;
+    exe.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| NetError::WorkerArgs {
+            reason: format!("this executable's path {} is not UTF-8", exe.display()),
+        })
+}
+
+/// Starts a client (`ssh`, `srun`) that runs a worker elsewhere and forwards its standard
+/// input there: writes the identity line into the client's standard input and keeps it
+/// open for the client's life. Standard output and error are inherited.
+#[cfg(unix)]
+pub(crate) fn spawn_client(
+    mut cmd: Command,
+    name: &str,
+    identity: &Identity,
+    what: &str,
+) -> Result<WorkerProcess, NetError> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    cmd.stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        NetError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot start `{what}`: {e}"),
+        ))
+    })?;
+    let pidfd = pidfd_open(child.id());
+    let Some(stdin) = child.stdin.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(NetError::Io(std::io::Error::other(format!(
+            "`{what}` was started without a standard input"
+        ))));
+    };
+    let mut writer = std::fs::File::from(OwnedFd::from(stdin));
+    let mut line = identity.to_text().into_bytes();
+    line.push(b'\n');
+    // Non-blocking: a few KiB fit in any pipe, so this is never a hang; a client that does
+    // not read is found out when the worker does not join.
+    let written = set_nonblocking(writer.as_raw_fd(), true)
+        .and_then(|()| writer.write_all(&line))
+        .and_then(|()| set_nonblocking(writer.as_raw_fd(), false));
+    let mut process = WorkerProcess {
+        child,
+        name: name.to_owned(),
+        reaped: None,
+        is_worker: false,
+        driver_link: Some(writer),
+        pidfd,
+    };
+    if let Err(e) = written {
+        let _ = process.kill();
+        return Err(NetError::WorkerArgs {
+            reason: format!("cannot hand the identity to `{what}`'s standard input: {e}"),
+        });
+    }
+    Ok(process)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn spawn_client(
+    _cmd: Command,
+    _name: &str,
+    _identity: &Identity,
+    what: &str,
+) -> Result<WorkerProcess, NetError> {
+    Err(NetError::WorkerArgs {
+        reason: format!("launching workers through `{what}` is supported on Unix hosts only"),
+    })
+}
+
+/// A launcher that starts nothing: for workers a user starts by hand on another host, or
+/// a batch script starts. [`ManualLauncher::command`] is the exact shell command for one
+/// worker, which reads its credentials from the files a driver writes into its
+/// certificate folder (in the `dagger` facade, `ContextBuilder::cert_dir`; copy the folder
+/// to the worker's host, keeping `key.pem` private):
+///
+/// ```text
+/// PROGRAM [ARGS... --] --dagger-worker --join HOST:PORT --cert DIR/cert.pem --key DIR/key.pem --ca DIR/ca.pem --name NAME
+/// ```
+///
+/// [`Launcher::launch`] hands each worker's command to a callback (by default it prints
+/// `dagger: start worker NAME with: COMMAND` on standard error) and returns no process; the
+/// driver then waits for workers of those names to join.
+#[derive(Clone)]
+pub struct ManualLauncher {
+    cert_dir: std::path::PathBuf,
+    program: Option<String>,
+    args: Option<Vec<String>>,
+    on_command: OnCommand,
+}
+
+/// What [`ManualLauncher`] does with each worker's name and command.
+type OnCommand = std::sync::Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+impl std::fmt::Debug for ManualLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualLauncher")
+            .field("cert_dir", &self.cert_dir)
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManualLauncher {
+    /// Workers that read their credentials from `cert_dir` on their host (`cert.pem`,
+    /// `key.pem`, `ca.pem`, as a driver's certificate folder holds them).
+    pub fn new(cert_dir: impl Into<std::path::PathBuf>) -> Self {
+        ManualLauncher {
+            cert_dir: cert_dir.into(),
+            program: None,
+            args: None,
+            on_command: std::sync::Arc::new(|name, command| {
+                eprintln!("dagger: start worker {name} with: {command}");
+            }),
+        }
+    }
+
+    /// The worker program's path on the workers' host. Default: this executable's path.
+    pub fn program(mut self, path: impl Into<String>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
+    /// The worker program's own arguments, before the worker flags (a `--` separates
+    /// them). Default: the spec's ([`JoinSpec::args`]), else none.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// What [`Launcher::launch`] does with each worker's name and command (show it to the
+    /// user, write it into a batch script, start it through a tool of one's own).
+    pub fn on_command(mut self, f: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        self.on_command = std::sync::Arc::new(f);
+        self
+    }
+
+    /// The shell command that starts worker `name` of `spec` on another host (its words
+    /// quoted for a POSIX shell). Holds paths and the address only, never key material.
+    pub fn command(&self, spec: &JoinSpec, name: &str) -> Result<String, NetError> {
+        let program = program_or_current(self.program.as_deref())?;
+        let dir = self.cert_dir.to_str().ok_or_else(|| NetError::WorkerArgs {
+            reason: format!(
+                "the certificate folder {} is not UTF-8",
+                self.cert_dir.display()
+            ),
+        })?;
+        let dir = dir.trim_end_matches('/');
+        let mut argv = vec![program];
+        if let Some(args) = self
+            .args
+            .as_ref()
+            .or(spec.args.as_ref())
+            .filter(|a| !a.is_empty())
+        {
+            argv.extend(args.iter().cloned());
+            argv.push("--".to_owned());
+        }
+        argv.extend([
+            "--dagger-worker".to_owned(),
+            "--join".to_owned(),
+            spec.join.clone(),
+            "--cert".to_owned(),
+            format!("{dir}/cert.pem"),
+            "--key".to_owned(),
+            format!("{dir}/key.pem"),
+            "--ca".to_owned(),
+            format!("{dir}/ca.pem"),
+            "--name".to_owned(),
+            name.to_owned(),
+        ]);
+        let mut words: Vec<String> = spec
+            .envs
+            .iter()
+            .map(|(k, v)| shell_quote(&format!("{k}={v}")))
+            .collect();
+        if !words.is_empty() {
+            words.insert(0, "env".to_owned());
+        }
+        words.extend(argv.iter().map(|w| shell_quote(w)));
+        Ok(words.join(" "))
+    }
+}
+
+impl Launcher for ManualLauncher {
+    fn kind(&self) -> &'static str {
+        "manual"
+    }
+
+    /// Hands each worker's [`command`](ManualLauncher::command) to the callback; starts
+    /// nothing, so every [`Launched::process`] is `None`.
+    fn launch(&self, spec: &JoinSpec, names: &[String]) -> Result<Vec<Launched>, NetError> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let command = self.command(spec, name)?;
+            (self.on_command)(name, &command);
+            out.push(Launched {
+                name: name.clone(),
+                process: None,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -601,16 +1072,22 @@ fn pidfd_open(_pid: u32) -> Option<std::os::fd::OwnedFd> {
     None
 }
 
-/// A running worker process started by [`LocalLauncher`]. Dropping it kills and reaps the
-/// process.
+/// A running local child process of a launcher: the worker itself ([`LocalLauncher`];
+/// [`WorkerProcess::is_worker`] is true), or the client through which a remote worker runs
+/// (`ssh` for [`SshLauncher`], `srun` for [`SlurmLauncher`]), whose end means the remote
+/// worker's end. Dropping it ends the process (see [`WorkerProcess::kill`]) and reaps it.
 #[derive(Debug)]
 pub struct WorkerProcess {
     child: Child,
     name: String,
     reaped: Option<ExitStatus>,
-    /// The pipe's write end: open while this process lives (see [`DriverLink`]).
+    /// Whether the child is the worker (not a client that runs it elsewhere).
+    is_worker: bool,
+    /// The write end of the worker's identity channel (the inherited pipe of a local
+    /// worker, the client's standard input): open while this value lives (see
+    /// [`DriverLink`]); closed first when a client is ended.
     #[cfg(unix)]
-    _driver_link: std::fs::File,
+    driver_link: Option<std::fs::File>,
     #[cfg(unix)]
     pidfd: Option<std::os::fd::OwnedFd>,
 }
@@ -687,15 +1164,82 @@ impl WorkerProcess {
         }
     }
 
-    /// Kills the process (SIGKILL on Unix). Does nothing if it already exited; does not wait.
+    /// Whether this process is the worker itself (a [`LocalLauncher`]'s), rather than a
+    /// client (`ssh`, `srun`) that runs the worker elsewhere and ends when it ends.
+    pub fn is_worker(&self) -> bool {
+        self.is_worker
+    }
+
+    /// Ends the process. Does nothing if it already exited; does not wait.
+    ///
+    /// A worker is killed (SIGKILL on Unix). A client is asked to end its remote worker:
+    /// its standard input is closed (the worker reads end-of-file, its sign that the
+    /// driver is gone) and it gets SIGTERM, which `srun` forwards to its task and on which
+    /// `ssh` closes its connection (the remote side then sees end-of-file as well).
+    /// Dropping the value kills a client that has not exited within 2 s of that.
     pub fn kill(&mut self) -> Result<(), NetError> {
         if self.reaped.is_some() {
             return Ok(());
+        }
+        if !self.is_worker {
+            #[cfg(unix)]
+            {
+                self.driver_link = None;
+                return self.signal(libc::SIGTERM);
+            }
         }
         match self.child.kill() {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends `sig` unless the process was reaped (then its pid may be another process's).
+    #[cfg(unix)]
+    fn signal(&mut self, sig: libc::c_int) -> Result<(), NetError> {
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = libc::pid_t::try_from(self.pid()).map_err(std::io::Error::other)?;
+        // SAFETY: kill takes a pid and a signal; the child is not reaped, so the pid is
+        // still this child's.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits at most `limit` for the process to exit (a `poll` on its pidfd; checks every
+    /// 10 ms without one). Returns whether it exited.
+    #[cfg(unix)]
+    fn wait_exit_for(&mut self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if !matches!(self.try_wait(), Ok(None)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    use std::os::fd::AsRawFd;
+                    let mut pfd = libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+                    // SAFETY: poll reads and writes the one pollfd it is given.
+                    unsafe { libc::poll(&mut pfd, 1, ms) };
+                }
+                None => std::thread::sleep(left.min(std::time::Duration::from_millis(10))),
+            }
         }
     }
 
@@ -723,11 +1267,19 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         if self.reaped.is_none() {
+            #[cfg(unix)]
+            if !self.is_worker && self.kill().is_ok() && self.wait_exit_for(CLIENT_GRACE) {
+                return;
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
 }
+
+/// How long a dropped client (`ssh`, `srun`) gets to end its remote worker and exit
+/// before it is killed.
+const CLIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
@@ -828,6 +1380,99 @@ mod tests {
         let status = procs[0].wait().unwrap();
         assert!(status.success(), "worker exited with {status}");
         assert!(procs[0].try_wait().unwrap().is_some());
+    }
+
+    /// A worker started through a client that forwards standard input (here the test
+    /// binary itself, started as `ssh` or `srun` would start it, flags after `--`): it
+    /// reads its identity from standard input, which is `/dev/null` afterwards, and no
+    /// key material is on its command line or in its environment.
+    #[test]
+    fn identity_stdin_reads_one_line_and_frees_stdin() {
+        if std::env::args().any(|a| a == "--identity-stdin") {
+            let check = || -> Result<(), String> {
+                let args = worker_args_from_env()
+                    .map_err(|e| e.to_string())?
+                    .ok_or("not a worker")?;
+                if args.join != "127.0.0.1:1" || args.name.as_deref() != Some("w1") {
+                    return Err(format!("wrong arguments {args:?}"));
+                }
+                if args.identity != sample() || args.driver_link.is_none() {
+                    return Err("the identity differs, or no driver link".into());
+                }
+                let mut rest = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)
+                    .map_err(|e| e.to_string())?;
+                if !rest.is_empty() {
+                    return Err("standard input still reads the launcher's channel".into());
+                }
+                let cmdline = std::fs::read("/proc/self/cmdline").map_err(|e| e.to_string())?;
+                let environ = std::fs::read("/proc/self/environ").map_err(|e| e.to_string())?;
+                let text = sample().to_text();
+                for bytes in [&cmdline, &environ] {
+                    let shown = String::from_utf8_lossy(bytes);
+                    if shown.contains("PRIVATE KEY") || shown.contains(&text[..64]) {
+                        return Err("key material on the command line or environment".into());
+                    }
+                }
+                Ok(())
+            };
+            match check() {
+                Ok(()) => std::process::exit(0),
+                Err(e) => {
+                    eprintln!("worker check failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(this_test()).args([
+            "--",
+            "--dagger-worker",
+            "--join",
+            "127.0.0.1:1",
+            "--identity-stdin",
+            "--name",
+            "w1",
+        ]);
+        let mut p = spawn_client(cmd, "w1", &sample(), "the test binary").unwrap();
+        assert!(!p.is_worker());
+        let status = p.wait().unwrap();
+        assert!(status.success(), "worker exited with {status}");
+    }
+
+    #[test]
+    fn identity_stdin_excludes_certificate_files() {
+        let r = parse_worker_argv(
+            [
+                "--dagger-worker",
+                "--join",
+                "a:1",
+                "--identity-stdin",
+                "--key",
+                "k.pem",
+            ]
+            .map(String::from),
+        );
+        assert!(matches!(r, Err(NetError::WorkerArgs { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn a_join_spec_s_debug_form_hides_the_key() {
+        let spec = JoinSpec::new("a:1", sample());
+        assert!(!format!("{spec:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn the_manual_command_names_the_certificate_files() {
+        let mut spec = JoinSpec::new("host:7400", sample());
+        spec.args = Some(vec!["my test".into()]);
+        let l = ManualLauncher::new("/etc/dagger/").program("/opt/app");
+        assert_eq!(
+            l.command(&spec, "worker-9").unwrap(),
+            "/opt/app 'my test' -- --dagger-worker --join host:7400 --cert /etc/dagger/cert.pem \
+             --key /etc/dagger/key.pem --ca /etc/dagger/ca.pem --name worker-9"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 
     #[test]
