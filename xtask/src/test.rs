@@ -20,7 +20,12 @@ const RUN_EXAMPLES: &[&str] = &[
     "custom_processor",
     "manual_worker",
     "fault_tolerance",
+    "dynamic_pool",
 ];
+
+/// Benchmark workloads run once, in the debug build, by the `bench:*` steps: their lines
+/// must print and their checks pass (the figures of a debug build are not reported).
+const SMOKE_WORKLOADS: &[&str] = &["W6"];
 
 /// Seeds of the simulated cluster run by the `chaos` step.
 const CHAOS_SEEDS: u64 = 1000;
@@ -142,6 +147,12 @@ fn steps() -> Vec<(String, StepFn)> {
         steps.push((
             format!("examples:{example}"),
             Box::new(move |ctx: &Context| example_run_step(ctx, example)),
+        ));
+    }
+    for id in SMOKE_WORKLOADS {
+        steps.push((
+            format!("bench:{id}"),
+            Box::new(move |ctx: &Context| bench_smoke_step(ctx, id)),
         ));
     }
     steps.push(("fmt".into(), Box::new(fmt_step)));
@@ -445,6 +456,15 @@ fn example_run_step(ctx: &Context, example: &str) -> Result<Outcome> {
     Ok(Outcome::from_status(&command, status))
 }
 
+/// One run of a benchmark workload in the debug build: it checks its own results and
+/// prints its lines.
+fn bench_smoke_step(ctx: &Context, id: &str) -> Result<Outcome> {
+    let mut command = ctx.cargo();
+    command.args(["run", "-p", "dagger-bench", "--bin", "dagger-bench", "--", id]);
+    let status = process::run_inherited(&mut command)?;
+    Ok(Outcome::from_status(&command, status))
+}
+
 fn fmt_step(ctx: &Context) -> Result<Outcome> {
     let mut probe = ctx.cargo();
     probe.args(["fmt", "--version"]);
@@ -487,6 +507,8 @@ mod tests {
                 "examples:custom_processor",
                 "examples:manual_worker",
                 "examples:fault_tolerance",
+                "examples:dynamic_pool",
+                "bench:W6",
                 "fmt",
             ]
         );
