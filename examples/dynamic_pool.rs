@@ -42,7 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Grow: two more worker processes of this program join the running graph.
     std::thread::sleep(Duration::from_millis(700));
-    let launcher = ctx.local_launcher().ok_or("this context starts no local workers")?;
+    let launcher = ctx
+        .local_launcher()
+        .ok_or("this context starts no local workers")?;
     let added = ctx.add_workers(&launcher, 2)?;
     println!(
         "{:>6.2}s added {added:?}; the pool is {:?}",
@@ -77,7 +79,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.worker,
             r.pid,
             r.took().as_secs_f64() * 1e3,
-            if r.is_clean() { "nothing lost" } else { "work redone elsewhere" }
+            if r.is_clean() {
+                "nothing lost"
+            } else {
+                "work redone elsewhere"
+            }
         );
     }
 

@@ -67,8 +67,8 @@ fn main() -> anyhow::Result<()> {
                 ClusterEvent::RestartsExhausted { pid, .. } => {
                     println!("event: process {pid} not replaced: the restart budget is spent")
                 }
-                // Summed up at the end.
-                ClusterEvent::TaskRetried { .. } => {}
+                // Summed up at the end; drains do not happen here.
+                _ => {}
             }
             if ev_tx.send(e).is_err() {
                 break;

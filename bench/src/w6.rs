@@ -81,7 +81,9 @@ fn grow(_quick: bool) -> anyhow::Result<()> {
         results.push(h.fetch()?);
     }
     let total = start.elapsed().as_secs_f64();
-    let Some((new, joined_at)) = joined.join().map_err(|_| anyhow::anyhow!("watcher panicked"))?
+    let Some((new, joined_at)) = joined
+        .join()
+        .map_err(|_| anyhow::anyhow!("watcher panicked"))?
     else {
         bail!("no WorkerJoined event");
     };

@@ -236,8 +236,9 @@ pub enum Completion {
     },
 }
 
-/// Changes of the cluster the scheduler reports.
+/// Changes of the cluster the scheduler reports. More kinds may come in later versions.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClusterEvent {
     /// A worker joined the pool.
     WorkerJoined {

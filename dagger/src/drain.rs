@@ -5,7 +5,7 @@
 //! # What a drain guarantees
 //!
 //! From the call on, a removed worker receives no new task, not even one whose scope
-//! names it (the call is refused, [`RemoveError::WouldStrand`], when a task not yet
+//! names it (the call is refused, [`DrainError::WouldStrand`], when a task not yet
 //! dispatched would then have no worker its scope admits). It finishes every task it was
 //! given. Every result that only it holds and that the graph still needs (a dependent
 //! has not run yet, or a handle to it is alive) is copied to a worker that stays, chosen

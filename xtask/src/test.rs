@@ -460,7 +460,15 @@ fn example_run_step(ctx: &Context, example: &str) -> Result<Outcome> {
 /// prints its lines.
 fn bench_smoke_step(ctx: &Context, id: &str) -> Result<Outcome> {
     let mut command = ctx.cargo();
-    command.args(["run", "-p", "dagger-bench", "--bin", "dagger-bench", "--", id]);
+    command.args([
+        "run",
+        "-p",
+        "dagger-bench",
+        "--bin",
+        "dagger-bench",
+        "--",
+        id,
+    ]);
     let status = process::run_inherited(&mut command)?;
     Ok(Outcome::from_status(&command, status))
 }
