@@ -3,9 +3,12 @@
 //! TLS. While a graph runs, a chaos thread SIGKILLs random worker processes at random times
 //! and SIGSTOPs another for a random while (sometimes longer than the heartbeat timeout,
 //! so it is declared lost, sometimes shorter, so it is not), then SIGCONTs it. Every result
-//! is checked against the same functions computed in this process. A wrong or missing
-//! result, a typed error, or a graph that does not finish within its guard fails the run
-//! with the seed to replay.
+//! is checked against the same functions computed in this process. The pool also changes
+//! under it: a worker process is added, and a worker is removed (drained) — plainly, with a
+//! deadline, or killed while its drain runs, or while another worker (perhaps the one
+//! receiving its results) is killed. A wrong or missing result, a typed error, a drain that
+//! never resolves, or a graph that does not finish within its guard fails the run with the
+//! seed to replay.
 //!
 //! `cargo xtask chaos --real N` builds and runs it.
 
@@ -191,13 +194,28 @@ fn signal(pid: u32, sig: Signal) {
 struct Faults {
     kills: u32,
     stops: u32,
+    added: u32,
+    /// Removals accepted, and the drains they started.
+    drains: Vec<dagger::Drain>,
+    /// Removals refused (they would have stranded a task).
+    refused: u32,
+}
+
+/// How the chaos thread removes a worker.
+#[derive(Clone, Copy, Debug)]
+enum Removal {
+    Plain,
+    Deadline(u64),
+    /// Kill the drained worker this many ms after the removal.
+    KillIt(u64),
+    /// Kill another worker this many ms after the removal.
+    KillOther(u64),
 }
 
 /// SIGKILLs and SIGSTOP/SIGCONTs worker processes of `ctx` at random times until `done`.
 fn chaos(ctx: Context, mut rng: StdRng, done: Arc<AtomicBool>) -> Faults {
     let mut faults = Faults::default();
     let kills = rng.random_range(1..=2u32);
-    let mut stop_pending = true;
     let nap = |rng: &mut StdRng, done: &AtomicBool, lo: u64, hi: u64| {
         let until = Instant::now() + Duration::from_millis(rng.random_range(lo..=hi));
         while Instant::now() < until {
@@ -208,7 +226,21 @@ fn chaos(ctx: Context, mut rng: StdRng, done: Arc<AtomicBool>) -> Faults {
         }
         !done.load(Ordering::Relaxed)
     };
-    for _ in 0..kills + 1 {
+    // The faults of this graph, in a random order: kills, one pause, one growth and one
+    // removal.
+    #[derive(Clone, Copy)]
+    enum Act {
+        Kill,
+        Stop,
+        Grow,
+        Remove,
+    }
+    let mut acts: Vec<Act> = (0..kills).map(|_| Act::Kill).collect();
+    acts.extend([Act::Stop, Act::Grow, Act::Remove]);
+    for k in (1..acts.len()).rev() {
+        acts.swap(k, rng.random_range(0..=k));
+    }
+    for act in acts {
         if !nap(&mut rng, &done, 50, 500) {
             break;
         }
@@ -217,20 +249,77 @@ fn chaos(ctx: Context, mut rng: StdRng, done: Arc<AtomicBool>) -> Faults {
             continue;
         }
         let pid = pids[rng.random_range(0..pids.len())];
-        if stop_pending && (faults.kills == kills || rng.random_range(0..2) == 0) {
-            stop_pending = false;
-            faults.stops += 1;
-            signal(pid, Signal::STOP);
-            // Shorter or longer than the heartbeat timeout (900 ms by default).
-            let held = rng.random_range(100..=1_800);
-            std::thread::sleep(Duration::from_millis(held));
-            signal(pid, Signal::CONT);
-        } else if faults.kills < kills {
-            faults.kills += 1;
-            signal(pid, Signal::KILL);
+        match act {
+            Act::Stop => {
+                faults.stops += 1;
+                signal(pid, Signal::STOP);
+                // Shorter or longer than the heartbeat timeout (900 ms by default).
+                let held = rng.random_range(100..=1_800);
+                std::thread::sleep(Duration::from_millis(held));
+                signal(pid, Signal::CONT);
+            }
+            Act::Kill => {
+                faults.kills += 1;
+                signal(pid, Signal::KILL);
+            }
+            Act::Grow => {
+                if let Some(launcher) = ctx.local_launcher() {
+                    match ctx.add_workers(&launcher, 1) {
+                        Ok(_) => faults.added += 1,
+                        Err(e) => eprintln!("chaos: adding a worker failed: {e}"),
+                    }
+                }
+            }
+            Act::Remove => remove_one(&ctx, &mut rng, &mut faults),
         }
     }
     faults
+}
+
+/// Removes one random worker (while two or more accept work), in a random way.
+fn remove_one(ctx: &Context, rng: &mut StdRng, faults: &mut Faults) {
+    let workers = ctx.workers();
+    if workers.len() < 2 {
+        return;
+    }
+    let victim = workers[rng.random_range(0..workers.len())];
+    let how = match rng.random_range(0..4) {
+        0 => Removal::Plain,
+        1 => Removal::Deadline(rng.random_range(50..=1_500)),
+        2 => Removal::KillIt(rng.random_range(0..=300)),
+        _ => Removal::KillOther(rng.random_range(0..=300)),
+    };
+    let options = match how {
+        Removal::Deadline(ms) => dagger::DrainOptions::new().deadline(Duration::from_millis(ms)),
+        _ => dagger::DrainOptions::new(),
+    };
+    let pid_of = |w: WorkerId| ctx.topology().worker(w).map(|i| i.pid);
+    let victim_pid = pid_of(victim);
+    match ctx.remove_workers_with(&[victim], options) {
+        Ok(drains) => faults.drains.extend(drains),
+        Err(dagger::RemoveError::Drain(dagger::DrainError::WouldStrand { .. })) => {
+            faults.refused += 1;
+            return;
+        }
+        Err(e) => {
+            eprintln!("chaos: removing {victim} failed: {e}");
+            return;
+        }
+    }
+    let target = match how {
+        Removal::KillIt(ms) => Some((ms, victim_pid)),
+        Removal::KillOther(ms) => {
+            let others: Vec<WorkerId> = workers.into_iter().filter(|&w| w != victim).collect();
+            let other = others[rng.random_range(0..others.len())];
+            Some((ms, pid_of(other)))
+        }
+        _ => None,
+    };
+    if let Some((ms, Some(pid))) = target {
+        std::thread::sleep(Duration::from_millis(ms));
+        faults.kills += 1;
+        signal(pid, Signal::KILL);
+    }
 }
 
 #[derive(Default, Debug)]
@@ -286,18 +375,39 @@ fn one_graph(seed: u64) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the chaos thread panicked"))?;
     count(&mut events, &mut seen);
+    let mut outcomes = Vec::new();
+    for d in &faults.drains {
+        let Some(r) = d.wait_timeout(GUARD) else {
+            bail!("the drain of {} never resolved", d.worker());
+        };
+        outcomes.push(format!("{} {}", r.worker, drain_kind(&r.outcome)));
+    }
     println!(
-        "seed {seed}: {} tasks right in {:.2}s; {} kill(s), {} pause(s); {} worker(s) lost, {} restarted, {} task retries",
+        "seed {seed}: {} tasks right in {:.2}s; {} kill(s), {} pause(s), {} added, {} removal(s) [{}] ({} refused); {} worker(s) lost, {} restarted, {} task retries",
         nodes.len(),
         elapsed.as_secs_f64(),
         faults.kills,
         faults.stops,
+        faults.added,
+        faults.drains.len(),
+        outcomes.join(", "),
+        faults.refused,
         seen.lost,
         seen.restarted,
         seen.retried,
     );
     ctx.shutdown();
     Ok(())
+}
+
+fn drain_kind(o: &dagger::DrainOutcome) -> &'static str {
+    match o {
+        dagger::DrainOutcome::Drained { .. } => "drained",
+        dagger::DrainOutcome::DeadlineExceeded { .. } => "past its deadline",
+        dagger::DrainOutcome::HandoverFailed { .. } => "hand-over failed",
+        dagger::DrainOutcome::Lost { .. } => "lost while draining",
+        _ => "shut down",
+    }
 }
 
 /// Fetches every node's result and compares it with the oracle's.
