@@ -257,6 +257,10 @@ impl Scheduler {
                 let Some(d) = self.drains.active.remove(&w) else {
                     continue;
                 };
+                // Copies still in flight from it are of results it no longer holds alone
+                // (released, or fetched by another worker meanwhile): their answers are
+                // handled as copies nobody asked for.
+                self.drains.handing.retain(|_, (from, _)| *from != w);
                 self.outbox.event(ClusterEvent::WorkerDrained {
                     worker: w,
                     moved_chunks: d.moved_chunks,
