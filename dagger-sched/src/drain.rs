@@ -126,7 +126,7 @@ impl Scheduler {
             self.placer.draining.insert(w);
         }
         self.placer.dirty = true;
-        if let Some((task, scope)) = self.stranded_task() {
+        if let Some((task, scope)) = self.stranded_task(workers) {
             for &w in workers {
                 self.placer.draining.remove(&w);
             }
@@ -174,9 +174,11 @@ impl Scheduler {
     }
 
     /// The first task, not yet dispatched, that no processor of a worker accepting work
-    /// admits (while some processor of the pool admits it, so it would wait for good),
-    /// with its scope. O(live tasks + distinct scopes × processors).
-    fn stranded_task(&mut self) -> Option<(TaskId, String)> {
+    /// admits now that `workers` drain, though a processor of theirs does (a task already
+    /// waiting for a worker to join, because its scope names only workers drained
+    /// earlier, is not this drain's doing), with its scope. O(live tasks + distinct
+    /// scopes × processors).
+    fn stranded_task(&mut self, workers: &[WorkerId]) -> Option<(TaskId, String)> {
         self.refresh_table();
         let mut checked: FxMap<u32, bool> = FxMap::default();
         let pending: Vec<(u32, u32)> = self
@@ -189,7 +191,7 @@ impl Scheduler {
             let stranded = match checked.get(&s) {
                 Some(&b) => b,
                 None => {
-                    let b = self.scope_only_on_draining(s);
+                    let b = self.scope_only_on_draining(s) && self.scope_admits_any(s, workers);
                     checked.insert(s, b);
                     b
                 }
@@ -200,6 +202,20 @@ impl Scheduler {
             }
         }
         None
+    }
+
+    /// Whether scope `s` admits a live processor of one of `workers`. O(processor slots).
+    fn scope_admits_any(&self, s: u32, workers: &[WorkerId]) -> bool {
+        let scope = &self.placer.scopes[s as usize].scope;
+        self.placer
+            .slots
+            .iter()
+            .filter(|slot| slot.alive && workers.contains(&slot.id.worker))
+            .any(|slot| {
+                self.topology
+                    .proc(slot.id)
+                    .is_some_and(|info| scope.admits(info))
+            })
     }
 
     /// Tasks dispatched to `worker` and not finished. O(processor slots).
