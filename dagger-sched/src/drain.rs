@@ -253,6 +253,19 @@ impl Scheduler {
             return;
         }
         self.drains.dirty = false;
+        // Hand-overs of results their source no longer holds alone (released, fetched by
+        // another worker, or lost and being recomputed meanwhile) are moot: their answers
+        // are handled as copies nobody asked for.
+        let moot: Vec<u32> = self
+            .drains
+            .handing
+            .iter()
+            .filter(|&(&i, &(from, _))| !self.sole_needed_copy(i, from))
+            .map(|(&i, _)| i)
+            .collect();
+        for i in moot {
+            self.drains.handing.remove(&i);
+        }
         let workers: Vec<WorkerId> = self.drains.active.keys().copied().collect();
         for w in workers {
             let mut over = self.running_on(w) == 0;
@@ -415,7 +428,8 @@ impl Scheduler {
     }
 
     /// The hand-overs in flight, checked by the invariants: each names a draining source
-    /// and a finished task.
+    /// and another destination. (Its task may have left the finished state since: a
+    /// result recomputed while it was being copied; the next pass forgets it.)
     pub(crate) fn check_drains(&self) -> Result<(), String> {
         for (&i, &(from, to)) in &self.drains.handing {
             if !self.drains.active.contains_key(&from) {
