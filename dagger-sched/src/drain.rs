@@ -1,7 +1,8 @@
 //! Draining: a worker removed from the pool finishes what it was given and receives
 //! nothing new, while every result that only it holds and that the graph still needs is
 //! handed over to a worker that stays (the cheapest destination over the topology's
-//! paths). Once it runs nothing, holds no sole copy of a needed result, and no task
+//! paths). A copy on another worker being drained, or drained and kept, does not count:
+//! it may leave too. Once it runs nothing, holds no sole copy of a needed result, and no task
 //! elsewhere may still fetch a result from it, the drain is over: the scheduler reports
 //! [`ClusterEvent::WorkerDrained`] and the worker can be stopped without losing anything.
 //!
@@ -59,7 +60,8 @@ pub enum DrainError {
 pub struct DrainProgress {
     /// Tasks dispatched to it and not finished.
     pub running: usize,
-    /// Needed results of which it holds the only copy (hand-overs in flight included).
+    /// Needed results of which it holds a copy and no worker that stays holds one (only
+    /// workers being drained, or drained and kept, do), hand-overs in flight included.
     pub sole_copies: usize,
     /// Of those, the ones being copied to another worker now.
     pub handing_over: usize,
@@ -235,14 +237,20 @@ impl Scheduler {
         firsts.chain(others).copied()
     }
 
-    /// Whether `worker` holds the only copy of task `i`'s result and the graph still
-    /// needs it (the scheduler keeps no inline copy).
+    /// Whether `worker` holds a copy of task `i`'s result that the graph still needs (the
+    /// scheduler keeps no inline copy) and no worker that stays holds one: every other
+    /// holder is being drained too, or was drained and kept (its owner may stop it at any
+    /// time), so the copy must be handed over before `worker` may leave.
     fn sole_needed_copy(&self, i: u32, worker: WorkerId) -> bool {
         let t = &self.tasks[i];
-        t.state == State::Finished
-            && t.flags.contains(TaskFlags::HELD)
-            && !t.flags.contains(TaskFlags::INLINE)
-            && self.holders_of(i) == [worker]
+        if t.state != State::Finished
+            || !t.flags.contains(TaskFlags::HELD)
+            || t.flags.contains(TaskFlags::INLINE)
+        {
+            return false;
+        }
+        let holders = self.holders_of(i);
+        holders.contains(&worker) && holders.iter().all(|h| self.placer.draining.contains(h))
     }
 
     /// Advances every drain: starts the hand-overs still needed and reports the drains
@@ -440,8 +448,8 @@ impl Scheduler {
             if from == to {
                 return Err(format!("hand-over of task {i} from {from} to itself"));
             }
-            if self.tasks[i].state != State::Finished {
-                return Err(format!("hand-over of unfinished {}", self.tasks[i].id));
+            if i >= self.tasks.len() {
+                return Err(format!("hand-over of unknown task {i}"));
             }
         }
         for w in self.drains.active.keys() {
