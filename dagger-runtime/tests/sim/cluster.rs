@@ -1796,10 +1796,8 @@ impl Sim {
         (0..self.procs.len())
             .filter(|&p| {
                 let x = &self.procs[p];
-                x.state != PState::Dead
-                    && !x.lost
-                    && !x.removed
-                    && !(x.core.is_joined() && self.drained_ever.contains(&x.core.id()))
+                let drained = x.core.is_joined() && self.drained_ever.contains(&x.core.id());
+                x.state != PState::Dead && !x.lost && !x.removed && !drained
             })
             .collect()
     }
@@ -1917,7 +1915,7 @@ impl Sim {
                         .iter()
                         .any(|&w| self.driver.scheduler().is_draining(w))
                 {
-                    return self.fail(format!(
+                    self.fail(format!(
                         "a refused drain of {workers:?} changed what drains: {:?}",
                         self.driver.draining()
                     ));
@@ -2088,7 +2086,7 @@ impl Sim {
                     }
                 }
                 if rerun != snap.running.len() || sole_copies != snap.sole {
-                    return self.fail(format!(
+                    self.fail(format!(
                         "the drain of {worker} exceeded its deadline with {rerun} task(s) to run again and {sole_copies} sole copies; it ran {:?} and alone held {}",
                         snap.running, snap.sole
                     ));
@@ -2102,7 +2100,7 @@ impl Sim {
             DrainOutcome::Lost { reason, .. } => {
                 self.totals.drain_lost += 1;
                 if matches!(reason, LostReason::Removed { .. }) {
-                    return self.fail(format!("{worker} lost while draining as {reason:?}"));
+                    self.fail(format!("{worker} lost while draining as {reason:?}"));
                 }
             }
             other => self.fail(format!("the drain of {worker} ended as {other:?}")),
