@@ -80,6 +80,9 @@ pub(crate) struct Drain {
     moved_chunks: u32,
     moved_bytes: u64,
     failures: u32,
+    /// Destinations whose copy from this worker failed: asked again only when no other
+    /// destination is left.
+    failed_to: Vec<WorkerId>,
 }
 
 /// The drains in progress.
@@ -308,7 +311,8 @@ impl Scheduler {
     }
 
     /// Asks the cheapest destination (a worker with task processors that accepts work,
-    /// fewest hand-overs in flight among equals) to copy task `i`'s result from `from`.
+    /// fewest hand-overs in flight among equals, one whose copy from `from` failed only
+    /// when there is no other) to copy task `i`'s result from `from`.
     /// With no destination the result stays where it is until one joins.
     fn start_handover(&mut self, i: u32, from: WorkerId) {
         let bytes = self.tasks[i].size;
@@ -317,6 +321,7 @@ impl Scheduler {
         for &(_, to) in self.drains.handing.values() {
             *inflight.entry(to).or_default() += 1;
         }
+        let failed: &[WorkerId] = self.drains.active.get(&from).map_or(&[], |d| &d.failed_to);
         let best = self
             .topology
             .workers()
@@ -325,10 +330,11 @@ impl Scheduler {
             .filter(|&w| self.runs_tasks(w))
             .map(|w| {
                 let cost = costs.get(&ProcId::root(w)).copied().unwrap_or(u64::MAX);
-                (cost, inflight.get(&w).copied().unwrap_or(0), w)
+                let inflight = inflight.get(&w).copied().unwrap_or(0);
+                (failed.contains(&w), cost, inflight, w)
             })
             .min();
-        let Some((_, _, to)) = best else {
+        let Some((_, _, _, to)) = best else {
             return;
         };
         let chunk = self.tasks[i].id.chunk();
@@ -409,6 +415,9 @@ impl Scheduler {
                     return;
                 };
                 d.failures += 1;
+                if !d.failed_to.contains(&worker) {
+                    d.failed_to.push(worker);
+                }
                 if d.failures >= MAX_HANDOVER_FAILURES {
                     self.drains.active.remove(&from);
                     self.drains.handing.retain(|_, (f, _)| *f != from);

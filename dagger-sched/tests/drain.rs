@@ -342,3 +342,25 @@ fn a_task_already_waiting_for_a_drained_worker_does_not_block_other_drains() {
     );
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn a_failed_copy_is_asked_of_another_destination() {
+    let mut s = cluster(&[1, 2, 3]);
+    // Worker 2 is the cheaper destination, but cannot reach worker 1.
+    s.topology_mut().add_shortcut(
+        ProcId::root(W1),
+        ProcId::root(W2),
+        "shm",
+        LinkCost::new(100, 100_000_000_000),
+    );
+    stored_on(&mut s, ms(1), 10, W1);
+    s.drain(ms(2), &[W1]).unwrap();
+    let chunk = TaskId(10).chunk();
+    assert_eq!(handovers(&drain(&mut s)), vec![(W2, chunk, vec![W1])]);
+    let cause = MoveFailure::NotHeld { worker: W1 };
+    s.chunk_replicated(ms(3), W2, Incarnation(1), chunk, Err(cause));
+    assert_eq!(handovers(&drain(&mut s)), vec![(W3, chunk, vec![W1])]);
+    s.chunk_replicated(ms(4), W3, Incarnation(1), chunk, Ok(()));
+    assert_eq!(drained(&drain(&mut s)), vec![W1]);
+    s.check_invariants().unwrap();
+}
