@@ -92,6 +92,11 @@ pub(crate) struct Drains {
     active: BTreeMap<WorkerId, Drain>,
     /// Hand-overs in flight: task index → (draining worker, destination).
     handing: FxMap<u32, (WorkerId, WorkerId)>,
+    /// Copies a destination stored after the result was lost, while the task that
+    /// produces it again runs there: task index → destination. A release sent now could
+    /// reach it after the new result and drop that; it is sent once the task is no longer
+    /// running there and the new result did not replace the copy.
+    stale: FxMap<u32, WorkerId>,
     /// Something that may end or advance a drain happened since the last look.
     pub(crate) dirty: bool,
 }
@@ -260,6 +265,9 @@ impl Scheduler {
     /// that are over. Called before the scheduler's commands are handed out, when
     /// something happened since the last call. O(results the draining workers hold).
     pub(crate) fn progress_drains(&mut self) {
+        if !self.drains.stale.is_empty() {
+            self.settle_stale_copies();
+        }
         if !self.drains.dirty || !self.drains.any() {
             return;
         }
@@ -399,6 +407,11 @@ impl Scheduler {
                             }
                         }
                     }
+                    // Running there again (the result was lost meanwhile): released later,
+                    // unless the new result replaces it.
+                    Some(i) if self.is_dispatched_to(chunk.task(), worker) => {
+                        self.drains.stale.insert(i, worker);
+                    }
                     // Released, freed or lost meanwhile: nothing would ever free the copy.
                     _ => self.outbox.release(worker, chunk),
                 }
@@ -431,9 +444,30 @@ impl Scheduler {
         }
     }
 
+    /// Releases the stale copies whose task no longer runs on their worker, unless the
+    /// task's new result there replaced them. O(stale copies).
+    fn settle_stale_copies(&mut self) {
+        let settled: Vec<(u32, WorkerId)> = self
+            .drains
+            .stale
+            .iter()
+            .filter(|&(&i, &w)| !self.is_dispatched_to(self.tasks[i].id, w))
+            .map(|(&i, &w)| (i, w))
+            .collect();
+        for (i, w) in settled {
+            self.drains.stale.remove(&i);
+            let replaced =
+                self.tasks[i].state == State::Finished && self.holders_of(i).contains(&w);
+            if !replaced {
+                self.outbox.release(w, self.tasks[i].id.chunk());
+            }
+        }
+    }
+
     /// `worker` left the pool: its drain, if any, is over (the owner reports how), and
     /// hand-overs to or from it are forgotten (those to it start again elsewhere).
     pub(crate) fn forget_drains_of(&mut self, worker: WorkerId) {
+        self.drains.stale.retain(|_, w| *w != worker);
         if self.drains.handing.is_empty() && !self.drains.any() {
             return;
         }

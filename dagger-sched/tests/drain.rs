@@ -364,3 +364,46 @@ fn a_failed_copy_is_asked_of_another_destination() {
     assert_eq!(drained(&drain(&mut s)), vec![W1]);
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn a_copy_answered_while_its_task_runs_there_again_is_released_only_after_that_run() {
+    let mut s = cluster(&[1, 2]);
+    s.submit(ms(1), vec![spec(10, "f", vec![val(10)], Options::new())])
+        .unwrap();
+    let r = runs(&drain(&mut s));
+    let (a, b) = if r[0].0 == W1 { (W1, W2) } else { (W2, W1) };
+    report(&mut s, ms(1), a, 1, stored(&r[0].1));
+    drain(&mut s);
+    let chunk = TaskId(10).chunk();
+    s.drain(ms(2), &[a]).unwrap();
+    assert_eq!(handovers(&drain(&mut s)), vec![(b, chunk, vec![a])]);
+    // The drained worker is lost before the copy is reported: task 10 runs again on B.
+    s.worker_lost(
+        ms(3),
+        a,
+        LostReason::LinkClosed {
+            detail: "gone".into(),
+        },
+    );
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, b);
+    // B stored the copy before the run came: a release now could arrive after the run's
+    // new result and drop it. None is sent.
+    s.chunk_replicated(ms(4), b, Incarnation(1), chunk, Ok(()));
+    assert!(released_to(&drain(&mut s), b).is_empty());
+    // The run fails: the copy is released now.
+    let failed = TaskDone {
+        task: TaskId(10),
+        proc: r[0].1.proc,
+        run_ns: 1_000,
+        outcome: Outcome::Failed(dagger_core::TaskError::Panicked {
+            task: TaskId(10),
+            func: "f".into(),
+            message: "boom".into(),
+        }),
+    };
+    report(&mut s, ms(5), b, 1, failed);
+    assert_eq!(released_to(&drain(&mut s), b), vec![chunk]);
+    s.check_invariants().unwrap();
+}
