@@ -801,6 +801,7 @@ impl Sim {
                 if self.now > s.max(self.busy_until).max(sched_busy_at) + QUIET
                     && !self.any_paused()
                     && self.drains.is_empty()
+                    && !self.any_expecting()
                 {
                     break;
                 }
@@ -826,6 +827,17 @@ impl Sim {
         self.driver.flush();
         let stats = self.driver.stats();
         stats.running + stats.ready + stats.waiting == 0
+    }
+
+    /// Whether a live worker still asks a peer for a chunk (a copy asked for by a drain
+    /// keeps asking its holder, across a partition, until it comes or cannot).
+    fn any_expecting(&self) -> bool {
+        self.procs.iter().any(|x| {
+            x.state == PState::Alive
+                && !x.lost
+                && x.core.is_joined()
+                && (0..self.graph.nodes.len()).any(|k| x.core.is_coming(graph::task_of(k).chunk()))
+        })
     }
 
     fn any_paused(&self) -> bool {
