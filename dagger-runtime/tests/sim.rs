@@ -1,6 +1,8 @@
 //! A simulated cluster of the real cores: one `DriverCore` and several `WorkerState`s
 //! joined by a virtual network in virtual time, running random task graphs while workers
-//! are killed, paused and partitioned, links close and new workers join. Every message goes
+//! are killed, paused and partitioned, links close, new workers join and workers are
+//! removed by draining them (stopped or kept, with or without a deadline, racing with
+//! their own loss or that of the workers they hand over to). Every message goes
 //! through the real encoder; after every step the scheduler's invariants and the agreement
 //! of the scheduler with the workers' stores are checked; at the end every task must have
 //! ended with exactly the value (or the typed error) computed directly from its graph.
@@ -45,7 +47,10 @@ fn random_graphs_on_a_faulty_cluster() {
          {} workers lost ({} silent), {} retries, {} stale frames fenced, {} frames lost with their link; \
          {} retry budgets spent (in {} of {} passing seeds), {} tasks without a processor; \
          {} poison crashes, {} poison tasks poisoned, {} other tasks poisoned, {} restarts ({} refused), {} clean leaves, \
-         {} flaky panics, {} workers excluded ({} flaky); {} events, {:.0}s virtual",
+         {} flaky panics, {} workers excluded ({} flaky); \
+         {} drains ({} refused as stranding): {} drained ({} kept, {} chunks handed over), {} past their deadline, \
+         {} hand-overs failed, {} lost while draining; {} drained workers killed at once, {} destinations killed; \
+         {} kept workers killed ({} then alone holding a result); {} events, {:.0}s virtual",
         started.elapsed().as_secs_f64(),
         t.tasks,
         t.executions,
@@ -75,6 +80,18 @@ fn random_graphs_on_a_faulty_cluster() {
         t.flaky_panics,
         t.excluded,
         t.excluded_flaky,
+        t.drains,
+        t.drains_stranding,
+        t.drained,
+        t.drained_kept,
+        t.handed_over,
+        t.drain_deadlines,
+        t.drain_handover_failed,
+        t.drain_lost,
+        t.drain_race_kills,
+        t.handover_dest_kills,
+        t.kept_killed,
+        t.kept_killed_sole,
         t.events,
         t.virtual_ms as f64 / 1000.0,
     );

@@ -786,36 +786,87 @@ fn small_chunks_other_hosts_and_shm_off_go_inline() {
 }
 
 #[test]
-fn replicas_are_pushed_and_kept_and_lent_segments_are_not_kept() {
+fn replicas_are_pulled_and_kept_and_lent_segments_are_not_kept() {
     let mut w = joined(config());
     run(&mut w, ms(1), vec![task(90, vec![value(1)])]);
     starts(&mut w);
     w.handle_task_finished(ms(2), TaskId(90), ms(1), Ok(vec![9; 100]));
     flush_done(&mut w, ms(2));
+    // A copy asked of a worker that already holds the chunk is there at once.
     w.handle_driver_msg(
         ms(3),
         over_wire(&ToWorker::Replicate {
             chunk: ChunkId(90),
-            to: WorkerId(3),
+            from: vec![WorkerId(3)],
         }),
     );
-    let ts = transmits(&mut w);
-    assert!(matches!(
-        &driver_msgs(&ts)[..],
-        [ToDriver::Replicated {
-            chunk: ChunkId(90),
-            to: WorkerId(3),
-            ..
-        }]
-    ));
-    let pushed = link_up(&mut w, ms(3), 3, LinkKey(1));
     assert_eq!(
-        pushed,
-        vec![PeerMsg::Push {
+        driver_msgs(&transmits(&mut w)),
+        vec![ToDriver::Replicated {
+            incarnation: Incarnation(5),
             chunk: ChunkId(90),
-            payload: ChunkPayload::Bytes(vec![9; 100])
+            result: Ok(()),
         }]
     );
+    assert!(actions(&mut w).is_empty(), "nothing asked of anyone");
+
+    // A chunk held elsewhere is asked of its holder, kept once it is here, and reported.
+    w.handle_driver_msg(
+        ms(3),
+        over_wire(&ToWorker::Replicate {
+            chunk: ChunkId(95),
+            from: vec![ME, WorkerId(3)],
+        }),
+    );
+    assert!(driver_msgs(&transmits(&mut w)).is_empty(), "not yet here");
+    assert_eq!(
+        link_up(&mut w, ms(3), 3, LinkKey(1)),
+        vec![PeerMsg::Want(ChunkId(95))]
+    );
+    assert!(w.is_coming(ChunkId(95)));
+    peer_msg(
+        &mut w,
+        ms(4),
+        LinkKey(1),
+        PeerMsg::Chunk {
+            chunk: ChunkId(95),
+            payload: ChunkPayload::Bytes(vec![5; 100]),
+        },
+    );
+    assert!(w.holds(ChunkId(95)));
+    assert_eq!(
+        driver_msgs(&transmits(&mut w)),
+        vec![ToDriver::Replicated {
+            incarnation: Incarnation(5),
+            chunk: ChunkId(95),
+            result: Ok(()),
+        }]
+    );
+
+    // A copy whose only holder leaves is reported failed, and nothing is kept.
+    w.handle_driver_msg(
+        ms(5),
+        over_wire(&ToWorker::Replicate {
+            chunk: ChunkId(96),
+            from: vec![WorkerId(3)],
+        }),
+    );
+    assert_eq!(
+        peer_msgs(&transmits(&mut w), LinkKey(1)),
+        vec![PeerMsg::Want(ChunkId(96))]
+    );
+    w.handle_driver_msg(ms(6), over_wire(&ToWorker::PeerLeft(WorkerId(3))));
+    assert_eq!(
+        driver_msgs(&transmits(&mut w)),
+        vec![ToDriver::Replicated {
+            incarnation: Incarnation(5),
+            chunk: ChunkId(96),
+            result: Err(MoveFailure::PeerLeft {
+                worker: WorkerId(3)
+            }),
+        }]
+    );
+    assert!(!w.holds(ChunkId(96)) && !w.is_coming(ChunkId(96)));
 
     // A push received is kept; a segment a peer lends is read by the shell, not kept.
     let l = LinkKey(7);

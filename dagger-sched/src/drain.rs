@@ -1,7 +1,8 @@
 //! Draining: a worker removed from the pool finishes what it was given and receives
 //! nothing new, while every result that only it holds and that the graph still needs is
 //! handed over to a worker that stays (the cheapest destination over the topology's
-//! paths). Once it runs nothing, holds no sole copy of a needed result, and no task
+//! paths). A copy on another worker being drained, or drained and kept, does not count:
+//! it may leave too. Once it runs nothing, holds no sole copy of a needed result, and no task
 //! elsewhere may still fetch a result from it, the drain is over: the scheduler reports
 //! [`ClusterEvent::WorkerDrained`] and the worker can be stopped without losing anything.
 //!
@@ -59,7 +60,8 @@ pub enum DrainError {
 pub struct DrainProgress {
     /// Tasks dispatched to it and not finished.
     pub running: usize,
-    /// Needed results of which it holds the only copy (hand-overs in flight included).
+    /// Needed results of which it holds a copy and no worker that stays holds one (only
+    /// workers being drained, or drained and kept, do), hand-overs in flight included.
     pub sole_copies: usize,
     /// Of those, the ones being copied to another worker now.
     pub handing_over: usize,
@@ -78,6 +80,9 @@ pub(crate) struct Drain {
     moved_chunks: u32,
     moved_bytes: u64,
     failures: u32,
+    /// Destinations whose copy from this worker failed: asked again only when no other
+    /// destination is left.
+    failed_to: Vec<WorkerId>,
 }
 
 /// The drains in progress.
@@ -87,6 +92,11 @@ pub(crate) struct Drains {
     active: BTreeMap<WorkerId, Drain>,
     /// Hand-overs in flight: task index → (draining worker, destination).
     handing: FxMap<u32, (WorkerId, WorkerId)>,
+    /// Copies a destination stored after the result was lost, while the task that
+    /// produces it again runs there: task index → destination. A release sent now could
+    /// reach it after the new result and drop that; it is sent once the task is no longer
+    /// running there and the new result did not replace the copy.
+    stale: FxMap<u32, WorkerId>,
     /// Something that may end or advance a drain happened since the last look.
     pub(crate) dirty: bool,
 }
@@ -126,7 +136,7 @@ impl Scheduler {
             self.placer.draining.insert(w);
         }
         self.placer.dirty = true;
-        if let Some((task, scope)) = self.stranded_task() {
+        if let Some((task, scope)) = self.stranded_task(workers) {
             for &w in workers {
                 self.placer.draining.remove(&w);
             }
@@ -174,9 +184,11 @@ impl Scheduler {
     }
 
     /// The first task, not yet dispatched, that no processor of a worker accepting work
-    /// admits (while some processor of the pool admits it, so it would wait for good),
-    /// with its scope. O(live tasks + distinct scopes × processors).
-    fn stranded_task(&mut self) -> Option<(TaskId, String)> {
+    /// admits now that `workers` drain, though a processor of theirs does (a task already
+    /// waiting for a worker to join, because its scope names only workers drained
+    /// earlier, is not this drain's doing), with its scope. O(live tasks + distinct
+    /// scopes × processors).
+    fn stranded_task(&mut self, workers: &[WorkerId]) -> Option<(TaskId, String)> {
         self.refresh_table();
         let mut checked: FxMap<u32, bool> = FxMap::default();
         let pending: Vec<(u32, u32)> = self
@@ -189,7 +201,7 @@ impl Scheduler {
             let stranded = match checked.get(&s) {
                 Some(&b) => b,
                 None => {
-                    let b = self.scope_only_on_draining(s);
+                    let b = self.scope_only_on_draining(s) && self.scope_admits_any(s, workers);
                     checked.insert(s, b);
                     b
                 }
@@ -200,6 +212,20 @@ impl Scheduler {
             }
         }
         None
+    }
+
+    /// Whether scope `s` admits a live processor of one of `workers`. O(processor slots).
+    fn scope_admits_any(&self, s: u32, workers: &[WorkerId]) -> bool {
+        let scope = &self.placer.scopes[s as usize].scope;
+        self.placer
+            .slots
+            .iter()
+            .filter(|slot| slot.alive && workers.contains(&slot.id.worker))
+            .any(|slot| {
+                self.topology
+                    .proc(slot.id)
+                    .is_some_and(|info| scope.admits(info))
+            })
     }
 
     /// Tasks dispatched to `worker` and not finished. O(processor slots).
@@ -219,24 +245,46 @@ impl Scheduler {
         firsts.chain(others).copied()
     }
 
-    /// Whether `worker` holds the only copy of task `i`'s result and the graph still
-    /// needs it (the scheduler keeps no inline copy).
+    /// Whether `worker` holds a copy of task `i`'s result that the graph still needs (the
+    /// scheduler keeps no inline copy) and no worker that stays holds one: every other
+    /// holder is being drained too, or was drained and kept (its owner may stop it at any
+    /// time), so the copy must be handed over before `worker` may leave.
     fn sole_needed_copy(&self, i: u32, worker: WorkerId) -> bool {
         let t = &self.tasks[i];
-        t.state == State::Finished
-            && t.flags.contains(TaskFlags::HELD)
-            && !t.flags.contains(TaskFlags::INLINE)
-            && self.holders_of(i) == [worker]
+        if t.state != State::Finished
+            || !t.flags.contains(TaskFlags::HELD)
+            || t.flags.contains(TaskFlags::INLINE)
+        {
+            return false;
+        }
+        let holders = self.holders_of(i);
+        holders.contains(&worker) && holders.iter().all(|h| self.placer.draining.contains(h))
     }
 
     /// Advances every drain: starts the hand-overs still needed and reports the drains
     /// that are over. Called before the scheduler's commands are handed out, when
     /// something happened since the last call. O(results the draining workers hold).
     pub(crate) fn progress_drains(&mut self) {
+        if !self.drains.stale.is_empty() {
+            self.settle_stale_copies();
+        }
         if !self.drains.dirty || !self.drains.any() {
             return;
         }
         self.drains.dirty = false;
+        // Hand-overs of results their source no longer holds alone (released, fetched by
+        // another worker, or lost and being recomputed meanwhile) are moot: their answers
+        // are handled as copies nobody asked for.
+        let moot: Vec<u32> = self
+            .drains
+            .handing
+            .iter()
+            .filter(|&(&i, &(from, _))| !self.sole_needed_copy(i, from))
+            .map(|(&i, _)| i)
+            .collect();
+        for i in moot {
+            self.drains.handing.remove(&i);
+        }
         let workers: Vec<WorkerId> = self.drains.active.keys().copied().collect();
         for w in workers {
             let mut over = self.running_on(w) == 0;
@@ -257,8 +305,9 @@ impl Scheduler {
                 let Some(d) = self.drains.active.remove(&w) else {
                     continue;
                 };
-                // Copies still in flight are of results no longer needed: when they land,
-                // the destination is told to release them.
+                // Copies still in flight from it are of results it no longer holds alone
+                // (released, or fetched by another worker meanwhile): their answers are
+                // handled as copies nobody asked for.
                 self.drains.handing.retain(|_, (from, _)| *from != w);
                 self.outbox.event(ClusterEvent::WorkerDrained {
                     worker: w,
@@ -270,7 +319,8 @@ impl Scheduler {
     }
 
     /// Asks the cheapest destination (a worker with task processors that accepts work,
-    /// fewest hand-overs in flight among equals) to copy task `i`'s result from `from`.
+    /// fewest hand-overs in flight among equals, one whose copy from `from` failed only
+    /// when there is no other) to copy task `i`'s result from `from`.
     /// With no destination the result stays where it is until one joins.
     fn start_handover(&mut self, i: u32, from: WorkerId) {
         let bytes = self.tasks[i].size;
@@ -279,6 +329,7 @@ impl Scheduler {
         for &(_, to) in self.drains.handing.values() {
             *inflight.entry(to).or_default() += 1;
         }
+        let failed: &[WorkerId] = self.drains.active.get(&from).map_or(&[], |d| &d.failed_to);
         let best = self
             .topology
             .workers()
@@ -287,10 +338,11 @@ impl Scheduler {
             .filter(|&w| self.runs_tasks(w))
             .map(|w| {
                 let cost = costs.get(&ProcId::root(w)).copied().unwrap_or(u64::MAX);
-                (cost, inflight.get(&w).copied().unwrap_or(0), w)
+                let inflight = inflight.get(&w).copied().unwrap_or(0);
+                (failed.contains(&w), cost, inflight, w)
             })
             .min();
-        let Some((_, _, to)) = best else {
+        let Some((_, _, _, to)) = best else {
             return;
         };
         let chunk = self.tasks[i].id.chunk();
@@ -355,6 +407,11 @@ impl Scheduler {
                             }
                         }
                     }
+                    // Running there again (the result was lost meanwhile): released later,
+                    // unless the new result replaces it.
+                    Some(i) if self.is_dispatched_to(chunk.task(), worker) => {
+                        self.drains.stale.insert(i, worker);
+                    }
                     // Released, freed or lost meanwhile: nothing would ever free the copy.
                     _ => self.outbox.release(worker, chunk),
                 }
@@ -371,6 +428,9 @@ impl Scheduler {
                     return;
                 };
                 d.failures += 1;
+                if !d.failed_to.contains(&worker) {
+                    d.failed_to.push(worker);
+                }
                 if d.failures >= MAX_HANDOVER_FAILURES {
                     self.drains.active.remove(&from);
                     self.drains.handing.retain(|_, (f, _)| *f != from);
@@ -384,9 +444,30 @@ impl Scheduler {
         }
     }
 
+    /// Releases the stale copies whose task no longer runs on their worker, unless the
+    /// task's new result there replaced them. O(stale copies).
+    fn settle_stale_copies(&mut self) {
+        let settled: Vec<(u32, WorkerId)> = self
+            .drains
+            .stale
+            .iter()
+            .filter(|&(&i, &w)| !self.is_dispatched_to(self.tasks[i].id, w))
+            .map(|(&i, &w)| (i, w))
+            .collect();
+        for (i, w) in settled {
+            self.drains.stale.remove(&i);
+            let replaced =
+                self.tasks[i].state == State::Finished && self.holders_of(i).contains(&w);
+            if !replaced {
+                self.outbox.release(w, self.tasks[i].id.chunk());
+            }
+        }
+    }
+
     /// `worker` left the pool: its drain, if any, is over (the owner reports how), and
     /// hand-overs to or from it are forgotten (those to it start again elsewhere).
     pub(crate) fn forget_drains_of(&mut self, worker: WorkerId) {
+        self.drains.stale.retain(|_, w| *w != worker);
         if self.drains.handing.is_empty() && !self.drains.any() {
             return;
         }
@@ -398,7 +479,8 @@ impl Scheduler {
     }
 
     /// The hand-overs in flight, checked by the invariants: each names a draining source
-    /// and a finished task.
+    /// and another destination. (Its task may have left the finished state since: a
+    /// result recomputed while it was being copied; the next pass forgets it.)
     pub(crate) fn check_drains(&self) -> Result<(), String> {
         for (&i, &(from, to)) in &self.drains.handing {
             if !self.drains.active.contains_key(&from) {
@@ -409,8 +491,8 @@ impl Scheduler {
             if from == to {
                 return Err(format!("hand-over of task {i} from {from} to itself"));
             }
-            if self.tasks[i].state != State::Finished {
-                return Err(format!("hand-over of unfinished {}", self.tasks[i].id));
+            if i >= self.tasks.len() {
+                return Err(format!("hand-over of unknown task {i}"));
             }
         }
         for w in self.drains.active.keys() {

@@ -42,9 +42,11 @@ use dagger_core::{
     ExitCause, Incarnation, LostReason, MemorySpace, ProcId, ProcInfo, ProcKind, TaskError, TaskId,
     WorkerId, WorkerInfo,
 };
-use dagger_runtime::driver::{DriverConfig, DriverCore, DriverEvent, FetchId, LinkId};
+use dagger_runtime::driver::{
+    AfterDrain, DrainOutcome, DriverConfig, DriverCore, DriverEvent, FetchId, LinkId,
+};
 use dagger_runtime::worker::{Action, Dest, LinkKey, WorkerConfig, WorkerState};
-use dagger_sched::{ClusterEvent, Completion, Scheduler};
+use dagger_sched::{ClusterEvent, Completion, DrainError, Scheduler};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,6 +125,9 @@ struct Proc {
     lost: bool,
     /// It makes tasks with retries panic, half the time.
     flaky: bool,
+    /// The driver removed it from the pool (a drain stopped it, or its drain ended it as
+    /// lost): it exits and is not replaced.
+    removed: bool,
 }
 
 /// How a killed process's end is noticed.
@@ -178,6 +183,13 @@ enum Ev {
     Fetch(TaskId, Vec<WorkerId>),
     Release(TaskId),
     Spawn,
+    /// The client removes one or two workers from the pool.
+    Drain,
+    /// A process is killed (a race with a drain: the drained worker, or the destination of
+    /// a hand-over).
+    Kill(usize, KillMode),
+    /// A worker drained and kept is killed: nothing may be lost or run again.
+    KillKept(usize, WorkerId),
 }
 
 impl Ev {
@@ -255,6 +267,27 @@ pub struct Totals {
     /// Workers excluded by the fault policy (of them, flaky ones).
     pub excluded: u64,
     pub excluded_flaky: u64,
+    /// Workers whose drain was accepted, and drains refused because they would strand a
+    /// pinned task.
+    pub drains: u64,
+    pub drains_stranding: u64,
+    /// Drains that ended `Drained` (of them, kept workers), past their deadline, with a
+    /// failed hand-over, with the worker lost first.
+    pub drained: u64,
+    pub drained_kept: u64,
+    pub drain_deadlines: u64,
+    pub drain_handover_failed: u64,
+    pub drain_lost: u64,
+    /// Results handed over by drains that ended `Drained`.
+    pub handed_over: u64,
+    /// Kept drained workers killed (of them, ones that had become a sole holder since,
+    /// when another holder was lost).
+    pub kept_killed: u64,
+    pub kept_killed_sole: u64,
+    /// Drained workers killed right after their drain started, and hand-over
+    /// destinations killed as the request reached them.
+    pub drain_race_kills: u64,
+    pub handover_dest_kills: u64,
 }
 
 impl Totals {
@@ -291,6 +324,18 @@ impl Totals {
         self.flaky_panics += o.flaky_panics;
         self.excluded += o.excluded;
         self.excluded_flaky += o.excluded_flaky;
+        self.drains += o.drains;
+        self.drains_stranding += o.drains_stranding;
+        self.drained += o.drained;
+        self.drained_kept += o.drained_kept;
+        self.drain_deadlines += o.drain_deadlines;
+        self.drain_handover_failed += o.drain_handover_failed;
+        self.drain_lost += o.drain_lost;
+        self.handed_over += o.handed_over;
+        self.kept_killed += o.kept_killed;
+        self.kept_killed_sole += o.kept_killed_sole;
+        self.drain_race_kills += o.drain_race_kills;
+        self.handover_dest_kills += o.handover_dest_kills;
     }
 }
 
@@ -338,8 +383,25 @@ pub struct Sim {
     /// The supervisor's restart policy for crashed processes.
     supervisor: dagger_ft::RestartBudget,
     lost_workers: BTreeSet<WorkerId>,
+    /// In the current pump: drained workers stopped, whether a drain removed a worker as
+    /// lost (its results are recomputed), and the drained worker whose loss was the last
+    /// cluster event (a retry now would be one it caused).
+    pump_stops: u32,
+    pump_other_removals: bool,
+    after_drained_loss: Option<WorkerId>,
     faults_left: u32,
     kills_left: u32,
+    /// Drains still to come, and hand-over destinations that may still be killed.
+    drains_left: u32,
+    dest_kills_left: u32,
+    /// Drains in progress, by worker.
+    drains: BTreeMap<WorkerId, DrainRec>,
+    /// Every worker whose drain was accepted (it takes no new task, ever).
+    drained_ever: BTreeSet<WorkerId>,
+    /// Workers drained and kept, with their process.
+    kept: BTreeMap<WorkerId, usize>,
+    /// What each worker being drained ran and held after the previous step.
+    drain_snap: BTreeMap<WorkerId, DrainSnap>,
     failure: Option<String>,
     /// Until when faults may still hold messages back (partitions healing, links timing
     /// out).
@@ -347,6 +409,24 @@ pub struct Sim {
     /// Print every delivery and fault (`DAGGER_SIM_TRACE`, for a replay).
     trace: bool,
     pub totals: Totals,
+}
+
+/// A drain the client asked for, until it resolves.
+#[derive(Clone, Copy, Debug)]
+struct DrainRec {
+    p: usize,
+    since: Duration,
+    deadline: Option<Duration>,
+    then: AfterDrain,
+}
+
+/// A worker being drained, as the scheduler saw it after a step.
+#[derive(Clone, Debug, Default)]
+struct DrainSnap {
+    /// Tasks dispatched to it and not finished.
+    running: Vec<TaskId>,
+    /// Large results of which it is the only holder.
+    sole: usize,
 }
 
 /// What a run found.
@@ -396,6 +476,12 @@ impl Sim {
             rng.random_range(1..=6)
         };
         let kills_left = rng.random_range(0..=3);
+        let drains_left = if rng.random_bool(0.3) {
+            0
+        } else {
+            rng.random_range(1..=3)
+        };
+        let dest_kills_left = rng.random_range(0..=1);
         let flaky_pct = if rng.random_bool(0.4) {
             rng.random_range(10..=50)
         } else {
@@ -433,8 +519,17 @@ impl Sim {
             flaky_pct,
             supervisor: dagger_ft::RestartBudget::default(),
             lost_workers: BTreeSet::new(),
+            pump_stops: 0,
+            pump_other_removals: false,
+            after_drained_loss: None,
             faults_left,
             kills_left,
+            drains_left,
+            dest_kills_left,
+            drains: BTreeMap::new(),
+            drained_ever: BTreeSet::new(),
+            kept: BTreeMap::new(),
+            drain_snap: BTreeMap::new(),
             failure: None,
             busy_until: Duration::ZERO,
             trace: std::env::var_os("DAGGER_SIM_TRACE").is_some(),
@@ -453,6 +548,10 @@ impl Sim {
         for _ in 0..sim.faults_left {
             let at = ms(sim.rng.random_range(30..1200));
             sim.push(at, Ev::Fault);
+        }
+        for _ in 0..sim.drains_left {
+            let at = ms(sim.rng.random_range(20..1500));
+            sim.push(at, Ev::Drain);
         }
         sim
     }
@@ -524,6 +623,7 @@ impl Sim {
             unreported: BTreeSet::new(),
             lost: false,
             flaky,
+            removed: false,
         });
         let info = process_info(pid, &host, threads);
         let frame = wire::encode(&ToDriver::Join(info));
@@ -634,8 +734,9 @@ impl Sim {
             KillMode::LinkClose | KillMode::Leave => self.conns[&self.procs[p].driver_conn].latency,
             KillMode::LocalChild | KillMode::Remote => IDLE,
         };
-        // The supervisor replaces a process that died, while its budget lasts.
-        if !matches!(mode, KillMode::Leave) {
+        // The supervisor replaces a process that died, while its budget lasts (not one the
+        // driver removed from the pool).
+        if !matches!(mode, KillMode::Leave) && !self.procs[p].removed {
             match self.supervisor.try_restart(self.now) {
                 Ok(_) => {
                     self.totals.restarts += 1;
@@ -671,6 +772,7 @@ impl Sim {
                 self.fail(format!("scheduler invariant broken: {e}"));
             }
             self.check_holders();
+            self.snap_drains();
             if self.failure.is_some() {
                 break;
             }
@@ -698,6 +800,8 @@ impl Sim {
                 // of a chunk whose producer failed to be given up (about 5 s of asking).
                 if self.now > s.max(self.busy_until).max(sched_busy_at) + QUIET
                     && !self.any_paused()
+                    && self.drains.is_empty()
+                    && !self.any_expecting()
                 {
                     break;
                 }
@@ -723,6 +827,17 @@ impl Sim {
         self.driver.flush();
         let stats = self.driver.stats();
         stats.running + stats.ready + stats.waiting == 0
+    }
+
+    /// Whether a live worker still asks a peer for a chunk (a copy asked for by a drain
+    /// keeps asking its holder, across a partition, until it comes or cannot).
+    fn any_expecting(&self) -> bool {
+        self.procs.iter().any(|x| {
+            x.state == PState::Alive
+                && !x.lost
+                && x.core.is_joined()
+                && (0..self.graph.nodes.len()).any(|k| x.core.is_coming(graph::task_of(k).chunk()))
+        })
     }
 
     fn any_paused(&self) -> bool {
@@ -828,6 +943,9 @@ impl Sim {
                 self.totals.joins += 1;
                 self.spawn_process(self.now);
             }
+            Ev::Drain => self.drain(),
+            Ev::Kill(p, mode) => self.kill(p, mode),
+            Ev::KillKept(p, w) => self.kill_kept(p, w),
         }
     }
 
@@ -883,6 +1001,18 @@ impl Sim {
                     match wire::decode::<ToWorker>(&frame) {
                         Ok(msg) => {
                             self.trace(|| format!("process {p} <- driver {conn}: {msg:?}"));
+                            if matches!(msg, ToWorker::Replicate { .. })
+                                && self.dest_kills_left > 0
+                                && self.rng.random_bool(0.3)
+                            {
+                                // The destination of a hand-over dies while it copies.
+                                self.dest_kills_left -= 1;
+                                self.totals.handover_dest_kills += 1;
+                                let at = self.now
+                                    + Duration::from_micros(self.rng.random_range(0..3000));
+                                let mode = self.random_kill_mode();
+                                self.push(at, Ev::Kill(p, mode));
+                            }
                             self.procs[p].core.handle_driver_msg(self.now, msg)
                         }
                         Err(e) => self.fail(format!("a frame to a worker does not decode: {e}")),
@@ -1015,6 +1145,13 @@ impl Sim {
     /// Takes every output of the driver and the workers and carries it out, then arms
     /// the timers.
     fn pump(&mut self) {
+        // What the driver does on its own while its outputs are taken (the scheduler's
+        // commands, drains that end): a stop after a drain must not make a finished task
+        // unfinished.
+        let before = self.driver.stats();
+        self.pump_stops = 0;
+        self.pump_other_removals = false;
+        self.after_drained_loss = None;
         loop {
             let mut any = false;
             while let Some(t) = self.driver.poll_transmit() {
@@ -1061,6 +1198,15 @@ impl Sim {
             }
             if !any {
                 break;
+            }
+        }
+        if self.pump_stops > 0 && !self.pump_other_removals {
+            let after = self.driver.stats();
+            if after.finished < before.finished {
+                self.fail(format!(
+                    "stopping a drained worker made {} finished task(s) unfinished",
+                    before.finished - after.finished
+                ));
             }
         }
         if let Some(t) = self.driver.poll_timeout() {
@@ -1111,7 +1257,12 @@ impl Sim {
                     self.close(key.0, Some(e), l);
                 }
             }
-            Action::ForgetPeer(_) | Action::Shutdown => {}
+            Action::ForgetPeer(_) => {}
+            // Only a drain stops a worker here (the driver never shuts down): it exits.
+            Action::Shutdown => {
+                self.procs[p].removed = true;
+                self.kill(p, KillMode::Leave);
+            }
             other => self.fail(format!(
                 "an action the simulation does not expect: {other:?}"
             )),
@@ -1284,6 +1435,10 @@ impl Sim {
                 }
             }
             DriverEvent::Cluster(ClusterEvent::WorkerLost { worker, reason }) => {
+                self.after_drained_loss = match &reason {
+                    LostReason::Removed { detail } if detail == "drained" => Some(worker),
+                    _ => None,
+                };
                 self.totals.lost += 1;
                 if matches!(reason, LostReason::Silent { .. }) {
                     self.totals.silent += 1;
@@ -1307,18 +1462,28 @@ impl Sim {
                 if let Some(p) = self.proc_of(worker) {
                     self.procs[p].lost = true;
                 }
-                let usable = self
-                    .procs
-                    .iter()
-                    .filter(|p| p.state != PState::Dead && !p.lost)
-                    .count();
+                let usable = self.accepting().len();
                 if usable < 2 || self.rng.random_bool(0.3) {
                     let at = self.now + ms(self.rng.random_range(10..300));
                     self.push(at, Ev::Spawn);
                 }
             }
-            DriverEvent::Cluster(ClusterEvent::TaskRetried { .. }) => self.totals.retries += 1,
-            DriverEvent::Cluster(_) => {}
+            DriverEvent::Cluster(ClusterEvent::TaskRetried { task, .. }) => {
+                if let Some(w) = self.after_drained_loss {
+                    return self.fail(format!("stopping drained {w} made {task} run again"));
+                }
+                self.totals.retries += 1
+            }
+            DriverEvent::Cluster(_) => self.after_drained_loss = None,
+            DriverEvent::Drained {
+                worker,
+                link,
+                pid,
+                outcome,
+            } => {
+                self.after_drained_loss = None;
+                self.drained(worker, link, pid, outcome);
+            }
             DriverEvent::CloseLink { link, .. } => {
                 let conn = link.0;
                 if !self.conns.contains_key(&conn) {
@@ -1444,11 +1609,11 @@ impl Sim {
             }
             TaskError::NoProcessor { task: t, .. } if *t == task => {
                 match node.pin.map(|i| self.pins[i]) {
-                    Some(w) if self.is_lost(w) => {
+                    Some(w) if self.is_lost(w) || self.drained_ever.contains(&w) => {
                         self.totals.no_processor += 1;
                         Ok(())
                     }
-                    _ => Err("its scope's worker was never lost".into()),
+                    _ => Err("its scope's worker was never lost nor drained".into()),
                 }
             }
             TaskError::WorkerLost {
@@ -1499,9 +1664,9 @@ impl Sim {
         let mut chain = self.ancestors(k);
         chain.insert(k);
         let explained = chain.iter().any(|&a| {
-            let pinned_lost = self.graph.nodes[a]
-                .pin
-                .is_some_and(|i| self.is_lost(self.pins[i]));
+            let pinned_lost = self.graph.nodes[a].pin.is_some_and(|i| {
+                self.is_lost(self.pins[i]) || self.drained_ever.contains(&self.pins[i])
+            });
             pinned_lost || self.attempts(graph::task_of(a)) >= LOSS_BUDGET_ATTEMPTS
         });
         if explained {
@@ -1635,6 +1800,366 @@ impl Sim {
         }
     }
 
+    // ------------------------------------------------------------------ drains
+
+    /// The processes whose worker is in the pool and takes work (not lost, not draining,
+    /// not drained).
+    fn accepting(&self) -> Vec<usize> {
+        (0..self.procs.len())
+            .filter(|&p| {
+                let x = &self.procs[p];
+                let drained = x.core.is_joined() && self.drained_ever.contains(&x.core.id());
+                x.state != PState::Dead && !x.lost && !x.removed && !drained
+            })
+            .collect()
+    }
+
+    fn random_kill_mode(&mut self) -> KillMode {
+        match self.rng.random_range(0..3) {
+            0 => KillMode::LocalChild,
+            1 => KillMode::Remote,
+            _ => KillMode::LinkClose,
+        }
+    }
+
+    /// The client removes one or two workers: stopped or kept, with no deadline, a short
+    /// one (that may pass) or a long one. Sometimes a drained worker is killed at once (a
+    /// race of the drain with its loss).
+    fn drain(&mut self) {
+        if self.outstanding == 0 {
+            return;
+        }
+        let cands: Vec<(usize, WorkerId)> = (0..self.procs.len())
+            .filter_map(|p| {
+                let x = &self.procs[p];
+                let ok = x.state != PState::Dead && !x.lost && !x.removed && x.core.is_joined();
+                let w = x.core.id();
+                (ok && !self.drained_ever.contains(&w) && self.driver.link_of(w).is_some())
+                    .then_some((p, w))
+            })
+            .collect();
+        if cands.is_empty() {
+            return;
+        }
+        let n = if cands.len() >= 2 && self.rng.random_bool(0.3) {
+            2
+        } else {
+            1
+        };
+        let mut picked: Vec<(usize, WorkerId)> = Vec::new();
+        while picked.len() < n {
+            let c = cands[self.rng.random_range(0..cands.len())];
+            if !picked.contains(&c) {
+                picked.push(c);
+            }
+        }
+        let workers: Vec<WorkerId> = picked.iter().map(|&(_, w)| w).collect();
+        let then = if self.rng.random_bool(0.4) {
+            AfterDrain::Keep
+        } else {
+            AfterDrain::Stop
+        };
+        let deadline = match self.rng.random_range(0..100) {
+            0..=49 => None,
+            50..=74 => Some(self.now + ms(self.rng.random_range(5..400))),
+            _ => Some(self.now + ms(self.rng.random_range(1000..15_000))),
+        };
+        let before = self.driver.draining();
+        let stranded_before = self.stranded(&[]);
+        let stranded_after = self.stranded(&workers);
+        self.trace(|| format!("drain {workers:?} ({then:?}, deadline {deadline:?})"));
+        match self.driver.handle_drain(self.now, &workers, deadline, then) {
+            Ok(()) => {
+                for &(p, w) in &picked {
+                    self.totals.drains += 1;
+                    self.drains.insert(
+                        w,
+                        DrainRec {
+                            p,
+                            since: self.now,
+                            deadline,
+                            then,
+                        },
+                    );
+                    self.drained_ever.insert(w);
+                }
+                // Accepted: no task waiting to be placed is left without a worker by it.
+                if let Some(t) = stranded_after.iter().find(|t| !stranded_before.contains(t)) {
+                    return self.fail(format!(
+                        "the drain of {workers:?} was accepted, but leaves {t} (not dispatched) with no worker"
+                    ));
+                }
+                if self.rng.random_bool(0.2) {
+                    let (p, _) = picked[self.rng.random_range(0..picked.len())];
+                    self.totals.drain_race_kills += 1;
+                    let at = self.now + Duration::from_micros(self.rng.random_range(0..30_000));
+                    let mode = self.random_kill_mode();
+                    self.push(at, Ev::Kill(p, mode));
+                }
+                // The graph needs workers that take work: one joins.
+                if self.accepting().len() < 2 {
+                    let at = self.now + ms(self.rng.random_range(10..300));
+                    self.push(at, Ev::Spawn);
+                }
+            }
+            Err(DrainError::WouldStrand {
+                workers: named,
+                task,
+                ..
+            }) => {
+                self.totals.drains_stranding += 1;
+                if named != workers {
+                    return self.fail(format!("refused the drain of {workers:?} naming {named:?}"));
+                }
+                if !stranded_after.contains(&task) {
+                    return self.fail(format!(
+                        "the drain of {workers:?} was refused for {task}, which it does not strand"
+                    ));
+                }
+                if stranded_before.contains(&task) {
+                    return self.fail(format!(
+                        "the drain of {workers:?} was refused for {task}, which waits for a worker already"
+                    ));
+                }
+                // Nothing changed.
+                if self.driver.draining() != before
+                    || workers
+                        .iter()
+                        .any(|&w| self.driver.scheduler().is_draining(w))
+                {
+                    self.fail(format!(
+                        "a refused drain of {workers:?} changed what drains: {:?}",
+                        self.driver.draining()
+                    ));
+                }
+            }
+            Err(e) => self.fail(format!("the drain of {workers:?} was refused: {e}")),
+        }
+    }
+
+    /// The workers in the pool that take work, as the scheduler sees them.
+    fn taking_work(&self) -> BTreeSet<WorkerId> {
+        self.procs
+            .iter()
+            .filter_map(|x| self.driver.worker_on(LinkId(x.driver_conn)))
+            .map(|(w, _)| w)
+            .filter(|&w| !self.driver.scheduler().is_draining(w))
+            .collect()
+    }
+
+    /// The submitted tasks neither finished nor dispatched that no worker taking work
+    /// (besides `minus`) may run, while some worker of the pool may: their scope pins them
+    /// to a worker being drained, or no worker but those takes work.
+    fn stranded(&self, minus: &[WorkerId]) -> Vec<TaskId> {
+        let submitted = match self.submitted {
+            0 => 0,
+            b => self.graph.batch_ends[b - 1],
+        };
+        let taking: BTreeSet<WorkerId> = self
+            .taking_work()
+            .into_iter()
+            .filter(|w| !minus.contains(w))
+            .collect();
+        (0..submitted)
+            .filter(|&k| {
+                let t = graph::task_of(k);
+                let Some(info) = self.driver.task_info(t) else {
+                    return false;
+                };
+                let placed = info.finished.is_some()
+                    || info
+                        .proc
+                        .is_some_and(|p| self.driver.scheduler().is_dispatched_to(t, p.worker));
+                if placed {
+                    return false;
+                }
+                match self.graph.nodes[k].pin.map(|i| self.pins[i]) {
+                    Some(w) => self.driver.link_of(w).is_some() && !taking.contains(&w),
+                    None => taking.is_empty(),
+                }
+            })
+            .map(graph::task_of)
+            .collect()
+    }
+
+    /// After every step: what each worker being drained runs and alone holds, for the
+    /// checks of how its drain ends.
+    fn snap_drains(&mut self) {
+        self.drain_snap.clear();
+        if self.drains.is_empty() {
+            return;
+        }
+        let workers: Vec<WorkerId> = self.drains.keys().copied().collect();
+        for w in workers {
+            let running: Vec<TaskId> = self
+                .driver
+                .scheduler()
+                .dispatched_to(w)
+                .map(|t| t.task)
+                .collect();
+            let sole = self.sole_copies_of(w).len();
+            self.drain_snap.insert(w, DrainSnap { running, sole });
+        }
+    }
+
+    /// The large results the scheduler names `w` a holder of, and no worker that stays
+    /// (only workers being drained, or drained and kept).
+    fn sole_copies_of(&self, w: WorkerId) -> Vec<TaskId> {
+        let sched = self.driver.scheduler();
+        (0..self.graph.nodes.len())
+            .filter(|&k| self.graph.nodes[k].big)
+            .map(graph::task_of)
+            .filter(|t| {
+                let hs = self.driver.holders(t.chunk());
+                hs.contains(&w) && hs.iter().all(|&h| sched.is_draining(h))
+            })
+            .collect()
+    }
+
+    /// A drain resolved: once, the way its worker's fate allows.
+    fn drained(&mut self, worker: WorkerId, link: LinkId, pid: u32, outcome: DrainOutcome) {
+        let Some(rec) = self.drains.remove(&worker) else {
+            return self.fail(format!(
+                "the drain of {worker} resolved ({outcome:?}), but none is in progress"
+            ));
+        };
+        let x = &self.procs[rec.p];
+        if x.driver_conn != link.0 || x.pid != pid {
+            return self.fail(format!(
+                "the drain of {worker} resolved on {link} (pid {pid}), it joined on link {} (pid {})",
+                x.driver_conn, x.pid
+            ));
+        }
+        let snap = self.drain_snap.get(&worker).cloned().unwrap_or_default();
+        match outcome {
+            DrainOutcome::Drained {
+                took,
+                moved_chunks,
+                stopped,
+                ..
+            } => {
+                self.totals.drained += 1;
+                self.totals.handed_over += u64::from(moved_chunks);
+                if took != self.now - rec.since {
+                    return self.fail(format!("the drain of {worker} took {took:?}?"));
+                }
+                if rec.deadline.is_some_and(|d| self.now > d) {
+                    return self.fail(format!("{worker} drained after its deadline"));
+                }
+                if stopped != (rec.then == AfterDrain::Stop) {
+                    return self.fail(format!(
+                        "{worker} drained, stopped {stopped}, asked {:?}",
+                        rec.then
+                    ));
+                }
+                if stopped {
+                    self.procs[rec.p].removed = true;
+                    self.pump_stops += 1;
+                    return;
+                }
+                // Kept: it runs nothing, and holds no result that only it holds (unless a
+                // worker was removed just now, leaving it the last copy).
+                self.totals.drained_kept += 1;
+                let running = self.driver.scheduler().dispatched_to(worker).count();
+                if running > 0 {
+                    return self.fail(format!("{worker} drained while it runs {running} task(s)"));
+                }
+                let sole = self.sole_copies_of(worker);
+                if !sole.is_empty() && self.pump_stops == 0 && !self.pump_other_removals {
+                    return self.fail(format!(
+                        "{worker} drained while it alone holds the results of {sole:?}"
+                    ));
+                }
+                self.kept.insert(worker, rec.p);
+                // Its owner stops it, sometimes; always when tasks are pinned to it (they
+                // wait for a worker that takes work, so they then fail).
+                let pinned = self
+                    .graph
+                    .nodes
+                    .iter()
+                    .any(|n| n.pin.is_some_and(|i| self.pins[i] == worker));
+                if pinned || self.rng.random_bool(0.5) {
+                    let at = self.now + ms(self.rng.random_range(0..300));
+                    self.push(at, Ev::KillKept(rec.p, worker));
+                }
+            }
+            DrainOutcome::DeadlineExceeded {
+                rerun, sole_copies, ..
+            } => {
+                self.totals.drain_deadlines += 1;
+                self.procs[rec.p].removed = true;
+                match rec.deadline {
+                    Some(d) if self.now >= d => {}
+                    d => {
+                        return self.fail(format!(
+                            "the drain of {worker} exceeded its deadline {d:?} at {:?}",
+                            self.now
+                        ))
+                    }
+                }
+                if rerun != snap.running.len() || sole_copies != snap.sole {
+                    self.fail(format!(
+                        "the drain of {worker} exceeded its deadline with {rerun} task(s) to run again and {sole_copies} sole copies; it ran {:?} and alone held {}",
+                        snap.running, snap.sole
+                    ));
+                }
+            }
+            DrainOutcome::HandoverFailed { .. } => {
+                self.totals.drain_handover_failed += 1;
+                self.procs[rec.p].removed = true;
+                self.pump_other_removals = true;
+            }
+            DrainOutcome::Lost { reason, .. } => {
+                self.totals.drain_lost += 1;
+                if matches!(reason, LostReason::Removed { .. }) {
+                    self.fail(format!("{worker} lost while draining as {reason:?}"));
+                }
+            }
+            other => self.fail(format!("the drain of {worker} ended as {other:?}")),
+        }
+    }
+
+    /// A worker drained and kept is killed: its loss must change nothing, no task runs
+    /// again and no result is recomputed (the driver learns of it at once, so that
+    /// nothing else happens in the same call). Unless it has become the only holder of a
+    /// result since (another holder was lost): then that result is recomputed.
+    fn kill_kept(&mut self, p: usize, w: WorkerId) {
+        let x = &self.procs[p];
+        if x.state == PState::Dead || x.lost || self.driver.link_of(w).is_none() {
+            return;
+        }
+        self.driver.flush();
+        let running = self.driver.scheduler().dispatched_to(w).count();
+        if running > 0 {
+            return self.fail(format!("drained and kept {w} runs {running} task(s)"));
+        }
+        let sole = (0..self.graph.nodes.len())
+            .filter(|&k| self.graph.nodes[k].big)
+            .any(|k| self.driver.holders(graph::task_of(k).chunk()) == [w]);
+        self.totals.kept_killed += 1;
+        self.totals.kept_killed_sole += u64::from(sole);
+        self.trace(|| format!("drained and kept {w} (process {p}) killed"));
+        let before = self.driver.stats();
+        let conn = self.procs[p].driver_conn;
+        self.kill(p, KillMode::LinkClose);
+        let e = self.end_of(conn, Who::Driver);
+        self.conns.get_mut(&conn).unwrap().told[e] = true;
+        let reason = LostReason::LinkClosed {
+            detail: "connection reset".into(),
+        };
+        self.driver
+            .handle_link_closed(self.now, LinkId(conn), reason);
+        let after = self.driver.stats();
+        let changed = after.finished != before.finished
+            || after.running != before.running
+            || after.ready + after.waiting > before.ready + before.waiting;
+        if changed && !sole {
+            self.fail(format!(
+                "killing drained and kept {w} changed the graph: {before:?} -> {after:?}"
+            ));
+        }
+    }
+
     // ------------------------------------------------------------------ checks
 
     /// Every live, current holder the scheduler names holds the chunk.
@@ -1660,6 +2185,12 @@ impl Sim {
     }
 
     fn final_checks(&mut self, settled: bool) {
+        if let Some((w, rec)) = self.drains.iter().next() {
+            return self.fail(format!(
+                "the drain of {w} (since {:?}, deadline {:?}) never resolved",
+                rec.since, rec.deadline
+            ));
+        }
         if !settled {
             let pending: Vec<TaskId> = (0..self.graph.nodes.len())
                 .filter(|&k| self.settled[k].is_none())
@@ -1743,6 +2274,11 @@ impl Sim {
             );
         }
         let _ = writeln!(s, "  lost workers: {:?}", self.lost_workers);
+        let _ = writeln!(
+            s,
+            "  drained: {:?}, kept: {:?}, draining: {:?}",
+            self.drained_ever, self.kept, self.drains
+        );
         for k in 0..self.graph.nodes.len() {
             let t = graph::task_of(k);
             if let Some(i) = self.driver.task_info(t) {

@@ -21,7 +21,7 @@ use dagger_core::{
     Arg, ChunkId, ExitCause, Incarnation, LostReason, MoveFailure, Options, ProcId, TaskId,
     TaskSpec, WorkerId,
 };
-use dagger_runtime::driver::{DriverConfig, DriverCore, DriverEvent, FetchId, LinkId};
+use dagger_runtime::driver::{AfterDrain, DriverConfig, DriverCore, DriverEvent, FetchId, LinkId};
 use dagger_runtime::worker::{Action, Dest, LinkKey, ShmWrite, WorkerConfig, WorkerState};
 use dagger_sched::Scheduler;
 use std::collections::BTreeSet;
@@ -59,6 +59,8 @@ struct Driver {
     dispatched: Vec<Dispatched>,
     fetches: BTreeSet<FetchId>,
     completed: BTreeSet<u64>,
+    /// Workers whose drain was accepted and has not resolved.
+    draining: BTreeSet<WorkerId>,
     slots_given: u64,
     max_frame: usize,
 }
@@ -80,6 +82,7 @@ impl Driver {
             dispatched: Vec::new(),
             fetches: BTreeSet::new(),
             completed: BTreeSet::new(),
+            draining: BTreeSet::new(),
             slots_given: 0,
             max_frame,
         }
@@ -251,14 +254,51 @@ impl Driver {
                 };
                 self.core.handle_message(now, link, over_wire(&msg));
             }
-            10 => {
+            10 if u.arbitrary()? => {
+                // A copy reported that may never have been asked for.
                 let link = self.link(u)?;
                 let msg = ToDriver::Replicated {
                     incarnation: self.incarnation(u, link)?,
                     chunk: self.known_task(u)?.chunk(),
-                    to: wire_fuzz::worker(u)?,
+                    result: if u.arbitrary()? {
+                        Ok(())
+                    } else {
+                        Err(wire_fuzz::move_failure(u)?)
+                    },
                 };
                 self.core.handle_message(now, link, over_wire(&msg));
+            }
+            10 => {
+                // A drain of joined workers (or made-up ones), at any time.
+                let mut workers = Vec::new();
+                for _ in 0..u.int_in_range(1..=2)? {
+                    let w = match self.core.worker_on(self.link(u)?) {
+                        Some((w, _)) if u.ratio(7, 8)? => w,
+                        _ => wire_fuzz::worker(u)?,
+                    };
+                    workers.push(w);
+                }
+                let deadline = if u.arbitrary()? {
+                    Some(now + tick(u)?)
+                } else {
+                    None
+                };
+                let then = if u.arbitrary()? {
+                    AfterDrain::Stop
+                } else {
+                    AfterDrain::Keep
+                };
+                if self
+                    .core
+                    .handle_drain(now, &workers, deadline, then)
+                    .is_ok()
+                {
+                    // A worker named twice in one request is drained once.
+                    let unique: BTreeSet<WorkerId> = workers.into_iter().collect();
+                    for w in unique {
+                        assert!(self.draining.insert(w), "{w} accepted for a drain twice");
+                    }
+                }
             }
             11 => {
                 let link = self.link(u)?;
@@ -336,6 +376,12 @@ impl Driver {
                 }
                 DriverEvent::FetchDone { fetch, .. } => {
                     assert!(self.fetches.remove(&fetch), "{fetch} answered twice");
+                }
+                DriverEvent::Drained { worker, .. } => {
+                    assert!(
+                        self.draining.remove(&worker),
+                        "the drain of {worker} resolved twice, or was never accepted"
+                    );
                 }
                 DriverEvent::Cluster(_) | DriverEvent::CloseLink { .. } => {}
             }
