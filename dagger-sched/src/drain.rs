@@ -97,6 +97,12 @@ pub(crate) struct Drains {
     /// reach it after the new result and drop that; it is sent once the task is no longer
     /// running there and the new result did not replace the copy.
     stale: FxMap<u32, WorkerId>,
+    /// Workers whose drain is over but that stay in the pool, receiving nothing (the
+    /// owner keeps them): should a worker holding a copy they handed over be lost, they
+    /// hand the result over again, so that stopping them still loses nothing.
+    kept: std::collections::BTreeSet<WorkerId>,
+    /// A worker was lost since the kept workers were last looked at.
+    kept_dirty: bool,
     /// Something that may end or advance a drain happened since the last look.
     pub(crate) dirty: bool,
 }
@@ -268,6 +274,10 @@ impl Scheduler {
         if !self.drains.stale.is_empty() {
             self.settle_stale_copies();
         }
+        if self.drains.kept_dirty {
+            self.drains.kept_dirty = false;
+            self.rehand_kept();
+        }
         if !self.drains.dirty || !self.drains.any() {
             return;
         }
@@ -309,6 +319,7 @@ impl Scheduler {
                 // (released, or fetched by another worker meanwhile): their answers are
                 // handled as copies nobody asked for.
                 self.drains.handing.retain(|_, (from, _)| *from != w);
+                self.drains.kept.insert(w);
                 self.outbox.event(ClusterEvent::WorkerDrained {
                     worker: w,
                     moved_chunks: d.moved_chunks,
@@ -425,6 +436,8 @@ impl Scheduler {
                     return;
                 }
                 let Some(d) = self.drains.active.get_mut(&from) else {
+                    // A kept worker tries again (each try is a round trip, not a spin).
+                    self.drains.kept_dirty |= self.drains.kept.contains(&from);
                     return;
                 };
                 d.failures += 1;
@@ -468,6 +481,9 @@ impl Scheduler {
     /// hand-overs to or from it are forgotten (those to it start again elsewhere).
     pub(crate) fn forget_drains_of(&mut self, worker: WorkerId) {
         self.drains.stale.retain(|_, w| *w != worker);
+        self.drains.kept.remove(&worker);
+        // A copy a kept worker handed over may have been there.
+        self.drains.kept_dirty = !self.drains.kept.is_empty();
         if self.drains.handing.is_empty() && !self.drains.any() {
             return;
         }
@@ -478,12 +494,34 @@ impl Scheduler {
         self.drains.dirty = true;
     }
 
+    /// Drained workers kept in the pool hand over again the needed results they hold alone
+    /// (after the loss of a worker their copy had gone to). O(results they hold).
+    fn rehand_kept(&mut self) {
+        let kept: Vec<WorkerId> = self.drains.kept.iter().copied().collect();
+        for w in kept {
+            let held: Vec<u32> = self.held_by(w).collect();
+            for i in held {
+                if self.sole_needed_copy(i, w) && !self.drains.handing.contains_key(&i) {
+                    self.start_handover(i, w);
+                }
+            }
+        }
+    }
+
+    /// `worker` accepts work again: its drain, if any, is called off (hand-overs in
+    /// flight still complete, as copies nobody asked for).
+    pub(crate) fn cancel_drain(&mut self, worker: WorkerId) {
+        self.drains.active.remove(&worker);
+        self.drains.kept.remove(&worker);
+        self.drains.handing.retain(|_, (from, _)| *from != worker);
+    }
+
     /// The hand-overs in flight, checked by the invariants: each names a draining source
     /// and another destination. (Its task may have left the finished state since: a
     /// result recomputed while it was being copied; the next pass forgets it.)
     pub(crate) fn check_drains(&self) -> Result<(), String> {
         for (&i, &(from, to)) in &self.drains.handing {
-            if !self.drains.active.contains_key(&from) {
+            if !self.drains.active.contains_key(&from) && !self.drains.kept.contains(&from) {
                 return Err(format!(
                     "hand-over of task {i} from {from}, which is not draining"
                 ));
@@ -495,7 +533,7 @@ impl Scheduler {
                 return Err(format!("hand-over of unknown task {i}"));
             }
         }
-        for w in self.drains.active.keys() {
+        for w in self.drains.active.keys().chain(&self.drains.kept) {
             if !self.placer.draining.contains(w) {
                 return Err(format!("{w} drains but accepts work"));
             }

@@ -113,10 +113,13 @@ impl Scheduler {
         self.outbox.event(ClusterEvent::WorkerJoined { worker: w });
     }
 
-    /// Marks a worker as accepting new work or not (draining). A worker that does not
-    /// accept keeps running what it has and keeps its chunks; placement skips it.
+    /// Marks a worker as accepting new work or not. A worker that does not accept keeps
+    /// running what it has and keeps its chunks; placement skips it. Accepting again calls
+    /// off a drain of the worker ([`Scheduler::drain`]), whose owner then hears nothing
+    /// more of it.
     pub fn set_accepting(&mut self, worker: WorkerId, accepting: bool) {
         let changed = if accepting {
+            self.cancel_drain(worker);
             self.placer.draining.remove(&worker)
         } else {
             self.placer.draining.insert(worker)

@@ -63,7 +63,9 @@ impl DrainOptions {
     }
 
     /// Keeps the drained workers joined, receiving nothing, instead of stopping them:
-    /// stopping one afterwards (however it is stopped) loses nothing.
+    /// stopping one afterwards (however it is stopped) loses nothing. Should a worker that
+    /// received one of its results be lost meanwhile, the kept worker hands that result
+    /// over again (until that copy lands, it is again the only holder).
     pub fn keep(mut self) -> Self {
         self.then = AfterDrain::Keep;
         self
