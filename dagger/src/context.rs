@@ -786,19 +786,7 @@ impl Context {
                     waited: timeout,
                 });
             }
-            let (ev, ex, live) = run_on(&self.inner.handle, async move {
-                let live = tokio::select! {
-                    e = events.recv() => e.is_some(),
-                    c = exits.changed() => c.is_ok(),
-                    () = tokio::time::sleep_until(deadline) => true,
-                };
-                (events, exits, live)
-            })
-            .ok_or(ContextError::Shutdown)?;
-            if !live {
-                return Err(ContextError::Shutdown);
-            }
-            (events, exits) = (ev, ex);
+            (events, exits) = wait_for_change(&self.inner.handle, events, exits, deadline)?;
         }
     }
 
@@ -1211,6 +1199,31 @@ where
         let _ = tx.send(fut.await);
     });
     rx.recv().ok()
+}
+
+/// Blocks until the next cluster event, a change of what `exits` watches (local processes
+/// that exited), or `deadline`, and hands both receivers back; [`ContextError::Shutdown`] once the context
+/// stopped (its event stream or exit count ended).
+pub(crate) fn wait_for_change<T: Send + Sync + 'static>(
+    handle: &tokio::runtime::Handle,
+    mut events: ClusterEvents,
+    mut exits: tokio::sync::watch::Receiver<T>,
+    deadline: tokio::time::Instant,
+) -> Result<(ClusterEvents, tokio::sync::watch::Receiver<T>), ContextError> {
+    let (events, exits, live) = run_on(handle, async move {
+        let live = tokio::select! {
+            e = events.recv() => e.is_some(),
+            c = exits.changed() => c.is_ok(),
+            () = tokio::time::sleep_until(deadline) => true,
+        };
+        (events, exits, live)
+    })
+    .ok_or(ContextError::Shutdown)?;
+    if live {
+        Ok((events, exits))
+    } else {
+        Err(ContextError::Shutdown)
+    }
 }
 
 /// The largest encoded plain-value argument: well under the transport's frame limit, so

@@ -244,19 +244,8 @@ impl Context {
                     waited,
                 });
             }
-            let (ev, ex, live) = crate::context::run_on(inner.handle(), async move {
-                let live = tokio::select! {
-                    e = events.recv() => e.is_some(),
-                    c = exits.changed() => c.is_ok(),
-                    () = tokio::time::sleep_until(deadline) => true,
-                };
-                (events, exits, live)
-            })
-            .ok_or(ContextError::Shutdown)?;
-            if !live {
-                return Err(ContextError::Shutdown);
-            }
-            (events, exits) = (ev, ex);
+            (events, exits) =
+                crate::context::wait_for_change(inner.handle(), events, exits, deadline)?;
         }
     }
 }

@@ -14,9 +14,12 @@
 
 use dagger::prelude::*;
 use dagger::{ClusterEvent, DrainError, DrainOptions, DrainOutcome, RemoveError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
+
+mod support;
+use support::TempDir;
 
 /// How long a drain or a result may take before the test calls it lost. Far longer than
 /// any run needs: it only turns "never happens" into a failure.
@@ -94,43 +97,6 @@ fn remove_from_task(w: u32) -> bool {
 #[dagger::task]
 fn after_removal(clean: bool, i: u64) -> (u64, bool, u32) {
     (i, clean, dagger::current_worker().0)
-}
-
-/// A fresh, empty directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dagger-drain-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp directory created");
-        Self(dir)
-    }
-
-    fn arg(&self) -> String {
-        self.0.to_str().expect("temp dir is UTF-8").to_owned()
-    }
-
-    fn wait_for(&self, file: &str) {
-        let deadline = std::time::Instant::now() + GUARD;
-        while !self.0.join(file).exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{file} never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn open_gate(&self) {
-        std::fs::write(self.0.join("open"), b"").expect("gate opened");
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn cluster(workers: usize) -> Context {
@@ -252,14 +218,14 @@ fn a_drained_worker_finishes_its_tasks_then_stops() {
     dagger::init();
     let ctx = cluster(2);
     let mut events = ctx.subscribe();
-    let dir = TempDir::new("finishes");
+    let dir = TempDir::new("drain", "finishes");
     let ws = ctx.workers();
     let (victim, stays) = (ws[0], ws[1]);
     let victim_pid = pid_of(&ctx, victim);
     let running = gated::with(Options::new().scope(Scope::worker(victim)))
         .spawn(&ctx, 1, dir.arg())
         .unwrap();
-    dir.wait_for("started-1");
+    dir.wait_for("started-1", GUARD);
     let drains = ctx.remove_workers(&[victim]).unwrap();
     // Spawned after the removal: must not go to the victim.
     let later: Vec<_> = (0..20u64)
@@ -309,11 +275,11 @@ fn a_drained_worker_finishes_its_tasks_then_stops() {
 fn a_deadline_reruns_what_is_still_running() {
     dagger::init();
     let ctx = cluster(2);
-    let dir = TempDir::new("deadline");
+    let dir = TempDir::new("drain", "deadline");
     let ws = ctx.workers();
     let (victim, stays) = (ws[0], ws[1]);
     let h = stuck_once::spawn(&ctx, 7, dir.arg()).unwrap();
-    dir.wait_for("attempt-7");
+    dir.wait_for("attempt-7", GUARD);
     let ran_on = ctx
         .task_info(h.id())
         .unwrap()
@@ -351,7 +317,7 @@ fn a_deadline_reruns_what_is_still_running() {
 fn stranding_a_pinned_task_is_refused() {
     dagger::init();
     let ctx = cluster(2);
-    let dir = TempDir::new("strand");
+    let dir = TempDir::new("drain", "strand");
     let ws = ctx.workers();
     let gate = gated::spawn(&ctx, 1, dir.arg()).unwrap();
     let pinned = where_am_i::with(Options::new().scope(Scope::worker(ws[1])))

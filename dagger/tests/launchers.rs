@@ -22,6 +22,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::TempDir;
+
 /// How long anything may take before the test calls it lost. Far longer than any run
 /// needs: it only turns "never happens" into a failure.
 const GUARD: Duration = Duration::from_secs(120);
@@ -40,29 +43,6 @@ fn gated_where(_i: u64, dir: String) -> (u32, u32) {
 fn where_am_i(_i: u64) -> (u32, u32) {
     std::thread::sleep(Duration::from_millis(10));
     (dagger::current_worker().0, std::process::id())
-}
-
-/// A fresh, empty directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("dagger-launchers-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp directory created");
-        Self(dir)
-    }
-
-    fn arg(&self) -> String {
-        self.0.to_str().expect("temp dir is UTF-8").to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn fetch<T: serde::de::DeserializeOwned + Send + 'static>(h: Handle<T>) -> T {
@@ -176,7 +156,7 @@ fn local_workers_join_a_running_context_and_get_tasks() {
         .build()
         .unwrap();
     let first: HashSet<u32> = ctx.workers().iter().map(|w| w.0).collect();
-    let gate = TempDir::new("local");
+    let gate = TempDir::new("launchers", "local");
     // More tasks than one worker of one thread takes: the rest wait in the scheduler.
     let handles: Vec<_> = (0..12)
         .map(|i| gated_where::spawn(&ctx, i, gate.arg()).unwrap())
@@ -192,7 +172,7 @@ fn local_workers_join_a_running_context_and_get_tasks() {
     let name_of = |w: WorkerId| ctx.topology().worker(w).expect("in topology").name.clone();
     let names: HashSet<String> = added.iter().map(|w| name_of(*w)).collect();
     assert_eq!(names.len(), 2, "names are unique: {names:?}");
-    std::fs::write(gate.0.join("open"), b"").unwrap();
+    gate.open_gate();
     let ran_on: HashSet<u32> = handles.into_iter().map(|h| fetch(h).0).collect();
     for w in &added {
         assert!(
@@ -282,17 +262,17 @@ fn a_context_that_links_nothing_cannot_grow() {
 #[test]
 fn a_worker_started_by_hand_with_the_printed_command_joins() {
     dagger::init();
-    let certs = TempDir::new("by-hand");
+    let certs = TempDir::new("launchers", "by-hand");
     let ctx = Context::builder()
         .driver_runs_tasks(false)
-        .cert_dir(&certs.0)
+        .cert_dir(certs.path())
         .test_harness()
         .build()
         .unwrap();
     let started = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let manual = {
         let started = started.clone();
-        ManualLauncher::new(&certs.0).on_command(move |name, command| {
+        ManualLauncher::new(certs.path()).on_command(move |name, command| {
             assert!(command.contains("--cert"), "{command}");
             assert!(command.ends_with(&format!("--name {name}")), "{command}");
             let child = std::process::Command::new("sh")

@@ -15,8 +15,11 @@
 use dagger::prelude::*;
 use dagger::{ClusterEvent, ClusterEvents, ExitCause, LostReason, SchedulerConfig};
 use serde::de::DeserializeOwned;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
+
+mod support;
+use support::TempDir;
 
 /// How long an event or a result may take before the test calls it lost. Far longer than
 /// any run needs: it only turns "never happens" into a failure.
@@ -81,44 +84,9 @@ fn hog_always() -> u64 {
     }
 }
 
-/// A fresh, empty directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("dagger-supervisor-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp directory created");
-        Self(dir)
-    }
-
-    fn arg(&self) -> String {
-        self.0.to_str().expect("temp dir is UTF-8").to_owned()
-    }
-
-    /// Waits until a task started in process `pid`.
-    fn wait_for_start_in(&self, pid: u32) {
-        let marker = self.0.join(format!("pid-{pid}"));
-        let deadline = std::time::Instant::now() + GUARD;
-        while !marker.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no task ever started in process {pid}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn open_gate(&self) {
-        std::fs::write(self.0.join("open"), b"").expect("gate opened");
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Waits until a task started in process `pid` (it left `dir/pid-<pid>`).
+fn wait_for_start_in(dir: &TempDir, pid: u32) {
+    dir.wait_for(&format!("pid-{pid}"), GUARD);
 }
 
 /// The events of a context, with every one received so far kept.
@@ -276,11 +244,11 @@ fn a_killed_worker_is_replaced_and_the_replacement_gets_work() {
     assert_eq!(ws.len(), 2);
     let victim = ws[0];
     let victim_pid = pid_of(&ctx, victim);
-    let dir = TempDir::new("kill");
+    let dir = TempDir::new("supervisor", "kill");
     let mut events = Events::new(&ctx);
     let (squares, tags, sum) = gated_graph(&ctx, &dir);
 
-    dir.wait_for_start_in(victim_pid);
+    wait_for_start_in(&dir, victim_pid);
     signal(victim_pid, libc::SIGKILL);
     let reason = events.wait_for("WorkerLost", |e| match e {
         ClusterEvent::WorkerLost { worker, reason } if *worker == victim => Some(reason.clone()),
@@ -320,11 +288,11 @@ fn without_respawn_the_survivor_carries_on_alone() {
     let ws = ctx.workers();
     let (victim, survivor) = (ws[0], ws[1]);
     let (victim_pid, survivor_pid) = (pid_of(&ctx, victim), pid_of(&ctx, survivor));
-    let dir = TempDir::new("no-respawn");
+    let dir = TempDir::new("supervisor", "no-respawn");
     let mut events = Events::new(&ctx);
     let (squares, tags, sum) = gated_graph(&ctx, &dir);
 
-    dir.wait_for_start_in(victim_pid);
+    wait_for_start_in(&dir, victim_pid);
     signal(victim_pid, libc::SIGKILL);
     events.wait_for("WorkerLost", |e| match e {
         ClusterEvent::WorkerLost { worker, .. } if *worker == victim => Some(()),
@@ -440,11 +408,11 @@ fn a_paused_worker_is_declared_silent_killed_and_replaced() {
     let ws = ctx.workers();
     let victim = ws[0];
     let victim_pid = pid_of(&ctx, victim);
-    let dir = TempDir::new("pause");
+    let dir = TempDir::new("supervisor", "pause");
     let mut events = Events::new(&ctx);
     let (squares, tags, sum) = gated_graph(&ctx, &dir);
 
-    dir.wait_for_start_in(victim_pid);
+    wait_for_start_in(&dir, victim_pid);
     signal(victim_pid, libc::SIGSTOP);
     let reason = events.wait_for("WorkerLost", |e| match e {
         ClusterEvent::WorkerLost { worker, reason } if *worker == victim => Some(reason.clone()),
@@ -478,7 +446,7 @@ fn a_worker_over_its_memory_limit_aborts_and_its_task_runs_again() {
         .build()
         .unwrap();
     let ws = ctx.workers();
-    let dir = TempDir::new("oom");
+    let dir = TempDir::new("supervisor", "oom");
     let mut events = Events::new(&ctx);
     let hog = hog_on_first_attempt::spawn(&ctx, dir.arg()).unwrap();
     let after = add::spawn(&ctx, &hog, 1).unwrap();
