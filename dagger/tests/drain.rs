@@ -82,21 +82,23 @@ fn where_am_i(i: u64) -> (u64, u32) {
 /// The context tests running in this process share, for tasks that remove workers.
 static CTX: OnceLock<Context> = OnceLock::new();
 
-/// Removes worker `w` from inside a task and waits for its drain; returns whether it
-/// drained cleanly.
+/// Adds a worker process, then removes worker `w`, from inside a task, and waits for the
+/// drain; returns whether it drained cleanly and the added worker.
 #[dagger::task]
-fn remove_from_task(w: u32) -> bool {
+fn reshape_from_task(w: u32) -> (bool, u32) {
     let ctx = CTX.get().expect("the context is published");
+    let launcher = ctx.local_launcher().expect("a context with local workers");
+    let added = ctx.add_workers(&launcher, 1).expect("a worker added");
     let drains = ctx
         .remove_workers(&[WorkerId(w)])
         .expect("removal accepted");
-    drains[0].wait().is_clean()
+    (drains[0].wait().is_clean(), added[0].0)
 }
 
 /// `i`, whether the removal before it was clean, and the worker that ran this.
 #[dagger::task]
-fn after_removal(clean: bool, i: u64) -> (u64, bool, u32) {
-    (i, clean, dagger::current_worker().0)
+fn after_removal(reshaped: (bool, u32), i: u64) -> (u64, bool, u32) {
+    (i, reshaped.0, dagger::current_worker().0)
 }
 
 fn cluster(workers: usize) -> Context {
@@ -363,8 +365,9 @@ fn checksum_of_pair(p: (u64, u32)) -> u64 {
     p.0 + u64::from(dagger::current_worker().0)
 }
 
-/// A task running on the driver's own cores removes a worker while `collect` waits on a
-/// graph: the drain resolves inside the task, and the graph's result is right.
+/// A task running on the driver's own cores adds a worker process and removes another
+/// while `collect` waits on a graph: the drain resolves inside the task, the added worker
+/// is in the pool, and the graph's result is right.
 #[test]
 fn removing_from_inside_a_task_during_collect() {
     dagger::init();
@@ -382,7 +385,7 @@ fn removing_from_inside_a_task_during_collect() {
         .iter()
         .find(|w| !w.is_driver())
         .expect("a worker process");
-    let remover = remove_from_task::with(Options::new().scope(Scope::worker(WorkerId::DRIVER)))
+    let remover = reshape_from_task::with(Options::new().scope(Scope::worker(WorkerId::DRIVER)))
         .delayed(victim.0);
     // Every part waits for the removal: the removal runs while `collect` waits.
     let parts: Vec<Lazy<(u64, bool, u32)>> = (0..30u64)
@@ -397,4 +400,9 @@ fn removing_from_inside_a_task_during_collect() {
         assert_ne!(w, victim.0, "part {i} ran on the removed worker");
     }
     assert!(!ctx.workers().contains(&victim));
+    assert_eq!(
+        ctx.workers().len(),
+        3,
+        "the driver's worker, the other and the added one"
+    );
 }
