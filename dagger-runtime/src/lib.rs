@@ -8,10 +8,12 @@
 //! of fault schedules deterministically.
 
 pub mod driver;
+pub mod timeline;
 pub mod worker;
 
 pub use driver::{
     AfterDrain, DrainOutcome, DriverConfig, DriverCore, DriverEvent, FetchId, JoinError, Joined,
     LinkId, Transmit,
 };
+pub use timeline::{MoveSpan, TaskSpan, Timeline};
 pub use worker::{WorkerConfig, WorkerState};
