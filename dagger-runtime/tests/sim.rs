@@ -215,8 +215,11 @@ mod scenario {
                 task: t.task,
                 proc: t.proc,
                 run_ns: 1000,
+                started_ns: 0,
                 outcome,
             }],
+            moves: Vec::new(),
+            sent_ns: 0,
         };
         c.handle_message(now, link, wire::decode(&wire::encode(&msg)).unwrap());
     }
