@@ -539,7 +539,9 @@ impl<S> DriverCore<S> {
                     if let (Some(rec), true) = (&mut self.recorder, recording) {
                         // Only what the scheduler accepts: the attempt dispatched last.
                         if self.sched.is_dispatched_to(done.task, worker) {
-                            rec.task_done(worker, &done);
+                            if let Some(dispatch) = self.sched.dispatch_of(done.task) {
+                                rec.task_done(worker, &done, dispatch);
+                            }
                         }
                     }
                     if incarnation == link_incarnation {

@@ -106,6 +106,9 @@ struct RawTask {
     task: TaskId,
     worker: WorkerId,
     proc: ProcId,
+    /// The dispatch this run answers, and the attempts then.
+    dispatched: Duration,
+    attempts: u32,
     started_ns: u64,
     run_ns: u64,
     bytes: u64,
@@ -148,8 +151,14 @@ impl Recorder {
         self.skews.entry(worker).or_default().observe(now, sent_ns);
     }
 
-    /// Notes a task's run on `worker`, reported by `done`.
-    pub(crate) fn task_done(&mut self, worker: WorkerId, done: &dagger_core::wire::TaskDone) {
+    /// Notes a task's run on `worker`, reported by `done`, answering the dispatch at
+    /// `dispatched` (the task's `attempts`-th).
+    pub(crate) fn task_done(
+        &mut self,
+        worker: WorkerId,
+        done: &dagger_core::wire::TaskDone,
+        (dispatched, attempts): (Duration, u32),
+    ) {
         use dagger_core::wire::Outcome;
         let (bytes, error) = match &done.outcome {
             Outcome::Value(v) => (v.len() as u64, None),
@@ -160,6 +169,8 @@ impl Recorder {
             task: done.task,
             worker,
             proc: done.proc,
+            dispatched,
+            attempts,
             started_ns: done.started_ns,
             run_ns: done.run_ns,
             bytes,
@@ -194,15 +205,11 @@ impl Recorder {
             let skew = self.skew(r.worker);
             let started = skew.align(r.started_ns);
             let finished = skew.align(r.started_ns.saturating_add(r.run_ns));
-            let (func, queued, dispatched, attempts) = match &info {
-                Some(i) => (
-                    i.func.clone(),
-                    i.submitted,
-                    i.dispatched.unwrap_or(i.submitted),
-                    i.attempts,
-                ),
-                None => (String::new(), started, started, 1),
+            let (func, queued) = match &info {
+                Some(i) => (i.func.clone(), i.submitted),
+                None => (String::new(), r.dispatched),
             };
+            let (dispatched, attempts) = (r.dispatched, r.attempts);
             if seen.insert(r.proc) {
                 let label = sched
                     .topology()
