@@ -104,7 +104,12 @@ fn w1t(quick: bool) -> anyhow::Result<()> {
         let ctx = builder.timeline(true).build()?;
         fanout(&ctx, n / 10)?;
         let el = fanout(&ctx, n)?;
-        line(id, "tasks_per_s_traced", n as f64 / el.as_secs_f64(), "tasks/s");
+        line(
+            id,
+            "tasks_per_s_traced",
+            n as f64 / el.as_secs_f64(),
+            "tasks/s",
+        );
         let spans = ctx.timeline().tasks.len() as u64;
         ensure!(spans == n + n / 10, "{id}: {spans} spans recorded");
         ctx.shutdown();

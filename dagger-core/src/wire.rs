@@ -210,6 +210,8 @@ pub struct RunTask {
     /// The task is suspected of crashing workers: the worker reports
     /// [`ToDriver::Started`] before running it.
     pub watch: bool,
+    /// Which dispatch of the task this is (1 for the first), for logs and traces.
+    pub attempt: u32,
 }
 
 /// One argument of a task to run.
@@ -390,6 +392,7 @@ mod tests {
             inline_limit: 1024,
             push_to: vec![],
             watch: true,
+            attempt: 1,
         }]);
         let bytes = encode(&m);
         assert_eq!(decode::<ToWorker>(&bytes).unwrap(), m);

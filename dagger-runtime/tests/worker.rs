@@ -67,6 +67,7 @@ fn task(id: u64, args: Vec<RunArg>) -> RunTask {
         inline_limit: 1024,
         push_to: vec![],
         watch: false,
+        attempt: 1,
     }
 }
 

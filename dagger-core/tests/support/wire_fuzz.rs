@@ -350,6 +350,7 @@ pub fn run_task(u: &mut Unstructured<'_>) -> Result<RunTask> {
         inline_limit: u.arbitrary()?,
         push_to: vec![],
         watch: u.arbitrary()?,
+        attempt: u.arbitrary()?,
     })
 }
 
