@@ -191,6 +191,8 @@ pub struct ContextBuilder {
     worker_memory_limit: Option<u64>,
     /// Record the timeline of every task and move.
     pub(crate) timeline: bool,
+    /// Which worker log events are forwarded (`None`: the driver's `RUST_LOG`).
+    worker_logs: Option<String>,
 }
 
 /// Which command-line arguments local workers get.
@@ -225,6 +227,7 @@ impl Default for ContextBuilder {
             },
             worker_memory_limit: None,
             timeline: false,
+            worker_logs: None,
         }
     }
 }
@@ -267,6 +270,18 @@ impl ContextBuilder {
     /// one record per task and per move, kept for the context's life.
     pub fn timeline(mut self, on: bool) -> Self {
         self.timeline = on;
+        self
+    }
+
+    /// Which log events of worker processes are forwarded to this process, as `tracing`
+    /// filter directives (`RUST_LOG` syntax, e.g. `"dagger=debug,my_app=info"`); the
+    /// driver emits them again under the target `dagger::worker`, with the worker and the
+    /// original target as fields, so this process's subscriber shows the whole cluster.
+    /// Default: this process's `RUST_LOG` when it is set, else nothing. `""` turns
+    /// forwarding off. Each worker forwards at most 200 events a second (bursts of 400)
+    /// and reports how many it dropped.
+    pub fn worker_logs(mut self, directives: impl Into<String>) -> Self {
+        self.worker_logs = Some(directives.into());
         self
     }
 
@@ -628,6 +643,11 @@ impl Context {
                 heartbeat_timeout: b.heartbeat_timeout,
                 shm: b.shm,
                 record: b.timeline,
+                worker_log_filter: b
+                    .worker_logs
+                    .clone()
+                    .or_else(|| std::env::var("RUST_LOG").ok())
+                    .unwrap_or_default(),
             },
         );
         {

@@ -331,6 +331,8 @@ impl<B: ChunkData> WorkerState<B> {
                 incarnation,
                 peers,
                 heartbeat,
+                // The shell reads the log filter (the core does not log for the driver).
+                log_filter: _,
             } => self.handle_welcome(now, worker, incarnation, peers, heartbeat),
             ToWorker::Run(tasks) => {
                 for t in tasks {
@@ -1071,6 +1073,16 @@ impl<B: ChunkData> WorkerState<B> {
     fn record_move(&mut self, chunk: ChunkId, from: WorkerId, bytes: u64, shared_memory: bool) {
         let finished_ns = nanos(self.now);
         let started_ns = self.asked.remove(&chunk).map_or(finished_ns, nanos);
+        tracing::debug!(
+            target: "dagger::move",
+            %chunk,
+            %from,
+            to = %self.id,
+            bytes,
+            path = if shared_memory { "shm" } else { "network" },
+            took_us = finished_ns.saturating_sub(started_ns) / 1000,
+            "chunk moved"
+        );
         self.moves.push(MoveDone {
             chunk,
             from,
