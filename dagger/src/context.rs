@@ -170,6 +170,8 @@ pub(crate) struct Inner {
     /// What starting more workers needs (a context that links processes).
     pub(crate) launching: Option<crate::launch::Launching>,
     stopped: std::sync::atomic::AtomicBool,
+    /// Whether long waits show a progress bar.
+    pub(crate) progress: crate::progress::Progress,
 }
 
 /// How to start a context. See [`Context::builder`].
@@ -193,6 +195,8 @@ pub struct ContextBuilder {
     pub(crate) timeline: bool,
     /// Which worker log events are forwarded (`None`: the driver's `RUST_LOG`).
     worker_logs: Option<String>,
+    /// Whether long waits show a progress bar.
+    progress: crate::progress::Progress,
 }
 
 /// Which command-line arguments local workers get.
@@ -228,6 +232,7 @@ impl Default for ContextBuilder {
             worker_memory_limit: None,
             timeline: false,
             worker_logs: None,
+            progress: crate::progress::Progress::Auto,
         }
     }
 }
@@ -270,6 +275,15 @@ impl ContextBuilder {
     /// one record per task and per move, kept for the context's life.
     pub fn timeline(mut self, on: bool) -> Self {
         self.timeline = on;
+        self
+    }
+
+    /// Whether `collect` and `fetch` show a progress bar (tasks done out of tasks
+    /// submitted, and the rate) on standard error while they wait longer than half a
+    /// second. Default [`Progress::Auto`](crate::Progress::Auto): when standard error is
+    /// a terminal.
+    pub fn progress(mut self, mode: crate::Progress) -> Self {
+        self.progress = mode;
         self
     }
 
@@ -679,6 +693,7 @@ impl Context {
             links,
             launching,
             stopped: std::sync::atomic::AtomicBool::new(false),
+            progress: b.progress,
         });
         let ctx = Context { inner };
         if let Some(supervisor) = supervisor {
@@ -976,10 +991,22 @@ impl Context {
         Ok(out)
     }
 
+    /// The context an `Inner` belongs to (a handle's way back to it).
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Context {
+        Context { inner }
+    }
+
+    /// Whether long waits show a progress bar.
+    pub(crate) fn progress_mode(&self) -> crate::progress::Progress {
+        self.inner.progress
+    }
+
     /// Runs a lazy graph (one task or a vector of them) and returns its result(s).
     pub fn collect<C: Collect>(&self, graph: C) -> Result<C::Output, CollectError> {
         let handles = graph.spawn_all(self)?;
-        Ok(C::fetch_all(handles)?)
+        Ok(crate::progress::while_waiting(self, || {
+            C::fetch_all(handles)
+        })?)
     }
 
     /// Starts a lazy graph and returns its handles at once, to wait for later.
