@@ -545,10 +545,8 @@ impl<S> DriverCore<S> {
                 for done in tasks {
                     if let (Some(rec), true) = (&mut self.recorder, recording) {
                         // Only what the scheduler accepts: the attempt dispatched last.
-                        if self.sched.is_dispatched_to(done.task, worker) {
-                            if let Some(dispatch) = self.sched.dispatch_of(done.task) {
-                                rec.task_done(worker, &done, dispatch);
-                            }
+                        if let Some(dispatch) = self.sched.dispatch_to(done.task, worker) {
+                            rec.task_done(worker, &done, dispatch);
                         }
                     }
                     if incarnation == link_incarnation {

@@ -87,11 +87,10 @@ pub struct MoveSpan {
 /// from the scheduler's records when a [`Timeline`] is asked for.
 #[derive(Default)]
 pub(crate) struct Recorder {
-    /// One per task, in report order (a re-run replaces its task's entry).
+    /// Every accepted report, in order (a re-run's report comes after the earlier one;
+    /// only the last of a task is kept when the timeline is read).
     tasks: Vec<RawTask>,
-    /// Where each task's entry is.
-    index: dagger_core::hash::IdHashMap<TaskId, usize>,
-    /// Each submitted task's inputs, recorded at submission.
+    /// The inputs of each submitted task that has any, recorded at submission.
     inputs: dagger_core::hash::IdHashMap<TaskId, Vec<TaskId>>,
     /// Chunks received, on the receiver's clock.
     moves: Vec<(WorkerId, dagger_core::wire::MoveDone)>,
@@ -143,7 +142,9 @@ impl Recorder {
                 inputs.push(d);
             }
         }
-        self.inputs.insert(spec.id, inputs);
+        if !inputs.is_empty() {
+            self.inputs.insert(spec.id, inputs);
+        }
     }
 
     /// A batch of `worker`'s, sent at `sent_ns` on its clock, arrived at `now`.
@@ -176,13 +177,7 @@ impl Recorder {
             bytes,
             error,
         };
-        match self.index.get(&done.task) {
-            Some(&k) => self.tasks[k] = raw,
-            None => {
-                self.index.insert(done.task, self.tasks.len());
-                self.tasks.push(raw);
-            }
-        }
+        self.tasks.push(raw);
     }
 
     /// Notes a chunk `to` received, reported by `m`.
@@ -199,8 +194,20 @@ impl Recorder {
     pub(crate) fn timeline(&self, sched: &dagger_sched::Scheduler) -> Timeline {
         let mut processors: Vec<(ProcId, String)> = Vec::new();
         let mut seen: std::collections::HashSet<ProcId> = std::collections::HashSet::new();
-        let mut tasks = Vec::with_capacity(self.tasks.len());
-        for r in &self.tasks {
+        // The last report of each task, in the order of each task's first report.
+        let mut last: dagger_core::hash::IdHashMap<TaskId, usize> = Default::default();
+        let mut order: Vec<TaskId> = Vec::new();
+        for (k, r) in self.tasks.iter().enumerate() {
+            if last.insert(r.task, k).is_none() {
+                order.push(r.task);
+            }
+        }
+        let mut tasks = Vec::with_capacity(order.len());
+        for r in order
+            .iter()
+            .filter_map(|t| last.get(t))
+            .map(|&k| &self.tasks[k])
+        {
             let info = sched.task_info(r.task);
             let skew = self.skew(r.worker);
             let started = skew.align(r.started_ns);
