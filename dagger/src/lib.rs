@@ -60,6 +60,7 @@ mod launch;
 mod lazy;
 mod registry;
 mod supervisor;
+pub mod timeline;
 mod transport;
 mod worker;
 
@@ -95,6 +96,7 @@ pub use drain::{Drain, DrainError, DrainOptions, DrainOutcome, DrainReport, Remo
 pub use handle::Handle;
 pub use lazy::{Collect, IntoLazy, Lazy, LazyArg};
 pub use registry::{registry_hash, task_names, CallError};
+pub use timeline::{MoveSpan, TaskSpan, Timeline, TimelineError};
 pub use transport::{set_transport, TransportFactory};
 
 /// The transport API: what a [`Transport`] implementation names (links, frames,
