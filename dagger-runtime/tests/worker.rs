@@ -67,6 +67,7 @@ fn task(id: u64, args: Vec<RunArg>) -> RunTask {
         inline_limit: 1024,
         push_to: vec![],
         watch: false,
+        attempt: 1,
     }
 }
 
@@ -166,7 +167,9 @@ fn flush_done(w: &mut Worker, now: Duration) -> Vec<wire::TaskDone> {
     driver_msgs(&transmits(w))
         .into_iter()
         .flat_map(|m| match m {
-            ToDriver::Done { incarnation, tasks } => {
+            ToDriver::Done {
+                incarnation, tasks, ..
+            } => {
                 assert_eq!(incarnation, Incarnation(5));
                 tasks
             }

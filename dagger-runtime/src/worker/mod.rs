@@ -44,8 +44,8 @@ pub use io::{Action, ChunkData, Dest, LinkKey, PeerRefused, Route, ShmWrite, Sta
 
 use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{
-    self, ByteBuf, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunPart, RunTask,
-    TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
+    self, ByteBuf, ChunkPayload, Hello, MoveDone, Outcome, PeerInfo, PeerMsg, RunArg, RunPart,
+    RunTask, TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
 };
 use dagger_core::{ChunkId, Incarnation, MoveFailure, ProcId, TaskError, TaskId, WorkerId};
 use std::borrow::Cow;
@@ -93,6 +93,8 @@ struct Pending<B> {
     wanted: Vec<ChunkId>,
     /// The driver watches it: report `Started` before it runs.
     watch: bool,
+    /// Which dispatch of it this is.
+    attempt: u32,
 }
 
 /// A task handed to the shell to run.
@@ -145,6 +147,12 @@ pub struct WorkerState<B> {
     heartbeat: Duration,
     next_heartbeat: Option<Duration>,
     done: Vec<TaskDone>,
+    /// Chunks received from peers since the last `Done` batch, reported with it.
+    moves: Vec<MoveDone>,
+    /// When each chunk asked of a peer was first asked for, until it arrives or fails.
+    asked: IdHashMap<ChunkId, Duration>,
+    /// Chunks read from shared memory by the shell: who sent them.
+    reading: IdHashMap<ChunkId, WorkerId>,
     done_due: Option<Duration>,
     /// Wants to ask again: (when, sequence number, chunk, of whom).
     retries: BinaryHeap<Reverse<(Duration, u64, ChunkId, WorkerId)>>,
@@ -179,6 +187,9 @@ impl<B: ChunkData> WorkerState<B> {
             heartbeat: Duration::from_secs(1),
             next_heartbeat: None,
             done: Vec::new(),
+            moves: Vec::new(),
+            asked: IdHashMap::default(),
+            reading: IdHashMap::default(),
             done_due: None,
             retries: BinaryHeap::new(),
             retry_seq: 0,
@@ -548,6 +559,11 @@ impl<B: ChunkData> WorkerState<B> {
         bytes: Result<B, MoveFailure>,
     ) {
         self.now = self.now.max(now);
+        if let Some(from) = self.reading.remove(&chunk) {
+            if let Ok(b) = &bytes {
+                self.record_move(chunk, from, b.as_ref().len() as u64, true);
+            }
+        }
         match bytes {
             Ok(b) if push => self.deliver(chunk, b),
             Ok(b) => self.deliver_lent(chunk, b),
@@ -661,10 +677,12 @@ impl<B: ChunkData> WorkerState<B> {
                 Outcome::Failed(err)
             }
         };
+        let started_ns = nanos(now).saturating_sub(run_ns);
         self.report(TaskDone {
             task,
             proc: r.proc,
             run_ns,
+            started_ns,
             outcome,
         });
     }
@@ -737,6 +755,7 @@ impl<B: ChunkData> WorkerState<B> {
             inline_limit,
             push_to: _,
             watch,
+            attempt,
         } = t;
         // Our own result will be produced here (again, if an earlier run failed): peers
         // asking for it wait.
@@ -793,7 +812,7 @@ impl<B: ChunkData> WorkerState<B> {
         }
         if missing == 0 {
             let args = assemble(values.into_iter().flatten().collect(), shape.as_ref());
-            self.start(task, func, proc, inline_limit, args, watch);
+            self.start(task, func, proc, inline_limit, args, (watch, attempt));
             return;
         }
         self.pending.insert(
@@ -807,6 +826,7 @@ impl<B: ChunkData> WorkerState<B> {
                 missing,
                 wanted,
                 watch,
+                attempt,
             },
         );
         for (chunk, holder) in wants {
@@ -824,7 +844,7 @@ impl<B: ChunkData> WorkerState<B> {
         proc: ProcId,
         inline_limit: u32,
         args: Vec<B>,
-        watch: bool,
+        (watch, attempt): (bool, u32),
     ) {
         if watch {
             self.report_started(task);
@@ -835,6 +855,7 @@ impl<B: ChunkData> WorkerState<B> {
             func,
             proc,
             args,
+            attempt,
         }));
     }
 
@@ -971,7 +992,14 @@ impl<B: ChunkData> WorkerState<B> {
         if p.missing == 0 {
             if let Some(p) = self.pending.remove(&task) {
                 let args = assemble(p.args.into_iter().flatten().collect(), p.shape.as_ref());
-                self.start(task, p.func, p.proc, p.inline_limit, args, p.watch);
+                self.start(
+                    task,
+                    p.func,
+                    p.proc,
+                    p.inline_limit,
+                    args,
+                    (p.watch, p.attempt),
+                );
             }
         }
     }
@@ -988,6 +1016,7 @@ impl<B: ChunkData> WorkerState<B> {
             task,
             proc: p.proc,
             run_ns: 0,
+            started_ns: nanos(self.now),
             outcome: Outcome::Failed(err),
         });
     }
@@ -1007,6 +1036,7 @@ impl<B: ChunkData> WorkerState<B> {
                 && !self.running.contains_key(&producer)
             {
                 self.store.remove(&chunk);
+                self.asked.remove(&chunk);
             }
         }
     }
@@ -1024,14 +1054,34 @@ impl<B: ChunkData> WorkerState<B> {
 
     fn flush_done(&mut self) {
         self.done_due = None;
-        if self.done.is_empty() {
+        if self.done.is_empty() && self.moves.is_empty() {
             return;
         }
         let msg = ToDriver::Done {
             incarnation: self.incarnation,
             tasks: std::mem::take(&mut self.done),
+            moves: std::mem::take(&mut self.moves),
+            sent_ns: nanos(self.now),
         };
         self.send_driver(msg, None);
+    }
+
+    /// Notes a chunk received from `from` (for the driver's timeline), reported with the
+    /// next `Done` batch, which goes out at most `done_delay` from now.
+    fn record_move(&mut self, chunk: ChunkId, from: WorkerId, bytes: u64, shared_memory: bool) {
+        let finished_ns = nanos(self.now);
+        let started_ns = self.asked.remove(&chunk).map_or(finished_ns, nanos);
+        self.moves.push(MoveDone {
+            chunk,
+            from,
+            bytes,
+            shared_memory,
+            started_ns,
+            finished_ns,
+        });
+        if self.done_due.is_none() {
+            self.done_due = Some(self.now + self.config.done_delay);
+        }
     }
 
     /// A chunk's bytes are here: keep them and answer everyone waiting.
@@ -1065,6 +1115,7 @@ impl<B: ChunkData> WorkerState<B> {
     /// A chunk will not come: everyone waiting for it is told (peers with a final "gone",
     /// so they do not ask again).
     fn fail_chunk(&mut self, chunk: ChunkId, cause: MoveFailure) {
+        self.asked.remove(&chunk);
         if !matches!(self.store.get(&chunk), Some(Entry::Waiting { .. })) {
             return;
         }
@@ -1128,21 +1179,30 @@ impl<B: ChunkData> WorkerState<B> {
         push: bool,
     ) {
         match payload {
-            ChunkPayload::Bytes(v) => self.handle_chunk_received(now, chunk, push, Ok(B::from(v))),
-            payload @ ChunkPayload::Shm { .. } => self.actions.push_back(Action::ReadShm {
-                from: peer,
-                chunk,
-                push,
-                payload,
-            }),
+            ChunkPayload::Bytes(v) => {
+                self.record_move(chunk, peer, v.len() as u64, false);
+                self.handle_chunk_received(now, chunk, push, Ok(B::from(v)))
+            }
+            payload @ ChunkPayload::Shm { .. } => {
+                self.reading.insert(chunk, peer);
+                self.actions.push_back(Action::ReadShm {
+                    from: peer,
+                    chunk,
+                    push,
+                    payload,
+                })
+            }
             // A lent segment only feeds the tasks waiting here, so it goes back when they
             // are done.
-            payload @ ChunkPayload::Segment { .. } => self.actions.push_back(Action::ReadShm {
-                from: peer,
-                chunk,
-                push: false,
-                payload,
-            }),
+            payload @ ChunkPayload::Segment { .. } => {
+                self.reading.insert(chunk, peer);
+                self.actions.push_back(Action::ReadShm {
+                    from: peer,
+                    chunk,
+                    push: false,
+                    payload,
+                })
+            }
             ChunkPayload::Missing(reason) => self.retry_want(now, chunk, peer, &reason),
             ChunkPayload::Gone(cause) => self.fail_chunk(chunk, cause),
         }
@@ -1226,6 +1286,7 @@ impl<B: ChunkData> WorkerState<B> {
     }
 
     fn send_want(&mut self, peer: WorkerId, chunk: ChunkId) {
+        self.asked.entry(chunk).or_insert(self.now);
         self.send_to_peer(peer, wire::encode(&PeerMsg::Want(chunk)), Some(chunk));
     }
 
@@ -1296,6 +1357,11 @@ impl<B: ChunkData> WorkerState<B> {
         };
         self.send_driver(msg, None);
     }
+}
+
+/// A time on the core's clock in nanoseconds (saturating after 584 years).
+fn nanos(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn msg_carries_bytes(msg: &ToDriver) -> bool {

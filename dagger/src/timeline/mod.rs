@@ -3,8 +3,9 @@
 //! chart in SVG and a Graphviz graph; and the graph of a lazy task before it runs
 //! ([`Lazy::to_dot`](crate::Lazy::to_dot)).
 //!
-//! Every time is on the driver's clock (see [`TaskSpan`]); the exports keep it, so the
-//! times of a trace, a chart and a graph of the same run agree.
+//! Every time is on the driver's clock (see [`dagger_runtime::timeline`] for how worker
+//! clocks are aligned); the exports keep it, so the times of a trace, a chart and a graph
+//! of the same run agree.
 //!
 //! The exports are deterministic: the same timeline gives the same bytes, and a function
 //! keeps its color from run to run as long as no other function of the run claims it
@@ -18,14 +19,16 @@ pub use dagger_runtime::timeline::{MoveSpan, TaskSpan};
 
 use dagger_core::{ProcId, TaskId};
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every task and move of a run, with the processors they ran on, as the driver recorded
 /// them; and its exports.
 ///
-/// Made from the driver core's record (`Context::timeline`); a hand-built one comes from
-/// [`dagger_runtime::Timeline`] through `From`.
+/// Made from the driver core's record ([`Context::timeline`](crate::Context::timeline)); a
+/// hand-built one comes from [`dagger_runtime::Timeline`] through `From`, and the record's
+/// fields are readable through `Deref`.
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
     inner: dagger_runtime::Timeline,
@@ -42,6 +45,14 @@ impl From<dagger_runtime::Timeline> for Timeline {
             .map(|(i, span)| (span.task, i))
             .collect();
         Self { inner, by_task }
+    }
+}
+
+impl Deref for Timeline {
+    type Target = dagger_runtime::Timeline;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
     }
 }
 
@@ -93,11 +104,6 @@ impl Timeline {
     /// The span of `task`, if it ran (its last attempt).
     pub fn span(&self, task: TaskId) -> Option<&TaskSpan> {
         self.by_task.get(&task).map(|&i| &self.inner.tasks[i])
-    }
-
-    /// The driver core's record this was made from.
-    pub fn as_runtime(&self) -> &dagger_runtime::Timeline {
-        &self.inner
     }
 
     /// The run as a Chrome trace (the Trace Event Format's JSON object form), for

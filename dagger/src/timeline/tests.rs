@@ -204,7 +204,7 @@ fn chrome_trace_has_tracks_tasks_and_flows() {
 
 #[test]
 fn overlapping_moves_get_their_own_tracks() {
-    let mut rt = sample().as_runtime().clone();
+    let mut rt = dagger_runtime::Timeline::clone(&sample());
     let mut second = rt.moves[0].clone();
     second.chunk = ChunkId(1);
     second.started = ms(21);
@@ -391,7 +391,7 @@ fn timeline_dot_has_tasks_inputs_and_moves() {
 
 #[test]
 fn timeline_dot_shows_producers_without_spans() {
-    let mut rt = sample().as_runtime().clone();
+    let mut rt = dagger_runtime::Timeline::clone(&sample());
     rt.tasks.retain(|s| s.task != TaskId(1));
     let (nodes, _) = check_dot(&Timeline::from(rt).to_dot());
     assert!(nodes.contains(&"t1".to_owned()));

@@ -706,7 +706,18 @@ impl Worker {
             func,
             proc,
             args,
+            attempt,
         } = t;
+        // One span per run: its fields name the task wherever its function logs.
+        let span = tracing::debug_span!(
+            "task",
+            task = %task,
+            func = %func,
+            worker = %self.id,
+            proc = %proc,
+            attempt
+        );
+        let _entered = span.enter();
         let Some(f) = registry::lookup(&func) else {
             let err = TaskError::UnknownFunction {
                 task,
