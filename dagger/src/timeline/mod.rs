@@ -177,8 +177,11 @@ impl Timeline {
         rows
     }
 
-    /// The distinct function names, sorted, each with its palette color.
-    pub(crate) fn function_colors(&self) -> Vec<(String, [u8; 3])> {
+    /// The color of each function in the Gantt chart and the graph (RGB), by function name
+    /// in sorted order. A function's color is chosen from a ten-color palette by a hash
+    /// of its name, the next free one when another function of the run has it: stable
+    /// from run to run, and distinct among up to ten functions.
+    pub fn function_colors(&self) -> Vec<(String, [u8; 3])> {
         let mut names: Vec<&str> = self.inner.tasks.iter().map(|t| t.func.as_str()).collect();
         names.sort_unstable();
         names.dedup();
