@@ -63,7 +63,18 @@ pub(super) fn render(t: &Timeline) -> Result<String, TimelineError> {
         root.fill(&WHITE).map_err(draw_error)?;
         let (plot, legend) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
 
-        let labels: Vec<String> = rows.iter().map(|(_, label)| label.clone()).collect();
+        // A processor's label names its worker where it does not already.
+        let labels: Vec<String> = rows
+            .iter()
+            .map(|(proc, label)| {
+                let worker = proc.worker.to_string();
+                if label.contains(&worker) {
+                    label.clone()
+                } else {
+                    format!("{label} @ {worker}")
+                }
+            })
+            .collect();
         let label_width = labels.iter().map(|l| l.len()).max().unwrap_or(0) as u32 * 7 + 16;
         let mut chart = ChartBuilder::on(&plot)
             .caption("tasks by processor", ("sans-serif", 16))

@@ -204,7 +204,8 @@ impl Timeline {
     }
 }
 
-/// Ten colors that stay apart (Tableau 10).
+/// Ten colors that stay apart (Tableau 10, with cyan for its grey, which the chart's moves
+/// use).
 const PALETTE: [[u8; 3]; 10] = [
     [0x4e, 0x79, 0xa7],
     [0xf2, 0x8e, 0x2b],
@@ -215,7 +216,7 @@ const PALETTE: [[u8; 3]; 10] = [
     [0xb0, 0x7a, 0xa1],
     [0xff, 0x9d, 0xa7],
     [0x9c, 0x75, 0x5f],
-    [0xba, 0xb0, 0xac],
+    [0x17, 0xbe, 0xcf],
 ];
 
 /// FNV-1a: a hash that is the same in every build and on every platform.
