@@ -10,6 +10,7 @@
 //! and the DOT grammar, rather than taken from the code under test.
 
 use dagger::prelude::*;
+use dagger::timeline::Record;
 use dagger::{ChunkId, ProcId};
 use dagger::{IntoLazy, MoveSpan, TaskSpan, Timeline, TimelineError};
 use serde_json::Value;
@@ -256,7 +257,7 @@ fn sample() -> Timeline {
     let mut failed = task(4, "report \"q\"\\x", p2, 40, 45, &[3]);
     failed.error = Some("bad\ninput".into());
     failed.attempts = 2;
-    dagger_runtime::Timeline {
+    Record {
         tasks: vec![
             task(1, "leaf", p1, 10, 20, &[]),
             task(2, "leaf", p2, 11, 19, &[]),
@@ -421,7 +422,7 @@ fn chrome_trace_has_tracks_tasks_and_flows() {
 
 #[test]
 fn overlapping_moves_get_their_own_tracks() {
-    let mut rt = dagger_runtime::Timeline::clone(&sample());
+    let mut rt = Record::clone(&sample());
     let mut second = rt.moves[0].clone();
     second.chunk = ChunkId(1);
     second.started = ms(21);
@@ -590,7 +591,7 @@ fn timeline_dot_has_tasks_inputs_and_moves() {
 
 #[test]
 fn timeline_dot_shows_producers_without_spans() {
-    let mut rt = dagger_runtime::Timeline::clone(&sample());
+    let mut rt = Record::clone(&sample());
     rt.tasks.retain(|s| s.task != TaskId(1));
     let (nodes, _) = check_dot(&Timeline::from(rt).to_dot());
     assert!(nodes.contains(&"t1".to_owned()));

@@ -16,6 +16,9 @@ pub(crate) mod dot;
 mod gantt;
 
 pub use dagger_runtime::timeline::{MoveSpan, TaskSpan};
+/// The driver core's record of a run, which a [`Timeline`] wraps and dereferences to; build
+/// one by hand (and turn it into a `Timeline` with `From`) to export spans from elsewhere.
+pub use dagger_runtime::Timeline as Record;
 
 use dagger_core::{ProcId, TaskId};
 use std::collections::HashMap;
@@ -27,17 +30,17 @@ use std::time::Duration;
 /// them; and its exports.
 ///
 /// Made from the driver core's record ([`Context::timeline`](crate::Context::timeline)); a
-/// hand-built one comes from [`dagger_runtime::Timeline`] through `From`, and the record's
-/// fields are readable through `Deref`.
+/// hand-built one comes from a [`Record`] through `From`, and the record's fields are
+/// readable through `Deref`.
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
-    inner: dagger_runtime::Timeline,
+    inner: Record,
     /// Index in `inner.tasks` of each task's span.
     by_task: HashMap<TaskId, usize>,
 }
 
-impl From<dagger_runtime::Timeline> for Timeline {
-    fn from(inner: dagger_runtime::Timeline) -> Self {
+impl From<Record> for Timeline {
+    fn from(inner: Record) -> Self {
         let by_task = inner
             .tasks
             .iter()
@@ -49,7 +52,7 @@ impl From<dagger_runtime::Timeline> for Timeline {
 }
 
 impl Deref for Timeline {
-    type Target = dagger_runtime::Timeline;
+    type Target = Record;
 
     fn deref(&self) -> &Self::Target {
         &self.inner

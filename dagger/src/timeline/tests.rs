@@ -32,7 +32,7 @@ fn bytes_for_people() {
 
 #[test]
 fn function_colors_are_distinct_and_stable() {
-    let mut rt = dagger_runtime::Timeline::default();
+    let mut rt = Record::default();
     for (i, name) in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
         .iter()
         .enumerate()
