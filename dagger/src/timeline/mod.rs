@@ -32,7 +32,7 @@ use std::time::Duration;
 /// Made from the driver core's record ([`Context::timeline`](crate::Context::timeline)); a
 /// hand-built one comes from a [`Record`] through `From`, and the record's fields are
 /// readable through `Deref`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Timeline {
     inner: Record,
     /// Index in `inner.tasks` of each task's span.
@@ -56,6 +56,12 @@ impl Deref for Timeline {
 
     fn deref(&self) -> &Self::Target {
         &self.inner
+    }
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.inner, f)
     }
 }
 
