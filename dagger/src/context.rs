@@ -85,6 +85,15 @@ pub enum ContextError {
         /// How the process ended (`Unknown` when its status was taken by another watcher).
         exit: dagger_core::ExitCause,
     },
+    /// The live view ([`ContextBuilder::dashboard`]) cannot listen at its address.
+    #[error("the live view cannot listen at {addr}: {source}")]
+    Dashboard {
+        /// The address it was given.
+        addr: String,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// A builder setting is out of range or cannot be honoured.
     #[error("invalid setting `{setting}`: {reason}")]
     InvalidSetting {
@@ -170,6 +179,8 @@ pub(crate) struct Inner {
     /// What starting more workers needs (a context that links processes).
     pub(crate) launching: Option<crate::launch::Launching>,
     stopped: std::sync::atomic::AtomicBool,
+    /// Where the live view listens, if one was asked for.
+    dashboard: Option<String>,
 }
 
 /// How to start a context. See [`Context::builder`].
@@ -189,6 +200,7 @@ pub struct ContextBuilder {
     respawn: bool,
     restart_budget: (u32, Duration),
     worker_memory_limit: Option<u64>,
+    dashboard: Option<String>,
 }
 
 /// Which command-line arguments local workers get.
@@ -222,6 +234,7 @@ impl Default for ContextBuilder {
                 (b.max(), b.window())
             },
             worker_memory_limit: None,
+            dashboard: None,
         }
     }
 }
@@ -349,6 +362,23 @@ impl ContextBuilder {
     /// [`ContextError::InvalidSetting`].
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
         self.worker_memory_limit = Some(bytes);
+        self
+    }
+
+    /// Serves the live view of the cluster, a web page at `http://ADDR/`, from the
+    /// driver's process: the processor tree, the task stream, each worker's queue and
+    /// memory, joins and losses, refreshed four times a second (JSON at `/api/state` and
+    /// `/api/tasks?since=N`; see the `dashboard` module of the source).
+    ///
+    /// The server binds to exactly `addr` (`127.0.0.1:8787`; port 0, as in
+    /// `127.0.0.1:0`, picks a free port, which [`Context::dashboard_addr`] reports). The
+    /// page has no authentication and shows function names, host names and process ids:
+    /// keep it on a loopback address unless every host that can reach it may see that.
+    /// Without this call no page is served and no socket is opened for one. The server
+    /// keeps no context alive and stops when the context shuts down. `build` fails with
+    /// [`ContextError::Dashboard`] when it cannot listen there.
+    pub fn dashboard(mut self, addr: impl Into<String>) -> Self {
+        self.dashboard = Some(addr.into());
         self
     }
 
@@ -625,6 +655,11 @@ impl Context {
             }
             handle.spawn(driver::run(state, cmd_rx, ev_rx));
         }
+        // Before any worker joins, so that the page lists every join.
+        let dashboard = match &b.dashboard {
+            Some(addr) => Some(crate::dashboard::start(addr, cmd_tx.clone(), &handle)?.to_string()),
+            None => None,
+        };
         let children: Children = Arc::new(Mutex::new(Vec::new()));
         let exited_children = Arc::new(tokio::sync::watch::Sender::new(0));
         // A context that links processes can start workers at any time: it gets a
@@ -647,6 +682,7 @@ impl Context {
             links,
             launching,
             stopped: std::sync::atomic::AtomicBool::new(false),
+            dashboard,
         });
         let ctx = Context { inner };
         if let Some(supervisor) = supervisor {
@@ -988,6 +1024,13 @@ impl Context {
     /// [`Context::threads`]) and so listens nowhere.
     pub fn listen_addr(&self) -> Option<&str> {
         self.inner.links.as_ref().map(|l| l.listen_addr.as_str())
+    }
+
+    /// The address the live view listens at (the port chosen when
+    /// [`ContextBuilder::dashboard`] asked for port 0); `None` when none was asked for.
+    /// The page is `http://ADDR/`.
+    pub fn dashboard_addr(&self) -> Option<String> {
+        self.inner.dashboard.clone()
     }
 
     /// Operating-system process ids of the local worker processes now running (the

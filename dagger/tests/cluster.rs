@@ -89,7 +89,7 @@ fn eager_and_lazy_graphs_give_checked_results() {
     // Many independent tasks, all gathered.
     let hs: Vec<_> = (0..500u64).map(|i| inc::spawn(&ctx, i).unwrap()).collect();
     let sum: u64 = hs.iter().map(|h| h.fetch().unwrap()).sum();
-    assert_eq!(sum, (1..=500u64).sum());
+    assert_eq!(sum, (1..=500u64).sum::<u64>());
 
     // A vector of lazy tasks collects into a vector of results.
     let v: Vec<u64> = ctx

@@ -1,0 +1,705 @@
+//! The live view of a running cluster: a small web page the driver serves when
+//! [`ContextBuilder::dashboard`](crate::ContextBuilder::dashboard) asks for one.
+//!
+//! The server runs on the driver's I/O runtime and keeps no [`Context`](crate::Context)
+//! alive: it holds the driver loop's command channel only, asks the loop for what it shows
+//! (one query per request, the same path as [`Context::stats`](crate::Context::stats)), and
+//! stops when the loop ends, at shutdown. Nothing runs between requests except one task
+//! that keeps the last cluster events (joins, losses, restarts) in a ring buffer.
+//!
+//! Routes:
+//!
+//! - `GET /`: one page of HTML and plain JavaScript (no framework, nothing fetched from
+//!   elsewhere), embedded in the binary. It polls the two JSON routes every 250 ms.
+//! - `GET /api/state`: the processor tree (workers and their processors), per-worker queue
+//!   (tasks dispatched there and not finished) and memory (resident set size of a worker
+//!   process on this host, read from `/proc/<pid>/status`; `null` for another host), the
+//!   scheduler's counters and the last cluster events.
+//! - `GET /api/tasks?since=N`: the task stream, every entry whose `seq` is above `N`
+//!   (at most [`MAX_BATCH`] at a time, oldest first) and `next`, the `since` of the next
+//!   call. A task gets an entry when it is seen dispatched (`running`) and another when it
+//!   is seen finished or failed.
+//!
+//! The JSON field names are stable; the page's elements the tests read have stable ids
+//! (`processor-tree`, `workers`, `task-stream`, `events`, `stats`), and each row of the
+//! task stream carries its function's name in `data-func`.
+
+use crate::context::{ClusterEvent, ContextError};
+use crate::driver::{DriverCmd, DriverState};
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Json};
+use axum::routing::get;
+use axum::Router;
+use dagger_core::{ProcId, TaskId, WorkerId};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Cluster events kept for the page.
+const EVENT_RING: usize = 256;
+/// Task-stream entries kept for the page.
+const TASK_RING: usize = 8192;
+/// The most task-stream entries one `/api/tasks` answer carries.
+pub(crate) const MAX_BATCH: usize = 2000;
+/// The most tasks a sample lists as running (a pool dispatches a few per processor; more
+/// only with saturation off or many pinned tasks).
+const MAX_RUNNING: usize = 4096;
+
+/// Starts the server on the driver's runtime, bound to exactly `addr`, and returns the
+/// bound address (the port chosen when `addr` asks for port 0).
+pub(crate) fn start(
+    addr: &str,
+    cmd: mpsc::UnboundedSender<DriverCmd>,
+    handle: &tokio::runtime::Handle,
+) -> Result<SocketAddr, ContextError> {
+    let bind = addr.to_owned();
+    let listener =
+        crate::context::run_on(
+            handle,
+            async move { tokio::net::TcpListener::bind(bind).await },
+        )
+        .ok_or(ContextError::Shutdown)?
+        .map_err(|source| ContextError::Dashboard {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ContextError::Dashboard {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let shared = Arc::new(Shared {
+        cmd: cmd.clone(),
+        started: Instant::now(),
+        host: dagger_proc::hostname(),
+        events: Mutex::new(EventLog::default()),
+        tasks: tokio::sync::Mutex::new(TaskStream::default()),
+    });
+    // The events from now on; the driver loop drops the sender when it ends, which is
+    // also the server's signal to stop.
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    cmd.send(DriverCmd::Query(Box::new(move |st: &mut DriverState| {
+        st.subscribe(ev_tx)
+    })))
+    .map_err(|_| ContextError::Shutdown)?;
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/api/state", get(api_state))
+        .route("/api/tasks", get(api_tasks))
+        .with_state(shared.clone());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    handle.spawn(async move {
+        while let Some(e) = ev_rx.recv().await {
+            let at = shared.started.elapsed();
+            shared.events.lock().push(at, &e);
+        }
+        let _ = stop_tx.send(());
+    });
+    handle.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the live view's server stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// What the handlers share. No `Context`: the command channel only.
+struct Shared {
+    cmd: mpsc::UnboundedSender<DriverCmd>,
+    started: Instant,
+    /// This host's name: a worker reporting it runs here, and its memory can be read.
+    host: String,
+    events: Mutex<EventLog>,
+    /// Held across a sample, so that concurrent requests see one consistent stream.
+    tasks: tokio::sync::Mutex<TaskStream>,
+}
+
+impl Shared {
+    /// Runs `f` in the driver loop; `None` once the loop has ended.
+    async fn query<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DriverState) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(DriverCmd::Query(Box::new(move |st| {
+                let _ = tx.send(f(st));
+            })))
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+/// One cluster event as the page shows it.
+#[derive(Clone, Debug, Serialize)]
+struct EventView {
+    /// Its number, from 1.
+    seq: u64,
+    /// Milliseconds since the server started.
+    at_ms: f64,
+    /// `joined`, `lost`, `drained`, `drain_failed`, `retried`, `restarted`,
+    /// `restarts_exhausted` or `other`.
+    kind: &'static str,
+    /// The worker it is about, if one.
+    worker: Option<u32>,
+    /// A line of text.
+    text: String,
+}
+
+#[derive(Default)]
+struct EventLog {
+    ring: VecDeque<EventView>,
+    next: u64,
+}
+
+impl EventLog {
+    fn push(&mut self, at: std::time::Duration, e: &ClusterEvent) {
+        let (kind, worker, text) = describe(e);
+        self.next += 1;
+        if self.ring.len() == EVENT_RING {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(EventView {
+            seq: self.next,
+            at_ms: millis(at),
+            kind,
+            worker: worker.map(|w| w.0),
+            text,
+        });
+    }
+}
+
+fn describe(e: &ClusterEvent) -> (&'static str, Option<WorkerId>, String) {
+    match e {
+        ClusterEvent::WorkerJoined { worker } => {
+            ("joined", Some(*worker), format!("{worker} joined"))
+        }
+        ClusterEvent::WorkerLost { worker, reason } => {
+            ("lost", Some(*worker), format!("{worker} lost: {reason}"))
+        }
+        ClusterEvent::WorkerDrained {
+            worker,
+            moved_chunks,
+            moved_bytes,
+        } => (
+            "drained",
+            Some(*worker),
+            format!("{worker} drained ({moved_chunks} results, {moved_bytes} bytes handed over)"),
+        ),
+        ClusterEvent::DrainFailed {
+            worker,
+            task,
+            cause,
+        } => (
+            "drain_failed",
+            Some(*worker),
+            format!("drain of {worker} failed on {task}: {cause}"),
+        ),
+        ClusterEvent::TaskRetried { task, attempt } => (
+            "retried",
+            None,
+            format!("{task} queued again (attempt {attempt})"),
+        ),
+        ClusterEvent::WorkerRestarted {
+            old_pid,
+            new_pid,
+            restarts,
+        } => (
+            "restarted",
+            None,
+            format!("process {old_pid} replaced by {new_pid} (restart {restarts})"),
+        ),
+        ClusterEvent::RestartsExhausted { pid, restarts, .. } => (
+            "restarts_exhausted",
+            None,
+            format!("process {pid} not replaced: {restarts} restarts spent"),
+        ),
+        other => ("other", None, format!("{other:?}")),
+    }
+}
+
+/// One entry of the task stream.
+#[derive(Clone, Debug, Serialize)]
+struct TaskEntry {
+    /// Its number, from 1; `/api/tasks?since=N` returns the entries above `N`.
+    seq: u64,
+    /// The task's id.
+    task: u64,
+    /// Its function's registered name.
+    func: String,
+    /// The worker it was dispatched to.
+    worker: Option<u32>,
+    /// The processor, as `thread[1]@worker-2`.
+    processor: String,
+    /// `running` (dispatched, not finished), `finished` or `failed`.
+    state: &'static str,
+    /// Milliseconds from submission to dispatch.
+    waited_ms: Option<f64>,
+    /// Milliseconds its function ran.
+    run_ms: Option<f64>,
+    /// Why it failed.
+    error: Option<String>,
+}
+
+/// What the server remembers of the task stream between samples.
+#[derive(Default)]
+struct TaskStream {
+    ring: VecDeque<TaskEntry>,
+    next: u64,
+    /// Tasks seen running and not yet seen ending, with where they ran.
+    open: HashMap<TaskId, Open>,
+}
+
+#[derive(Clone)]
+struct Open {
+    func: String,
+    worker: WorkerId,
+    processor: String,
+}
+
+impl TaskStream {
+    fn push(&mut self, mut e: TaskEntry) {
+        self.next += 1;
+        e.seq = self.next;
+        if self.ring.len() == TASK_RING {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(e);
+    }
+
+    fn since(&self, since: u64) -> Vec<TaskEntry> {
+        // Entries are numbered consecutively: the first one above `since` is found by
+        // offset, not by a scan.
+        let first = self.ring.front().map_or(1, |e| e.seq);
+        let skip = since.saturating_add(1).saturating_sub(first);
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        self.ring
+            .iter()
+            .skip(skip)
+            .take(MAX_BATCH)
+            .cloned()
+            .collect()
+    }
+
+    /// Folds one sample of the driver into the stream.
+    fn apply(&mut self, sample: TaskSample) {
+        let running: HashSet<TaskId> = sample.running.iter().map(|r| r.task).collect();
+        for r in sample.running {
+            if self.open.contains_key(&r.task) {
+                continue;
+            }
+            self.open.insert(
+                r.task,
+                Open {
+                    func: r.func.clone(),
+                    worker: r.worker,
+                    processor: r.processor.clone(),
+                },
+            );
+            self.push(TaskEntry {
+                seq: 0,
+                task: r.task.0,
+                func: r.func,
+                worker: Some(r.worker.0),
+                processor: r.processor,
+                state: "running",
+                waited_ms: r.waited_ms,
+                run_ms: None,
+                error: None,
+            });
+        }
+        for end in sample.ended {
+            if running.contains(&end.task) {
+                continue;
+            }
+            let Some(open) = self.open.remove(&end.task) else {
+                continue;
+            };
+            self.push(TaskEntry {
+                seq: 0,
+                task: end.task.0,
+                func: open.func,
+                worker: Some(open.worker.0),
+                processor: end.processor.unwrap_or(open.processor),
+                state: if end.error.is_some() {
+                    "failed"
+                } else {
+                    "finished"
+                },
+                waited_ms: end.waited_ms,
+                run_ms: end.run_ms,
+                error: end.error,
+            });
+        }
+    }
+}
+
+/// A task dispatched and unfinished, as sampled in the driver loop.
+struct Running {
+    task: TaskId,
+    func: String,
+    worker: WorkerId,
+    processor: String,
+    waited_ms: Option<f64>,
+}
+
+/// A task that was open and has ended.
+struct Ended {
+    task: TaskId,
+    processor: Option<String>,
+    waited_ms: Option<f64>,
+    run_ms: Option<f64>,
+    error: Option<String>,
+}
+
+/// What one sample of the driver brings to the task stream.
+struct TaskSample {
+    running: Vec<Running>,
+    ended: Vec<Ended>,
+}
+
+/// One processor of the tree.
+#[derive(Clone, Debug, Serialize)]
+struct ProcView {
+    /// `proc[i]@worker-n`.
+    id: String,
+    /// Its index within its process (0 for the process root).
+    index: u32,
+    /// The index of its parent, `null` for the root.
+    parent: Option<u32>,
+    /// Its kind (`os`, `thread`, a device's).
+    kind: String,
+    /// Its short human name.
+    label: String,
+}
+
+/// One worker process and its processors.
+#[derive(Clone, Debug, Serialize)]
+struct WorkerView {
+    /// Its id's number.
+    id: u32,
+    /// `worker-n`.
+    label: String,
+    /// The name its launcher gave it.
+    name: String,
+    /// Its host.
+    host: String,
+    /// Its OS process id.
+    pid: u32,
+    /// Whether it is the driver's own process.
+    driver: bool,
+    /// Whether it is in the pool (joined and not lost; the driver's root is listed without
+    /// being in the pool when it runs no tasks).
+    in_pool: bool,
+    /// Tasks dispatched there and not finished.
+    queue: usize,
+    /// Resident set size in bytes, when the process runs on this host.
+    rss_bytes: Option<u64>,
+    /// Its processors, the root first.
+    processors: Vec<ProcView>,
+}
+
+/// The scheduler's counters the page shows.
+#[derive(Clone, Debug, Serialize)]
+struct StatsView {
+    submitted: u64,
+    finished: u64,
+    failed: u64,
+    running: u64,
+    ready: u64,
+    waiting: u64,
+}
+
+/// `/api/state`.
+#[derive(Serialize)]
+struct StateView {
+    /// Milliseconds since the server started.
+    uptime_ms: f64,
+    stats: StatsView,
+    workers: Vec<WorkerView>,
+    /// The last cluster events, oldest first.
+    events: Vec<EventView>,
+}
+
+/// `/api/tasks`.
+#[derive(Serialize)]
+struct TasksView {
+    /// Pass as `since` to get what came after.
+    next: u64,
+    tasks: Vec<TaskEntry>,
+}
+
+#[derive(Deserialize)]
+struct Since {
+    since: Option<u64>,
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        Html(PAGE),
+    )
+}
+
+async fn api_state(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let sample = shared
+        .query(|st| {
+            let core = &st.core;
+            let pool: HashSet<WorkerId> = core.workers().into_iter().collect();
+            let s = core.stats();
+            let stats = StatsView {
+                submitted: s.submitted,
+                finished: s.finished,
+                failed: s.failed,
+                running: s.running,
+                ready: s.ready,
+                waiting: s.waiting,
+            };
+            let workers: Vec<_> = core
+                .topology()
+                .workers()
+                .map(|w| {
+                    let queue = core.scheduler().dispatched_to(w.worker).count();
+                    let processors = w
+                        .procs
+                        .iter()
+                        .map(|p| ProcView {
+                            id: p.id.to_string(),
+                            index: p.id.index,
+                            parent: p.parent.map(|q| q.index),
+                            kind: p.kind.to_string(),
+                            label: p.label.clone(),
+                        })
+                        .collect();
+                    WorkerView {
+                        id: w.worker.0,
+                        label: w.worker.to_string(),
+                        name: w.name.clone(),
+                        host: w.host.clone(),
+                        pid: w.pid,
+                        driver: w.worker == WorkerId::DRIVER,
+                        in_pool: pool.contains(&w.worker),
+                        queue,
+                        rss_bytes: None,
+                        processors,
+                    }
+                })
+                .collect();
+            (stats, workers)
+        })
+        .await;
+    let Some((stats, mut workers)) = sample else {
+        return gone();
+    };
+    for w in &mut workers {
+        if w.host == shared.host {
+            w.rss_bytes = rss_of(w.pid);
+        }
+    }
+    let events = shared.events.lock().ring.iter().cloned().collect();
+    Json(StateView {
+        uptime_ms: millis(shared.started.elapsed()),
+        stats,
+        workers,
+        events,
+    })
+    .into_response()
+}
+
+async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) -> impl IntoResponse {
+    let mut stream = shared.tasks.lock().await;
+    let open: Vec<TaskId> = stream.open.keys().copied().collect();
+    let sample = shared
+        .query(move |st| {
+            let core = &st.core;
+            let sched = core.scheduler();
+            let label = |p: ProcId| match core.topology().proc(p) {
+                Some(info) => format!("{}[{}]@{}", info.kind, p.index, p.worker),
+                None => p.to_string(),
+            };
+            let mut running = Vec::new();
+            'workers: for w in core.workers() {
+                for t in sched.dispatched_to(w) {
+                    if running.len() == MAX_RUNNING {
+                        break 'workers;
+                    }
+                    let info = sched.task_info(t.task);
+                    let proc = info.as_ref().and_then(|i| i.proc);
+                    running.push(Running {
+                        task: t.task,
+                        func: t.func.to_owned(),
+                        worker: w,
+                        processor: proc.map_or_else(|| w.to_string(), label),
+                        waited_ms: info
+                            .as_ref()
+                            .and_then(|i| Some(millis(i.dispatched?.saturating_sub(i.submitted)))),
+                    });
+                }
+            }
+            let now_running: HashSet<TaskId> = running.iter().map(|r| r.task).collect();
+            let ended = open
+                .into_iter()
+                .filter(|t| !now_running.contains(t))
+                .filter_map(|t| {
+                    let info = sched.task_info(t)?;
+                    let error = sched.failure(t).map(ToString::to_string);
+                    // Still waiting to run again (a retry): not ended.
+                    if info.finished.is_none() && error.is_none() {
+                        return None;
+                    }
+                    Some(Ended {
+                        task: t,
+                        processor: info.proc.map(label),
+                        waited_ms: info
+                            .dispatched
+                            .map(|d| millis(d.saturating_sub(info.submitted))),
+                        run_ms: info.run_ns.map(|ns| ns as f64 / 1e6),
+                        error,
+                    })
+                })
+                .collect();
+            TaskSample { running, ended }
+        })
+        .await;
+    let Some(sample) = sample else {
+        return gone();
+    };
+    stream.apply(sample);
+    let since = q.since.unwrap_or(0);
+    let tasks = stream.since(since);
+    let next = tasks.last().map_or(since.max(stream.next), |e| e.seq);
+    Json(TasksView { next, tasks }).into_response()
+}
+
+/// The answer once the driver loop has ended.
+fn gone() -> axum::response::Response {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the context is shut down",
+    )
+        .into_response()
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The resident set size of process `pid` of this host (`VmRSS` of `/proc/<pid>/status`);
+/// `None` where that cannot be read (another OS, the process is gone).
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let n: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => n.checked_mul(1024),
+        _ => None,
+    }
+}
+
+/// The page: static HTML and JavaScript; every value is put in with `textContent` or
+/// `setAttribute`, never parsed as HTML.
+const PAGE: &str = include_str!("dashboard.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("VmRSS:\tlots kB\n"), None);
+        assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
+    }
+
+    fn entry(task: u64) -> TaskEntry {
+        TaskEntry {
+            seq: 0,
+            task,
+            func: "f".into(),
+            worker: Some(1),
+            processor: "thread[1]@worker-1".into(),
+            state: "running",
+            waited_ms: None,
+            run_ms: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_stream_returns_what_came_after_since_within_its_ring() {
+        let mut s = TaskStream::default();
+        for t in 0..(TASK_RING as u64 + 10) {
+            s.push(entry(t));
+        }
+        let all = s.since(0);
+        assert_eq!(all.len(), MAX_BATCH);
+        assert_eq!(all[0].seq, 11, "the oldest entries left the ring");
+        let tail = s.since(TASK_RING as u64 + 5);
+        assert_eq!(
+            tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (TASK_RING as u64 + 6..=TASK_RING as u64 + 10).collect::<Vec<_>>()
+        );
+        assert!(s.since(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_task_is_listed_running_then_finished_once() {
+        let mut s = TaskStream::default();
+        let running = || Running {
+            task: TaskId(7),
+            func: "g".into(),
+            worker: WorkerId(2),
+            processor: "thread[1]@worker-2".into(),
+            waited_ms: Some(1.0),
+        };
+        s.apply(TaskSample {
+            running: vec![running()],
+            ended: vec![],
+        });
+        s.apply(TaskSample {
+            running: vec![running()],
+            ended: vec![],
+        });
+        let ended = || Ended {
+            task: TaskId(7),
+            processor: None,
+            waited_ms: Some(1.0),
+            run_ms: Some(2.5),
+            error: None,
+        };
+        s.apply(TaskSample {
+            running: vec![],
+            ended: vec![ended()],
+        });
+        s.apply(TaskSample {
+            running: vec![],
+            ended: vec![ended()],
+        });
+        let states: Vec<_> = s.since(0).iter().map(|e| (e.seq, e.state)).collect();
+        assert_eq!(states, vec![(1, "running"), (2, "finished")]);
+        assert!(s.open.is_empty());
+    }
+}
