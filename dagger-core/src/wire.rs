@@ -76,12 +76,17 @@ pub enum ToWorker {
 pub enum ToDriver {
     /// A joining worker describes itself (its id and incarnation are filled by the driver).
     Join(WorkerInfo),
-    /// Tasks that finished, in a batch.
+    /// Tasks that finished, in a batch, and the chunks that arrived since the last batch.
     Done {
         /// The sender's incarnation.
         incarnation: Incarnation,
         /// The finished tasks.
         tasks: Vec<TaskDone>,
+        /// Chunks this worker received from peers.
+        moves: Vec<MoveDone>,
+        /// The sender's clock when it sent this, in nanoseconds (its own origin): the
+        /// driver aligns the times of the batch with it.
+        sent_ns: u64,
     },
     /// The answer to [`ToWorker::Fetch`].
     ChunkData {
@@ -248,8 +253,27 @@ pub struct TaskDone {
     pub proc: ProcId,
     /// How long its function ran, in nanoseconds.
     pub run_ns: u64,
+    /// When it started, on the sender's clock (nanoseconds; see `ToDriver::Done::sent_ns`).
+    pub started_ns: u64,
     /// Its result.
     pub outcome: Outcome,
+}
+
+/// One chunk a worker received from a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveDone {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// The peer it came from.
+    pub from: WorkerId,
+    /// Its size.
+    pub bytes: u64,
+    /// Whether it came through shared memory (else inline over the link).
+    pub shared_memory: bool,
+    /// When it was asked for, on the receiver's clock (nanoseconds).
+    pub started_ns: u64,
+    /// When it arrived, on the same clock.
+    pub finished_ns: u64,
 }
 
 /// What a task produced.

@@ -66,8 +66,12 @@ fn a_huge_sequence_length_reserves_little() {
     let mut frame = wire::encode(&ToDriver::Done {
         incarnation: dagger_core::Incarnation(1),
         tasks: vec![],
+        moves: Vec::new(),
+        sent_ns: 0,
     });
-    frame.pop();
+    // The three one-byte fields at the end (the task count, the move count, the clock)
+    // give way to a task count of 2^60.
+    frame.truncate(frame.len() - 3);
     frame.extend(wire_fuzz::varint(1 << 60));
     let (r, largest) = alloc::largest_allocation(|| wire::decode::<ToDriver>(&frame));
     assert!(r.is_err());
@@ -91,13 +95,18 @@ fn deeply_nested_causes_are_refused_without_overflowing_the_stack() {
             task: TaskId(1),
             proc: ProcId::new(WorkerId(1), 1),
             run_ns: 0,
+            started_ns: 0,
             outcome: Outcome::Failed(TaskError::Shutdown { task: TaskId(1) }),
         }],
+        moves: Vec::new(),
+        sent_ns: 0,
     };
     let encoded = wire::encode(&done);
-    // Everything before the error, then the nested causes, then the innermost error.
+    // Everything before the error, then the nested causes, then the innermost error, then
+    // the fields after the task list (no moves, the clock).
     let inner = wire::encode(&TaskError::Shutdown { task: TaskId(1) });
-    let prefix = &encoded[..encoded.len() - inner.len()];
+    let tail = wire::encode(&(Vec::<wire::MoveDone>::new(), 0u64));
+    let prefix = &encoded[..encoded.len() - inner.len() - tail.len()];
     let nested_variant = wire::encode(&TaskError::DependencyFailed {
         task: TaskId(1),
         dependency: TaskId(1),
@@ -110,6 +119,7 @@ fn deeply_nested_causes_are_refused_without_overflowing_the_stack() {
             frame.extend_from_slice(level);
         }
         frame.extend_from_slice(&inner);
+        frame.extend_from_slice(&tail);
         frame
     };
     // Real chains (the scheduler names the root failure directly) decode.

@@ -109,6 +109,8 @@ pub struct DriverConfig {
     pub shm_shortcuts: bool,
     /// The fault policy: loss budgets, poison tasks, exclusion of workers.
     pub policy: PolicyConfig,
+    /// Record every task's and move's span for [`DriverCore::timeline`]. Default off.
+    pub record: bool,
 }
 
 impl Default for DriverConfig {
@@ -121,6 +123,7 @@ impl Default for DriverConfig {
             max_frame: 1 << 30,
             shm_shortcuts: true,
             policy: PolicyConfig::default(),
+            record: false,
         }
     }
 }
@@ -334,6 +337,8 @@ pub struct DriverCore<S = ()> {
 
     /// Drains in progress, by worker.
     drains: BTreeMap<WorkerId, CoreDrain>,
+    /// The spans of tasks and moves, when recording.
+    recorder: Option<crate::timeline::Recorder>,
 
     /// Releases held back per worker, how many in all, and since when the oldest waits.
     held: BTreeMap<WorkerId, Vec<ChunkId>>,
@@ -348,6 +353,7 @@ impl<S> DriverCore<S> {
     /// A core around `sched` with no workers. Cheap.
     pub fn new(mut sched: Scheduler, config: DriverConfig) -> Self {
         sched.set_default_loss_retries(config.policy.loss_retries);
+        let recorder = config.record.then(crate::timeline::Recorder::default);
         Self {
             detector: FailureDetector::new(config.heartbeat_timeout),
             policy: FaultPolicy::new(config.policy.clone()),
@@ -369,6 +375,7 @@ impl<S> DriverCore<S> {
             fetches: IdHashMap::default(),
             parked: Vec::new(),
             drains: BTreeMap::new(),
+            recorder,
             held: BTreeMap::new(),
             held_count: 0,
             held_since: None,
@@ -514,9 +521,29 @@ impl<S> DriverCore<S> {
         let now = self.now;
         self.detector.heard(worker, link_incarnation, now);
         match msg {
-            ToDriver::Done { incarnation, tasks } => {
+            ToDriver::Done {
+                incarnation,
+                tasks,
+                moves,
+                sent_ns,
+            } => {
                 let mut excluded = Vec::new();
+                let recording = incarnation == link_incarnation;
+                if let (Some(rec), true) = (&mut self.recorder, recording) {
+                    rec.batch(worker, now, sent_ns);
+                    for m in moves {
+                        rec.moved(worker, m);
+                    }
+                }
                 for done in tasks {
+                    if let (Some(rec), true) = (&mut self.recorder, recording) {
+                        // Only what the scheduler accepts: the attempt dispatched last.
+                        if self.sched.is_dispatched_to(done.task, worker) {
+                            if let Some(dispatch) = self.sched.dispatch_of(done.task) {
+                                rec.task_done(worker, &done, dispatch);
+                            }
+                        }
+                    }
                     if incarnation == link_incarnation {
                         match &done.outcome {
                             Outcome::Failed(err) => {
@@ -1133,6 +1160,11 @@ impl<S> DriverCore<S> {
         let tasks = std::mem::take(&mut self.pending);
         let mut ends = std::mem::take(&mut self.pending_ends);
         let mut slots = std::mem::take(&mut self.pending_slots);
+        if let Some(rec) = &mut self.recorder {
+            for spec in &tasks {
+                rec.submitted(spec);
+            }
+        }
         match self.sched.try_submit(now, tasks) {
             Ok(()) => self.adopt(slots.drain(..)),
             Err((error, tasks)) if ends.len() <= 1 => {
@@ -1267,6 +1299,7 @@ impl<S> DriverCore<S> {
             task: t.task,
             proc: t.proc,
             run_ns: 0,
+            started_ns: 0,
             outcome: Outcome::Failed(TaskError::MoveFailed {
                 task: t.task,
                 cause: MoveFailure::TooLarge {
@@ -1434,6 +1467,13 @@ impl<S> DriverCore<S> {
     /// The workers holding `chunk` now, as the scheduler knows them.
     pub fn holders(&self, chunk: ChunkId) -> &[WorkerId] {
         self.sched.holders(chunk)
+    }
+
+    /// Every task and move recorded so far, on this core's clock (see
+    /// [`timeline`](crate::timeline) for how worker clocks are aligned); `None` when
+    /// recording is off ([`DriverConfig::record`]). O(recorded tasks + moves).
+    pub fn timeline(&self) -> Option<crate::Timeline> {
+        self.recorder.as_ref().map(|r| r.timeline(&self.sched))
     }
 
     /// How many joins were accepted over the driver's life.

@@ -12,7 +12,9 @@
 //! shortest one-way trip, so an aligned time is late by at most that trip (tens of µs on
 //! one host) and never later than the arrival of the batch that reported it. Hence, for
 //! every task, `queued ≤ dispatched ≤ started ≤ finished`, also across hosts whose
-//! clocks differ; the estimate only gets better as batches arrive.
+//! clocks differ. The estimate only gets better as batches arrive; times are aligned when
+//! the timeline is read, with each worker's latest estimate, so all spans of one worker
+//! move together.
 //!
 //! Recording costs one record per task (its dependencies included) and one per move, and
 //! lives as long as the driver core.
@@ -79,4 +81,180 @@ pub struct MoveSpan {
     pub started: Duration,
     /// When it arrived.
     pub finished: Duration,
+}
+
+/// What the driver core keeps while recording: raw spans in the worker's terms, completed
+/// from the scheduler's records when a [`Timeline`] is asked for.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    /// One per task, in report order (a re-run replaces its task's entry).
+    tasks: Vec<RawTask>,
+    /// Where each task's entry is.
+    index: dagger_core::hash::IdHashMap<TaskId, usize>,
+    /// Each submitted task's inputs, recorded at submission.
+    inputs: dagger_core::hash::IdHashMap<TaskId, Vec<TaskId>>,
+    /// Chunks received, on the receiver's clock.
+    moves: Vec<(WorkerId, dagger_core::wire::MoveDone)>,
+    /// The latest clock offset of each worker that reported (kept after it left).
+    skews: dagger_core::hash::IdHashMap<WorkerId, ClockSkew>,
+}
+
+/// A task's run as its worker reported it, on the worker's clock: aligned when the
+/// timeline is read, with the worker's latest offset, so that one worker's spans are
+/// shifted alike and never overlap by an artefact of the alignment.
+struct RawTask {
+    task: TaskId,
+    worker: WorkerId,
+    proc: ProcId,
+    /// The dispatch this run answers, and the attempts then.
+    dispatched: Duration,
+    attempts: u32,
+    started_ns: u64,
+    run_ns: u64,
+    bytes: u64,
+    error: Option<String>,
+}
+
+/// The offset of a worker's clock from the driver's: the smallest `arrival − sent` seen,
+/// in nanoseconds (see the module documentation).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ClockSkew(Option<i128>);
+
+impl ClockSkew {
+    /// A batch sent at `sent_ns` (the worker's clock) arrived at `now` (the driver's).
+    pub(crate) fn observe(&mut self, now: Duration, sent_ns: u64) {
+        let d = now.as_nanos() as i128 - i128::from(sent_ns);
+        self.0 = Some(self.0.map_or(d, |o| o.min(d)));
+    }
+
+    /// `worker_ns` on the driver's clock (never before its start).
+    pub(crate) fn align(&self, worker_ns: u64) -> Duration {
+        let t = i128::from(worker_ns) + self.0.unwrap_or(0);
+        Duration::from_nanos(u64::try_from(t.max(0)).unwrap_or(u64::MAX))
+    }
+}
+
+impl Recorder {
+    /// Notes the inputs of a submitted task.
+    pub(crate) fn submitted(&mut self, spec: &dagger_core::TaskSpec) {
+        let mut inputs: Vec<TaskId> = Vec::new();
+        for d in spec.deps() {
+            if !inputs.contains(&d) {
+                inputs.push(d);
+            }
+        }
+        self.inputs.insert(spec.id, inputs);
+    }
+
+    /// A batch of `worker`'s, sent at `sent_ns` on its clock, arrived at `now`.
+    pub(crate) fn batch(&mut self, worker: WorkerId, now: Duration, sent_ns: u64) {
+        self.skews.entry(worker).or_default().observe(now, sent_ns);
+    }
+
+    /// Notes a task's run on `worker`, reported by `done`, answering the dispatch at
+    /// `dispatched` (the task's `attempts`-th).
+    pub(crate) fn task_done(
+        &mut self,
+        worker: WorkerId,
+        done: &dagger_core::wire::TaskDone,
+        (dispatched, attempts): (Duration, u32),
+    ) {
+        use dagger_core::wire::Outcome;
+        let (bytes, error) = match &done.outcome {
+            Outcome::Value(v) => (v.len() as u64, None),
+            Outcome::Stored { size } => (*size, None),
+            Outcome::Failed(e) => (0, Some(e.to_string())),
+        };
+        let raw = RawTask {
+            task: done.task,
+            worker,
+            proc: done.proc,
+            dispatched,
+            attempts,
+            started_ns: done.started_ns,
+            run_ns: done.run_ns,
+            bytes,
+            error,
+        };
+        match self.index.get(&done.task) {
+            Some(&k) => self.tasks[k] = raw,
+            None => {
+                self.index.insert(done.task, self.tasks.len());
+                self.tasks.push(raw);
+            }
+        }
+    }
+
+    /// Notes a chunk `to` received, reported by `m`.
+    pub(crate) fn moved(&mut self, to: WorkerId, m: dagger_core::wire::MoveDone) {
+        self.moves.push((to, m));
+    }
+
+    fn skew(&self, worker: WorkerId) -> ClockSkew {
+        self.skews.get(&worker).copied().unwrap_or_default()
+    }
+
+    /// The timeline so far, completed from the scheduler (function names, submission and
+    /// dispatch times, attempts) and the topology (processor labels).
+    pub(crate) fn timeline(&self, sched: &dagger_sched::Scheduler) -> Timeline {
+        let mut processors: Vec<(ProcId, String)> = Vec::new();
+        let mut seen: std::collections::HashSet<ProcId> = std::collections::HashSet::new();
+        let mut tasks = Vec::with_capacity(self.tasks.len());
+        for r in &self.tasks {
+            let info = sched.task_info(r.task);
+            let skew = self.skew(r.worker);
+            let started = skew.align(r.started_ns);
+            let finished = skew.align(r.started_ns.saturating_add(r.run_ns));
+            let (func, queued) = match &info {
+                Some(i) => (i.func.clone(), i.submitted),
+                None => (String::new(), r.dispatched),
+            };
+            let (dispatched, attempts) = (r.dispatched, r.attempts);
+            if seen.insert(r.proc) {
+                let label = sched
+                    .topology()
+                    .proc(r.proc)
+                    .map_or_else(|| r.proc.to_string(), |p| p.label.clone());
+                processors.push((r.proc, label));
+            }
+            // No clamping: the alignment itself keeps a start after the dispatch (see the
+            // module documentation), and only reports the scheduler accepted (of the
+            // attempt dispatched last) are recorded.
+            tasks.push(TaskSpan {
+                task: r.task,
+                func,
+                worker: r.worker,
+                proc: r.proc,
+                attempts,
+                queued,
+                dispatched,
+                started,
+                finished,
+                bytes: r.bytes,
+                error: r.error.clone(),
+                inputs: self.inputs.get(&r.task).cloned().unwrap_or_default(),
+            });
+        }
+        let moves = self
+            .moves
+            .iter()
+            .map(|(to, m)| {
+                let skew = self.skew(*to);
+                MoveSpan {
+                    chunk: m.chunk,
+                    from: m.from,
+                    to: *to,
+                    bytes: m.bytes,
+                    shared_memory: m.shared_memory,
+                    started: skew.align(m.started_ns),
+                    finished: skew.align(m.finished_ns),
+                }
+            })
+            .collect();
+        Timeline {
+            tasks,
+            moves,
+            processors,
+        }
+    }
 }

@@ -151,6 +151,7 @@ fn done(c: &mut Core, now: Duration, link: LinkId, inc: Incarnation, t: &RunTask
         task: t.task,
         proc: t.proc,
         run_ns: 1000,
+        started_ns: 0,
         outcome,
     }];
     send(
@@ -160,6 +161,8 @@ fn done(c: &mut Core, now: Duration, link: LinkId, inc: Incarnation, t: &RunTask
         ToDriver::Done {
             incarnation: inc,
             tasks,
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
 }

@@ -121,6 +121,7 @@ fn done(t: &RunTask, outcome: Outcome) -> TaskDone {
         task: t.task,
         proc: t.proc,
         run_ns: 1_000,
+        started_ns: 0,
         outcome,
     }
 }
@@ -263,6 +264,8 @@ fn a_replaced_incarnation_is_fenced_even_when_it_claims_the_new_one() {
         ToDriver::Done {
             incarnation: Incarnation(2),
             tasks: vec![done(&task, value.clone())],
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
     assert!(completions(&events(&mut c)).is_empty(), "fenced");
@@ -275,6 +278,8 @@ fn a_replaced_incarnation_is_fenced_even_when_it_claims_the_new_one() {
         ToDriver::Done {
             incarnation: Incarnation(2),
             tasks: vec![done(&rerun[0].1, value)],
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
     let done = completions(&events(&mut c));
@@ -361,6 +366,8 @@ fn finished_small_task(c: &mut Core) -> RunTask {
         ToDriver::Done {
             incarnation: Incarnation(1),
             tasks: vec![done(&t, Outcome::Value(wire::encode(&2u64)))],
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
     t
@@ -426,6 +433,8 @@ fn releases_go_at_once_when_a_batch_gathered() {
         ToDriver::Done {
             incarnation: Incarnation(1),
             tasks: vec![done(&r[0].1, Outcome::Value(wire::encode(&2u64)))],
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
     assert!(frames(&mut c).is_empty());
@@ -436,6 +445,8 @@ fn releases_go_at_once_when_a_batch_gathered() {
         ToDriver::Done {
             incarnation: Incarnation(1),
             tasks: vec![done(&r[1].1, Outcome::Value(wire::encode(&3u64)))],
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
     let f = frames(&mut c);
@@ -495,6 +506,8 @@ fn stored_result_lost(c: &mut Core, second_worker: bool) -> ChunkId {
         ToDriver::Done {
             incarnation: Incarnation(1),
             tasks: vec![done(&t, Outcome::Stored { size: 1 << 20 })],
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
     let done = completions(&events(c));
@@ -546,6 +559,8 @@ fn a_parked_fetch_is_answered_once_the_lost_result_is_recomputed() {
         ToDriver::Done {
             incarnation: Incarnation(2),
             tasks: vec![done(&rerun[0].1, Outcome::Stored { size: 1 << 20 })],
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
     assert_eq!(frames(&mut c), vec![(LinkId(2), ToWorker::Fetch(chunk))]);
@@ -628,6 +643,8 @@ fn a_fetch_from_a_worker_that_leaves_ends_with_the_recomputation() {
         ToDriver::Done {
             incarnation: Incarnation(1),
             tasks: vec![done(&t, Outcome::Stored { size: 1 << 20 })],
+            moves: Vec::new(),
+            sent_ns: 0,
         },
     );
     events(&mut c);
@@ -1072,7 +1089,17 @@ fn a_worker_whose_failed_tasks_succeed_elsewhere_is_excluded() {
             };
             let incarnation = Incarnation(link.0 as u32);
             let tasks = vec![done(&t, outcome)];
-            deliver(&mut c, now, link, ToDriver::Done { incarnation, tasks });
+            deliver(
+                &mut c,
+                now,
+                link,
+                ToDriver::Done {
+                    incarnation,
+                    tasks,
+                    moves: Vec::new(),
+                    sent_ns: 0,
+                },
+            );
         }
     }
     assert_eq!(

@@ -139,8 +139,11 @@ fn an_absurd_run_time_does_not_send_tasks_to_a_lost_worker() {
             task: TaskId(1),
             proc: dagger_core::ProcId::root(second.worker),
             run_ns: u64::MAX,
+            started_ns: 0,
             outcome: Outcome::Value(wire::encode(&2u64)),
         }],
+        moves: Vec::new(),
+        sent_ns: 0,
     };
     core.handle_message(ms(4), LinkId(2), done);
     core.handle_submit(ms(5), [(spec(2), None), (spec(3), None)]);

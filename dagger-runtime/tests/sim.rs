@@ -50,7 +50,8 @@ fn random_graphs_on_a_faulty_cluster() {
          {} flaky panics, {} workers excluded ({} flaky); \
          {} drains ({} refused as stranding): {} drained ({} kept, {} chunks handed over), {} past their deadline, \
          {} hand-overs failed, {} lost while draining; {} drained workers killed at once, {} destinations killed; \
-         {} kept workers killed ({} then alone holding a result); {} events, {:.0}s virtual",
+         {} kept workers killed ({} then alone holding a result); \
+         {} timelines checked ({} task spans); {} events, {:.0}s virtual",
         started.elapsed().as_secs_f64(),
         t.tasks,
         t.executions,
@@ -92,6 +93,8 @@ fn random_graphs_on_a_faulty_cluster() {
         t.handover_dest_kills,
         t.kept_killed,
         t.kept_killed_sole,
+        t.timelines_checked,
+        t.spans_checked,
         t.events,
         t.virtual_ms as f64 / 1000.0,
     );
@@ -215,8 +218,11 @@ mod scenario {
                 task: t.task,
                 proc: t.proc,
                 run_ns: 1000,
+                started_ns: 0,
                 outcome,
             }],
+            moves: Vec::new(),
+            sent_ns: 0,
         };
         c.handle_message(now, link, wire::decode(&wire::encode(&msg)).unwrap());
     }

@@ -166,7 +166,9 @@ fn flush_done(w: &mut Worker, now: Duration) -> Vec<wire::TaskDone> {
     driver_msgs(&transmits(w))
         .into_iter()
         .flat_map(|m| match m {
-            ToDriver::Done { incarnation, tasks } => {
+            ToDriver::Done {
+                incarnation, tasks, ..
+            } => {
                 assert_eq!(incarnation, Incarnation(5));
                 tasks
             }

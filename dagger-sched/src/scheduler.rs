@@ -418,6 +418,15 @@ impl Scheduler {
         })
     }
 
+    /// When `task` was last dispatched and how many times it was, without the rest of
+    /// [`Scheduler::task_info`] (no allocation); `None` if it is unknown or was never
+    /// dispatched. O(1).
+    pub fn dispatch_of(&self, task: TaskId) -> Option<(Duration, u32)> {
+        let i = self.tasks.get(&task)?;
+        let t = &self.tasks[i];
+        opt_time(t.dispatched_ns).map(|d| (d, t.attempts))
+    }
+
     /// Counts of tasks by state. O(1).
     pub fn stats(&self) -> Stats {
         let c = &self.tasks.counts;

@@ -16,6 +16,7 @@ fn value_done(rt: &RunTask, v: u64) -> TaskDone {
         task: rt.task,
         proc: rt.proc,
         run_ns: 1_000,
+        started_ns: 0,
         outcome: Outcome::Value(wire::encode(&v)),
     }
 }
@@ -25,6 +26,7 @@ fn stored_done(rt: &RunTask, size: u64) -> TaskDone {
         task: rt.task,
         proc: rt.proc,
         run_ns: 1_000,
+        started_ns: 0,
         outcome: Outcome::Stored { size },
     }
 }
@@ -428,6 +430,7 @@ fn panics_fail_dependents_only_and_retries_rerun() {
         task: rt.task,
         proc: rt.proc,
         run_ns: 5,
+        started_ns: 0,
         outcome: Outcome::Failed(TaskError::Panicked {
             task: rt.task,
             func: rt.func.to_string(),
@@ -1115,6 +1118,7 @@ fn many_trivial_tasks_stay_small() {
                             task: t.task,
                             proc: t.proc,
                             run_ns: 100,
+                            started_ns: 0,
                             outcome,
                         },
                     )
@@ -1165,6 +1169,7 @@ fn move_failed(rt: &RunTask, cause: MoveFailure) -> TaskDone {
         task: rt.task,
         proc: rt.proc,
         run_ns: 0,
+        started_ns: 0,
         outcome: Outcome::Failed(TaskError::MoveFailed {
             task: rt.task,
             cause,
@@ -1341,6 +1346,7 @@ fn a_failed_part_fails_the_gathering_task() {
             task: bad.1.task,
             proc: bad.1.proc,
             run_ns: 5,
+            started_ns: 0,
             outcome: Outcome::Failed(TaskError::Panicked {
                 task: bad.1.task,
                 func: "bad".into(),

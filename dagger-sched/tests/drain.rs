@@ -38,6 +38,7 @@ fn stored(rt: &RunTask) -> TaskDone {
         task: rt.task,
         proc: rt.proc,
         run_ns: 1_000,
+        started_ns: 0,
         outcome: Outcome::Stored { size: 100 },
     }
 }
@@ -397,6 +398,7 @@ fn a_copy_answered_while_its_task_runs_there_again_is_released_only_after_that_r
         task: TaskId(10),
         proc: r[0].1.proc,
         run_ns: 1_000,
+        started_ns: 0,
         outcome: Outcome::Failed(dagger_core::TaskError::Panicked {
             task: TaskId(10),
             func: "f".into(),

@@ -16,6 +16,7 @@ fn done(rt: &RunTask, run_ns: u64) -> TaskDone {
         task: rt.task,
         proc: rt.proc,
         run_ns,
+        started_ns: 0,
         outcome: Outcome::Value(vec![1]),
     }
 }

@@ -200,6 +200,8 @@ pub struct ContextBuilder {
     respawn: bool,
     restart_budget: (u32, Duration),
     worker_memory_limit: Option<u64>,
+    /// Record the timeline of every task and move.
+    pub(crate) timeline: bool,
     dashboard: Option<String>,
 }
 
@@ -234,6 +236,7 @@ impl Default for ContextBuilder {
                 (b.max(), b.window())
             },
             worker_memory_limit: None,
+            timeline: false,
             dashboard: None,
         }
     }
@@ -272,6 +275,14 @@ impl ContextBuilder {
         self.join_timeout = d;
         self
     }
+    /// Records every task's queued, dispatched, started and finished times and processor,
+    /// and every move between workers, for [`Context::timeline`]. Default off. The cost is
+    /// one record per task and per move, kept for the context's life.
+    pub fn timeline(mut self, on: bool) -> Self {
+        self.timeline = on;
+        self
+    }
+
     /// Whether processes on one host move large chunks through shared memory. Default on.
     pub fn shared_memory(mut self, on: bool) -> Self {
         self.shm = on;
@@ -646,6 +657,8 @@ impl Context {
             DriverConfig {
                 heartbeat_timeout: b.heartbeat_timeout,
                 shm: b.shm,
+                // The live view shows the timeline's finished tasks.
+                record: b.timeline || b.dashboard.is_some(),
             },
         );
         {

@@ -237,6 +237,16 @@ impl IntoFuture for Drain {
 }
 
 impl Context {
+    /// Every task and move of the run so far, with its queued, dispatched, started and
+    /// finished times on the driver's clock and the processor it ran on; empty unless the
+    /// context was built with [`ContextBuilder::timeline`](crate::ContextBuilder::timeline).
+    /// Tasks still running are not in it yet.
+    pub fn timeline(&self) -> crate::Timeline {
+        self.query(|st| st.core.timeline().unwrap_or_default())
+            .unwrap_or_default()
+            .into()
+    }
+
     /// The workers holding `task`'s result now, as the scheduler knows them (empty for a
     /// result kept inline by the driver, one not made yet, or an unknown task).
     pub fn holders(&self, task: dagger_core::TaskId) -> Vec<WorkerId> {

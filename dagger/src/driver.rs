@@ -67,6 +67,7 @@ pub(crate) enum LinkEvent {
 pub(crate) struct DriverConfig {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) shm: bool,
+    pub(crate) record: bool,
 }
 
 /// The driver loop's state: the core and the I/O handles its outputs name. Only the loop
@@ -102,6 +103,7 @@ impl DriverState {
         let config = dagger_runtime::driver::DriverConfig {
             heartbeat_timeout: config.heartbeat_timeout,
             shm_shortcuts: config.shm,
+            record: config.record,
             ..Default::default()
         };
         Self {

@@ -61,6 +61,7 @@ mod launch;
 mod lazy;
 mod registry;
 mod supervisor;
+pub mod timeline;
 mod transport;
 mod worker;
 
@@ -88,6 +89,7 @@ pub use dagger_net::{BoxFuture, Identity, NetError, Transport};
 pub use dagger_proc::{
     detectors, DefaultCosts, DetectContext, Detectors, Edge, EdgeKind, Job, Processor, Topology,
 };
+pub use dagger_runtime::{MoveSpan, TaskSpan};
 /// The scheduler's settings, for [`ContextBuilder::scheduler`].
 pub use dagger_sched::Config as SchedulerConfig;
 /// Counts of tasks by state, from [`Context::stats`].
@@ -96,6 +98,7 @@ pub use drain::{Drain, DrainError, DrainOptions, DrainOutcome, DrainReport, Remo
 pub use handle::Handle;
 pub use lazy::{Collect, IntoLazy, Lazy, LazyArg};
 pub use registry::{registry_hash, task_names, CallError};
+pub use timeline::Timeline;
 pub use transport::{set_transport, TransportFactory};
 
 /// The transport API: what a [`Transport`] implementation names (links, frames,

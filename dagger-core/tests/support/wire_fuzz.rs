@@ -228,6 +228,7 @@ pub fn task_done(u: &mut Unstructured<'_>, task: TaskId) -> Result<TaskDone> {
         task,
         proc: proc_id(u)?,
         run_ns: u.arbitrary()?,
+        started_ns: u.arbitrary()?,
         outcome: match u.int_in_range(0..=2u8)? {
             0 => Outcome::Value(bytes(u)?),
             1 => Outcome::Stored {
@@ -253,6 +254,19 @@ pub fn to_driver(u: &mut Unstructured<'_>) -> Result<ToDriver> {
             ToDriver::Done {
                 incarnation: incarnation(u)?,
                 tasks,
+                moves: (0..u.int_in_range(0..=2)?)
+                    .map(|_| {
+                        Ok(dagger_core::wire::MoveDone {
+                            chunk: ChunkId(id64(u)?),
+                            from: worker(u)?,
+                            bytes: u.arbitrary()?,
+                            shared_memory: u.arbitrary()?,
+                            started_ns: u.arbitrary()?,
+                            finished_ns: u.arbitrary()?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                sent_ns: u.arbitrary()?,
             }
         }
         2 => ToDriver::ChunkData {

@@ -44,8 +44,8 @@ pub use io::{Action, ChunkData, Dest, LinkKey, PeerRefused, Route, ShmWrite, Sta
 
 use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{
-    self, ByteBuf, ChunkPayload, Hello, Outcome, PeerInfo, PeerMsg, RunArg, RunPart, RunTask,
-    TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
+    self, ByteBuf, ChunkPayload, Hello, MoveDone, Outcome, PeerInfo, PeerMsg, RunArg, RunPart,
+    RunTask, TaskDone, ToDriver, ToWorker, PROTOCOL_VERSION,
 };
 use dagger_core::{ChunkId, Incarnation, MoveFailure, ProcId, TaskError, TaskId, WorkerId};
 use std::borrow::Cow;
@@ -145,6 +145,12 @@ pub struct WorkerState<B> {
     heartbeat: Duration,
     next_heartbeat: Option<Duration>,
     done: Vec<TaskDone>,
+    /// Chunks received from peers since the last `Done` batch, reported with it.
+    moves: Vec<MoveDone>,
+    /// When each chunk asked of a peer was first asked for, until it arrives or fails.
+    asked: IdHashMap<ChunkId, Duration>,
+    /// Chunks read from shared memory by the shell: who sent them.
+    reading: IdHashMap<ChunkId, WorkerId>,
     done_due: Option<Duration>,
     /// Wants to ask again: (when, sequence number, chunk, of whom).
     retries: BinaryHeap<Reverse<(Duration, u64, ChunkId, WorkerId)>>,
@@ -179,6 +185,9 @@ impl<B: ChunkData> WorkerState<B> {
             heartbeat: Duration::from_secs(1),
             next_heartbeat: None,
             done: Vec::new(),
+            moves: Vec::new(),
+            asked: IdHashMap::default(),
+            reading: IdHashMap::default(),
             done_due: None,
             retries: BinaryHeap::new(),
             retry_seq: 0,
@@ -548,6 +557,11 @@ impl<B: ChunkData> WorkerState<B> {
         bytes: Result<B, MoveFailure>,
     ) {
         self.now = self.now.max(now);
+        if let Some(from) = self.reading.remove(&chunk) {
+            if let Ok(b) = &bytes {
+                self.record_move(chunk, from, b.as_ref().len() as u64, true);
+            }
+        }
         match bytes {
             Ok(b) if push => self.deliver(chunk, b),
             Ok(b) => self.deliver_lent(chunk, b),
@@ -661,10 +675,12 @@ impl<B: ChunkData> WorkerState<B> {
                 Outcome::Failed(err)
             }
         };
+        let started_ns = nanos(now).saturating_sub(run_ns);
         self.report(TaskDone {
             task,
             proc: r.proc,
             run_ns,
+            started_ns,
             outcome,
         });
     }
@@ -988,6 +1004,7 @@ impl<B: ChunkData> WorkerState<B> {
             task,
             proc: p.proc,
             run_ns: 0,
+            started_ns: nanos(self.now),
             outcome: Outcome::Failed(err),
         });
     }
@@ -1007,6 +1024,7 @@ impl<B: ChunkData> WorkerState<B> {
                 && !self.running.contains_key(&producer)
             {
                 self.store.remove(&chunk);
+                self.asked.remove(&chunk);
             }
         }
     }
@@ -1024,14 +1042,34 @@ impl<B: ChunkData> WorkerState<B> {
 
     fn flush_done(&mut self) {
         self.done_due = None;
-        if self.done.is_empty() {
+        if self.done.is_empty() && self.moves.is_empty() {
             return;
         }
         let msg = ToDriver::Done {
             incarnation: self.incarnation,
             tasks: std::mem::take(&mut self.done),
+            moves: std::mem::take(&mut self.moves),
+            sent_ns: nanos(self.now),
         };
         self.send_driver(msg, None);
+    }
+
+    /// Notes a chunk received from `from` (for the driver's timeline), reported with the
+    /// next `Done` batch, which goes out at most `done_delay` from now.
+    fn record_move(&mut self, chunk: ChunkId, from: WorkerId, bytes: u64, shared_memory: bool) {
+        let finished_ns = nanos(self.now);
+        let started_ns = self.asked.remove(&chunk).map_or(finished_ns, nanos);
+        self.moves.push(MoveDone {
+            chunk,
+            from,
+            bytes,
+            shared_memory,
+            started_ns,
+            finished_ns,
+        });
+        if self.done_due.is_none() {
+            self.done_due = Some(self.now + self.config.done_delay);
+        }
     }
 
     /// A chunk's bytes are here: keep them and answer everyone waiting.
@@ -1065,6 +1103,7 @@ impl<B: ChunkData> WorkerState<B> {
     /// A chunk will not come: everyone waiting for it is told (peers with a final "gone",
     /// so they do not ask again).
     fn fail_chunk(&mut self, chunk: ChunkId, cause: MoveFailure) {
+        self.asked.remove(&chunk);
         if !matches!(self.store.get(&chunk), Some(Entry::Waiting { .. })) {
             return;
         }
@@ -1128,21 +1167,30 @@ impl<B: ChunkData> WorkerState<B> {
         push: bool,
     ) {
         match payload {
-            ChunkPayload::Bytes(v) => self.handle_chunk_received(now, chunk, push, Ok(B::from(v))),
-            payload @ ChunkPayload::Shm { .. } => self.actions.push_back(Action::ReadShm {
-                from: peer,
-                chunk,
-                push,
-                payload,
-            }),
+            ChunkPayload::Bytes(v) => {
+                self.record_move(chunk, peer, v.len() as u64, false);
+                self.handle_chunk_received(now, chunk, push, Ok(B::from(v)))
+            }
+            payload @ ChunkPayload::Shm { .. } => {
+                self.reading.insert(chunk, peer);
+                self.actions.push_back(Action::ReadShm {
+                    from: peer,
+                    chunk,
+                    push,
+                    payload,
+                })
+            }
             // A lent segment only feeds the tasks waiting here, so it goes back when they
             // are done.
-            payload @ ChunkPayload::Segment { .. } => self.actions.push_back(Action::ReadShm {
-                from: peer,
-                chunk,
-                push: false,
-                payload,
-            }),
+            payload @ ChunkPayload::Segment { .. } => {
+                self.reading.insert(chunk, peer);
+                self.actions.push_back(Action::ReadShm {
+                    from: peer,
+                    chunk,
+                    push: false,
+                    payload,
+                })
+            }
             ChunkPayload::Missing(reason) => self.retry_want(now, chunk, peer, &reason),
             ChunkPayload::Gone(cause) => self.fail_chunk(chunk, cause),
         }
@@ -1226,6 +1274,7 @@ impl<B: ChunkData> WorkerState<B> {
     }
 
     fn send_want(&mut self, peer: WorkerId, chunk: ChunkId) {
+        self.asked.entry(chunk).or_insert(self.now);
         self.send_to_peer(peer, wire::encode(&PeerMsg::Want(chunk)), Some(chunk));
     }
 
@@ -1296,6 +1345,11 @@ impl<B: ChunkData> WorkerState<B> {
         };
         self.send_driver(msg, None);
     }
+}
+
+/// A time on the core's clock in nanoseconds (saturating after 584 years).
+fn nanos(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn msg_carries_bytes(msg: &ToDriver) -> bool {

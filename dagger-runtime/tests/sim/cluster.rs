@@ -109,6 +109,9 @@ enum PState {
 
 struct Proc {
     core: Worker,
+    /// How far this process's clock is ahead of the driver's (each process has a clock
+    /// of its own origin; the driver aligns the times it reports).
+    clock: Duration,
     pid: u32,
     state: PState,
     driver_conn: u64,
@@ -288,6 +291,9 @@ pub struct Totals {
     /// destinations killed as the request reached them.
     pub drain_race_kills: u64,
     pub handover_dest_kills: u64,
+    /// Runs whose timeline was recorded and checked, and the task spans in them.
+    pub timelines_checked: u64,
+    pub spans_checked: u64,
 }
 
 impl Totals {
@@ -336,6 +342,8 @@ impl Totals {
         self.kept_killed_sole += o.kept_killed_sole;
         self.drain_race_kills += o.drain_race_kills;
         self.handover_dest_kills += o.handover_dest_kills;
+        self.timelines_checked += o.timelines_checked;
+        self.spans_checked += o.spans_checked;
     }
 }
 
@@ -466,6 +474,7 @@ impl Sim {
         let dconfig = DriverConfig {
             shm_shortcuts: false,
             release_batch: rng.random_range(1..=64),
+            record: rng.random_bool(0.5),
             ..DriverConfig::default()
         };
         let mut driver = Driver::new(Scheduler::new(config), dconfig);
@@ -600,6 +609,11 @@ impl Sim {
 
     // ------------------------------------------------------------------ processes
 
+    /// Process `p`'s clock now.
+    fn wnow(&self, p: usize) -> Duration {
+        self.now + self.procs[p].clock
+    }
+
     /// Starts a worker process that connects to the driver and joins.
     fn spawn_process(&mut self, at: Duration) {
         let p = self.procs.len();
@@ -609,9 +623,11 @@ impl Sim {
         config.shm = false;
         let threads = self.rng.random_range(1..=3u32);
         let flaky = self.rng.random_range(0..100) < self.flaky_pct;
+        let clock = Duration::from_micros(self.rng.random_range(0..=3_600_000_000u64));
         let conn = self.new_conn([Who::Proc(p), Who::Driver]);
         self.procs.push(Proc {
             core: Worker::new(config),
+            clock,
             pid,
             state: PState::Alive,
             driver_conn: conn,
@@ -881,7 +897,8 @@ impl Sim {
             Ev::WorkerTimer(p) => {
                 if self.procs[p].timer.is_some_and(|t| t <= self.now) {
                     self.procs[p].timer = None;
-                    self.procs[p].core.handle_timeout(self.now);
+                    let now = self.wnow(p);
+                    self.procs[p].core.handle_timeout(now);
                 }
             }
             Ev::Finish {
@@ -895,9 +912,10 @@ impl Sim {
                     self.trace(|| format!("process {p} finished {task}"));
                     self.procs[p].tokens.remove(&task);
                     self.procs[p].unreported.insert(task);
+                    let wnow = self.wnow(p);
                     self.procs[p]
                         .core
-                        .handle_task_finished(self.now, task, run, result);
+                        .handle_task_finished(wnow, task, run, result);
                 }
             }
             Ev::Connect {
@@ -1013,7 +1031,8 @@ impl Sim {
                                 let mode = self.random_kill_mode();
                                 self.push(at, Ev::Kill(p, mode));
                             }
-                            self.procs[p].core.handle_driver_msg(self.now, msg)
+                            let wnow = self.wnow(p);
+                            self.procs[p].core.handle_driver_msg(wnow, msg)
                         }
                         Err(e) => self.fail(format!("a frame to a worker does not decode: {e}")),
                     }
@@ -1039,17 +1058,17 @@ impl Sim {
                 if let Some((chunk, range, push)) = wire::split_chunk_bytes(&frame) {
                     let bytes = frame[range].to_vec();
                     self.trace(|| format!("process {p} <- {conn}: {chunk} bytes (push {push})"));
+                    let wnow = self.wnow(p);
                     self.procs[p]
                         .core
-                        .handle_chunk_received(self.now, chunk, push, Ok(bytes));
+                        .handle_chunk_received(wnow, chunk, push, Ok(bytes));
                     return;
                 }
                 match wire::decode::<PeerMsg>(&frame) {
                     Ok(msg) => {
                         self.trace(|| format!("process {p} <- {conn}: {msg:?}"));
-                        self.procs[p]
-                            .core
-                            .handle_peer_msg(self.now, LinkKey(conn), msg)
+                        let wnow = self.wnow(p);
+                        self.procs[p].core.handle_peer_msg(wnow, LinkKey(conn), msg)
                     }
                     Err(e) => self.fail(format!("a peer frame does not decode: {e}")),
                 }
@@ -1080,9 +1099,8 @@ impl Sim {
                     // The facade's worker exits when its driver link closes.
                     self.kill(p, KillMode::LinkClose);
                 } else {
-                    self.procs[p]
-                        .core
-                        .handle_link_closed(self.now, LinkKey(conn));
+                    let wnow = self.wnow(p);
+                    self.procs[p].core.handle_link_closed(wnow, LinkKey(conn));
                 }
             }
         }
@@ -1121,9 +1139,8 @@ impl Sim {
             let conn = self.new_conn([Who::Proc(p), Who::Proc(q)]);
             self.procs[p].conns.insert(conn);
             self.procs[q].conns.insert(conn);
-            self.procs[p]
-                .core
-                .handle_link_up(self.now, peer, LinkKey(conn));
+            let wnow = self.wnow(p);
+            self.procs[p].core.handle_link_up(wnow, peer, LinkKey(conn));
         }
     }
 
@@ -1220,6 +1237,7 @@ impl Sim {
                 continue;
             }
             if let Some(t) = self.procs[p].core.poll_timeout() {
+                let t = t.saturating_sub(self.procs[p].clock);
                 if self.procs[p].timer.is_none_or(|armed| t < armed) {
                     self.procs[p].timer = Some(t);
                     self.push(t, Ev::WorkerTimer(p));
@@ -2214,6 +2232,9 @@ impl Sim {
         if stats.live != 0 {
             return self.fail(format!("records not freed after every release: {stats:?}"));
         }
+        if let Err(e) = self.check_timeline() {
+            return self.fail(format!("timeline: {e}"));
+        }
         for p in 0..self.procs.len() {
             let x = &self.procs[p];
             if x.state == PState::Dead || x.lost || !x.core.is_joined() {
@@ -2238,6 +2259,47 @@ impl Sim {
                 return self.fail(format!("{w} still has tasks: {:?}", x.core));
             }
         }
+    }
+
+    /// With recording on: every task appears at most once, every task that finished
+    /// without error on a worker appears, and each span is ordered queued ≤ dispatched ≤
+    /// started ≤ finished ≤ now on the driver's clock (the workers' clocks here are the
+    /// virtual clock, shifted by the network's delays); moves end after they start.
+    fn check_timeline(&mut self) -> Result<(), String> {
+        let Some(timeline) = self.driver.timeline() else {
+            return Ok(());
+        };
+        let mut seen = std::collections::HashSet::new();
+        for s in &timeline.tasks {
+            if !seen.insert(s.task) {
+                return Err(format!("{} appears twice", s.task));
+            }
+            if !(s.queued <= s.dispatched
+                && s.dispatched <= s.started
+                && s.started <= s.finished
+                && s.finished <= self.now)
+            {
+                return Err(format!("span out of order (now {:?}): {s:?}", self.now));
+            }
+        }
+        for k in 0..self.graph.nodes.len() {
+            let t = graph::task_of(k);
+            let ran = self
+                .driver
+                .task_info(t)
+                .is_some_and(|i| i.finished.is_some() && i.run_ns.is_some());
+            if ran && self.driver.scheduler().failure(t).is_none() && !seen.contains(&t) {
+                return Err(format!("{t} finished but has no span"));
+            }
+        }
+        for m in &timeline.moves {
+            if m.started > m.finished || m.finished > self.now {
+                return Err(format!("move out of order: {m:?}"));
+            }
+        }
+        self.totals.timelines_checked += 1;
+        self.totals.spans_checked += timeline.tasks.len() as u64;
+        Ok(())
     }
 
     fn report(&self, failure: &str) -> String {

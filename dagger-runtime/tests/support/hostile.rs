@@ -208,7 +208,12 @@ impl Driver {
             }
             tasks.push(done);
         }
-        let msg = ToDriver::Done { incarnation, tasks };
+        let msg = ToDriver::Done {
+            incarnation,
+            tasks,
+            moves: Vec::new(),
+            sent_ns: 0,
+        };
         self.core.handle_message(self.now, link, over_wire(&msg));
         Ok(())
     }

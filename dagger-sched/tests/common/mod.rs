@@ -114,9 +114,13 @@ pub fn report(s: &mut Scheduler, now: Duration, w: WorkerId, inc: u32, done: Tas
     let msg = ToDriver::Done {
         incarnation: Incarnation(inc),
         tasks: vec![done],
+        moves: Vec::new(),
+        sent_ns: 0,
     };
     match wire::decode::<ToDriver>(&wire::encode(&msg)).unwrap() {
-        ToDriver::Done { incarnation, tasks } => {
+        ToDriver::Done {
+            incarnation, tasks, ..
+        } => {
             for d in tasks {
                 s.task_done(now, w, incarnation, d);
             }
