@@ -1476,6 +1476,17 @@ impl<S> DriverCore<S> {
         self.recorder.as_ref().map(|r| r.timeline(&self.sched))
     }
 
+    /// The timeline's task spans from position `from` of their report order on, and how
+    /// many spans there are in all (the `from` of the next read); `None` unless recording.
+    /// O(spans returned), for a reader that follows a run as it goes. A task that runs
+    /// again (a lost worker, a retry) has its span replaced in place, before `from` for
+    /// such a reader: [`DriverCore::timeline`] has every task's last run.
+    pub fn timeline_tasks_since(&self, from: usize) -> Option<(Vec<crate::TaskSpan>, usize)> {
+        self.recorder
+            .as_ref()
+            .map(|r| r.tasks_since(from, &self.sched))
+    }
+
     /// How many joins were accepted over the driver's life.
     pub fn joined_total(&self) -> usize {
         self.joined_total

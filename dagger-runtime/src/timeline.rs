@@ -201,15 +201,6 @@ impl Recorder {
         let mut seen: std::collections::HashSet<ProcId> = std::collections::HashSet::new();
         let mut tasks = Vec::with_capacity(self.tasks.len());
         for r in &self.tasks {
-            let info = sched.task_info(r.task);
-            let skew = self.skew(r.worker);
-            let started = skew.align(r.started_ns);
-            let finished = skew.align(r.started_ns.saturating_add(r.run_ns));
-            let (func, queued) = match &info {
-                Some(i) => (i.func.clone(), i.submitted),
-                None => (String::new(), r.dispatched),
-            };
-            let (dispatched, attempts) = (r.dispatched, r.attempts);
             if seen.insert(r.proc) {
                 let label = sched
                     .topology()
@@ -217,23 +208,7 @@ impl Recorder {
                     .map_or_else(|| r.proc.to_string(), |p| p.label.clone());
                 processors.push((r.proc, label));
             }
-            // No clamping: the alignment itself keeps a start after the dispatch (see the
-            // module documentation), and only reports the scheduler accepted (of the
-            // attempt dispatched last) are recorded.
-            tasks.push(TaskSpan {
-                task: r.task,
-                func,
-                worker: r.worker,
-                proc: r.proc,
-                attempts,
-                queued,
-                dispatched,
-                started,
-                finished,
-                bytes: r.bytes,
-                error: r.error.clone(),
-                inputs: self.inputs.get(&r.task).cloned().unwrap_or_default(),
-            });
+            tasks.push(self.task_span(r, sched));
         }
         let moves = self
             .moves
@@ -255,6 +230,52 @@ impl Recorder {
             tasks,
             moves,
             processors,
+        }
+    }
+    /// The task spans from position `from` of the report order on, and how many there are
+    /// in all: O(spans returned). A re-run replaces its task's span in place, so a reader
+    /// that keeps its position sees a re-run's span only by reading again from before it.
+    pub(crate) fn tasks_since(
+        &self,
+        from: usize,
+        sched: &dagger_sched::Scheduler,
+    ) -> (Vec<TaskSpan>, usize) {
+        let spans = self
+            .tasks
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| self.task_span(r, sched))
+            .collect();
+        (spans, self.tasks.len())
+    }
+
+    /// One recorded run as a span, completed from the scheduler's record of its task.
+    fn task_span(&self, r: &RawTask, sched: &dagger_sched::Scheduler) -> TaskSpan {
+        let info = sched.task_info(r.task);
+        let skew = self.skew(r.worker);
+        let started = skew.align(r.started_ns);
+        let finished = skew.align(r.started_ns.saturating_add(r.run_ns));
+        let (func, queued) = match info {
+            Some(i) => (i.func, i.submitted),
+            None => (String::new(), r.dispatched),
+        };
+        // No clamping: the alignment itself keeps a start after the dispatch (see the
+        // module documentation), and only reports the scheduler accepted (of the attempt
+        // dispatched last) are recorded.
+        TaskSpan {
+            task: r.task,
+            func,
+            worker: r.worker,
+            proc: r.proc,
+            attempts: r.attempts,
+            queued,
+            dispatched: r.dispatched,
+            started,
+            finished,
+            bytes: r.bytes,
+            error: r.error.clone(),
+            inputs: self.inputs.get(&r.task).cloned().unwrap_or_default(),
         }
     }
 }
