@@ -385,9 +385,10 @@ impl ContextBuilder {
     /// `127.0.0.1:0`, picks a free port, which [`Context::dashboard_addr`] reports). The
     /// page has no authentication and shows function names, host names and process ids:
     /// keep it on a loopback address unless every host that can reach it may see that.
-    /// Without this call no page is served and no socket is opened for one. The server
-    /// keeps no context alive and stops when the context shuts down. `build` fails with
-    /// [`ContextError::Dashboard`] when it cannot listen there.
+    /// Without this call no page is served and no socket is opened for one. It turns on
+    /// [`ContextBuilder::timeline`] recording (the page lists finished tasks from the
+    /// timeline). The server keeps no context alive and stops when the context shuts
+    /// down. `build` fails with [`ContextError::Dashboard`] when it cannot listen there.
     pub fn dashboard(mut self, addr: impl Into<String>) -> Self {
         self.dashboard = Some(addr.into());
         self

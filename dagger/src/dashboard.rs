@@ -259,6 +259,8 @@ struct TaskStream {
     next: u64,
     /// Tasks seen running and not yet seen ending, with where they ran.
     open: HashMap<TaskId, Open>,
+    /// The timeline's task spans read so far.
+    span_cursor: usize,
 }
 
 #[derive(Clone)]
@@ -319,19 +321,33 @@ impl TaskStream {
                 error: None,
             });
         }
+        self.span_cursor = sample.spans_read;
         for end in sample.ended {
+            // A failed attempt's span while the task runs again: it stays running.
             if running.contains(&end.task) {
                 continue;
             }
-            let Some(open) = self.open.remove(&end.task) else {
-                continue;
+            let open = self.open.remove(&end.task);
+            let (func, worker, processor) = match (open, end.func) {
+                (Some(o), func) => (
+                    func.unwrap_or(o.func),
+                    end.worker.unwrap_or(o.worker),
+                    end.processor.unwrap_or(o.processor),
+                ),
+                (None, Some(func)) => (
+                    func,
+                    end.worker.unwrap_or(WorkerId::DRIVER),
+                    end.processor.unwrap_or_default(),
+                ),
+                // Not seen running, and nothing to name it by.
+                (None, None) => continue,
             };
             self.push(TaskEntry {
                 seq: 0,
                 task: end.task.0,
-                func: open.func,
-                worker: Some(open.worker.0),
-                processor: end.processor.unwrap_or(open.processor),
+                func,
+                worker: Some(worker.0),
+                processor,
                 state: if end.error.is_some() {
                     "failed"
                 } else {
@@ -354,9 +370,14 @@ struct Running {
     waited_ms: Option<f64>,
 }
 
-/// A task that was open and has ended.
+/// A task that has ended: from the timeline, or from the scheduler's record of a task
+/// seen running.
 struct Ended {
     task: TaskId,
+    /// Its function (`None`: as seen running).
+    func: Option<String>,
+    /// Where it ran last.
+    worker: Option<WorkerId>,
     processor: Option<String>,
     waited_ms: Option<f64>,
     run_ms: Option<f64>,
@@ -367,6 +388,8 @@ struct Ended {
 struct TaskSample {
     running: Vec<Running>,
     ended: Vec<Ended>,
+    /// The timeline's spans read so far (where the next sample starts).
+    spans_read: usize,
 }
 
 /// One processor of the tree.
@@ -526,6 +549,7 @@ async fn api_state(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) -> impl IntoResponse {
     let mut stream = shared.tasks.lock().await;
     let open: Vec<TaskId> = stream.open.keys().copied().collect();
+    let span_cursor = stream.span_cursor;
     let sample = shared
         .query(move |st| {
             let core = &st.core;
@@ -553,10 +577,36 @@ async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) ->
                     });
                 }
             }
-            let now_running: HashSet<TaskId> = running.iter().map(|r| r.task).collect();
-            let ended = open
+            // Runs the timeline recorded since the last sample (at most the ring's worth:
+            // older entries would leave the ring at once).
+            let mut ended = Vec::new();
+            let mut spans_read = span_cursor;
+            if let Some((_, len)) = core.timeline_tasks_since(usize::MAX) {
+                let from = span_cursor.max(len.saturating_sub(TASK_RING));
+                if let Some((spans, len)) = core.timeline_tasks_since(from) {
+                    spans_read = len;
+                    ended.extend(spans.into_iter().map(|t| Ended {
+                        task: t.task,
+                        func: Some(t.func),
+                        worker: Some(t.worker),
+                        processor: Some(label(t.proc)),
+                        waited_ms: Some(millis(t.dispatched.saturating_sub(t.queued))),
+                        run_ms: Some(millis(t.finished.saturating_sub(t.started))),
+                        error: t.error,
+                    }));
+                }
+            }
+            // Tasks seen running that are neither running now nor in those spans: a re-run
+            // (its span replaced an earlier one), a span left out above, or a context
+            // that does not record. The scheduler's record says how they ended.
+            let covered: HashSet<TaskId> = running
+                .iter()
+                .map(|r| r.task)
+                .chain(ended.iter().map(|e| e.task))
+                .collect();
+            let from_records: Vec<Ended> = open
                 .into_iter()
-                .filter(|t| !now_running.contains(t))
+                .filter(|t| !covered.contains(t))
                 .filter_map(|t| {
                     let info = sched.task_info(t)?;
                     let error = sched.failure(t).map(ToString::to_string);
@@ -566,6 +616,8 @@ async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) ->
                     }
                     Some(Ended {
                         task: t,
+                        func: None,
+                        worker: info.proc.map(|p| p.worker),
                         processor: info.proc.map(label),
                         waited_ms: info
                             .dispatched
@@ -575,7 +627,12 @@ async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) ->
                     })
                 })
                 .collect();
-            TaskSample { running, ended }
+            ended.extend(from_records);
+            TaskSample {
+                running,
+                ended,
+                spans_read,
+            }
         })
         .await;
     let Some(sample) = sample else {
@@ -675,31 +732,60 @@ mod tests {
             processor: "thread[1]@worker-2".into(),
             waited_ms: Some(1.0),
         };
-        s.apply(TaskSample {
-            running: vec![running()],
-            ended: vec![],
-        });
-        s.apply(TaskSample {
-            running: vec![running()],
-            ended: vec![],
-        });
+        let sample = |running: Vec<Running>, ended: Vec<Ended>| TaskSample {
+            running,
+            ended,
+            spans_read: 0,
+        };
+        s.apply(sample(vec![running()], vec![]));
+        s.apply(sample(vec![running()], vec![]));
         let ended = || Ended {
             task: TaskId(7),
+            func: None,
+            worker: None,
             processor: None,
             waited_ms: Some(1.0),
             run_ms: Some(2.5),
             error: None,
         };
-        s.apply(TaskSample {
-            running: vec![],
-            ended: vec![ended()],
-        });
-        s.apply(TaskSample {
-            running: vec![],
-            ended: vec![ended()],
-        });
-        let states: Vec<_> = s.since(0).iter().map(|e| (e.seq, e.state)).collect();
-        assert_eq!(states, vec![(1, "running"), (2, "finished")]);
+        // A span of an attempt that failed while the task runs again keeps it running.
+        s.apply(sample(vec![running()], vec![ended()]));
+        s.apply(sample(vec![], vec![ended()]));
+        s.apply(sample(vec![], vec![ended()]));
+        let rows: Vec<_> = s
+            .since(0)
+            .iter()
+            .map(|e| (e.seq, e.state, e.func.clone(), e.processor.clone()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "running", "g".into(), "thread[1]@worker-2".into()),
+                (2, "finished", "g".into(), "thread[1]@worker-2".into())
+            ]
+        );
         assert!(s.open.is_empty());
+    }
+
+    #[test]
+    fn a_span_of_a_task_never_seen_running_is_listed_finished() {
+        let mut s = TaskStream::default();
+        s.apply(TaskSample {
+            running: vec![],
+            ended: vec![Ended {
+                task: TaskId(3),
+                func: Some("quick".into()),
+                worker: Some(WorkerId(1)),
+                processor: Some("thread[2]@worker-1".into()),
+                waited_ms: Some(0.1),
+                run_ms: Some(0.01),
+                error: Some("boom".into()),
+            }],
+            spans_read: 5,
+        });
+        let e = &s.since(0)[0];
+        assert_eq!((e.task, e.func.as_str(), e.state), (3, "quick", "failed"));
+        assert_eq!(e.worker, Some(1));
+        assert_eq!(s.span_cursor, 5);
     }
 }

@@ -224,8 +224,8 @@ fn chromium_dom(url: &str, scratch: &Path) -> Option<String> {
 }
 
 /// The page, loaded in a real browser while a graph runs on two worker processes, shows
-/// both workers in the processor tree and rows of the running tasks with their function
-/// names; the JSON routes agree.
+/// both workers in the processor tree, rows of the running tasks and of the tasks that
+/// finished before it was loaded, with their function names; the JSON routes agree.
 #[test]
 fn a_browser_shows_the_workers_and_the_running_tasks() {
     dagger::init();
@@ -310,6 +310,15 @@ fn a_browser_shows_the_workers_and_the_running_tasks() {
             stream.contains("data-state=\"running\""),
             "the sleepers are shown running: {stream}"
         );
+        // The warm-up finished before the page was loaded: its rows come from the
+        // timeline, which the live view records.
+        let warm_rows = stream
+            .matches(&format!(
+                "data-func=\"{}\" data-state=\"finished\"",
+                dash_warmup_step::NAME
+            ))
+            .count();
+        assert_eq!(warm_rows, 8, "the finished warm-up tasks: {stream}");
         assert!(
             dom.contains("class=\"status\">live<"),
             "the page is live: {dom}"
