@@ -55,10 +55,12 @@ fn dash_total(parts: Vec<u64>) -> u64 {
 }
 
 /// Whether a missing browser is a failure rather than a skip.
+#[cfg(feature = "quic")]
 fn require_all() -> bool {
     std::env::var("DAGGER_REQUIRE_ALL").is_ok_and(|v| v == "1")
 }
 
+#[cfg(feature = "quic")]
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A plain HTTP/1.1 GET: the status code and the body.
@@ -163,6 +165,7 @@ fn port_of(addr: &str) -> u16 {
 
 /// Loads `url` in headless Chromium, lets its scripts run for 3 s of virtual time, and
 /// returns the DOM; `None` (after saying why) when there is no browser and that is allowed.
+#[cfg(feature = "quic")]
 fn chromium_dom(url: &str, scratch: &Path) -> Option<String> {
     if !Path::new(CHROMIUM).exists() {
         let why = format!("{CHROMIUM} not found (install Debian's `chromium`)");
@@ -227,6 +230,8 @@ fn chromium_dom(url: &str, scratch: &Path) -> Option<String> {
 /// both workers in the processor tree, rows of the running tasks and of the tasks that
 /// finished before it was loaded, with their function names; the JSON routes agree.
 #[test]
+// Worker processes link to the driver over QUIC.
+#[cfg(feature = "quic")]
 fn a_browser_shows_the_workers_and_the_running_tasks() {
     dagger::init();
     let _serial = serial();
