@@ -1,7 +1,8 @@
 //! The live view (`ContextBuilder::dashboard`): the page loaded in a real headless
 //! Chromium shows the processor tree's workers and the tasks of a running graph; the JSON
 //! routes answer with the topology, the counters, the joins and the task stream; no socket
-//! is opened without the setting; the server keeps no context alive and stops with it.
+//! is opened without the setting; joins and losses reach the events as they happen; the
+//! server keeps no context alive and stops with it.
 //!
 //! The browser test needs `/usr/bin/chromium` (Debian's `chromium`); without it the test
 //! prints "skipped: ..." and passes, unless `DAGGER_REQUIRE_ALL=1`, which makes a missing
@@ -330,6 +331,30 @@ fn a_browser_shows_the_workers_and_the_running_tasks() {
         );
     }
     drop(total);
+
+    // A worker process killed: its loss, and its replacement's restart and join, reach
+    // the page's events as they happen.
+    let victim = workers[0];
+    let pid = ctx.topology().worker(victim).expect("in the topology").pid;
+    // SAFETY: a plain syscall on a child process this test's context started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let state = get_json(&addr, "/api/state");
+        let events = state["events"].as_array().expect("events");
+        let lost = events
+            .iter()
+            .any(|e| e["kind"] == "lost" && e["worker"] == victim.0);
+        let restarted = events.iter().any(|e| e["kind"] == "restarted");
+        if lost && restarted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the loss of {victim} never reached the live view: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop_and_wait_closed(ctx, &addr);
 }
 
