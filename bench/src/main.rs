@@ -93,6 +93,30 @@ fn l1(quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// W1t: W1 and L1 with timeline recording on (every task's span recorded; checked to be
+/// all there), to read against W1 and L1 without it.
+fn w1t(quick: bool) -> anyhow::Result<()> {
+    let n = if quick { 2_000 } else { 10_000 };
+    for (id, builder) in [
+        ("W1", Context::builder().workers(2)),
+        ("L1", Context::builder()),
+    ] {
+        let ctx = builder.timeline(true).build()?;
+        fanout(&ctx, n / 10)?;
+        let el = fanout(&ctx, n)?;
+        line(
+            id,
+            "tasks_per_s_traced",
+            n as f64 / el.as_secs_f64(),
+            "tasks/s",
+        );
+        let spans = ctx.timeline().tasks.len() as u64;
+        ensure!(spans == n + n / 10, "{id}: {spans} spans recorded");
+        ctx.shutdown();
+    }
+    Ok(())
+}
+
 fn w2(quick: bool) -> anyhow::Result<()> {
     let ctx = start("W2", Context::builder().workers(2))?;
     let leaves: u64 = if quick { 1024 } else { 8192 };
@@ -223,7 +247,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let Some(id) = args.iter().find(|a| !a.starts_with("--")) else {
-        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|W6|L1> [--quick]");
+        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|W6|L1|W1t> [--quick]");
     };
     match id.as_str() {
         "W1" => w1(quick),
@@ -233,6 +257,7 @@ fn main() -> anyhow::Result<()> {
         "L1" => l1(quick),
         "W5" => w5::w5(quick),
         "W6" => w6::w6(quick),
+        "W1t" => w1t(quick),
         // Diagnostics for profiling, not BENCH.md workloads: a chain on one worker
         // (no network hop), W4 without the move, and W4's shared-memory half alone.
         "W3same" => {

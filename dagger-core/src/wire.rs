@@ -47,6 +47,10 @@ pub enum ToWorker {
         /// How often the worker must send a heartbeat (the driver declares it lost when
         /// nothing is heard from it for its heartbeat timeout, a few intervals).
         heartbeat: std::time::Duration,
+        /// Which of its log events the worker forwards to the driver
+        /// ([`ToDriver::Log`]), as `tracing` filter directives (`RUST_LOG` syntax);
+        /// empty: none.
+        log_filter: String,
     },
     /// A batch of tasks to run.
     Run(Vec<RunTask>),
@@ -111,6 +115,15 @@ pub enum ToDriver {
     Heartbeat {
         /// The sender's incarnation.
         incarnation: Incarnation,
+    },
+    /// Log events of the worker, forwarded for the driver's subscriber (rate-limited).
+    Log {
+        /// The sender's incarnation.
+        incarnation: Incarnation,
+        /// The events, oldest first.
+        lines: Vec<LogLine>,
+        /// Events dropped by the rate limit since the previous batch.
+        dropped: u64,
     },
     /// Watched tasks ([`RunTask::watch`]) are about to run: sent at once, before their
     /// functions start, so that a crash of the process afterwards is attributed to them.
@@ -210,6 +223,8 @@ pub struct RunTask {
     /// The task is suspected of crashing workers: the worker reports
     /// [`ToDriver::Started`] before running it.
     pub watch: bool,
+    /// Which dispatch of the task this is (1 for the first), for logs and traces.
+    pub attempt: u32,
 }
 
 /// One argument of a task to run.
@@ -257,6 +272,17 @@ pub struct TaskDone {
     pub started_ns: u64,
     /// Its result.
     pub outcome: Outcome,
+}
+
+/// One log event of a worker, forwarded to the driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Its level: 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    pub level: u8,
+    /// The module (or target) that logged it.
+    pub target: String,
+    /// Its message and fields, with the spans it happened in, as text.
+    pub message: String,
 }
 
 /// One chunk a worker received from a peer.
@@ -390,6 +416,7 @@ mod tests {
             inline_limit: 1024,
             push_to: vec![],
             watch: true,
+            attempt: 1,
         }]);
         let bytes = encode(&m);
         assert_eq!(decode::<ToWorker>(&bytes).unwrap(), m);

@@ -111,6 +111,10 @@ pub struct DriverConfig {
     pub policy: PolicyConfig,
     /// Record every task's and move's span for [`DriverCore::timeline`]. Default off.
     pub record: bool,
+    /// Which log events workers forward to the driver, as `tracing` filter directives
+    /// (`RUST_LOG` syntax), sent in each `Welcome`; the driver emits them again under the
+    /// target `dagger::worker`. Empty (the default): workers forward nothing.
+    pub worker_log_filter: String,
 }
 
 impl Default for DriverConfig {
@@ -124,6 +128,7 @@ impl Default for DriverConfig {
             shm_shortcuts: true,
             policy: PolicyConfig::default(),
             record: false,
+            worker_log_filter: String::new(),
         }
     }
 }
@@ -480,6 +485,7 @@ impl<S> DriverCore<S> {
             incarnation,
             peers,
             heartbeat: self.config.heartbeat_timeout / 4,
+            log_filter: self.config.worker_log_filter.clone(),
         };
         self.transmits.push_back(Transmit {
             link,
@@ -503,6 +509,7 @@ impl<S> DriverCore<S> {
             dagger_move::shm::add_same_host_shortcuts(self.sched.topology_mut());
         }
         self.joined_total += 1;
+        tracing::info!(%worker, %incarnation, "worker joined");
         Ok(Joined {
             worker,
             incarnation,
@@ -586,6 +593,15 @@ impl<S> DriverCore<S> {
                 .sched
                 .chunk_replicated(now, worker, incarnation, chunk, result),
             ToDriver::Heartbeat { .. } => {}
+            ToDriver::Log {
+                incarnation,
+                lines,
+                dropped,
+            } => {
+                if incarnation == link_incarnation {
+                    forward_log(worker, &lines, dropped);
+                }
+            }
             ToDriver::Join(_) => {
                 let detail = "sent a second join".to_string();
                 let reason = LostReason::ProtocolViolation { detail };
@@ -1125,6 +1141,9 @@ impl<S> DriverCore<S> {
                 }
                 Command::Event(e) => {
                     match &e {
+                        ClusterEvent::TaskRetried { task, attempt } => {
+                            tracing::debug!(%task, attempt, "task queued to run again")
+                        }
                         ClusterEvent::WorkerDrained {
                             worker,
                             moved_chunks,
@@ -1505,5 +1524,23 @@ impl<S> DriverCore<S> {
     /// The latest time given to the core.
     pub fn now(&self) -> Duration {
         self.now
+    }
+}
+
+/// Emits a worker's forwarded log events under the target `dagger::worker`, at their own
+/// level, with the worker and the original target as fields.
+fn forward_log(worker: WorkerId, lines: &[wire::LogLine], dropped: u64) {
+    for l in lines {
+        let (origin, message) = (&l.target, &l.message);
+        match l.level {
+            1 => tracing::error!(target: "dagger::worker", %worker, %origin, "{message}"),
+            2 => tracing::warn!(target: "dagger::worker", %worker, %origin, "{message}"),
+            3 => tracing::info!(target: "dagger::worker", %worker, %origin, "{message}"),
+            4 => tracing::debug!(target: "dagger::worker", %worker, %origin, "{message}"),
+            _ => tracing::trace!(target: "dagger::worker", %worker, %origin, "{message}"),
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(target: "dagger::worker", %worker, dropped, "log events dropped by the rate limit");
     }
 }

@@ -158,6 +158,7 @@ fn joins_get_fresh_ids_and_incarnations_welcome_first_then_peer_joined() {
                 incarnation,
                 peers,
                 heartbeat,
+                ..
             },
         ) => {
             assert_eq!((*worker, *incarnation), (WorkerId(1), Incarnation(1)));

@@ -65,6 +65,7 @@ fn an_absurd_heartbeat_interval_does_not_overflow() {
                 host: "h".into(),
             }],
             heartbeat,
+            log_filter: String::new(),
         };
         let welcome: ToWorker = wire::decode(&wire::encode(&welcome)).expect("decodes");
         w.handle_driver_msg(Duration::from_secs(10), welcome);

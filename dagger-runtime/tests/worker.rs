@@ -48,6 +48,7 @@ fn joined(config: WorkerConfig) -> Worker {
         incarnation: Incarnation(5),
         peers: vec![peer(2, HOST), peer(3, "node-b"), peer(4, "node-c")],
         heartbeat: ms(250),
+        log_filter: String::new(),
     };
     w.handle_driver_msg(Duration::ZERO, over_wire(&welcome));
     assert!(w.is_joined());
@@ -67,6 +68,7 @@ fn task(id: u64, args: Vec<RunArg>) -> RunTask {
         inline_limit: 1024,
         push_to: vec![],
         watch: false,
+        attempt: 1,
     }
 }
 

@@ -655,7 +655,7 @@ impl Scheduler {
         if let Some(spec) = t.spec.as_mut() {
             spec.fetching = fetching;
         }
-        let (task, func) = (t.id, t.func);
+        let (task, func, attempt) = (t.id, t.func, t.attempts);
         // Suspects report their start, and so do tasks expected to run long (or never
         // measured on this kind): a crash while one runs can then count against it.
         let threshold = u64::try_from(self.config.watch_threshold.as_nanos()).unwrap_or(u64::MAX);
@@ -669,6 +669,7 @@ impl Scheduler {
             inline_limit: self.config.inline_limit,
             push_to: Vec::new(),
             watch,
+            attempt,
         };
         // Every ready task may be placed before the flush (this one is still counted),
         // unless held back: then only a few are likely to be.

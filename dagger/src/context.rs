@@ -181,6 +181,8 @@ pub(crate) struct Inner {
     stopped: std::sync::atomic::AtomicBool,
     /// Where the live view listens, if one was asked for.
     dashboard: Option<String>,
+    /// Whether long waits show a progress bar.
+    pub(crate) progress: crate::progress::Progress,
 }
 
 /// How to start a context. See [`Context::builder`].
@@ -203,6 +205,10 @@ pub struct ContextBuilder {
     /// Record the timeline of every task and move.
     pub(crate) timeline: bool,
     dashboard: Option<String>,
+    /// Which worker log events are forwarded (`None`: the driver's `RUST_LOG`).
+    worker_logs: Option<String>,
+    /// Whether long waits show a progress bar.
+    progress: crate::progress::Progress,
 }
 
 /// Which command-line arguments local workers get.
@@ -238,6 +244,8 @@ impl Default for ContextBuilder {
             worker_memory_limit: None,
             timeline: false,
             dashboard: None,
+            worker_logs: None,
+            progress: crate::progress::Progress::Auto,
         }
     }
 }
@@ -280,6 +288,27 @@ impl ContextBuilder {
     /// one record per task and per move, kept for the context's life.
     pub fn timeline(mut self, on: bool) -> Self {
         self.timeline = on;
+        self
+    }
+
+    /// Whether `collect` and `fetch` show a progress bar (tasks done out of tasks
+    /// submitted, and the rate) on standard error while they wait longer than half a
+    /// second. Default [`Progress::Auto`](crate::Progress::Auto): when standard error is
+    /// a terminal.
+    pub fn progress(mut self, mode: crate::Progress) -> Self {
+        self.progress = mode;
+        self
+    }
+
+    /// Which log events of worker processes are forwarded to this process, as `tracing`
+    /// filter directives (`RUST_LOG` syntax, e.g. `"dagger=debug,my_app=info"`); the
+    /// driver emits them again under the target `dagger::worker`, with the worker and the
+    /// original target as fields, so this process's subscriber shows the whole cluster.
+    /// Default: this process's `RUST_LOG` when it is set, else nothing. `""` turns
+    /// forwarding off. Each worker forwards at most 200 events a second (bursts of 400)
+    /// and reports how many it dropped.
+    pub fn worker_logs(mut self, directives: impl Into<String>) -> Self {
+        self.worker_logs = Some(directives.into());
         self
     }
 
@@ -660,6 +689,11 @@ impl Context {
                 shm: b.shm,
                 // The live view shows the timeline's finished tasks.
                 record: b.timeline || b.dashboard.is_some(),
+                worker_log_filter: b
+                    .worker_logs
+                    .clone()
+                    .or_else(|| std::env::var("RUST_LOG").ok())
+                    .unwrap_or_default(),
             },
         );
         {
@@ -697,6 +731,7 @@ impl Context {
             launching,
             stopped: std::sync::atomic::AtomicBool::new(false),
             dashboard,
+            progress: b.progress,
         });
         let ctx = Context { inner };
         if let Some(supervisor) = supervisor {
@@ -994,10 +1029,22 @@ impl Context {
         Ok(out)
     }
 
+    /// The context an `Inner` belongs to (a handle's way back to it).
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Context {
+        Context { inner }
+    }
+
+    /// Whether long waits show a progress bar.
+    pub(crate) fn progress_mode(&self) -> crate::progress::Progress {
+        self.inner.progress
+    }
+
     /// Runs a lazy graph (one task or a vector of them) and returns its result(s).
     pub fn collect<C: Collect>(&self, graph: C) -> Result<C::Output, CollectError> {
         let handles = graph.spawn_all(self)?;
-        Ok(C::fetch_all(handles)?)
+        Ok(crate::progress::while_waiting(self, || {
+            C::fetch_all(handles)
+        })?)
     }
 
     /// Starts a lazy graph and returns its handles at once, to wait for later.

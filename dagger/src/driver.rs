@@ -68,6 +68,7 @@ pub(crate) struct DriverConfig {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) shm: bool,
     pub(crate) record: bool,
+    pub(crate) worker_log_filter: String,
 }
 
 /// The driver loop's state: the core and the I/O handles its outputs name. Only the loop
@@ -104,6 +105,7 @@ impl DriverState {
             heartbeat_timeout: config.heartbeat_timeout,
             shm_shortcuts: config.shm,
             record: config.record,
+            worker_log_filter: config.worker_log_filter,
             ..Default::default()
         };
         Self {

@@ -207,6 +207,12 @@ impl<T: DeserializeOwned> Handle<T> {
     /// Blocks until the task finished and returns its result, moved to the driver.
     /// Costs one round trip to the holding worker for results larger than the inline limit.
     pub fn fetch(&self) -> Result<T, TaskError> {
+        if !self.slot.is_done() {
+            let ctx = crate::Context::from_inner(self.ctx.clone());
+            crate::progress::while_waiting(&ctx, || {
+                let _ = self.slot.wait();
+            });
+        }
         let outcome = self.slot.wait().as_ref().map_err(Clone::clone);
         self.decode(outcome, |chunk, holders| {
             self.ctx.fetch_chunk_blocking(chunk, holders)

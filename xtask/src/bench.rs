@@ -18,10 +18,10 @@ use crate::metadata::Workspace;
 use crate::process;
 
 /// Every workload id `dagger-bench` may be asked for.
-const WORKLOADS: &[&str] = &["W1", "W2", "W3", "W4", "W5", "W6", "L1", "S1"];
+const WORKLOADS: &[&str] = &["W1", "W2", "W3", "W4", "W5", "W6", "L1", "W1t", "S1"];
 
 /// Workloads run when `--only` is not given.
-const DEFAULT_WORKLOADS: &[&str] = &["W1", "W2", "W3", "W4", "W5", "W6", "L1"];
+const DEFAULT_WORKLOADS: &[&str] = &["W1", "W2", "W3", "W4", "W5", "W6", "L1", "W1t"];
 
 /// The package and binary that implement the workloads.
 const BENCH_PACKAGE: &str = "dagger-bench";
@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// Runs per workload; the median over the runs is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
-    /// Comma-separated workload ids to run (default: W1,W2,W3,W4,W5,W6,L1).
+    /// Comma-separated workload ids to run (default: W1,W2,W3,W4,W5,W6,L1,W1t).
     #[arg(long, value_delimiter = ',', value_name = "IDS")]
     only: Vec<String>,
     /// Pass --quick to dagger-bench (smaller workloads, for smoke tests).

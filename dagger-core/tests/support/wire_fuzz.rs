@@ -241,7 +241,7 @@ pub fn task_done(u: &mut Unstructured<'_>, task: TaskId) -> Result<TaskDone> {
 
 /// Any message to the driver.
 pub fn to_driver(u: &mut Unstructured<'_>) -> Result<ToDriver> {
-    Ok(match u.int_in_range(0..=5u8)? {
+    Ok(match u.int_in_range(0..=6u8)? {
         0 => ToDriver::Join(worker_info(u)?),
         1 => {
             let n = u.int_in_range(0..=4)?;
@@ -292,6 +292,19 @@ pub fn to_driver(u: &mut Unstructured<'_>) -> Result<ToDriver> {
             tasks: (0..u.int_in_range(0..=4)?)
                 .map(|_| task(u))
                 .collect::<Result<_>>()?,
+        },
+        5 => ToDriver::Log {
+            incarnation: incarnation(u)?,
+            lines: (0..u.int_in_range(0..=3)?)
+                .map(|_| {
+                    Ok(dagger_core::wire::LogLine {
+                        level: u.arbitrary()?,
+                        target: small_string(u)?,
+                        message: small_string(u)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            dropped: u.arbitrary()?,
         },
         _ => ToDriver::Heartbeat {
             incarnation: incarnation(u)?,
@@ -350,6 +363,7 @@ pub fn run_task(u: &mut Unstructured<'_>) -> Result<RunTask> {
         inline_limit: u.arbitrary()?,
         push_to: vec![],
         watch: u.arbitrary()?,
+        attempt: u.arbitrary()?,
     })
 }
 
@@ -363,6 +377,7 @@ pub fn to_worker(u: &mut Unstructured<'_>) -> Result<ToWorker> {
                 .map(|_| peer_info(u))
                 .collect::<Result<_>>()?,
             heartbeat: Duration::new(u.arbitrary()?, u.int_in_range(0..=999_999_999)?),
+            log_filter: small_string(u)?,
         },
         1 => ToWorker::Run(
             (0..u.int_in_range(0..=3)?)

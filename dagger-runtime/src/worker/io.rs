@@ -91,6 +91,8 @@ pub struct StartTask<B> {
     pub proc: ProcId,
     /// Its arguments, in order.
     pub args: Vec<B>,
+    /// Which dispatch of the task this is (1 for the first).
+    pub attempt: u32,
 }
 
 /// A chunk to copy into shared memory for a peer on this host. The shell writes it (into a

@@ -93,6 +93,8 @@ struct Pending<B> {
     wanted: Vec<ChunkId>,
     /// The driver watches it: report `Started` before it runs.
     watch: bool,
+    /// Which dispatch of it this is.
+    attempt: u32,
 }
 
 /// A task handed to the shell to run.
@@ -329,6 +331,8 @@ impl<B: ChunkData> WorkerState<B> {
                 incarnation,
                 peers,
                 heartbeat,
+                // The shell reads the log filter (the core does not log for the driver).
+                log_filter: _,
             } => self.handle_welcome(now, worker, incarnation, peers, heartbeat),
             ToWorker::Run(tasks) => {
                 for t in tasks {
@@ -753,6 +757,7 @@ impl<B: ChunkData> WorkerState<B> {
             inline_limit,
             push_to: _,
             watch,
+            attempt,
         } = t;
         // Our own result will be produced here (again, if an earlier run failed): peers
         // asking for it wait.
@@ -809,7 +814,7 @@ impl<B: ChunkData> WorkerState<B> {
         }
         if missing == 0 {
             let args = assemble(values.into_iter().flatten().collect(), shape.as_ref());
-            self.start(task, func, proc, inline_limit, args, watch);
+            self.start(task, func, proc, inline_limit, args, (watch, attempt));
             return;
         }
         self.pending.insert(
@@ -823,6 +828,7 @@ impl<B: ChunkData> WorkerState<B> {
                 missing,
                 wanted,
                 watch,
+                attempt,
             },
         );
         for (chunk, holder) in wants {
@@ -840,7 +846,7 @@ impl<B: ChunkData> WorkerState<B> {
         proc: ProcId,
         inline_limit: u32,
         args: Vec<B>,
-        watch: bool,
+        (watch, attempt): (bool, u32),
     ) {
         if watch {
             self.report_started(task);
@@ -851,6 +857,7 @@ impl<B: ChunkData> WorkerState<B> {
             func,
             proc,
             args,
+            attempt,
         }));
     }
 
@@ -987,7 +994,14 @@ impl<B: ChunkData> WorkerState<B> {
         if p.missing == 0 {
             if let Some(p) = self.pending.remove(&task) {
                 let args = assemble(p.args.into_iter().flatten().collect(), p.shape.as_ref());
-                self.start(task, p.func, p.proc, p.inline_limit, args, p.watch);
+                self.start(
+                    task,
+                    p.func,
+                    p.proc,
+                    p.inline_limit,
+                    args,
+                    (p.watch, p.attempt),
+                );
             }
         }
     }
@@ -1059,6 +1073,16 @@ impl<B: ChunkData> WorkerState<B> {
     fn record_move(&mut self, chunk: ChunkId, from: WorkerId, bytes: u64, shared_memory: bool) {
         let finished_ns = nanos(self.now);
         let started_ns = self.asked.remove(&chunk).map_or(finished_ns, nanos);
+        tracing::debug!(
+            target: "dagger::move",
+            %chunk,
+            %from,
+            to = %self.id,
+            bytes,
+            path = if shared_memory { "shm" } else { "network" },
+            took_us = finished_ns.saturating_sub(started_ns) / 1000,
+            "chunk moved"
+        );
         self.moves.push(MoveDone {
             chunk,
             from,

@@ -640,6 +640,7 @@ pub fn drive_worker(u: &mut Unstructured<'_>) -> Result<()> {
                 host: "node-a".into(),
             }],
             heartbeat: Duration::from_millis(250),
+            log_filter: String::new(),
         };
         w.core.handle_driver_msg(Duration::ZERO, welcome);
     }

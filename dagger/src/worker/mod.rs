@@ -16,6 +16,7 @@
 //! holds the core feeds the queue before letting go and looks at it again after, so no
 //! report is left behind (see [`Worker::finished`]).
 
+mod logs;
 mod peer;
 
 use crate::registry::{self, ArgValue};
@@ -389,12 +390,21 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
         .await
         .map_err(|e| format!("the driver refused this worker: {e}"))?;
     let welcome = wire::decode::<ToWorker>(&first).map_err(|e| e.to_string())?;
-    let ToWorker::Welcome { worker: id, .. } = &welcome else {
+    let ToWorker::Welcome {
+        worker: id,
+        incarnation,
+        log_filter,
+        ..
+    } = &welcome
+    else {
         return Err(format!(
             "expected a welcome from the driver, got {welcome:?}"
         ));
     };
-    let id = *id;
+    let (id, incarnation) = (*id, *incarnation);
+    // A worker process forwards its log events to the driver (the driver's own worker
+    // logs to the driver's subscriber already).
+    let forward_logs = !setup.in_process && logs::install(log_filter);
     if !setup.in_process {
         WORKER_ID.store(id.0, Ordering::Relaxed);
         // Processors of this process report the real worker id from now on.
@@ -448,6 +458,26 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
     }
     // Heartbeats, batches of finished tasks and repeated wants, when the core wants them.
     tokio::spawn(worker.clone().run_timer());
+    if forward_logs {
+        let w = worker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(logs::FLUSH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !w.stopping.load(Ordering::Acquire) {
+                tick.tick().await;
+                if let Some((lines, dropped)) = logs::take() {
+                    let msg = ToDriver::Log {
+                        incarnation,
+                        lines,
+                        dropped,
+                    };
+                    if w.to_driver.send(wire::encode(&msg)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
 
     let result = worker
         .serve_driver(&mut receiver)
@@ -706,7 +736,19 @@ impl Worker {
             func,
             proc,
             args,
+            attempt,
         } = t;
+        // One span per run: its fields name the task wherever its function logs.
+        let span = tracing::info_span!(
+            target: "dagger::task",
+            "task",
+            task = %task,
+            func = %func,
+            worker = %self.id,
+            proc = %proc,
+            attempt
+        );
+        let _entered = span.enter();
         let Some(f) = registry::lookup(&func) else {
             let err = TaskError::UnknownFunction {
                 task,
