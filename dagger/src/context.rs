@@ -414,6 +414,9 @@ impl ContextBuilder {
     /// `127.0.0.1:0`, picks a free port, which [`Context::dashboard_addr`] reports). The
     /// page has no authentication and shows function names, host names and process ids:
     /// keep it on a loopback address unless every host that can reach it may see that.
+    /// Bound to a loopback address, it answers only requests naming a loopback host
+    /// (`127.0.0.1`, `[::1]`, `localhost`), so that a web page of another origin cannot
+    /// read it through a name rebound to loopback.
     /// Without this call no page is served and no socket is opened for one. It turns on
     /// [`ContextBuilder::timeline`] recording (the page lists finished tasks from the
     /// timeline). The server keeps no context alive and stops when the context shuts

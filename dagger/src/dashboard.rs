@@ -20,6 +20,10 @@
 //!   call. A task gets an entry when it is seen dispatched (`running`) and another when it
 //!   is seen finished or failed.
 //!
+//! A server bound to a loopback address refuses (421) requests whose `Host` header names
+//! anything but a loopback host, so a web page of another origin cannot read it through a
+//! name rebound to 127.0.0.1.
+//!
 //! The JSON field names are stable; the page's elements the tests read have stable ids
 //! (`processor-tree`, `workers`, `task-stream`, `events`, `stats`), and each row of the
 //! task stream carries its function's name in `data-func`.
@@ -88,11 +92,24 @@ pub(crate) fn start(
         st.subscribe(ev_tx)
     })))
     .map_err(|_| ContextError::Shutdown)?;
+    let loopback = local.ip().is_loopback();
     let app = Router::new()
         .route("/", get(page))
         .route("/api/state", get(api_state))
         .route("/api/tasks", get(api_tasks))
-        .with_state(shared.clone());
+        .with_state(shared.clone())
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                if loopback && !loopback_host(req.headers()) {
+                    return (
+                        axum::http::StatusCode::MISDIRECTED_REQUEST,
+                        "this server answers requests for a loopback host only",
+                    )
+                        .into_response();
+                }
+                next.run(req).await
+            },
+        ));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     handle.spawn(async move {
         while let Some(e) = ev_rx.recv().await {
@@ -645,6 +662,29 @@ async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) ->
     Json(TasksView { next, tasks }).into_response()
 }
 
+/// Whether a request to a server bound to a loopback address names a loopback host
+/// (`127.0.0.1:P`, `[::1]:P`, `localhost:P`). Anything else reached it through a name that
+/// resolved to loopback only for the moment (DNS rebinding: a web page of another origin
+/// reading this one through the viewer's browser), and is refused.
+fn loopback_host(headers: &axum::http::HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    // Without the port, if any (an IPv6 literal keeps its brackets).
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The answer once the driver loop has ended.
 fn gone() -> axum::response::Response {
     (
@@ -682,6 +722,34 @@ const PAGE: &str = include_str!("dashboard.html");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_hosts_pass_on_a_loopback_server() {
+        let ok = |host: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::HOST, host.parse().expect("a header value"));
+            loopback_host(&h)
+        };
+        for host in [
+            "127.0.0.1:8787",
+            "localhost:8787",
+            "LOCALHOST",
+            "[::1]:80",
+            "127.1.2.3",
+        ] {
+            assert!(ok(host), "{host}");
+        }
+        for host in [
+            "evil.example:8787",
+            "10.0.0.1:8787",
+            "[::1",
+            "localhost.evil:1",
+            ":8787",
+        ] {
+            assert!(!ok(host), "{host}");
+        }
+        assert!(!loopback_host(&axum::http::HeaderMap::new()));
+    }
 
     #[test]
     fn vm_rss_is_read_in_bytes() {

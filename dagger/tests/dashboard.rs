@@ -66,11 +66,16 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A plain HTTP/1.1 GET: the status code and the body.
 fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_as(addr, addr, path)
+}
+
+/// A plain HTTP/1.1 GET to `addr` naming `host` in its `Host` header.
+fn http_get_as(addr: &str, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(GUARD))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
@@ -434,6 +439,15 @@ fn the_json_routes_show_state_and_the_task_stream() {
 
     let (status, _) = http_get(&addr, "/no-such-page").expect("an answer");
     assert_eq!(status, 404);
+    // A loopback server answers only requests that name a loopback host (a page of
+    // another origin whose name was rebound to 127.0.0.1 cannot read it).
+    let port = port_of(&addr);
+    let (status, _) =
+        http_get_as(&addr, &format!("localhost:{port}"), "/api/state").expect("an answer");
+    assert_eq!(status, 200);
+    let (status, body) =
+        http_get_as(&addr, &format!("rebound.example:{port}"), "/api/state").expect("an answer");
+    assert_eq!(status, 421, "{body}");
 
     drop(h);
     drop_and_wait_closed(ctx, &addr);
