@@ -545,10 +545,8 @@ impl<S> DriverCore<S> {
                 for done in tasks {
                     if let (Some(rec), true) = (&mut self.recorder, recording) {
                         // Only what the scheduler accepts: the attempt dispatched last.
-                        if self.sched.is_dispatched_to(done.task, worker) {
-                            if let Some(dispatch) = self.sched.dispatch_of(done.task) {
-                                rec.task_done(worker, &done, dispatch);
-                            }
+                        if let Some(dispatch) = self.sched.dispatch_to(done.task, worker) {
+                            rec.task_done(worker, &done, dispatch);
                         }
                     }
                     if incarnation == link_incarnation {
@@ -1495,11 +1493,12 @@ impl<S> DriverCore<S> {
         self.recorder.as_ref().map(|r| r.timeline(&self.sched))
     }
 
-    /// The timeline's task spans from position `from` of their report order on, and how
-    /// many spans there are in all (the `from` of the next read); `None` unless recording.
-    /// O(spans returned), for a reader that follows a run as it goes. A task that runs
-    /// again (a lost worker, a retry) has its span replaced in place, before `from` for
-    /// such a reader: [`DriverCore::timeline`] has every task's last run.
+    /// The spans of the recorded task reports from position `from` of their order on, and
+    /// how many reports there are in all (the `from` of the next read); `None` unless
+    /// recording. O(spans returned), for a reader that follows a run as it goes. Every
+    /// report is there: a task that ran again (a lost worker, a retry) has a span per
+    /// accepted report, the later after the earlier, where [`DriverCore::timeline`] keeps
+    /// each task's last.
     pub fn timeline_tasks_since(&self, from: usize) -> Option<(Vec<crate::TaskSpan>, usize)> {
         self.recorder
             .as_ref()

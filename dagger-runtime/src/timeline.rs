@@ -87,11 +87,10 @@ pub struct MoveSpan {
 /// from the scheduler's records when a [`Timeline`] is asked for.
 #[derive(Default)]
 pub(crate) struct Recorder {
-    /// One per task, in report order (a re-run replaces its task's entry).
+    /// Every accepted report, in order (a re-run's report comes after the earlier one;
+    /// only the last of a task is kept when the timeline is read).
     tasks: Vec<RawTask>,
-    /// Where each task's entry is.
-    index: dagger_core::hash::IdHashMap<TaskId, usize>,
-    /// Each submitted task's inputs, recorded at submission.
+    /// The inputs of each submitted task that has any, recorded at submission.
     inputs: dagger_core::hash::IdHashMap<TaskId, Vec<TaskId>>,
     /// Chunks received, on the receiver's clock.
     moves: Vec<(WorkerId, dagger_core::wire::MoveDone)>,
@@ -143,7 +142,9 @@ impl Recorder {
                 inputs.push(d);
             }
         }
-        self.inputs.insert(spec.id, inputs);
+        if !inputs.is_empty() {
+            self.inputs.insert(spec.id, inputs);
+        }
     }
 
     /// A batch of `worker`'s, sent at `sent_ns` on its clock, arrived at `now`.
@@ -176,13 +177,7 @@ impl Recorder {
             bytes,
             error,
         };
-        match self.index.get(&done.task) {
-            Some(&k) => self.tasks[k] = raw,
-            None => {
-                self.index.insert(done.task, self.tasks.len());
-                self.tasks.push(raw);
-            }
-        }
+        self.tasks.push(raw);
     }
 
     /// Notes a chunk `to` received, reported by `m`.
@@ -199,8 +194,20 @@ impl Recorder {
     pub(crate) fn timeline(&self, sched: &dagger_sched::Scheduler) -> Timeline {
         let mut processors: Vec<(ProcId, String)> = Vec::new();
         let mut seen: std::collections::HashSet<ProcId> = std::collections::HashSet::new();
-        let mut tasks = Vec::with_capacity(self.tasks.len());
-        for r in &self.tasks {
+        // The last report of each task, in the order of each task's first report.
+        let mut last: dagger_core::hash::IdHashMap<TaskId, usize> = Default::default();
+        let mut order: Vec<TaskId> = Vec::new();
+        for (k, r) in self.tasks.iter().enumerate() {
+            if last.insert(r.task, k).is_none() {
+                order.push(r.task);
+            }
+        }
+        let mut tasks = Vec::with_capacity(order.len());
+        for r in order
+            .iter()
+            .filter_map(|t| last.get(t))
+            .map(|&k| &self.tasks[k])
+        {
             if seen.insert(r.proc) {
                 let label = sched
                     .topology()
@@ -232,9 +239,9 @@ impl Recorder {
             processors,
         }
     }
-    /// The task spans from position `from` of the report order on, and how many there are
-    /// in all: O(spans returned). A re-run replaces its task's span in place, so a reader
-    /// that keeps its position sees a re-run's span only by reading again from before it.
+    /// The spans of the reports from position `from` of their order on, every report
+    /// (a re-run's after the earlier one's), and how many reports there are in all: O(spans
+    /// returned).
     pub(crate) fn tasks_since(
         &self,
         from: usize,
@@ -250,13 +257,10 @@ impl Recorder {
         (spans, self.tasks.len())
     }
 
-    /// One recorded run as a span, completed from the scheduler's record of its task.
+    /// One report as a span, completed from the scheduler's record of its task.
     fn task_span(&self, r: &RawTask, sched: &dagger_sched::Scheduler) -> TaskSpan {
-        let info = sched.task_info(r.task);
         let skew = self.skew(r.worker);
-        let started = skew.align(r.started_ns);
-        let finished = skew.align(r.started_ns.saturating_add(r.run_ns));
-        let (func, queued) = match info {
+        let (func, queued) = match sched.task_info(r.task) {
             Some(i) => (i.func, i.submitted),
             None => (String::new(), r.dispatched),
         };
@@ -271,8 +275,8 @@ impl Recorder {
             attempts: r.attempts,
             queued,
             dispatched: r.dispatched,
-            started,
-            finished,
+            started: skew.align(r.started_ns),
+            finished: skew.align(r.started_ns.saturating_add(r.run_ns)),
             bytes: r.bytes,
             error: r.error.clone(),
             inputs: self.inputs.get(&r.task).cloned().unwrap_or_default(),

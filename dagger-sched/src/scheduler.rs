@@ -418,12 +418,15 @@ impl Scheduler {
         })
     }
 
-    /// When `task` was last dispatched and how many times it was, without the rest of
-    /// [`Scheduler::task_info`] (no allocation); `None` if it is unknown or was never
-    /// dispatched. O(1).
-    pub fn dispatch_of(&self, task: TaskId) -> Option<(Duration, u32)> {
+    /// When `task` was last dispatched and how many times it was, if it is dispatched to
+    /// `worker` now (so a report from `worker` answers that dispatch); without the rest of
+    /// [`Scheduler::task_info`] (no allocation). O(1).
+    pub fn dispatch_to(&self, task: TaskId, worker: WorkerId) -> Option<(Duration, u32)> {
         let i = self.tasks.get(&task)?;
         let t = &self.tasks[i];
+        if t.state != State::Dispatched || self.placer.slot_proc(t.slot).worker != worker {
+            return None;
+        }
         opt_time(t.dispatched_ns).map(|d| (d, t.attempts))
     }
 

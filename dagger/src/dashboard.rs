@@ -613,9 +613,9 @@ async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) ->
                     }));
                 }
             }
-            // Tasks seen running that are neither running now nor in those spans: a re-run
-            // (its span replaced an earlier one), a span left out above, or a context
-            // that does not record. The scheduler's record says how they ended.
+            // Tasks seen running that are neither running now nor in those spans (a span
+            // left out above, or a context that does not record): the scheduler's record
+            // says how they ended.
             let covered: HashSet<TaskId> = running
                 .iter()
                 .map(|r| r.task)

@@ -106,6 +106,17 @@ impl<T> Lazy<T> {
     }
 }
 
+impl<T> Lazy<T> {
+    /// The graph under this task as Graphviz DOT, before it runs (Dagger.jl's
+    /// `show_plan`, Dask's `visualize`): a node per lazy task labelled with its function
+    /// (a task reached along several paths is one node), a small leaf per plain value or
+    /// spawned task, and an edge per argument labelled with its position. Render it with
+    /// `dot -Tsvg`.
+    pub fn to_dot(&self) -> String {
+        crate::timeline::dot::lazy_graph(&self.node)
+    }
+}
+
 /// A value usable as an argument of type `T` of a lazy task: a plain value, another lazy
 /// task returning `T`, or a handle to a spawned task returning `T`.
 pub trait IntoLazy<T> {

@@ -90,7 +90,6 @@ pub use dagger_net::{BoxFuture, Identity, NetError, Transport};
 pub use dagger_proc::{
     detectors, DefaultCosts, DetectContext, Detectors, Edge, EdgeKind, Job, Processor, Topology,
 };
-pub use dagger_runtime::{MoveSpan, TaskSpan};
 /// The scheduler's settings, for [`ContextBuilder::scheduler`].
 pub use dagger_sched::Config as SchedulerConfig;
 /// Counts of tasks by state, from [`Context::stats`].
@@ -100,7 +99,7 @@ pub use handle::Handle;
 pub use lazy::{Collect, IntoLazy, Lazy, LazyArg};
 pub use progress::Progress;
 pub use registry::{registry_hash, task_names, CallError};
-pub use timeline::Timeline;
+pub use timeline::{MoveSpan, TaskSpan, Timeline, TimelineError};
 pub use transport::{set_transport, TransportFactory};
 
 /// The transport API: what a [`Transport`] implementation names (links, frames,
