@@ -28,16 +28,15 @@
 //! (`processor-tree`, `workers`, `task-stream`, `events`, `stats`), and each row of the
 //! task stream carries its function's name in `data-func`.
 
+mod http;
+mod json;
+
 use crate::context::{ClusterEvent, ContextError};
 use crate::driver::{DriverCmd, DriverState};
-use axum::extract::{Query, State};
-use axum::http::header;
-use axum::response::{Html, IntoResponse, Json};
-use axum::routing::get;
-use axum::Router;
 use dagger_core::{ProcId, TaskId, WorkerId};
+use http::{Request, Response};
+use json::{obj, Json};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,41 +92,22 @@ pub(crate) fn start(
     })))
     .map_err(|_| ContextError::Shutdown)?;
     let loopback = local.ip().is_loopback();
-    let app = Router::new()
-        .route("/", get(page))
-        .route("/api/state", get(api_state))
-        .route("/api/tasks", get(api_tasks))
-        .with_state(shared.clone())
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
-                if loopback && !loopback_host(req.headers()) {
-                    return (
-                        axum::http::StatusCode::MISDIRECTED_REQUEST,
-                        "this server answers requests for a loopback host only",
-                    )
-                        .into_response();
-                }
-                next.run(req).await
-            },
-        ));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    handle.spawn(async move {
-        while let Some(e) = ev_rx.recv().await {
-            let at = shared.started.elapsed();
-            shared.events.lock().push(at, &e);
-        }
-        let _ = stop_tx.send(());
-    });
-    handle.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "the live view's server stopped");
-        }
-    });
+    {
+        let shared = shared.clone();
+        handle.spawn(async move {
+            while let Some(e) = ev_rx.recv().await {
+                let at = shared.started.elapsed();
+                shared.events.lock().push(at, &e);
+            }
+            let _ = stop_tx.send(());
+        });
+    }
+    handle.spawn(http::serve(
+        listener,
+        move |req| route(shared.clone(), loopback, req),
+        stop_rx,
+    ));
     Ok(local)
 }
 
@@ -159,7 +139,7 @@ impl Shared {
 }
 
 /// One cluster event as the page shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct EventView {
     /// Its number, from 1.
     seq: u64,
@@ -247,7 +227,7 @@ fn describe(e: &ClusterEvent) -> (&'static str, Option<WorkerId>, String) {
 }
 
 /// One entry of the task stream.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct TaskEntry {
     /// Its number, from 1; `/api/tasks?since=N` returns the entries above `N`.
     seq: u64,
@@ -410,7 +390,7 @@ struct TaskSample {
 }
 
 /// One processor of the tree.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct ProcView {
     /// `proc[i]@worker-n`.
     id: String,
@@ -425,7 +405,7 @@ struct ProcView {
 }
 
 /// One worker process and its processors.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct WorkerView {
     /// Its id's number.
     id: u32,
@@ -451,7 +431,7 @@ struct WorkerView {
 }
 
 /// The scheduler's counters the page shows.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct StatsView {
     submitted: u64,
     finished: u64,
@@ -462,7 +442,6 @@ struct StatsView {
 }
 
 /// `/api/state`.
-#[derive(Serialize)]
 struct StateView {
     /// Milliseconds since the server started.
     uptime_ms: f64,
@@ -473,32 +452,133 @@ struct StateView {
 }
 
 /// `/api/tasks`.
-#[derive(Serialize)]
 struct TasksView {
     /// Pass as `since` to get what came after.
     next: u64,
     tasks: Vec<TaskEntry>,
 }
 
-#[derive(Deserialize)]
-struct Since {
-    since: Option<u64>,
+impl EventView {
+    fn to_json(&self) -> Json {
+        obj([
+            ("seq", self.seq.into()),
+            ("at_ms", self.at_ms.into()),
+            ("kind", self.kind.into()),
+            ("worker", self.worker.into()),
+            ("text", self.text.as_str().into()),
+        ])
+    }
 }
 
-async fn page() -> impl IntoResponse {
-    (
-        [
-            (header::CACHE_CONTROL, "no-store"),
+impl TaskEntry {
+    fn to_json(&self) -> Json {
+        obj([
+            ("seq", self.seq.into()),
+            ("task", self.task.into()),
+            ("func", self.func.as_str().into()),
+            ("worker", self.worker.into()),
+            ("processor", self.processor.as_str().into()),
+            ("state", self.state.into()),
+            ("waited_ms", self.waited_ms.into()),
+            ("run_ms", self.run_ms.into()),
+            ("error", self.error.as_deref().into()),
+        ])
+    }
+}
+
+impl WorkerView {
+    fn to_json(&self) -> Json {
+        let processors = self
+            .processors
+            .iter()
+            .map(|p| {
+                obj([
+                    ("id", p.id.as_str().into()),
+                    ("index", p.index.into()),
+                    ("parent", p.parent.into()),
+                    ("kind", p.kind.as_str().into()),
+                    ("label", p.label.as_str().into()),
+                ])
+            })
+            .collect();
+        obj([
+            ("id", self.id.into()),
+            ("label", self.label.as_str().into()),
+            ("name", self.name.as_str().into()),
+            ("host", self.host.as_str().into()),
+            ("pid", self.pid.into()),
+            ("driver", self.driver.into()),
+            ("in_pool", self.in_pool.into()),
+            ("queue", self.queue.into()),
+            ("rss_bytes", self.rss_bytes.into()),
+            ("processors", Json::Arr(processors)),
+        ])
+    }
+}
+
+impl StateView {
+    fn to_json(&self) -> Json {
+        let s = &self.stats;
+        obj([
+            ("uptime_ms", self.uptime_ms.into()),
             (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                "stats",
+                obj([
+                    ("submitted", s.submitted.into()),
+                    ("finished", s.finished.into()),
+                    ("failed", s.failed.into()),
+                    ("running", s.running.into()),
+                    ("ready", s.ready.into()),
+                    ("waiting", s.waiting.into()),
+                ]),
             ),
-        ],
-        Html(PAGE),
-    )
+            (
+                "workers",
+                Json::Arr(self.workers.iter().map(WorkerView::to_json).collect()),
+            ),
+            (
+                "events",
+                Json::Arr(self.events.iter().map(EventView::to_json).collect()),
+            ),
+        ])
+    }
 }
 
-async fn api_state(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+impl TasksView {
+    fn to_json(&self) -> Json {
+        obj([
+            ("next", self.next.into()),
+            (
+                "tasks",
+                Json::Arr(self.tasks.iter().map(TaskEntry::to_json).collect()),
+            ),
+        ])
+    }
+}
+
+/// Answers one request.
+async fn route(shared: Arc<Shared>, loopback: bool, req: Request) -> Response {
+    if loopback && !req.host.as_deref().is_some_and(http::is_loopback_host) {
+        return Response::text(421, "this server answers requests for a loopback host only");
+    }
+    match req.path.as_str() {
+        "/" => Response::ok("text/html; charset=utf-8", PAGE.to_owned()),
+        "/api/state" => api_state(&shared).await,
+        "/api/tasks" => {
+            let since = match http::query_param(&req.query, "since") {
+                None => 0,
+                Some(n) => match n.parse() {
+                    Ok(n) => n,
+                    Err(_) => return Response::text(400, "`since` is a number"),
+                },
+            };
+            api_tasks(&shared, since).await
+        }
+        _ => Response::text(404, "no such page"),
+    }
+}
+
+async fn api_state(shared: &Shared) -> Response {
     let sample = shared
         .query(|st| {
             let core = &st.core;
@@ -554,16 +634,16 @@ async fn api_state(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         }
     }
     let events = shared.events.lock().ring.iter().cloned().collect();
-    Json(StateView {
+    let view = StateView {
         uptime_ms: millis(shared.started.elapsed()),
         stats,
         workers,
         events,
-    })
-    .into_response()
+    };
+    Response::ok("application/json", view.to_json().render())
 }
 
-async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) -> impl IntoResponse {
+async fn api_tasks(shared: &Shared, since: u64) -> Response {
     let mut stream = shared.tasks.lock().await;
     let open: Vec<TaskId> = stream.open.keys().copied().collect();
     let span_cursor = stream.span_cursor;
@@ -656,42 +736,17 @@ async fn api_tasks(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) ->
         return gone();
     };
     stream.apply(sample);
-    let since = q.since.unwrap_or(0);
     let tasks = stream.since(since);
     let next = tasks.last().map_or(since.max(stream.next), |e| e.seq);
-    Json(TasksView { next, tasks }).into_response()
-}
-
-/// Whether a request to a server bound to a loopback address names a loopback host
-/// (`127.0.0.1:P`, `[::1]:P`, `localhost:P`). Anything else reached it through a name that
-/// resolved to loopback only for the moment (DNS rebinding: a web page of another origin
-/// reading this one through the viewer's browser), and is refused.
-fn loopback_host(headers: &axum::http::HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    // Without the port, if any (an IPv6 literal keeps its brackets).
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    let name = name
-        .strip_prefix('[')
-        .and_then(|n| n.strip_suffix(']'))
-        .unwrap_or(name);
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    Response::ok(
+        "application/json",
+        TasksView { next, tasks }.to_json().render(),
+    )
 }
 
 /// The answer once the driver loop has ended.
-fn gone() -> axum::response::Response {
-    (
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "the context is shut down",
-    )
-        .into_response()
+fn gone() -> Response {
+    Response::text(503, "the context is shut down")
 }
 
 fn millis(d: std::time::Duration) -> f64 {
@@ -717,39 +772,11 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// The page: static HTML and JavaScript; every value is put in with `textContent` or
 /// `setAttribute`, never parsed as HTML.
-const PAGE: &str = include_str!("dashboard.html");
+const PAGE: &str = include_str!("dashboard/page.html");
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_loopback_hosts_pass_on_a_loopback_server() {
-        let ok = |host: &str| {
-            let mut h = axum::http::HeaderMap::new();
-            h.insert(header::HOST, host.parse().expect("a header value"));
-            loopback_host(&h)
-        };
-        for host in [
-            "127.0.0.1:8787",
-            "localhost:8787",
-            "LOCALHOST",
-            "[::1]:80",
-            "127.1.2.3",
-        ] {
-            assert!(ok(host), "{host}");
-        }
-        for host in [
-            "evil.example:8787",
-            "10.0.0.1:8787",
-            "[::1",
-            "localhost.evil:1",
-            ":8787",
-        ] {
-            assert!(!ok(host), "{host}");
-        }
-        assert!(!loopback_host(&axum::http::HeaderMap::new()));
-    }
 
     #[test]
     fn vm_rss_is_read_in_bytes() {
