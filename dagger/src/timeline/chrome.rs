@@ -2,7 +2,6 @@
 
 use super::{micros, Timeline};
 use dagger_core::WorkerId;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -26,48 +25,64 @@ pub(super) fn render(timeline: &Timeline) -> String {
             "process_name",
             w.get(),
             0,
-            json!({ "name": w.to_string() }),
+            obj([("name", w.to_string().into())]),
         ));
         events.push(metadata(
             "process_sort_index",
             w.get(),
             0,
-            json!({ "sort_index": w.get() }),
+            obj([("sort_index", w.get().into())]),
         ));
     }
     for (proc, label) in &rows {
         let (pid, tid) = (proc.worker.get(), u64::from(proc.index));
-        events.push(metadata("thread_name", pid, tid, json!({ "name": label })));
+        events.push(metadata(
+            "thread_name",
+            pid,
+            tid,
+            obj([("name", label.as_str().into())]),
+        ));
         events.push(metadata(
             "thread_sort_index",
             pid,
             tid,
-            json!({ "sort_index": tid }),
+            obj([("sort_index", tid.into())]),
         ));
     }
 
     for span in timeline.tasks() {
-        let mut args = json!({
-            "task": span.task.get(),
-            "function": span.func,
-            "attempts": span.attempts,
-            "bytes": span.bytes,
-            "queued": micros(span.queued),
-            "dispatched": micros(span.dispatched),
-        });
+        let mut args = vec![
+            ("task", span.task.get().into()),
+            ("function", span.func.as_str().into()),
+            ("attempts", span.attempts.into()),
+            ("bytes", span.bytes.into()),
+            ("queued", micros(span.queued).into()),
+            ("dispatched", micros(span.dispatched).into()),
+        ];
         if let Some(error) = &span.error {
-            args["error"] = json!(error);
+            args.push(("error", error.as_str().into()));
         }
-        events.push(json!({
-            "name": span.func,
-            "cat": if span.error.is_some() { "task,failed" } else { "task" },
-            "ph": "X",
-            "ts": micros(span.started),
-            "dur": micros(span.finished.saturating_sub(span.started)),
-            "pid": span.worker.get(),
-            "tid": span.proc.index,
-            "args": args,
-        }));
+        events.push(obj([
+            ("name", span.func.as_str().into()),
+            (
+                "cat",
+                if span.error.is_some() {
+                    "task,failed"
+                } else {
+                    "task"
+                }
+                .into(),
+            ),
+            ("ph", "X".into()),
+            ("ts", micros(span.started).into()),
+            (
+                "dur",
+                micros(span.finished.saturating_sub(span.started)).into(),
+            ),
+            ("pid", span.worker.get().into()),
+            ("tid", span.proc.index.into()),
+            ("args", Value::Obj(args)),
+        ]));
     }
 
     // Moves: on the destination's "moves in" tracks, one track per overlapping move.
@@ -88,22 +103,25 @@ pub(super) fn render(timeline: &Timeline) -> String {
         let (pid, tid) = (mv.to.get(), MOVE_TID_BASE + lane as u64);
         let name = format!("move {}", mv.chunk);
         let transport = if mv.shared_memory { "shm" } else { "net" };
-        events.push(json!({
-            "name": name,
-            "cat": MOVE_CAT,
-            "ph": "X",
-            "ts": micros(mv.started),
-            "dur": micros(mv.finished.saturating_sub(mv.started)),
-            "pid": pid,
-            "tid": tid,
-            "args": {
-                "chunk": mv.chunk.get(),
-                "from": mv.from.to_string(),
-                "to": mv.to.to_string(),
-                "bytes": mv.bytes,
-                "transport": transport,
-            },
-        }));
+        events.push(obj([
+            ("name", name.as_str().into()),
+            ("cat", MOVE_CAT.into()),
+            ("ph", "X".into()),
+            ("ts", micros(mv.started).into()),
+            ("dur", micros(mv.finished.saturating_sub(mv.started)).into()),
+            ("pid", pid.into()),
+            ("tid", tid.into()),
+            (
+                "args",
+                obj([
+                    ("chunk", mv.chunk.get().into()),
+                    ("from", mv.from.to_string().into()),
+                    ("to", mv.to.to_string().into()),
+                    ("bytes", mv.bytes.into()),
+                    ("transport", transport.into()),
+                ]),
+            ),
+        ]));
 
         // The flow: producer → move → first consumer on the destination. Each step's
         // time lies inside the slice it binds to.
@@ -117,16 +135,16 @@ pub(super) fn render(timeline: &Timeline) -> String {
                 .find(|c| c.worker == mv.to)
         });
         let flow = |ph: &str, ts: Duration, pid: u32, tid: u64| {
-            json!({
-                "name": name,
-                "cat": MOVE_CAT,
-                "ph": ph,
-                "id": id,
-                "bp": "e",
-                "ts": micros(ts),
-                "pid": pid,
-                "tid": tid,
-            })
+            obj([
+                ("name", name.as_str().into()),
+                ("cat", MOVE_CAT.into()),
+                ("ph", ph.into()),
+                ("id", id.into()),
+                ("bp", "e".into()),
+                ("ts", micros(ts).into()),
+                ("pid", pid.into()),
+                ("tid", tid.into()),
+            ])
         };
         if let Some(p) = producer {
             events.push(flow(
@@ -169,21 +187,139 @@ pub(super) fn render(timeline: &Timeline) -> String {
                 "thread_name",
                 w.get(),
                 tid,
-                json!({ "name": name }),
+                obj([("name", name.into())]),
             ));
             events.push(metadata(
                 "thread_sort_index",
                 w.get(),
                 tid,
-                json!({ "sort_index": tid }),
+                obj([("sort_index", tid.into())]),
             ));
         }
     }
 
-    json!({ "traceEvents": events, "displayTimeUnit": "ms" }).to_string()
+    let mut out = String::new();
+    obj([
+        ("traceEvents", Value::Arr(events)),
+        ("displayTimeUnit", "ms".into()),
+    ])
+    .write(&mut out);
+    out
 }
 
 /// A metadata event (`M`) naming or ordering a track.
 fn metadata(name: &str, pid: u32, tid: u64, args: Value) -> Value {
-    json!({ "name": name, "ph": "M", "ts": 0, "pid": pid, "tid": tid, "args": args })
+    obj([
+        ("name", name.into()),
+        ("ph", "M".into()),
+        ("ts", 0u64.into()),
+        ("pid", pid.into()),
+        ("tid", tid.into()),
+        ("args", args),
+    ])
+}
+
+/// A JSON value, as much of JSON as a trace needs. Written here rather than with a JSON
+/// crate: `serde_json`, once in a program's dependencies, adds comparisons between its
+/// `Value` and every number type, and then `assert_eq!(x, iter.sum())` in the program no
+/// longer infers its types.
+enum Value {
+    Num(f64),
+    Int(u64),
+    Str(String),
+    Arr(Vec<Value>),
+    Obj(Vec<(&'static str, Value)>),
+}
+
+fn obj<const N: usize>(fields: [(&'static str, Value); N]) -> Value {
+    Value::Obj(fields.into())
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s)
+    }
+}
+
+impl From<u64> for Value {
+    fn from(n: u64) -> Self {
+        Value::Int(n)
+    }
+}
+
+impl From<u32> for Value {
+    fn from(n: u32) -> Self {
+        Value::Int(n.into())
+    }
+}
+
+impl From<f64> for Value {
+    fn from(n: f64) -> Self {
+        Value::Num(n)
+    }
+}
+
+impl Value {
+    fn write(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        match self {
+            Value::Int(n) => {
+                let _ = write!(out, "{n}");
+            }
+            // JSON has no NaN or infinity; times are finite, but stay valid regardless.
+            Value::Num(x) if x.is_finite() => {
+                let _ = write!(out, "{x}");
+            }
+            Value::Num(_) => out.push_str("null"),
+            Value::Str(s) => write_str(out, s),
+            Value::Arr(items) => {
+                out.push('[');
+                for (k, v) in items.iter().enumerate() {
+                    if k > 0 {
+                        out.push(',');
+                    }
+                    v.write(out);
+                }
+                out.push(']');
+            }
+            Value::Obj(fields) => {
+                out.push('{');
+                for (k, (name, v)) in fields.iter().enumerate() {
+                    if k > 0 {
+                        out.push(',');
+                    }
+                    write_str(out, name);
+                    out.push(':');
+                    v.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// A JSON string: quoted, with `"`, `\` and control characters escaped.
+fn write_str(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
