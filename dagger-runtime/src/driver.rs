@@ -1493,6 +1493,18 @@ impl<S> DriverCore<S> {
         self.recorder.as_ref().map(|r| r.timeline(&self.sched))
     }
 
+    /// The spans of the recorded task reports from position `from` of their order on, and
+    /// how many reports there are in all (the `from` of the next read); `None` unless
+    /// recording. O(spans returned), for a reader that follows a run as it goes. Every
+    /// report is there: a task that ran again (a lost worker, a retry) has a span per
+    /// accepted report, the later after the earlier, where [`DriverCore::timeline`] keeps
+    /// each task's last.
+    pub fn timeline_tasks_since(&self, from: usize) -> Option<(Vec<crate::TaskSpan>, usize)> {
+        self.recorder
+            .as_ref()
+            .map(|r| r.tasks_since(from, &self.sched))
+    }
+
     /// How many joins were accepted over the driver's life.
     pub fn joined_total(&self) -> usize {
         self.joined_total

@@ -208,15 +208,6 @@ impl Recorder {
             .filter_map(|t| last.get(t))
             .map(|&k| &self.tasks[k])
         {
-            let info = sched.task_info(r.task);
-            let skew = self.skew(r.worker);
-            let started = skew.align(r.started_ns);
-            let finished = skew.align(r.started_ns.saturating_add(r.run_ns));
-            let (func, queued) = match &info {
-                Some(i) => (i.func.clone(), i.submitted),
-                None => (String::new(), r.dispatched),
-            };
-            let (dispatched, attempts) = (r.dispatched, r.attempts);
             if seen.insert(r.proc) {
                 let label = sched
                     .topology()
@@ -224,23 +215,7 @@ impl Recorder {
                     .map_or_else(|| r.proc.to_string(), |p| p.label.clone());
                 processors.push((r.proc, label));
             }
-            // No clamping: the alignment itself keeps a start after the dispatch (see the
-            // module documentation), and only reports the scheduler accepted (of the
-            // attempt dispatched last) are recorded.
-            tasks.push(TaskSpan {
-                task: r.task,
-                func,
-                worker: r.worker,
-                proc: r.proc,
-                attempts,
-                queued,
-                dispatched,
-                started,
-                finished,
-                bytes: r.bytes,
-                error: r.error.clone(),
-                inputs: self.inputs.get(&r.task).cloned().unwrap_or_default(),
-            });
+            tasks.push(self.task_span(r, sched));
         }
         let moves = self
             .moves
@@ -262,6 +237,49 @@ impl Recorder {
             tasks,
             moves,
             processors,
+        }
+    }
+    /// The spans of the reports from position `from` of their order on, every report
+    /// (a re-run's after the earlier one's), and how many reports there are in all: O(spans
+    /// returned).
+    pub(crate) fn tasks_since(
+        &self,
+        from: usize,
+        sched: &dagger_sched::Scheduler,
+    ) -> (Vec<TaskSpan>, usize) {
+        let spans = self
+            .tasks
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| self.task_span(r, sched))
+            .collect();
+        (spans, self.tasks.len())
+    }
+
+    /// One report as a span, completed from the scheduler's record of its task.
+    fn task_span(&self, r: &RawTask, sched: &dagger_sched::Scheduler) -> TaskSpan {
+        let skew = self.skew(r.worker);
+        let (func, queued) = match sched.task_info(r.task) {
+            Some(i) => (i.func, i.submitted),
+            None => (String::new(), r.dispatched),
+        };
+        // No clamping: the alignment itself keeps a start after the dispatch (see the
+        // module documentation), and only reports the scheduler accepted (of the attempt
+        // dispatched last) are recorded.
+        TaskSpan {
+            task: r.task,
+            func,
+            worker: r.worker,
+            proc: r.proc,
+            attempts: r.attempts,
+            queued,
+            dispatched: r.dispatched,
+            started: skew.align(r.started_ns),
+            finished: skew.align(r.started_ns.saturating_add(r.run_ns)),
+            bytes: r.bytes,
+            error: r.error.clone(),
+            inputs: self.inputs.get(&r.task).cloned().unwrap_or_default(),
         }
     }
 }

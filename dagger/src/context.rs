@@ -85,6 +85,15 @@ pub enum ContextError {
         /// How the process ended (`Unknown` when its status was taken by another watcher).
         exit: dagger_core::ExitCause,
     },
+    /// The live view ([`ContextBuilder::dashboard`]) cannot listen at its address.
+    #[error("the live view cannot listen at {addr}: {source}")]
+    Dashboard {
+        /// The address it was given.
+        addr: String,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// A builder setting is out of range or cannot be honoured.
     #[error("invalid setting `{setting}`: {reason}")]
     InvalidSetting {
@@ -170,6 +179,8 @@ pub(crate) struct Inner {
     /// What starting more workers needs (a context that links processes).
     pub(crate) launching: Option<crate::launch::Launching>,
     stopped: std::sync::atomic::AtomicBool,
+    /// Where the live view listens, if one was asked for.
+    dashboard: Option<String>,
     /// Whether long waits show a progress bar.
     pub(crate) progress: crate::progress::Progress,
 }
@@ -193,6 +204,7 @@ pub struct ContextBuilder {
     worker_memory_limit: Option<u64>,
     /// Record the timeline of every task and move.
     pub(crate) timeline: bool,
+    dashboard: Option<String>,
     /// Which worker log events are forwarded (`None`: the driver's `RUST_LOG`).
     worker_logs: Option<String>,
     /// Whether long waits show a progress bar.
@@ -231,6 +243,7 @@ impl Default for ContextBuilder {
             },
             worker_memory_limit: None,
             timeline: false,
+            dashboard: None,
             worker_logs: None,
             progress: crate::progress::Progress::Auto,
         }
@@ -389,6 +402,27 @@ impl ContextBuilder {
     /// [`ContextError::InvalidSetting`].
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
         self.worker_memory_limit = Some(bytes);
+        self
+    }
+
+    /// Serves the live view of the cluster, a web page at `http://ADDR/`, from the
+    /// driver's process: the processor tree, the task stream, each worker's queue and
+    /// memory, joins and losses, refreshed four times a second (JSON at `/api/state` and
+    /// `/api/tasks?since=N`; see the `dashboard` module of the source).
+    ///
+    /// The server binds to exactly `addr` (`127.0.0.1:8787`; port 0, as in
+    /// `127.0.0.1:0`, picks a free port, which [`Context::dashboard_addr`] reports). The
+    /// page has no authentication and shows function names, host names and process ids:
+    /// keep it on a loopback address unless every host that can reach it may see that.
+    /// Bound to a loopback address, it answers only requests naming a loopback host
+    /// (`127.0.0.1`, `[::1]`, `localhost`), so that a web page of another origin cannot
+    /// read it through a name rebound to loopback.
+    /// Without this call no page is served and no socket is opened for one. It turns on
+    /// [`ContextBuilder::timeline`] recording (the page lists finished tasks from the
+    /// timeline). The server keeps no context alive and stops when the context shuts
+    /// down. `build` fails with [`ContextError::Dashboard`] when it cannot listen there.
+    pub fn dashboard(mut self, addr: impl Into<String>) -> Self {
+        self.dashboard = Some(addr.into());
         self
     }
 
@@ -656,7 +690,8 @@ impl Context {
             DriverConfig {
                 heartbeat_timeout: b.heartbeat_timeout,
                 shm: b.shm,
-                record: b.timeline,
+                // The live view shows the timeline's finished tasks.
+                record: b.timeline || b.dashboard.is_some(),
                 worker_log_filter: b
                     .worker_logs
                     .clone()
@@ -671,6 +706,11 @@ impl Context {
             }
             handle.spawn(driver::run(state, cmd_rx, ev_rx));
         }
+        // Before any worker joins, so that the page lists every join.
+        let dashboard = match &b.dashboard {
+            Some(addr) => Some(crate::dashboard::start(addr, cmd_tx.clone(), &handle)?.to_string()),
+            None => None,
+        };
         let children: Children = Arc::new(Mutex::new(Vec::new()));
         let exited_children = Arc::new(tokio::sync::watch::Sender::new(0));
         // A context that links processes can start workers at any time: it gets a
@@ -693,6 +733,7 @@ impl Context {
             links,
             launching,
             stopped: std::sync::atomic::AtomicBool::new(false),
+            dashboard,
             progress: b.progress,
         });
         let ctx = Context { inner };
@@ -1047,6 +1088,13 @@ impl Context {
     /// [`Context::threads`]) and so listens nowhere.
     pub fn listen_addr(&self) -> Option<&str> {
         self.inner.links.as_ref().map(|l| l.listen_addr.as_str())
+    }
+
+    /// The address the live view listens at (the port chosen when
+    /// [`ContextBuilder::dashboard`] asked for port 0); `None` when none was asked for.
+    /// The page is `http://ADDR/`.
+    pub fn dashboard_addr(&self) -> Option<String> {
+        self.inner.dashboard.clone()
     }
 
     /// Operating-system process ids of the local worker processes now running (the

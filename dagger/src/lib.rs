@@ -53,6 +53,7 @@
 
 mod args;
 mod context;
+mod dashboard;
 pub mod drain;
 mod driver;
 mod handle;
