@@ -45,6 +45,7 @@ fn even(x: u64) -> u64 {
     x
 }
 
+#[cfg(feature = "quic")]
 fn expected_sum(i: u64) -> u64 {
     (0..1u64 << 20)
         .map(|k| u64::from((k.wrapping_mul(31) ^ i) as u8))
