@@ -29,13 +29,12 @@
 //! task stream carries its function's name in `data-func`.
 
 mod http;
-mod json;
 
 use crate::context::{ClusterEvent, ContextError};
 use crate::driver::{DriverCmd, DriverState};
+use crate::json::{obj, Json};
 use dagger_core::{ProcId, TaskId, WorkerId};
 use http::{Request, Response};
-use json::{obj, Json};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

@@ -57,6 +57,7 @@ mod dashboard;
 pub mod drain;
 mod driver;
 mod handle;
+mod json;
 mod launch;
 mod lazy;
 mod progress;

@@ -1,6 +1,7 @@
 //! The Chrome trace (Trace Event Format, JSON object form) of a timeline.
 
 use super::{micros, Timeline};
+use crate::json::{obj, Json};
 use dagger_core::WorkerId;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,7 +13,7 @@ const MOVE_TID_BASE: u64 = 1 << 32;
 const MOVE_CAT: &str = "move";
 
 pub(super) fn render(timeline: &Timeline) -> String {
-    let mut events: Vec<Value> = Vec::new();
+    let mut events: Vec<Json> = Vec::new();
     let rows = timeline.rows();
 
     // Tracks: a process per worker, a thread per processor.
@@ -81,7 +82,7 @@ pub(super) fn render(timeline: &Timeline) -> String {
             ),
             ("pid", span.worker.get().into()),
             ("tid", span.proc.index.into()),
-            ("args", Value::Obj(args)),
+            ("args", Json::Obj(args)),
         ]));
     }
 
@@ -198,17 +199,15 @@ pub(super) fn render(timeline: &Timeline) -> String {
         }
     }
 
-    let mut out = String::new();
     obj([
-        ("traceEvents", Value::Arr(events)),
+        ("traceEvents", Json::Arr(events)),
         ("displayTimeUnit", "ms".into()),
     ])
-    .write(&mut out);
-    out
+    .render()
 }
 
 /// A metadata event (`M`) naming or ordering a track.
-fn metadata(name: &str, pid: u32, tid: u64, args: Value) -> Value {
+fn metadata(name: &str, pid: u32, tid: u64, args: Json) -> Json {
     obj([
         ("name", name.into()),
         ("ph", "M".into()),
@@ -217,109 +216,4 @@ fn metadata(name: &str, pid: u32, tid: u64, args: Value) -> Value {
         ("tid", tid.into()),
         ("args", args),
     ])
-}
-
-/// A JSON value, as much of JSON as a trace needs. Written here rather than with a JSON
-/// crate: `serde_json`, once in a program's dependencies, adds comparisons between its
-/// `Value` and every number type, and then `assert_eq!(x, iter.sum())` in the program no
-/// longer infers its types.
-enum Value {
-    Num(f64),
-    Int(u64),
-    Str(String),
-    Arr(Vec<Value>),
-    Obj(Vec<(&'static str, Value)>),
-}
-
-fn obj<const N: usize>(fields: [(&'static str, Value); N]) -> Value {
-    Value::Obj(fields.into())
-}
-
-impl From<&str> for Value {
-    fn from(s: &str) -> Self {
-        Value::Str(s.to_owned())
-    }
-}
-
-impl From<String> for Value {
-    fn from(s: String) -> Self {
-        Value::Str(s)
-    }
-}
-
-impl From<u64> for Value {
-    fn from(n: u64) -> Self {
-        Value::Int(n)
-    }
-}
-
-impl From<u32> for Value {
-    fn from(n: u32) -> Self {
-        Value::Int(n.into())
-    }
-}
-
-impl From<f64> for Value {
-    fn from(n: f64) -> Self {
-        Value::Num(n)
-    }
-}
-
-impl Value {
-    fn write(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        match self {
-            Value::Int(n) => {
-                let _ = write!(out, "{n}");
-            }
-            // JSON has no NaN or infinity; times are finite, but stay valid regardless.
-            Value::Num(x) if x.is_finite() => {
-                let _ = write!(out, "{x}");
-            }
-            Value::Num(_) => out.push_str("null"),
-            Value::Str(s) => write_str(out, s),
-            Value::Arr(items) => {
-                out.push('[');
-                for (k, v) in items.iter().enumerate() {
-                    if k > 0 {
-                        out.push(',');
-                    }
-                    v.write(out);
-                }
-                out.push(']');
-            }
-            Value::Obj(fields) => {
-                out.push('{');
-                for (k, (name, v)) in fields.iter().enumerate() {
-                    if k > 0 {
-                        out.push(',');
-                    }
-                    write_str(out, name);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
-        }
-    }
-}
-
-/// A JSON string: quoted, with `"`, `\` and control characters escaped.
-fn write_str(out: &mut String, s: &str) {
-    use std::fmt::Write as _;
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }

@@ -1,12 +1,13 @@
-//! JSON for the live view's routes, written here rather than with a JSON crate:
+//! JSON for the live view's routes and the Chrome traces of timelines, written here
+//! rather than with a JSON crate:
 //! `serde_json`, once in a program's dependencies, adds comparisons between its `Value`
 //! and every number type, and then `assert_eq!(x, iter.sum())` in the program no longer
 //! infers its types.
 
 use std::fmt::Write as _;
 
-/// A JSON value, as much of JSON as the routes need.
-pub(super) enum Json {
+/// A JSON value, as much of JSON as the routes and traces need.
+pub(crate) enum Json {
     Null,
     Bool(bool),
     Int(u64),
@@ -17,7 +18,7 @@ pub(super) enum Json {
 }
 
 /// An object of these fields, in this order.
-pub(super) fn obj<const N: usize>(fields: [(&'static str, Json); N]) -> Json {
+pub(crate) fn obj<const N: usize>(fields: [(&'static str, Json); N]) -> Json {
     Json::Obj(fields.into())
 }
 
@@ -71,7 +72,7 @@ impl<T: Into<Json>> From<Option<T>> for Json {
 
 impl Json {
     /// The value as JSON text.
-    pub(super) fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         self.write(&mut out);
         out
