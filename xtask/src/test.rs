@@ -14,18 +14,20 @@ use crate::process;
 /// Debian packages the hwloc suite needs.
 const HWLOC_PACKAGES: &str = "libhwloc-dev libudev-dev pkg-config";
 
-/// Examples run (not only built) by the `examples` steps.
-const RUN_EXAMPLES: &[&str] = &[
-    "topology",
-    "custom_processor",
-    "manual_worker",
-    "fault_tolerance",
-    "dynamic_pool",
+/// Examples run (not only built) by the `examples` steps, with their arguments.
+const RUN_EXAMPLES: &[(&str, &[&str])] = &[
+    ("topology", &[]),
+    ("custom_processor", &[]),
+    ("manual_worker", &[]),
+    ("fault_tolerance", &[]),
+    ("dynamic_pool", &[]),
+    // Writes its trace, Gantt chart and graphs under the build folder.
+    ("timeline", &["target/timeline-example"]),
 ];
 
 /// Benchmark workloads run once, in the debug build, by the `bench:*` steps: their lines
 /// must print and their checks pass (the figures of a debug build are not reported).
-const SMOKE_WORKLOADS: &[&str] = &["W6"];
+const SMOKE_WORKLOADS: &[&str] = &["W6", "W1t"];
 
 /// Seeds of the simulated cluster run by the `chaos` step.
 const CHAOS_SEEDS: u64 = 1000;
@@ -143,10 +145,10 @@ fn steps() -> Vec<(String, StepFn)> {
         ("doc".into(), Box::new(doc_step)),
         ("examples:build".into(), Box::new(examples_build_step)),
     ];
-    for example in RUN_EXAMPLES {
+    for (example, args) in RUN_EXAMPLES {
         steps.push((
             format!("examples:{example}"),
-            Box::new(move |ctx: &Context| example_run_step(ctx, example)),
+            Box::new(move |ctx: &Context| example_run_step(ctx, example, args)),
         ));
     }
     for id in SMOKE_WORKLOADS {
@@ -442,7 +444,7 @@ fn examples_build_step(ctx: &Context) -> Result<Outcome> {
     Ok(Outcome::from_status(&command, status))
 }
 
-fn example_run_step(ctx: &Context, example: &str) -> Result<Outcome> {
+fn example_run_step(ctx: &Context, example: &str, args: &[&str]) -> Result<Outcome> {
     let Some(package) = ctx.workspace.package_with_example(example) else {
         println!("no package of the workspace has an example named `{example}`");
         return Ok(Outcome::Skipped {
@@ -452,6 +454,9 @@ fn example_run_step(ctx: &Context, example: &str) -> Result<Outcome> {
     };
     let mut command = ctx.cargo();
     command.args(["run", "-p", package, "--example", example]);
+    if !args.is_empty() {
+        command.arg("--").args(args);
+    }
     let status = process::run_inherited(&mut command)?;
     Ok(Outcome::from_status(&command, status))
 }
@@ -516,7 +521,9 @@ mod tests {
                 "examples:manual_worker",
                 "examples:fault_tolerance",
                 "examples:dynamic_pool",
+                "examples:timeline",
                 "bench:W6",
+                "bench:W1t",
                 "fmt",
             ]
         );
