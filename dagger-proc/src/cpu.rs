@@ -53,7 +53,7 @@ pub fn detect_plain(ctx: &DetectContext, extra: &[(&str, String)]) -> Vec<Box<dy
     let chosen = sys::spread(
         cpus.len(),
         cap_from_env().unwrap_or(usize::MAX),
-        ctx.worker.0,
+        sys::process_slot(ctx.worker.0),
     );
     let mut out: Vec<Box<dyn Processor>> = Vec::with_capacity(chosen.len());
     for pos in chosen {

@@ -122,7 +122,7 @@ pub fn detect(ctx: &DetectContext) -> Vec<Box<dyn Processor>> {
     let chosen = sys::spread(
         cores.len(),
         cap_from_env().unwrap_or(usize::MAX),
-        ctx.worker.0,
+        sys::process_slot(ctx.worker.0),
     );
     let mut out: Vec<Box<dyn Processor>> = Vec::with_capacity(chosen.len());
     for pos in chosen {

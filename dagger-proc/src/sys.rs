@@ -63,6 +63,21 @@ pub fn threads_cap_from_env() -> Result<Option<usize>, EnvVarError> {
     }
 }
 
+/// Environment variable: this process's number among the worker processes a launcher
+/// started on this host (`0`, `1`, ...). Capped worker processes rotate the CPUs they pin
+/// by it, so that several on one host spread over the CPUs instead of all taking the first
+/// ones (a worker detects its processors before it joins, so its worker id cannot serve).
+pub const SLOT_VAR: &str = "DAGGER_WORKER_SLOT";
+
+/// The number CPU spreading rotates by: [`SLOT_VAR`] when it is set to a number, else
+/// `fallback` (the worker id the detection context names). Read at each call.
+pub fn process_slot(fallback: u32) -> u32 {
+    std::env::var(SLOT_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(fallback)
+}
+
 /// True unless [`PIN_VAR`] disables pinning. Read at each call.
 pub fn pin_from_env() -> bool {
     std::env::var(PIN_VAR)

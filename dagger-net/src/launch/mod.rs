@@ -48,6 +48,17 @@ pub const ENV_JOIN: &str = "DAGGER_WORKER_JOIN";
 /// pipe) on which the launcher wrote the worker's identity, as one line of
 /// [`Identity::to_text`]. Holds a number only, never key material.
 pub const ENV_IDENTITY_FD: &str = "DAGGER_WORKER_IDENTITY_FD";
+/// Environment variable: the worker's number among the local workers of its context (the
+/// `N` of its name `worker-N`), by which a worker whose thread processors are capped
+/// rotates the CPUs it pins (the same variable as `dagger_proc::sys::SLOT_VAR`).
+pub const ENV_SLOT: &str = "DAGGER_WORKER_SLOT";
+
+/// The number at the end of a worker's name (`worker-3` → 3), if it has one.
+fn name_number(name: &str) -> Option<u32> {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    name[name.len() - digits..].parse().ok()
+}
+
 /// Environment variable: the worker's name (optional).
 pub const ENV_NAME: &str = "DAGGER_WORKER_NAME";
 /// Environment variable of a worker process: `1` announces in its hello that the worker
@@ -583,6 +594,11 @@ impl LocalLauncher {
             Some(args) => cmd.args(args),
             None => cmd.args(std::env::args_os().skip(1)),
         };
+        // A worker named `…-N` is the N-th of its launcher on this host: it spreads its
+        // pinned CPUs by N (see `dagger_proc::sys::SLOT_VAR`).
+        if let Some(slot) = name_number(name) {
+            cmd.env(ENV_SLOT, slot.to_string());
+        }
         cmd.env(ENV_JOIN, &self.join)
             .env(ENV_IDENTITY_FD, read.as_raw_fd().to_string())
             .env(ENV_NAME, name)
@@ -1297,6 +1313,14 @@ mod tests {
     /// runs under libtest, which names its thread after it).
     fn this_test() -> Vec<String> {
         test_harness_args(std::thread::current().name().expect("a libtest thread"))
+    }
+
+    #[test]
+    fn a_worker_s_number_comes_from_its_name() {
+        assert_eq!(name_number("worker-3"), Some(3));
+        assert_eq!(name_number("worker-12"), Some(12));
+        assert_eq!(name_number("worker"), None);
+        assert_eq!(name_number(""), None);
     }
 
     #[test]
