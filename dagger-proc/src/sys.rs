@@ -67,7 +67,7 @@ pub fn threads_cap_from_env() -> Result<Option<usize>, EnvVarError> {
 /// started on this host (`0`, `1`, ...). Capped worker processes rotate the CPUs they pin
 /// by it, so that several on one host spread over the CPUs instead of all taking the first
 /// ones (a worker detects its processors before it joins, so its worker id cannot serve).
-pub const SLOT_VAR: &str = "DAGGER_WORKER_SLOT";
+pub const SLOT_VAR: &str = "DAGGER_CPU_SLOT";
 
 /// The number CPU spreading rotates by: [`SLOT_VAR`] when it is set to a number, else
 /// `fallback` (the worker id the detection context names). Read at each call.

@@ -51,7 +51,7 @@ pub const ENV_IDENTITY_FD: &str = "DAGGER_WORKER_IDENTITY_FD";
 /// Environment variable: the worker's number among the local workers of its context (the
 /// `N` of its name `worker-N`), by which a worker whose thread processors are capped
 /// rotates the CPUs it pins (the same variable as `dagger_proc::sys::SLOT_VAR`).
-pub const ENV_SLOT: &str = "DAGGER_WORKER_SLOT";
+pub const ENV_SLOT: &str = "DAGGER_CPU_SLOT";
 
 /// The number at the end of a worker's name (`worker-3` → 3), if it has one.
 fn name_number(name: &str) -> Option<u32> {
