@@ -181,8 +181,9 @@ pub(crate) struct Inner {
     stopped: std::sync::atomic::AtomicBool,
     /// Where the live view listens, if one was asked for.
     dashboard: Option<String>,
-    /// Whether long waits show a progress bar.
-    pub(crate) progress: crate::progress::Progress,
+    /// Whether long waits show a progress bar (decided once, at the start: asking whether
+    /// stderr is a terminal is a system call, too dear for every `fetch`).
+    pub(crate) progress: bool,
 }
 
 /// How to start a context. See [`Context::builder`].
@@ -294,7 +295,7 @@ impl ContextBuilder {
     /// Whether `collect` and `fetch` show a progress bar (tasks done out of tasks
     /// submitted, and the rate) on standard error while they wait longer than half a
     /// second. Default [`Progress::Auto`](crate::Progress::Auto): when standard error is
-    /// a terminal.
+    /// a terminal (checked once, when the context starts).
     pub fn progress(mut self, mode: crate::Progress) -> Self {
         self.progress = mode;
         self
@@ -734,7 +735,7 @@ impl Context {
             launching,
             stopped: std::sync::atomic::AtomicBool::new(false),
             dashboard,
-            progress: b.progress,
+            progress: b.progress.enabled(),
         });
         let ctx = Context { inner };
         if let Some(supervisor) = supervisor {
@@ -1038,7 +1039,7 @@ impl Context {
     }
 
     /// Whether long waits show a progress bar.
-    pub(crate) fn progress_mode(&self) -> crate::progress::Progress {
+    pub(crate) fn shows_progress(&self) -> bool {
         self.inner.progress
     }
 

@@ -29,7 +29,7 @@ pub enum Progress {
 }
 
 impl Progress {
-    fn enabled(self) -> bool {
+    pub(crate) fn enabled(self) -> bool {
         match self {
             Progress::Auto => std::io::stderr().is_terminal(),
             Progress::Off => false,
@@ -70,7 +70,7 @@ impl Tally {
 
 /// Runs `wait` while a progress bar, if enabled, shows how the context's tasks advance.
 pub(crate) fn while_waiting<R>(ctx: &Context, wait: impl FnOnce() -> R) -> R {
-    if !ctx.progress_mode().enabled() {
+    if !ctx.shows_progress() {
         return wait();
     }
     let Some(start) = ctx.stats() else {
