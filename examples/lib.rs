@@ -1,5 +1,29 @@
 //! Pieces shared by the examples and the integration tests.
 
+pub mod tree {
+    //! The tasks of the quickstart's reduction tree, which other examples run too.
+
+    /// What a leaf computes from `i`: some arithmetic, so the tasks are not empty.
+    pub fn leaf_value(i: u64) -> u64 {
+        (0..2_000u64).fold(i, |acc, k| {
+            acc.wrapping_mul(6364136223846793005).wrapping_add(k)
+        }) % 1_000
+            + i * i
+    }
+
+    /// A leaf: some work on one number.
+    #[dagger::task]
+    pub fn leaf(i: u64) -> u64 {
+        leaf_value(i)
+    }
+
+    /// An inner node: the sum of two children.
+    #[dagger::task]
+    pub fn add(a: u64, b: u64) -> u64 {
+        a + b
+    }
+}
+
 pub mod fpga {
     //! A pretend FPGA board: a processor kind the runtime does not know, with its own
     //! memory space, a detector that finds "boards", and a move into its memory.

@@ -11,28 +11,7 @@ use dagger::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 
-/// A leaf: some work on one number.
-#[dagger::task]
-fn leaf(i: u64) -> u64 {
-    // A little arithmetic so the tasks are not empty.
-    (0..2_000u64).fold(i, |acc, k| {
-        acc.wrapping_mul(6364136223846793005).wrapping_add(k)
-    }) % 1_000
-        + i * i
-}
-
-/// An inner node: the sum of two children.
-#[dagger::task]
-fn add(a: u64, b: u64) -> u64 {
-    a + b
-}
-
-fn expected_leaf(i: u64) -> u64 {
-    (0..2_000u64).fold(i, |acc, k| {
-        acc.wrapping_mul(6364136223846793005).wrapping_add(k)
-    }) % 1_000
-        + i * i
-}
+use dagger_examples::tree::{add, leaf, leaf_value as expected_leaf};
 
 fn main() -> anyhow::Result<()> {
     // In a worker process this joins the cluster and never returns.

@@ -13,20 +13,7 @@ use anyhow::{ensure, Context as _};
 use dagger::prelude::*;
 use std::path::PathBuf;
 
-/// A leaf: some work on one number.
-#[dagger::task]
-fn leaf(i: u64) -> u64 {
-    (0..2_000u64).fold(i, |acc, k| {
-        acc.wrapping_mul(6364136223846793005).wrapping_add(k)
-    }) % 1_000
-        + i * i
-}
-
-/// An inner node: the sum of two children.
-#[dagger::task]
-fn add(a: u64, b: u64) -> u64 {
-    a + b
-}
+use dagger_examples::tree::{add, leaf};
 
 fn main() -> anyhow::Result<()> {
     // In a worker process this joins the cluster and never returns.
