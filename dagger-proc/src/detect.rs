@@ -85,10 +85,28 @@ pub struct Detectors {
 
 impl Detectors {
     fn with_builtin() -> Self {
-        let list: Vec<(String, Arc<DetectFn>)> = vec![(
+        #[allow(unused_mut)]
+        let mut list: Vec<(String, Arc<DetectFn>)> = vec![(
             crate::cpu::DETECTOR.to_string(),
             Arc::new(|ctx: &DetectContext| Detection::Found(crate::cpu::detect(ctx))),
         )];
+        // The device backends compiled in, each found at run time (a missing driver is
+        // `Detection::Unavailable`, never a crash).
+        #[cfg(feature = "opencl")]
+        list.push((
+            crate::device::opencl::DETECTOR.to_string(),
+            Arc::new(crate::device::opencl::detect),
+        ));
+        #[cfg(feature = "wgpu")]
+        list.push((
+            crate::device::wgpu::DETECTOR.to_string(),
+            Arc::new(crate::device::wgpu::detect),
+        ));
+        #[cfg(feature = "cuda")]
+        list.push((
+            crate::device::cuda::DETECTOR.to_string(),
+            Arc::new(crate::device::cuda::detect),
+        ));
         Self {
             list: RwLock::new(list),
         }

@@ -29,6 +29,7 @@
 mod cpu;
 mod current;
 mod detect;
+pub mod device;
 mod error;
 #[cfg(feature = "hwloc")]
 pub mod hwloc;
