@@ -336,40 +336,26 @@ pub trait Gpu: Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
 }
 
-/// A device as a processor: kind = the backend's name, memory = `{backend}:{index}`.
-/// Jobs run on one host thread of its own, in order (a device runs one task at a time,
-/// its kernels queue on the device). Allocation goes through its [`MemoryLedger`].
-pub struct DeviceProc {
+/// A shared handle to one device and its memory ledger: what a buffer keeps to free,
+/// copy or download itself, and what moves allocate through. Cloning costs two `Arc`
+/// clones.
+#[derive(Clone)]
+pub struct DeviceRef {
     gpu: Arc<dyn Gpu>,
     ledger: Arc<MemoryLedger>,
-    thread: ThreadProc,
-    kind: ProcKind,
     memory: MemorySpace,
 }
 
-impl DeviceProc {
-    /// Wraps `gpu`, with a ledger whose capacity is the device's memory, capped by
-    /// [`ENV_DEVICE_MEMORY`]. Starts the device's host thread (unpinned, parks at once
-    /// when idle).
-    pub fn new(gpu: Arc<dyn Gpu>) -> Result<Self, crate::ProcError> {
+impl DeviceRef {
+    /// A handle to `gpu` with a ledger of `capacity` bytes.
+    pub fn new(gpu: Arc<dyn Gpu>, capacity: u64) -> Self {
         let info = gpu.info();
         let memory = MemorySpace::custom(info.backend, info.index);
-        let capacity = match device_memory_from_env() {
-            Some(cap) => cap.min(info.memory_bytes),
-            None => info.memory_bytes,
-        };
-        let thread = ThreadProc::builder()
-            .name(format!("dagger-{}-{}", info.backend, info.index))
-            .label(info.name.clone())
-            .spin(std::time::Duration::ZERO)
-            .spawn()?;
-        Ok(Self {
-            kind: ProcKind::custom(info.backend),
+        Self {
             ledger: Arc::new(MemoryLedger::new(memory.clone(), capacity)),
             memory,
             gpu,
-            thread,
-        })
+        }
     }
 
     /// The backend's device.
@@ -382,9 +368,19 @@ impl DeviceProc {
         self.gpu.info()
     }
 
+    /// The device's memory space (`{backend}:{index}`).
+    pub fn memory(&self) -> &MemorySpace {
+        &self.memory
+    }
+
     /// The device's memory ledger: capacity, bytes in use, registered evictable values.
     pub fn ledger(&self) -> &Arc<MemoryLedger> {
         &self.ledger
+    }
+
+    /// True if both handles name the same device.
+    pub fn same_device(&self, other: &DeviceRef) -> bool {
+        Arc::ptr_eq(&self.ledger, &other.ledger)
     }
 
     /// A buffer of `len` bytes: reserves them in the ledger (evicting unused resident
@@ -395,7 +391,7 @@ impl DeviceProc {
         let mut buf = match self.gpu.alloc(len) {
             Ok(b) => b,
             Err(DeviceError::OutOfMemory { .. }) => {
-                // The driver's allocator refused below our capacity: make room and try once more.
+                // The driver's allocator refused below our capacity: make room, try once more.
                 drop(reservation);
                 self.ledger.evict_for(len);
                 let reservation = self.ledger.reserve(len)?;
@@ -433,7 +429,25 @@ impl DeviceProc {
         Ok(dst)
     }
 
-    /// Runs `kernel` (see [`Gpu::launch`]).
+    /// A new buffer on this device with the contents of `src`, a buffer of `from`: a
+    /// direct copy when the backend has one between the two devices
+    /// ([`Gpu::copy_from_peer`]), else through host memory.
+    pub fn copy_from(&self, from: &DeviceRef, src: &RawBuffer) -> Result<RawBuffer, DeviceError> {
+        if self.same_device(from) {
+            return self.duplicate(src);
+        }
+        if self.info().backend == from.info().backend {
+            let dst = self.alloc(src.len())?;
+            if let Some(r) = self.gpu.copy_from_peer(from.gpu.as_ref(), src, &dst) {
+                r?;
+                return Ok(dst);
+            }
+        }
+        let bytes = from.download(src)?;
+        self.upload(&bytes)
+    }
+
+    /// Runs `kernel` (see [`Gpu::launch`]); every buffer must live on this device.
     pub fn launch(
         &self,
         kernel: &Kernel,
@@ -455,25 +469,88 @@ impl DeviceProc {
     }
 }
 
+impl fmt::Debug for DeviceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceRef")
+            .field("name", &self.gpu.info().name)
+            .field("ledger", &self.ledger)
+            .finish()
+    }
+}
+
+/// A device as a processor: kind = the backend's name, memory = `{backend}:{index}`.
+/// Jobs run on one host thread of its own, in order (a device runs one task at a time;
+/// its kernels queue on the device). Allocation goes through its [`MemoryLedger`]; the
+/// device operations are those of its [`DeviceRef`], which it dereferences to.
+pub struct DeviceProc {
+    device: DeviceRef,
+    thread: ThreadProc,
+    kind: ProcKind,
+}
+
+impl DeviceProc {
+    /// Wraps `gpu`, with a ledger whose capacity is the device's memory, capped by
+    /// [`ENV_DEVICE_MEMORY`].
+    pub fn new(gpu: Arc<dyn Gpu>) -> Result<Self, crate::ProcError> {
+        let reported = gpu.info().memory_bytes;
+        let capacity = match device_memory_from_env() {
+            Some(cap) => cap.min(reported),
+            None => reported,
+        };
+        Self::with_capacity(gpu, capacity)
+    }
+
+    /// Wraps `gpu` with a ledger of `capacity` bytes. Starts the device's host thread
+    /// (unpinned; it parks at once when idle).
+    pub fn with_capacity(gpu: Arc<dyn Gpu>, capacity: u64) -> Result<Self, crate::ProcError> {
+        let info = gpu.info();
+        let thread = ThreadProc::builder()
+            .name(format!("dagger-{}-{}", info.backend, info.index))
+            .label(info.name.clone())
+            .spin(std::time::Duration::ZERO)
+            .spawn()?;
+        Ok(Self {
+            kind: ProcKind::custom(info.backend),
+            device: DeviceRef::new(gpu, capacity),
+            thread,
+        })
+    }
+
+    /// The shared handle to the device.
+    pub fn device(&self) -> &DeviceRef {
+        &self.device
+    }
+}
+
+impl std::ops::Deref for DeviceProc {
+    type Target = DeviceRef;
+    fn deref(&self) -> &DeviceRef {
+        &self.device
+    }
+}
+
 impl Processor for DeviceProc {
     fn kind(&self) -> ProcKind {
         self.kind.clone()
     }
 
     fn memory(&self) -> MemorySpace {
-        self.memory.clone()
+        self.device.memory.clone()
     }
 
     fn label(&self) -> String {
-        self.gpu.info().name.clone()
+        self.device.info().name.clone()
     }
 
     fn properties(&self) -> BTreeMap<String, String> {
-        let info = self.gpu.info();
+        let info = self.device.info();
         let mut p = info.extra.clone();
         p.insert("vendor".into(), info.vendor.clone());
         p.insert("memory".into(), format_bytes(info.memory_bytes));
-        p.insert("memory_limit".into(), format_bytes(self.ledger.capacity()));
+        p.insert(
+            "memory_limit".into(),
+            format_bytes(self.device.ledger.capacity()),
+        );
         p.insert("compute_units".into(), info.compute_units.to_string());
         p
     }
@@ -499,8 +576,8 @@ impl Processor for DeviceProc {
 impl fmt::Debug for DeviceProc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceProc")
-            .field("info", self.gpu.info())
-            .field("ledger", &self.ledger)
+            .field("info", self.device.info())
+            .field("ledger", &self.device.ledger)
             .finish()
     }
 }
