@@ -180,6 +180,19 @@ pub enum MoveFailure {
         /// The processor asked for.
         proc: ProcId,
     },
+    /// A device had no room for an input even after every unused value there was evicted
+    /// to host memory (the task may run elsewhere, or later, when room is free).
+    #[error("{memory} has no room for {requested} bytes ({available} of {capacity} free)")]
+    DeviceFull {
+        /// The device's memory space, e.g. `opencl:0`.
+        memory: String,
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes free then.
+        available: u64,
+        /// The device's capacity for the runtime.
+        capacity: u64,
+    },
 }
 
 impl MoveFailure {
@@ -196,6 +209,7 @@ impl MoveFailure {
                 | MoveFailure::NotHeld { .. }
                 | MoveFailure::Dropped
                 | MoveFailure::SourceFailed
+                | MoveFailure::DeviceFull { .. }
         )
     }
 }

@@ -12,7 +12,7 @@ pub use serde_bytes::ByteBuf;
 use std::borrow::Cow;
 
 /// The version of this message set. Peers with another version are refused at the hello.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The first message on every link, in both directions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -109,7 +109,7 @@ fn expand(
         }
 
         const _: () = {
-            fn __dagger_call(__dagger_args: &mut [::dagger::__private::ArgValue<'_>]) -> ::core::result::Result<::std::vec::Vec<u8>, ::dagger::__private::CallError> {
+            fn __dagger_call(__dagger_args: &mut [::dagger::__private::ArgValue<'_>]) -> ::core::result::Result<::dagger::__private::TaskOutput, ::dagger::__private::CallError> {
                 if __dagger_args.len() != #n {
                     return ::core::result::Result::Err(::dagger::__private::CallError::arity(#n, __dagger_args.len()));
                 }
@@ -117,7 +117,12 @@ fn expand(
                     let #arg_idents: #arg_types = ::dagger::__private::decode_arg(&mut __dagger_args[#idx], #arg_names)?;
                 )*
                 let __dagger_result: #ret_ty = #ident(#(#arg_idents),*);
-                ::dagger::__private::encode_result(&__dagger_result)
+                {
+                    // A device-resident result stays on its device; any other is encoded.
+                    #[allow(unused_imports)]
+                    use ::dagger::__private::{OutputViaDevice as _, OutputViaSerialize as _};
+                    (&&::dagger::__private::OutputOf(__dagger_result)).into_output()
+                }
             }
 
             ::dagger::__private::inventory::submit! {

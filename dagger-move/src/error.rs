@@ -68,6 +68,10 @@ pub enum MoveError {
         /// The object's real size.
         actual: u64,
     },
+    /// A device refused: out of memory even after evicting what it could, a kernel that
+    /// does not build or has no source for the backend, a bad argument, a driver error.
+    #[error(transparent)]
+    Device(#[from] dagger_proc::device::DeviceError),
     /// A move function reported a failure of its own.
     #[error("move failed: {message}")]
     Failed {

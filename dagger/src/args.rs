@@ -66,3 +66,26 @@ impl<T> IntoArg<Vec<T>> for Vec<Handle<T>> {
         IntoArg::<Vec<T>>::into_arg(self.as_slice(), ctx)
     }
 }
+
+/// A `Vec<T>` value feeds a `DeviceVec<T>` parameter (same encoding).
+impl<T: dagger_move::Element> IntoArg<dagger_move::DeviceVec<T>> for Vec<T> {
+    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+        IntoArg::<Vec<T>>::into_arg(self, ctx)
+    }
+}
+
+/// A task returning `Vec<T>` feeds a `DeviceVec<T>` parameter: the result is moved onto
+/// the device of the task that takes it.
+impl<T: dagger_move::Element> IntoArg<dagger_move::DeviceVec<T>> for &Handle<Vec<T>> {
+    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+        dependency(self, ctx).map(Arg::Task)
+    }
+}
+
+/// A task returning `DeviceVec<T>` feeds a `Vec<T>` parameter: a device-resident result is
+/// copied to the host of the task that takes it.
+impl<T: dagger_move::Element> IntoArg<Vec<T>> for &Handle<dagger_move::DeviceVec<T>> {
+    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+        dependency(self, ctx).map(Arg::Task)
+    }
+}

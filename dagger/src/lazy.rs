@@ -157,6 +157,49 @@ impl<T> IntoLazy<T> for &Handle<T> {
     }
 }
 
+/// A `Vec<T>` value feeds a lazy task's `DeviceVec<T>` parameter (same encoding).
+impl<T: dagger_move::Element> IntoLazy<dagger_move::DeviceVec<T>> for Vec<T> {
+    fn into_lazy(self) -> LazyArg {
+        IntoLazy::<Vec<T>>::into_lazy(self)
+    }
+}
+
+/// A lazy task returning `Vec<T>` feeds a `DeviceVec<T>` parameter.
+impl<T: dagger_move::Element> IntoLazy<dagger_move::DeviceVec<T>> for Lazy<Vec<T>> {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Node(self.node))
+    }
+}
+
+/// A lazy task returning `Vec<T>` feeds a `DeviceVec<T>` parameter.
+impl<T: dagger_move::Element> IntoLazy<dagger_move::DeviceVec<T>> for &Lazy<Vec<T>> {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Node(self.node.clone()))
+    }
+}
+
+/// A lazy task returning `DeviceVec<T>` feeds a `Vec<T>` parameter (copied to the host of
+/// the task that takes it).
+impl<T: dagger_move::Element> IntoLazy<Vec<T>> for Lazy<dagger_move::DeviceVec<T>> {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Node(self.node))
+    }
+}
+
+/// A lazy task returning `DeviceVec<T>` feeds a `Vec<T>` parameter.
+impl<T: dagger_move::Element> IntoLazy<Vec<T>> for &Lazy<dagger_move::DeviceVec<T>> {
+    fn into_lazy(self) -> LazyArg {
+        LazyArg(LazyArgKind::Node(self.node.clone()))
+    }
+}
+
+/// A spawned task returning `Vec<T>` feeds a lazy task's `DeviceVec<T>` parameter.
+impl<T: dagger_move::Element> IntoLazy<dagger_move::DeviceVec<T>> for &Handle<Vec<T>> {
+    fn into_lazy(self) -> LazyArg {
+        IntoLazy::<Vec<T>>::into_lazy(self)
+    }
+}
+
 /// Lazy tasks gather into a parameter of type `Vec<T>`: each is a dependency, and the
 /// function receives their results in order.
 impl<T> IntoLazy<Vec<T>> for Vec<Lazy<T>> {

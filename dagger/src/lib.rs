@@ -46,6 +46,11 @@
 //!   `build` fails with [`ContextError::NoTransport`]); that transport gets
 //!   [`Identity::empty`].
 //! - `hwloc`: cores, NUMA nodes and caches from hwloc.
+//! - `opencl`, `wgpu`, `cuda`: the devices of each backend as processors (kinds `opencl`,
+//!   `wgpu`, `cuda`), found at run time: a machine without the backend's driver detects
+//!   none, says why in the topology (`unavailable.<backend>`), and runs the rest. Tasks
+//!   take and return [`DeviceVec`]s and launch kernels with [`device::Device`]; see
+//!   [`device`].
 //!
 //! What is **not** guaranteed: the order in which independent tasks run; on which
 //! processor a task runs, unless its scope says so; that a task runs only once (a task is
@@ -116,6 +121,64 @@ pub mod net {
     pub use dagger_net::{ClusterCa, QuicTransport};
 }
 
+/// Devices: kernel tasks, device-resident values and the device processors of the
+/// `opencl`, `wgpu` and `cuda` features.
+///
+/// A kernel task is a task whose arguments are [`DeviceVec`]s: placed on a device
+/// processor (a scope such as `Scope::kind("opencl")`, or a union of kinds for a task with
+/// a CPU path too), its inputs are moved onto that device before it runs, it launches its
+/// kernel with [`Device::current`], and a `DeviceVec` it returns stays on the device until
+/// something elsewhere needs it.
+///
+/// ```no_run
+/// use dagger::device::{Device, Kernel};
+/// use dagger::prelude::*;
+/// use dagger::DeviceVec;
+///
+/// const SAXPY: Kernel = Kernel::new("saxpy").opencl(
+///     "__kernel void saxpy(float a, __global const float* x, __global float* y, uint n) {
+///         uint i = get_global_id(0); if (i < n) y[i] += a * x[i]; }",
+/// );
+///
+/// #[dagger::task]
+/// fn saxpy(a: f32, x: DeviceVec<f32>, mut y: DeviceVec<f32>) -> DeviceVec<f32> {
+///     let n = y.len();
+///     match Device::current() {
+///         Some(dev) => dev
+///             .launch(&SAXPY, n)
+///             .scalar(a)
+///             .buffer(&x)
+///             .buffer_mut(&mut y)
+///             .scalar(n as u32)
+///             .run()
+///             .expect("saxpy"),
+///         None => {
+///             let x = x.as_slice().expect("on the host");
+///             for (y, x) in y.as_mut_slice().expect("on the host").iter_mut().zip(x) {
+///                 *y += a * x;
+///             }
+///         }
+///     }
+///     y
+/// }
+/// ```
+pub mod device {
+    pub use dagger_move::gpu::{register_device_moves, IntoScalar};
+    pub use dagger_move::{Device, DeviceVec, Element, GpuBuffer, Launch};
+    #[cfg(feature = "cuda")]
+    pub use dagger_proc::device::cuda;
+    #[cfg(feature = "opencl")]
+    pub use dagger_proc::device::opencl;
+    #[cfg(feature = "wgpu")]
+    pub use dagger_proc::device::wgpu;
+    pub use dagger_proc::device::{
+        DeviceError, DeviceInfo, DeviceProc, DeviceRef, Evictable, Gpu, Kernel, KernelArg,
+        MemoryLedger, RawBuffer, Scalar, ENV_DEVICE_MEMORY,
+    };
+}
+
+pub use dagger_move::DeviceVec;
+
 /// The names most programs need: `use dagger::prelude::*;`.
 pub mod prelude {
     pub use crate::{
@@ -185,6 +248,9 @@ pub fn current_processor() -> Option<ProcId> {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::registry::{decode_arg, encode_result, ArgValue, CallError, TaskFn};
+    pub use crate::registry::{
+        decode_arg, encode_result, ArgValue, CallError, OutputOf, OutputViaDevice,
+        OutputViaSerialize, TaskFn, TaskOutput,
+    };
     pub use inventory;
 }

@@ -42,8 +42,9 @@ impl CallError {
 pub struct TaskFn {
     /// The stable name it is registered under.
     pub name: &'static str,
-    /// Decodes the arguments, calls the function and encodes its result.
-    pub call: fn(&mut [ArgValue<'_>]) -> Result<Vec<u8>, CallError>,
+    /// Decodes the arguments, calls the function and encodes its result (or hands back
+    /// its device buffer, for a result that stays on a device).
+    pub call: fn(&mut [ArgValue<'_>]) -> Result<TaskOutput, CallError>,
     /// The name of the function's result type (checked at `fetch`).
     pub result_type: fn() -> &'static str,
     /// The names of its parameters' types (move functions are chosen by them).
@@ -132,6 +133,47 @@ pub fn decode_arg<T: serde::de::DeserializeOwned + 'static>(
                 message: "the value was already taken".into(),
             }),
         },
+    }
+}
+
+/// What a task's function produced: encoded host bytes, or a buffer that stays in a
+/// device's memory until something elsewhere needs it.
+pub enum TaskOutput {
+    /// Encoded with postcard.
+    Bytes(Vec<u8>),
+    /// A device-resident value (a `DeviceVec` on the device that ran the task).
+    Device(std::sync::Arc<dyn dagger_move::DeviceBuffer>),
+}
+
+/// Wraps a task's result so that the code `#[dagger::task]` generates can pick, by the
+/// result's type, how it leaves the task: [`OutputViaDevice`] for a `DeviceVec` (kept on
+/// its device), [`OutputViaSerialize`] for everything else.
+pub struct OutputOf<T>(pub T);
+
+/// A `DeviceVec` result: kept on its device if it lives there.
+pub trait OutputViaDevice {
+    /// The task's output.
+    fn into_output(&self) -> Result<TaskOutput, CallError>;
+}
+
+impl<T: dagger_move::Element> OutputViaDevice for &OutputOf<dagger_move::DeviceVec<T>> {
+    fn into_output(&self) -> Result<TaskOutput, CallError> {
+        match self.0.as_device_buffer() {
+            Some(buf) => Ok(TaskOutput::Device(buf)),
+            None => encode_result(&self.0).map(TaskOutput::Bytes),
+        }
+    }
+}
+
+/// Any other result: encoded.
+pub trait OutputViaSerialize {
+    /// The task's output.
+    fn into_output(&self) -> Result<TaskOutput, CallError>;
+}
+
+impl<T: serde::Serialize> OutputViaSerialize for OutputOf<T> {
+    fn into_output(&self) -> Result<TaskOutput, CallError> {
+        encode_result(&self.0).map(TaskOutput::Bytes)
     }
 }
 

@@ -11,10 +11,21 @@ use thiserror::Error;
 ///
 /// The core never looks at the bytes beyond their length; it only clones handles to them
 /// (so cloning must be cheap: an `Arc`, or a `Vec` in tests) and makes one from the inline
-/// bytes of a message (`From<Vec<u8>>`). Implemented for every type with those traits.
-pub trait ChunkData: AsRef<[u8]> + Clone + From<Vec<u8>> {}
+/// bytes of a message (`From<Vec<u8>>`).
+///
+/// A shell may hold a chunk in a device's memory: [`device_len`](ChunkData::device_len)
+/// then says so, and the core never reads such a chunk's bytes when a task finishes (its
+/// result is reported as stored, never inline), only when a peer or the driver asks for
+/// it (`as_ref` then copies it to the host once).
+pub trait ChunkData: AsRef<[u8]> + Clone + From<Vec<u8>> {
+    /// The chunk's length in a device's memory, if it lives there; `None` (the default)
+    /// for host bytes.
+    fn device_len(&self) -> Option<u64> {
+        None
+    }
+}
 
-impl<T: AsRef<[u8]> + Clone + From<Vec<u8>>> ChunkData for T {}
+impl ChunkData for Vec<u8> {}
 
 /// One peer link, named by the shell: the shell picks a fresh key for every link it opens
 /// (after [`Action::Connect`]) or accepts, and never reuses one.

@@ -662,6 +662,19 @@ impl<B: ChunkData> WorkerState<B> {
         let run_ns = u64::try_from(run.as_nanos()).unwrap_or(u64::MAX);
         let outcome = match result {
             Ok(bytes) => {
+                if let Some(size) = bytes.device_len() {
+                    // A device-resident result stays where it is until someone asks.
+                    self.deliver(task.chunk(), bytes);
+                    let started_ns = nanos(now).saturating_sub(run_ns);
+                    self.report(TaskDone {
+                        task,
+                        proc: r.proc,
+                        run_ns,
+                        started_ns,
+                        outcome: Outcome::Stored { size },
+                    });
+                    return;
+                }
                 let b = bytes.as_ref();
                 let outcome = if b.len() <= r.inline_limit as usize {
                     Outcome::Value(b.to_vec())

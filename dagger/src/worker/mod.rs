@@ -19,16 +19,17 @@
 mod logs;
 mod peer;
 
-use crate::registry::{self, ArgValue};
+use crate::registry::{self, ArgValue, TaskOutput};
 use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{self, Hello, ToDriver, ToWorker, PROTOCOL_VERSION};
 use dagger_core::{Incarnation, MoveFailure, ProcId, ProcKind, TaskError, WorkerId, WorkerInfo};
-use dagger_move::{MoveTarget, MoveValue};
+use dagger_move::{DeviceBuffer, MoveTarget, MoveValue};
 use dagger_net::launch::WorkerArgs;
 use dagger_net::{FrameReceiver, FrameSender, NetError, Transport};
+use dagger_proc::device::{DeviceProc, Evictable};
 use dagger_proc::{DetectContext, LocalProcs};
 use dagger_runtime::worker::{
-    Action, Dest, LinkKey, StartTask, Transmit, WorkerConfig, WorkerState,
+    Action, ChunkData, Dest, LinkKey, StartTask, Transmit, WorkerConfig, WorkerState,
 };
 use parking_lot::Mutex;
 use std::cell::Cell;
@@ -61,6 +62,8 @@ pub(crate) enum ChunkBytes {
     Shm(dagger_move::shm::ShmView),
     /// The bytes are in a segment a peer lends; dropping this hands the segment back.
     Segment(dagger_move::shm::SegmentView),
+    /// The value lives in a device's memory (a task on a device returned it there).
+    Device(DeviceChunk),
 }
 
 impl std::ops::Deref for ChunkBytes {
@@ -71,7 +74,71 @@ impl std::ops::Deref for ChunkBytes {
             ChunkBytes::Framed(f, start) => &f[*start..],
             ChunkBytes::Shm(s) => s,
             ChunkBytes::Segment(s) => s,
+            ChunkBytes::Device(d) => d.host(),
         }
+    }
+}
+
+/// A chunk whose value a device holds. Its host bytes are made once, when something that
+/// reads bytes (a peer, the driver, a CPU task) first asks, or when the device needs the
+/// room and evicts it ([`Evictable`]); after an eviction the device copy is gone and the
+/// chunk is host bytes for good.
+pub(crate) struct DeviceChunk {
+    buf: Mutex<Option<Arc<dyn DeviceBuffer>>>,
+    host: std::sync::OnceLock<Vec<u8>>,
+    len: u64,
+}
+
+impl DeviceChunk {
+    /// The device buffer, while the device still holds the value.
+    fn buffer(&self) -> Option<Arc<dyn DeviceBuffer>> {
+        self.buf.lock().clone()
+    }
+
+    /// The host bytes, copied from the device on first use. A device that fails the copy
+    /// leaves the bytes empty, which a reader reports as a decoding error of the value.
+    fn host(&self) -> &[u8] {
+        self.host.get_or_init(|| {
+            let buf = self.buf.lock().clone();
+            match buf.map(|b| b.to_host()) {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "a device-resident result could not be copied to the host");
+                    Vec::new()
+                }
+                None => Vec::new(),
+            }
+        })
+    }
+}
+
+impl Evictable for ChunkBytes {
+    fn evict(&self) -> u64 {
+        let ChunkBytes::Device(d) = self else {
+            return 0;
+        };
+        let mut slot = d.buf.lock();
+        let Some(buf) = slot.as_ref() else {
+            return 0;
+        };
+        // A running task or a move holds it too: it cannot leave the device now.
+        if Arc::strong_count(buf) > 1 {
+            return 0;
+        }
+        if d.host.get().is_none() {
+            match buf.to_host() {
+                Ok(bytes) => {
+                    let _ = d.host.set(bytes);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not evict a device-resident result");
+                    return 0;
+                }
+            }
+        }
+        let freed = buf.len();
+        *slot = None;
+        freed
     }
 }
 
@@ -86,6 +153,38 @@ impl Data {
     }
 }
 
+impl Data {
+    /// A device-resident result, registered with its device's ledger (when it has one)
+    /// so that it can be evicted to host memory when the device needs room.
+    fn device(buf: Arc<dyn DeviceBuffer>) -> Self {
+        let ledger = Arc::clone(&buf)
+            .into_any_arc()
+            .downcast::<dagger_move::GpuBuffer>()
+            .ok()
+            .map(|g| g.device().ledger().clone());
+        let len = buf.len();
+        let data = Data::new(ChunkBytes::Device(DeviceChunk {
+            buf: Mutex::new(Some(buf)),
+            host: std::sync::OnceLock::new(),
+            len,
+        }));
+        if let Some(ledger) = ledger {
+            let weak: std::sync::Weak<dyn Evictable> =
+                Arc::downgrade(&data.0) as std::sync::Weak<dyn Evictable>;
+            ledger.register(weak);
+        }
+        data
+    }
+
+    /// The device buffer, if the chunk still lives on a device.
+    fn device_buffer(&self) -> Option<Arc<dyn DeviceBuffer>> {
+        match &*self.0 {
+            ChunkBytes::Device(d) => d.buffer(),
+            _ => None,
+        }
+    }
+}
+
 impl From<Vec<u8>> for Data {
     fn from(v: Vec<u8>) -> Self {
         Data::new(ChunkBytes::Vec(v))
@@ -95,6 +194,15 @@ impl From<Vec<u8>> for Data {
 impl AsRef<[u8]> for Data {
     fn as_ref(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl ChunkData for Data {
+    fn device_len(&self) -> Option<u64> {
+        match &*self.0 {
+            ChunkBytes::Device(d) if d.buf.lock().is_some() => Some(d.len),
+            _ => None,
+        }
     }
 }
 
@@ -811,7 +919,8 @@ impl Worker {
         // The inputs go before the result is reported: a lent segment is handed back now.
         drop(args);
         let result = match result {
-            Ok(Ok(bytes)) => Ok(Data::from(bytes)),
+            Ok(Ok(TaskOutput::Bytes(bytes))) => Ok(Data::from(bytes)),
+            Ok(Ok(TaskOutput::Device(buf))) => Ok(Data::device(buf)),
             Ok(Err(err)) => Err(err),
             Err(panic) => {
                 let message = if let Some(s) = panic.downcast_ref::<&str>() {
@@ -832,8 +941,11 @@ impl Worker {
     }
 
     /// Inputs of a task on a processor that does not compute in host memory go through the
-    /// move registry (host thread → that kind, chosen by the parameter's type), so a user's
-    /// move can turn host bytes into a device buffer on the way.
+    /// move registry (from where each input lives — host memory, or the device a
+    /// device-resident chunk is on — to that processor's kind, chosen by the parameter's
+    /// type), so a move can turn host bytes into a device buffer on the way, or hand a
+    /// buffer already on that device over without a copy. A device buffer as input of a
+    /// CPU task reaches it as host bytes (copied once, kept with the chunk).
     fn move_args(
         &self,
         task: dagger_core::TaskId,
@@ -849,26 +961,54 @@ impl Worker {
             return Ok(None);
         }
         let memory = proc.memory();
-        let target = MoveTarget::new(proc_id, &kind, &memory);
+        let device = proc
+            .as_any()
+            .downcast_ref::<DeviceProc>()
+            .map(|d| d.device());
+        let mut target = MoveTarget::new(proc_id, &kind, &memory);
+        if let Some(d) = device {
+            target = target.with_device(d);
+        }
         let types = (f.arg_types)();
         let mut out = Vec::with_capacity(args.len());
         for (i, a) in args.iter().enumerate() {
             let ty = types.get(i).copied().unwrap_or("");
+            let (src, value) = match a.device_buffer() {
+                Some(buf) => (
+                    ProcKind::custom(buf.memory().kind.to_string()),
+                    MoveValue::Device(buf),
+                ),
+                None => (ProcKind::THREAD, MoveValue::Bytes(a.as_ref().to_vec())),
+            };
             let v = dagger_move::moves()
-                .apply(
-                    &ProcKind::THREAD,
-                    ty,
-                    MoveValue::Bytes(a.as_ref().to_vec()),
-                    &target,
-                )
+                .apply(&src, ty, value, &target)
                 .map_err(|e| TaskError::MoveFailed {
                     task,
-                    cause: MoveFailure::Conversion {
-                        message: e.to_string(),
-                    },
+                    cause: move_failure(e),
                 })?;
             out.push(v);
         }
         Ok(Some(out))
+    }
+}
+
+/// A failed move towards a processor, as the task's failure: a full device is transient
+/// (the task may run elsewhere, or later); anything else is the move's own refusal.
+fn move_failure(e: dagger_move::MoveError) -> MoveFailure {
+    match e {
+        dagger_move::MoveError::Device(dagger_proc::device::DeviceError::OutOfMemory {
+            memory,
+            requested,
+            available,
+            capacity,
+        }) => MoveFailure::DeviceFull {
+            memory: memory.to_string(),
+            requested,
+            available,
+            capacity,
+        },
+        e => MoveFailure::Conversion {
+            message: e.to_string(),
+        },
     }
 }
