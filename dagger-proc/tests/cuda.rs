@@ -383,6 +383,12 @@ fn wrong_kernel_arguments_are_refused_before_launch() {
         skip("the driver cannot tell kernel parameters (cuFuncGetParamInfo)");
         return;
     }
+    // The driver reads the parameters (two pointers, a float, an unsigned int) ...
+    assert_eq!(
+        gpu.kernel_params(&SAXPY_PTX).unwrap(),
+        Some(vec![8, 8, 4, 4])
+    );
+    // ... so arguments that do not fit them never reach the driver.
     let proc = proc_of(&gpu);
     let buf = proc.alloc(64 * 4).unwrap();
     let too_few = [KernelArg::Buffer(&buf), KernelArg::Buffer(&buf)];

@@ -297,6 +297,14 @@ impl CudaDevice {
         self.built.load(Ordering::Acquire)
     }
 
+    /// The size in bytes of each parameter of `kernel` as built for this device (building
+    /// it now if it was not yet), or `None` when the driver cannot say (see
+    /// [`checks_kernel_arguments`]). These are the sizes [`Gpu::launch`] checks its
+    /// arguments against: 8 for a pointer (a buffer), the scalar's size otherwise.
+    pub fn kernel_params(&self, kernel: &Kernel) -> Result<Option<Vec<usize>>, DeviceError> {
+        guarded(|| Ok(self.function(kernel)?.params.map(|p| p.to_vec())))
+    }
+
     /// Free and total device memory now, in bytes, as the driver reports it (other
     /// processes' allocations included).
     pub fn memory_info(&self) -> Result<(u64, u64), DeviceError> {
