@@ -169,15 +169,22 @@ fn an_unavailable_detector_is_recorded_and_shown_in_the_tree() {
     assert!(detectors().unregister("opencl"));
     assert!(detectors().unregister("none"));
 
+    // Device backends compiled in may report themselves unavailable too: keep this test's.
+    let ours: Vec<DetectorUnavailable> = procs
+        .unavailable()
+        .iter()
+        .filter(|u| u.detector == "opencl" || u.detector == "none")
+        .cloned()
+        .collect();
     assert_eq!(
-        procs.unavailable(),
-        &[DetectorUnavailable {
+        ours,
+        [DetectorUnavailable {
             detector: "opencl".into(),
             reason: "libOpenCL.so.1 not found".into(),
         }]
     );
     assert_eq!(
-        procs.unavailable()[0].to_string(),
+        ours[0].to_string(),
         "opencl: unavailable (libOpenCL.so.1 not found)"
     );
     assert!(procs.failures().is_empty());
