@@ -211,6 +211,41 @@ fn saxpy_runs_on_the_device_and_is_built_once() {
 }
 
 #[test]
+fn launches_from_several_threads_build_once_and_do_not_mix_arguments() {
+    let d = device();
+    let n: u32 = 10_000;
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let d = &d;
+            s.spawn(move || {
+                let x: Vec<f32> = (0..n).map(|i| (i + t) as f32).collect();
+                let xb = d.upload(&floats(&x)).unwrap();
+                let yb = d.upload(&floats(&vec![t as f32; n as usize])).unwrap();
+                for _ in 0..3 {
+                    d.launch(
+                        &SAXPY,
+                        n,
+                        &[
+                            KernelArg::Scalar(Scalar::F32(t as f32 + 1.0)),
+                            KernelArg::Buffer(&xb),
+                            KernelArg::Buffer(&yb),
+                            KernelArg::Scalar(Scalar::U32(n)),
+                        ],
+                    )
+                    .unwrap();
+                }
+                let got = from_floats(&d.download(&yb).unwrap());
+                for (i, g) in got.iter().enumerate() {
+                    let want = 3.0 * (t as f32 + 1.0) * x[i] + t as f32;
+                    assert!(close(*g, want), "thread {t}: y[{i}] = {g}, expected {want}");
+                }
+            });
+        }
+    });
+    assert_eq!(ocl(&d).builds(), 1);
+}
+
+#[test]
 fn a_kernel_that_does_not_compile_is_a_build_error_with_the_log() {
     let d = device();
     const BROKEN: Kernel =
