@@ -353,11 +353,18 @@ impl DeviceProc {
     /// when idle).
     pub fn new(gpu: Arc<dyn Gpu>) -> Result<Self, crate::ProcError> {
         let info = gpu.info();
-        let memory = MemorySpace::custom(info.backend, info.index);
         let capacity = match device_memory_from_env() {
             Some(cap) => cap.min(info.memory_bytes),
             None => info.memory_bytes,
         };
+        Self::with_capacity(gpu, capacity)
+    }
+
+    /// Wraps `gpu` like [`new`](Self::new), with a ledger of `capacity` bytes (not capped
+    /// by the device's memory nor by [`ENV_DEVICE_MEMORY`]).
+    pub fn with_capacity(gpu: Arc<dyn Gpu>, capacity: u64) -> Result<Self, crate::ProcError> {
+        let info = gpu.info();
+        let memory = MemorySpace::custom(info.backend, info.index);
         let thread = ThreadProc::builder()
             .name(format!("dagger-{}-{}", info.backend, info.index))
             .label(info.name.clone())
