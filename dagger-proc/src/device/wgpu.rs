@@ -74,8 +74,23 @@ fn instance() -> Result<wgpu::Instance, String> {
     desc.flags = wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL;
     let desc = desc.with_env();
     let backends = desc.backends;
-    catch_unwind(AssertUnwindSafe(|| wgpu::Instance::new(desc)))
-        .map_err(|p| format!("wgpu instance ({backends:?}) failed: {}", panic_text(&*p)))
+    catch_unwind(AssertUnwindSafe(|| wgpu::Instance::new(desc))).map_err(|p| {
+        let backends = backend_names(backends);
+        format!("wgpu instance ({backends}) failed: {}", panic_text(&*p))
+    })
+}
+
+/// `vulkan`, `vulkan,gl`, `none`.
+fn backend_names(backends: wgpu::Backends) -> String {
+    let names: Vec<String> = backends
+        .iter_names()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(",")
+    }
 }
 
 fn panic_text(p: &(dyn Any + Send)) -> String {
@@ -126,8 +141,14 @@ impl WgpuDevice {
         let backends = wgpu::Backends::VULKAN.with_env();
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));
         if adapters.is_empty() {
+            let why = if backends.contains(wgpu::Backends::VULKAN) {
+                "no Vulkan driver found"
+            } else {
+                "WGPU_BACKEND leaves out vulkan, the backend this build has"
+            };
             return Err(format!(
-                "no wgpu adapter on {backends:?} (no Vulkan driver found)"
+                "no wgpu adapter on {} ({why})",
+                backend_names(backends)
             ));
         }
         let mut devices = Vec::new();
