@@ -83,6 +83,13 @@ fn device_bytes() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Bytes the runtime holds on the device, once `after` is there.
+#[dagger::task]
+fn device_bytes_after(after: DeviceVec<f32>) -> u64 {
+    drop(after);
+    device_bytes()
+}
+
 fn cpu_saxpy(a: f32, x: &[f32], y: &[f32]) -> Vec<f32> {
     y.iter().zip(x).map(|(y, x)| y + a * x).collect()
 }
@@ -151,7 +158,10 @@ fn kernel_tasks_run_on(kind: &'static str) {
     let got = y2.fetch().unwrap().into_vec().unwrap();
     assert_eq!(got.len(), expect.len());
     for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
-        assert!((g - e).abs() <= 1e-3 * e.abs().max(1.0), "element {i}: {g} != {e}");
+        assert!(
+            (g - e).abs() <= 1e-3 * e.abs().max(1.0),
+            "element {i}: {g} != {e}"
+        );
     }
     let want: f64 = expect.iter().map(|&v| v as f64).sum();
     assert!((total.fetch().unwrap() - want).abs() <= 1e-6 * want.abs());
@@ -179,7 +189,11 @@ fn device_memory_is_freed(kind: &'static str) {
     let Some((w, _)) = device_on_worker(&ctx, kind) else {
         return;
     };
-    let before = device_bytes::with(on(w, kind)).spawn(&ctx).unwrap().fetch().unwrap();
+    let before = device_bytes::with(on(w, kind))
+        .spawn(&ctx)
+        .unwrap()
+        .fetch()
+        .unwrap();
     {
         let x = ramp::spawn(&ctx, 1 << 18, 1.0).unwrap();
         let y0 = ramp::spawn(&ctx, 1 << 18, 1.0).unwrap();
@@ -187,14 +201,22 @@ fn device_memory_is_freed(kind: &'static str) {
         for _ in 0..5 {
             y = saxpy::with(on(w, kind)).spawn(&ctx, 0.5, &x, &y).unwrap();
         }
-        let during = device_bytes::with(on(w, kind)).spawn(&ctx).unwrap();
-        y.wait().unwrap();
-        assert!(during.fetch().unwrap() > before, "the graph held nothing on the device");
+        let during = device_bytes_after::with(on(w, kind))
+            .spawn(&ctx, &y)
+            .unwrap();
+        assert!(
+            during.fetch().unwrap() > before,
+            "the graph held nothing on the device"
+        );
     }
     // The handles are gone: the scheduler releases the chunks and the worker frees them.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = device_bytes::with(on(w, kind)).spawn(&ctx).unwrap().fetch().unwrap();
+        let now = device_bytes::with(on(w, kind))
+            .spawn(&ctx)
+            .unwrap()
+            .fetch()
+            .unwrap();
         if now == before {
             break;
         }
@@ -244,8 +266,12 @@ fn a_graph_moves_data_from_one_device_kind_to_another() {
     let n = 4099u32;
     let x = ramp::spawn(&ctx, n, 1.0).unwrap();
     let y = ramp::spawn(&ctx, n, 1.0).unwrap();
-    let on_cl = saxpy::with(on(w, "opencl")).spawn(&ctx, 2.0, &x, &y).unwrap();
-    let on_wgpu = saxpy::with(on(w, "wgpu")).spawn(&ctx, 1.0, &x, &on_cl).unwrap();
+    let on_cl = saxpy::with(on(w, "opencl"))
+        .spawn(&ctx, 2.0, &x, &y)
+        .unwrap();
+    let on_wgpu = saxpy::with(on(w, "wgpu"))
+        .spawn(&ctx, 1.0, &x, &on_cl)
+        .unwrap();
     let seen = residency::with(on(w, "wgpu")).spawn(&ctx, &on_cl).unwrap();
     let total = sum::spawn(&ctx, &on_wgpu).unwrap();
     let xs = ramp_cpu(n, 1.0);
@@ -253,7 +279,10 @@ fn a_graph_moves_data_from_one_device_kind_to_another() {
     assert!((total.fetch().unwrap() - want).abs() <= 1e-6 * want);
     let (on_device, shared, memory) = seen.fetch().unwrap();
     assert!(on_device && memory.starts_with("wgpu:"), "{memory}");
-    assert!(!shared, "a buffer copied across device kinds is the task's own");
+    assert!(
+        !shared,
+        "a buffer copied across device kinds is the task's own"
+    );
     assert!(on_cl.info().unwrap().processor.starts_with("opencl["));
     assert!(on_wgpu.info().unwrap().processor.starts_with("wgpu["));
 }
