@@ -286,3 +286,88 @@ fn a_graph_moves_data_from_one_device_kind_to_another() {
     assert!(on_cl.info().unwrap().processor.starts_with("opencl["));
     assert!(on_wgpu.info().unwrap().processor.starts_with("wgpu["));
 }
+
+/// Runs in a child process with every device runtime hidden (see
+/// `without_device_runtimes_the_cluster_runs_and_says_why`).
+#[test]
+#[ignore = "run by without_device_runtimes_the_cluster_runs_and_says_why in a child process"]
+fn child_without_device_runtimes() {
+    dagger::init();
+    let mut config = dagger::SchedulerConfig::default();
+    config.no_processor_grace = Some(Duration::from_secs(1));
+    let ctx = Context::builder()
+        .workers(1)
+        .scheduler(config)
+        .test_harness()
+        .build()
+        .expect("context");
+    let topo = ctx.topology();
+    let text = topo.to_string();
+    println!("{text}");
+    for w in ctx.workers() {
+        let root = &topo.worker(w).expect("joined").procs[0];
+        for kind in ["opencl", "wgpu"] {
+            if cfg!(feature = "opencl") && kind == "opencl"
+                || cfg!(feature = "wgpu") && kind == "wgpu"
+            {
+                let why = root
+                    .properties
+                    .get(&format!("unavailable.{kind}"))
+                    .unwrap_or_else(|| {
+                        panic!("{w} found {kind} devices or gave no reason:\n{text}")
+                    });
+                assert!(!why.is_empty());
+            }
+        }
+    }
+    // CPU tasks run; a kernel task that only a device could run fails, typed.
+    let x = ramp::spawn(&ctx, 10, 1.0).unwrap();
+    assert_eq!(sum::spawn(&ctx, &x).unwrap().fetch().unwrap(), 45.0);
+    let kind = if cfg!(feature = "opencl") {
+        "opencl"
+    } else {
+        "wgpu"
+    };
+    let err = saxpy::with(Options::new().scope(Scope::kind(ProcKind::custom(kind))))
+        .spawn(&ctx, 1.0, &x, &x)
+        .unwrap()
+        .fetch()
+        .unwrap_err();
+    assert!(
+        matches!(err, TaskError::NoProcessor { .. }),
+        "expected NoProcessor, got {err:?}"
+    );
+    println!("child passed");
+}
+
+/// With no OpenCL ICD and no Vulkan driver, a program built with the device features
+/// starts, shows why each backend found nothing, runs its CPU tasks, and refuses a task
+/// that only a device could run with `NoProcessor`; no crash.
+#[test]
+fn without_device_runtimes_the_cluster_runs_and_says_why() {
+    let empty = std::env::temp_dir().join(format!("dagger-no-icd-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_without_device_runtimes",
+            "--nocapture",
+        ])
+        .env("OCL_ICD_VENDORS", &empty)
+        .env("OPENCL_VENDOR_PATH", &empty)
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env_remove("DAGGER_REQUIRE_ALL")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&empty);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("child passed"),
+        "child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("unavailable"), "{stdout}");
+}

@@ -196,11 +196,14 @@ pub fn parse_worker_argv(
 /// The command-line arguments that make a `cargo test` (libtest) binary run only the test
 /// called `test` (its full path without the crate name, as libtest prints it), one at a
 /// time, so that a re-executed copy runs that test's first line, `dagger::init()`, and
-/// turns into a worker.
+/// turns into a worker. An `#[ignore]`d test is run too (`--include-ignored`): a test that
+/// is only ever started by another (in a child process with another environment) starts
+/// its workers like any other.
 pub fn test_harness_args(test: &str) -> Vec<String> {
     vec![
         test.to_owned(),
         "--exact".to_owned(),
+        "--include-ignored".to_owned(),
         "--nocapture".to_owned(),
         "--test-threads=1".to_owned(),
         "--quiet".to_owned(),
