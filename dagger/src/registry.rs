@@ -153,11 +153,11 @@ pub struct OutputOf<T>(pub T);
 /// A `DeviceVec` result: kept on its device if it lives there.
 pub trait OutputViaDevice {
     /// The task's output.
-    fn into_output(&self) -> Result<TaskOutput, CallError>;
+    fn task_output(&self) -> Result<TaskOutput, CallError>;
 }
 
 impl<T: dagger_move::Element> OutputViaDevice for &OutputOf<dagger_move::DeviceVec<T>> {
-    fn into_output(&self) -> Result<TaskOutput, CallError> {
+    fn task_output(&self) -> Result<TaskOutput, CallError> {
         match self.0.as_device_buffer() {
             Some(buf) => Ok(TaskOutput::Device(buf)),
             None => encode_result(&self.0).map(TaskOutput::Bytes),
@@ -168,11 +168,11 @@ impl<T: dagger_move::Element> OutputViaDevice for &OutputOf<dagger_move::DeviceV
 /// Any other result: encoded.
 pub trait OutputViaSerialize {
     /// The task's output.
-    fn into_output(&self) -> Result<TaskOutput, CallError>;
+    fn task_output(&self) -> Result<TaskOutput, CallError>;
 }
 
 impl<T: serde::Serialize> OutputViaSerialize for OutputOf<T> {
-    fn into_output(&self) -> Result<TaskOutput, CallError> {
+    fn task_output(&self) -> Result<TaskOutput, CallError> {
         encode_result(&self.0).map(TaskOutput::Bytes)
     }
 }

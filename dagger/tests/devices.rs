@@ -293,8 +293,10 @@ fn a_graph_moves_data_from_one_device_kind_to_another() {
 #[ignore = "run by without_device_runtimes_the_cluster_runs_and_says_why in a child process"]
 fn child_without_device_runtimes() {
     dagger::init();
-    let mut config = dagger::SchedulerConfig::default();
-    config.no_processor_grace = Some(Duration::from_secs(1));
+    let config = dagger::SchedulerConfig {
+        no_processor_grace: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
     let ctx = Context::builder()
         .workers(1)
         .scheduler(config)
