@@ -127,7 +127,7 @@ pub mod net {
 /// A kernel task is a task whose arguments are [`DeviceVec`]s: placed on a device
 /// processor (a scope such as `Scope::kind("opencl")`, or a union of kinds for a task with
 /// a CPU path too), its inputs are moved onto that device before it runs, it launches its
-/// kernel with [`Device::current`], and a `DeviceVec` it returns stays on the device until
+/// kernel with [`Device::current`](dagger_move::Device::current), and a `DeviceVec` it returns stays on the device until
 /// something elsewhere needs it.
 ///
 /// ```no_run

@@ -244,7 +244,7 @@ pub struct RawBuffer {
 
 impl RawBuffer {
     /// Wraps a backend's buffer of `len` bytes in `memory`. Backends call this; the ledger's
-    /// reservation is attached by [`DeviceProc::alloc`].
+    /// reservation is attached by [`DeviceRef::alloc`].
     pub fn new<B: Any + Send + Sync>(inner: B, len: u64, memory: MemorySpace) -> Self {
         Self {
             inner: Box::new(inner),
@@ -292,7 +292,7 @@ pub trait Gpu: Send + Sync + 'static {
     fn info(&self) -> &DeviceInfo;
 
     /// A buffer of `len` bytes, contents unspecified. A failure of the driver's allocator
-    /// is [`DeviceError::OutOfMemory`]. Callers go through [`DeviceProc::alloc`], which
+    /// is [`DeviceError::OutOfMemory`]. Callers go through [`DeviceRef::alloc`], which
     /// keeps the ledger.
     fn alloc(&self, len: u64) -> Result<RawBuffer, DeviceError>;
 
