@@ -98,8 +98,14 @@ impl DeviceChunk {
     /// The host bytes, copied from the device on first use. A device that fails the copy
     /// leaves the bytes empty, which a reader reports as a decoding error of the value.
     fn host(&self) -> &[u8] {
+        if let Some(bytes) = self.host.get() {
+            return bytes;
+        }
+        // Taken before the copy, never inside it: an eviction holds this lock while it
+        // sets the host bytes, and it only evicts a buffer nobody else holds (this clone
+        // counts), so the two never wait for each other.
+        let buf = self.buf.lock().clone();
         self.host.get_or_init(|| {
-            let buf = self.buf.lock().clone();
             match buf.map(|b| b.to_host()) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => {
