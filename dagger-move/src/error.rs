@@ -70,6 +70,7 @@ pub enum MoveError {
     },
     /// A device refused: out of memory even after evicting what it could, a kernel that
     /// does not build or has no source for the backend, a bad argument, a driver error.
+    #[cfg(feature = "devices")]
     #[error(transparent)]
     Device(#[from] dagger_proc::device::DeviceError),
     /// A move function reported a failure of its own.

@@ -9,8 +9,8 @@
 //! - [`DeviceBuffer`] is a value held in a device's memory ([`MoveValue::Device`]), which
 //!   device backends (OpenCL, wgpu, CUDA, a user's board) implement for their buffers;
 //!   moves produce and consume such values.
-//! - [`DeviceVec`] is a typed vector in host or device memory, the argument and result
-//!   type of kernel tasks; [`Device::current`] launches kernels from a task on a device
+//! - With the `devices` feature, `DeviceVec` is a typed vector in host or device memory, the argument and result
+//!   type of kernel tasks; `Device::current` launches kernels from a task on a device
 //!   processor; the moves of a `DeviceVec` between host memory and every device are
 //!   registered in [`moves()`].
 //! - [`shm`] is the same-host shared-memory shortcut between two worker processes.
@@ -22,6 +22,7 @@
 
 mod device;
 mod error;
+#[cfg(feature = "devices")]
 pub mod gpu;
 mod path;
 mod registry;
@@ -29,6 +30,7 @@ pub mod shm;
 
 pub use device::{AsAnyBuffer, DeviceBuffer};
 pub use error::MoveError;
+#[cfg(feature = "devices")]
 pub use gpu::{Device, DeviceVec, Element, GpuBuffer, Launch};
 pub use path::{cheapest_path, costs_from, generic_path, generic_path_for, Hop, Path, PathCache};
 pub use registry::{moves, KindPattern, MoveFn, MoveRegistry, MoveTarget, MoveValue};

@@ -510,12 +510,13 @@ impl MoveRegistry {
     }
 }
 
-/// The process-global registry, created on first use with the built-in fallback and the
-/// moves of [`DeviceVec`](crate::gpu::DeviceVec) between host memory and every device.
+/// The process-global registry, created on first use with the built-in fallback and (with
+/// the `devices` feature) the moves of `DeviceVec` between host memory and every device.
 pub fn moves() -> &'static MoveRegistry {
     static REGISTRY: OnceLock<MoveRegistry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         let r = MoveRegistry::new();
+        #[cfg(feature = "devices")]
         crate::gpu::register_device_moves(&r);
         r
     })
