@@ -15,6 +15,9 @@
 //!   `synchronize`) scoped to a worker process's device, spawned and fetched one at a time;
 //!   the median round trip after a warm-up that builds the kernel. Every result says it ran
 //!   on that backend.
+//! - `host_memcpy_MBps`, `host_fresh_copy_MBps`: the host's own ceilings in the same run, a
+//!   64 MiB copy into memory already touched, and into memory just allocated (its pages
+//!   faulted in by the copy, as they are in a move that allocates its destination).
 //! - on CUDA, `cuda_raw_h2d_MBps`/`cuda_raw_d2h_MBps`: a plain cudarc memcpy of the same
 //!   size, and `cuda_h2d_vs_raw`/`cuda_d2h_vs_raw`: the registry's moves as fractions of it.
 //!
@@ -95,12 +98,16 @@ pub(crate) fn dev(quick: bool) -> anyhow::Result<()> {
                 skipped(backend, &format!("not built with the `{backend}` feature"));
                 continue;
             }
-            let found = local.procs().iter().zip(local.infos()).find_map(|(p, info)| {
-                p.as_any()
-                    .downcast_ref::<DeviceProc>()
-                    .filter(|d| d.info().backend == backend)
-                    .map(|d| (d.device().clone(), info))
-            });
+            let found = local
+                .procs()
+                .iter()
+                .zip(local.infos())
+                .find_map(|(p, info)| {
+                    p.as_any()
+                        .downcast_ref::<DeviceProc>()
+                        .filter(|d| d.info().backend == backend)
+                        .map(|d| (d.device().clone(), info))
+                });
             let Some((device, info)) = found else {
                 let why = local
                     .unavailable()
@@ -113,11 +120,16 @@ pub(crate) fn dev(quick: bool) -> anyhow::Result<()> {
             };
             println!(
                 "DEV {backend}: {} ({}), memory {}",
-                info.label, device.info().vendor, info.memory
+                info.label,
+                device.info().vendor,
+                info.memory
             );
             moves(backend, &device, &info, &thread, quick)?;
             measured.push(backend);
         }
+    }
+    if !measured.is_empty() {
+        host_ceilings(quick);
     }
     // Kernel tasks: on a worker process's device.
     let t = Instant::now();
@@ -155,12 +167,8 @@ fn moves(
     for run in 0..=runs {
         let bytes = encoded.clone();
         let t = Instant::now();
-        let moved = dagger::moves().apply(
-            &ProcKind::THREAD,
-            ty,
-            MoveValue::Bytes(bytes),
-            &to_device,
-        )?;
+        let moved =
+            dagger::moves().apply(&ProcKind::THREAD, ty, MoveValue::Bytes(bytes), &to_device)?;
         let up = t.elapsed();
         let on_device = moved
             .downcast::<DeviceVec<f32>>()
@@ -242,6 +250,40 @@ fn moves(
         )?;
     }
     Ok(())
+}
+
+/// A 64 MiB copy on the host into memory already touched, and into memory just allocated,
+/// each the median of several after one untimed.
+fn host_ceilings(quick: bool) {
+    let runs = if quick { 2 } else { 5 };
+    let src = vec![7u8; MOVE_BYTES];
+    let mut warm = vec![0u8; MOVE_BYTES];
+    let (mut copy, mut fresh) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        let t = Instant::now();
+        warm.copy_from_slice(&src);
+        let c = t.elapsed();
+        let t = Instant::now();
+        let new = src.clone();
+        let f = t.elapsed();
+        std::hint::black_box((&warm, &new));
+        if run > 0 {
+            copy.push(c);
+            fresh.push(f);
+        }
+    }
+    line(
+        "DEV",
+        "host_memcpy_MBps",
+        mbps(MOVE_BYTES, median(&mut copy)),
+        "MB/s",
+    );
+    line(
+        "DEV",
+        "host_fresh_copy_MBps",
+        mbps(MOVE_BYTES, median(&mut fresh)),
+        "MB/s",
+    );
 }
 
 /// The plain cudarc memcpy of the same size, and the registry's moves as fractions of it.
