@@ -14,7 +14,8 @@
 //! - `<backend>_task_us`: an empty kernel task (launch over one work item, then
 //!   `synchronize`) scoped to a worker process's device, spawned and fetched one at a time;
 //!   the median round trip after a warm-up that builds the kernel. Every result says it ran
-//!   on that backend.
+//!   on that backend. `thread_task_us`: the same loop with a task that does nothing, on a
+//!   CPU thread of the same worker: the round trip without the device.
 //! - `host_memcpy_MBps`, `host_fresh_copy_MBps`: the host's own ceilings in the same run, a
 //!   64 MiB copy into memory already touched, and into memory just allocated (its pages
 //!   faulted in by the copy, as they are in a move that allocates its destination).
@@ -55,6 +56,12 @@ fn empty_kernel() -> Result<String, String> {
     dev.launch(&EMPTY, 1).run().map_err(|e| e.to_string())?;
     dev.synchronize().map_err(|e| e.to_string())?;
     Ok(dev.backend().to_string())
+}
+
+/// Does nothing, on a CPU thread; returns its argument.
+#[dagger::task]
+fn noop(i: u64) -> u64 {
+    i
 }
 
 /// Whether the build has `backend`'s feature.
@@ -135,13 +142,20 @@ pub(crate) fn dev(quick: bool) -> anyhow::Result<()> {
     let t = Instant::now();
     let ctx = Context::builder().workers(2).build()?;
     line("DEV", "startup_ms", t.elapsed().as_secs_f64() * 1e3, "ms");
+    let mut baseline = None;
     for &backend in BACKENDS.iter().filter(|b| compiled(b)) {
         match device_worker(&ctx, backend) {
-            Ok(w) => tasks(&ctx, backend, w, quick)?,
+            Ok(w) => {
+                baseline.get_or_insert(w);
+                tasks(&ctx, backend, w, quick)?;
+            }
             // Already reported as skipped when this process found none either.
             Err(why) if measured.contains(&backend) => skipped(backend, &format!("tasks: {why}")),
             Err(_) => {}
         }
+    }
+    if let Some(w) = baseline {
+        thread_tasks(&ctx, w, quick)?;
     }
     ctx.shutdown();
     Ok(())
@@ -321,6 +335,37 @@ fn device_worker(ctx: &Context, backend: &str) -> Result<WorkerId, String> {
     Err(why.unwrap_or_else(|| "no worker process found a device".to_string()))
 }
 
+/// Round trips measured as [`tasks`] measures them: `n` after `warm` untimed, the median.
+fn round_trips(
+    n: usize,
+    warm: usize,
+    mut one: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<Duration> {
+    for _ in 0..warm {
+        one()?;
+    }
+    let mut each = (0..n).map(|_| one()).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(median(&mut each))
+}
+
+/// Sequential tasks that do nothing on a CPU thread of worker `w`.
+fn thread_tasks(ctx: &Context, w: WorkerId, quick: bool) -> anyhow::Result<()> {
+    let scope = Options::new().scope(Scope::worker(w));
+    let mut i = 0u64;
+    let one = || -> anyhow::Result<Duration> {
+        i += 1;
+        let t = Instant::now();
+        let got = noop::with(scope.clone()).spawn(ctx, i)?.fetch()?;
+        let el = t.elapsed();
+        ensure!(got == i, "the CPU task returned {got}, not {i}");
+        Ok(el)
+    };
+    let n = if quick { 50 } else { 200 };
+    let el = round_trips(n, 21, one)?;
+    line("DEV", "thread_task_us", el.as_secs_f64() * 1e6, "us");
+    Ok(())
+}
+
 /// Sequential empty kernel tasks on worker `w`'s device of `backend`.
 fn tasks(ctx: &Context, backend: &'static str, w: WorkerId, quick: bool) -> anyhow::Result<()> {
     let scope = Options::new().scope(Scope::WorkerKind(w, ProcKind::custom(backend)));
@@ -342,15 +387,12 @@ fn tasks(ctx: &Context, backend: &'static str, w: WorkerId, quick: bool) -> anyh
         "DEV {backend}: first kernel task (kernel build included) {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    for _ in 0..20 {
-        one()?;
-    }
     let n = if quick { 50 } else { 200 };
-    let mut each = (0..n).map(|_| one()).collect::<anyhow::Result<Vec<_>>>()?;
+    let el = round_trips(n, 20, one)?;
     line(
         "DEV",
         &format!("{backend}_task_us"),
-        median(&mut each).as_secs_f64() * 1e6,
+        el.as_secs_f64() * 1e6,
         "us",
     );
     Ok(())
