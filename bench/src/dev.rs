@@ -64,14 +64,19 @@ fn noop(i: u64) -> u64 {
     i
 }
 
+/// The backends this build has the features of.
+const COMPILED: &[&str] = &[
+    #[cfg(feature = "opencl")]
+    "opencl",
+    #[cfg(feature = "wgpu")]
+    "wgpu",
+    #[cfg(feature = "cuda")]
+    "cuda",
+];
+
 /// Whether the build has `backend`'s feature.
 fn compiled(backend: &str) -> bool {
-    match backend {
-        "opencl" => cfg!(feature = "opencl"),
-        "wgpu" => cfg!(feature = "wgpu"),
-        "cuda" => cfg!(feature = "cuda"),
-        _ => false,
-    }
+    COMPILED.contains(&backend)
 }
 
 /// Prints the note for a backend that is not measured.
