@@ -1,12 +1,17 @@
 //! The benchmark workloads. `dagger-bench <ID> [--quick]` runs one workload once and prints
-//! `dagger <ID> <metric> <value> <unit>` lines; `cargo xtask bench` runs each several
-//! times and prints the medians.
+//! `dagger <ID> <metric> <value> <unit>` lines, and `dagger <ID> <name> skipped: <why>` for
+//! a part it could not measure here (DEV: a backend with no device); `cargo xtask bench`
+//! runs each several times and prints the medians.
+//!
+//! DEV measures the device backends of the build's features (`opencl`, `wgpu`, `cuda`;
+//! `devices` for all three); see [`dev`].
 
 use anyhow::{bail, ensure, Context as _};
 use dagger::prelude::*;
 use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
 
+mod dev;
 mod w5;
 mod w6;
 
@@ -247,7 +252,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let Some(id) = args.iter().find(|a| !a.starts_with("--")) else {
-        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|W6|L1|W1t> [--quick]");
+        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|W6|L1|W1t|DEV> [--quick]");
     };
     match id.as_str() {
         "W1" => w1(quick),
@@ -258,6 +263,7 @@ fn main() -> anyhow::Result<()> {
         "W5" => w5::w5(quick),
         "W6" => w6::w6(quick),
         "W1t" => w1t(quick),
+        "DEV" => dev::dev(quick),
         // Diagnostics for profiling, not BENCH.md workloads: a chain on one worker
         // (no network hop), W4 without the move, and W4's shared-memory half alone.
         "W3same" => {

@@ -2,8 +2,16 @@
 //! prints the median of every figure.
 //!
 //! Contract with `dagger-bench`: it is invoked as `dagger-bench <ID> [--quick]` and prints
-//! each figure on stdout as `dagger <ID> <metric> <value> <unit>`; everything else it
-//! prints is echoed to stderr. A non-zero exit fails the whole benchmark.
+//! each figure on stdout as `dagger <ID> <metric> <value> <unit>`, and each part of a
+//! workload it could not measure as `dagger <ID> <name> skipped: <why>` (a note, reported
+//! once after the workload's medians); everything else it prints is echoed to stderr. A
+//! non-zero exit fails the whole benchmark.
+//!
+//! The device workload (DEV) runs on a build of `dagger-bench` with the device backends
+//! (feature `devices`: OpenCL, wgpu, CUDA; OpenCL is left out, with a note saying why,
+//! where the linker cannot find the OpenCL ICD loader). The other workloads run on a build
+//! without them, so that device detection in every worker adds nothing to their figures;
+//! cargo keeps both builds' artifacts, so switching between them relinks at most.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -18,10 +26,18 @@ use crate::metadata::Workspace;
 use crate::process;
 
 /// Every workload id `dagger-bench` may be asked for.
-const WORKLOADS: &[&str] = &["W1", "W2", "W3", "W4", "W5", "W6", "L1", "W1t", "S1"];
+const WORKLOADS: &[&str] = &["W1", "W2", "W3", "W4", "W5", "W6", "L1", "W1t", "S1", "DEV"];
 
 /// Workloads run when `--only` is not given.
-const DEFAULT_WORKLOADS: &[&str] = &["W1", "W2", "W3", "W4", "W5", "W6", "L1", "W1t"];
+const DEFAULT_WORKLOADS: &[&str] = &["W1", "W2", "W3", "W4", "W5", "W6", "L1", "W1t", "DEV"];
+
+/// Workloads that run on the build with the device backends.
+const DEVICE_WORKLOADS: &[&str] = &["DEV"];
+
+/// The features of `dagger-bench` with every device backend, and without OpenCL (whose
+/// crate links the ICD loader at build time; wgpu and CUDA load their drivers at run time).
+const DEVICE_FEATURES: &str = "devices";
+const DEVICE_FEATURES_NO_OPENCL: &str = "wgpu,cuda";
 
 /// The package and binary that implement the workloads.
 const BENCH_PACKAGE: &str = "dagger-bench";
@@ -35,7 +51,8 @@ pub struct BenchArgs {
     /// Runs per workload; the median over the runs is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
-    /// Comma-separated workload ids to run (default: W1,W2,W3,W4,W5,W6,L1,W1t).
+    /// Comma-separated workload ids to run (default: W1,W2,W3,W4,W5,W6,L1,W1t,DEV;
+    /// `--only DEV` runs the device workload alone).
     #[arg(long, value_delimiter = ',', value_name = "IDS")]
     only: Vec<String>,
     /// Pass --quick to dagger-bench (smaller workloads, for smoke tests).
@@ -43,10 +60,11 @@ pub struct BenchArgs {
     quick: bool,
 }
 
-/// Runs `cargo xtask bench`: builds `dagger-bench` (release), runs each selected workload
-/// `--runs` times and prints one median line per (workload, metric) on stdout as soon as
-/// the workload's runs are done. Fails on an unknown workload id, a build failure, a run
-/// that exits unsuccessfully or prints a malformed or no result line.
+/// Runs `cargo xtask bench`: builds `dagger-bench` (release; with the device backends for
+/// the device workloads), runs each selected workload `--runs` times and prints one median
+/// line per (workload, metric) on stdout as soon as the workload's runs are done, then its
+/// notes. Fails on an unknown workload id, a build failure, a run that exits
+/// unsuccessfully or prints a malformed or no result line.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let workloads = select_workloads(&args.only)?;
     let workspace = Workspace::load(root)?;
@@ -57,26 +75,131 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     if !has_binary {
         bail!("the workspace has no `{BENCH_PACKAGE}` package with a `{BENCH_PACKAGE}` binary");
     }
-    let mut build = process::cargo(root);
-    build.args(["build", "--release", "-p", BENCH_PACKAGE]);
-    let status = process::run_inherited(&mut build)?;
-    if !status.success() {
-        bail!("`{}` exited with {status}", process::display(&build));
-    }
     let binary = binary_path(&workspace);
+    // Whether the binary last built has the device backends.
+    let mut built: Option<bool> = None;
+    // The note on OpenCL when the device build leaves it out.
+    let mut build_notes = Vec::new();
     for id in workloads {
+        let devices = DEVICE_WORKLOADS.contains(&id);
+        if built != Some(devices) {
+            build_notes = build(root, devices)?;
+            built = Some(devices);
+        }
         let mut all = Vec::<Series>::new();
+        let mut notes: Vec<Note> = build_notes
+            .iter()
+            .filter(|note| note.id == id)
+            .cloned()
+            .collect();
         for run in 1..=args.runs {
             let label = format!("{id} run {run}/{}", args.runs);
-            for sample in run_once(root, &binary, id, &label, args.quick)? {
+            let (samples, run_notes) = run_once(root, &binary, id, &label, args.quick)?;
+            for sample in samples {
                 add_sample(&mut all, sample)?;
+            }
+            for note in run_notes {
+                add_note(&mut notes, note);
             }
         }
         for series in &all {
             report(series, args.runs);
         }
+        for note in &notes {
+            println!("{note}");
+        }
     }
     Ok(())
+}
+
+/// Builds `dagger-bench` in release mode, with the device backends if `devices`. Returns
+/// the notes of the build (OpenCL left out, and why).
+fn build(root: &Path, devices: bool) -> Result<Vec<Note>> {
+    let mut command = process::cargo(root);
+    command.args(["build", "--release", "-p", BENCH_PACKAGE]);
+    let mut notes = Vec::new();
+    if devices {
+        let features = match opencl_loader() {
+            Ok(_) => DEVICE_FEATURES,
+            Err(why) => {
+                eprintln!("OpenCL is left out of the device build: {why}");
+                for &id in DEVICE_WORKLOADS {
+                    notes.push(Note {
+                        id: id.to_owned(),
+                        name: "opencl".to_owned(),
+                        reason: format!("left out of the build: {why}"),
+                    });
+                }
+                DEVICE_FEATURES_NO_OPENCL
+            }
+        };
+        command.args(["--features", features]);
+    }
+    let status = process::run_inherited(&mut command)?;
+    if !status.success() {
+        bail!("`{}` exited with {status}", process::display(&command));
+    }
+    Ok(notes)
+}
+
+/// Where the linker finds the OpenCL ICD loader (`-lOpenCL` needs the unversioned
+/// `libOpenCL.so`, which the loader's development package installs), or why it cannot.
+///
+/// Looks in `LIBRARY_PATH`, then in the usual library folders, then in the dynamic
+/// linker's cache (`ldconfig -p`).
+fn opencl_loader() -> Result<PathBuf, String> {
+    const NAME: &str = "libOpenCL.so";
+    let multiarch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
+    let usual = [
+        "/usr/local/lib",
+        multiarch.as_str(),
+        "/usr/lib64",
+        "/usr/lib",
+        "/lib64",
+        "/lib",
+    ];
+    let from_env = std::env::var_os("LIBRARY_PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let found = from_env
+        .into_iter()
+        .chain(usual.iter().map(PathBuf::from))
+        .map(|dir| dir.join(NAME))
+        .find(|path| path.exists());
+    if let Some(path) = found {
+        return Ok(path);
+    }
+    for ldconfig in ["ldconfig", "/sbin/ldconfig"] {
+        let Ok(out) = Command::new(ldconfig)
+            .arg("-p")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        if let Some(path) = ldconfig_entry(&String::from_utf8_lossy(&out.stdout), NAME) {
+            return Ok(path);
+        }
+        break;
+    }
+    Err(format!(
+        "the linker cannot find {NAME}, the OpenCL ICD loader (on Debian: install \
+         ocl-icd-opencl-dev)"
+    ))
+}
+
+/// The path of library `name` in the output of `ldconfig -p`
+/// (`\tlibOpenCL.so (libc6,x86-64) => /lib/x86_64-linux-gnu/libOpenCL.so`).
+fn ldconfig_entry(listing: &str, name: &str) -> Option<PathBuf> {
+    listing.lines().find_map(|line| {
+        let (lib, rest) = line.trim().split_once(' ')?;
+        if lib != name {
+            return None;
+        }
+        let (_, path) = rest.split_once("=> ")?;
+        Some(PathBuf::from(path.trim()))
+    })
 }
 
 /// The workloads to run, in order, without duplicates; ids are case-insensitive.
@@ -110,12 +233,18 @@ fn binary_path(workspace: &Workspace) -> PathBuf {
         .join(format!("{BENCH_PACKAGE}{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// Runs `dagger-bench <id>` once and returns the figures it printed.
+/// Runs `dagger-bench <id>` once and returns the figures and the notes it printed.
 ///
 /// Every line the run prints (stdout and stderr) is echoed to stderr prefixed with
 /// `[<label>]`. Fails when the run cannot start, exits unsuccessfully (the error repeats
-/// the tail of its stderr), prints a malformed result line or no result line at all.
-fn run_once(root: &Path, binary: &Path, id: &str, label: &str, quick: bool) -> Result<Vec<Sample>> {
+/// the tail of its stderr), prints a malformed result line or no figure at all.
+fn run_once(
+    root: &Path,
+    binary: &Path,
+    id: &str,
+    label: &str,
+    quick: bool,
+) -> Result<(Vec<Sample>, Vec<Note>)> {
     let mut command = Command::new(binary);
     command.arg(id);
     if quick {
@@ -143,11 +272,13 @@ fn run_once(root: &Path, binary: &Path, id: &str, label: &str, quick: bool) -> R
         .take()
         .context("stdout of the run is not piped")?;
     let mut samples = Vec::new();
+    let mut notes = Vec::new();
     let mut malformed = Vec::new();
     let stdout_result = for_each_line(stdout, |line| {
         eprintln!("{prefix}{line}");
         match parse_result_line(line) {
-            Ok(Some(sample)) => samples.push(sample),
+            Ok(Some(Parsed::Figure(sample))) => samples.push(sample),
+            Ok(Some(Parsed::Note(note))) => notes.push(note),
             Ok(None) => {}
             Err(err) => malformed.push(err),
         }
@@ -172,7 +303,7 @@ fn run_once(root: &Path, binary: &Path, id: &str, label: &str, quick: bool) -> R
     if samples.is_empty() {
         bail!("dagger-bench {label} exited successfully but printed no `dagger {id} ...` line");
     }
-    Ok(samples)
+    Ok((samples, notes))
 }
 
 /// Calls `f` with each line of `reader` (lossily decoded, line terminator removed).
@@ -231,12 +362,52 @@ struct Sample {
     unit: String,
 }
 
+/// A part of a workload that a run did not measure, and why (a backend with no device).
+#[derive(Debug, Clone, PartialEq)]
+struct Note {
+    id: String,
+    name: String,
+    reason: String,
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dagger {} {} skipped: {}",
+            self.id, self.name, self.reason
+        )
+    }
+}
+
+/// Adds `note` unless one of the same workload and name is there already (the first reason
+/// given is kept: a note of the build comes before those of the runs).
+fn add_note(notes: &mut Vec<Note>, note: Note) {
+    if !notes
+        .iter()
+        .any(|seen| seen.id == note.id && seen.name == note.name)
+    {
+        notes.push(note);
+    }
+}
+
+/// A result line of `dagger-bench`.
+#[derive(Debug, Clone, PartialEq)]
+enum Parsed {
+    /// `dagger <ID> <metric> <value> <unit>`.
+    Figure(Sample),
+    /// `dagger <ID> <name> skipped: <why>`.
+    Note(Note),
+}
+
 /// Parses a stdout line of `dagger-bench`.
 ///
 /// A line is a result line when its first word is `dagger` and its second a known workload
-/// id; it must then read `dagger <ID> <metric> <value> <unit>` with a finite number as value
-/// (the unit may have several words). Returns `Ok(None)` for any other line.
-fn parse_result_line(line: &str) -> Result<Option<Sample>, String> {
+/// id. It is a note when its fourth word is `skipped:`: `dagger <ID> <name> skipped: <why>`
+/// (`why` not empty). Otherwise it must read `dagger <ID> <metric> <value> <unit>` with a
+/// finite number as value (the unit may have several words). Returns `Ok(None)` for any
+/// other line.
+fn parse_result_line(line: &str) -> Result<Option<Parsed>, String> {
     let mut words = line.split_whitespace();
     if words.next() != Some("dagger") {
         return Ok(None);
@@ -251,6 +422,19 @@ fn parse_result_line(line: &str) -> Result<Option<Sample>, String> {
     };
     let metric = words.next().ok_or_else(|| malformed("no metric"))?;
     let value = words.next().ok_or_else(|| malformed("no value"))?;
+    if value == "skipped:" {
+        let reason = words.collect::<Vec<_>>().join(" ");
+        if reason.is_empty() {
+            return Err(format!(
+                "malformed note (no reason; expected `dagger <ID> <name> skipped: <why>`): {line}"
+            ));
+        }
+        return Ok(Some(Parsed::Note(Note {
+            id: id.to_owned(),
+            name: metric.to_owned(),
+            reason,
+        })));
+    }
     let unit = words.collect::<Vec<_>>().join(" ");
     if unit.is_empty() {
         return Err(malformed("no unit"));
@@ -263,12 +447,12 @@ fn parse_result_line(line: &str) -> Result<Option<Sample>, String> {
             _ => return Err(malformed("the value is not a finite number")),
         }
     };
-    Ok(Some(Sample {
+    Ok(Some(Parsed::Figure(Sample {
         id: id.to_owned(),
         metric: metric.to_owned(),
         value,
         unit,
-    }))
+    })))
 }
 
 /// All values of one (workload, metric) pair, in run order.
@@ -419,15 +603,85 @@ mod tests {
     fn parses_result_lines_and_ignores_others() {
         assert_eq!(
             parse_result_line("dagger W1 tasks_per_s 512034 tasks/s"),
-            Ok(Some(sample("tasks_per_s", Value::Int(512034), "tasks/s")))
+            Ok(Some(Parsed::Figure(sample(
+                "tasks_per_s",
+                Value::Int(512034),
+                "tasks/s"
+            ))))
         );
         assert_eq!(
             parse_result_line("dagger W1 startup_ms 12.5 ms"),
-            Ok(Some(sample("startup_ms", Value::Float(12.5), "ms")))
+            Ok(Some(Parsed::Figure(sample(
+                "startup_ms",
+                Value::Float(12.5),
+                "ms"
+            ))))
         );
         assert_eq!(parse_result_line("warming up"), Ok(None));
         assert_eq!(parse_result_line("dagger started"), Ok(None));
         assert_eq!(parse_result_line(""), Ok(None));
+    }
+
+    #[test]
+    fn parses_notes_apart_from_figures() {
+        assert_eq!(
+            parse_result_line("dagger DEV cuda skipped: no CUDA driver (libcuda.so not found)"),
+            Ok(Some(Parsed::Note(Note {
+                id: "DEV".into(),
+                name: "cuda".into(),
+                reason: "no CUDA driver (libcuda.so not found)".into(),
+            })))
+        );
+        assert!(parse_result_line("dagger DEV cuda skipped:").is_err());
+        assert!(parse_result_line("dagger DEV cuda skipped no driver").is_err());
+        assert_eq!(
+            parse_result_line("dagger DEV cuda skipped: no driver")
+                .unwrap()
+                .map(|parsed| match parsed {
+                    Parsed::Note(note) => note.to_string(),
+                    Parsed::Figure(_) => String::new(),
+                }),
+            Some("dagger DEV cuda skipped: no driver".to_string())
+        );
+    }
+
+    #[test]
+    fn notes_keep_the_first_reason_per_name() {
+        let note = |name: &str, reason: &str| Note {
+            id: "DEV".into(),
+            name: name.into(),
+            reason: reason.into(),
+        };
+        let mut notes = vec![note("opencl", "left out of the build")];
+        add_note(
+            &mut notes,
+            note("opencl", "not built with the `opencl` feature"),
+        );
+        add_note(&mut notes, note("cuda", "no CUDA driver"));
+        add_note(&mut notes, note("cuda", "no CUDA driver"));
+        assert_eq!(
+            notes,
+            vec![
+                note("opencl", "left out of the build"),
+                note("cuda", "no CUDA driver")
+            ]
+        );
+    }
+
+    #[test]
+    fn finds_libraries_in_the_ldconfig_cache() {
+        let listing = "3 libs found in cache `/etc/ld.so.cache'
+\tlibOpenCL.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libOpenCL.so.1
+\tlibOpenCL.so (libc6,x86-64) => /lib/x86_64-linux-gnu/libOpenCL.so
+\tlibm.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libm.so.6
+";
+        assert_eq!(
+            ldconfig_entry(listing, "libOpenCL.so"),
+            Some(PathBuf::from("/lib/x86_64-linux-gnu/libOpenCL.so"))
+        );
+        let runtime_only =
+            "\tlibOpenCL.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libOpenCL.so.1\n";
+        assert_eq!(ldconfig_entry(runtime_only, "libOpenCL.so"), None);
     }
 
     #[test]
@@ -501,5 +755,6 @@ mod tests {
         let only = ["w3".to_string(), "W1".to_string(), "W3".to_string()];
         assert_eq!(select_workloads(&only).unwrap(), vec!["W3", "W1"]);
         assert!(select_workloads(&["W9".to_string()]).is_err());
+        assert_eq!(select_workloads(&["dev".to_string()]).unwrap(), vec!["DEV"]);
     }
 }
