@@ -39,14 +39,20 @@ mod sealed {
 pub trait Element:
     bytemuck::Pod + Serialize + DeserializeOwned + Send + Sync + fmt::Debug + sealed::Sealed + 'static
 {
+    /// True if the encoded form of a `Vec<Self>` is a length and then exactly the elements'
+    /// little-endian bytes (floats and bytes; postcard writes wider integers as varints), so
+    /// that device bytes and encoded bytes convert without touching each element.
+    const FIXED_WIDTH: bool;
+
     /// The value as a kernel scalar argument, for the types kernels take by value.
     fn scalar(self) -> Option<Scalar>;
 }
 
 macro_rules! elements {
-    ($($t:ty => $s:expr),* $(,)?) => {$(
+    ($($t:ty => $fixed:expr, $s:expr),* $(,)?) => {$(
         impl sealed::Sealed for $t {}
         impl Element for $t {
+            const FIXED_WIDTH: bool = $fixed && cfg!(target_endian = "little");
             fn scalar(self) -> Option<Scalar> {
                 #[allow(clippy::redundant_closure_call)]
                 ($s)(self)
@@ -56,16 +62,53 @@ macro_rules! elements {
 }
 
 elements! {
-    f32 => |v| Some(Scalar::F32(v)),
-    f64 => |v| Some(Scalar::F64(v)),
-    i32 => |v| Some(Scalar::I32(v)),
-    u32 => |v| Some(Scalar::U32(v)),
-    i64 => |v| Some(Scalar::I64(v)),
-    u64 => |v| Some(Scalar::U64(v)),
-    i8 => |_| None,
-    i16 => |_| None,
-    u8 => |_| None,
-    u16 => |_| None,
+    f32 => true, |v| Some(Scalar::F32(v)),
+    f64 => true, |v| Some(Scalar::F64(v)),
+    i32 => false, |v| Some(Scalar::I32(v)),
+    u32 => false, |v| Some(Scalar::U32(v)),
+    i64 => false, |v| Some(Scalar::I64(v)),
+    u64 => false, |v| Some(Scalar::U64(v)),
+    i8 => true, |_| None,
+    i16 => false, |_| None,
+    u8 => true, |_| None,
+    u16 => false, |_| None,
+}
+
+/// Writes `n` as postcard's varint (LEB128).
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads a postcard varint (at most 10 bytes) from the front of `b`: the value and the
+/// rest. `None` for a truncated or overlong one.
+fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    let mut n: u64 = 0;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        let bits = u64::from(byte & 0x7f);
+        n |= bits.checked_shl(7 * i as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((n, &b[i + 1..]));
+        }
+    }
+    None
+}
+
+/// The elements' bytes inside the encoded form of a `Vec<T>`, for a fixed-width `T`:
+/// `None` when `T` is not fixed-width or the bytes are not exactly one such vector (the
+/// caller then decodes them the slow way, which reports the error).
+fn fixed_payload<T: Element>(encoded: &[u8]) -> Option<&[u8]> {
+    if !T::FIXED_WIDTH {
+        return None;
+    }
+    let (n, rest) = take_varint(encoded)?;
+    let len = usize::try_from(n)
+        .ok()?
+        .checked_mul(std::mem::size_of::<T>())?;
+    (rest.len() == len).then_some(rest)
 }
 
 /// Everything a kernel scalar argument can be built from.
@@ -124,6 +167,17 @@ impl GpuBuffer {
     pub fn download_raw(&self) -> Result<Vec<u8>, MoveError> {
         self.device.download(&self.raw).map_err(device_error)
     }
+
+    /// The elements, copied from the device straight into a new vector (one copy).
+    fn download_typed<T: Element>(&self) -> Result<Vec<T>, MoveError> {
+        let mut out = vec![T::zeroed(); self.elems];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        self.device
+            .gpu()
+            .download(&self.raw, bytes)
+            .map_err(device_error)?;
+        Ok(out)
+    }
 }
 
 impl fmt::Debug for GpuBuffer {
@@ -154,6 +208,12 @@ impl DeviceBuffer for GpuBuffer {
 }
 
 fn encode_as<T: Element>(raw: &[u8]) -> Result<Vec<u8>, MoveError> {
+    if T::FIXED_WIDTH {
+        let mut out = Vec::with_capacity(raw.len() + 10);
+        put_varint(&mut out, (raw.len() / std::mem::size_of::<T>()) as u64);
+        out.extend_from_slice(raw);
+        return Ok(out);
+    }
     let elems: Vec<T> = bytemuck::pod_collect_to_vec(raw);
     postcard::to_allocvec(&elems).map_err(|e| MoveError::Decode {
         ty: std::any::type_name::<Vec<T>>().to_string(),
@@ -203,6 +263,22 @@ impl<T: Element> DeviceVec<T> {
             .upload(bytemuck::cast_slice(data))
             .map_err(device_error)?;
         Ok(Self::on_device(device, raw, data.len()))
+    }
+
+    /// The vector encoded in `encoded` (the postcard form of a `Vec<T>`), uploaded to
+    /// `device`: for floats and bytes straight from the encoded bytes, with no decoding
+    /// pass.
+    pub fn upload_encoded(device: &DeviceRef, encoded: &[u8]) -> Result<Self, MoveError> {
+        if let Some(payload) = fixed_payload::<T>(encoded) {
+            let raw = device.upload(payload).map_err(device_error)?;
+            return Ok(Self::on_device(
+                device,
+                raw,
+                payload.len() / std::mem::size_of::<T>(),
+            ));
+        }
+        let v = decode_vec::<T>(encoded)?;
+        Self::upload(device, &v)
     }
 
     /// `n` zeros on `device`.
@@ -296,7 +372,7 @@ impl<T: Element> DeviceVec<T> {
     pub fn to_vec(&self) -> Result<Vec<T>, MoveError> {
         match &self.repr {
             Repr::Host(v) => Ok(v.clone()),
-            Repr::Device(b) => Ok(bytemuck::pod_collect_to_vec(&b.download_raw()?)),
+            Repr::Device(b) => b.download_typed(),
         }
     }
 
@@ -304,7 +380,7 @@ impl<T: Element> DeviceVec<T> {
     pub fn into_vec(self) -> Result<Vec<T>, MoveError> {
         match self.repr {
             Repr::Host(v) => Ok(v),
-            Repr::Device(b) => Ok(bytemuck::pod_collect_to_vec(&b.download_raw()?)),
+            Repr::Device(b) => b.download_typed(),
         }
     }
 
@@ -382,8 +458,7 @@ impl<T: Element> Serialize for DeviceVec<T> {
         match &self.repr {
             Repr::Host(v) => v.serialize(s),
             Repr::Device(b) => {
-                let raw = b.download_raw().map_err(serde::ser::Error::custom)?;
-                let v: Vec<T> = bytemuck::pod_collect_to_vec(&raw);
+                let v: Vec<T> = b.download_typed().map_err(serde::ser::Error::custom)?;
                 v.serialize(s)
             }
         }
@@ -537,6 +612,14 @@ impl<'a> Launch<'a> {
     }
 }
 
+/// Decodes the postcard form of a `Vec<T>`.
+fn decode_vec<T: Element>(b: &[u8]) -> Result<Vec<T>, MoveError> {
+    postcard::from_bytes::<Vec<T>>(b).map_err(|e| MoveError::Decode {
+        ty: std::any::type_name::<Vec<T>>().to_string(),
+        message: e.to_string(),
+    })
+}
+
 /// Moves a `DeviceVec<T>` in whatever form it arrives (host bytes, a typed host value, a
 /// device buffer) to the target: onto the target's device, or into host memory for a
 /// target without one.
@@ -603,4 +686,48 @@ pub fn register_device_moves(r: &MoveRegistry) {
     one::<u16>(r);
     one::<u32>(r);
     one::<u64>(r);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_width_vectors_convert_without_decoding_and_agree_with_postcard() {
+        for n in [0usize, 1, 127, 128, 300, 70_000] {
+            let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let encoded = postcard::to_allocvec(&v).unwrap();
+            // Device bytes → the encoded form, by the fast path, is postcard's own.
+            assert_eq!(encode_as::<f32>(bytemuck::cast_slice(&v)).unwrap(), encoded);
+            // The encoded form → the elements' bytes, without decoding.
+            assert_eq!(
+                fixed_payload::<f32>(&encoded).unwrap(),
+                bytemuck::cast_slice::<f32, u8>(&v)
+            );
+        }
+        let bytes: Vec<u8> = (0..=255).collect();
+        let encoded = postcard::to_allocvec(&bytes).unwrap();
+        assert_eq!(fixed_payload::<u8>(&encoded).unwrap(), &bytes[..]);
+        // Varint integers are not fixed-width: they take the decoding path.
+        let ints: Vec<u32> = vec![1, 300, 70_000];
+        let encoded = postcard::to_allocvec(&ints).unwrap();
+        assert!(fixed_payload::<u32>(&encoded).is_none());
+        assert_eq!(
+            encode_as::<u32>(bytemuck::cast_slice(&ints)).unwrap(),
+            encoded
+        );
+    }
+
+    #[test]
+    fn malformed_encodings_are_refused_not_trusted() {
+        // A length that does not match the bytes, a truncated or overlong varint.
+        assert!(fixed_payload::<f32>(&[3, 0, 0, 0, 0]).is_none());
+        assert!(fixed_payload::<f32>(&[0x80]).is_none());
+        assert!(fixed_payload::<f32>(&[0xff; 11]).is_none());
+        assert!(fixed_payload::<f32>(&[
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+        ])
+        .is_none());
+        assert!(decode_vec::<f32>(&[3, 0, 0]).is_err());
+    }
 }
