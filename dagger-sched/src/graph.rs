@@ -215,7 +215,18 @@ impl Scheduler {
                 ut.link = ut.link.saturating_sub(1);
                 if ut.link == 0 && ut.state == State::Waiting {
                     self.make_ready(u);
+                    continue;
                 }
+            }
+            // An input was dispatched or finished: a dependent still waiting may now be
+            // placed where its other unfinished inputs run (see `place_ahead`).
+            let ut = &self.tasks[u];
+            if !early
+                && ut.state == State::Waiting
+                && matches!(new, State::Dispatched | State::Finished)
+                && self.config.dispatch_ahead
+            {
+                self.placer.ahead.push(u);
             }
         }
         if let Some(s) = self.tasks[i].spec.as_mut() {

@@ -177,6 +177,15 @@ pub struct Config {
     /// `Duration::MAX` watches suspects only (also tasks of unknown run time are then not
     /// watched).
     pub watch_threshold: Duration,
+    /// Dispatch a task ahead of its inputs when its placement is already decided: every
+    /// input that is not finished is dispatched to one worker (queued or running there),
+    /// that worker accepts work and its scope admits one of its processors with room.
+    /// The task then goes to that worker in the same `Run` batch as (or right after) its
+    /// producers, and the worker starts it as soon as its inputs exist, without a
+    /// `Done`/`Run` round trip through the driver. Unlike tasks pinned to one worker, such
+    /// a task is held to the saturation bound, and tasks with more than
+    /// `MAX_AHEAD_INPUTS` (16) inputs are never dispatched ahead. Default `true`.
+    pub dispatch_ahead: bool,
 }
 
 impl Default for Config {
@@ -191,6 +200,7 @@ impl Default for Config {
             min_depth: 2,
             queue_horizon: Duration::from_millis(5),
             watch_threshold: Duration::from_millis(1),
+            dispatch_ahead: true,
         }
     }
 }
