@@ -52,6 +52,20 @@
 //! hop. Such tasks are never held back by saturation: no other worker could run them, and
 //! holding them would put a driver round trip back on every hop.
 //!
+//! Any other task is dispatched *ahead* of its inputs when its placement is already decided
+//! ([`Config::dispatch_ahead`]): every input that is not finished is dispatched to one
+//! worker, that worker accepts work, and the task's scope admits one of its processors that
+//! has room (the one running its last input is preferred). It goes in the same `Run` batch
+//! as its inputs, or as soon as the last of them is dispatched, and the worker starts it
+//! the moment its inputs exist there: a chain placed freely costs no driver round trip per
+//! hop. Unlike pinned tasks, these are held to the saturation bound (a task with a thousand
+//! dependents must not pull them all onto its worker); one that finds no room waits for its
+//! inputs as before, and is looked at again when another input is dispatched or finishes,
+//! or when the task before it in a chain finishes. A task with inputs on two workers waits
+//! until only one of them runs unfinished inputs; one with more than 16 inputs never goes
+//! ahead. If its input's run fails where it waited for it, it runs again without counting
+//! against its loss budget; if its worker is lost, it runs again like any task there.
+//!
 //! # Results and memory
 //!
 //! Results up to [`Config::inline_limit`] bytes come back inline; the scheduler keeps a
