@@ -179,6 +179,27 @@ fn w3(quick: bool) -> anyhow::Result<()> {
     chain(50)?;
     let el = chain(n)?;
     line("W3", "us_per_hop", el.as_secs_f64() * 1e6 / n as f64, "us");
+    // The same chain with no scopes: the scheduler places every task (a hop may stay
+    // inside one process).
+    let free_chain = |n: u64| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut prev = inc::spawn(&ctx, 0)?;
+        for _ in 1..n {
+            prev = inc::spawn(&ctx, &prev)?;
+        }
+        let v = prev.fetch()?;
+        let el = t.elapsed();
+        ensure!(v == n, "W3 free chain wrong: {v} != {n}");
+        Ok(el)
+    };
+    free_chain(50)?;
+    let el = free_chain(n)?;
+    line(
+        "W3",
+        "us_per_hop_free",
+        el.as_secs_f64() * 1e6 / n as f64,
+        "us",
+    );
     let id = ctx.driver_identity().context("identity")?.clone();
     let rt = tokio::runtime::Runtime::new()?;
     let rtt = rt.block_on(dagger_net::bench::raw_quic_rtt_us(

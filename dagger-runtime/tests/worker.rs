@@ -1058,3 +1058,42 @@ fn a_gathered_argument_starts_once_every_part_is_here_as_one_encoded_vec() {
         vec![300, 7, 100]
     );
 }
+
+/// A chain of tasks waiting here for each other's results (the scheduler dispatched them
+/// ahead of their inputs): each starts as soon as the one before finishes, with no word
+/// from the driver; and a failure at its head fails the whole chain, however long, in a
+/// loop rather than a recursion as deep as the chain.
+#[test]
+fn a_local_chain_starts_hop_by_hop_and_fails_whole_without_recursing() {
+    let n = 20_000u64;
+    let mut w = joined(config());
+    let mut batch = vec![task(1, vec![value(0)])];
+    batch.extend((2..=n).map(|k| task(k, vec![chunk_arg(k - 1, &[ME.0])])));
+    run(&mut w, ms(1), batch);
+    let s = starts(&mut w);
+    assert_eq!(
+        s.iter().map(|s| s.task).collect::<Vec<_>>(),
+        vec![TaskId(1)]
+    );
+    assert!(transmits(&mut w).is_empty(), "nothing asked of anyone");
+    assert_eq!(w.waiting_tasks(), n as usize - 1);
+
+    w.handle_task_finished(ms(2), TaskId(1), ms(1), Ok(wire::encode(&1u64)));
+    let s = starts(&mut w);
+    assert_eq!(
+        s.iter().map(|s| s.task).collect::<Vec<_>>(),
+        vec![TaskId(2)]
+    );
+    assert_eq!(s[0].args, vec![wire::encode(&1u64)]);
+
+    w.handle_task_finished(ms(3), TaskId(2), ms(1), Err(panicked(2)));
+    assert!(starts(&mut w).is_empty());
+    assert_eq!(w.waiting_tasks(), 0);
+    let done = flush_done(&mut w, ms(3));
+    assert_eq!(done.len(), n as usize);
+    let failed = done
+        .iter()
+        .filter(|d| matches!(d.outcome, wire::Outcome::Failed(_)))
+        .count();
+    assert_eq!(failed, n as usize - 1, "task 2 and every task after it");
+}

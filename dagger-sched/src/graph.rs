@@ -162,6 +162,9 @@ impl Scheduler {
             self.tasks[x].link = unmet;
             if unmet == 0 {
                 self.make_ready(x);
+            } else if !early && self.config.dispatch_ahead {
+                // Its inputs may already be dispatched: it may go ahead of them.
+                self.placer.ahead.push(x);
             }
             for d in recompute {
                 self.requeue(d);
@@ -215,11 +218,44 @@ impl Scheduler {
                 ut.link = ut.link.saturating_sub(1);
                 if ut.link == 0 && ut.state == State::Waiting {
                     self.make_ready(u);
+                    continue;
                 }
+            }
+            // An input was dispatched or finished: a dependent still waiting may now be
+            // placed where its other unfinished inputs run (see `place_ahead`).
+            let ut = &self.tasks[u];
+            if !early
+                && ut.state == State::Waiting
+                && matches!(new, State::Dispatched | State::Finished)
+                && self.config.dispatch_ahead
+            {
+                self.placer.ahead.push(u);
             }
         }
         if let Some(s) = self.tasks[i].spec.as_mut() {
             s.dependents = dependents;
+        }
+    }
+
+    /// Lists, as candidates to go ahead of their inputs, the waiting dependents of the
+    /// dependents of `i` that were dispatched ahead. O(those dependents).
+    fn push_ahead_beyond(&mut self, i: u32) {
+        let Some(spec) = self.tasks[i].spec.as_ref() else {
+            return;
+        };
+        for &u in &spec.dependents {
+            let ut = &self.tasks[u];
+            if ut.state != State::Dispatched || !ut.flags.contains(TaskFlags::AHEAD) {
+                continue;
+            }
+            let Some(us) = ut.spec.as_ref() else {
+                continue;
+            };
+            for &v in &us.dependents {
+                if self.tasks[v].state == State::Waiting {
+                    self.placer.ahead.push(v);
+                }
+            }
         }
     }
 
@@ -237,6 +273,11 @@ impl Scheduler {
         t.size = size;
         self.set_holder(i, worker);
         self.set_state(i, State::Finished);
+        if self.config.dispatch_ahead {
+            // Room appeared where `i` ran: the next tasks of chains that went ahead of it
+            // may find it (the dependents of its dependents dispatched ahead).
+            self.push_ahead_beyond(i);
+        }
         for d in self.tasks.deps_of(i) {
             let dt = &mut self.tasks[d];
             dt.consumers = dt.consumers.saturating_sub(1);

@@ -40,6 +40,12 @@ impl Scheduler {
             } else if !spec.fetching.is_empty() {
                 return Err(format!("{}: fetching while not dispatched", t.id));
             }
+            if t.flags.contains(TaskFlags::AHEAD)
+                && (t.flags.contains(TaskFlags::EARLY)
+                    || matches!(t.state, State::Waiting | State::Ready))
+            {
+                return Err(format!("{}: ahead of its inputs while {:?}", t.id, t.state));
+            }
             let early = t.flags.contains(TaskFlags::EARLY);
             let mut unmet = 0;
             let mut consumers = 0;

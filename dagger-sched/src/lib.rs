@@ -52,6 +52,20 @@
 //! hop. Such tasks are never held back by saturation: no other worker could run them, and
 //! holding them would put a driver round trip back on every hop.
 //!
+//! Any other task is dispatched *ahead* of its inputs when its placement is already decided
+//! ([`Config::dispatch_ahead`]): every input that is not finished is dispatched to one
+//! worker, that worker accepts work, and the task's scope admits one of its processors that
+//! has room (the one running its last input is preferred). It goes in the same `Run` batch
+//! as its inputs, or as soon as the last of them is dispatched, and the worker starts it
+//! the moment its inputs exist there: a chain placed freely costs no driver round trip per
+//! hop. Unlike pinned tasks, these are held to the saturation bound (a task with a thousand
+//! dependents must not pull them all onto its worker); one that finds no room waits for its
+//! inputs as before, and is looked at again when another input is dispatched or finishes,
+//! or when the task before it in a chain finishes. A task with inputs on two workers waits
+//! until only one of them runs unfinished inputs; one with more than 16 inputs never goes
+//! ahead. If its input's run fails where it waited for it, it runs again without counting
+//! against its loss budget; if its worker is lost, it runs again like any task there.
+//!
 //! # Results and memory
 //!
 //! Results up to [`Config::inline_limit`] bytes come back inline; the scheduler keeps a
@@ -177,6 +191,15 @@ pub struct Config {
     /// `Duration::MAX` watches suspects only (also tasks of unknown run time are then not
     /// watched).
     pub watch_threshold: Duration,
+    /// Dispatch a task ahead of its inputs when its placement is already decided: every
+    /// input that is not finished is dispatched to one worker (queued or running there),
+    /// that worker accepts work and its scope admits one of its processors with room.
+    /// The task then goes to that worker in the same `Run` batch as (or right after) its
+    /// producers, and the worker starts it as soon as its inputs exist, without a
+    /// `Done`/`Run` round trip through the driver. Unlike tasks pinned to one worker, such
+    /// a task is held to the saturation bound, and tasks with more than
+    /// `MAX_AHEAD_INPUTS` (16) inputs are never dispatched ahead. Default `true`.
+    pub dispatch_ahead: bool,
 }
 
 impl Default for Config {
@@ -191,6 +214,7 @@ impl Default for Config {
             min_depth: 2,
             queue_horizon: Duration::from_millis(5),
             watch_threshold: Duration::from_millis(1),
+            dispatch_ahead: true,
         }
     }
 }

@@ -13,7 +13,7 @@
 
 use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, State};
+use crate::task_table::{ns, State, TaskFlags};
 use dagger_core::wire::{RunArg, RunPart, RunTask};
 use dagger_core::{Arg, Part, ProcId, ProcKind, Scope, TaskError, TaskId, WorkerId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -23,6 +23,9 @@ use std::time::Duration;
 const UNREACHABLE: u64 = u64::MAX / 1024;
 /// The longest run time learned from a report (2^50 ns, about 13 days).
 const MAX_LEARNED_RUN_NS: u64 = 1 << 50;
+/// The most inputs a task may have and still be dispatched ahead of them: whether it may
+/// is looked at, in O(inputs), each time one of its inputs is dispatched or finishes.
+pub(crate) const MAX_AHEAD_INPUTS: usize = 16;
 
 /// One processor of the pool (or one that was in it: slots are never removed).
 pub(crate) struct Slot {
@@ -130,6 +133,10 @@ pub(crate) struct Placer {
     /// go to their scope's `held` queue.
     ready: BTreeMap<i32, VecDeque<u32>>,
     parked: Vec<u32>,
+    /// Waiting tasks one of whose inputs was dispatched or finished since the last
+    /// placement round: each may now be dispatched ahead of its inputs (`place_ahead`).
+    /// Entries of tasks that are no longer waiting are skipped.
+    pub(crate) ahead: Vec<u32>,
     /// The scopes whose `held` queue may be non-empty.
     pub(crate) held_scopes: BTreeSet<u32>,
     /// Room may have appeared, or tasks were held back, since the held queues were last
@@ -163,6 +170,7 @@ impl Default for Placer {
             deadlines: BTreeSet::new(),
             ready: BTreeMap::new(),
             parked: Vec::new(),
+            ahead: Vec::new(),
             held_scopes: BTreeSet::new(),
             retry: false,
             placements: 0,
@@ -487,9 +495,38 @@ impl Scheduler {
     /// finish time.
     fn place(&mut self, i: u32, bounded: bool) -> Placement {
         self.placer.placements += 1;
+        self.place_among(i, bounded, None, None)
+    }
+
+    /// [`Scheduler::place`], among the candidates on worker `only` when it is given (then
+    /// `Park` when none of them admits the task), taking slot `prefer` whenever it is a
+    /// candidate with room; not counted in `placements`.
+    fn place_among(
+        &mut self,
+        i: u32,
+        bounded: bool,
+        only: Option<WorkerId>,
+        prefer: Option<u32>,
+    ) -> Placement {
         let s = self.tasks[i].scope;
         self.refresh_scope(s);
-        let cands = std::mem::take(&mut self.placer.scopes[s as usize].cands);
+        let all = std::mem::take(&mut self.placer.scopes[s as usize].cands);
+        let cands = match only {
+            None => all,
+            Some(w) => {
+                let p = &self.placer;
+                let on_w: Vec<u32> = all
+                    .iter()
+                    .copied()
+                    .filter(|&c| p.slots[c as usize].id.worker == w)
+                    .collect();
+                self.placer.scopes[s as usize].cands = all;
+                if on_w.is_empty() {
+                    return Placement::Park;
+                }
+                on_w
+            }
+        };
         if cands.is_empty() {
             let any = self.placer.scopes[s as usize].any_admits;
             return if any {
@@ -566,12 +603,18 @@ impl Scheduler {
             let run = if learned > 0 { learned } else { default };
             let own = p.scratch_cost[j].saturating_add(run);
             let total = own.saturating_add(slot.queued_ns);
+            if prefer == Some(c) {
+                best = Some((total, c, own, learned));
+                break;
+            }
             // The first admitted candidate is taken even at the largest cost.
             if best.is_none_or(|b| total < b.0) {
                 best = Some((total, c, own, learned));
             }
         }
-        self.placer.scopes[s as usize].cands = cands;
+        if only.is_none() {
+            self.placer.scopes[s as usize].cands = cands;
+        }
         match best {
             Some((_, slot, est, run)) => Placement::On { slot, est, run },
             None => Placement::Full,
@@ -718,23 +761,89 @@ impl Scheduler {
 
     /// Places every ready task: dispatches it, holds it back while its processors are
     /// saturated, parks it, or fails it when no processor of the pool admits it.
+    ///
+    /// Ready tasks go first (pinned ones, then the held-back queues), then the tasks that
+    /// may go ahead of their inputs, into the room that ready tasks left.
     pub(crate) fn schedule(&mut self) {
         let retry = self.placer.retry && !self.placer.held_scopes.is_empty();
-        if self.placer.ready.is_empty() && !retry {
+        if self.placer.ready.is_empty() && !retry && self.placer.ahead.is_empty() {
             return;
         }
         self.refresh();
         loop {
             self.place_ready();
-            if !self.placer.retry {
-                break;
+            if self.placer.retry {
+                self.placer.retry = false;
+                self.release_held();
             }
-            self.placer.retry = false;
-            self.release_held();
+            self.place_ahead();
             // Dispatching a task makes the early tasks that depend on it ready.
             if self.placer.ready.is_empty() {
                 break;
             }
+        }
+    }
+
+    /// Where waiting task `i` may be dispatched ahead of its inputs: the one worker to
+    /// which every input not finished yet is dispatched, if it accepts work, and the slot
+    /// of the last such input (the processor to prefer: the task cannot start before that
+    /// input is done). `None` for a task pinned by its scope (it has its own rule), with
+    /// an input neither finished nor dispatched, with inputs on two workers, or with more
+    /// than [`MAX_AHEAD_INPUTS`] inputs. O(inputs).
+    fn ahead_target(&self, i: u32) -> Option<(WorkerId, u32)> {
+        let t = &self.tasks[i];
+        if t.state != State::Waiting || t.flags.contains(TaskFlags::EARLY) {
+            return None;
+        }
+        let spec = t.spec.as_ref()?;
+        if spec.deps.len() > MAX_AHEAD_INPUTS {
+            return None;
+        }
+        let mut target: Option<(WorkerId, u32)> = None;
+        for &d in &spec.deps {
+            let dt = &self.tasks[d];
+            match dt.state {
+                State::Finished => {}
+                State::Dispatched => {
+                    let w = self.placer.slot_proc(dt.slot).worker;
+                    if target.is_some_and(|(tw, _)| tw != w) {
+                        return None;
+                    }
+                    target = Some((w, dt.slot));
+                }
+                State::Waiting | State::Ready | State::Failed => return None,
+            }
+        }
+        let (w, slot) = target?;
+        if self.placer.draining.contains(&w) {
+            return None;
+        }
+        Some((w, slot))
+    }
+
+    /// Dispatches ahead of their inputs the waiting tasks whose placement is decided (see
+    /// [`Config::dispatch_ahead`](crate::Config::dispatch_ahead)): to the worker running
+    /// their unfinished inputs, on the processor with the lowest estimate there (the one
+    /// running their last input when it admits them and has room), within the saturation
+    /// bound. A task that finds no room there waits for its inputs as any other; it is
+    /// looked at again when another of its inputs is dispatched or finishes.
+    fn place_ahead(&mut self) {
+        while let Some(i) = self.placer.ahead.pop() {
+            let Some((w, prefer)) = self.ahead_target(i) else {
+                continue;
+            };
+            let bounded = self.config.saturation;
+            let Placement::On { slot, est, run } =
+                self.place_among(i, bounded, Some(w), Some(prefer))
+            else {
+                continue;
+            };
+            self.placer.placements += 1;
+            let t = &mut self.tasks[i];
+            t.flags.insert(TaskFlags::AHEAD);
+            t.link = 0;
+            self.set_state(i, State::Ready);
+            self.dispatch(i, slot, est, run);
         }
     }
 

@@ -177,6 +177,8 @@ impl Scheduler {
                 _ => continue,
             }
             self.tasks[x].finished_ns = NONE;
+            // Whether it may go ahead of its inputs again is decided afresh.
+            self.tasks[x].flags.remove(TaskFlags::AHEAD);
             self.set_state(x, State::Waiting);
             let deps = self.tasks.deps_of(x);
             if let Some(&d) = deps.iter().find(|&&d| self.tasks[d].state == State::Failed) {

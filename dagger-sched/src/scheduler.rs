@@ -308,9 +308,13 @@ impl Scheduler {
             }
             Outcome::Failed(err) => {
                 let loss_budget = self.loss_budget(i);
+                let input_redone = self.input_not_produced(i, &err);
                 let t = &mut self.tasks[i];
                 t.run_ns = done.run_ns;
                 let retry = match &err {
+                    // Dispatched ahead of an input whose run failed: not its own failure,
+                    // and bounded by that input's attempts.
+                    TaskError::MoveFailed { .. } if input_redone => true,
                     TaskError::Panicked { .. } if t.retries_left > 0 => {
                         t.retries_left -= 1;
                         true
@@ -333,6 +337,28 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Whether `err`, reported for task `i`, says only that an input it was dispatched
+    /// ahead of will not be produced where it waited for it: `i` went ahead of its inputs
+    /// without being pinned (pinned tasks keep the loss-budget rule), the cause is that the producer failed or is not there, and an input
+    /// is indeed not finished. Such a task runs again without counting against its loss
+    /// budget; the input's own attempts bound how often that happens.
+    fn input_not_produced(&self, i: u32, err: &TaskError) -> bool {
+        let t = &self.tasks[i];
+        let TaskError::MoveFailed { cause, .. } = err else {
+            return false;
+        };
+        t.flags.contains(TaskFlags::AHEAD)
+            && matches!(
+                cause,
+                dagger_core::MoveFailure::SourceFailed | dagger_core::MoveFailure::NoHolder
+            )
+            && self
+                .tasks
+                .deps_of(i)
+                .iter()
+                .any(|&d| self.tasks[d].state != State::Finished)
     }
 
     // ---------------------------------------------------------------- output

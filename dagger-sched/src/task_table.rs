@@ -44,6 +44,11 @@ bitflags::bitflags! {
         /// It is suspected of crashing workers: its `RunTask` asks the worker to report
         /// when it starts (`RunTask::watch`).
         const WATCH = 64;
+        /// Its scope does not pin it, but it was dispatched ahead of its inputs, to the
+        /// worker running every one of them that was unfinished (see
+        /// [`Config::dispatch_ahead`](crate::Config::dispatch_ahead)). Set only while it
+        /// is dispatched or over; cleared when it is queued again.
+        const AHEAD = 128;
     }
 }
 

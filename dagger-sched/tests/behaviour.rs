@@ -62,12 +62,26 @@ fn events(cmds: &[Command]) -> Vec<ClusterEvent> {
 }
 
 fn cluster(workers: &[u32], threads: u32) -> Scheduler {
-    let mut s = Scheduler::new(Config::default());
+    cluster_with(Config::default(), workers, threads)
+}
+
+fn cluster_with(config: Config, workers: &[u32], threads: u32) -> Scheduler {
+    let mut s = Scheduler::new(config);
     for &w in workers {
         s.worker_joined(ms(0), worker(w, 1, threads, &[]));
     }
     drain(&mut s);
     s
+}
+
+/// A pool whose tasks always wait for their inputs to finish (none is dispatched ahead of
+/// them), for tests about what happens once inputs are done.
+fn cluster_after_inputs(workers: &[u32], threads: u32) -> Scheduler {
+    let config = Config {
+        dispatch_ahead: false,
+        ..Config::default()
+    };
+    cluster_with(config, workers, threads)
 }
 
 /// A configuration that dispatches every ready task at once, for tests about where tasks
@@ -232,6 +246,7 @@ fn no_processor_fails_but_an_empty_pool_waits() {
 fn graced(grace: Option<Duration>) -> Scheduler {
     Scheduler::new(Config {
         no_processor_grace: grace,
+        dispatch_ahead: false,
         ..Config::default()
     })
 }
@@ -409,7 +424,7 @@ fn a_task_parked_behind_a_draining_worker_is_reconsidered_when_it_leaves() {
 
 #[test]
 fn panics_fail_dependents_only_and_retries_rerun() {
-    let mut s = cluster(&[1], 2);
+    let mut s = cluster_after_inputs(&[1], 2);
     s.submit(
         ms(0),
         vec![
@@ -688,7 +703,7 @@ fn chunks_are_released_once_unneeded() {
 
 #[test]
 fn lost_worker_reruns_tasks_and_recomputes_lost_inputs() {
-    let mut s = cluster(&[1, 2], 1);
+    let mut s = cluster_after_inputs(&[1, 2], 1);
     s.submit(ms(0), vec![spec(1, "big", vec![], on(1))])
         .unwrap();
     let r = runs(&drain(&mut s));
@@ -1259,7 +1274,7 @@ fn transient_move_failures_are_retried_deterministic_ones_fail_at_once() {
 
 #[test]
 fn a_gathered_argument_waits_for_all_its_parts_and_receives_them_in_order() {
-    let mut s = cluster(&[1, 2], 4);
+    let mut s = cluster_after_inputs(&[1, 2], 4);
     let gather = Arg::Gather(vec![
         Part::Task(TaskId(3)),
         Part::Value(wire::encode(&7u64)),
@@ -1316,7 +1331,7 @@ fn a_gathered_argument_waits_for_all_its_parts_and_receives_them_in_order() {
 
 #[test]
 fn a_failed_part_fails_the_gathering_task() {
-    let mut s = cluster(&[1], 2);
+    let mut s = cluster_after_inputs(&[1], 2);
     s.submit(
         ms(0),
         vec![

@@ -321,13 +321,19 @@ fn stranding_a_pinned_task_is_refused() {
     let ctx = cluster(2);
     let dir = TempDir::new("drain", "strand");
     let ws = ctx.workers();
-    let gate = gated::spawn(&ctx, 1, dir.arg()).unwrap();
+    let gate = gated::with(Options::new().scope(Scope::worker(ws[0])))
+        .spawn(&ctx, 1, dir.arg())
+        .unwrap();
+    let gate2 = gated::with(Options::new().scope(Scope::worker(ws[1])))
+        .spawn(&ctx, 2, dir.arg())
+        .unwrap();
     let pinned = where_am_i::with(Options::new().scope(Scope::worker(ws[1])))
         .spawn(&ctx, 5)
         .unwrap();
     // A pinned task is dispatched early (and then is its worker's to finish) once its
-    // inputs are dispatched; behind a task still waiting for the gate, it is not.
-    let mid = checksum_of_pair::spawn(&ctx, &gate).unwrap();
+    // inputs are dispatched; behind a task waiting for inputs on two workers (which is
+    // not dispatched ahead of them), it is not.
+    let mid = checksum_of_two::spawn(&ctx, &gate, &gate2).unwrap();
     let behind = plus_worker::with(Options::new().scope(Scope::worker(ws[1])))
         .spawn(&ctx, &mid)
         .unwrap();
@@ -353,16 +359,16 @@ fn stranding_a_pinned_task_is_refused() {
     ));
 }
 
+/// The first values of two pairs plus the id of the worker this runs on.
+#[dagger::task]
+fn checksum_of_two(a: (u64, u32), b: (u64, u32)) -> u64 {
+    a.0 + b.0 + u64::from(dagger::current_worker().0)
+}
+
 /// `x` plus the id of the worker this runs on.
 #[dagger::task]
 fn plus_worker(x: u64) -> u64 {
     x + u64::from(dagger::current_worker().0)
-}
-
-/// The value of a gated task plus the id of the worker this runs on.
-#[dagger::task]
-fn checksum_of_pair(p: (u64, u32)) -> u64 {
-    p.0 + u64::from(dagger::current_worker().0)
 }
 
 /// A task running on the driver's own cores adds a worker process and removes another

@@ -164,6 +164,12 @@ pub struct WorkerState<B> {
     /// forgotten or remembered again since.
     failed_order: VecDeque<(u64, ChunkId)>,
     failed_seq: u64,
+    /// Chunks whose producing task failed here and whose waiters are still to be told
+    /// (a task failed for want of one fails its own chunk in turn: a chain of tasks
+    /// waiting here is failed in a loop, not in a recursion as deep as the chain).
+    cascade: Vec<ChunkId>,
+    /// A loop over `cascade` is under way.
+    cascading: bool,
     transmits: VecDeque<Transmit>,
     actions: VecDeque<Action<B>>,
 }
@@ -196,6 +202,8 @@ impl<B: ChunkData> WorkerState<B> {
             failed: IdHashMap::default(),
             failed_order: VecDeque::new(),
             failed_seq: 0,
+            cascade: Vec::new(),
+            cascading: false,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
         }
@@ -1170,7 +1178,21 @@ impl<B: ChunkData> WorkerState<B> {
     /// remembered so that later askers are told too (until it is released, produced again,
     /// or pushed out by newer failures).
     fn fail_own_chunk(&mut self, chunk: ChunkId) {
-        self.fail_chunk(chunk, MoveFailure::SourceFailed);
+        self.cascade.push(chunk);
+        if self.cascading {
+            return;
+        }
+        self.cascading = true;
+        while let Some(c) = self.cascade.pop() {
+            self.fail_chunk(c, MoveFailure::SourceFailed);
+            self.remember_failed(c);
+        }
+        self.cascading = false;
+    }
+
+    /// Remembers that the task producing `chunk` here failed, so that a later `Want` of it
+    /// is answered "gone" (at most [`WorkerConfig::failed_chunks_kept`] such chunks).
+    fn remember_failed(&mut self, chunk: ChunkId) {
         let keep = self.config.failed_chunks_kept;
         if keep == 0 {
             return;
