@@ -1,12 +1,15 @@
-//! A [`Conn`] over two rings: the sink writes into one, a reader thread drains the other.
+//! A [`Conn`] over two rings: the sink writes into one, the receiver reads the other.
 //!
 //! Sending copies the encoded frame straight into the ring when nothing is queued and it
 //! fits (the common case, no thread involved); otherwise the rest is queued and a writer
 //! thread (`dagger-ring-tx`, started on demand, gone once the queue is empty) feeds it in
-//! as the peer makes room, so `send` never blocks and order is kept. The reader thread
-//! (`dagger-ring-rx`) spins for the spin budget when the ring is empty, then parks on the
-//! ring's futex word; the writer wakes it only when it is parked. Decoded frames are
-//! handed to the async receiver through a queue and its waker.
+//! as the peer makes room, so `send` never blocks and order is kept.
+//!
+//! Receiving decodes the ring inside `poll_recv`, on the caller's task. When the ring is
+//! empty the receiver sets the ring's sleep word and waits for the ring's wake-up FIFO in
+//! the tokio reactor; the producer writes a byte into the FIFO only when it finds the
+//! word set. A wake-up thus costs one thread wake (the reactor's), the floor for a task
+//! that sleeps; a thread spinning on the ring would still have to wake the task.
 
 use super::shm::{futex, Ring};
 use crate::codec::{Decoded, Decoder, Header, HEADER_LEN};
@@ -17,10 +20,12 @@ use crate::{Conn, Frame, NetConfig, NetError};
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// How long a parked reader or writer sleeps before it re-checks the link's liveness on
 /// its own (wake-ups normally come earlier, from the peer or from the liveness watcher).
@@ -36,17 +41,6 @@ pub(crate) struct Liveness {
     pub(crate) streams: (SendStream, RecvStream),
     /// The peer's process id (same pid namespace, checked in the offer).
     pub(crate) peer_pid: u32,
-}
-
-/// What the async receiver takes frames from.
-#[derive(Default)]
-struct Inbox {
-    frames: VecDeque<Frame>,
-    /// The error that ended the link, returned once after the frames before it.
-    end: Option<NetError>,
-    /// Whether the end was returned (every later call returns `Closed`).
-    ended: bool,
-    waker: Option<Waker>,
 }
 
 /// A frame (or close) not yet wholly in the ring.
@@ -117,14 +111,20 @@ struct Shared {
     peer: String,
     spin: Duration,
     producer: Mutex<Producer>,
-    inbox: Mutex<Inbox>,
+    /// The peer's wake-up FIFO (of `tx`).
+    peer_wake: OwnedFd,
+    /// This side's wake-up FIFO (of `rx`), for waking this side's receiver locally.
+    own_wake: OwnedFd,
     /// Set once the peer is known gone (its connection closed or its process exited).
     peer_gone: AtomicBool,
     peer_reason: Mutex<Option<String>>,
-    /// Set when this side's receiver is dropped: the reader thread stops.
-    rx_stop: AtomicBool,
     received: AtomicU64,
     connection: quinn::Connection,
+}
+
+/// Writes one byte into a wake-up FIFO (a full FIFO already wakes its reader).
+fn poke(fd: &OwnedFd) {
+    let _ = rustix::io::write(fd, &[1]);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -174,7 +174,11 @@ impl Shared {
         }
         if written > 0 {
             ring.head().store(*head, Ordering::Release);
-            futex::wake(ring.reader_sleep());
+            fence(Ordering::SeqCst);
+            if ring.reader_sleep().load(Ordering::Relaxed) != 0 {
+                ring.reader_sleep().store(0, Ordering::Relaxed);
+                poke(&self.peer_wake);
+            }
         }
         Ok(written)
     }
@@ -297,18 +301,11 @@ impl Shared {
     /// Marks the link down with `reason` and wakes this side's receiver.
     fn fail(&self, reason: &str) {
         self.state.shut(reason);
-        self.wake_receiver();
+        poke(&self.own_wake);
     }
 
-    fn wake_receiver(&self) {
-        let waker = lock(&self.inbox).waker.take();
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// Called by the liveness watcher: the peer is gone. Wakes both threads, which finish
-    /// with what is already in the ring.
+    /// Called by the liveness watcher: the peer is gone. Wakes the receiver, which ends
+    /// after what is already in the ring, and a writer waiting for room.
     fn set_peer_gone(&self, reason: String) {
         {
             let mut r = lock(&self.peer_reason);
@@ -317,135 +314,8 @@ impl Shared {
             }
         }
         self.peer_gone.store(true, Ordering::SeqCst);
-        futex::wake(self.rx.reader_sleep());
+        poke(&self.own_wake);
         futex::wake(self.tx.writer_sleep());
-    }
-
-    /// Hands decoded frames to the receiver.
-    fn deliver(&self, frames: &mut Vec<Frame>) {
-        if frames.is_empty() {
-            return;
-        }
-        let waker = {
-            let mut inbox = lock(&self.inbox);
-            inbox.frames.extend(frames.drain(..));
-            inbox.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// The reader thread: decodes the ring into frames until the peer closes the link,
-    /// misbehaves or goes away, or this side's receiver is dropped.
-    fn reader(self: Arc<Self>, mut decoder: Decoder) {
-        let ring = &self.rx;
-        let mut tail = ring.tail().load(Ordering::Relaxed);
-        let mut frames = Vec::new();
-        let has_data = |tail: u64| ring.head().load(Ordering::Acquire) != tail;
-        let flags = || self.peer_gone.load(Ordering::SeqCst) || self.rx_stop.load(Ordering::SeqCst);
-        let end: Result<String, NetError> = loop {
-            let head = ring.head().load(Ordering::Acquire);
-            let avail = head.wrapping_sub(tail);
-            if avail > ring.capacity() {
-                break Err(NetError::Protocol {
-                    peer: self.peer.clone(),
-                    reason: "ring head out of range".into(),
-                });
-            }
-            if avail > 0 {
-                let mut rest = avail;
-                let mut stop = None;
-                while rest > 0 && stop.is_none() {
-                    let piece = ring.readable_at(tail, rest);
-                    let mut input = piece;
-                    loop {
-                        match decoder.decode(&mut input) {
-                            Ok(None) => break,
-                            Ok(Some(Decoded::Frame(f))) => frames.push(f),
-                            Ok(Some(Decoded::Close(reason))) => {
-                                stop = Some(Ok(reason));
-                                break;
-                            }
-                            Ok(Some(Decoded::Striped { .. })) => {
-                                stop = Some(Err(NetError::Protocol {
-                                    peer: self.peer.clone(),
-                                    reason: "striped frame on a ring".into(),
-                                }));
-                                break;
-                            }
-                            Err(e) => {
-                                stop = Some(Err(e.into_net_error(&self.peer)));
-                                break;
-                            }
-                        }
-                    }
-                    let used = (piece.len() - input.len()) as u64;
-                    tail += used;
-                    rest -= used;
-                }
-                ring.tail().store(tail, Ordering::Release);
-                self.received.fetch_add(avail - rest, Ordering::Relaxed);
-                futex::wake(ring.writer_sleep());
-                self.deliver(&mut frames);
-                if let Some(stop) = stop {
-                    break stop;
-                }
-                continue;
-            }
-            if self.rx_stop.load(Ordering::SeqCst) {
-                return;
-            }
-            if self.peer_gone.load(Ordering::SeqCst) {
-                if has_data(tail) {
-                    continue;
-                }
-                let mut reason = self.peer_reason();
-                if !decoder.is_idle() {
-                    reason.push_str(" (inside a frame)");
-                }
-                break Err(NetError::Closed { reason });
-            }
-            if spin_until(self.spin, || has_data(tail) || flags()) {
-                continue;
-            }
-            futex::prepare(ring.reader_sleep());
-            if has_data(tail) || flags() {
-                ring.reader_sleep().store(0, Ordering::Relaxed);
-                continue;
-            }
-            futex::wait(ring.reader_sleep(), PARK);
-            ring.reader_sleep().store(0, Ordering::Relaxed);
-        };
-        // The link is over for this side: tell the peer's writer, then the receiver.
-        ring.reader_gone().store(1, Ordering::Release);
-        futex::wake(ring.writer_sleep());
-        let err = match end {
-            Ok(reason) => NetError::Closed { reason },
-            Err(e) => {
-                if matches!(
-                    e,
-                    NetError::Protocol { .. } | NetError::FrameTooLarge { .. }
-                ) {
-                    self.connection
-                        .close(VarInt::from_u32(code::PROTOCOL), e.to_string().as_bytes());
-                }
-                e
-            }
-        };
-        let reason = match &err {
-            NetError::Closed { reason } => reason.clone(),
-            e => e.to_string(),
-        };
-        self.state.shut(&reason);
-        let waker = {
-            let mut inbox = lock(&self.inbox);
-            inbox.end = Some(err);
-            inbox.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
     }
 }
 
@@ -479,8 +349,6 @@ struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         let sh = &self.shared;
-        sh.rx_stop.store(true, Ordering::SeqCst);
-        futex::wake(sh.rx.reader_sleep());
         sh.connection
             .close(VarInt::from_u32(code::CLOSED), b"the peer dropped the link");
     }
@@ -515,7 +383,7 @@ impl FrameSink for RingSink {
         }
         self.end(reason);
         sh.state.shut(reason);
-        sh.wake_receiver();
+        poke(&sh.own_wake);
     }
 
     fn is_closed(&self) -> bool {
@@ -541,32 +409,173 @@ impl Drop for RingSink {
     }
 }
 
-/// The receiving half.
+/// The receiving half: decodes the ring on the caller's task.
 struct RingSource {
     shared: Arc<Shared>,
     _guard: Arc<ConnGuard>,
+    /// This side's wake-up FIFO, registered with the tokio reactor.
+    wake: AsyncFd<OwnedFd>,
+    decoder: Decoder,
+    /// The ring's tail as this side last stored it.
+    tail: u64,
+    /// Frames decoded and not yet returned.
+    ready: VecDeque<Frame>,
+    /// The error that ended the link, returned once after the frames before it.
+    end: Option<NetError>,
+    /// Whether the link ended for this side (every later call returns `Closed`).
+    ended: bool,
+}
+
+impl RingSource {
+    /// Decodes every byte the ring holds into `ready`. Returns whether anything was
+    /// consumed; an `Err` ends the link (a close from the peer is `Closed` with its
+    /// reason).
+    fn drain(&mut self) -> Result<bool, NetError> {
+        let sh = &*self.shared;
+        let ring = &sh.rx;
+        let head = ring.head().load(Ordering::Acquire);
+        let avail = head.wrapping_sub(self.tail);
+        if avail == 0 {
+            return Ok(false);
+        }
+        if avail > ring.capacity() {
+            return Err(NetError::Protocol {
+                peer: sh.peer.clone(),
+                reason: "ring head out of range".into(),
+            });
+        }
+        let mut rest = avail;
+        let mut stop = None;
+        while rest > 0 && stop.is_none() {
+            let piece = ring.readable_at(self.tail, rest);
+            let mut input = piece;
+            loop {
+                match self.decoder.decode(&mut input) {
+                    Ok(None) => break,
+                    Ok(Some(Decoded::Frame(f))) => self.ready.push_back(f),
+                    Ok(Some(Decoded::Close(reason))) => {
+                        stop = Some(NetError::Closed { reason });
+                        break;
+                    }
+                    Ok(Some(Decoded::Striped { .. })) => {
+                        stop = Some(NetError::Protocol {
+                            peer: sh.peer.clone(),
+                            reason: "striped frame on a ring".into(),
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        stop = Some(e.into_net_error(&sh.peer));
+                        break;
+                    }
+                }
+            }
+            let used = (piece.len() - input.len()) as u64;
+            self.tail += used;
+            rest -= used;
+        }
+        ring.tail().store(self.tail, Ordering::Release);
+        sh.received.fetch_add(avail - rest, Ordering::Relaxed);
+        futex::wake(ring.writer_sleep());
+        match stop {
+            Some(e) => Err(e),
+            None => Ok(true),
+        }
+    }
+
+    /// Ends the link for this side with `err` (returned after the frames decoded before).
+    fn finish(&mut self, err: NetError) {
+        let sh = &*self.shared;
+        sh.rx.reader_gone().store(1, Ordering::Release);
+        futex::wake(sh.rx.writer_sleep());
+        if matches!(
+            err,
+            NetError::Protocol { .. } | NetError::FrameTooLarge { .. }
+        ) {
+            sh.connection
+                .close(VarInt::from_u32(code::PROTOCOL), err.to_string().as_bytes());
+        }
+        let reason = match &err {
+            NetError::Closed { reason } => reason.clone(),
+            e => e.to_string(),
+        };
+        sh.state.shut(&reason);
+        self.end = Some(err);
+        self.ended = true;
+    }
+
+    /// The next outcome already known, if any.
+    fn next_known(&mut self) -> Option<Result<Frame, NetError>> {
+        if let Some(f) = self.ready.pop_front() {
+            return Some(Ok(f));
+        }
+        if let Some(e) = self.end.take() {
+            return Some(Err(e));
+        }
+        if self.ended {
+            return Some(Err(self.shared.state.closed_error()));
+        }
+        None
+    }
 }
 
 impl FrameSource for RingSource {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, NetError>> {
-        let sh = &self.shared;
-        let mut inbox = lock(&sh.inbox);
-        if let Some(f) = inbox.frames.pop_front() {
-            return Poll::Ready(Ok(f));
+        loop {
+            if let Some(r) = self.next_known() {
+                return Poll::Ready(r);
+            }
+            match self.drain() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    self.finish(e);
+                    continue;
+                }
+            }
+            let sh = &*self.shared;
+            if sh.peer_gone.load(Ordering::SeqCst) {
+                if sh.rx.head().load(Ordering::Acquire) != self.tail {
+                    continue;
+                }
+                let mut reason = sh.peer_reason();
+                if !self.decoder.is_idle() {
+                    reason.push_str(" (inside a frame)");
+                }
+                self.finish(NetError::Closed { reason });
+                continue;
+            }
+            if sh.state.is_down() {
+                // Closed by this side (or its sender failed).
+                self.ended = true;
+                continue;
+            }
+            // Nothing to read: arm the wake-up, re-check, then wait for the FIFO.
+            futex::prepare(sh.rx.reader_sleep());
+            if sh.rx.head().load(Ordering::Acquire) != self.tail
+                || sh.peer_gone.load(Ordering::SeqCst)
+                || sh.state.is_down()
+            {
+                continue;
+            }
+            match self.wake.poll_read_ready(cx) {
+                Poll::Ready(Ok(mut guard)) => {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = rustix::io::read(guard.get_inner(), &mut buf) {
+                        if n < buf.len() {
+                            break;
+                        }
+                    }
+                    guard.clear_ready();
+                }
+                Poll::Ready(Err(e)) => {
+                    self.finish(NetError::Closed {
+                        reason: format!("the ring's wake-up FIFO failed: {e}"),
+                    });
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        if let Some(e) = inbox.end.take() {
-            inbox.ended = true;
-            return Poll::Ready(Err(e));
-        }
-        if inbox.ended || sh.state.is_down() {
-            inbox.ended = true;
-            return Poll::Ready(Err(sh.state.closed_error()));
-        }
-        match &inbox.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => inbox.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
     }
 
     fn received_bytes(&self) -> Option<u64> {
@@ -577,10 +586,8 @@ impl FrameSource for RingSource {
 impl Drop for RingSource {
     fn drop(&mut self) {
         let sh = &self.shared;
-        sh.rx_stop.store(true, Ordering::SeqCst);
         sh.rx.reader_gone().store(1, Ordering::Release);
         futex::wake(sh.rx.writer_sleep());
-        futex::wake(sh.rx.reader_sleep());
     }
 }
 
@@ -588,8 +595,8 @@ impl Drop for RingSource {
 /// reads), starting its reader thread and its liveness watcher (on the current tokio
 /// runtime). `accepted`: the link was accepted, so its first frame is limited.
 pub(crate) fn make_ring_conn(
-    tx: Ring,
-    rx: Ring,
+    mut tx: Ring,
+    mut rx: Ring,
     live: Liveness,
     peer_addr: String,
     config: &NetConfig,
@@ -607,6 +614,17 @@ pub(crate) fn make_ring_conn(
         streams,
         peer_pid,
     } = live;
+    let no_fifo = || NetError::Closed {
+        reason: "a ring's wake-up FIFO is missing".into(),
+    };
+    let peer_wake = tx.take_wake().ok_or_else(no_fifo)?;
+    let wake = rx.take_wake().ok_or_else(no_fifo)?;
+    let own_wake = rustix::io::fcntl_dupfd_cloexec(&wake, 0).map_err(std::io::Error::from)?;
+    // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which keeps it open and unchanged
+    // until it is dropped.
+    let wake = unsafe { AsyncFd::register_with_interest(wake, Interest::READABLE) }
+        .map_err(|e| NetError::Io(e.into()))?;
+    let tail = rx.tail().load(Ordering::Acquire);
     let shared = Arc::new(Shared {
         state: Arc::new(LinkState::default()),
         tx,
@@ -614,10 +632,10 @@ pub(crate) fn make_ring_conn(
         peer: peer_addr.clone(),
         spin: super::spin(),
         producer: Mutex::new(Producer::default()),
-        inbox: Mutex::new(Inbox::default()),
+        peer_wake,
+        own_wake,
         peer_gone: AtomicBool::new(false),
         peer_reason: Mutex::new(None),
-        rx_stop: AtomicBool::new(false),
         received: AtomicU64::new(0),
         connection: connection.clone(),
     });
@@ -626,10 +644,6 @@ pub(crate) fn make_ring_conn(
         _endpoint: endpoint,
         _streams: streams,
     });
-    let reader = shared.clone();
-    std::thread::Builder::new()
-        .name("dagger-ring-rx".into())
-        .spawn(move || reader.reader(decoder))?;
     let pidfd = rustix::process::Pid::from_raw(peer_pid as i32)
         .filter(|_| peer_pid != std::process::id())
         .and_then(|pid| {
@@ -647,6 +661,12 @@ pub(crate) fn make_ring_conn(
         receiver: FrameReceiver::new(RingSource {
             shared,
             _guard: guard,
+            wake,
+            decoder,
+            tail,
+            ready: VecDeque::new(),
+            end: None,
+            ended: false,
         }),
         peer_addr,
     })
@@ -659,9 +679,7 @@ async fn watch(shared: Arc<Shared>, connection: quinn::Connection, pidfd: Option
         let registered = pidfd.map(|fd| {
             // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which keeps it open and
             // unchanged until it is dropped.
-            unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            }
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
         });
         match registered {
             Some(Ok(fd)) => {

@@ -9,6 +9,11 @@
 //! parks on while the ring is full) and the consumer's "gone" flag. Positions only grow;
 //! the byte at position `p` lives at `p % capacity`.
 //!
+//! Next to each object lives its wake-up FIFO, `/dev/shm/<name>-w` (mode 0600): a reader
+//! about to wait sets its sleep word and waits for the FIFO to become readable (in its
+//! async runtime's poller, so a wake-up costs one thread wake, not two); the producer,
+//! after publishing bytes, writes one byte into it when it finds the word set.
+//!
 //! Every value read from the peer's side of the header is checked before use (`head`
 //! never runs more than `capacity` ahead of `tail`), so a hostile or dying peer can make
 //! the link fail but not make this process read or write outside the mapping.
@@ -20,6 +25,7 @@
 use memmap2::{MmapMut, MmapOptions};
 use std::fs::File;
 use std::io::{self, Read as _};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -101,11 +107,46 @@ fn random_name() -> io::Result<String> {
     Ok(name)
 }
 
-/// Removes the object `name` (already validated). Missing objects are not an error.
+/// Removes the object `name` and its FIFO (if `name` is valid). Missing ones are not an
+/// error.
 pub(crate) fn unlink(name: &str) {
     if validate_name(name).is_ok() {
         let _ = rustix::shm::unlink(format!("/{name}").as_str());
+        let _ = std::fs::remove_file(fifo_path(name));
     }
+}
+
+/// Where the wake-up FIFO of the object `name` lives.
+fn fifo_path(name: &str) -> String {
+    format!("/dev/shm/{name}-w")
+}
+
+/// Opens the wake-up FIFO of `name` (read-write, non-blocking, never through a symbolic
+/// link) and checks that it is a FIFO of this user that nobody else may open.
+fn open_fifo(name: &str) -> Result<OwnedFd, RingError> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let io_err = |source: io::Error| RingError::Io {
+        name: name.to_owned(),
+        source,
+    };
+    let fd = rustix::fs::open(
+        fifo_path(name).as_str(),
+        OFlags::RDWR | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(e.into()))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| io_err(e.into()))?;
+    let invalid = |reason| RingError::Invalid {
+        name: name.to_owned(),
+        reason,
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::Fifo {
+        return Err(invalid("its wake-up file is not a FIFO"));
+    }
+    if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
+        return Err(invalid("its wake-up FIFO is not owner-only"));
+    }
+    Ok(fd)
 }
 
 /// One mapped ring (either end).
@@ -115,6 +156,8 @@ pub(crate) struct Ring {
     base: *mut u8,
     capacity: u64,
     name: String,
+    /// The wake-up FIFO, until taken by [`Ring::take_wake`].
+    wake: Option<OwnedFd>,
 }
 
 // SAFETY: the mapping is plain shared memory; every access to it goes through atomics or
@@ -156,7 +199,10 @@ impl Ring {
         let file = File::from(fd);
         let ring = (|| {
             file.set_len((HEADER + capacity) as u64).map_err(io_err)?;
-            let ring = Ring::map(&file, name.clone(), capacity as u64)?;
+            rustix::fs::mkfifoat(rustix::fs::CWD, fifo_path(&name).as_str(), mode)
+                .map_err(|e| io_err(e.into()))?;
+            let mut ring = Ring::map(&file, name.clone(), capacity as u64)?;
+            ring.wake = Some(open_fifo(&name)?);
             ring.word64(OFF_CAPACITY)
                 .store(capacity as u64, Ordering::Relaxed);
             ring.word64(OFF_MAGIC).store(MAGIC, Ordering::Release);
@@ -199,7 +245,8 @@ impl Ring {
             return Err(invalid("size out of range"));
         }
         let capacity = size - HEADER as u64;
-        let ring = Ring::map(&file, name.to_owned(), capacity)?;
+        let mut ring = Ring::map(&file, name.to_owned(), capacity)?;
+        ring.wake = Some(open_fifo(name)?);
         if ring.word64(OFF_MAGIC).load(Ordering::Acquire) != MAGIC {
             return Err(invalid("bad magic"));
         }
@@ -228,7 +275,13 @@ impl Ring {
             base,
             capacity,
             name,
+            wake: None,
         })
+    }
+
+    /// Takes the ring's wake-up FIFO (read-write, non-blocking); `None` once taken.
+    pub(crate) fn take_wake(&mut self) -> Option<OwnedFd> {
+        self.wake.take()
     }
 
     /// The object's name.

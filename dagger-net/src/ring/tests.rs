@@ -107,6 +107,10 @@ fn ring_objects_are_owner_only_unguessable_and_checked() {
     let meta = std::fs::metadata(format!("/dev/shm/{}", a.name())).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let fifo = std::fs::symlink_metadata(format!("/dev/shm/{}-w", a.name())).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fifo.file_type().is_fifo());
+    assert_eq!(fifo.permissions().mode() & 0o777, 0o600);
     // A second open of a checked object works; bad names never reach the system.
     Ring::open(a.name()).unwrap();
     for bad in [
