@@ -10,12 +10,16 @@
 //!    process id. The acceptor answers with its own offer after its preamble.
 //! 2. If both have rings enabled and the identities are equal, the dialler creates two
 //!    rings (one per direction, named `dagger-ring-<128 random bits in hex>`, mode 0600,
-//!    `O_EXCL`) and sends their names on the QUIC stream; the acceptor opens and maps
+//!    `O_EXCL`, each with a wake-up FIFO `/dev/shm/<name>-w`, mode 0600) and sends their names on the QUIC stream; the acceptor opens and maps
 //!    them, checks them, answers with one byte, and both unlink the objects. Anything that
 //!    fails on the way (no shared `/dev/shm`, another user) falls back to QUIC.
 //! 3. The QUIC connection stays open as the liveness channel: when it closes, or the
 //!    peer's process exits (watched through a pidfd), the ring link ends with
 //!    [`NetError::Closed`](crate::NetError::Closed), after the bytes already in the ring.
+//!
+//! The receiver decodes the ring on its own task; when the ring is empty it waits for the
+//! ring's wake-up FIFO in the tokio reactor, and the writer pokes the FIFO only when the
+//! receiver said it waits (see the `link` module).
 //!
 //! Frames travel in the ring encoded by the [`codec`](crate::codec), so a frame larger
 //! than the ring streams through it in pieces, and a malformed stream ends the link with
@@ -39,7 +43,7 @@ pub const RINGS_VAR: &str = "DAGGER_RINGS";
 /// The environment variable that, set to `0`, turns every shared-memory path off,
 /// rings included.
 pub const SHM_VAR: &str = "DAGGER_SHM";
-/// The environment variable giving how long (µs) an idle ring reader spins before it parks.
+/// The environment variable giving how long (µs) a ring writer spins before it parks.
 const SPIN_VAR: &str = "DAGGER_SPIN_US";
 /// The spin time when [`SPIN_VAR`] is not set.
 const DEFAULT_SPIN: Duration = Duration::from_micros(20);
@@ -52,8 +56,9 @@ pub(crate) fn enabled(config: &NetConfig) -> bool {
     config.same_host_rings && !off(RINGS_VAR) && !off(SHM_VAR)
 }
 
-/// How long a ring reader (or a writer waiting for room) spins before it parks, from
-/// `DAGGER_SPIN_US` (default 20 µs), read once per process.
+/// How long a ring writer waiting for room spins before it parks, from `DAGGER_SPIN_US`
+/// (default 20 µs), read once per process. (The receiver never spins: it runs on an async
+/// task, and a thread spinning for it would still have to wake that task.)
 pub(crate) fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
     *SPIN.get_or_init(|| {

@@ -5,9 +5,9 @@
 //! The header holds, each on its own cache line, the magic and the capacity (written once
 //! by the creator), `head` (bytes written so far, stored only by the producer), `tail`
 //! (bytes read so far, stored only by the consumer), and three 32-bit words: the
-//! consumer's sleep word (a futex it parks on), the producer's sleep word (a futex it
-//! parks on while the ring is full) and the consumer's "gone" flag. Positions only grow;
-//! the byte at position `p` lives at `p % capacity`.
+//! consumer's sleep flag (set while it waits for its wake-up FIFO), the producer's sleep
+//! word (a futex it parks on while the ring is full) and the consumer's "gone" flag.
+//! Positions only grow; the byte at position `p` lives at `p % capacity`.
 //!
 //! Next to each object lives its wake-up FIFO, `/dev/shm/<name>-w` (mode 0600): a reader
 //! about to wait sets its sleep word and waits for the FIFO to become readable (in its
@@ -315,7 +315,8 @@ impl Ring {
         self.word64(OFF_TAIL)
     }
 
-    /// The consumer's futex word: non-zero while it is (about to be) parked.
+    /// The consumer's sleep flag: non-zero while it waits (or is about to wait) for its
+    /// wake-up FIFO.
     pub(crate) fn reader_sleep(&self) -> &AtomicU32 {
         self.word32(OFF_READER_SLEEP)
     }
@@ -358,14 +359,14 @@ impl Ring {
     }
 }
 
-/// Futex helpers on words of a shared mapping (never `FUTEX_PRIVATE`: the other side is
+/// Sleep-word helpers on words of a shared mapping; futexes (never `FUTEX_PRIVATE`: the other side is
 /// another process).
 pub(crate) mod futex {
     use rustix::thread::futex;
     use std::sync::atomic::{fence, AtomicU32, Ordering};
     use std::time::Duration;
 
-    /// Parks on `word` while it holds 1, for at most `timeout`.
+    /// Parks on the futex `word` while it holds 1, for at most `timeout`.
     pub(crate) fn wait(word: &AtomicU32, timeout: Duration) {
         let ts = futex::Timespec {
             tv_sec: timeout.as_secs() as i64,
@@ -374,8 +375,8 @@ pub(crate) mod futex {
         let _ = futex::wait(word, futex::Flags::empty(), 1, Some(&ts));
     }
 
-    /// Announces that this side is about to park on `word` (the caller then re-checks its
-    /// condition before [`wait`]).
+    /// Announces that this side is about to wait on `word`'s account (the caller then
+    /// re-checks its condition before waiting).
     pub(crate) fn prepare(word: &AtomicU32) {
         word.store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
