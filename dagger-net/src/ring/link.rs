@@ -556,6 +556,7 @@ impl FrameSource for RingSource {
                 || sh.peer_gone.load(Ordering::SeqCst)
                 || sh.state.is_down()
             {
+                sh.rx.reader_sleep().store(0, Ordering::Relaxed);
                 continue;
             }
             match self.wake.poll_read_ready(cx) {
