@@ -475,3 +475,35 @@ fn ring_rtt() {
         );
     }
 }
+
+/// Throughput of 8 MiB frames one way over ring links of several capacities and over
+/// QUIC. A measurement, not a check:
+/// `cargo test -p dagger-net --release ring_mbps -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement"]
+fn ring_mbps() {
+    let _serial = serial();
+    let rt = rt();
+    for (rings, capacity) in [
+        (true, 64 << 10),
+        (true, 256 << 10),
+        (true, 1 << 20),
+        (true, 4 << 20),
+        (false, 0),
+    ] {
+        let config = NetConfig {
+            same_host_rings: rings,
+            ring_capacity: capacity,
+            ..NetConfig::default()
+        };
+        let t = transport(&config);
+        let mbps = rt
+            .block_on(crate::bench::conn_mbps(&t, "127.0.0.1:0", 32, 8 << 20))
+            .unwrap();
+        println!(
+            "ring_mbps {} capacity {} KiB: {mbps:.0} MB/s",
+            if rings { "ring" } else { "quic" },
+            capacity >> 10
+        );
+    }
+}
