@@ -2,8 +2,10 @@
 //!
 //! On every connection of a link the dialler opens one bidirectional stream and writes
 //! the 8-byte preamble (`b"DAGR"` + protocol version, u32 LE) and a 10-byte hello (role:
-//! 0 primary / 1 lane; the lane count for the primary or the lane's index; a u64 token
-//! naming the link). The acceptor answers with its own preamble. A primary is handed to
+//! 0 primary / 1 lane / 2 primary with a same-host offer; the lane count for a primary or
+//! the lane's index; a u64 token naming the link). The acceptor answers with its own
+//! preamble, followed by its own offer for role 2. When both offers agree (same host,
+//! both willing) the link then switches to shared-memory rings (see `upgrade`). A primary is handed to
 //! the listener once all its lanes joined; a lane is handed to the primary with its token
 //! (from the same IP address).
 
