@@ -525,6 +525,11 @@ impl FrameSource for RingSource {
             if let Some(r) = self.next_known() {
                 return Poll::Ready(r);
             }
+            if self.shared.state.is_down() {
+                // Closed by this side, or its sender failed: nothing more is read.
+                self.ended = true;
+                continue;
+            }
             match self.drain() {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -543,11 +548,6 @@ impl FrameSource for RingSource {
                     reason.push_str(" (inside a frame)");
                 }
                 self.finish(NetError::Closed { reason });
-                continue;
-            }
-            if sh.state.is_down() {
-                // Closed by this side (or its sender failed).
-                self.ended = true;
                 continue;
             }
             // Nothing to read: arm the wake-up, re-check, then wait for the FIFO.

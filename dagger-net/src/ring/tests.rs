@@ -213,6 +213,10 @@ fn close_delivers_queued_frames_then_closed() {
         for i in 0..20 {
             a.sender.send(patterned(30_000, i)).unwrap();
         }
+        // A frame the peer sends now crosses the close: it is not delivered to the side
+        // that closed (its receiver ends).
+        b.sender.send(vec![4; 10]).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
         a.sender.close("done with the ring");
         assert!(matches!(
             a.sender.send(vec![1]),
