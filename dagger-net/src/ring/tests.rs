@@ -511,3 +511,24 @@ fn ring_mbps() {
         );
     }
 }
+
+#[test]
+fn a_dialler_with_lanes_still_switches_to_rings() {
+    let _serial = serial();
+    rt().block_on(async {
+        let config = config(4096, 1 << 20);
+        let before = RING_LINKS.load(Ordering::SeqCst);
+        let server = transport(&config);
+        let client = transport(&config).with_lanes(3);
+        let mut listener = server.listen("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr();
+        let (a, b) = tokio::join!(client.connect(&target), listener.accept());
+        let (a, mut b) = (a.unwrap(), b.unwrap());
+        assert_eq!(RING_LINKS.load(Ordering::SeqCst) - before, 2);
+        let big = patterned(1 << 20, 3);
+        a.sender.send(vec![0]).unwrap();
+        a.sender.send(big.clone()).unwrap();
+        assert_eq!(recv(&mut b).await.unwrap(), vec![0]);
+        assert!(recv(&mut b).await.unwrap() == big);
+    });
+}
