@@ -7,7 +7,9 @@
 //!   process holds an [`Identity`] issued by the cluster's [`ClusterCa`]; a peer without a
 //!   certificate chaining to that CA is refused. After the TLS handshake both sides exchange
 //!   a preamble (`b"DAGR"` and [`dagger_core::wire::PROTOCOL_VERSION`]); a mismatch fails
-//!   with [`NetError::Version`].
+//!   with [`NetError::Version`]. Two processes of one host then move their frames
+//!   through a pair of shared-memory rings instead (the QUIC connection stays open to
+//!   watch the peer's liveness), unless [`NetConfig::same_host_rings`] is off.
 //! - [`MemTransport`]: an in-process hub over tokio channels, for tests and simulations. It
 //!   is a real transport (ordering, frame limit, close semantics), not a mock.
 //!
@@ -55,6 +57,8 @@ mod link;
 mod mem;
 #[cfg(feature = "quic")]
 mod quic;
+#[cfg(all(feature = "quic", target_os = "linux"))]
+mod ring;
 
 #[cfg(feature = "quic")]
 pub use ca::{ClusterCa, SERVER_NAME};
@@ -95,6 +99,14 @@ pub struct NetConfig {
     /// How long a QUIC link may stay silent before it is declared dead (default 10 s); also
     /// bounds the handshake. Must be longer than `keep_alive`.
     pub idle_timeout: Duration,
+    /// Whether QUIC links between two processes of one host switch to shared-memory rings
+    /// after the handshake (default true; Linux only). Also off in a process whose
+    /// environment sets `DAGGER_RINGS=0` or `DAGGER_SHM=0`. See [`QuicTransport`].
+    pub same_host_rings: bool,
+    /// The capacity of each ring of a same-host link, in bytes (default 1 MiB; rounded up
+    /// to a power of two between 4 KiB and 1 GiB). Frames larger than this stream
+    /// through the ring in pieces. The dialling side's setting applies.
+    pub ring_capacity: usize,
 }
 
 impl Default for NetConfig {
@@ -104,6 +116,8 @@ impl Default for NetConfig {
             max_first_frame: DEFAULT_MAX_FIRST_FRAME,
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
+            same_host_rings: true,
+            ring_capacity: 1 << 20,
         }
     }
 }

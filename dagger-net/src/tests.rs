@@ -203,8 +203,21 @@ mod quic_tests {
         CA.get_or_init(|| ClusterCa::generate("test-cluster").unwrap())
     }
 
+    /// A QUIC transport that stays on QUIC between processes of one host (the rings have
+    /// tests of their own).
     fn quic(config: NetConfig) -> QuicTransport {
+        let config = NetConfig {
+            same_host_rings: false,
+            ..config
+        };
         QuicTransport::new(ca().issue("node-a").unwrap(), config).unwrap()
+    }
+
+    fn no_rings() -> NetConfig {
+        NetConfig {
+            same_host_rings: false,
+            ..NetConfig::default()
+        }
     }
 
     /// QUIC passes the public conformance suite, with striping (frames of the limit are
@@ -214,7 +227,7 @@ mod quic_tests {
         for lanes in [1u8, 2] {
             let config = NetConfig {
                 max_frame: 2 << 20,
-                ..NetConfig::default()
+                ..no_rings()
             };
             let identity = ca().issue("node-c").unwrap();
             let cfg = config.clone();
@@ -311,6 +324,7 @@ mod quic_tests {
                 &addr,
                 dagger_core::wire::PROTOCOL_VERSION,
                 ext,
+                &[],
             )
             .await;
             assert!(matches!(r, Err(NetError::Refused { .. })), "{:?}", r.err());
@@ -501,12 +515,11 @@ mod quic_tests {
     fn client_of_another_ca_is_refused() {
         let server = quic(NetConfig::default());
         let other_ca = ClusterCa::generate("other").unwrap();
-        let stranger =
-            QuicTransport::new(other_ca.issue("node-x").unwrap(), NetConfig::default()).unwrap();
+        let stranger = QuicTransport::new(other_ca.issue("node-x").unwrap(), no_rings()).unwrap();
         // A certificate of the other CA, but trusting our CA: the server must refuse it.
         let mut mixed = other_ca.issue("node-y").unwrap();
         mixed.ca_pem = ca().cert_pem();
-        let impostor = QuicTransport::new(mixed, NetConfig::default()).unwrap();
+        let impostor = QuicTransport::new(mixed, no_rings()).unwrap();
         rt().block_on(async {
             let mut listener = server.listen("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr();
@@ -546,7 +559,7 @@ mod quic_tests {
             let addr = listener.local_addr();
             let sock = resolve(&addr).await.unwrap();
             let ep = server.client_endpoint(&sock).unwrap();
-            let cfg = NetConfig::default();
+            let cfg = no_rings();
             let e = connect_on(
                 &ep,
                 anon,
@@ -591,8 +604,8 @@ mod quic_tests {
         let loaded = ClusterCa::from_pem(&original.cert_pem(), &original.key_pem()).unwrap();
         assert_eq!(loaded.cert_pem(), original.cert_pem());
         // An identity issued by the reloaded CA talks to one issued by the original.
-        let a = QuicTransport::new(original.issue("a").unwrap(), NetConfig::default()).unwrap();
-        let b = QuicTransport::new(loaded.issue("b").unwrap(), NetConfig::default()).unwrap();
+        let a = QuicTransport::new(original.issue("a").unwrap(), no_rings()).unwrap();
+        let b = QuicTransport::new(loaded.issue("b").unwrap(), no_rings()).unwrap();
         rt().block_on(async {
             let mut listener = a.listen("127.0.0.1:0").await.unwrap();
             good_client_still_accepted(&mut listener, &b).await;
@@ -605,7 +618,7 @@ mod quic_tests {
                     key_pem: "y".into(),
                     ca_pem: "z".into()
                 },
-                NetConfig::default()
+                no_rings()
             ),
             Err(NetError::Identity(_))
         ));
@@ -651,7 +664,7 @@ mod quic_tests {
             (4, STREAM_WINDOW * 4, CONN_WINDOW * 4),
         ];
         let make = |(lanes, sw, cw): (u8, u32, u32)| {
-            let mut t = QuicTransport::new(id.clone(), NetConfig::default())
+            let mut t = QuicTransport::new(id.clone(), no_rings())
                 .unwrap()
                 .with_lanes(lanes);
             let tc = std::sync::Arc::new(transport_config(&t.config, sw, cw).unwrap());
@@ -687,7 +700,7 @@ mod quic_tests {
     #[ignore = "measurement, not a test"]
     fn measure_quic_paths() {
         let id = ca().issue("bench").unwrap();
-        let t = QuicTransport::new(id.clone(), NetConfig::default()).unwrap();
+        let t = QuicTransport::new(id.clone(), no_rings()).unwrap();
         let threads = std::env::var("DAGGER_NET_MEASURE_THREADS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -703,7 +716,7 @@ mod quic_tests {
                 let conn = bench::conn_mbps(&t, "127.0.0.1:0", 32, 8 << 20).await.unwrap();
                 let mut by_lanes = String::new();
                 for lanes in [1u8, 2, 8] {
-                    let t = QuicTransport::new(id.clone(), NetConfig::default())
+                    let t = QuicTransport::new(id.clone(), no_rings())
                         .unwrap()
                         .with_lanes(lanes);
                     let r = bench::conn_mbps(&t, "127.0.0.1:0", 32, 8 << 20).await.unwrap();
@@ -740,7 +753,14 @@ fn measure_small_frames() {
             mem_rtt = mem_rtt.min(bench::conn_rtt_us(&mem, "mem:0", 5000).await.unwrap());
             #[cfg(feature = "quic")]
             {
-                let t = QuicTransport::new(ca.issue("n").unwrap(), NetConfig::default()).unwrap();
+                let t = QuicTransport::new(
+                    ca.issue("n").unwrap(),
+                    NetConfig {
+                        same_host_rings: false,
+                        ..NetConfig::default()
+                    },
+                )
+                .unwrap();
                 let q = bench::conn_mbps(&t, "127.0.0.1:0", n, 64).await.unwrap();
                 q_fps = q_fps.max(q * 1e6 / 64.0);
                 q_rtt = q_rtt.min(bench::conn_rtt_us(&t, "127.0.0.1:0", 2000).await.unwrap());

@@ -2,8 +2,10 @@
 //!
 //! On every connection of a link the dialler opens one bidirectional stream and writes
 //! the 8-byte preamble (`b"DAGR"` + protocol version, u32 LE) and a 10-byte hello (role:
-//! 0 primary / 1 lane; the lane count for the primary or the lane's index; a u64 token
-//! naming the link). The acceptor answers with its own preamble. A primary is handed to
+//! 0 primary / 1 lane / 2 primary with a same-host offer; the lane count for a primary or
+//! the lane's index; a u64 token naming the link). The acceptor answers with its own
+//! preamble, followed by its own offer for role 2. When both offers agree (same host,
+//! both willing) the link then switches to shared-memory rings (see `upgrade`). A primary is handed to
 //! the listener once all its lanes joined; a lane is handed to the primary with its token
 //! (from the same IP address).
 
@@ -21,6 +23,9 @@ pub(crate) const MAGIC: &[u8; 4] = b"DAGR";
 /// Hello roles: the primary connection of a link, or an extra lane.
 pub(crate) const ROLE_PRIMARY: u8 = 0;
 pub(crate) const ROLE_LANE: u8 = 1;
+/// A primary connection whose hello is followed by a same-host offer (see the `ring`
+/// module); the acceptor answers with its own offer after its preamble.
+pub(crate) const ROLE_PRIMARY_OFFER: u8 = 2;
 
 pub(crate) fn preamble(version: u32) -> [u8; 8] {
     let mut p = [0u8; 8];
@@ -72,7 +77,7 @@ pub(crate) fn handshake_error(e: ConnectionError, peer: &str) -> NetError {
     }
 }
 
-fn read_error(e: ReadError, peer: &str) -> NetError {
+pub(crate) fn read_error(e: ReadError, peer: &str) -> NetError {
     match e {
         ReadError::ConnectionLost(c) => handshake_error(c, peer),
         other => NetError::Refused {
@@ -82,7 +87,7 @@ fn read_error(e: ReadError, peer: &str) -> NetError {
     }
 }
 
-fn write_error(e: quinn::WriteError, peer: &str) -> NetError {
+pub(crate) fn write_error(e: quinn::WriteError, peer: &str) -> NetError {
     match e {
         quinn::WriteError::ConnectionLost(c) => handshake_error(c, peer),
         other => NetError::Refused {
@@ -101,7 +106,8 @@ pub(crate) fn hello_ext(role: u8, n: u8, token: u64) -> [u8; 10] {
     e
 }
 
-/// Dials `sock`, sends the preamble and `ext`, and checks the answering preamble.
+/// Dials `sock`, sends the preamble, `ext` and `extra` (the offer of a primary with one),
+/// and checks the answering preamble.
 pub(crate) async fn dial_stream(
     endpoint: &Endpoint,
     client: quinn::ClientConfig,
@@ -109,11 +115,13 @@ pub(crate) async fn dial_stream(
     addr: &str,
     version: u32,
     ext: [u8; 10],
+    extra: &[u8],
 ) -> Result<(quinn::Connection, SendStream, RecvStream), NetError> {
     let (connection, mut send, mut recv) = open_raw(endpoint, client, sock, addr).await?;
-    let mut hello = [0u8; 18];
-    hello[..8].copy_from_slice(&preamble(version));
-    hello[8..].copy_from_slice(&ext);
+    let mut hello = Vec::with_capacity(18 + extra.len());
+    hello.extend_from_slice(&preamble(version));
+    hello.extend_from_slice(&ext);
+    hello.extend_from_slice(extra);
     send.write_all(&hello)
         .await
         .map_err(|e| write_error(e, addr))?;
@@ -156,13 +164,24 @@ pub(crate) async fn connect_on(
     lanes: u8,
 ) -> Result<Conn, NetError> {
     let token = link_token();
-    let primary = dial_stream(
+    #[cfg(target_os = "linux")]
+    let offer = crate::ring::enabled(config).then(|| crate::ring::Offer::local(true));
+    #[cfg(target_os = "linux")]
+    let (role, extra) = match &offer {
+        Some(o) => (ROLE_PRIMARY_OFFER, o.encode()),
+        None => (ROLE_PRIMARY, Vec::new()),
+    };
+    #[cfg(not(target_os = "linux"))]
+    let (role, extra) = (ROLE_PRIMARY, Vec::new());
+    #[allow(unused_mut)]
+    let mut primary = dial_stream(
         endpoint,
         client.clone(),
         sock,
         addr,
         version,
-        hello_ext(ROLE_PRIMARY, lanes, token),
+        hello_ext(role, lanes, token),
+        &extra,
     )
     .await?;
     let mut extra = Vec::with_capacity(usize::from(lanes.saturating_sub(1)));
@@ -171,7 +190,7 @@ pub(crate) async fn connect_on(
         let (ep, client, addr) = (endpoint.clone(), client.clone(), addr.to_owned());
         let ext = hello_ext(ROLE_LANE, i, token);
         pending.spawn(async move {
-            let r = dial_stream(&ep, client, sock, &addr, version, ext).await;
+            let r = dial_stream(&ep, client, sock, &addr, version, ext, &[]).await;
             (i, r)
         });
     }
@@ -184,6 +203,32 @@ pub(crate) async fn connect_on(
     }
     extra.sort_by_key(|(i, _)| *i);
     let extra = extra.into_iter().map(|(_, l)| l).collect();
+    #[cfg(target_os = "linux")]
+    if let Some(ours) = offer {
+        let (_, send, recv) = &mut primary;
+        let theirs = super::upgrade::read_offer(recv, addr).await?;
+        if ours.agrees(&theirs) {
+            if let Some((tx, rx)) = super::upgrade::dial_rings(send, recv, config, addr).await? {
+                // The extra lanes (if any) are not needed: dropping them closes them.
+                drop(extra);
+                let (connection, send, recv) = primary;
+                let live = crate::ring::link::Liveness {
+                    connection,
+                    endpoint: endpoint.clone(),
+                    streams: (send, recv),
+                    peer_pid: theirs.pid,
+                };
+                return crate::ring::link::make_ring_conn(
+                    tx,
+                    rx,
+                    live,
+                    sock.to_string(),
+                    config,
+                    false,
+                );
+            }
+        }
+    }
     Ok(make_conn(
         endpoint.clone(),
         primary,
@@ -311,7 +356,34 @@ async fn server_handshake(
     ]);
     let ip = connection.remote_address().ip();
     match role {
-        ROLE_PRIMARY if (1..=MAX_LANES).contains(&n) => {
+        ROLE_PRIMARY | ROLE_PRIMARY_OFFER if (1..=MAX_LANES).contains(&n) => {
+            // The dialler's same-host offer, and ours in answer.
+            #[cfg(target_os = "linux")]
+            let offers = if role == ROLE_PRIMARY_OFFER {
+                let theirs = match super::upgrade::read_offer(&mut recv, peer).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        connection.close(VarInt::from_u32(code::PROTOCOL), b"bad hello");
+                        return Err(e);
+                    }
+                };
+                Some((
+                    crate::ring::Offer::local(crate::ring::enabled(config)),
+                    theirs,
+                ))
+            } else {
+                None
+            };
+            #[cfg(not(target_os = "linux"))]
+            if role == ROLE_PRIMARY_OFFER {
+                connection.close(VarInt::from_u32(code::PROTOCOL), b"bad hello");
+                return Err(protocol("same-host offers are not supported here".into()));
+            }
+            let mut answer = preamble(version).to_vec();
+            #[cfg(target_os = "linux")]
+            if let Some((ours, _)) = &offers {
+                answer.extend_from_slice(&ours.encode());
+            }
             let (lane_tx, mut lane_rx) = mpsc::unbounded_channel();
             if n > 1 {
                 let mut map = pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -332,7 +404,7 @@ async fn server_handshake(
             }
             let _unregister = (n > 1).then(|| Unregister(pending, token));
             // Registered before answering: the dialler opens lanes only after the answer.
-            let answered = send.write_all(&preamble(version)).await;
+            let answered = send.write_all(&answer).await;
             let collected = async {
                 answered.map_err(|e| write_error(e, peer))?;
                 let mut lanes: Vec<Option<Lane>> = (1..n).map(|_| None).collect();
@@ -352,6 +424,29 @@ async fn server_handshake(
             }
             .await;
             let lanes = collected?;
+            #[cfg(target_os = "linux")]
+            if let Some((_, theirs)) = offers.filter(|(ours, theirs)| ours.agrees(theirs)) {
+                if let Some((tx, rx)) =
+                    super::upgrade::accept_rings(&mut send, &mut recv, peer).await?
+                {
+                    drop(lanes);
+                    let live = crate::ring::link::Liveness {
+                        connection,
+                        endpoint,
+                        streams: (send, recv),
+                        peer_pid: theirs.pid,
+                    };
+                    return crate::ring::link::make_ring_conn(
+                        tx,
+                        rx,
+                        live,
+                        peer.to_owned(),
+                        config,
+                        true,
+                    )
+                    .map(Some);
+                }
+            }
             Ok(Some(make_conn(
                 endpoint,
                 (connection, send, recv),

@@ -216,7 +216,7 @@ async fn lane_writer(
     }
 }
 
-fn describe_connection_error(e: &ConnectionError) -> String {
+pub(crate) fn describe_connection_error(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ApplicationClosed(a) => {
             let reason = String::from_utf8_lossy(&a.reason);

@@ -13,6 +13,8 @@
 pub(crate) mod handshake;
 pub(crate) mod lanes;
 pub(crate) mod tls;
+#[cfg(target_os = "linux")]
+pub(crate) mod upgrade;
 
 use crate::{BoxFuture, Conn, Identity, Listener, NetConfig, NetError, Transport};
 use dagger_core::wire::PROTOCOL_VERSION;
