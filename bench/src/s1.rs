@@ -150,6 +150,11 @@ pub(crate) fn run(groups: &str) -> anyhow::Result<()> {
     }
     let spawned = t.elapsed();
     let rss_spawned = peak_rss()?;
+    // A query is answered after every command sent before it: this is when the driver
+    // has taken in the whole graph.
+    ensure!(!ctx.workers().is_empty(), "S1: no workers");
+    let ingested = t.elapsed();
+    let rss_ingested = peak_rss()?;
     for (base, root) in &roots {
         let sum = root.fetch()?;
         let want = LEAVES * base + LEAVES * (LEAVES - 1) / 2;
@@ -158,10 +163,12 @@ pub(crate) fn run(groups: &str) -> anyhow::Result<()> {
     let elapsed = t.elapsed();
     let rss = peak_rss()?;
     eprintln!(
-        "S1-run {groups}: spawn {:.2} s (peak RSS {} MB then), all fetched at {:.2} s, \
-         peak RSS {} MB",
+        "S1-run {groups}: spawn {:.2} s (peak RSS {} MB then), taken in by the driver at \
+         {:.2} s (peak RSS {} MB), all fetched at {:.2} s, peak RSS {} MB",
         spawned.as_secs_f64(),
         rss_spawned >> 20,
+        ingested.as_secs_f64(),
+        rss_ingested >> 20,
         elapsed.as_secs_f64(),
         rss >> 20
     );
