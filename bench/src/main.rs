@@ -3,6 +3,8 @@
 //! a part it could not measure here (DEV: a backend with no device); `cargo xtask bench`
 //! runs each several times and prints the medians.
 //!
+//! S1 is a graph of about 2,000,000 tasks, for the driver's memory and time; see [`s1`].
+//!
 //! DEV measures the device backends of the build's features (`opencl`, `wgpu`, `cuda`;
 //! `devices` for all three); see [`dev`].
 
@@ -12,6 +14,7 @@ use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
 
 mod dev;
+mod s1;
 mod w5;
 mod w6;
 
@@ -273,7 +276,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let Some(id) = args.iter().find(|a| !a.starts_with("--")) else {
-        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|W6|L1|W1t|DEV> [--quick]");
+        bail!("usage: dagger-bench <W1|W2|W3|W4|W5|W6|L1|W1t|S1|DEV> [--quick]");
     };
     match id.as_str() {
         "W1" => w1(quick),
@@ -285,6 +288,12 @@ fn main() -> anyhow::Result<()> {
         "W6" => w6::w6(quick),
         "W1t" => w1t(quick),
         "DEV" => dev::dev(quick),
+        "S1" => s1::s1(quick),
+        // One size of S1 in a fresh driver process; run by S1 itself.
+        "S1-run" => match args.iter().filter(|a| !a.starts_with("--")).nth(1) {
+            Some(groups) => s1::run(groups),
+            None => bail!("usage: dagger-bench S1-run <groups>"),
+        },
         // Diagnostics for profiling, not BENCH.md workloads: a chain on one worker
         // (no network hop), W4 without the move, and W4's shared-memory half alone.
         "W3same" => {

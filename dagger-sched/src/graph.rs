@@ -104,7 +104,6 @@ impl Scheduler {
                     args,
                     deps,
                     dependents: Vec::new(),
-                    fetching: Vec::new(),
                 })),
             });
             let counts = &mut self.tasks.counts;

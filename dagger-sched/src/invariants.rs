@@ -33,11 +33,12 @@ impl Scheduler {
                 }
                 continue;
             };
+            let fetching = self.fetching.get(&i).map_or(&[][..], Vec::as_slice);
             if t.state == State::Dispatched {
-                for &d in &spec.fetching {
+                for &d in fetching {
                     *fetchers.entry(d).or_default() += 1;
                 }
-            } else if !spec.fetching.is_empty() {
+            } else if !fetching.is_empty() {
                 return Err(format!("{}: fetching while not dispatched", t.id));
             }
             if t.flags.contains(TaskFlags::AHEAD)
@@ -101,6 +102,12 @@ impl Scheduler {
                     "{}: pending_fetch {} recount {}",
                     t.id, t.pending_fetch, f
                 ));
+            }
+        }
+        for (&i, fetching) in &self.fetching {
+            let t = &self.tasks[i];
+            if fetching.is_empty() || t.state != State::Dispatched || t.spec.is_none() {
+                return Err(format!("{}: fetch list kept while not dispatched", t.id));
             }
         }
         for (s, q) in queued.iter().enumerate() {

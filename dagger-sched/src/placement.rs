@@ -690,14 +690,14 @@ impl Scheduler {
         for &d in &fetching {
             self.tasks[d].pending_fetch += 1;
         }
+        if !fetching.is_empty() {
+            self.fetching.insert(i, fetching);
+        }
         let t = &mut self.tasks[i];
         t.slot = slot;
         t.est_ns = est;
         t.dispatched_ns = now;
         t.attempts += 1;
-        if let Some(spec) = t.spec.as_mut() {
-            spec.fetching = fetching;
-        }
         let (task, func, attempt) = (t.id, t.func, t.attempts);
         // Suspects report their start, and so do tasks expected to run long (or never
         // measured on this kind): a crash while one runs can then count against it.
@@ -736,11 +736,11 @@ impl Scheduler {
         let slot = t.slot as usize;
         let est = t.est_ns;
         let pos = t.link as usize;
-        let fetching = t
-            .spec
-            .as_mut()
-            .map(|s| std::mem::take(&mut s.fetching))
-            .unwrap_or_default();
+        let fetching = if self.fetching.is_empty() {
+            Vec::new()
+        } else {
+            self.fetching.remove(&i).unwrap_or_default()
+        };
         if let Some(s) = self.placer.slots.get_mut(slot) {
             s.queued_ns = s.queued_ns.saturating_sub(est);
             // Absent when recovery already took the lost worker's list.

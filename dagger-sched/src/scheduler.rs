@@ -38,6 +38,10 @@ pub struct Scheduler {
     pub(crate) outbox: Outbox,
     /// Why each failed task failed (until its record is freed).
     pub(crate) errors: FxMap<u32, TaskError>,
+    /// The dependencies each dispatched task was told to fetch as chunks at its current
+    /// dispatch (tasks with none are absent: most have none, so the list is not kept in
+    /// every task's [`Spec`](crate::task_table::Spec)).
+    pub(crate) fetching: FxMap<u32, Vec<u32>>,
     /// Task records looked at by recovery from lost workers, ever (see [`Stats`]).
     pub(crate) recovery_examined: u64,
 }
@@ -55,6 +59,7 @@ impl Scheduler {
             drains: Drains::default(),
             outbox: Outbox::default(),
             errors: FxMap::default(),
+            fetching: FxMap::default(),
             recovery_examined: 0,
         }
     }

@@ -137,9 +137,12 @@ pub(crate) struct Spec {
     pub(crate) deps: Vec<u32>,
     /// Unique dependents, by index.
     pub(crate) dependents: Vec<u32>,
-    /// Dependencies this task was told to fetch as chunks at its current dispatch.
-    pub(crate) fetching: Vec<u32>,
 }
+
+// Every task's spec lives as long as its lineage may be needed (a whole graph, until its
+// roots are released): keep it in a 80-byte allocation.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Spec>() <= 72);
 
 /// Number of tasks per state, and of live records.
 #[derive(Default)]

@@ -244,7 +244,14 @@ impl DriverState {
         }
         while let Some(ev) = self.core.poll_event() {
             match ev {
-                DriverEvent::Complete { slot, result, .. } => slot.complete(result),
+                // A slot only the loop holds has no handle left to read it (handles hold
+                // it strongly and nothing holds it weakly, so no new holder can appear):
+                // it is dropped, which releases the task, without storing the outcome.
+                DriverEvent::Complete { slot, result, .. } => {
+                    if Arc::strong_count(&slot) > 1 {
+                        slot.complete(result);
+                    }
+                }
                 DriverEvent::FetchDone { fetch, result } => {
                     if let Some(reply) = self.fetches.remove(&fetch) {
                         let _ = reply.send(result);
@@ -470,6 +477,10 @@ async fn handshake(mut conn: Conn, allow_mixed_builds: bool) -> Result<(Conn, Wo
     }
 }
 
+/// The most commands the driver loop takes before it drives the core (and hands the
+/// submissions among them to the scheduler as one batch).
+const CMD_BATCH: usize = 4096;
+
 /// Runs the driver loop until shutdown.
 pub(crate) async fn run(
     mut st: DriverState,
@@ -502,7 +513,14 @@ pub(crate) async fn run(
                 let Some(cmd) = cmd else { break None };
                 let now = st.now();
                 stop = st.on_cmd(now, cmd);
-                while stop.is_none() {
+                // A bounded batch: the submissions gathered here go to the scheduler in
+                // one call, whose transient state (the batch's specs, its id map) grows
+                // with the batch; a client spawning faster than the loop ingests would
+                // otherwise hand over its whole backlog at once.
+                for _ in 1..CMD_BATCH {
+                    if stop.is_some() {
+                        break;
+                    }
                     match cmd_rx.try_recv() {
                         Ok(cmd) => stop = st.on_cmd(now, cmd),
                         Err(_) => break,

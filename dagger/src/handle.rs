@@ -21,8 +21,10 @@ pub(crate) type Outcome = Result<Completion, TaskError>;
 pub(crate) struct Slot {
     pub(crate) id: TaskId,
     pub(crate) func: Option<&'static TaskFn>,
-    /// Set once, by the driver loop; read without a lock afterwards.
-    outcome: OnceLock<Outcome>,
+    /// Set once, by the driver loop; read without a lock afterwards. Boxed: every task
+    /// has a slot until it completes, most are never completed with a holder left (their
+    /// handles were dropped), and an outcome is several times the size of a pointer.
+    outcome: OnceLock<Box<Outcome>>,
     /// Async waiters; also the lock the blocking waiters sleep on.
     wakers: Mutex<Vec<Waker>>,
     cond: Condvar,
@@ -54,7 +56,7 @@ impl Slot {
     /// Only the first call has an effect. Waiters check the outcome under the `wakers`
     /// lock before sleeping, and this takes that lock after setting it, so none misses it.
     pub(crate) fn complete(&self, outcome: Outcome) {
-        if self.outcome.set(outcome).is_err() {
+        if self.outcome.set(Box::new(outcome)).is_err() {
             return;
         }
         let wakers = std::mem::take(&mut *self.wakers.lock());
@@ -84,11 +86,11 @@ impl Slot {
 
     fn poll(&self, cx: &mut TaskCx<'_>) -> Poll<Outcome> {
         if let Some(o) = self.outcome.get() {
-            return Poll::Ready(o.clone());
+            return Poll::Ready(Outcome::clone(o));
         }
         let mut wakers = self.wakers.lock();
         if let Some(o) = self.outcome.get() {
-            return Poll::Ready(o.clone());
+            return Poll::Ready(Outcome::clone(o));
         }
         if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
             wakers.push(cx.waker().clone());
