@@ -203,6 +203,36 @@ fn w3(quick: bool) -> anyhow::Result<()> {
         el.as_secs_f64() * 1e6 / n as f64,
         "us",
     );
+    // The pinned chain again on a second cluster whose links stay on QUIC (no same-host
+    // rings), read against half of `raw_quic_rtt_us`. The variable is read at each
+    // connect, by this process and by the workers, which inherit it.
+    {
+        std::env::set_var("DAGGER_RINGS", "0");
+        let quic = Context::builder().workers(2).build();
+        std::env::remove_var("DAGGER_RINGS");
+        let quic = quic?;
+        let (qa, qb) = two_workers(&quic)?;
+        let chain = |n: u64| -> anyhow::Result<Duration> {
+            let t = Instant::now();
+            let mut prev = inc::with(Options::new().scope(Scope::worker(qa))).spawn(&quic, 0)?;
+            for i in 1..n {
+                let w = if i % 2 == 0 { qa } else { qb };
+                prev = inc::with(Options::new().scope(Scope::worker(w))).spawn(&quic, &prev)?;
+            }
+            let v = prev.fetch()?;
+            let el = t.elapsed();
+            ensure!(v == n, "W3 QUIC chain wrong: {v} != {n}");
+            Ok(el)
+        };
+        chain(50)?;
+        let el = chain(n)?;
+        line(
+            "W3",
+            "us_per_hop_quic",
+            el.as_secs_f64() * 1e6 / n as f64,
+            "us",
+        );
+    }
     let id = ctx.driver_identity().context("identity")?.clone();
     let rt = tokio::runtime::Runtime::new()?;
     let rtt = rt.block_on(dagger_net::bench::raw_quic_rtt_us(
