@@ -5,29 +5,9 @@
 mod common;
 
 use common::*;
-use dagger_core::wire::{self, Outcome, RunArg, RunTask, TaskDone, ToWorker};
+use dagger_core::wire::{Outcome, RunArg, RunTask, TaskDone, ToWorker};
 use dagger_core::{Arg, MoveFailure, Options, TaskError, TaskId, WorkerId};
 use dagger_sched::{Command, Completion, Config, Scheduler};
-
-fn value_done(rt: &RunTask, v: u64) -> TaskDone {
-    TaskDone {
-        task: rt.task,
-        proc: rt.proc,
-        run_ns: 1_000,
-        started_ns: 0,
-        outcome: Outcome::Value(wire::encode(&v)),
-    }
-}
-
-fn stored_done(rt: &RunTask, size: u64) -> TaskDone {
-    TaskDone {
-        task: rt.task,
-        proc: rt.proc,
-        run_ns: 1_000,
-        started_ns: 0,
-        outcome: Outcome::Stored { size },
-    }
-}
 
 fn failed(rt: &RunTask, err: TaskError) -> TaskDone {
     TaskDone {

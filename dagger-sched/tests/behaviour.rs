@@ -11,26 +11,6 @@ use dagger_core::{
 use dagger_sched::{ClusterEvent, Command, Completion, Config, Scheduler};
 use std::time::{Duration, Instant};
 
-fn value_done(rt: &RunTask, v: u64) -> TaskDone {
-    TaskDone {
-        task: rt.task,
-        proc: rt.proc,
-        run_ns: 1_000,
-        started_ns: 0,
-        outcome: Outcome::Value(wire::encode(&v)),
-    }
-}
-
-fn stored_done(rt: &RunTask, size: u64) -> TaskDone {
-    TaskDone {
-        task: rt.task,
-        proc: rt.proc,
-        run_ns: 1_000,
-        started_ns: 0,
-        outcome: Outcome::Stored { size },
-    }
-}
-
 fn completes(cmds: &[Command]) -> Vec<(TaskId, Result<Completion, TaskError>)> {
     cmds.iter()
         .filter_map(|c| match c {

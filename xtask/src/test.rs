@@ -475,6 +475,16 @@ fn vulkan_missing() -> Option<&'static str> {
     (!present).then_some("the Vulkan loader (libvulkan.so.1) is not installed")
 }
 
+/// The skip of a step that needs both OpenCL and Vulkan, if either is missing.
+fn both_device_runtimes_missing() -> Option<Outcome> {
+    opencl_missing()
+        .or(vulkan_missing())
+        .map(|reason| Outcome::Skipped {
+            reason: reason.into(),
+            remedy: format!("install {OPENCL_PACKAGES} {VULKAN_PACKAGES}"),
+        })
+}
+
 /// Runs `cargo test` with each argument list in turn; the first failure ends it (all of
 /// them are run with `--no-fail-fast`).
 fn cargo_tests(ctx: &Context, runs: &[&[&str]]) -> Result<Outcome> {
@@ -569,11 +579,8 @@ fn cuda_step(ctx: &Context) -> Result<Outcome> {
 
 /// One graph across device kinds (CPU → OpenCL → wgpu → CPU), with every backend built in.
 fn device_graph_step(ctx: &Context) -> Result<Outcome> {
-    if let Some(reason) = opencl_missing().or(vulkan_missing()) {
-        return Ok(Outcome::Skipped {
-            reason: reason.into(),
-            remedy: format!("install {OPENCL_PACKAGES} {VULKAN_PACKAGES}"),
-        });
+    if let Some(skipped) = both_device_runtimes_missing() {
+        return Ok(skipped);
     }
     cargo_tests(
         ctx,
@@ -593,11 +600,8 @@ fn device_graph_step(ctx: &Context) -> Result<Outcome> {
 /// `examples/gpu_saxpy.rs` with every backend built in: saxpy on each device found,
 /// checked against the CPU.
 fn gpu_example_step(ctx: &Context) -> Result<Outcome> {
-    if let Some(reason) = opencl_missing().or(vulkan_missing()) {
-        return Ok(Outcome::Skipped {
-            reason: reason.into(),
-            remedy: format!("install {OPENCL_PACKAGES} {VULKAN_PACKAGES}"),
-        });
+    if let Some(skipped) = both_device_runtimes_missing() {
+        return Ok(skipped);
     }
     let mut command = ctx.cargo();
     command.args([

@@ -482,13 +482,7 @@ impl Gpu for CudaDevice {
 
     fn upload(&self, buf: &RawBuffer, data: &[u8]) -> Result<(), DeviceError> {
         let dst = self.own(buf)?;
-        if data.len() as u64 > buf.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "{} bytes uploaded into a buffer of {}",
-                data.len(),
-                buf.len()
-            )));
-        }
+        crate::device::check_fits("upload", data.len() as u64, buf.len())?;
         if data.is_empty() {
             return Ok(());
         }
@@ -504,13 +498,7 @@ impl Gpu for CudaDevice {
 
     fn download(&self, buf: &RawBuffer, out: &mut [u8]) -> Result<(), DeviceError> {
         let src = self.own(buf)?;
-        if out.len() as u64 > buf.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "{} bytes downloaded from a buffer of {}",
-                out.len(),
-                buf.len()
-            )));
-        }
+        crate::device::check_fits("download", out.len() as u64, buf.len())?;
         if out.is_empty() {
             return Ok(());
         }
@@ -526,13 +514,7 @@ impl Gpu for CudaDevice {
 
     fn copy(&self, src: &RawBuffer, dst: &RawBuffer) -> Result<(), DeviceError> {
         let (s, d) = (self.own(src)?, self.own(dst)?);
-        if src.len() > dst.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "a copy of {} bytes into a buffer of {}",
-                src.len(),
-                dst.len()
-            )));
-        }
+        crate::device::check_fits("copy", src.len(), dst.len())?;
         if src.is_empty() {
             return Ok(());
         }
@@ -559,13 +541,7 @@ impl Gpu for CudaDevice {
         }
         let run = || {
             let (s, d) = (peer.own(src)?, self.own(dst)?);
-            if src.len() > dst.len() {
-                return Err(DeviceError::BadArgument(format!(
-                    "a copy of {} bytes into a buffer of {}",
-                    src.len(),
-                    dst.len()
-                )));
-            }
+            crate::device::check_fits("copy", src.len(), dst.len())?;
             if src.is_empty() {
                 return Ok(());
             }

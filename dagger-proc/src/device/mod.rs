@@ -230,6 +230,17 @@ pub enum KernelArg<'a> {
     Scalar(Scalar),
 }
 
+/// Checks that `len` bytes fit a buffer of `room` bytes, for a backend's `upload`,
+/// `download` and `copy` (`what` names the operation in the error).
+pub fn check_fits(what: &str, len: u64, room: u64) -> Result<(), DeviceError> {
+    if len > room {
+        return Err(DeviceError::BadArgument(format!(
+            "{what} of {len} bytes with a buffer of {room}"
+        )));
+    }
+    Ok(())
+}
+
 /// A backend's buffer on one device, untyped: `len` bytes. Dropping it frees the device
 /// memory and returns its bytes to the device's [`MemoryLedger`].
 pub struct RawBuffer {

@@ -294,13 +294,7 @@ impl Gpu for OpenClDevice {
 
     fn upload(&self, buf: &RawBuffer, data: &[u8]) -> Result<(), DeviceError> {
         let b = self.own(buf, "upload")?;
-        if data.len() as u64 > buf.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "upload of {} bytes into a buffer of {}",
-                data.len(),
-                buf.len()
-            )));
-        }
+        crate::device::check_fits("upload", data.len() as u64, buf.len())?;
         if data.is_empty() {
             return Ok(());
         }
@@ -314,13 +308,7 @@ impl Gpu for OpenClDevice {
 
     fn download(&self, buf: &RawBuffer, out: &mut [u8]) -> Result<(), DeviceError> {
         let b = self.own(buf, "download")?;
-        if out.len() as u64 > buf.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "download of {} bytes from a buffer of {}",
-                out.len(),
-                buf.len()
-            )));
-        }
+        crate::device::check_fits("download", out.len() as u64, buf.len())?;
         if out.is_empty() {
             return Ok(());
         }
@@ -335,13 +323,7 @@ impl Gpu for OpenClDevice {
     fn copy(&self, src: &RawBuffer, dst: &RawBuffer) -> Result<(), DeviceError> {
         let s = self.own(src, "copy source")?;
         let d = self.own(dst, "copy destination")?;
-        if src.len() > dst.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "copy of {} bytes into a buffer of {}",
-                src.len(),
-                dst.len()
-            )));
-        }
+        crate::device::check_fits("copy", src.len(), dst.len())?;
         self.enqueue_copy(&s.mem, &d.mem, src.len())
     }
 
@@ -358,13 +340,7 @@ impl Gpu for OpenClDevice {
         Some((|| {
             let s = peer.own(src, "peer copy source")?;
             let d = self.own(dst, "peer copy destination")?;
-            if src.len() > dst.len() {
-                return Err(DeviceError::BadArgument(format!(
-                    "copy of {} bytes into a buffer of {}",
-                    src.len(),
-                    dst.len()
-                )));
-            }
+            crate::device::check_fits("copy", src.len(), dst.len())?;
             // The peer's queue is not ordered with ours: let its launches writing `src` end.
             core::finish(&peer.queue).map_err(backend)?;
             self.enqueue_copy(&s.mem, &d.mem, src.len())

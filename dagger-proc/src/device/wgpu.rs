@@ -572,26 +572,14 @@ impl Gpu for WgpuDevice {
     fn upload(&self, buf: &RawBuffer, data: &[u8]) -> Result<(), DeviceError> {
         self.check_alive()?;
         let b = self.own(buf, "upload")?;
-        if data.len() as u64 > buf.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "upload of {} bytes into a buffer of {}",
-                data.len(),
-                buf.len()
-            )));
-        }
+        crate::device::check_fits("upload", data.len() as u64, buf.len())?;
         self.write(b, buf.len(), 0, data)
     }
 
     fn download(&self, buf: &RawBuffer, out: &mut [u8]) -> Result<(), DeviceError> {
         self.check_alive()?;
         let b = self.own(buf, "download")?;
-        if out.len() as u64 > buf.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "download of {} bytes from a buffer of {}",
-                out.len(),
-                buf.len()
-            )));
-        }
+        crate::device::check_fits("download", out.len() as u64, buf.len())?;
         self.read(b, 0, out)
     }
 
@@ -599,13 +587,7 @@ impl Gpu for WgpuDevice {
         self.check_alive()?;
         let s = self.own(src, "copy source")?;
         let d = self.own(dst, "copy destination")?;
-        if src.len() > dst.len() {
-            return Err(DeviceError::BadArgument(format!(
-                "copy of a buffer of {} bytes into one of {}",
-                src.len(),
-                dst.len()
-            )));
-        }
+        crate::device::check_fits("copy", src.len(), dst.len())?;
         let n = src.len();
         let whole = n - n % ALIGN;
         // The whole words on the device; a last partial word through the host, merged

@@ -2,7 +2,7 @@
 //! drain that round-trips every message through the wire encoding.
 #![allow(dead_code)]
 
-use dagger_core::wire::{self, RunTask, TaskDone, ToDriver, ToWorker};
+use dagger_core::wire::{self, Outcome, RunTask, TaskDone, ToDriver, ToWorker};
 use dagger_core::{
     Arg, Incarnation, MemorySpace, Options, ProcId, ProcInfo, ProcKind, TaskId, TaskSpec, WorkerId,
     WorkerInfo,
@@ -131,4 +131,26 @@ pub fn report(s: &mut Scheduler, now: Duration, w: WorkerId, inc: u32, done: Tas
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// The report of `rt` having returned `v` inline after 1 µs.
+pub fn value_done(rt: &RunTask, v: u64) -> TaskDone {
+    TaskDone {
+        task: rt.task,
+        proc: rt.proc,
+        run_ns: 1_000,
+        started_ns: 0,
+        outcome: Outcome::Value(wire::encode(&v)),
+    }
+}
+
+/// The report of `rt` having stored a result of `size` bytes after 1 µs.
+pub fn stored_done(rt: &RunTask, size: u64) -> TaskDone {
+    TaskDone {
+        task: rt.task,
+        proc: rt.proc,
+        run_ns: 1_000,
+        started_ns: 0,
+        outcome: Outcome::Stored { size },
+    }
 }
