@@ -573,7 +573,17 @@ fn wgpu_step(ctx: &Context) -> Result<Outcome> {
 fn cuda_step(ctx: &Context) -> Result<Outcome> {
     cargo_tests(
         ctx,
-        &[&["-p", "dagger-proc", "--features", "cuda", "--test", "cuda"]],
+        // `--nocapture`: each test that finds no driver prints why it skipped.
+        &[&[
+            "-p",
+            "dagger-proc",
+            "--features",
+            "cuda",
+            "--test",
+            "cuda",
+            "--",
+            "--nocapture",
+        ]],
     )
 }
 
