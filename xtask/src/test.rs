@@ -435,23 +435,13 @@ fn hwloc_step(ctx: &Context) -> Result<Outcome> {
             remedy: format!("install {HWLOC_PACKAGES}"),
         });
     }
-    let mut failures = Vec::new();
-    for package in ["dagger-proc", "dagger"] {
-        let mut command = ctx.cargo_test();
-        command.args(["-p", package, "--features", "hwloc"]);
-        let status = process::run_inherited(&mut command)?;
-        if let Outcome::Failed { reason } = Outcome::from_status(&command, status) {
-            failures.push(reason);
-            if !ctx.no_fail_fast {
-                break;
-            }
-        }
-    }
-    Ok(if failures.is_empty() {
-        Outcome::Passed
-    } else {
-        Outcome::failed(failures.join("; "))
-    })
+    cargo_tests(
+        ctx,
+        &[
+            &["-p", "dagger-proc", "--features", "hwloc"],
+            &["-p", "dagger", "--features", "hwloc"],
+        ],
+    )
 }
 
 /// Why the OpenCL suites cannot build here, if they cannot: the `ocl` crate links the ICD
