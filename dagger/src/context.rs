@@ -1,6 +1,7 @@
 //! The user's entry point: a running cluster (driver + workers) and the calls to submit
 //! work to it and ask about it.
 
+use crate::direct::Direct;
 use crate::driver::{self, DriverCmd, DriverConfig, DriverState, LinkEvent};
 use crate::handle::{Handle, Slot};
 use crate::lazy::{Collect, LazyArgKind, LazyNode};
@@ -163,10 +164,15 @@ pub struct TaskInfo {
     pub turnaround: Option<Duration>,
     /// How long the function ran.
     pub run_time: Option<Duration>,
+    /// Whether it ran on the direct lane, straight on the driver's threads and past the
+    /// scheduler (see [`ContextBuilder::direct`]).
+    pub direct: bool,
 }
 
 pub(crate) struct Inner {
     cmd: mpsc::UnboundedSender<DriverCmd>,
+    /// The direct lane, in a context that links no processes (see [`crate::direct`]).
+    direct: Option<Arc<Direct>>,
     next_task: AtomicU64,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
@@ -210,6 +216,8 @@ pub struct ContextBuilder {
     worker_logs: Option<String>,
     /// Whether long waits show a progress bar.
     progress: crate::progress::Progress,
+    /// Whether tasks may take the direct lane (see [`ContextBuilder::direct`]).
+    direct: bool,
 }
 
 /// Which command-line arguments local workers get.
@@ -247,6 +255,7 @@ impl Default for ContextBuilder {
             dashboard: None,
             worker_logs: None,
             progress: crate::progress::Progress::Auto,
+            direct: true,
         }
     }
 }
@@ -255,6 +264,17 @@ impl ContextBuilder {
     /// Local worker processes to start (re-executions of this binary). Default 0.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+    /// Whether a context that links no processes runs its plain tasks straight on its
+    /// thread processors, past the scheduler (default: yes, unless `DAGGER_DIRECT=0`).
+    /// A plain task is one whose function is registered here and takes no device
+    /// types, whose options are the defaults, and whose inputs are values or results of
+    /// other plain tasks; it runs as it would through the scheduler, at a fraction of the
+    /// cost. Any other task, and every task of a context that records a timeline or serves
+    /// the live view, goes through the scheduler.
+    pub fn direct(mut self, yes: bool) -> Self {
+        self.direct = yes;
         self
     }
     /// Whether the driver's own cores run tasks. Default: only when there are no workers.
@@ -724,8 +744,15 @@ impl Context {
             }
             None => (None, None),
         };
+        let direct = (b.direct
+            && links.is_none()
+            && !b.timeline
+            && b.dashboard.is_none()
+            && crate::direct::allowed_by_env())
+        .then(Direct::new);
         let inner = Arc::new(Inner {
             cmd: cmd_tx,
+            direct: direct.clone(),
             next_task: AtomicU64::new(1),
             runtime: Mutex::new(Some(runtime)),
             handle: handle.clone(),
@@ -750,7 +777,7 @@ impl Context {
                 let requested = b.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
                 (l.transport.clone(), peer_bind_for(requested))
             });
-            ctx.start_in_process_worker(net, ev_tx, b.shm)?;
+            ctx.start_in_process_worker(net, ev_tx, b.shm, direct)?;
             expected += 1;
         } else {
             ctx.query(|st| st.add_driver_root())
@@ -769,6 +796,10 @@ impl Context {
                 })?;
         }
         ctx.wait_for_workers(expected, b.join_timeout)?;
+        if let Some(d) = &ctx.inner.direct {
+            // The worker joined; it attaches its processors right after the welcome.
+            d.wait_attached(std::time::Instant::now() + b.join_timeout);
+        }
         // Started: from now on a local process that dies is replaced, not a launch failure.
         ctx.query(|st| st.arm_supervisor())
             .ok_or(ContextError::Shutdown)?;
@@ -784,6 +815,7 @@ impl Context {
         net: Option<(Arc<dyn Transport>, String)>,
         ev_tx: mpsc::UnboundedSender<LinkEvent>,
         shm: bool,
+        direct: Option<Arc<Direct>>,
     ) -> Result<(), ContextError> {
         let mem = MemTransport::new();
         let listener = {
@@ -809,6 +841,7 @@ impl Context {
             shm,
             in_process: true,
             name: String::new(),
+            direct,
         };
         // The worker's I/O (decoding runs, batching results) gets a thread and runtime of
         // its own, so the driver loop's thread only schedules. It ends when the driver
@@ -918,21 +951,32 @@ impl Context {
     ) -> Result<Handle<T>, SubmitError> {
         check_sizes(&args)?;
         let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
-        let slot = Arc::new(Slot::new(
-            id,
-            registry::lookup(&func),
-            self.inner.cmd.clone(),
-        ));
+        let f = registry::lookup(&func);
+        let args = match &self.inner.direct {
+            Some(direct) => match direct.spawn(id, f, args, &options, &self.inner.cmd) {
+                Ok(slot) => return Ok(Handle::new(slot, self.inner.clone())),
+                Err(args) => args,
+            },
+            None => args,
+        };
+        let slot = Arc::new(Slot::new(id, f, self.inner.cmd.clone()));
         let spec = TaskSpec {
             id,
             func,
             args,
             options,
         };
-        self.inner
-            .cmd
-            .send(DriverCmd::Spawn(spec, slot.clone()))
-            .map_err(|_| SubmitError::Shutdown)?;
+        match &self.inner.direct {
+            // It may take results of direct tasks.
+            Some(direct) => direct
+                .submit(&self.inner.cmd, vec![(spec, Some(slot.clone()))])
+                .map_err(|()| SubmitError::Shutdown)?,
+            None => self
+                .inner
+                .cmd
+                .send(DriverCmd::Spawn(spec, slot.clone()))
+                .map_err(|_| SubmitError::Shutdown)?,
+        }
         Ok(Handle::new(slot, self.inner.clone()))
     }
 
@@ -1025,10 +1069,17 @@ impl Context {
             .collect();
         // Only the roots' results are wanted; inner nodes' slots are dropped here, which
         // releases their results once their consumers ran.
-        self.inner
-            .cmd
-            .send(DriverCmd::Submit(batch))
-            .map_err(|_| SubmitError::Shutdown)?;
+        match &self.inner.direct {
+            // It may take results of direct tasks.
+            Some(direct) => direct
+                .submit(&self.inner.cmd, batch)
+                .map_err(|()| SubmitError::Shutdown)?,
+            None => self
+                .inner
+                .cmd
+                .send(DriverCmd::Submit(batch))
+                .map_err(|_| SubmitError::Shutdown)?,
+        }
         drop(keep_alive);
         Ok(out)
     }
@@ -1077,7 +1128,14 @@ impl Context {
 
     /// Counters of the scheduler (submitted, finished, running...).
     pub fn stats(&self) -> Option<crate::Stats> {
-        self.query(|st| st.core.stats())
+        let mut stats = self.query(|st| st.core.stats())?;
+        if let Some(d) = &self.inner.direct {
+            let (submitted, finished, failed) = d.counts();
+            stats.submitted += submitted;
+            stats.finished += finished;
+            stats.failed += failed;
+        }
+        Some(stats)
     }
 
     /// Where and when a task ran.
@@ -1159,6 +1217,9 @@ impl Inner {
     }
 
     pub(crate) fn task_info(&self, task: TaskId) -> Option<TaskInfo> {
+        if let Some(slot) = self.direct.as_ref().and_then(|d| d.slot(task)) {
+            return slot.direct.as_ref()?.info(task);
+        }
         self.query(move |st| {
             let i = st.core.task_info(task)?;
             let processor = match i.proc {
@@ -1175,6 +1236,7 @@ impl Inner {
                 attempts: i.attempts,
                 turnaround: i.finished.map(|f| f.saturating_sub(i.submitted)),
                 run_time: i.run_ns.map(Duration::from_nanos),
+                direct: false,
             })
         })
         .flatten()
@@ -1220,6 +1282,9 @@ impl Inner {
     fn shutdown(&self) {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if let Some(d) = &self.direct {
+            d.close();
         }
         let (tx, rx) = std::sync::mpsc::channel();
         if self.cmd.send(DriverCmd::Shutdown(tx)).is_ok() {

@@ -1,6 +1,7 @@
 //! Handles to tasks' results: typed futures, usable blocking or with `.await`.
 
 use crate::context::{Inner, SubmitError, TaskInfo};
+use crate::direct::DirectSlot;
 use crate::driver::DriverCmd;
 use crate::registry::TaskFn;
 use dagger_core::{MoveFailure, TaskError, TaskId};
@@ -21,14 +22,27 @@ pub(crate) type Outcome = Result<Completion, TaskError>;
 pub(crate) struct Slot {
     pub(crate) id: TaskId,
     pub(crate) func: Option<&'static TaskFn>,
-    /// Set once, by the driver loop; read without a lock afterwards. Boxed: every task
-    /// has a slot until it completes, most are never completed with a holder left (their
-    /// handles were dropped), and an outcome is several times the size of a pointer.
+    /// Set once, by the driver loop (or by the thread that ran a direct task); read
+    /// without a lock afterwards. Boxed: every task has a slot until it completes, most
+    /// are never completed with a holder left (their handles were dropped), and an outcome
+    /// is several times the size of a pointer.
     outcome: OnceLock<Box<Outcome>>,
-    /// Async waiters; also the lock the blocking waiters sleep on.
-    wakers: Mutex<Vec<Waker>>,
+    /// Async waiters and continuations; also the lock the blocking waiters sleep on.
+    waiters: Mutex<Vec<Waiter>>,
     cond: Condvar,
     release: UnboundedSender<DriverCmd>,
+    /// Set for a task run directly on the driver's threads (see [`crate::direct`]): the
+    /// scheduler never heard of it.
+    pub(crate) direct: Option<DirectSlot>,
+}
+
+/// What waits for a slot's outcome.
+enum Waiter {
+    /// An async `fetch`.
+    Wake(Waker),
+    /// Work to do with the outcome (a direct task whose input this is), run by the thread
+    /// that completes the slot.
+    Then(Box<dyn FnOnce(&Outcome) + Send>),
 }
 
 impl Slot {
@@ -46,24 +60,66 @@ impl Slot {
             id,
             func,
             outcome: OnceLock::new(),
-            wakers: Mutex::new(Vec::new()),
+            waiters: Mutex::new(Vec::new()),
             cond: Condvar::new(),
             release,
+            direct: None,
         }
     }
 
-    /// Called by the driver loop when the task finished or failed.
-    /// Only the first call has an effect. Waiters check the outcome under the `wakers`
-    /// lock before sleeping, and this takes that lock after setting it, so none misses it.
+    /// The slot of a task run directly on the driver's threads.
+    pub(crate) fn new_direct(
+        id: TaskId,
+        func: &'static TaskFn,
+        release: UnboundedSender<DriverCmd>,
+        direct: DirectSlot,
+    ) -> Self {
+        let mut slot = Self::new(id, Some(func), release);
+        slot.direct = Some(direct);
+        slot
+    }
+
+    /// Called by the driver loop (or a direct task's thread) when the task finished or
+    /// failed. Only the first call has an effect. Waiters check the outcome under the
+    /// `waiters` lock before sleeping, and this takes that lock after setting it, so none
+    /// misses it.
     pub(crate) fn complete(&self, outcome: Outcome) {
         if self.outcome.set(Box::new(outcome)).is_err() {
             return;
         }
-        let wakers = std::mem::take(&mut *self.wakers.lock());
+        let waiters = std::mem::take(&mut *self.waiters.lock());
         self.cond.notify_all();
-        for w in wakers {
-            w.wake();
+        if waiters.is_empty() {
+            return;
         }
+        let outcome = self.outcome.get().expect("set above");
+        for w in waiters {
+            match w {
+                Waiter::Wake(w) => w.wake(),
+                Waiter::Then(f) => f(outcome),
+            }
+        }
+    }
+
+    /// Runs `f` with the outcome once there is one: at once on this thread if the slot is
+    /// complete, else on the thread that completes it.
+    pub(crate) fn then(&self, f: impl FnOnce(&Outcome) + Send + 'static) {
+        if let Some(o) = self.outcome.get() {
+            return f(o);
+        }
+        let mut waiters = self.waiters.lock();
+        match self.outcome.get() {
+            Some(o) => {
+                drop(waiters);
+                f(o)
+            }
+            None => waiters.push(Waiter::Then(Box::new(f))),
+        }
+    }
+
+    /// The outcome, if the task finished or failed.
+    pub(crate) fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.get().map(|o| &**o)
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -75,7 +131,7 @@ impl Slot {
         if let Some(o) = self.outcome.get() {
             return o;
         }
-        let mut guard = self.wakers.lock();
+        let mut guard = self.waiters.lock();
         loop {
             if let Some(o) = self.outcome.get() {
                 return o;
@@ -88,12 +144,15 @@ impl Slot {
         if let Some(o) = self.outcome.get() {
             return Poll::Ready(Outcome::clone(o));
         }
-        let mut wakers = self.wakers.lock();
+        let mut waiters = self.waiters.lock();
         if let Some(o) = self.outcome.get() {
             return Poll::Ready(Outcome::clone(o));
         }
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            wakers.push(cx.waker().clone());
+        let known = waiters
+            .iter()
+            .any(|w| matches!(w, Waiter::Wake(w) if w.will_wake(cx.waker())));
+        if !known {
+            waiters.push(Waiter::Wake(cx.waker().clone()));
         }
         Poll::Pending
     }
@@ -101,8 +160,14 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // The context may be gone already; then there is nothing to release.
-        let _ = self.release.send(DriverCmd::Release(self.id));
+        match &self.direct {
+            // Only the direct lane knew it.
+            Some(d) => d.forget(self.id),
+            // The context may be gone already; then there is nothing to release.
+            None => {
+                let _ = self.release.send(DriverCmd::Release(self.id));
+            }
+        }
     }
 }
 

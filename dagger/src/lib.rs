@@ -59,6 +59,7 @@
 mod args;
 mod context;
 mod dashboard;
+mod direct;
 pub mod drain;
 mod driver;
 mod handle;

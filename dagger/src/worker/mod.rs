@@ -50,6 +50,25 @@ pub(crate) fn current_worker() -> WorkerId {
     WorkerId(WORKER_ID.load(Ordering::Relaxed))
 }
 
+/// A panic's payload as text.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}
+
+/// Runs `f` as the task code of processor `proc` (what [`current_proc`] reports).
+pub(crate) fn with_current_proc<R>(proc: ProcId, f: impl FnOnce() -> R) -> R {
+    let prev = CURRENT_PROC.with(|c| c.replace(Some(proc)));
+    let r = f();
+    CURRENT_PROC.with(|c| c.set(prev));
+    r
+}
+
 pub(crate) fn current_proc() -> Option<ProcId> {
     CURRENT_PROC.with(|c| c.get())
 }
@@ -246,6 +265,8 @@ pub(crate) struct WorkerSetup {
     /// The name the launcher gave this worker (empty if none), reported in its join so
     /// that the driver recognises the workers it launched.
     pub(crate) name: String,
+    /// The direct lane of the driver's own worker, which runs on its thread processors.
+    pub(crate) direct: Option<Arc<crate::direct::Direct>>,
 }
 
 /// What the core and its links look like under the lock.
@@ -390,6 +411,7 @@ pub(crate) fn run_worker_process(args: WorkerArgs, rejoin: bool) -> i32 {
             shm,
             in_process: false,
             name: args.name.clone().unwrap_or_default(),
+            direct: None,
         })
         .await
     });
@@ -525,6 +547,9 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
         if let Err(e) = dagger_proc::set_worker(id) {
             tracing::error!(error = %e, "this process already serves as another worker");
         }
+    }
+    if let Some(direct) = &setup.direct {
+        direct.attach(id, procs.procs());
     }
     let mut config = WorkerConfig::new(host, registry::registry_hash());
     config.shm = setup.shm;
@@ -928,20 +953,11 @@ impl Worker {
             Ok(Ok(TaskOutput::Bytes(bytes))) => Ok(Data::from(bytes)),
             Ok(Ok(TaskOutput::Device(buf))) => Ok(Data::device(buf)),
             Ok(Err(err)) => Err(err),
-            Err(panic) => {
-                let message = if let Some(s) = panic.downcast_ref::<&str>() {
-                    s.to_string()
-                } else if let Some(s) = panic.downcast_ref::<String>() {
-                    s.clone()
-                } else {
-                    "a non-string panic payload".to_string()
-                };
-                Err(TaskError::Panicked {
-                    task,
-                    func: func.to_string(),
-                    message,
-                })
-            }
+            Err(panic) => Err(TaskError::Panicked {
+                task,
+                func: func.to_string(),
+                message: panic_message(&*panic),
+            }),
         };
         self.finished(task, run, result);
     }

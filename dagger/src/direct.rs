@@ -1,0 +1,681 @@
+//! The direct lane: tasks of a context that links no processes run straight on the
+//! driver's own thread processors, without the scheduler, without encoding a `Run` or a
+//! `Done`, and without a trip through the driver loop.
+//!
+//! In such a context no worker can ever join, so there is nothing to place across
+//! processes, no data to move between them and no process that can be lost: what is
+//! left of scheduling is "run it when its inputs are there, on a free core". A task goes
+//! this way when it can be run so exactly as the scheduler would run it:
+//! - its function is registered in this process and has no device-typed parameter or
+//!   result (those are placed on device processors by the scheduler);
+//! - its options are the defaults (no scope, priority or retries to honour);
+//! - each of its inputs is a value or the result of another direct task.
+//!
+//! Any other task goes through the scheduler as before. One that takes the result of a
+//! direct task is handed to the driver once that result exists, with the result as a
+//! value (see [`Direct::submit`]), so the two kinds mix freely in one graph.
+//!
+//! A direct task waits for its inputs through continuations on their slots
+//! ([`Slot::then`]): the thread that completes the last input queues the task, on its
+//! own processor, so a chain stays on one core. Otherwise tasks go to the thread
+//! processors in turn. A panic is caught and reported as [`TaskError::Panicked`], a failed
+//! input as [`TaskError::DependencyFailed`], and a task whose processor shut down before
+//! it ran as [`TaskError::Shutdown`]: every slot is completed, whatever happens.
+//!
+//! `ContextBuilder::direct(false)` or `DAGGER_DIRECT=0` turns the lane off, and a
+//! context that records a timeline, serves the live view or shows progress never uses it
+//! (those show every task's run, which only the scheduler's path reports).
+
+use crate::context::TaskInfo;
+use crate::driver::DriverCmd;
+use crate::handle::{Outcome, Slot};
+use crate::registry::{ArgValue, TaskFn, TaskOutput};
+use dagger_core::hash::IdHashMap;
+use dagger_core::{Arg, Options, Part, ProcId, ProcKind, TaskError, TaskId, TaskSpec, WorkerId};
+use dagger_proc::Processor;
+use dagger_sched::Completion;
+use parking_lot::Mutex;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Tasks for the driver, each with its handle's slot if it has one.
+type Batch = Vec<(TaskSpec, Option<Arc<Slot>>)>;
+
+/// The environment variable that turns the lane off (`0`) for every context.
+pub const ENV_DIRECT: &str = "DAGGER_DIRECT";
+
+/// Whether the environment allows the lane.
+pub(crate) fn allowed_by_env() -> bool {
+    !matches!(
+        std::env::var(ENV_DIRECT).as_deref(),
+        Ok("0" | "false" | "off")
+    )
+}
+
+/// The thread processors of the driver's own worker, once it joined.
+struct Procs {
+    worker: WorkerId,
+    /// Each thread processor and its index in the worker's processor list.
+    threads: Vec<(u32, Arc<dyn Processor>)>,
+}
+
+/// The lane of one context.
+pub(crate) struct Direct {
+    procs: OnceLock<Procs>,
+    /// Set (and signalled) once the driver's own worker attached, with or without threads.
+    attached: (parking_lot::Mutex<bool>, parking_lot::Condvar),
+    closed: AtomicBool,
+    /// The next processor for a task that no finished input placed.
+    next: AtomicUsize,
+    /// Direct tasks whose slot is alive, for the tasks that name them by id.
+    tasks: Mutex<IdHashMap<TaskId, Weak<Slot>>>,
+    /// Batches for the driver, in submission order, waiting for direct tasks' results
+    /// (see [`Direct::submit`]).
+    waiting: Mutex<std::collections::VecDeque<Arc<Bridge>>>,
+    submitted: AtomicU64,
+    finished: AtomicU64,
+    failed: AtomicU64,
+}
+
+thread_local! {
+    /// The lane processor this thread is (its position in `Procs::threads`), while it
+    /// runs a direct task: inputs it completes queue their dependents here.
+    static ON_LANE: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+}
+
+/// What a direct task's slot keeps: the lane, to forget the task when the slot goes, and
+/// where and how long it ran.
+pub(crate) struct DirectSlot {
+    lane: Arc<Direct>,
+    ran: OnceLock<Ran>,
+}
+
+#[derive(Clone, Copy)]
+struct Ran {
+    proc: ProcId,
+    run: Duration,
+}
+
+impl DirectSlot {
+    pub(crate) fn forget(&self, id: TaskId) {
+        self.lane.tasks.lock().remove(&id);
+    }
+
+    /// Where and how long the task ran, once it did.
+    pub(crate) fn info(&self, task: TaskId) -> Option<TaskInfo> {
+        let r = self.ran.get()?;
+        Some(TaskInfo {
+            task,
+            proc: Some(r.proc),
+            processor: format!("{}[{}]@{}", ProcKind::THREAD, r.proc.index, r.proc.worker),
+            attempts: 1,
+            // The lane does not time a task from its submission (one clock read less on
+            // the submitting thread).
+            turnaround: None,
+            run_time: Some(r.run),
+            direct: true,
+        })
+    }
+}
+
+/// One input of a direct task.
+enum Input {
+    Value(Vec<u8>),
+    Task(Arc<Slot>),
+    Gather(Vec<Input>),
+}
+
+/// A direct task until it ran.
+struct Pending {
+    slot: Arc<Slot>,
+    func: &'static TaskFn,
+    inputs: Vec<Input>,
+    /// Inputs not yet finished, plus one held by the spawner until it registered them all.
+    missing: AtomicUsize,
+    lane: Arc<Direct>,
+}
+
+/// A queued direct task. Dropped unrun (its processor shut down), it fails the task.
+struct Job(Option<Arc<Pending>>);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            shut_out(p);
+        }
+    }
+}
+
+/// Fails a task that will not run because the lane closed. Its dependents fail the same
+/// way, from a queue rather than by recursion: a long chain must not deepen the stack.
+fn shut_out(p: Arc<Pending>) {
+    thread_local! {
+        static QUEUE: std::cell::RefCell<Vec<Arc<Pending>>> = const { std::cell::RefCell::new(Vec::new()) };
+        static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    }
+    QUEUE.with(|q| q.borrow_mut().push(p));
+    if ACTIVE.with(|a| a.replace(true)) {
+        return;
+    }
+    while let Some(p) = QUEUE.with(|q| q.borrow_mut().pop()) {
+        let task = p.slot.id;
+        p.lane.failed.fetch_add(1, Ordering::Relaxed);
+        p.slot.complete(Err(TaskError::Shutdown { task }));
+    }
+    ACTIVE.with(|a| a.set(false));
+}
+
+impl Direct {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            procs: OnceLock::new(),
+            attached: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
+            closed: AtomicBool::new(false),
+            next: AtomicUsize::new(0),
+            tasks: Mutex::new(IdHashMap::default()),
+            waiting: Mutex::new(std::collections::VecDeque::new()),
+            submitted: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        })
+    }
+
+    /// Called by the driver's own worker once it joined: its thread processors.
+    pub(crate) fn attach(&self, worker: WorkerId, procs: &[Arc<dyn Processor>]) {
+        let threads: Vec<(u32, Arc<dyn Processor>)> = procs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.kind() == ProcKind::THREAD)
+            .map(|(i, p)| (i as u32, p.clone()))
+            .collect();
+        if !threads.is_empty() {
+            let _ = self.procs.set(Procs { worker, threads });
+        }
+        *self.attached.0.lock() = true;
+        self.attached.1.notify_all();
+    }
+
+    /// Waits until the driver's own worker attached, or `deadline` (then its tasks go
+    /// through the scheduler until it does).
+    pub(crate) fn wait_attached(&self, deadline: Instant) {
+        let mut attached = self.attached.0.lock();
+        while !*attached {
+            if self
+                .attached
+                .1
+                .wait_until(&mut attached, deadline)
+                .timed_out()
+            {
+                return;
+            }
+        }
+    }
+
+    /// No more direct tasks: later spawns go to the driver (which refuses them after
+    /// shutdown), and queued ones fail with `Shutdown` as their processors stop.
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Closed, not joined: a task running now may run for long, and shutting down
+        // must not wait for it. Jobs queued before still run; later ones are dropped.
+        if let Some(p) = self.procs.get() {
+            for (_, proc) in &p.threads {
+                if let Some(t) = proc.as_any().downcast_ref::<dagger_proc::ThreadProc>() {
+                    t.close();
+                }
+            }
+        }
+    }
+
+    /// Counters of the direct tasks: (submitted, finished, failed).
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.submitted.load(Ordering::Relaxed),
+            self.finished.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The slot of a live direct task.
+    pub(crate) fn slot(&self, id: TaskId) -> Option<Arc<Slot>> {
+        self.tasks.lock().get(&id).and_then(Weak::upgrade)
+    }
+
+    /// Starts `func(args)` as a direct task if it is one (see the module's rules); gives
+    /// the arguments back otherwise.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        id: TaskId,
+        func: Option<&'static TaskFn>,
+        args: Vec<Arg>,
+        options: &Options,
+        release: &UnboundedSender<DriverCmd>,
+    ) -> Result<Arc<Slot>, Vec<Arg>> {
+        let Some(func) = func else { return Err(args) };
+        if self.closed.load(Ordering::Acquire)
+            || self.procs.get().is_none()
+            || *options != Options::default()
+            || !host_only(func)
+        {
+            return Err(args);
+        }
+        // The inputs' slots, in the order `Arg::deps` lists them; any that is not a live
+        // direct task sends the task to the scheduler.
+        let deps: Option<Vec<Arc<Slot>>> = {
+            let tasks = self.tasks.lock();
+            args.iter()
+                .flat_map(Arg::deps)
+                .map(|t| tasks.get(&t).and_then(Weak::upgrade))
+                .collect()
+        };
+        let Some(deps) = deps else {
+            return Err(args);
+        };
+        let mut deps = deps.into_iter();
+        let mut input = |v: Option<Vec<u8>>| match v {
+            Some(v) => Input::Value(v),
+            None => Input::Task(deps.next().expect("one slot per dependency")),
+        };
+        let inputs: Vec<Input> = args
+            .into_iter()
+            .map(|a| match a {
+                Arg::Value(v) => input(Some(v)),
+                Arg::Task(_) => input(None),
+                Arg::Gather(parts) => Input::Gather(
+                    parts
+                        .into_iter()
+                        .map(|p| match p {
+                            Part::Value(v) => input(Some(v)),
+                            Part::Task(_) => input(None),
+                        })
+                        .collect(),
+                ),
+            })
+            .collect();
+        let slot = Arc::new(Slot::new_direct(
+            id,
+            func,
+            release.clone(),
+            DirectSlot {
+                lane: self.clone(),
+                ran: OnceLock::new(),
+            },
+        ));
+        self.tasks.lock().insert(id, Arc::downgrade(&slot));
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        let pending = Arc::new(Pending {
+            slot: slot.clone(),
+            func,
+            inputs,
+            missing: AtomicUsize::new(1),
+            lane: self.clone(),
+        });
+        let mut waits: Vec<&Arc<Slot>> = Vec::new();
+        for i in &pending.inputs {
+            match i {
+                Input::Task(s) if !s.is_done() => waits.push(s),
+                Input::Gather(ps) => waits.extend(ps.iter().filter_map(|p| match p {
+                    Input::Task(s) if !s.is_done() => Some(s),
+                    _ => None,
+                })),
+                _ => {}
+            }
+        }
+        pending.missing.fetch_add(waits.len(), Ordering::Relaxed);
+        for s in waits {
+            let p = pending.clone();
+            s.then(move |_| arrived(p));
+        }
+        arrived(pending);
+        Ok(slot)
+    }
+
+    /// Hands `batch` to the driver, or, when some of its tasks take results of direct
+    /// tasks that are not finished, once they are: each such input becomes the result's
+    /// value. A task whose direct input failed (or that takes a task that did) is failed
+    /// with `DependencyFailed` instead, and the others are submitted.
+    ///
+    /// Batches reach the driver in the order they were submitted: one submitted while an
+    /// earlier one waits, waits behind it (a later task may take the earlier one's
+    /// result, and the scheduler must know a task before its dependents).
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        cmd: &UnboundedSender<DriverCmd>,
+        batch: Batch,
+    ) -> Result<(), ()> {
+        let inputs: Vec<Arc<Slot>> = {
+            let tasks = self.tasks.lock();
+            let mut seen = dagger_core::hash::IdHashSet::default();
+            batch
+                .iter()
+                .flat_map(|(spec, _)| spec.args.iter().flat_map(Arg::deps))
+                .filter(|t| seen.insert(*t))
+                .filter_map(|t| tasks.get(&t).and_then(Weak::upgrade))
+                .collect()
+        };
+        let mut queue = self.waiting.lock();
+        if inputs.is_empty() && queue.is_empty() {
+            return cmd.send(DriverCmd::Submit(batch)).map_err(|_| ());
+        }
+        let bridge = Arc::new(Bridge {
+            batch: Mutex::new(Some(batch)),
+            missing: AtomicUsize::new(1),
+            inputs,
+            cmd: cmd.clone(),
+        });
+        queue.push_back(bridge.clone());
+        drop(queue);
+        let waits: Vec<Arc<Slot>> = bridge
+            .inputs
+            .iter()
+            .filter(|s| !s.is_done())
+            .cloned()
+            .collect();
+        bridge.missing.fetch_add(waits.len(), Ordering::Relaxed);
+        for s in waits {
+            let (b, lane) = (bridge.clone(), self.clone());
+            s.then(move |_| b.arrived(&lane));
+        }
+        bridge.arrived(self);
+        Ok(())
+    }
+
+    /// Sends the batches at the front of the queue whose inputs are all finished.
+    fn flush(&self) {
+        let mut queue = self.waiting.lock();
+        while queue
+            .front()
+            .is_some_and(|b| b.missing.load(Ordering::Acquire) == 0)
+        {
+            if let Some(b) = queue.pop_front() {
+                b.send();
+            }
+        }
+    }
+}
+
+/// A batch for the driver waiting for direct tasks it takes results of, or behind a batch
+/// that does.
+struct Bridge {
+    batch: Mutex<Option<Batch>>,
+    inputs: Vec<Arc<Slot>>,
+    missing: AtomicUsize,
+    cmd: UnboundedSender<DriverCmd>,
+}
+
+impl Bridge {
+    fn arrived(&self, lane: &Direct) {
+        if self.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
+            lane.flush();
+        }
+    }
+
+    /// Submits the batch, its direct inputs replaced by their values (all are finished).
+    fn send(&self) {
+        let Some(batch) = self.batch.lock().take() else {
+            return;
+        };
+        let results: IdHashMap<TaskId, &Outcome> = self
+            .inputs
+            .iter()
+            .filter_map(|s| Some((s.id, s.outcome()?)))
+            .collect();
+        let mut failed: IdHashMap<TaskId, TaskError> = IdHashMap::default();
+        let mut send = Vec::with_capacity(batch.len());
+        for (mut spec, slot) in batch {
+            // A batch lists inputs before the tasks that take them.
+            let failure =
+                spec.args
+                    .iter()
+                    .flat_map(Arg::deps)
+                    .find_map(|d| match results.get(&d) {
+                        Some(Err(e)) => Some((d, e.clone())),
+                        _ => failed.get(&d).map(|e| (d, e.clone())),
+                    });
+            if let Some((dependency, cause)) = failure {
+                let err = TaskError::DependencyFailed {
+                    task: spec.id,
+                    dependency,
+                    cause: Box::new(cause),
+                };
+                if let Some(slot) = &slot {
+                    slot.complete(Err(err.clone()));
+                }
+                failed.insert(spec.id, err);
+                continue;
+            }
+            let value = |t: &TaskId| match results.get(t) {
+                Some(Ok(Completion::Value(v))) => Some(v.clone()),
+                _ => None,
+            };
+            for a in &mut spec.args {
+                match a {
+                    Arg::Task(t) => {
+                        if let Some(v) = value(t) {
+                            *a = Arg::Value(v);
+                        }
+                    }
+                    Arg::Gather(parts) => {
+                        for p in parts {
+                            if let Part::Task(t) = p {
+                                if let Some(v) = value(t) {
+                                    *p = Part::Value(v);
+                                }
+                            }
+                        }
+                    }
+                    Arg::Value(_) => {}
+                }
+            }
+            send.push((spec, slot));
+        }
+        if send.is_empty() {
+            return;
+        }
+        if let Err(e) = self.cmd.send(DriverCmd::Submit(send)) {
+            // The context shut down meanwhile.
+            if let DriverCmd::Submit(batch) = e.0 {
+                for (spec, slot) in batch {
+                    if let Some(slot) = slot {
+                        slot.complete(Err(TaskError::Shutdown { task: spec.id }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a function computes in host memory only: no parameter or result of a device
+/// type, which the scheduler places on device processors. Remembered per thread for the
+/// last function asked about (a loop spawns one function many times).
+fn host_only(f: &'static TaskFn) -> bool {
+    thread_local! {
+        static LAST: Cell<(usize, bool)> = const { Cell::new((0, false)) };
+    }
+    let key = f as *const TaskFn as usize;
+    let (k, v) = LAST.with(Cell::get);
+    if k == key {
+        return v;
+    }
+    let device = |t: &str| t.contains("DeviceVec");
+    let v = !device((f.result_type)()) && !(f.arg_types)().into_iter().any(device);
+    LAST.with(|c| c.set((key, v)));
+    v
+}
+
+/// One input of `p` finished (or the spawner registered them all): queue it when none
+/// is missing.
+fn arrived(p: Arc<Pending>) {
+    if p.missing.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return;
+    }
+    // Closed (a task is direct only once the processors are known).
+    if p.lane.closed.load(Ordering::Acquire) || p.lane.procs.get().is_none() {
+        return shut_out(p);
+    }
+    let lane = p.lane.clone();
+    let procs = lane.procs.get().expect("checked above");
+    let n = procs.threads.len();
+    // On a lane thread, the task goes behind the one that finished its last input.
+    let at = match ON_LANE.with(Cell::get) {
+        Some((i, len)) if len == n => i,
+        _ => lane.next.fetch_add(1, Ordering::Relaxed) % n,
+    };
+    let mut job = Job(Some(p));
+    procs.threads[at].1.execute(Box::new(move || {
+        if let Some(p) = job.0.take() {
+            run(p, at);
+        }
+    }));
+}
+
+/// Runs a direct task whose inputs are all finished, on lane processor `at`.
+fn run(p: Arc<Pending>, at: usize) {
+    let task = p.slot.id;
+    let func = p.func;
+    let Some(procs) = p.lane.procs.get() else {
+        return;
+    };
+    let (index, _) = procs.threads[at];
+    let proc = ProcId::new(procs.worker, index);
+    // A failed input fails the task.
+    let failed = p.inputs.iter().find_map(|i| match i {
+        Input::Task(s) => input_failure(s),
+        Input::Gather(ps) => ps.iter().find_map(|i| match i {
+            Input::Task(s) => input_failure(s),
+            _ => None,
+        }),
+        Input::Value(_) => None,
+    });
+    let t0 = Instant::now();
+    let outcome = match failed {
+        Some((dependency, cause)) => Err(TaskError::DependencyFailed {
+            task,
+            dependency,
+            cause: Box::new(cause),
+        }),
+        None => {
+            // The same span as a task run by a worker: its fields name the task wherever
+            // its function logs.
+            let span = tracing::info_span!(
+                target: "dagger::task",
+                "task",
+                task = %task,
+                func = %func.name,
+                worker = %procs.worker,
+                proc = %proc,
+                attempt = 1u32
+            );
+            let _entered = span.enter();
+            let result = crate::worker::with_current_proc(proc, || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&p)))
+            });
+            match result {
+                Ok(Ok(TaskOutput::Bytes(bytes))) => Ok(Completion::Value(bytes)),
+                Ok(Ok(TaskOutput::Device(buf))) => {
+                    buf.to_host()
+                        .map(Completion::Value)
+                        .map_err(|e| TaskError::BadArguments {
+                            task,
+                            func: func.name.to_string(),
+                            message: format!("a device result could not be read back: {e}"),
+                        })
+                }
+                Ok(Err(e)) => Err(TaskError::BadArguments {
+                    task,
+                    func: func.name.to_string(),
+                    message: e.to_string(),
+                }),
+                Err(panic) => Err(TaskError::Panicked {
+                    task,
+                    func: func.name.to_string(),
+                    message: crate::worker::panic_message(&*panic),
+                }),
+            }
+        }
+    };
+    let run = t0.elapsed();
+    if let Some(d) = &p.slot.direct {
+        let _ = d.ran.set(Ran { proc, run });
+    }
+    let counter = if outcome.is_ok() {
+        &p.lane.finished
+    } else {
+        &p.lane.failed
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    // Dependents made ready by this completion are queued on this processor.
+    let prev = ON_LANE.with(|c| c.replace(Some((at, procs.threads.len()))));
+    p.slot.complete(outcome);
+    ON_LANE.with(|c| c.set(prev));
+}
+
+/// The input's error, if it failed.
+fn input_failure(s: &Slot) -> Option<(TaskId, TaskError)> {
+    match s.outcome() {
+        Some(Err(e)) => Some((s.id, e.clone())),
+        _ => None,
+    }
+}
+
+/// Calls the task's function on its inputs.
+fn call(p: &Pending) -> Result<TaskOutput, crate::registry::CallError> {
+    let n = p.inputs.len();
+    if !p.inputs.iter().any(|i| matches!(i, Input::Gather(_))) {
+        // Most functions take a few arguments: no allocation for them.
+        const FEW: usize = 4;
+        if n <= FEW {
+            let mut values: [ArgValue<'_>; FEW] = std::array::from_fn(|_| ArgValue::Bytes(&[]));
+            for (v, i) in values.iter_mut().zip(&p.inputs) {
+                *v = ArgValue::Bytes(input_bytes(i));
+            }
+            return (p.func.call)(&mut values[..n]);
+        }
+        let mut values: Vec<ArgValue<'_>> = p
+            .inputs
+            .iter()
+            .map(|i| ArgValue::Bytes(input_bytes(i)))
+            .collect();
+        return (p.func.call)(&mut values);
+    }
+    // A gathered input is passed as the bytes of a `Vec<T>`: its length, then each
+    // part's encoded `T`.
+    let gathered: Vec<Option<Vec<u8>>> = p
+        .inputs
+        .iter()
+        .map(|i| match i {
+            Input::Gather(ps) => {
+                let mut bytes = dagger_core::wire::encode(&(ps.len() as u64));
+                for part in ps {
+                    bytes.extend_from_slice(input_bytes(part));
+                }
+                Some(bytes)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut values: Vec<ArgValue<'_>> = p
+        .inputs
+        .iter()
+        .zip(&gathered)
+        .map(|(i, g)| ArgValue::Bytes(g.as_deref().unwrap_or_else(|| input_bytes(i))))
+        .collect();
+    (p.func.call)(&mut values)
+}
+
+/// The encoded value of a finished, successful input (a direct task's result is always
+/// kept as a value).
+fn input_bytes(i: &Input) -> &[u8] {
+    match i {
+        Input::Value(v) => v,
+        Input::Task(s) => match s.outcome() {
+            Some(Ok(Completion::Value(v))) => v,
+            _ => &[],
+        },
+        Input::Gather(_) => &[],
+    }
+}
