@@ -951,7 +951,10 @@ impl Context {
     ) -> Result<Handle<T>, SubmitError> {
         check_sizes(&args)?;
         let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
-        let f = registry::lookup(&func);
+        let f = match &func {
+            Cow::Borrowed(name) => registry::lookup_static(name),
+            Cow::Owned(name) => registry::lookup(name),
+        };
         let args = match &self.inner.direct {
             Some(direct) => match direct.spawn(id, f, args, &options, &self.inner.cmd) {
                 Ok(slot) => return Ok(Handle::new(slot, self.inner.clone())),
@@ -959,7 +962,9 @@ impl Context {
             },
             None => args,
         };
-        let slot = Arc::new(Slot::new(id, f, self.inner.cmd.clone()));
+        let mut slot = Slot::new(id, f, self.inner.cmd.clone());
+        slot.lane = self.inner.direct.clone();
+        let slot = Arc::new(slot);
         let spec = TaskSpec {
             id,
             func,
@@ -1048,11 +1053,9 @@ impl Context {
                 }
                 check_sizes(&args)?;
                 let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
-                let slot = Arc::new(Slot::new(
-                    id,
-                    registry::lookup(node.func),
-                    self.inner.cmd.clone(),
-                ));
+                let mut slot = Slot::new(id, registry::lookup(node.func), self.inner.cmd.clone());
+                slot.lane = self.inner.direct.clone();
+                let slot = Arc::new(slot);
                 let spec = TaskSpec {
                     id,
                     func: Cow::Borrowed(node.func),

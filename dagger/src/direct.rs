@@ -60,7 +60,17 @@ struct Procs {
     worker: WorkerId,
     /// Each thread processor and its index in the worker's processor list.
     threads: Vec<(u32, Arc<dyn Processor>)>,
+    /// Tasks each one finished (a counter per thread: no cache line shared between them).
+    finished: Vec<Padded<AtomicU64>>,
+    /// The lane's queue on each.
+    runners: Vec<Arc<Runner>>,
 }
+
+/// A value alone on its cache lines (two, for the adjacent-line prefetcher), so that
+/// threads updating different ones do not slow each other down.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
 
 /// The lane of one context.
 pub(crate) struct Direct {
@@ -69,15 +79,14 @@ pub(crate) struct Direct {
     attached: (parking_lot::Mutex<bool>, parking_lot::Condvar),
     closed: AtomicBool,
     /// The next processor for a task that no finished input placed.
-    next: AtomicUsize,
+    next: Padded<AtomicUsize>,
     /// Direct tasks whose slot is alive, for the tasks that name them by id.
     tasks: Mutex<IdHashMap<TaskId, Weak<Slot>>>,
     /// Batches for the driver, in submission order, waiting for direct tasks' results
     /// (see [`Direct::submit`]).
-    waiting: Mutex<std::collections::VecDeque<Arc<Bridge>>>,
-    submitted: AtomicU64,
-    finished: AtomicU64,
-    failed: AtomicU64,
+    waiting: Mutex<std::collections::VecDeque<Waiting>>,
+    submitted: Padded<AtomicU64>,
+    failed: Padded<AtomicU64>,
 }
 
 thread_local! {
@@ -135,11 +144,37 @@ struct Pending {
     inputs: Vec<Input>,
     /// Inputs not yet finished, plus one held by the spawner until it registered them all.
     missing: AtomicUsize,
-    lane: Arc<Direct>,
+}
+
+impl Pending {
+    /// The lane, which the task's slot keeps.
+    fn lane(&self) -> &Direct {
+        match &self.slot.direct {
+            Some(d) => &d.lane,
+            None => unreachable!("a direct task's slot is a direct slot"),
+        }
+    }
+}
+
+/// A direct task on its way to a processor: owned when it waited for no input (no
+/// sharing, so no reference count), shared with the inputs' continuations otherwise.
+enum Task {
+    Own(Pending),
+    Shared(Arc<Pending>),
+}
+
+impl std::ops::Deref for Task {
+    type Target = Pending;
+    fn deref(&self) -> &Pending {
+        match self {
+            Task::Own(p) => p,
+            Task::Shared(p) => p,
+        }
+    }
 }
 
 /// A queued direct task. Dropped unrun (its processor shut down), it fails the task.
-struct Job(Option<Arc<Pending>>);
+struct Job(Option<Task>);
 
 impl Drop for Job {
     fn drop(&mut self) {
@@ -151,9 +186,9 @@ impl Drop for Job {
 
 /// Fails a task that will not run because the lane closed. Its dependents fail the same
 /// way, from a queue rather than by recursion: a long chain must not deepen the stack.
-fn shut_out(p: Arc<Pending>) {
+fn shut_out(p: Task) {
     thread_local! {
-        static QUEUE: std::cell::RefCell<Vec<Arc<Pending>>> = const { std::cell::RefCell::new(Vec::new()) };
+        static QUEUE: std::cell::RefCell<Vec<Task>> = const { std::cell::RefCell::new(Vec::new()) };
         static ACTIVE: Cell<bool> = const { Cell::new(false) };
     }
     QUEUE.with(|q| q.borrow_mut().push(p));
@@ -162,7 +197,7 @@ fn shut_out(p: Arc<Pending>) {
     }
     while let Some(p) = QUEUE.with(|q| q.borrow_mut().pop()) {
         let task = p.slot.id;
-        p.lane.failed.fetch_add(1, Ordering::Relaxed);
+        p.lane().failed.0.fetch_add(1, Ordering::Relaxed);
         p.slot.complete(Err(TaskError::Shutdown { task }));
     }
     ACTIVE.with(|a| a.set(false));
@@ -174,12 +209,11 @@ impl Direct {
             procs: OnceLock::new(),
             attached: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
             closed: AtomicBool::new(false),
-            next: AtomicUsize::new(0),
+            next: Padded::default(),
             tasks: Mutex::new(IdHashMap::default()),
             waiting: Mutex::new(std::collections::VecDeque::new()),
-            submitted: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            submitted: Padded::default(),
+            failed: Padded::default(),
         })
     }
 
@@ -192,7 +226,18 @@ impl Direct {
             .map(|(i, p)| (i as u32, p.clone()))
             .collect();
         if !threads.is_empty() {
-            let _ = self.procs.set(Procs { worker, threads });
+            let finished = threads.iter().map(|_| Padded::default()).collect();
+            let runners = threads
+                .iter()
+                .enumerate()
+                .map(|(at, (_, p))| Runner::new(at, p.clone()))
+                .collect();
+            let _ = self.procs.set(Procs {
+                worker,
+                threads,
+                finished,
+                runners,
+            });
         }
         *self.attached.0.lock() = true;
         self.attached.1.notify_all();
@@ -233,10 +278,13 @@ impl Direct {
 
     /// Counters of the direct tasks: (submitted, finished, failed).
     pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        let finished = self.procs.get().map_or(0, |p| {
+            p.finished.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+        });
         (
-            self.submitted.load(Ordering::Relaxed),
-            self.finished.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
+            self.submitted.0.load(Ordering::Relaxed),
+            finished,
+            self.failed.0.load(Ordering::Relaxed),
         )
     }
 
@@ -265,14 +313,16 @@ impl Direct {
         }
         // The inputs' slots, in the order `Arg::deps` lists them; any that is not a live
         // direct task sends the task to the scheduler.
-        let deps: Option<Vec<Arc<Slot>>> = {
+        // (Collected whole before the lock goes: a slot upgraded here and dropped under
+        // the lock would deadlock its own `forget`.)
+        let deps: Vec<Option<Arc<Slot>>> = {
             let tasks = self.tasks.lock();
             args.iter()
                 .flat_map(Arg::deps)
                 .map(|t| tasks.get(&t).and_then(Weak::upgrade))
                 .collect()
         };
-        let Some(deps) = deps else {
+        let Some(deps) = deps.into_iter().collect::<Option<Vec<Arc<Slot>>>>() else {
             return Err(args);
         };
         let mut deps = deps.into_iter();
@@ -306,25 +356,29 @@ impl Direct {
             },
         ));
         self.tasks.lock().insert(id, Arc::downgrade(&slot));
-        self.submitted.fetch_add(1, Ordering::Relaxed);
-        let pending = Arc::new(Pending {
+        self.submitted.0.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending {
             slot: slot.clone(),
             func,
             inputs,
             missing: AtomicUsize::new(1),
-            lane: self.clone(),
-        });
-        let mut waits: Vec<&Arc<Slot>> = Vec::new();
+        };
+        let mut waits: Vec<Arc<Slot>> = Vec::new();
         for i in &pending.inputs {
             match i {
-                Input::Task(s) if !s.is_done() => waits.push(s),
+                Input::Task(s) if !s.is_done() => waits.push(s.clone()),
                 Input::Gather(ps) => waits.extend(ps.iter().filter_map(|p| match p {
-                    Input::Task(s) if !s.is_done() => Some(s),
+                    Input::Task(s) if !s.is_done() => Some(s.clone()),
                     _ => None,
                 })),
                 _ => {}
             }
         }
+        if waits.is_empty() {
+            dispatch(self, Task::Own(pending));
+            return Ok(slot);
+        }
+        let pending = Arc::new(pending);
         pending.missing.fetch_add(waits.len(), Ordering::Relaxed);
         for s in waits {
             let p = pending.clone();
@@ -359,7 +413,10 @@ impl Direct {
         };
         let mut queue = self.waiting.lock();
         if inputs.is_empty() && queue.is_empty() {
-            return cmd.send(DriverCmd::Submit(batch)).map_err(|_| ());
+            let sent = cmd.send(DriverCmd::Submit(batch));
+            drop(queue);
+            // A refused batch (the context shut down) is dropped without the lock.
+            return sent.map_err(drop);
         }
         let bridge = Arc::new(Bridge {
             batch: Mutex::new(Some(batch)),
@@ -367,7 +424,7 @@ impl Direct {
             inputs,
             cmd: cmd.clone(),
         });
-        queue.push_back(bridge.clone());
+        queue.push_back(Waiting::Batch(bridge.clone()));
         drop(queue);
         let waits: Vec<Arc<Slot>> = bridge
             .inputs
@@ -384,18 +441,47 @@ impl Direct {
         Ok(())
     }
 
-    /// Sends the batches at the front of the queue whose inputs are all finished.
+    /// Sends the batches at the front of the queue whose inputs are all finished, and
+    /// the releases behind them.
     fn flush(&self) {
-        let mut queue = self.waiting.lock();
-        while queue
-            .front()
-            .is_some_and(|b| b.missing.load(Ordering::Acquire) == 0)
+        // Dropped after the lock: a slot dropped here releases its task through this queue.
+        let mut done: Vec<Waiting> = Vec::new();
+        let mut slots: Vec<Arc<Slot>> = Vec::new();
         {
-            if let Some(b) = queue.pop_front() {
-                b.send();
+            let mut queue = self.waiting.lock();
+            while let Some(w) = queue.front() {
+                match w {
+                    Waiting::Batch(b) if b.missing.load(Ordering::Acquire) != 0 => break,
+                    Waiting::Batch(b) => b.send(&mut slots),
+                    Waiting::Release(cmd, task) => {
+                        let _ = cmd.send(DriverCmd::Release(*task));
+                    }
+                }
+                done.extend(queue.pop_front());
             }
         }
+        drop(slots);
+        drop(done);
     }
+
+    /// Tells the driver that `task`'s last handle is gone, behind every batch held back
+    /// before (one of them may take its result).
+    pub(crate) fn release(&self, cmd: &UnboundedSender<DriverCmd>, task: TaskId) {
+        let mut queue = self.waiting.lock();
+        if queue.is_empty() {
+            // The context may be gone already; then there is nothing to release.
+            let _ = cmd.send(DriverCmd::Release(task));
+        } else {
+            queue.push_back(Waiting::Release(cmd.clone(), task));
+        }
+    }
+}
+
+/// What waits in the lane's queue for the driver.
+enum Waiting {
+    Batch(Arc<Bridge>),
+    /// A release, which must not overtake a batch that takes the task's result.
+    Release(UnboundedSender<DriverCmd>, TaskId),
 }
 
 /// A batch for the driver waiting for direct tasks it takes results of, or behind a batch
@@ -415,7 +501,9 @@ impl Bridge {
     }
 
     /// Submits the batch, its direct inputs replaced by their values (all are finished).
-    fn send(&self) {
+    /// The slots of tasks that were not submitted go to `unsent`, for the caller to drop
+    /// once it holds no lock.
+    fn send(&self, unsent: &mut Vec<Arc<Slot>>) {
         let Some(batch) = self.batch.lock().take() else {
             return;
         };
@@ -442,8 +530,9 @@ impl Bridge {
                     dependency,
                     cause: Box::new(cause),
                 };
-                if let Some(slot) = &slot {
+                if let Some(slot) = slot {
                     slot.complete(Err(err.clone()));
+                    unsent.push(slot);
                 }
                 failed.insert(spec.id, err);
                 continue;
@@ -482,6 +571,7 @@ impl Bridge {
                 for (spec, slot) in batch {
                     if let Some(slot) = slot {
                         slot.complete(Err(TaskError::Shutdown { task: spec.id }));
+                        unsent.push(slot);
                     }
                 }
             }
@@ -510,34 +600,120 @@ fn host_only(f: &'static TaskFn) -> bool {
 /// One input of `p` finished (or the spawner registered them all): queue it when none
 /// is missing.
 fn arrived(p: Arc<Pending>) {
-    if p.missing.fetch_sub(1, Ordering::AcqRel) != 1 {
-        return;
+    if p.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let lane = match &p.slot.direct {
+            Some(d) => d.lane.clone(),
+            None => unreachable!("a direct task's slot is a direct slot"),
+        };
+        dispatch(&lane, Task::Shared(p));
     }
-    // Closed (a task is direct only once the processors are known).
-    if p.lane.closed.load(Ordering::Acquire) || p.lane.procs.get().is_none() {
-        return shut_out(p);
-    }
-    let lane = p.lane.clone();
-    let procs = lane.procs.get().expect("checked above");
+}
+
+/// Queues a task of `lane` whose inputs are all finished.
+fn dispatch(lane: &Direct, p: Task) {
+    let procs = match lane.procs.get() {
+        Some(procs) if !lane.closed.load(Ordering::Acquire) => procs,
+        // Closed (a task is direct only once the processors are known).
+        _ => return shut_out(p),
+    };
     let n = procs.threads.len();
     // On a lane thread, the task goes behind the one that finished its last input.
     let at = match ON_LANE.with(Cell::get) {
         Some((i, len)) if len == n => i,
-        _ => lane.next.fetch_add(1, Ordering::Relaxed) % n,
+        _ => lane.next.0.fetch_add(1, Ordering::Relaxed) % n,
     };
-    let mut job = Job(Some(p));
-    procs.threads[at].1.execute(Box::new(move || {
-        if let Some(p) = job.0.take() {
-            run(p, at);
+    procs.runners[at].push(Job(Some(p)));
+}
+
+/// The lane's queue on one thread processor. Tasks are not handed to the processor one
+/// by one (a boxed job each): a pump job, queued on the processor when the queue was
+/// idle, runs what is queued and gives the thread back after [`PUMP_BUDGET`] tasks, so
+/// that other jobs of that processor are not starved.
+struct Runner {
+    at: usize,
+    proc: Arc<dyn Processor>,
+    tx: crossbeam_channel::Sender<Job>,
+    rx: crossbeam_channel::Receiver<Job>,
+    /// Whether a pump is queued or running.
+    active: Padded<AtomicBool>,
+}
+
+/// Tasks a pump runs before it queues itself behind the processor's other jobs.
+const PUMP_BUDGET: usize = 256;
+
+impl Runner {
+    fn new(at: usize, proc: Arc<dyn Processor>) -> Arc<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Arc::new(Self {
+            at,
+            proc,
+            tx,
+            rx,
+            active: Padded::default(),
+        })
+    }
+
+    fn push(self: &Arc<Self>, job: Job) {
+        // The receiver lives as long as the runner, so this cannot fail.
+        let _ = self.tx.send(job);
+        if !self.active.0.swap(true, Ordering::SeqCst) {
+            self.start_pump();
         }
-    }));
+    }
+
+    fn start_pump(self: &Arc<Self>) {
+        let mut pump = Pump(Some(self.clone()));
+        self.proc.execute(Box::new(move || {
+            if let Some(r) = pump.0.take() {
+                r.pump();
+            }
+        }));
+    }
+
+    fn pump(self: Arc<Self>) {
+        let mut ran = 0;
+        loop {
+            while let Ok(mut job) = self.rx.try_recv() {
+                if let Some(t) = job.0.take() {
+                    run(t, self.at);
+                }
+                ran += 1;
+                if ran == PUMP_BUDGET && !self.rx.is_empty() {
+                    // Still active: the next pump goes behind the processor's other jobs.
+                    return self.start_pump();
+                }
+            }
+            self.active.0.store(false, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            // A task pushed after the queue was found empty but before `active` was
+            // cleared saw it set and started no pump: take it on.
+            if self.rx.is_empty() || self.active.0.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+}
+
+/// A queued pump. Dropped unrun (its processor shut down), it fails what is queued.
+struct Pump(Option<Arc<Runner>>);
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            // Each job fails its task as it is dropped.
+            while r.rx.try_recv().is_ok() {}
+            r.active.0.store(false, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            while r.rx.try_recv().is_ok() {}
+        }
+    }
 }
 
 /// Runs a direct task whose inputs are all finished, on lane processor `at`.
-fn run(p: Arc<Pending>, at: usize) {
+fn run(p: Task, at: usize) {
     let task = p.slot.id;
     let func = p.func;
-    let Some(procs) = p.lane.procs.get() else {
+    let Some(procs) = p.lane().procs.get() else {
         return;
     };
     let (index, _) = procs.threads[at];
@@ -603,9 +779,9 @@ fn run(p: Arc<Pending>, at: usize) {
         let _ = d.ran.set(Ran { proc, run });
     }
     let counter = if outcome.is_ok() {
-        &p.lane.finished
+        &procs.finished[at].0
     } else {
-        &p.lane.failed
+        &p.lane().failed.0
     };
     counter.fetch_add(1, Ordering::Relaxed);
     // Dependents made ready by this completion are queued on this processor.

@@ -1,7 +1,7 @@
 //! Handles to tasks' results: typed futures, usable blocking or with `.await`.
 
 use crate::context::{Inner, SubmitError, TaskInfo};
-use crate::direct::DirectSlot;
+use crate::direct::{Direct, DirectSlot};
 use crate::driver::DriverCmd;
 use crate::registry::TaskFn;
 use dagger_core::{MoveFailure, TaskError, TaskId};
@@ -34,6 +34,10 @@ pub(crate) struct Slot {
     /// Set for a task run directly on the driver's threads (see [`crate::direct`]): the
     /// scheduler never heard of it.
     pub(crate) direct: Option<DirectSlot>,
+    /// The direct lane of the slot's context, for a task that went to the scheduler: its
+    /// release must not overtake a submission the lane holds back (one that takes its
+    /// result).
+    pub(crate) lane: Option<Arc<Direct>>,
 }
 
 /// What waits for a slot's outcome.
@@ -64,6 +68,7 @@ impl Slot {
             cond: Condvar::new(),
             release,
             direct: None,
+            lane: None,
         }
     }
 
@@ -160,11 +165,12 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        match &self.direct {
+        match (&self.direct, &self.lane) {
             // Only the direct lane knew it.
-            Some(d) => d.forget(self.id),
+            (Some(d), _) => d.forget(self.id),
+            (None, Some(lane)) => lane.release(&self.release, self.id),
             // The context may be gone already; then there is nothing to release.
-            None => {
+            (None, None) => {
                 let _ = self.release.send(DriverCmd::Release(self.id));
             }
         }

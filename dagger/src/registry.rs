@@ -87,6 +87,23 @@ pub fn lookup(name: &str) -> Option<&'static TaskFn> {
     registry().by_name.get(name).copied()
 }
 
+/// [`lookup`] for a name fixed at compile time (what `#[dagger::task]` submits), with the
+/// last answer remembered per thread: a loop that spawns one function looks it up once.
+pub(crate) fn lookup_static(name: &'static str) -> Option<&'static TaskFn> {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<(&'static str, Option<&'static TaskFn>)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    if let Some((n, f)) = LAST.with(std::cell::Cell::get) {
+        if std::ptr::eq(n, name) {
+            return f;
+        }
+    }
+    let f = lookup(name);
+    LAST.with(|c| c.set(Some((name, f))));
+    f
+}
+
 /// A fingerprint of every registered (name, result type): two processes of one binary agree.
 pub fn registry_hash() -> u64 {
     registry().hash
