@@ -16,12 +16,15 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self, _ctx: &Context) -> Result<Arg, SubmitError> {
-        postcard::to_allocvec(&self)
+        // Sized first: one allocation of the right size, not a vector grown byte by byte.
+        let encode_error = |e: postcard::Error| SubmitError::Encode {
+            ty: std::any::type_name::<T>(),
+            message: e.to_string(),
+        };
+        let size = postcard::experimental::serialized_size(&self).map_err(encode_error)?;
+        postcard::to_extend(&self, Vec::with_capacity(size))
             .map(Arg::Value)
-            .map_err(|e| SubmitError::Encode {
-                ty: std::any::type_name::<T>(),
-                message: e.to_string(),
-            })
+            .map_err(encode_error)
     }
 }
 

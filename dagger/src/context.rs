@@ -925,10 +925,9 @@ impl Context {
     pub fn spawn_raw<T>(
         &self,
         func: &'static str,
-        args: Vec<Result<Arg, SubmitError>>,
+        args: Vec<Arg>,
         options: Options,
     ) -> Result<Handle<T>, SubmitError> {
-        let args: Vec<Arg> = args.into_iter().collect::<Result<_, _>>()?;
         self.spawn_spec(Cow::Borrowed(func), args, options)
     }
 
