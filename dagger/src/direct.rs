@@ -62,8 +62,19 @@ struct Procs {
     threads: Vec<(u32, Arc<dyn Processor>)>,
     /// Tasks each one finished (a counter per thread: no cache line shared between them).
     finished: Vec<Padded<AtomicU64>>,
-    /// The lane's queue on each.
+    /// The pump of each.
     runners: Vec<Arc<Runner>>,
+    /// The lane's one queue, which every pump takes from: a thread that is free takes
+    /// the next task, so a long or blocked task holds up no other.
+    queue: Queue,
+    /// Pumps queued or running.
+    pumps: Padded<AtomicUsize>,
+}
+
+/// The lane's queue of ready tasks.
+struct Queue {
+    tx: crossbeam_channel::Sender<Job>,
+    rx: crossbeam_channel::Receiver<Job>,
 }
 
 /// A value alone on its cache lines (two, for the adjacent-line prefetcher), so that
@@ -90,9 +101,12 @@ pub(crate) struct Direct {
 }
 
 thread_local! {
-    /// The lane processor this thread is (its position in `Procs::threads`), while it
-    /// runs a direct task: inputs it completes queue their dependents here.
-    static ON_LANE: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+    /// The lane whose task this thread is running (its address), while the task
+    /// completes: a dependent it makes ready goes to [`NEXT`].
+    static ON_LANE: Cell<usize> = const { Cell::new(0) };
+    /// The task this pump runs next: the dependent that the task it just ran made ready,
+    /// so that a chain stays on one core and skips the queue.
+    static NEXT: std::cell::RefCell<Option<Job>> = const { std::cell::RefCell::new(None) };
 }
 
 /// What a direct task's slot keeps: the lane, to forget the task when the slot goes, and
@@ -218,7 +232,7 @@ impl Direct {
     }
 
     /// Called by the driver's own worker once it joined: its thread processors.
-    pub(crate) fn attach(&self, worker: WorkerId, procs: &[Arc<dyn Processor>]) {
+    pub(crate) fn attach(self: &Arc<Self>, worker: WorkerId, procs: &[Arc<dyn Processor>]) {
         let threads: Vec<(u32, Arc<dyn Processor>)> = procs
             .iter()
             .enumerate()
@@ -230,13 +244,23 @@ impl Direct {
             let runners = threads
                 .iter()
                 .enumerate()
-                .map(|(at, (_, p))| Runner::new(at, p.clone()))
+                .map(|(at, (_, p))| {
+                    Arc::new(Runner {
+                        at,
+                        proc: p.clone(),
+                        lane: Arc::downgrade(self),
+                        running: AtomicBool::new(false),
+                    })
+                })
                 .collect();
+            let (tx, rx) = crossbeam_channel::unbounded();
             let _ = self.procs.set(Procs {
                 worker,
                 threads,
                 finished,
                 runners,
+                queue: Queue { tx, rx },
+                pumps: Padded::default(),
             });
         }
         *self.attached.0.lock() = true;
@@ -616,51 +640,64 @@ fn dispatch(lane: &Direct, p: Task) {
         // Closed (a task is direct only once the processors are known).
         _ => return shut_out(p),
     };
-    let n = procs.threads.len();
-    // On a lane thread, the task goes behind the one that finished its last input.
-    let at = match ON_LANE.with(Cell::get) {
-        Some((i, len)) if len == n => i,
-        _ => lane.next.0.fetch_add(1, Ordering::Relaxed) % n,
-    };
-    procs.runners[at].push(Job(Some(p)));
+    let mut job = Job(Some(p));
+    // Made ready by a task of this lane that this thread just ran: run it next here.
+    if ON_LANE.with(Cell::get) == lane as *const Direct as usize {
+        job = match NEXT.with(|n| {
+            let mut n = n.borrow_mut();
+            match n.as_ref() {
+                None => {
+                    *n = Some(job);
+                    None
+                }
+                Some(_) => Some(job),
+            }
+        }) {
+            None => return,
+            Some(job) => job,
+        };
+    }
+    // The receiver lives as long as the sender (both in `procs`): this cannot fail.
+    let _ = procs.queue.tx.send(job);
+    wake(lane, procs);
 }
 
-/// The lane's queue on one thread processor. Tasks are not handed to the processor one
-/// by one (a boxed job each): a pump job, queued on the processor when the queue was
-/// idle, runs what is queued and gives the thread back after [`PUMP_BUDGET`] tasks, so
-/// that other jobs of that processor are not starved.
+/// Starts one more pump while tasks wait in the queue and a thread has none: every
+/// running pump is busy with a task (a long one, perhaps), so a waiting task must not
+/// wait for them.
+fn wake(lane: &Direct, procs: &Procs) {
+    let n = procs.runners.len();
+    let pumps = procs.pumps.0.load(Ordering::SeqCst);
+    if pumps >= n || (pumps > 0 && procs.queue.rx.is_empty()) {
+        return;
+    }
+    let start = lane.next.0.fetch_add(1, Ordering::Relaxed);
+    for k in 0..n {
+        let r = &procs.runners[(start + k) % n];
+        if !r.running.swap(true, Ordering::SeqCst) {
+            procs.pumps.0.fetch_add(1, Ordering::SeqCst);
+            return r.start_pump();
+        }
+    }
+}
+
+/// The lane's pump on one thread processor. Tasks are not handed to the processor one by
+/// one (a boxed job each): a pump job, queued on the processor when it is woken, runs
+/// tasks from the lane's queue and gives the thread back after [`PUMP_BUDGET`] of them,
+/// so that other jobs of that processor are not starved.
 struct Runner {
     at: usize,
     proc: Arc<dyn Processor>,
-    tx: crossbeam_channel::Sender<Job>,
-    rx: crossbeam_channel::Receiver<Job>,
-    /// Whether a pump is queued or running.
-    active: Padded<AtomicBool>,
+    /// The lane (not kept alive by its own runners).
+    lane: Weak<Direct>,
+    /// Whether its pump is queued or running.
+    running: AtomicBool,
 }
 
 /// Tasks a pump runs before it queues itself behind the processor's other jobs.
 const PUMP_BUDGET: usize = 256;
 
 impl Runner {
-    fn new(at: usize, proc: Arc<dyn Processor>) -> Arc<Self> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        Arc::new(Self {
-            at,
-            proc,
-            tx,
-            rx,
-            active: Padded::default(),
-        })
-    }
-
-    fn push(self: &Arc<Self>, job: Job) {
-        // The receiver lives as long as the runner, so this cannot fail.
-        let _ = self.tx.send(job);
-        if !self.active.0.swap(true, Ordering::SeqCst) {
-            self.start_pump();
-        }
-    }
-
     fn start_pump(self: &Arc<Self>) {
         let mut pump = Pump(Some(self.clone()));
         self.proc.execute(Box::new(move || {
@@ -671,40 +708,59 @@ impl Runner {
     }
 
     fn pump(self: Arc<Self>) {
+        let Some(lane) = self.lane.upgrade() else {
+            return;
+        };
+        let Some(procs) = lane.procs.get() else {
+            return;
+        };
+        let queue = &procs.queue;
+        let next = || {
+            NEXT.with(|n| n.borrow_mut().take())
+                .or_else(|| queue.rx.try_recv().ok())
+        };
         let mut ran = 0;
         loop {
-            while let Ok(mut job) = self.rx.try_recv() {
+            while let Some(mut job) = next() {
                 if let Some(t) = job.0.take() {
                     run(t, self.at);
                 }
                 ran += 1;
-                if ran == PUMP_BUDGET && !self.rx.is_empty() {
-                    // Still active: the next pump goes behind the processor's other jobs.
+                if ran >= PUMP_BUDGET {
+                    // Still counted as running: the next pump goes behind the processor's
+                    // other jobs, and the task kept for it waits in the queue.
+                    if let Some(job) = NEXT.with(|n| n.borrow_mut().take()) {
+                        let _ = queue.tx.send(job);
+                    }
                     return self.start_pump();
                 }
             }
-            self.active.0.store(false, Ordering::SeqCst);
+            procs.pumps.0.fetch_sub(1, Ordering::SeqCst);
+            self.running.store(false, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
-            // A task pushed after the queue was found empty but before `active` was
-            // cleared saw it set and started no pump: take it on.
-            if self.rx.is_empty() || self.active.0.swap(true, Ordering::SeqCst) {
+            // A task queued after the queue was found empty but before this pump stopped
+            // counting may have started no pump: take it on.
+            if queue.rx.is_empty() || self.running.swap(true, Ordering::SeqCst) {
                 return;
             }
+            procs.pumps.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
 
-/// A queued pump. Dropped unrun (its processor shut down), it fails what is queued.
+/// A queued pump. Dropped unrun (its processor shut down: the lane closed), it no longer
+/// counts, and it fails what is queued.
 struct Pump(Option<Arc<Runner>>);
 
 impl Drop for Pump {
     fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
+        let Some(r) = self.0.take() else { return };
+        let Some(lane) = r.lane.upgrade() else { return };
+        if let Some(procs) = lane.procs.get() {
+            procs.pumps.0.fetch_sub(1, Ordering::SeqCst);
+            r.running.store(false, Ordering::SeqCst);
             // Each job fails its task as it is dropped.
-            while r.rx.try_recv().is_ok() {}
-            r.active.0.store(false, Ordering::SeqCst);
-            std::sync::atomic::fence(Ordering::SeqCst);
-            while r.rx.try_recv().is_ok() {}
+            while procs.queue.rx.try_recv().is_ok() {}
         }
     }
 }
@@ -784,8 +840,8 @@ fn run(p: Task, at: usize) {
         &p.lane().failed.0
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    // Dependents made ready by this completion are queued on this processor.
-    let prev = ON_LANE.with(|c| c.replace(Some((at, procs.threads.len()))));
+    // A dependent made ready by this completion runs next on this thread.
+    let prev = ON_LANE.with(|c| c.replace(p.lane() as *const Direct as usize));
     p.slot.complete(outcome);
     ON_LANE.with(|c| c.set(prev));
 }

@@ -59,6 +59,21 @@ fn wait_at_gate(x: u64) -> u64 {
     x
 }
 
+/// A second gate, for the test that a blocked task holds up no other.
+static HOLD: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+static AT_HOLD: AtomicBool = AtomicBool::new(false);
+
+#[dagger::task]
+fn hold(x: u64) -> u64 {
+    AT_HOLD.store(true, Ordering::SeqCst);
+    let (open, cond) = &HOLD;
+    let mut g = open.lock().unwrap();
+    while !*g {
+        g = cond.wait(g).unwrap();
+    }
+    x
+}
+
 fn threads() -> Context {
     dagger::init();
     Context::threads().unwrap()
@@ -191,6 +206,38 @@ fn failures_are_typed_and_reach_every_dependent() {
     // A type mismatch is refused at submission, as on the scheduler's path.
     let cast: Handle<String> = double::spawn(&ctx, 1).unwrap().cast();
     assert!(cast.fetch().is_err());
+}
+
+#[test]
+fn a_blocked_task_holds_up_no_other() {
+    dagger::init();
+    let ctx = Context::builder().worker_threads(2).build().unwrap();
+    let held = hold::spawn(&ctx, 1).unwrap();
+    while !AT_HOLD.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    // Every one of these must run on the other thread while the first one blocks; none
+    // may wait in a queue behind it.
+    let quick: Vec<_> = (0..64).map(|i| double::spawn(&ctx, i).unwrap()).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let sum: u64 = quick.iter().map(|h| h.fetch().unwrap()).sum();
+        let _ = tx.send(sum);
+    });
+    // A generous bound only so that a regression fails instead of hanging the suite.
+    let got = rx.recv_timeout(std::time::Duration::from_secs(120));
+    {
+        let (open, cond) = &HOLD;
+        *open.lock().unwrap() = true;
+        cond.notify_all();
+    }
+    assert_eq!(
+        got,
+        Ok(2 * (0..64).sum::<u64>()),
+        "quick tasks waited behind a blocked one"
+    );
+    assert_eq!(held.fetch().unwrap(), 1);
+    assert!(held.info().unwrap().direct);
 }
 
 #[test]
