@@ -1,6 +1,7 @@
 //! The user's entry point: a running cluster (driver + workers) and the calls to submit
 //! work to it and ask about it.
 
+use crate::args::IntoArg;
 use crate::direct::Direct;
 use crate::driver::{self, DriverCmd, DriverConfig, DriverState, LinkEvent};
 use crate::handle::{Handle, Slot};
@@ -15,6 +16,7 @@ use dagger_net::ClusterCa;
 use dagger_net::{Identity, MemTransport, NetError, Transport};
 use dagger_proc::Topology;
 use parking_lot::Mutex;
+use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -929,6 +931,26 @@ impl Context {
         options: Options,
     ) -> Result<Handle<T>, SubmitError> {
         self.spawn_spec(Cow::Borrowed(func), args, options)
+    }
+
+    /// A value as a handle: encoded once, here, and then kept by the cluster like a task's
+    /// result, so that any number of tasks can take `&handle` as an argument without each
+    /// carrying (and encoding) its own copy. Workers fetch it as they fetch any input, once
+    /// per process that needs it; it is released with its last handle. Use it for a large
+    /// constant (a matrix, a lookup table) shared by many tasks.
+    ///
+    /// ```no_run
+    /// # use dagger::prelude::*;
+    /// # #[dagger::task] fn score(table: Vec<f64>, i: u64) -> f64 { table[i as usize] }
+    /// # fn main() -> anyhow::Result<()> {
+    /// let ctx = Context::threads()?;
+    /// let table = ctx.put(&vec![0.5_f64; 1 << 20])?;
+    /// let scores: Vec<_> = (0..1000).map(|i| score::spawn(&ctx, &table, i)).collect::<Result<_, _>>()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn put<T: Serialize>(&self, value: &T) -> Result<Handle<T>, SubmitError> {
+        let arg = IntoArg::<&T>::into_arg(value, self)?;
+        self.spawn_spec(Cow::Borrowed(registry::PUT), vec![arg], Options::default())
     }
 
     /// Submits one task by a function name that need not be registered in this process

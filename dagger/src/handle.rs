@@ -264,7 +264,8 @@ impl<T> Handle<T> {
         if let Some(f) = self.slot.func {
             let found = (f.result_type)();
             let expected = std::any::type_name::<T>();
-            if found != expected {
+            // An empty result type is untyped (a `Context::put` value, typed by its handle).
+            if !found.is_empty() && found != expected {
                 return Err(SubmitError::TypeMismatch {
                     task: self.id(),
                     expected,
@@ -296,7 +297,8 @@ impl<T: DeserializeOwned> Handle<T> {
         if let Some(f) = self.slot.func {
             let found = (f.result_type)();
             let expected = std::any::type_name::<T>();
-            if found != expected {
+            // An empty result type is untyped (a `Context::put` value, typed by its handle).
+            if !found.is_empty() && found != expected {
                 return Err(TaskError::TypeMismatch {
                     task: self.id(),
                     expected: expected.to_string(),

@@ -53,6 +53,33 @@ pub struct TaskFn {
 
 inventory::collect!(TaskFn);
 
+/// The name of the built-in task behind [`Context::put`](crate::Context::put): it returns its
+/// one argument's encoded bytes unchanged.
+pub(crate) const PUT: &str = "dagger::put";
+
+/// `PUT`'s function. Its result type is left empty: the handle `put` returns is typed by the
+/// value it was made from, and an empty result type is not checked against it.
+fn put_call(args: &mut [ArgValue<'_>]) -> Result<TaskOutput, CallError> {
+    match args {
+        [ArgValue::Bytes(b)] => Ok(TaskOutput::Bytes(b.to_vec())),
+        [ArgValue::Value(_)] => Err(CallError::Decode {
+            param: "value",
+            ty: "encoded bytes",
+            message: "a put value reached its task as a decoded value".into(),
+        }),
+        _ => Err(CallError::arity(1, args.len())),
+    }
+}
+
+inventory::submit! {
+    TaskFn {
+        name: PUT,
+        call: put_call,
+        result_type: || "",
+        arg_types: || vec![""],
+    }
+}
+
 struct Registry {
     by_name: IdHashMap<&'static str, &'static TaskFn>,
     hash: u64,
