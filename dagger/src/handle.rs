@@ -33,7 +33,8 @@ pub(crate) struct Slot {
     release: UnboundedSender<DriverCmd>,
     /// Set for a task run directly on the driver's threads (see [`crate::direct`]): the
     /// scheduler never heard of it.
-    pub(crate) direct: Option<DirectSlot>,
+    /// Boxed: most slots are not direct, and every slot of a million-task graph counts.
+    pub(crate) direct: Option<Box<DirectSlot>>,
     /// The direct lane of the slot's context, for a task that went to the scheduler: its
     /// release must not overtake a submission the lane holds back (one that takes its
     /// result).
@@ -80,7 +81,7 @@ impl Slot {
         direct: DirectSlot,
     ) -> Self {
         let mut slot = Self::new(id, Some(func), release);
-        slot.direct = Some(direct);
+        slot.direct = Some(Box::new(direct));
         slot
     }
 
@@ -368,5 +369,21 @@ impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Handle<T>
                 },
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every task the driver knows has a slot until it completes: a million-task graph
+    /// holds a million of them at its peak.
+    #[test]
+    fn a_slot_stays_small() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 96,
+            "{} bytes",
+            std::mem::size_of::<Slot>()
+        );
     }
 }
