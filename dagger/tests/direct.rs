@@ -44,33 +44,58 @@ fn maybe_fail(x: u64, fail: bool) -> u64 {
     x
 }
 
-/// A gate a task can wait at, for the shutdown test (no timing: the test opens it).
-static GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
-static AT_GATE: AtomicBool = AtomicBool::new(false);
+/// A gate a task waits at until the test opens it (no timing).
+struct Gate {
+    open: Mutex<bool>,
+    cond: Condvar,
+    reached: AtomicBool,
+}
+
+impl Gate {
+    const fn new() -> Self {
+        Self {
+            open: Mutex::new(false),
+            cond: Condvar::new(),
+            reached: AtomicBool::new(false),
+        }
+    }
+
+    /// Called by the task: blocks until the gate opens.
+    fn pass(&self) {
+        self.reached.store(true, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cond.wait(open).unwrap();
+        }
+    }
+
+    /// Waits until a task is at the gate.
+    fn wait_reached(&self) {
+        while !self.reached.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cond.notify_all();
+    }
+}
+
+/// For the shutdown test.
+static GATE: Gate = Gate::new();
+/// For the test that a blocked task holds up no other.
+static HOLD: Gate = Gate::new();
 
 #[dagger::task]
 fn wait_at_gate(x: u64) -> u64 {
-    AT_GATE.store(true, Ordering::SeqCst);
-    let (open, cond) = &GATE;
-    let mut g = open.lock().unwrap();
-    while !*g {
-        g = cond.wait(g).unwrap();
-    }
+    GATE.pass();
     x
 }
 
-/// A second gate, for the test that a blocked task holds up no other.
-static HOLD: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
-static AT_HOLD: AtomicBool = AtomicBool::new(false);
-
 #[dagger::task]
 fn hold(x: u64) -> u64 {
-    AT_HOLD.store(true, Ordering::SeqCst);
-    let (open, cond) = &HOLD;
-    let mut g = open.lock().unwrap();
-    while !*g {
-        g = cond.wait(g).unwrap();
-    }
+    HOLD.pass();
     x
 }
 
@@ -213,9 +238,7 @@ fn a_blocked_task_holds_up_no_other() {
     dagger::init();
     let ctx = Context::builder().worker_threads(2).build().unwrap();
     let held = hold::spawn(&ctx, 1).unwrap();
-    while !AT_HOLD.load(Ordering::SeqCst) {
-        std::thread::yield_now();
-    }
+    HOLD.wait_reached();
     // Every one of these must run on the other thread while the first one blocks; none
     // may wait in a queue behind it.
     let quick: Vec<_> = (0..64).map(|i| double::spawn(&ctx, i).unwrap()).collect();
@@ -226,11 +249,7 @@ fn a_blocked_task_holds_up_no_other() {
     });
     // A generous bound only so that a regression fails instead of hanging the suite.
     let got = rx.recv_timeout(std::time::Duration::from_secs(120));
-    {
-        let (open, cond) = &HOLD;
-        *open.lock().unwrap() = true;
-        cond.notify_all();
-    }
+    HOLD.open();
     assert_eq!(
         got,
         Ok(2 * (0..64).sum::<u64>()),
@@ -260,20 +279,14 @@ fn shutdown_completes_every_waiting_direct_task() {
         let next = add::spawn(&ctx, chain.last().unwrap(), 1).unwrap();
         chain.push(next);
     }
-    while !AT_GATE.load(Ordering::SeqCst) {
-        std::thread::yield_now();
-    }
+    GATE.wait_reached();
     // Shutting down does not wait for the running task.
     ctx.shutdown();
     assert!(
         double::spawn(&ctx, 1).is_err(),
         "a closed context refuses tasks"
     );
-    {
-        let (open, cond) = &GATE;
-        *open.lock().unwrap() = true;
-        cond.notify_all();
-    }
+    GATE.open();
     // Every handle completes; what did not run failed with `Shutdown`.
     let mut shut = 0;
     for h in &chain {
