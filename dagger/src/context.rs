@@ -1074,7 +1074,22 @@ impl Context {
                 }
                 check_sizes(&args)?;
                 let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
-                let mut slot = Slot::new(id, registry::lookup(node.func), self.inner.cmd.clone());
+                let f = registry::lookup(node.func);
+                // A plain node runs on the direct lane as soon as its inputs are there; the
+                // nodes after it name it by id like any other.
+                let args = match &self.inner.direct {
+                    Some(direct) => {
+                        match direct.spawn(id, f, args, &node.options, &self.inner.cmd) {
+                            Ok(slot) => {
+                                ids.insert(key, (id, slot));
+                                continue;
+                            }
+                            Err(args) => args,
+                        }
+                    }
+                    None => args,
+                };
+                let mut slot = Slot::new(id, f, self.inner.cmd.clone());
                 slot.lane = self.inner.direct.clone();
                 let slot = Arc::new(slot);
                 let spec = TaskSpec {

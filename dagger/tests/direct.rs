@@ -188,6 +188,28 @@ fn scheduled_tasks_take_results_of_direct_ones_eagerly_and_lazily() {
 }
 
 #[test]
+fn plain_lazy_graphs_take_the_lane_too() {
+    let ctx = threads();
+    let leaves: Vec<_> = (1..=10).map(double::delayed).collect();
+    let root = add::delayed(sum::delayed(leaves), 1);
+    let handle = ctx.spawn_graph(root).unwrap();
+    assert_eq!(handle.fetch().unwrap(), 111);
+    assert!(handle.info().unwrap().direct);
+    // A lazy chain of 100,000 tasks.
+    let mut chain = double::delayed(0);
+    for _ in 0..100_000 {
+        chain = add::delayed(chain, 1);
+    }
+    assert_eq!(ctx.collect(chain).unwrap(), 100_000);
+    // A node that is not plain goes to the scheduler, fed by a direct node; the node that
+    // takes its result goes there too.
+    let mixed = add::delayed(double::with(scheduled()).delayed(double::delayed(5)), 2);
+    let h = ctx.spawn_graph(mixed).unwrap();
+    assert_eq!(h.fetch().unwrap(), 22);
+    assert!(!h.info().unwrap().direct);
+}
+
+#[test]
 fn gathered_inputs_mix_values_and_results() {
     let ctx = threads();
     let hs: Vec<_> = (1..=100).map(|i| double::spawn(&ctx, i).unwrap()).collect();
