@@ -262,19 +262,23 @@ impl<T> Handle<T> {
     /// a handle [`cast`](Handle::cast) to another type must not feed a parameter of that
     /// type (the bytes of a `u64` would decode as some other value).
     pub(crate) fn check_arg_type(&self) -> Result<(), SubmitError> {
-        if let Some(f) = self.slot.func {
-            let found = (f.result_type)();
-            let expected = std::any::type_name::<T>();
-            // An empty result type is untyped (a `Context::put` value, typed by its handle).
-            if !found.is_empty() && found != expected {
-                return Err(SubmitError::TypeMismatch {
-                    task: self.id(),
-                    expected,
-                    found,
-                });
-            }
+        match self.type_mismatch() {
+            Some((expected, found)) => Err(SubmitError::TypeMismatch {
+                task: self.id(),
+                expected,
+                found,
+            }),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// `(T, the function's result type)` where this process knows the task's function and
+    /// they differ. An empty result type is untyped (a `Context::put` value, typed by its
+    /// handle).
+    fn type_mismatch(&self) -> Option<(&'static str, &'static str)> {
+        let found = (self.slot.func?.result_type)();
+        let expected = std::any::type_name::<T>();
+        (!found.is_empty() && found != expected).then_some((expected, found))
     }
 }
 
@@ -295,19 +299,14 @@ impl<T: DeserializeOwned> Handle<T> {
     }
 
     fn check_type(&self) -> Result<(), TaskError> {
-        if let Some(f) = self.slot.func {
-            let found = (f.result_type)();
-            let expected = std::any::type_name::<T>();
-            // An empty result type is untyped (a `Context::put` value, typed by its handle).
-            if !found.is_empty() && found != expected {
-                return Err(TaskError::TypeMismatch {
-                    task: self.id(),
-                    expected: expected.to_string(),
-                    found: found.to_string(),
-                });
-            }
+        match self.type_mismatch() {
+            Some((expected, found)) => Err(TaskError::TypeMismatch {
+                task: self.id(),
+                expected: expected.to_string(),
+                found: found.to_string(),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn decode(
