@@ -20,7 +20,9 @@ use crate::{Conn, Frame, NetConfig, NetError};
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+#[cfg(test)]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -118,7 +120,6 @@ struct Shared {
     /// Set once the peer is known gone (its connection closed or its process exited).
     peer_gone: AtomicBool,
     peer_reason: Mutex<Option<String>>,
-    received: AtomicU64,
     connection: quinn::Connection,
 }
 
@@ -424,6 +425,8 @@ struct RingSource {
     end: Option<NetError>,
     /// Whether the link ended for this side (every later call returns `Closed`).
     ended: bool,
+    /// The ring's tail when the link was built (what the handshake had used).
+    start: u64,
 }
 
 impl RingSource {
@@ -475,7 +478,6 @@ impl RingSource {
             rest -= used;
         }
         ring.tail().store(self.tail, Ordering::Release);
-        sh.received.fetch_add(avail - rest, Ordering::Relaxed);
         futex::wake(ring.writer_sleep());
         match stop {
             Some(e) => Err(e),
@@ -579,8 +581,11 @@ impl FrameSource for RingSource {
         }
     }
 
+    /// What the peer has published into the ring, decoded yet or not: it grows while
+    /// the peer writes, whether or not this side is receiving.
     fn received_bytes(&self) -> Option<u64> {
-        Some(self.shared.received.load(Ordering::Relaxed))
+        let head = self.shared.rx.head().load(Ordering::Acquire);
+        Some(head.wrapping_sub(self.start))
     }
 }
 
@@ -637,7 +642,6 @@ pub(crate) fn make_ring_conn(
         own_wake,
         peer_gone: AtomicBool::new(false),
         peer_reason: Mutex::new(None),
-        received: AtomicU64::new(0),
         connection: connection.clone(),
     });
     let guard = Arc::new(ConnGuard {
@@ -668,6 +672,7 @@ pub(crate) fn make_ring_conn(
             ready: VecDeque::new(),
             end: None,
             ended: false,
+            start: tail,
         }),
         peer_addr,
     })
