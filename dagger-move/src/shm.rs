@@ -396,17 +396,33 @@ pub const DEFAULT_POOL_BYTES: u64 = 256 << 20;
 /// slightly different lengths.
 const SEGMENT_GRANULE: u64 = 1 << 20;
 
+/// Segments for stored chunks are sized in multiples of this many bytes (a chunk is
+/// written once and kept, so less is wasted on rounding).
+const STORED_GRANULE: u64 = 64 << 10;
+
 /// One reusable segment of a [`SegmentPool`]: a named object of a fixed size, mapped
 /// writable by its writer, lent to one reader at a time.
 struct Segment {
     name: String,
     /// The reader this segment belongs to (once a reader has mapped it, and so unlinked
-    /// its name, no other reader can open it).
-    owner: u64,
+    /// its name, no other reader can open it); `None` until one has been lent it.
+    owner: Option<u64>,
     size: u64,
     map: std::sync::Arc<memmap2::MmapRaw>,
+    /// Lent to its owner, who may be reading it.
     busy: bool,
+    /// Holds a chunk of the writer's own ([`StoredSegment`]), kept until that is dropped.
+    stored: bool,
 }
+
+impl Segment {
+    /// Free to be written again: neither lent nor holding a stored chunk.
+    fn idle(&self) -> bool {
+        !self.busy && !self.stored
+    }
+}
+
+type Segments = std::sync::Arc<parking_lot::Mutex<Vec<Segment>>>;
 
 /// What a writer sends so the reader can map a segment: the object's name, its size and
 /// how many of its first bytes hold the chunk. Plain data, sent over the wire.
@@ -439,7 +455,7 @@ pub struct SegmentRef {
 pub struct SegmentPool {
     prefix: String,
     max_bytes: u64,
-    inner: parking_lot::Mutex<Vec<Segment>>,
+    inner: Segments,
 }
 
 impl SegmentPool {
@@ -450,7 +466,7 @@ impl SegmentPool {
         Ok(Self {
             prefix: name_prefix.to_string(),
             max_bytes,
-            inner: parking_lot::Mutex::new(Vec::new()),
+            inner: Segments::default(),
         })
     }
 
@@ -463,54 +479,120 @@ impl SegmentPool {
         if len == 0 {
             return Ok(None);
         }
-        let picked = {
-            let mut segs = self.inner.lock();
-            let best = segs
-                .iter_mut()
-                .filter(|s| !s.busy && s.owner == owner && s.size >= len)
-                .min_by_key(|s| s.size);
-            match best {
-                Some(s) => {
-                    s.busy = true;
-                    Some((s.name.clone(), s.size, s.map.clone()))
-                }
-                None => None,
-            }
-        };
-        let (name, size, map) = match picked {
-            Some(p) => p,
-            None => {
-                let size = len.div_ceil(SEGMENT_GRANULE) * SEGMENT_GRANULE;
-                {
-                    let segs = self.inner.lock();
-                    let held: u64 = segs.iter().map(|s| s.size).sum();
-                    if held + size > self.max_bytes {
-                        return Ok(None);
-                    }
-                }
-                let (name, map) = self.create_segment(size)?;
-                let mut segs = self.inner.lock();
-                let held: u64 = segs.iter().map(|s| s.size).sum();
-                if held + size > self.max_bytes {
-                    drop(segs);
-                    let _ = unlink_os(&name);
-                    return Ok(None);
-                }
-                segs.push(Segment {
-                    name: name.clone(),
-                    owner,
-                    size,
-                    map: map.clone(),
-                    busy: true,
-                });
-                (name, size, map)
-            }
+        let size = len.div_ceil(SEGMENT_GRANULE) * SEGMENT_GRANULE;
+        let Some((name, size, map)) = self.take(
+            size,
+            |s| (s.owner == Some(owner) || s.owner.is_none()) && s.size >= len,
+            |s| {
+                s.owner = Some(owner);
+                s.busy = true;
+            },
+        )?
+        else {
+            return Ok(None);
         };
         // SAFETY: the segment is marked busy, so no other writer copies into it, and its
         // reader does not read it until it receives the reference returned below; the
         // mapping is `size >= len` bytes long and stays mapped while `map` lives.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_mut_ptr(), bytes.len()) };
         Ok(Some(SegmentRef { name, size, len }))
+    }
+
+    /// Marks an idle segment that `fits` (the smallest) with `claim`, or creates one of
+    /// `new_size` bytes and claims it if the byte limit allows. `Ok(None)`: the pool is
+    /// full.
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &self,
+        new_size: u64,
+        fits: impl Fn(&Segment) -> bool,
+        claim: impl Fn(&mut Segment),
+    ) -> Result<Option<(String, u64, std::sync::Arc<memmap2::MmapRaw>)>, MoveError> {
+        let room = |segs: &[Segment]| {
+            let held: u64 = segs.iter().map(|s| s.size).sum();
+            held + new_size <= self.max_bytes
+        };
+        {
+            let mut segs = self.inner.lock();
+            let best = segs
+                .iter_mut()
+                .filter(|s| s.idle() && fits(s))
+                .min_by_key(|s| s.size);
+            if let Some(s) = best {
+                claim(s);
+                return Ok(Some((s.name.clone(), s.size, s.map.clone())));
+            }
+            if !room(&segs) {
+                return Ok(None);
+            }
+        }
+        let (name, map) = self.create_segment(new_size)?;
+        let mut segs = self.inner.lock();
+        if !room(&segs) {
+            drop(segs);
+            let _ = unlink_os(&name);
+            return Ok(None);
+        }
+        let mut seg = Segment {
+            name: name.clone(),
+            owner: None,
+            size: new_size,
+            map: map.clone(),
+            busy: false,
+            stored: false,
+        };
+        claim(&mut seg);
+        segs.push(seg);
+        Ok(Some((name, new_size, map)))
+    }
+
+    /// A segment of at least `len` bytes for a chunk of this writer's own, to encode the
+    /// chunk straight into: an idle one of any reader (the smallest that fits), else a new
+    /// one if the byte limit allows. `Ok(None)`: the pool is full (keep the chunk in
+    /// ordinary memory). Write the chunk through the returned writer, then
+    /// [`finish`](SegmentWriter::finish) it; [`lend_stored`](Self::lend_stored) then lends
+    /// it to a reader without a copy. The segment is idle again once the stored chunk (and
+    /// any loan of it) is gone.
+    pub fn alloc_stored(&self, len: usize) -> Result<Option<SegmentWriter>, MoveError> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let size = (len as u64).div_ceil(STORED_GRANULE) * STORED_GRANULE;
+        let Some((name, _, map)) =
+            self.take(size, |s| s.size >= len as u64, |s| s.stored = true)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(SegmentWriter {
+            stored: StoredSegment {
+                name,
+                map,
+                len,
+                segments: self.inner.clone(),
+            },
+        }))
+    }
+
+    /// Lends the segment of a stored chunk to reader `owner` without copying it, if that
+    /// segment is this pool's, is not lent now, and `owner` may map it (no other reader has
+    /// mapped it before). `None`: copy the chunk with [`write`](Self::write) instead. The
+    /// reader hands it back as after `write` ([`release`](Self::release)).
+    pub fn lend_stored(&self, owner: u64, chunk: &StoredSegment) -> Option<SegmentRef> {
+        if !std::sync::Arc::ptr_eq(&self.inner, &chunk.segments) {
+            return None;
+        }
+        let mut segs = self.inner.lock();
+        let s = segs.iter_mut().find(|s| s.stored && s.name == chunk.name)?;
+        if s.busy || s.owner.is_some_and(|o| o != owner) {
+            return None;
+        }
+        s.owner = Some(owner);
+        s.busy = true;
+        Some(SegmentRef {
+            name: s.name.clone(),
+            size: s.size,
+            len: chunk.len as u64,
+        })
     }
 
     fn create_segment(
@@ -551,7 +633,7 @@ impl SegmentPool {
         let mut segs = self.inner.lock();
         match segs
             .iter_mut()
-            .find(|s| s.busy && s.owner == owner && s.name == name)
+            .find(|s| s.busy && s.owner == Some(owner) && s.name == name)
         {
             Some(s) => {
                 s.busy = false;
@@ -568,7 +650,7 @@ impl SegmentPool {
             let mut segs = self.inner.lock();
             let (gone, keep) = std::mem::take(&mut *segs)
                 .into_iter()
-                .partition(|s| s.owner == owner);
+                .partition(|s| s.owner == Some(owner));
             *segs = keep;
             gone
         };
@@ -580,13 +662,14 @@ impl SegmentPool {
 
     /// The owners that have segments, each once.
     pub fn owners(&self) -> Vec<u64> {
-        let mut o: Vec<u64> = self.inner.lock().iter().map(|s| s.owner).collect();
+        let mut o: Vec<u64> = self.inner.lock().iter().filter_map(|s| s.owner).collect();
         o.sort_unstable();
         o.dedup();
         o
     }
 
-    /// Bytes of segments held, and of those lent out now.
+    /// Bytes of segments held, and of those lent out now (stored chunks' segments count
+    /// as held, and as lent while lent).
     pub fn held_bytes(&self) -> (u64, u64) {
         let segs = self.inner.lock();
         let held = segs.iter().map(|s| s.size).sum();
@@ -597,7 +680,7 @@ impl SegmentPool {
 
 impl Drop for SegmentPool {
     fn drop(&mut self) {
-        for s in self.inner.get_mut().iter() {
+        for s in self.inner.lock().iter() {
             let _ = unlink_os(&s.name);
         }
     }
@@ -611,6 +694,95 @@ impl std::fmt::Debug for SegmentPool {
             .field("max_bytes", &self.max_bytes)
             .field("held", &held)
             .field("lent", &lent)
+            .finish()
+    }
+}
+
+/// A segment being filled with a chunk of the writer's own ([`SegmentPool::alloc_stored`]):
+/// its first `len` bytes, writable. Dropping it unfinished gives the segment back.
+pub struct SegmentWriter {
+    stored: StoredSegment,
+}
+
+impl SegmentWriter {
+    /// The chunk is written: from now on it is only read.
+    pub fn finish(self) -> StoredSegment {
+        self.stored
+    }
+}
+
+impl Deref for SegmentWriter {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.stored
+    }
+}
+
+impl DerefMut for SegmentWriter {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the segment is marked stored, so the pool hands it to no other writer,
+        // and it is lent to no reader before `finish`; the mapping is at least `len` bytes
+        // long and lives as long as `map`. `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.stored.map.as_mut_ptr(), self.stored.len) }
+    }
+}
+
+impl std::fmt::Debug for SegmentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter")
+            .field("name", &self.stored.name)
+            .field("len", &self.stored.len)
+            .finish()
+    }
+}
+
+/// A chunk of the writer's own kept in a segment of its pool: its bytes through [`Deref`].
+/// [`SegmentPool::lend_stored`] lends it to a reader of the same host without a copy.
+/// Dropping it makes the segment idle once no reader holds it.
+pub struct StoredSegment {
+    name: String,
+    map: std::sync::Arc<memmap2::MmapRaw>,
+    len: usize,
+    segments: Segments,
+}
+
+impl StoredSegment {
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Deref for StoredSegment {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the mapping is at least `len` bytes long and lives as long as `map`;
+        // nothing writes into the segment while it is stored but its `SegmentWriter`,
+        // which holds the only `StoredSegment` and borrows it mutably meanwhile.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for StoredSegment {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Drop for StoredSegment {
+    fn drop(&mut self) {
+        let mut segs = self.segments.lock();
+        if let Some(s) = segs.iter_mut().find(|s| s.stored && s.name == self.name) {
+            s.stored = false;
+        }
+    }
+}
+
+impl std::fmt::Debug for StoredSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSegment")
+            .field("name", &self.name)
+            .field("len", &self.len)
             .finish()
     }
 }

@@ -273,3 +273,57 @@ fn bad_segment_references_are_rejected() {
     assert!(shm::SegmentPool::new("not-a-name", 1).is_err());
     assert!(pool.write(1, &[]).unwrap().is_none());
 }
+
+#[test]
+fn a_stored_chunk_is_lent_in_place_and_its_segment_reused_once_free() {
+    let pre = prefix("stored");
+    let pool = shm::SegmentPool::new(&pre, 3 << 20).unwrap();
+    let cache = shm::SegmentCache::new();
+    let (handed_back, hook) = counter();
+    let data: Vec<u8> = (0..1_500_000usize).map(|j| (j % 253) as u8).collect();
+    let mut w = pool
+        .alloc_stored(data.len())
+        .unwrap()
+        .expect("room in the pool");
+    w.copy_from_slice(&data);
+    let stored = w.finish();
+    assert_eq!(&*stored, &data[..]);
+    // Lent without a copy: the reader sees the writer's bytes in the same segment.
+    let r = pool.lend_stored(1, &stored).expect("lendable");
+    assert_eq!((r.name.as_str(), r.len), (stored.name(), data.len() as u64));
+    assert!(r.size >= r.len && r.size < r.len + (64 << 10));
+    // Lent once at a time; and once reader 1 has it, no other reader may map it.
+    assert!(pool.lend_stored(1, &stored).is_none());
+    let view = cache.view(&r, hook()).unwrap();
+    assert_eq!(&*view, &data[..]);
+    drop(view);
+    assert!(pool.release(1, &r.name));
+    assert!(pool.lend_stored(2, &stored).is_none());
+    let again = pool
+        .lend_stored(1, &stored)
+        .expect("lendable again once handed back");
+    assert_eq!(&*cache.view(&again, hook()).unwrap(), &data[..]);
+    // The pool is full (3 MiB): a copy for reader 2 does not fit next to a 1.5 MB
+    // stored segment and a 1 MiB copy segment.
+    let copy = pool
+        .write(2, &data[..1000])
+        .unwrap()
+        .expect("a copy segment fits");
+    assert!(pool.write(2, &data[..1000]).unwrap().is_none());
+    assert!(pool.alloc_stored(1 << 20).unwrap().is_none());
+    // The stored chunk dropped while lent: its segment stays busy until handed back.
+    drop(stored);
+    assert!(pool.alloc_stored(1 << 20).unwrap().is_none());
+    assert!(pool.release(1, &again.name));
+    let reused = pool
+        .alloc_stored(1 << 20)
+        .unwrap()
+        .expect("the segment is idle again");
+    assert_eq!(reused.finish().name(), r.name);
+    assert!(pool.release(2, &copy.name));
+    assert_eq!(handed_back.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Another pool's chunk is not lent by this one.
+    let other = shm::SegmentPool::new(&prefix("other"), 1 << 20).unwrap();
+    let theirs = other.alloc_stored(10).unwrap().unwrap().finish();
+    assert!(pool.lend_stored(1, &theirs).is_none());
+}

@@ -808,6 +808,7 @@ fn run(p: Task, at: usize) {
             });
             match result {
                 Ok(Ok(TaskOutput::Bytes(bytes))) => Ok(Completion::Value(bytes)),
+                Ok(Ok(TaskOutput::Stored(s))) => Ok(Completion::Value(s.to_vec())),
                 Ok(Ok(TaskOutput::Device(buf))) => {
                     buf.to_host()
                         .map(Completion::Value)

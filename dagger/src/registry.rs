@@ -187,6 +187,61 @@ pub enum TaskOutput {
     Bytes(Vec<u8>),
     /// A device-resident value (a `DeviceVec` on the device that ran the task).
     Device(std::sync::Arc<dyn dagger_move::DeviceBuffer>),
+    /// Encoded with postcard straight into a shared-memory segment of the worker's pool
+    /// (a large result, where chunks move through shared memory).
+    Stored(dagger_move::shm::StoredSegment),
+}
+
+/// Results at least this large are encoded into a shared-memory segment when the worker
+/// running the task offers one ([`with_result_pool`]).
+pub(crate) const STORED_RESULT_MIN_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// The pool of the worker whose task runs on this thread, while it runs.
+    static RESULT_POOL: std::cell::RefCell<Option<std::sync::Arc<dagger_move::shm::SegmentPool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a task's call) with `pool` offered for its result: a result of at least
+/// [`STORED_RESULT_MIN_BYTES`] is encoded into one of its segments if it has room.
+pub(crate) fn with_result_pool<R>(
+    pool: Option<std::sync::Arc<dagger_move::shm::SegmentPool>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    if pool.is_none() {
+        return f();
+    }
+    struct Restore(Option<std::sync::Arc<dagger_move::shm::SegmentPool>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            RESULT_POOL.with(|p| *p.borrow_mut() = prev);
+        }
+    }
+    let _restore = Restore(RESULT_POOL.with(|p| p.replace(pool)));
+    f()
+}
+
+/// Encodes a result into a segment of the running worker's pool, if it offers one, the
+/// result is large enough and the pool has room.
+fn encode_stored<T: serde::Serialize>(v: &T, size: usize) -> Option<TaskOutput> {
+    if size < STORED_RESULT_MIN_BYTES {
+        return None;
+    }
+    let mut w = RESULT_POOL.with(|p| {
+        let pool = p.borrow();
+        match pool.as_ref()?.alloc_stored(size) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(error = %e, "no shared-memory segment for a result");
+                None
+            }
+        }
+    })?;
+    match postcard::to_slice(v, &mut w) {
+        Ok(used) if used.len() == size => Some(TaskOutput::Stored(w.finish())),
+        _ => None,
+    }
 }
 
 /// Wraps a task's result so that the code `#[dagger::task]` generates can pick, by the
@@ -217,7 +272,14 @@ pub trait OutputViaSerialize {
 
 impl<T: serde::Serialize> OutputViaSerialize for OutputOf<T> {
     fn task_output(&self) -> Result<TaskOutput, CallError> {
-        encode_result(&self.0).map(TaskOutput::Bytes)
+        let size = postcard::experimental::serialized_size(&self.0)
+            .map_err(|e| CallError::Encode(e.to_string()))?;
+        if let Some(out) = encode_stored(&self.0, size) {
+            return Ok(out);
+        }
+        postcard::to_extend(&self.0, Vec::with_capacity(size))
+            .map(TaskOutput::Bytes)
+            .map_err(|e| CallError::Encode(e.to_string()))
     }
 }
 

@@ -84,3 +84,74 @@ fn many_segment_moves_in_both_directions_agree_with_the_network_path() {
         assert_eq!(p.fetch().unwrap().len() as u64, len);
     }
 }
+
+#[dagger::task]
+fn filled(len: u64, fill: u8) -> ByteBuf {
+    ByteBuf::from(vec![fill; len as usize])
+}
+
+#[dagger::task]
+fn ends(b: ByteBuf) -> (u64, u8, u8) {
+    (b.len() as u64, b[0], b[b.len() - 1])
+}
+
+/// `(RssAnon, RssShmem)` of a process, in MiB.
+fn rss_anon_shmem_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            / 1024
+    };
+    (field("RssAnon:"), field("RssShmem:"))
+}
+
+/// A large result is encoded straight into a shared-memory segment of its worker's pool,
+/// and a consumer on the same host is lent that very segment: the producer holds the
+/// result once, in shared memory, not in its heap as well. With shared memory off it is
+/// in the heap (which shows what the measure sees).
+#[test]
+fn a_large_result_is_encoded_into_shared_memory_and_lent_in_place() {
+    dagger::init();
+    let len = 40u64 << 20;
+    for shm in [false, true] {
+        let ctx = Context::builder()
+            .workers(2)
+            .test_harness()
+            .worker_threads(2)
+            .shared_memory(shm)
+            .build()
+            .unwrap();
+        let ws = ctx.workers();
+        let on = |w| Options::new().scope(Scope::worker(w));
+        let p = filled::with(on(ws[0])).spawn(&ctx, len, 7).unwrap();
+        // With shared memory the consumer is on the other worker (the chunk moves); without,
+        // on the producer's (only where the result is kept is looked at).
+        let consumer = if shm { ws[1] } else { ws[0] };
+        let e = ends::with(on(consumer)).spawn(&ctx, &p).unwrap();
+        let got = e
+            .fetch()
+            .unwrap_or_else(|err| panic!("shared memory {shm}: {err:?}"));
+        assert_eq!(got, (len, 7, 7));
+        // The result is still held (`p` lives): where does the producer keep it?
+        let pid = ctx.topology().worker(ws[0]).unwrap().pid;
+        let (anon, shmem) = rss_anon_shmem_mib(pid);
+        if shm {
+            assert!(
+                shmem >= 40 && anon < 40,
+                "the result is in shared memory only: RssAnon {anon} MiB, RssShmem {shmem} MiB"
+            );
+        } else {
+            assert!(
+                anon >= 40 && shmem < 40,
+                "without shared memory the result is in the heap: RssAnon {anon} MiB, RssShmem {shmem} MiB"
+            );
+        }
+        // And it comes back whole.
+        assert_eq!(p.fetch().unwrap().len() as u64, len);
+    }
+}

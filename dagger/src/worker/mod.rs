@@ -81,6 +81,9 @@ pub(crate) enum ChunkBytes {
     Shm(dagger_move::shm::ShmView),
     /// The bytes are in a segment a peer lends; dropping this hands the segment back.
     Segment(dagger_move::shm::SegmentView),
+    /// A result this worker encoded straight into a segment of its own pool, which a peer
+    /// of this host is lent without a copy.
+    Stored(dagger_move::shm::StoredSegment),
     /// The value lives in a device's memory (a task on a device returned it there).
     Device(DeviceChunk),
 }
@@ -93,6 +96,7 @@ impl std::ops::Deref for ChunkBytes {
             ChunkBytes::Framed(f, start) => &f[*start..],
             ChunkBytes::Shm(s) => s,
             ChunkBytes::Segment(s) => s,
+            ChunkBytes::Stored(s) => s,
             ChunkBytes::Device(d) => d.host(),
         }
     }
@@ -343,6 +347,8 @@ pub(crate) struct Worker {
     peer_transport: Arc<dyn Transport>,
     rt: tokio::runtime::Handle,
     shm_prefix: String,
+    /// Chunks move through shared memory between processes of this host.
+    shm: bool,
 }
 
 /// How a worker's service ended without an error of its own.
@@ -583,6 +589,7 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
             id.0,
             NEXT_PREFIX.fetch_add(1, Ordering::Relaxed)
         ),
+        shm: setup.shm,
     });
 
     // Peers that connect to us.
@@ -939,10 +946,13 @@ impl Worker {
                         .collect()
                 }
             };
-            (f.call)(&mut values).map_err(|e| TaskError::BadArguments {
-                task,
-                func: func.to_string(),
-                message: e.to_string(),
+            let pool = self.result_pool();
+            registry::with_result_pool(pool, || (f.call)(&mut values)).map_err(|e| {
+                TaskError::BadArguments {
+                    task,
+                    func: func.to_string(),
+                    message: e.to_string(),
+                }
             })
         }));
         let run = t0.elapsed();
@@ -951,6 +961,7 @@ impl Worker {
         drop(args);
         let result = match result {
             Ok(Ok(TaskOutput::Bytes(bytes))) => Ok(Data::from(bytes)),
+            Ok(Ok(TaskOutput::Stored(s))) => Ok(Data::new(ChunkBytes::Stored(s))),
             Ok(Ok(TaskOutput::Device(buf))) => Ok(Data::device(buf)),
             Ok(Err(err)) => Err(err),
             Err(panic) => Err(TaskError::Panicked {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 /// One worker's shared-memory segments: those it lends to its peers and its mappings of
 /// those its peers lend it.
 struct Segments {
-    pool: SegmentPool,
+    pool: Arc<SegmentPool>,
     cache: SegmentCache,
 }
 
@@ -136,7 +136,7 @@ impl Worker {
         if let Some((_, s)) = all.iter().find(|(w, _)| std::ptr::eq(w.as_ptr(), me)) {
             return Some(s.clone());
         }
-        let pool = SegmentPool::new(&self.shm_prefix, DEFAULT_POOL_BYTES).ok()?;
+        let pool = Arc::new(SegmentPool::new(&self.shm_prefix, DEFAULT_POOL_BYTES).ok()?);
         let s = Arc::new(Segments {
             pool,
             cache: SegmentCache::new(),
@@ -145,12 +145,29 @@ impl Worker {
         Some(s)
     }
 
-    /// Writes a chunk into shared memory for a peer on this host: a segment lent to it for
-    /// the answer to a want (when the pool has room), else a one-shot object.
+    /// The pool large task results are encoded into, when chunks move through shared
+    /// memory here: a peer of this host is then lent the result's own segment.
+    pub(super) fn result_pool(self: &Arc<Self>) -> Option<Arc<SegmentPool>> {
+        if !self.shm {
+            return None;
+        }
+        self.segments().map(|s| s.pool.clone())
+    }
+
+    /// Writes a chunk into shared memory for a peer on this host: for the answer to a
+    /// want, the chunk's own segment when it was stored in one, else a segment lent to it
+    /// (when the pool has room); else a one-shot object.
     pub(super) fn write_shm(self: &Arc<Self>, w: &ShmWrite<Data>) -> Result<ChunkPayload, String> {
         let bytes = w.bytes.as_ref();
         if !w.push {
             if let Some(seg) = self.segments() {
+                if let ChunkBytes::Stored(stored) = &*w.bytes.0 {
+                    if let Some(SegmentRef { name, size, len }) =
+                        seg.pool.lend_stored(owner_key(w.peer), stored)
+                    {
+                        return Ok(ChunkPayload::Segment { name, size, len });
+                    }
+                }
                 match seg.pool.write(owner_key(w.peer), bytes) {
                     Ok(Some(SegmentRef { name, size, len })) => {
                         return Ok(ChunkPayload::Segment { name, size, len })
