@@ -92,3 +92,30 @@ impl<T: dagger_move::Element> IntoArg<Vec<T>> for &Handle<dagger_move::DeviceVec
         dependency(self, ctx).map(Arg::Task)
     }
 }
+
+/// Byte buffers that encode alike: a value or a task's result of one feeds a parameter of
+/// another ([`crate::Bytes`] reads its argument in place).
+macro_rules! same_bytes {
+    ($($from:ty => $to:ty),* $(,)?) => {$(
+        impl IntoArg<$to> for $from {
+            fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+                IntoArg::<$from>::into_arg(self, ctx)
+            }
+        }
+
+        impl IntoArg<$to> for &Handle<$from> {
+            fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+                dependency(self, ctx).map(Arg::Task)
+            }
+        }
+    )*};
+}
+
+same_bytes!(
+    Vec<u8> => crate::Bytes,
+    serde_bytes::ByteBuf => crate::Bytes,
+    crate::Bytes => Vec<u8>,
+    crate::Bytes => serde_bytes::ByteBuf,
+    Vec<u8> => serde_bytes::ByteBuf,
+    serde_bytes::ByteBuf => Vec<u8>,
+);

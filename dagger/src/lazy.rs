@@ -273,3 +273,42 @@ impl<T: DeserializeOwned> Collect for Vec<Lazy<T>> {
         hs.iter().map(|h| h.fetch()).collect()
     }
 }
+
+/// Byte buffers that encode alike: a value, a lazy task or a spawned task of one feeds a
+/// lazy task's parameter of another ([`crate::Bytes`] reads its argument in place).
+macro_rules! same_bytes {
+    ($($from:ty => $to:ty),* $(,)?) => {$(
+        impl IntoLazy<$to> for $from {
+            fn into_lazy(self) -> LazyArg {
+                IntoLazy::<$from>::into_lazy(self)
+            }
+        }
+
+        impl IntoLazy<$to> for Lazy<$from> {
+            fn into_lazy(self) -> LazyArg {
+                LazyArg(LazyArgKind::Node(self.node))
+            }
+        }
+
+        impl IntoLazy<$to> for &Lazy<$from> {
+            fn into_lazy(self) -> LazyArg {
+                LazyArg(LazyArgKind::Node(self.node.clone()))
+            }
+        }
+
+        impl IntoLazy<$to> for &Handle<$from> {
+            fn into_lazy(self) -> LazyArg {
+                IntoLazy::<$from>::into_lazy(self)
+            }
+        }
+    )*};
+}
+
+same_bytes!(
+    Vec<u8> => crate::Bytes,
+    serde_bytes::ByteBuf => crate::Bytes,
+    crate::Bytes => Vec<u8>,
+    crate::Bytes => serde_bytes::ByteBuf,
+    Vec<u8> => serde_bytes::ByteBuf,
+    serde_bytes::ByteBuf => Vec<u8>,
+);

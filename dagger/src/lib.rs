@@ -57,6 +57,7 @@
 //! re-run when its worker is lost, so tasks should be pure functions of their inputs).
 
 mod args;
+mod bytes;
 mod context;
 mod dashboard;
 mod direct;
@@ -74,6 +75,7 @@ mod transport;
 mod worker;
 
 pub use args::IntoArg;
+pub use bytes::Bytes;
 pub use context::{
     ClusterEvent, ClusterEvents, CollectError, Context, ContextBuilder, ContextError, SubmitError,
     TaskInfo,

@@ -44,6 +44,41 @@ static NEXT_PREFIX: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
     static CURRENT_PROC: Cell<Option<ProcId>> = const { Cell::new(None) };
+    /// The inputs of the task running on this thread, while its arguments are decoded
+    /// and it runs (a pointer to its argument slice and the slice's length).
+    static INPUTS: Cell<(*const Data, usize)> = const { Cell::new((std::ptr::null(), 0)) };
+}
+
+/// Runs `f` (a task's decoding and call) with `inputs` as the inputs a [`crate::Bytes`]
+/// parameter may refer to in place ([`borrow_input`]).
+fn with_inputs<R>(inputs: &[Data], f: impl FnOnce() -> R) -> R {
+    struct Restore((*const Data, usize));
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INPUTS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(INPUTS.with(|c| c.replace((inputs.as_ptr(), inputs.len()))));
+    f()
+}
+
+/// The input of the running task whose bytes contain `bytes` (a slice an argument's
+/// decoding borrowed), with the offset of `bytes` in it; `None` outside a task or for
+/// bytes of anything else.
+pub(crate) fn borrow_input(bytes: &[u8]) -> Option<(Data, usize)> {
+    let (ptr, len) = INPUTS.with(|c| c.get());
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `with_inputs` set this from a live slice and restores the previous value
+    // before that slice's borrow ends; this runs inside it, on the same thread.
+    let inputs = unsafe { std::slice::from_raw_parts(ptr, len) };
+    let at = bytes.as_ptr() as usize;
+    inputs.iter().find_map(|d| {
+        let all: &[u8] = d.as_ref();
+        let base = all.as_ptr() as usize;
+        (at >= base && at + bytes.len() <= base + all.len()).then(|| (d.clone(), at - base))
+    })
 }
 
 pub(crate) fn current_worker() -> WorkerId {
@@ -947,12 +982,11 @@ impl Worker {
                 }
             };
             let pool = self.result_pool();
-            registry::with_result_pool(pool, || (f.call)(&mut values)).map_err(|e| {
-                TaskError::BadArguments {
-                    task,
-                    func: func.to_string(),
-                    message: e.to_string(),
-                }
+            let call = || with_inputs(&args, || (f.call)(&mut values));
+            registry::with_result_pool(pool, call).map_err(|e| TaskError::BadArguments {
+                task,
+                func: func.to_string(),
+                message: e.to_string(),
             })
         }));
         let run = t0.elapsed();
