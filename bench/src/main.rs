@@ -42,7 +42,12 @@ fn produce(i: u64, len: u64) -> ByteBuf {
 /// same host lends, the frame it arrived in), not copied into a vector first.
 #[dagger::task]
 fn checksum(b: dagger::Bytes) -> u64 {
-    b.iter().map(|&x| x as u64).sum()
+    // The byte sum, in 16-bit lanes over runs of 256 bytes (which cannot overflow them):
+    // about 3 times as fast as widening every byte to 64 bits, so the move, not the sum,
+    // is what W4 weighs.
+    b.chunks(256)
+        .map(|c| c.iter().map(|&x| x as u16).sum::<u16>() as u64)
+        .sum()
 }
 
 /// `DAGGER_BENCH_REPEAT=n` runs the measured part n times (for profiling).

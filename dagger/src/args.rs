@@ -111,11 +111,20 @@ macro_rules! same_bytes {
     )*};
 }
 
-same_bytes!(
-    Vec<u8> => crate::Bytes,
-    serde_bytes::ByteBuf => crate::Bytes,
-    crate::Bytes => Vec<u8>,
-    crate::Bytes => serde_bytes::ByteBuf,
-    Vec<u8> => serde_bytes::ByteBuf,
-    serde_bytes::ByteBuf => Vec<u8>,
-);
+/// Calls `$m!` with every pair of byte-buffer types of which the first feeds a parameter
+/// of the second (they encode alike).
+macro_rules! byte_buffer_pairs {
+    ($m:ident) => {
+        $m!(
+            Vec<u8> => crate::Bytes,
+            serde_bytes::ByteBuf => crate::Bytes,
+            crate::Bytes => Vec<u8>,
+            crate::Bytes => serde_bytes::ByteBuf,
+            Vec<u8> => serde_bytes::ByteBuf,
+            serde_bytes::ByteBuf => Vec<u8>,
+        );
+    };
+}
+pub(crate) use byte_buffer_pairs;
+
+byte_buffer_pairs!(same_bytes);

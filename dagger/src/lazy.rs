@@ -304,11 +304,4 @@ macro_rules! same_bytes {
     )*};
 }
 
-same_bytes!(
-    Vec<u8> => crate::Bytes,
-    serde_bytes::ByteBuf => crate::Bytes,
-    crate::Bytes => Vec<u8>,
-    crate::Bytes => serde_bytes::ByteBuf,
-    Vec<u8> => serde_bytes::ByteBuf,
-    serde_bytes::ByteBuf => Vec<u8>,
-);
+crate::args::byte_buffer_pairs!(same_bytes);

@@ -6,6 +6,8 @@
 // Worker processes link to the driver over QUIC.
 #![cfg(feature = "quic")]
 
+mod support;
+
 use dagger::prelude::*;
 use dagger::Bytes;
 use serde::{Deserialize, Serialize};
@@ -74,13 +76,7 @@ fn inspect_block(b: Block) -> (u32, u64, bool) {
 fn bytes_parameters_read_their_argument_in_place() {
     dagger::init();
     for shm in [false, true] {
-        let ctx = Context::builder()
-            .workers(2)
-            .test_harness()
-            .worker_threads(2)
-            .shared_memory(shm)
-            .build()
-            .unwrap();
+        let ctx = support::two_workers(2, shm);
         let ws = ctx.workers();
         let on = |w| Options::new().scope(Scope::worker(w));
         // Small and large (past the shared-memory and stored-result sizes), on the

@@ -6,6 +6,8 @@
 // Worker processes link to the driver over QUIC.
 #![cfg(feature = "quic")]
 
+mod support;
+
 use dagger::prelude::*;
 use serde_bytes::ByteBuf;
 
@@ -45,13 +47,7 @@ fn expected(len: u64, seed: u64) -> u64 {
 fn many_segment_moves_in_both_directions_agree_with_the_network_path() {
     dagger::init();
     for shm in [false, true] {
-        let ctx = Context::builder()
-            .workers(2)
-            .test_harness()
-            .worker_threads(2)
-            .shared_memory(shm)
-            .build()
-            .unwrap();
+        let ctx = support::two_workers(2, shm);
         let ws = ctx.workers();
         let on = |w| Options::new().scope(Scope::worker(w));
         let mut checks = Vec::new();
@@ -119,13 +115,7 @@ fn a_large_result_is_encoded_into_shared_memory_and_lent_in_place() {
     dagger::init();
     let len = 40u64 << 20;
     for shm in [false, true] {
-        let ctx = Context::builder()
-            .workers(2)
-            .test_harness()
-            .worker_threads(2)
-            .shared_memory(shm)
-            .build()
-            .unwrap();
+        let ctx = support::two_workers(2, shm);
         let ws = ctx.workers();
         let on = |w| Options::new().scope(Scope::worker(w));
         let p = filled::with(on(ws[0])).spawn(&ctx, len, 7).unwrap();

@@ -49,3 +49,15 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A context with two local worker processes (re-executions of the test binary), each
+/// with `threads` thread processors, with shared memory between them on or off.
+pub fn two_workers(threads: usize, shm: bool) -> dagger::Context {
+    dagger::Context::builder()
+        .workers(2)
+        .test_harness()
+        .worker_threads(threads)
+        .shared_memory(shm)
+        .build()
+        .expect("a context with two workers")
+}
