@@ -128,6 +128,13 @@ fn open_os(name: &str, access: Access) -> Result<File, MoveError> {
     Ok(File::from(fd))
 }
 
+/// Allocates the pages of a new object of `len` bytes, so that a full `/dev/shm` is a
+/// typed error here (`ENOSPC`) rather than a `SIGBUS` when the mapping is first written.
+fn reserve(file: &File, name: &str, len: u64) -> Result<(), MoveError> {
+    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len)
+        .map_err(|e| shm_err(name, e.into()))
+}
+
 /// A written object: what the reader needs to map it. Plain data, sent over the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ShmObject {
@@ -195,6 +202,7 @@ impl ShmWriter {
             if len == 0 {
                 return Ok(None);
             }
+            reserve(&file, &name, len)?;
             let map_len = usize::try_from(len).map_err(|_| {
                 shm_err(
                     &name,
@@ -602,6 +610,7 @@ impl SegmentPool {
         let (name, file) = create_unique(&self.prefix)?;
         let map = (|| {
             file.set_len(size).map_err(|e| shm_err(&name, e))?;
+            reserve(&file, &name, size)?;
             let map_len = usize::try_from(size).map_err(|_| {
                 shm_err(
                     &name,
