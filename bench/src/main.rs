@@ -10,7 +10,6 @@
 
 use anyhow::{bail, ensure, Context as _};
 use dagger::prelude::*;
-use serde_bytes::ByteBuf;
 use std::time::{Duration, Instant};
 
 mod dev;
@@ -33,9 +32,11 @@ fn add(a: u64, b: u64) -> u64 {
     a + b
 }
 
+/// Builds its buffer with `BytesMut`: where chunks move through shared memory it is
+/// written once, in place, into the segment that a worker of the same host is then lent.
 #[dagger::task]
-fn produce(i: u64, len: u64) -> ByteBuf {
-    ByteBuf::from(vec![(i % 251) as u8; len as usize])
+fn produce(i: u64, len: u64) -> dagger::Bytes {
+    dagger::BytesMut::filled(len as usize, (i % 251) as u8).freeze()
 }
 
 /// Takes its buffer as `Bytes`: read where the worker holds it (a segment a worker of the

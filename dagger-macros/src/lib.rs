@@ -120,7 +120,7 @@ fn expand(
                 {
                     // A device-resident result stays on its device; any other is encoded.
                     #[allow(unused_imports)]
-                    use ::dagger::__private::{OutputViaDevice as _, OutputViaSerialize as _};
+                    use ::dagger::__private::{OutputInPlace as _, OutputViaSerialize as _};
                     (&&::dagger::__private::OutputOf(__dagger_result)).task_output()
                 }
             }

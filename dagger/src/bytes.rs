@@ -2,8 +2,9 @@
 //! worker holds it.
 
 use crate::worker::Data;
+use dagger_move::shm::{SegmentWriter, StoredSegment};
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 /// An immutable byte buffer, cheap to clone.
@@ -47,6 +48,13 @@ enum Repr {
         start: usize,
         len: usize,
     },
+    /// Built in a segment of the worker's pool, which holds this value's encoding: the
+    /// length's varint, then the `len` bytes from `start`.
+    Stored {
+        seg: Arc<StoredSegment>,
+        start: usize,
+        len: usize,
+    },
 }
 
 impl Default for Repr {
@@ -66,6 +74,15 @@ impl Bytes {
     pub fn is_borrowed(&self) -> bool {
         matches!(self.0, Repr::Input { .. })
     }
+
+    /// The segment holding this value's encoding, when it was built in one
+    /// ([`BytesMut`]): a task returning it stores that segment as its result.
+    pub(crate) fn stored_encoding(&self) -> Option<Arc<StoredSegment>> {
+        match &self.0 {
+            Repr::Stored { seg, .. } => Some(seg.clone()),
+            _ => None,
+        }
+    }
 }
 
 impl Deref for Bytes {
@@ -74,6 +91,7 @@ impl Deref for Bytes {
         match &self.0 {
             Repr::Owned(v) => v,
             Repr::Input { data, start, len } => &data.as_ref()[*start..*start + *len],
+            Repr::Stored { seg, start, len } => &seg[*start..*start + *len],
         }
     }
 }
@@ -100,7 +118,7 @@ impl From<Bytes> for Vec<u8> {
     fn from(b: Bytes) -> Self {
         match b.0 {
             Repr::Owned(v) => Arc::try_unwrap(v).unwrap_or_else(|v| v.to_vec()),
-            Repr::Input { .. } => b.to_vec(),
+            Repr::Input { .. } | Repr::Stored { .. } => b.to_vec(),
         }
     }
 }
@@ -130,6 +148,110 @@ impl fmt::Debug for Bytes {
         f.debug_struct("Bytes")
             .field("len", &self.len())
             .field("borrowed", &self.is_borrowed())
+            .finish()
+    }
+}
+
+/// A byte buffer of fixed length being written, which [`freeze`](Self::freeze)s into a
+/// [`Bytes`] to return from a task.
+///
+/// Inside a task on a worker whose chunks move through shared memory, a buffer of 1 MiB or
+/// more is laid out in a segment of the worker's pool, already in its encoded form: a task
+/// returning it stores that segment as its result, and a consumer on the same host is lent
+/// the same memory, so the bytes are written once and never copied. Elsewhere it is an
+/// ordinary vector.
+///
+/// ```
+/// use dagger::{Bytes, BytesMut};
+///
+/// #[dagger::task]
+/// fn ramp(len: u64) -> Bytes {
+///     let mut b = BytesMut::zeroed(len as usize);
+///     for (i, x) in b.iter_mut().enumerate() {
+///         *x = i as u8;
+///     }
+///     b.freeze()
+/// }
+///
+/// assert_eq!(&ramp(4)[..], &[0, 1, 2, 3]);
+/// ```
+pub struct BytesMut(MutRepr);
+
+enum MutRepr {
+    Vec(Vec<u8>),
+    /// The encoding's varint is at the front, then the `len` bytes from `start`.
+    Segment {
+        w: SegmentWriter,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl BytesMut {
+    /// `len` bytes, each `byte`.
+    pub fn filled(len: usize, byte: u8) -> Self {
+        if len >= crate::registry::STORED_RESULT_MIN_BYTES {
+            if let Some(pool) = crate::registry::result_pool() {
+                let mut head = [0u8; 10];
+                let head = postcard::to_slice(&(len as u64), &mut head)
+                    .map(|h| h.to_vec())
+                    .unwrap_or_default();
+                if let Ok(Some(mut w)) = pool.alloc_stored(head.len() + len) {
+                    w[..head.len()].copy_from_slice(&head);
+                    w[head.len()..].fill(byte);
+                    return BytesMut(MutRepr::Segment {
+                        w,
+                        start: head.len(),
+                        len,
+                    });
+                }
+            }
+        }
+        BytesMut(MutRepr::Vec(vec![byte; len]))
+    }
+
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> Self {
+        Self::filled(len, 0)
+    }
+
+    /// The bytes, read-only from now on.
+    pub fn freeze(self) -> Bytes {
+        match self.0 {
+            MutRepr::Vec(v) => Bytes::from(v),
+            MutRepr::Segment { w, start, len } => Bytes(Repr::Stored {
+                seg: Arc::new(w.finish()),
+                start,
+                len,
+            }),
+        }
+    }
+}
+
+impl Deref for BytesMut {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            MutRepr::Vec(v) => v,
+            MutRepr::Segment { w, start, len } => &w[*start..*start + *len],
+        }
+    }
+}
+
+impl DerefMut for BytesMut {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.0 {
+            MutRepr::Vec(v) => v,
+            MutRepr::Segment { w, start, len } => &mut w[*start..*start + *len],
+        }
+    }
+}
+
+impl fmt::Debug for BytesMut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BytesMut")
+            .field("len", &self.len())
+            .field("in_segment", &matches!(self.0, MutRepr::Segment { .. }))
             .finish()
     }
 }
@@ -188,4 +310,55 @@ impl<'de> serde::de::Visitor<'de> for Visitor {
 fn bytes_are_send_and_sync() {
     fn is<T: Send + Sync + 'static>() {}
     is::<Bytes>();
+    is::<BytesMut>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{with_result_pool, OutputInPlace as _, OutputOf, TaskOutput};
+    use dagger_move::shm::SegmentPool;
+
+    /// Inside a task of a worker that offers its pool, a large buffer is laid out in a
+    /// segment as its own encoding: returning it stores that very memory, no copy.
+    #[test]
+    fn a_large_buffer_built_in_a_segment_is_stored_as_it_is() {
+        let pool = Arc::new(SegmentPool::new("dagger-test-bytesmut", 64 << 20).unwrap());
+        let len = 3 << 20;
+        let (out, data_ptr) = with_result_pool(Some(pool.clone()), || {
+            let mut b = BytesMut::filled(len, 9);
+            b[0] = 1;
+            b[len - 1] = 2;
+            let b = b.freeze();
+            assert_eq!(b.len(), len);
+            let ptr = b.as_ptr();
+            ((&&OutputOf(b)).task_output().unwrap(), ptr)
+        });
+        let mut want = vec![9u8; len];
+        want[0] = 1;
+        want[len - 1] = 2;
+        let encoded = postcard::to_allocvec(&Bytes::from(want.clone())).unwrap();
+        let TaskOutput::Stored(seg) = out else {
+            panic!("not stored in its segment");
+        };
+        assert_eq!(&seg[..], &encoded[..]);
+        let head = encoded.len() - len;
+        assert_eq!(
+            seg[head..].as_ptr(),
+            data_ptr,
+            "the same memory, not a copy"
+        );
+        assert!(pool.lend_stored(1, &seg).is_some());
+        // Small, or outside a task (no pool offered): an ordinary vector, encoded as usual.
+        let small = with_result_pool(Some(pool), || {
+            (&&OutputOf(BytesMut::filled(10, 3).freeze()))
+                .task_output()
+                .unwrap()
+        });
+        assert!(
+            matches!(small, TaskOutput::Bytes(v) if v == postcard::to_allocvec(&vec![3u8; 10]).unwrap())
+        );
+        let outside = BytesMut::filled(len, 4).freeze();
+        assert!(outside.stored_encoding().is_none() && outside.iter().all(|&x| x == 4));
+    }
 }

@@ -75,7 +75,7 @@ mod transport;
 mod worker;
 
 pub use args::IntoArg;
-pub use bytes::Bytes;
+pub use bytes::{Bytes, BytesMut};
 pub use context::{
     ClusterEvent, ClusterEvents, CollectError, Context, ContextBuilder, ContextError, SubmitError,
     TaskInfo,
@@ -252,7 +252,7 @@ pub fn current_processor() -> Option<ProcId> {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::registry::{
-        decode_arg, encode_result, ArgValue, CallError, OutputOf, OutputViaDevice,
+        decode_arg, encode_result, ArgValue, CallError, OutputInPlace, OutputOf,
         OutputViaSerialize, TaskFn, TaskOutput,
     };
     pub use inventory;

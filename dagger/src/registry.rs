@@ -189,7 +189,7 @@ pub enum TaskOutput {
     Device(std::sync::Arc<dyn dagger_move::DeviceBuffer>),
     /// Encoded with postcard straight into a shared-memory segment of the worker's pool
     /// (a large result, where chunks move through shared memory).
-    Stored(dagger_move::shm::StoredSegment),
+    Stored(std::sync::Arc<dagger_move::shm::StoredSegment>),
 }
 
 /// Results at least this large are encoded into a shared-memory segment when the worker
@@ -200,6 +200,11 @@ thread_local! {
     /// The pool of the worker whose task runs on this thread, while it runs.
     static RESULT_POOL: std::cell::RefCell<Option<std::sync::Arc<dagger_move::shm::SegmentPool>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// The pool the worker running the task on this thread offers for results, if any.
+pub(crate) fn result_pool() -> Option<std::sync::Arc<dagger_move::shm::SegmentPool>> {
+    RESULT_POOL.with(|p| p.borrow().clone())
 }
 
 /// Runs `f` (a task's call) with `pool` offered for its result: a result of at least
@@ -239,23 +244,25 @@ fn encode_stored<T: serde::Serialize>(v: &T, size: usize) -> Option<TaskOutput> 
         }
     })?;
     match postcard::to_slice(v, &mut w) {
-        Ok(used) if used.len() == size => Some(TaskOutput::Stored(w.finish())),
+        Ok(used) if used.len() == size => Some(TaskOutput::Stored(std::sync::Arc::new(w.finish()))),
         _ => None,
     }
 }
 
 /// Wraps a task's result so that the code `#[dagger::task]` generates can pick, by the
-/// result's type, how it leaves the task: [`OutputViaDevice`] for a `DeviceVec` (kept on
-/// its device), [`OutputViaSerialize`] for everything else.
+/// result's type, how it leaves the task: [`OutputInPlace`] for a `DeviceVec` (kept on
+/// its device) and a `Bytes` (kept in its segment), [`OutputViaSerialize`] for everything
+/// else.
 pub struct OutputOf<T>(pub T);
 
-/// A `DeviceVec` result: kept on its device if it lives there.
-pub trait OutputViaDevice {
+/// A result that can stay where it is: a `DeviceVec` on its device, a `Bytes` in the
+/// shared-memory segment it was built in.
+pub trait OutputInPlace {
     /// The task's output.
     fn task_output(&self) -> Result<TaskOutput, CallError>;
 }
 
-impl<T: dagger_move::Element> OutputViaDevice for &OutputOf<dagger_move::DeviceVec<T>> {
+impl<T: dagger_move::Element> OutputInPlace for &OutputOf<dagger_move::DeviceVec<T>> {
     fn task_output(&self) -> Result<TaskOutput, CallError> {
         match self.0.as_device_buffer() {
             Some(buf) => Ok(TaskOutput::Device(buf)),
@@ -272,15 +279,32 @@ pub trait OutputViaSerialize {
 
 impl<T: serde::Serialize> OutputViaSerialize for OutputOf<T> {
     fn task_output(&self) -> Result<TaskOutput, CallError> {
-        let size = postcard::experimental::serialized_size(&self.0)
-            .map_err(|e| CallError::Encode(e.to_string()))?;
-        if let Some(out) = encode_stored(&self.0, size) {
-            return Ok(out);
-        }
-        postcard::to_extend(&self.0, Vec::with_capacity(size))
-            .map(TaskOutput::Bytes)
-            .map_err(|e| CallError::Encode(e.to_string()))
+        encode_output(&self.0)
     }
+}
+
+/// A `Bytes` built in a segment of the worker's pool ([`crate::BytesMut`]) is already its
+/// own encoding there: the segment becomes the result, with no copy.
+impl OutputInPlace for &OutputOf<crate::Bytes> {
+    fn task_output(&self) -> Result<TaskOutput, CallError> {
+        match self.0.stored_encoding() {
+            Some(seg) => Ok(TaskOutput::Stored(seg)),
+            None => encode_output(&self.0),
+        }
+    }
+}
+
+/// Encodes a result: into a segment of the running worker's pool when it is large and the
+/// worker offers one ([`with_result_pool`]), else into a vector of exactly its size.
+fn encode_output<T: serde::Serialize>(v: &T) -> Result<TaskOutput, CallError> {
+    let size =
+        postcard::experimental::serialized_size(v).map_err(|e| CallError::Encode(e.to_string()))?;
+    if let Some(out) = encode_stored(v, size) {
+        return Ok(out);
+    }
+    postcard::to_extend(v, Vec::with_capacity(size))
+        .map(TaskOutput::Bytes)
+        .map_err(|e| CallError::Encode(e.to_string()))
 }
 
 /// Encodes a result (used by the code `#[dagger::task]` generates).

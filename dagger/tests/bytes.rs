@@ -9,7 +9,7 @@
 mod support;
 
 use dagger::prelude::*;
-use dagger::Bytes;
+use dagger::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -24,6 +24,15 @@ fn sum(b: &[u8]) -> u64 {
 #[dagger::task]
 fn make(len: u64, seed: u64) -> ByteBuf {
     ByteBuf::from(pattern(len, seed))
+}
+
+/// Written in place with `BytesMut` (in a shared-memory segment when large and shared
+/// memory is on).
+#[dagger::task]
+fn make_in_place(len: u64, seed: u64) -> Bytes {
+    let mut b = BytesMut::zeroed(len as usize);
+    b.copy_from_slice(&pattern(len, seed));
+    b.freeze()
 }
 
 #[dagger::task]
@@ -111,6 +120,17 @@ fn bytes_parameters_read_their_argument_in_place() {
                 (len - 10, false)
             );
             assert_eq!(sum(&fetched), tail_sum);
+            // Built with `BytesMut`: read in place on both workers, fetched whole.
+            let m = make_in_place::with(on(ws[0]))
+                .spawn(&ctx, len, seed)
+                .unwrap();
+            for w in [ws[0], ws[1]] {
+                let r = inspect::with(on(w)).spawn(&ctx, &m).unwrap();
+                assert_eq!(r.fetch().unwrap(), (len, want, true), "shm {shm} on {w}");
+            }
+            let a = total::with(on(ws[1])).spawn(&ctx, &m).unwrap();
+            assert_eq!(a.fetch().unwrap(), want);
+            assert_eq!(m.fetch().unwrap(), Bytes::from(pattern(len, seed)));
             // A plain value passed to a `Bytes` parameter.
             let r = inspect::with(on(ws[1]))
                 .spawn(&ctx, pattern(len, seed))

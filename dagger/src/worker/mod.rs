@@ -118,7 +118,7 @@ pub(crate) enum ChunkBytes {
     Segment(dagger_move::shm::SegmentView),
     /// A result this worker encoded straight into a segment of its own pool, which a peer
     /// of this host is lent without a copy.
-    Stored(dagger_move::shm::StoredSegment),
+    Stored(Arc<dagger_move::shm::StoredSegment>),
     /// The value lives in a device's memory (a task on a device returned it there).
     Device(DeviceChunk),
 }
