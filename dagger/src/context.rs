@@ -173,6 +173,8 @@ pub struct TaskInfo {
 
 pub(crate) struct Inner {
     cmd: mpsc::UnboundedSender<DriverCmd>,
+    /// Spawns waiting in `cmd` for the driver loop ([`driver::Backlog`]).
+    backlog: Arc<driver::Backlog>,
     /// The direct lane, in a context that links no processes (see [`crate::direct`]).
     direct: Option<Arc<Direct>>,
     next_task: AtomicU64,
@@ -722,6 +724,7 @@ impl Context {
                     .unwrap_or_default(),
             },
         );
+        let backlog = state.backlog.clone();
         {
             let _g = handle.enter();
             if let Some(listener) = listener {
@@ -754,6 +757,7 @@ impl Context {
         .then(Direct::new);
         let inner = Arc::new(Inner {
             cmd: cmd_tx,
+            backlog,
             direct: direct.clone(),
             next_task: AtomicU64::new(1),
             runtime: Mutex::new(Some(runtime)),
@@ -997,11 +1001,13 @@ impl Context {
             Some(direct) => direct
                 .submit(&self.inner.cmd, vec![(spec, Some(slot.clone()))])
                 .map_err(|()| SubmitError::Shutdown)?,
-            None => self
-                .inner
-                .cmd
-                .send(DriverCmd::Spawn(spec, slot.clone()))
-                .map_err(|_| SubmitError::Shutdown)?,
+            None => {
+                self.inner.backlog.admit();
+                self.inner
+                    .cmd
+                    .send(DriverCmd::Spawn(spec, slot.clone()))
+                    .map_err(|_| SubmitError::Shutdown)?
+            }
         }
         Ok(Handle::new(slot, self.inner.clone()))
     }

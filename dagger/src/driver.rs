@@ -93,6 +93,64 @@ pub(crate) struct DriverState {
     host: String,
     /// The handles waiting for each drain in progress.
     pub(crate) drain_waiters: IdHashMap<dagger_core::WorkerId, Vec<crate::drain::DrainCell>>,
+    /// The spawns waiting in the command channel, shared with the context's clients.
+    pub(crate) backlog: Arc<Backlog>,
+    /// Spawns taken from the channel since the backlog was last told.
+    spawns_taken: usize,
+}
+
+/// How many spawned tasks may wait in the command channel for the driver loop before a
+/// client that spawns waits for room. Spawning faster than the loop takes tasks in only
+/// piles commands up: bounded, the backlog's memory is reused instead of growing with the
+/// graph (and staying with the client thread's allocator arena after the loop frees it).
+pub(crate) const SPAWN_BACKLOG: usize = 1 << 16;
+
+/// The count of spawns in the command channel, and a wait for room.
+#[derive(Default)]
+pub(crate) struct Backlog {
+    pending: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicBool,
+    lock: parking_lot::Mutex<()>,
+    room: parking_lot::Condvar,
+}
+
+impl Backlog {
+    /// A client is about to send one spawn: waits while [`SPAWN_BACKLOG`] spawns are ahead
+    /// of it (never once the loop has ended). O(1) when there is room.
+    pub(crate) fn admit(&self) {
+        use std::sync::atomic::Ordering::AcqRel;
+        use std::sync::atomic::Ordering::Acquire;
+        if self.pending.fetch_add(1, AcqRel) < SPAWN_BACKLOG {
+            return;
+        }
+        let mut g = self.lock.lock();
+        while self.pending.load(Acquire) > SPAWN_BACKLOG && !self.closed.load(Acquire) {
+            // Woken when the loop takes spawns; the bound only guards a missed wake-up.
+            self.room.wait_for(&mut g, Duration::from_millis(10));
+        }
+    }
+
+    /// The loop took `n` spawns out of the channel.
+    fn taken(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self
+            .pending
+            .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+        if before > SPAWN_BACKLOG {
+            let _g = self.lock.lock();
+            self.room.notify_all();
+        }
+    }
+
+    /// The loop ended: nobody waits for room any more.
+    fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _g = self.lock.lock();
+        self.room.notify_all();
+    }
 }
 
 impl DriverState {
@@ -121,6 +179,8 @@ impl DriverState {
             shell_events: Vec::new(),
             host: dagger_proc::hostname(),
             drain_waiters: IdHashMap::default(),
+            backlog: Arc::default(),
+            spawns_taken: 0,
         }
     }
 
@@ -162,7 +222,10 @@ impl DriverState {
     /// Feeds one command to the core; returns the acknowledgement channel of a shutdown.
     fn on_cmd(&mut self, now: Duration, cmd: DriverCmd) -> Option<std::sync::mpsc::Sender<()>> {
         match cmd {
-            DriverCmd::Spawn(spec, slot) => self.core.handle_spawn(now, spec, slot),
+            DriverCmd::Spawn(spec, slot) => {
+                self.spawns_taken += 1;
+                self.core.handle_spawn(now, spec, slot)
+            }
             DriverCmd::Submit(tasks) => self.core.handle_submit(now, tasks),
             DriverCmd::Release(task) => self.core.handle_release(now, task),
             DriverCmd::FetchChunk {
@@ -526,6 +589,7 @@ pub(crate) async fn run(
                         Err(_) => break,
                     }
                 }
+                st.backlog.taken(std::mem::take(&mut st.spawns_taken));
             }
             () = &mut timer, if armed.is_some() => {
                 armed = None;
@@ -545,6 +609,7 @@ pub(crate) async fn run(
         }
     };
     st.shutdown();
+    st.backlog.close();
     // Commands that raced with the shutdown are answered, not dropped.
     cmd_rx.close();
     while let Ok(cmd) = cmd_rx.try_recv() {
@@ -591,3 +656,50 @@ pub(crate) async fn run(
 /// How long a shutting-down driver waits for its workers to close their links (and a
 /// removed local worker's process has to exit before it is killed).
 pub(crate) const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::{Backlog, SPAWN_BACKLOG};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Starts a spawner that admits one spawn into `b`, once `b` counts it as pending.
+    fn spawner(b: &Arc<Backlog>) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+        let done = Arc::new(AtomicBool::new(false));
+        let before = b.pending.load(Ordering::SeqCst);
+        let t = std::thread::spawn({
+            let (b, done) = (b.clone(), done.clone());
+            move || {
+                b.admit();
+                done.store(true, Ordering::SeqCst);
+            }
+        });
+        while b.pending.load(Ordering::SeqCst) == before {
+            std::thread::yield_now();
+        }
+        (t, done)
+    }
+
+    #[test]
+    fn a_full_backlog_holds_spawners_until_the_loop_takes_spawns_or_ends() {
+        let b = Arc::new(Backlog::default());
+        for _ in 0..SPAWN_BACKLOG {
+            b.admit();
+        }
+        let (t, done) = spawner(&b);
+        // It has counted itself and must now wait (a slow machine can only make this
+        // check pass without the wait, never fail with it).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "a spawner went past a full backlog"
+        );
+        b.taken(1);
+        t.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+        // Full again: the loop's end releases the spawner too.
+        let (t, _) = spawner(&b);
+        b.close();
+        t.join().unwrap();
+    }
+}
