@@ -384,6 +384,8 @@ pub(crate) struct Worker {
     shm_prefix: String,
     /// Chunks move through shared memory between processes of this host.
     shm: bool,
+    /// The pool of this worker's segments, once a task asked for it.
+    result_pool: std::sync::OnceLock<Option<Arc<dagger_move::shm::SegmentPool>>>,
 }
 
 /// How a worker's service ended without an error of its own.
@@ -625,6 +627,7 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
             NEXT_PREFIX.fetch_add(1, Ordering::Relaxed)
         ),
         shm: setup.shm,
+        result_pool: std::sync::OnceLock::new(),
     });
 
     // Peers that connect to us.

@@ -151,7 +151,10 @@ impl Worker {
         if !self.shm {
             return None;
         }
-        self.segments().map(|s| s.pool.clone())
+        // Looked up once: this runs for every task.
+        self.result_pool
+            .get_or_init(|| self.segments().map(|s| s.pool.clone()))
+            .clone()
     }
 
     /// Writes a chunk into shared memory for a peer on this host: for the answer to a
