@@ -39,6 +39,12 @@ use std::sync::Arc;
 #[derive(Clone, Default)]
 pub struct Bytes(Repr);
 
+/// Where a [`Bytes`] built by [`BytesMut`] holds its encoding.
+pub(crate) enum Encoding {
+    Vec(Arc<Vec<u8>>),
+    Segment(Arc<StoredSegment>),
+}
+
 #[derive(Clone)]
 enum Repr {
     Owned(Arc<Vec<u8>>),
@@ -47,6 +53,12 @@ enum Repr {
         data: Data,
         start: usize,
         len: usize,
+    },
+    /// Built by [`BytesMut`] as its own encoding: the length's varint, then the bytes
+    /// from `start` to the end.
+    Encoded {
+        v: Arc<Vec<u8>>,
+        start: usize,
     },
     /// Built in a segment of the worker's pool, which holds this value's encoding: the
     /// length's varint, then the `len` bytes from `start`.
@@ -75,11 +87,12 @@ impl Bytes {
         matches!(self.0, Repr::Input { .. })
     }
 
-    /// The segment holding this value's encoding, when it was built in one
-    /// ([`BytesMut`]): a task returning it stores that segment as its result.
-    pub(crate) fn stored_encoding(&self) -> Option<Arc<StoredSegment>> {
+    /// This value's encoding, when [`BytesMut`] built it as one: a task returning it
+    /// keeps that memory as its result instead of encoding a copy.
+    pub(crate) fn encoding(&self) -> Option<Encoding> {
         match &self.0 {
-            Repr::Stored { seg, .. } => Some(seg.clone()),
+            Repr::Stored { seg, .. } => Some(Encoding::Segment(seg.clone())),
+            Repr::Encoded { v, .. } => Some(Encoding::Vec(v.clone())),
             _ => None,
         }
     }
@@ -91,6 +104,7 @@ impl Deref for Bytes {
         match &self.0 {
             Repr::Owned(v) => v,
             Repr::Input { data, start, len } => &data.as_ref()[*start..*start + *len],
+            Repr::Encoded { v, start } => &v[*start..],
             Repr::Stored { seg, start, len } => &seg[*start..*start + *len],
         }
     }
@@ -118,7 +132,7 @@ impl From<Bytes> for Vec<u8> {
     fn from(b: Bytes) -> Self {
         match b.0 {
             Repr::Owned(v) => Arc::try_unwrap(v).unwrap_or_else(|v| v.to_vec()),
-            Repr::Input { .. } | Repr::Stored { .. } => b.to_vec(),
+            Repr::Input { .. } | Repr::Encoded { .. } | Repr::Stored { .. } => b.to_vec(),
         }
     }
 }
@@ -158,8 +172,9 @@ impl fmt::Debug for Bytes {
 /// Inside a task on a worker whose chunks move through shared memory, a buffer of 1 MiB or
 /// more is laid out in a segment of the worker's pool, already in its encoded form: a task
 /// returning it stores that segment as its result, and a consumer on the same host is lent
-/// the same memory, so the bytes are written once and never copied. Elsewhere it is an
-/// ordinary vector.
+/// the same memory, so the bytes are written once and never copied. Elsewhere it is a
+/// vector laid out the same way, which a task returning it keeps as its result without
+/// encoding a copy.
 ///
 /// ```
 /// use dagger::{Bytes, BytesMut};
@@ -178,7 +193,8 @@ impl fmt::Debug for Bytes {
 pub struct BytesMut(MutRepr);
 
 enum MutRepr {
-    Vec(Vec<u8>),
+    /// The encoding's varint is at the front, then the bytes from `start` to the end.
+    Vec { v: Vec<u8>, start: usize },
     /// The encoding's varint is at the front, then the `len` bytes from `start`.
     Segment {
         w: SegmentWriter,
@@ -190,14 +206,16 @@ enum MutRepr {
 impl BytesMut {
     /// `len` bytes, each `byte`.
     pub fn filled(len: usize, byte: u8) -> Self {
+        // The length as its encoding writes it (a varint of at most 10 bytes).
+        let mut buf = [0u8; 10];
+        let head: &[u8] = match postcard::to_slice(&(len as u64), &mut buf) {
+            Ok(h) => h,
+            Err(_) => &[],
+        };
         if len >= crate::registry::STORED_RESULT_MIN_BYTES {
             if let Some(pool) = crate::registry::result_pool() {
-                let mut head = [0u8; 10];
-                let head = postcard::to_slice(&(len as u64), &mut head)
-                    .map(|h| h.to_vec())
-                    .unwrap_or_default();
                 if let Ok(Some(mut w)) = pool.alloc_stored(head.len() + len) {
-                    w[..head.len()].copy_from_slice(&head);
+                    w[..head.len()].copy_from_slice(head);
                     w[head.len()..].fill(byte);
                     return BytesMut(MutRepr::Segment {
                         w,
@@ -207,7 +225,13 @@ impl BytesMut {
                 }
             }
         }
-        BytesMut(MutRepr::Vec(vec![byte; len]))
+        let mut v = Vec::with_capacity(head.len() + len);
+        v.extend_from_slice(head);
+        v.resize(head.len() + len, byte);
+        BytesMut(MutRepr::Vec {
+            v,
+            start: head.len(),
+        })
     }
 
     /// `len` zero bytes.
@@ -218,7 +242,10 @@ impl BytesMut {
     /// The bytes, read-only from now on.
     pub fn freeze(self) -> Bytes {
         match self.0 {
-            MutRepr::Vec(v) => Bytes::from(v),
+            MutRepr::Vec { v, start } => Bytes(Repr::Encoded {
+                v: Arc::new(v),
+                start,
+            }),
             MutRepr::Segment { w, start, len } => Bytes(Repr::Stored {
                 seg: Arc::new(w.finish()),
                 start,
@@ -232,7 +259,7 @@ impl Deref for BytesMut {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match &self.0 {
-            MutRepr::Vec(v) => v,
+            MutRepr::Vec { v, start } => &v[*start..],
             MutRepr::Segment { w, start, len } => &w[*start..*start + *len],
         }
     }
@@ -241,7 +268,7 @@ impl Deref for BytesMut {
 impl DerefMut for BytesMut {
     fn deref_mut(&mut self) -> &mut [u8] {
         match &mut self.0 {
-            MutRepr::Vec(v) => v,
+            MutRepr::Vec { v, start } => &mut v[*start..],
             MutRepr::Segment { w, start, len } => &mut w[*start..*start + *len],
         }
     }
@@ -349,16 +376,27 @@ mod tests {
             "the same memory, not a copy"
         );
         assert!(pool.lend_stored(1, &seg).is_some());
-        // Small, or outside a task (no pool offered): an ordinary vector, encoded as usual.
+        // Small, or outside a task (no pool offered): a vector laid out the same way, kept as
+        // it is.
         let small = with_result_pool(Some(pool), || {
             (&&OutputOf(BytesMut::filled(10, 3).freeze()))
                 .task_output()
                 .unwrap()
         });
         assert!(
-            matches!(small, TaskOutput::Bytes(v) if v == postcard::to_allocvec(&vec![3u8; 10]).unwrap())
+            matches!(small, TaskOutput::Shared(v) if *v == postcard::to_allocvec(&vec![3u8; 10]).unwrap())
         );
         let outside = BytesMut::filled(len, 4).freeze();
-        assert!(outside.stored_encoding().is_none() && outside.iter().all(|&x| x == 4));
+        assert!(outside.iter().all(|&x| x == 4) && outside.len() == len);
+        let ptr = outside.as_ptr();
+        let TaskOutput::Shared(v) = (&&OutputOf(outside)).task_output().unwrap() else {
+            panic!("a vector-backed BytesMut is not kept as it is");
+        };
+        assert_eq!(&v[..], &postcard::to_allocvec(&vec![4u8; len]).unwrap()[..]);
+        assert_eq!(
+            v[v.len() - len..].as_ptr(),
+            ptr,
+            "the same memory, not a copy"
+        );
     }
 }

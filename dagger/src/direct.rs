@@ -809,6 +809,9 @@ fn run(p: Task, at: usize) {
             match result {
                 Ok(Ok(TaskOutput::Bytes(bytes))) => Ok(Completion::Value(bytes)),
                 Ok(Ok(TaskOutput::Stored(s))) => Ok(Completion::Value(s.to_vec())),
+                Ok(Ok(TaskOutput::Shared(v))) => Ok(Completion::Value(
+                    std::sync::Arc::try_unwrap(v).unwrap_or_else(|v| v.to_vec()),
+                )),
                 Ok(Ok(TaskOutput::Device(buf))) => {
                     buf.to_host()
                         .map(Completion::Value)

@@ -190,6 +190,9 @@ pub enum TaskOutput {
     /// Encoded with postcard straight into a shared-memory segment of the worker's pool
     /// (a large result, where chunks move through shared memory).
     Stored(std::sync::Arc<dagger_move::shm::StoredSegment>),
+    /// Encoded with postcard, in a vector the task may still share (a `Bytes` that
+    /// `BytesMut` laid out as its own encoding).
+    Shared(std::sync::Arc<Vec<u8>>),
 }
 
 /// Results at least this large are encoded into a shared-memory segment when the worker
@@ -283,12 +286,13 @@ impl<T: serde::Serialize> OutputViaSerialize for OutputOf<T> {
     }
 }
 
-/// A `Bytes` built in a segment of the worker's pool ([`crate::BytesMut`]) is already its
-/// own encoding there: the segment becomes the result, with no copy.
+/// A `Bytes` built by [`crate::BytesMut`] is already its own encoding (in a segment of the
+/// worker's pool, or in a vector): that memory becomes the result, with no copy.
 impl OutputInPlace for &OutputOf<crate::Bytes> {
     fn task_output(&self) -> Result<TaskOutput, CallError> {
-        match self.0.stored_encoding() {
-            Some(seg) => Ok(TaskOutput::Stored(seg)),
+        match self.0.encoding() {
+            Some(crate::bytes::Encoding::Segment(seg)) => Ok(TaskOutput::Stored(seg)),
+            Some(crate::bytes::Encoding::Vec(v)) => Ok(TaskOutput::Shared(v)),
             None => encode_output(&self.0),
         }
     }

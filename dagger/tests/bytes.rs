@@ -167,3 +167,19 @@ fn bytes_encode_like_a_vector() {
     let json = serde_json::to_string(&b).unwrap();
     assert_eq!(serde_json::from_str::<Bytes>(&json).unwrap(), b);
 }
+
+/// In a context without worker processes (the direct lane) `BytesMut` outputs and `Bytes`
+/// inputs work the same way.
+#[test]
+fn bytes_in_a_threads_context() {
+    let ctx = Context::threads().unwrap();
+    for len in [0u64, 1_000, 3 << 20] {
+        let m = make_in_place::spawn(&ctx, len, 9).unwrap();
+        let r = inspect::spawn(&ctx, &m).unwrap();
+        let want = sum(&pattern(len, 9));
+        let (n, s, _) = r.fetch().unwrap();
+        assert_eq!((n, s), (len, want));
+        assert_eq!(m.fetch().unwrap(), Bytes::from(pattern(len, 9)));
+        assert_eq!(total::spawn(&ctx, &m).unwrap().fetch().unwrap(), want);
+    }
+}

@@ -119,6 +119,8 @@ pub(crate) enum ChunkBytes {
     /// A result this worker encoded straight into a segment of its own pool, which a peer
     /// of this host is lent without a copy.
     Stored(Arc<dagger_move::shm::StoredSegment>),
+    /// A result that was its own encoding already, in a vector (`BytesMut`).
+    Shared(Arc<Vec<u8>>),
     /// The value lives in a device's memory (a task on a device returned it there).
     Device(DeviceChunk),
 }
@@ -132,6 +134,7 @@ impl std::ops::Deref for ChunkBytes {
             ChunkBytes::Shm(s) => s,
             ChunkBytes::Segment(s) => s,
             ChunkBytes::Stored(s) => s,
+            ChunkBytes::Shared(v) => v,
             ChunkBytes::Device(d) => d.host(),
         }
     }
@@ -999,6 +1002,7 @@ impl Worker {
         let result = match result {
             Ok(Ok(TaskOutput::Bytes(bytes))) => Ok(Data::from(bytes)),
             Ok(Ok(TaskOutput::Stored(s))) => Ok(Data::new(ChunkBytes::Stored(s))),
+            Ok(Ok(TaskOutput::Shared(v))) => Ok(Data::new(ChunkBytes::Shared(v))),
             Ok(Ok(TaskOutput::Device(buf))) => Ok(Data::device(buf)),
             Ok(Err(err)) => Err(err),
             Err(panic) => Err(TaskError::Panicked {
