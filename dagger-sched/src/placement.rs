@@ -887,7 +887,7 @@ impl Scheduler {
             }
             Placement::NoProcessor => {
                 let t = &self.tasks[i];
-                let scope = self.placer.scopes[t.scope as usize].scope.to_string();
+                let scope = self.scope_text(t.scope);
                 let err = TaskError::NoProcessor { task: t.id, scope };
                 self.fail(i, err);
             }
@@ -1101,9 +1101,41 @@ impl Scheduler {
                 continue; // a processor came; the next placement uses it
             }
             let t = &self.tasks[i];
-            let scope = self.placer.scopes[t.scope as usize].scope.to_string();
+            let scope = self.scope_text(t.scope);
             let err = TaskError::NoProcessor { task: t.id, scope };
             self.fail(i, err);
+        }
+    }
+
+    /// Scope `s` as a [`TaskError::NoProcessor`] names it, followed by the workers it names
+    /// that are not in the pool (lost, or never joined), which is then why nothing admits
+    /// it.
+    fn scope_text(&self, s: u32) -> String {
+        fn named(scope: &Scope, out: &mut Vec<WorkerId>) {
+            match scope {
+                Scope::Worker(w) | Scope::WorkerKind(w, _) => out.push(*w),
+                Scope::Proc(p) => out.push(p.worker),
+                Scope::Union(v) => v.iter().for_each(|s| named(s, out)),
+                Scope::Any | Scope::Kind(_) => {}
+            }
+        }
+        let scope = &self.placer.scopes[s as usize].scope;
+        let mut workers = Vec::new();
+        named(scope, &mut workers);
+        workers.sort_unstable();
+        workers.dedup();
+        let gone: Vec<String> = workers
+            .into_iter()
+            .filter(|w| self.topology.worker(*w).is_none())
+            .map(|w| w.to_string())
+            .collect();
+        if gone.is_empty() {
+            scope.to_string()
+        } else {
+            format!(
+                "{scope} ({} not in the pool: lost, or never joined)",
+                gone.join(", ")
+            )
         }
     }
 }
