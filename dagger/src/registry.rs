@@ -301,19 +301,23 @@ impl OutputInPlace for &OutputOf<crate::Bytes> {
 /// Encodes a result: into a segment of the running worker's pool when it is large and the
 /// worker offers one ([`with_result_pool`]), else into a vector of exactly its size.
 fn encode_output<T: serde::Serialize>(v: &T) -> Result<TaskOutput, CallError> {
-    let size =
-        postcard::experimental::serialized_size(v).map_err(|e| CallError::Encode(e.to_string()))?;
-    if let Some(out) = encode_stored(v, size) {
-        return Ok(out);
+    let size = encoded_len(v)?;
+    match encode_stored(v, size) {
+        Some(out) => Ok(out),
+        None => encode_sized(v, size).map(TaskOutput::Bytes),
     }
-    postcard::to_extend(v, Vec::with_capacity(size))
-        .map(TaskOutput::Bytes)
-        .map_err(|e| CallError::Encode(e.to_string()))
+}
+
+fn encoded_len<T: serde::Serialize>(v: &T) -> Result<usize, CallError> {
+    postcard::experimental::serialized_size(v).map_err(|e| CallError::Encode(e.to_string()))
+}
+
+/// Encodes `v`, whose encoding is `size` bytes, into one allocation of that size.
+fn encode_sized<T: serde::Serialize>(v: &T, size: usize) -> Result<Vec<u8>, CallError> {
+    postcard::to_extend(v, Vec::with_capacity(size)).map_err(|e| CallError::Encode(e.to_string()))
 }
 
 /// Encodes a result (used by the code `#[dagger::task]` generates).
 pub fn encode_result<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, CallError> {
-    let size =
-        postcard::experimental::serialized_size(v).map_err(|e| CallError::Encode(e.to_string()))?;
-    postcard::to_extend(v, Vec::with_capacity(size)).map_err(|e| CallError::Encode(e.to_string()))
+    encode_sized(v, encoded_len(v)?)
 }

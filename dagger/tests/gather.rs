@@ -2,6 +2,8 @@
 //! each a dependency, and receives their results in order. Checked in the driver's own
 //! process and over real worker processes linked by QUIC.
 
+mod support;
+
 use dagger::prelude::*;
 use dagger::Lazy;
 
@@ -105,11 +107,6 @@ fn gathers_in_the_driver_s_process() {
 #[test]
 fn gathers_over_worker_processes() {
     dagger::init();
-    let ctx = Context::builder()
-        .workers(2)
-        .test_harness()
-        .worker_threads(2)
-        .build()
-        .expect("local cluster starts");
+    let ctx = support::two_workers(2, true);
     check_gathers(&ctx);
 }

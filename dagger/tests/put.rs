@@ -1,6 +1,8 @@
 //! `Context::put`: a value made into a handle is encoded once, however many tasks take it,
 //! in the driver's own process and over real worker processes linked by QUIC.
 
+mod support;
+
 use dagger::prelude::*;
 use serde::{Deserialize, Serialize, Serializer};
 use std::cell::Cell;
@@ -79,11 +81,6 @@ fn a_put_value_is_encoded_once_on_the_driver_threads() {
 #[test]
 fn a_put_value_is_encoded_once_over_worker_processes() {
     dagger::init();
-    let ctx = Context::builder()
-        .workers(2)
-        .test_harness()
-        .worker_threads(2)
-        .build()
-        .expect("local cluster starts");
+    let ctx = support::two_workers(2, true);
     check_put(&ctx);
 }
