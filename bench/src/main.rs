@@ -171,24 +171,27 @@ fn two_workers(ctx: &Context) -> anyhow::Result<(WorkerId, WorkerId)> {
     }
 }
 
+/// W3's chain: `n` increments, alternating between the context's first two workers, every
+/// task pinned to its worker; the time from the first spawn to the last fetch.
+fn pinned_chain(ctx: &Context, n: u64) -> anyhow::Result<Duration> {
+    let (a, b) = two_workers(ctx)?;
+    let t = Instant::now();
+    let mut prev = inc::with(Options::new().scope(Scope::worker(a))).spawn(ctx, 0)?;
+    for i in 1..n {
+        let w = if i % 2 == 0 { a } else { b };
+        prev = inc::with(Options::new().scope(Scope::worker(w))).spawn(ctx, &prev)?;
+    }
+    let v = prev.fetch()?;
+    let el = t.elapsed();
+    ensure!(v == n, "W3 chain wrong: {v} != {n}");
+    Ok(el)
+}
+
 fn w3(quick: bool) -> anyhow::Result<()> {
     let ctx = start("W3", Context::builder().workers(2))?;
-    let (a, b) = two_workers(&ctx)?;
     let n = if quick { 200 } else { 1000 };
-    let chain = |n: u64| -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        let mut prev = inc::with(Options::new().scope(Scope::worker(a))).spawn(&ctx, 0)?;
-        for i in 1..n {
-            let w = if i % 2 == 0 { a } else { b };
-            prev = inc::with(Options::new().scope(Scope::worker(w))).spawn(&ctx, &prev)?;
-        }
-        let v = prev.fetch()?;
-        let el = t.elapsed();
-        ensure!(v == n, "W3 chain wrong: {v} != {n}");
-        Ok(el)
-    };
-    chain(50)?;
-    let el = chain(n)?;
+    pinned_chain(&ctx, 50)?;
+    let el = pinned_chain(&ctx, n)?;
     line("W3", "us_per_hop", el.as_secs_f64() * 1e6 / n as f64, "us");
     // The same chain with no scopes: the scheduler places every task (a hop may stay
     // inside one process).
@@ -219,21 +222,8 @@ fn w3(quick: bool) -> anyhow::Result<()> {
         let quic = Context::builder().workers(2).build();
         std::env::remove_var("DAGGER_RINGS");
         let quic = quic?;
-        let (qa, qb) = two_workers(&quic)?;
-        let chain = |n: u64| -> anyhow::Result<Duration> {
-            let t = Instant::now();
-            let mut prev = inc::with(Options::new().scope(Scope::worker(qa))).spawn(&quic, 0)?;
-            for i in 1..n {
-                let w = if i % 2 == 0 { qa } else { qb };
-                prev = inc::with(Options::new().scope(Scope::worker(w))).spawn(&quic, &prev)?;
-            }
-            let v = prev.fetch()?;
-            let el = t.elapsed();
-            ensure!(v == n, "W3 QUIC chain wrong: {v} != {n}");
-            Ok(el)
-        };
-        chain(50)?;
-        let el = chain(n)?;
+        pinned_chain(&quic, 50)?;
+        let el = pinned_chain(&quic, n)?;
         line(
             "W3",
             "us_per_hop_quic",
@@ -334,6 +324,16 @@ fn main() -> anyhow::Result<()> {
         },
         // Diagnostics for profiling, not BENCH.md workloads: a chain on one worker
         // (no network hop), W4 without the move, and W4's shared-memory half alone.
+        // W3's pinned chain alone, `DAGGER_BENCH_REPEAT` times after one warm-up.
+        "W3pin" => {
+            let ctx = Context::builder().workers(2).build()?;
+            pinned_chain(&ctx, 50)?;
+            for _ in 0..repeat() {
+                let el = pinned_chain(&ctx, 1000)?;
+                line("W3pin", "us_per_hop", el.as_secs_f64() * 1e3, "us");
+            }
+            Ok(())
+        }
         "W3same" => {
             let ctx = Context::builder().workers(2).build()?;
             let (a, _) = two_workers(&ctx)?;

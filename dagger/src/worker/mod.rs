@@ -33,7 +33,7 @@ use dagger_runtime::worker::{
 };
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -291,7 +291,7 @@ impl Drop for StartGuard {
                 task: t.task,
                 cause: MoveFailure::Dropped,
             };
-            self.worker.finished(t.task, Duration::ZERO, Err(err));
+            self.worker.ran(t.task, Duration::ZERO, Err(err));
         }
     }
 }
@@ -336,11 +336,13 @@ struct Out {
     actions: Vec<Action<Data>>,
     closes: Vec<FrameSender>,
     wake_timer: bool,
+    /// The core's timeout is due already.
+    due: bool,
 }
 
 impl Inner {
     /// Takes the core's output; frames for links that closed meanwhile are dropped.
-    fn drain(&mut self, out: &mut Out) {
+    fn drain(&mut self, out: &mut Out, now: Duration) {
         while let Some(t) = self.core.poll_transmit() {
             let sender = match t.to {
                 Dest::Driver => None,
@@ -362,7 +364,10 @@ impl Inner {
             }
         }
         if let Some(t) = self.core.poll_timeout() {
-            if self.armed.is_none_or(|a| t < a) {
+            if t <= now {
+                // Whoever performs this decides who handles it (`Worker::perform`).
+                out.due = true;
+            } else if self.armed.is_none_or(|a| t < a) {
                 self.armed = Some(t);
                 out.wake_timer = true;
             }
@@ -389,6 +394,8 @@ pub(crate) struct Worker {
     shm: bool,
     /// The pool of this worker's segments, once a task asked for it.
     result_pool: std::sync::OnceLock<Option<Arc<dagger_move::shm::SegmentPool>>>,
+    /// Tasks handed to a processor and not yet reported finished.
+    running: AtomicUsize,
 }
 
 /// How a worker's service ended without an error of its own.
@@ -631,6 +638,7 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
         ),
         shm: setup.shm,
         result_pool: std::sync::OnceLock::new(),
+        running: AtomicUsize::new(0),
     });
 
     // Peers that connect to us.
@@ -697,7 +705,7 @@ impl Worker {
             let now = self.now();
             event(&mut inner, now);
             self.take_finished(&mut inner, now);
-            inner.drain(&mut out);
+            inner.drain(&mut out, now);
         }
         self.perform(out);
         self.after_unlock();
@@ -734,7 +742,7 @@ impl Worker {
                 };
                 let now = self.now();
                 self.take_finished(&mut inner, now);
-                inner.drain(&mut out);
+                inner.drain(&mut out, now);
             }
             self.perform(out);
             if self.finished_queue.lock().is_empty() {
@@ -749,6 +757,7 @@ impl Worker {
             actions,
             closes,
             wake_timer,
+            due,
         } = out;
         for (sender, t) in sends {
             let sender = sender.as_ref().unwrap_or(&self.to_driver);
@@ -796,8 +805,37 @@ impl Worker {
         // Last: what the timer sends (the batch of finished tasks for the driver, a
         // heartbeat) is not urgent, and on a runtime of one thread a task woken earlier
         // runs earlier. A result a peer waits for, or a task ready to start, goes first.
-        if wake_timer {
+        // A timeout due now (mostly: the batch of finished tasks for the driver) is
+        // handled by this thread when no task is running here, since then no other report
+        // would join the batch, and finishing a task wakes no other thread. While tasks
+        // run, the timer task sends it, and reports that arrive before it runs travel in
+        // the same batch.
+        if due && self.running.load(Ordering::Acquire) == 0 {
+            self.timeout_now();
+        } else if wake_timer || due {
             self.timer.notify_one();
+        }
+    }
+
+    /// Handles a timeout that is due already on this thread, and again while reports
+    /// that arrived meanwhile make one due (a loop, not a recursion: processors finishing
+    /// tasks steadily would otherwise deepen this thread's stack).
+    fn timeout_now(self: &Arc<Self>) {
+        loop {
+            let mut out = Out::default();
+            {
+                let mut inner = self.inner.lock();
+                let now = self.now();
+                self.take_finished(&mut inner, now);
+                inner.core.handle_timeout(now);
+                inner.drain(&mut out, now);
+            }
+            let again = std::mem::take(&mut out.due);
+            self.perform(out);
+            self.after_unlock();
+            if !again {
+                return;
+            }
         }
     }
 
@@ -812,7 +850,7 @@ impl Worker {
                 self.take_finished(&mut inner, now);
                 inner.core.handle_timeout(now);
                 inner.armed = None;
-                inner.drain(&mut out);
+                inner.drain(&mut out, now);
                 inner.armed
             };
             // The timer is this task: no need to wake it.
@@ -894,6 +932,17 @@ impl Worker {
         self.feed_finished();
     }
 
+    /// [`Worker::finished`] for a task that [`Worker::start`] handed to a processor.
+    fn ran(
+        self: &Arc<Self>,
+        task: dagger_core::TaskId,
+        run: Duration,
+        result: Result<Data, TaskError>,
+    ) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.finished(task, run, result);
+    }
+
     /// All inputs are here: run the task on its processor.
     fn start(self: &Arc<Self>, t: StartTask<Data>) {
         let Some(proc) = self.procs.get(t.proc.index).cloned() else {
@@ -906,6 +955,7 @@ impl Worker {
         };
         // A processor may drop a job without running it (it was shut down, or a user's
         // processor refuses work): the guard then reports the task failed, so nobody waits.
+        self.running.fetch_add(1, Ordering::AcqRel);
         let mut guard = StartGuard {
             worker: self.clone(),
             task: Some(t),
@@ -942,7 +992,7 @@ impl Worker {
                 func: func.to_string(),
                 worker: self.id,
             };
-            self.finished(task, Duration::ZERO, Err(err));
+            self.ran(task, Duration::ZERO, Err(err));
             return;
         };
         let prev = CURRENT_PROC.with(|c| c.replace(Some(proc)));
@@ -1011,7 +1061,7 @@ impl Worker {
                 message: panic_message(&*panic),
             }),
         };
-        self.finished(task, run, result);
+        self.ran(task, run, result);
     }
 
     /// Inputs of a task on a processor that does not compute in host memory go through the
