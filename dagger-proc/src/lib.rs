@@ -17,6 +17,8 @@
 //! Environment: `DAGGER_THREADS` caps the thread processors of a process,
 //! `DAGGER_SPIN_US` sets how long an idle thread spins before parking (default 20 µs),
 //! `DAGGER_PIN=0` disables pinning.
+//! - [`idle`]: work a spinning thread processor does between jobs (a runtime's poll of its
+//!   links), so that a message arriving then needs no other thread to wake it.
 //!
 //! Not guaranteed: pinning (it may fail, and is recorded as `pinned=false`), fairness
 //! between processors, or that a job submitted after shutdown runs (it is dropped).
@@ -33,6 +35,7 @@ pub mod device;
 mod error;
 #[cfg(feature = "hwloc")]
 pub mod hwloc;
+pub mod idle;
 mod os;
 mod processor;
 pub mod sys;

@@ -2,16 +2,18 @@
 
 use crate::current::{self, Identity};
 use crate::error::ProcError;
+use crate::idle;
 use crate::processor::{Job, Processor};
 use crate::sys;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use dagger_core::{MemorySpace, ProcId, ProcKind};
 use parking_lot::Mutex;
+use rustix::thread::futex;
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -105,6 +107,8 @@ impl ThreadProcBuilder {
             closed: AtomicBool::new(false),
             panics: AtomicU64::new(0),
             identity: OnceLock::new(),
+            asleep: AtomicBool::new(false),
+            bell: AtomicU32::new(0),
         });
         let (pin_tx, pin_rx) = crossbeam_channel::bounded::<Option<String>>(1);
         let cpus = match &pinning {
@@ -175,12 +179,93 @@ struct Shared {
     closed: AtomicBool,
     panics: AtomicU64,
     identity: OnceLock<Identity>,
+    /// The thread is asleep (or about to be) on `bell`.
+    asleep: AtomicBool,
+    /// The futex word the thread sleeps on; changed to wake it.
+    bell: AtomicU32,
+}
+
+impl Shared {
+    /// Called after a message was queued: wakes the thread if it sleeps. Pairs with the
+    /// thread's "set `asleep`, then look at the queue" in [`next`]: the fences order each
+    /// side's write before its read, so either the thread sees the message or this sees
+    /// `asleep` (a wake before the wait makes the wait return at once, since the word
+    /// changed).
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::AcqRel) {
+            self.bell.fetch_add(1, Ordering::Release);
+            let _ = futex::wake(&self.bell, futex::Flags::PRIVATE, 1);
+        }
+    }
+}
+
+/// Whether this kernel has `futex_waitv` (Linux 5.16 and later); cleared the first time
+/// it is found missing, after which idle threads sleep on their own word only.
+static WAITV: AtomicBool = AtomicBool::new(true);
+
+/// The longest a thread sleeps before it looks again on its own (a wake-up normally comes
+/// first).
+const SLEEP: Duration = Duration::from_millis(100);
+
+/// How many times an idle thread yields the CPU between spinning and sleeping.
+const YIELDS: usize = 4;
+
+/// Sleeps until `bell` no longer holds `own` or, with `words`, until one of them no longer
+/// holds its armed value, for at most [`SLEEP`].
+fn sleep(bell: &AtomicU32, own: u32, words: &[idle::Armed]) {
+    let relative = futex::Timespec {
+        tv_sec: 0,
+        tv_nsec: SLEEP.as_nanos() as _,
+    };
+    if words.is_empty() || !WAITV.load(Ordering::Relaxed) {
+        let _ = futex::wait(bell, futex::Flags::PRIVATE, own, Some(&relative));
+        return;
+    }
+    let mut waits = Vec::with_capacity(words.len() + 1);
+    let mut own_wait = futex::Wait::new();
+    own_wait.val = u64::from(own);
+    own_wait.uaddr = futex::WaitPtr::new(bell as *const AtomicU32 as *mut _);
+    own_wait.flags = futex::WaitFlags::SIZE_U32 | futex::WaitFlags::PRIVATE;
+    waits.push(own_wait);
+    for a in words {
+        let mut w = futex::Wait::new();
+        w.val = u64::from(a.value);
+        w.uaddr = futex::WaitPtr::new(a.word.word() as *const AtomicU32 as *mut _);
+        // Shared with the processes that wake it: not private.
+        w.flags = futex::WaitFlags::SIZE_U32;
+        waits.push(w);
+    }
+    // `futex_waitv` takes an absolute time on the clock it is given.
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let mut deadline = futex::Timespec {
+        tv_sec: now.tv_sec + SLEEP.as_secs() as i64,
+        tv_nsec: now.tv_nsec + SLEEP.subsec_nanos() as i64,
+    };
+    if deadline.tv_nsec >= 1_000_000_000 {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1_000_000_000;
+    }
+    // The words stay valid: `words` holds their owners until the sleep is over.
+    match futex::waitv(
+        &waits,
+        futex::WaitvFlags::empty(),
+        Some(&deadline),
+        rustix::time::ClockId::Monotonic,
+    ) {
+        Ok(_) => {}
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR) => {}
+        // No `futex_waitv` here (an older kernel, or a sandbox that forbids it): return
+        // at once, so the caller withdraws what it armed, and never arm again.
+        Err(_) => WAITV.store(false, Ordering::Relaxed),
+    }
 }
 
 /// The body of a processor thread: take jobs in order, run each under `catch_unwind`.
 fn serve(rx: Receiver<Msg>, spin: Duration, shared: &Shared) {
     let mut attached = false;
-    while let Some(msg) = next(&rx, spin) {
+    let mut words = Words::default();
+    while let Some(msg) = next(&rx, spin, shared, &mut words) {
         let job = match msg {
             Msg::Run(job) => job,
             Msg::Stop => break,
@@ -198,29 +283,112 @@ fn serve(rx: Receiver<Msg>, spin: Duration, shared: &Shared) {
     }
 }
 
-/// The next message: polls for up to `spin`, then blocks. `None` once every sender is gone.
-fn next(rx: &Receiver<Msg>, spin: Duration) -> Option<Msg> {
+/// The words a thread announced itself on, kept for their capacity.
+#[derive(Default)]
+struct Words {
+    /// Announced as polling while the thread spins.
+    watched: Vec<Arc<dyn idle::WakeWord>>,
+    /// Armed while it sleeps.
+    armed: Vec<idle::Armed>,
+}
+
+/// Polls the queue (and the idle work) for up to `spin`, then yields a few times: on a
+/// busy machine this lets the thread that will submit the next job run, and a job
+/// submitted meanwhile costs no sleep and wake. `Some` once the queue gave something.
+fn spin_for(rx: &Receiver<Msg>, spin: Duration) -> Option<Option<Msg>> {
+    let take = |rx: &Receiver<Msg>| match rx.try_recv() {
+        Ok(m) => Some(Some(m)),
+        Err(TryRecvError::Disconnected) => Some(None),
+        Err(TryRecvError::Empty) => None,
+    };
+    let mut start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if let Some(m) = take(rx) {
+                return Some(m);
+            }
+            std::hint::spin_loop();
+        }
+        // Work that arrives meanwhile may start a job on this thread: keep spinning
+        // while there is some.
+        if idle::poll() {
+            start = Instant::now();
+            continue;
+        }
+        if start.elapsed() >= spin {
+            break;
+        }
+    }
+    for _ in 0..YIELDS {
+        std::thread::yield_now();
+        idle::poll();
+        if let Some(m) = take(rx) {
+            return Some(m);
+        }
+    }
+    None
+}
+
+/// The next message: polls for up to `spin` (running the process's [`idle`] work
+/// meanwhile), yields a few times, then sleeps until [`Shared::wake`] or, for a thread that
+/// spins, until a source of idle work has some. `None` once every sender is gone.
+fn next(rx: &Receiver<Msg>, spin: Duration, shared: &Shared, w: &mut Words) -> Option<Msg> {
     match rx.try_recv() {
         Ok(m) => return Some(m),
         Err(TryRecvError::Disconnected) => return None,
         Err(TryRecvError::Empty) => {}
     }
     if !spin.is_zero() {
-        let start = Instant::now();
-        loop {
-            for _ in 0..64 {
-                match rx.try_recv() {
-                    Ok(m) => return Some(m),
-                    Err(TryRecvError::Disconnected) => return None,
-                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
-                }
-            }
-            if start.elapsed() >= spin {
-                break;
-            }
+        // Announced as polling meanwhile, so the sources of idle work wake nobody for
+        // what this thread will take; withdrawn before any job runs, then polled once
+        // more for what came as it was withdrawn.
+        idle::watch(&mut w.watched);
+        let found = spin_for(rx, spin);
+        idle::unwatch(&mut w.watched);
+        idle::poll();
+        if let Some(m) = found {
+            return m;
         }
     }
-    rx.recv().ok()
+    match rx.try_recv() {
+        Ok(m) => return Some(m),
+        Err(TryRecvError::Disconnected) => return None,
+        Err(TryRecvError::Empty) => {}
+    }
+    let words = &mut w.armed;
+    let disarm = |words: &mut Vec<idle::Armed>| {
+        for a in words.drain(..) {
+            a.word.disarm();
+        }
+    };
+    loop {
+        shared.asleep.store(true, Ordering::Relaxed);
+        let own = shared.bell.load(Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        // A thread that does not spin (a device's host thread) takes no idle work.
+        let ready = spin.is_zero() || !WAITV.load(Ordering::Relaxed) || idle::arm(words);
+        let msg = rx.try_recv();
+        if ready && matches!(msg, Err(TryRecvError::Empty)) {
+            sleep(&shared.bell, own, words);
+        }
+        shared.asleep.store(false, Ordering::Relaxed);
+        disarm(words);
+        match msg {
+            Ok(m) => return Some(m),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        // Woken by a source of idle work (or not asleep, since one had work): take it
+        // before looking at the queue again, so a job there does not hold it up.
+        if !spin.is_zero() {
+            idle::poll();
+        }
+        match rx.try_recv() {
+            Ok(m) => return Some(m),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+    }
 }
 
 /// A CPU core as a processor: one dedicated OS thread, optionally pinned to the core, that
@@ -320,6 +488,7 @@ impl ThreadProc {
         if !self.shared.closed.swap(true, Ordering::AcqRel) {
             // Fails only if the thread is already gone.
             let _ = self.tx.send(Msg::Stop);
+            self.shared.wake();
         }
     }
 
@@ -362,6 +531,7 @@ impl Processor for ThreadProc {
         }
         // Fails only if the thread has exited; the job is then dropped, as documented.
         let _ = self.tx.send(Msg::Run(job));
+        self.shared.wake();
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -9,11 +9,21 @@
 //! empty the receiver sets the ring's sleep word and waits for the ring's wake-up FIFO in
 //! the tokio reactor; the producer writes a byte into the FIFO only when it finds the
 //! word set. A wake-up thus costs one thread wake (the reactor's), the floor for a task
-//! that sleeps; a thread spinning on the ring would still have to wake the task.
+//! that sleeps.
+//!
+//! Threads outside the runtime may take frames too (`try_recv`, under the caller's lock):
+//! a thread that polls the ring for a while announces itself in the ring's header, and the
+//! producer then wakes nobody; a thread about to sleep announces itself and sleeps on the
+//! ring's doorbell (a futex in the header), and the producer then changes the doorbell and
+//! wakes one such thread instead of the receiver's task. Only with neither is the task
+//! woken. A worker's thread processors do this between tasks, so a frame that starts a
+//! task wakes the thread that runs it and no other.
 
 use super::shm::{futex, Ring};
 use crate::codec::{Decoded, Decoder, Header, HEADER_LEN};
-use crate::link::{FrameReceiver, FrameSender, FrameSink, FrameSource, LinkState};
+use crate::link::{
+    Doorbell, DoorbellWord, FrameReceiver, FrameSender, FrameSink, FrameSource, LinkState,
+};
 use crate::quic::code;
 use crate::quic::lanes::describe_connection_error;
 use crate::{Conn, Frame, NetConfig, NetError};
@@ -119,6 +129,8 @@ struct Shared {
     own_wake: OwnedFd,
     /// Set once the peer is known gone (its connection closed or its process exited).
     peer_gone: AtomicBool,
+    /// Set when a send found that the peer stopped reading (it closed the link).
+    peer_stopped: AtomicBool,
     peer_reason: Mutex<Option<String>>,
     connection: quinn::Connection,
 }
@@ -146,6 +158,7 @@ impl Shared {
     fn write_some(&self, head: &mut u64, item: &mut Pending) -> Result<usize, String> {
         let ring = &self.tx;
         if ring.reader_gone().load(Ordering::Acquire) != 0 {
+            self.peer_stopped.store(true, Ordering::Release);
             return Err("the peer stopped reading the link".to_owned());
         }
         let tail = ring.tail().load(Ordering::Acquire);
@@ -176,7 +189,14 @@ impl Shared {
         if written > 0 {
             ring.head().store(*head, Ordering::Release);
             fence(Ordering::SeqCst);
-            if ring.reader_sleep().load(Ordering::Relaxed) != 0 {
+            // A thread of the reader's process polling the ring, or else one asleep on
+            // its doorbell, takes the bytes itself; only when there is neither does the
+            // reader's task get woken.
+            if ring.threads_polling().load(Ordering::Relaxed) != 0 {
+            } else if ring.threads_asleep().load(Ordering::Relaxed) != 0 {
+                ring.doorbell().fetch_add(1, Ordering::Release);
+                futex::wake_one(ring.doorbell());
+            } else if ring.reader_sleep().load(Ordering::Relaxed) != 0 {
                 ring.reader_sleep().store(0, Ordering::Relaxed);
                 poke(&self.peer_wake);
             }
@@ -410,6 +430,48 @@ impl Drop for RingSink {
     }
 }
 
+/// The doorbell of a ring link's receiving side ([`crate::Doorbell`]): the ring's futex
+/// word, shared with the peer, on which threads of this process sleep until the peer
+/// writes. While one sleeps there, the peer wakes it instead of the receiver's task.
+struct RingBell {
+    shared: Arc<Shared>,
+}
+
+impl DoorbellWord for RingBell {
+    fn arm(&self) -> Option<u32> {
+        let ring = &self.shared.rx;
+        ring.threads_asleep().fetch_add(1, Ordering::SeqCst);
+        let value = ring.doorbell().load(Ordering::SeqCst);
+        if ring.head().load(Ordering::Acquire) != ring.tail().load(Ordering::Acquire)
+            || self.shared.state.is_down()
+        {
+            self.disarm();
+            return None;
+        }
+        Some(value)
+    }
+
+    fn disarm(&self) {
+        self.shared
+            .rx
+            .threads_asleep()
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn watch(&self, on: bool) {
+        let polling = self.shared.rx.threads_polling();
+        if on {
+            polling.fetch_add(1, Ordering::SeqCst);
+        } else {
+            polling.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn word(&self) -> &std::sync::atomic::AtomicU32 {
+        self.shared.rx.doorbell()
+    }
+}
+
 /// The receiving half: decodes the ring on the caller's task.
 struct RingSource {
     shared: Arc<Shared>,
@@ -528,7 +590,19 @@ impl FrameSource for RingSource {
                 return Poll::Ready(r);
             }
             if self.shared.state.is_down() {
-                // Closed by this side, or its sender failed: nothing more is read.
+                // Closed by this side, or its sender failed: nothing more is read, except,
+                // when the sender failed because the peer stopped reading, what the peer
+                // wrote before (its close record says why it closed).
+                if self.shared.peer_stopped.load(Ordering::Acquire) {
+                    match self.drain() {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.finish(e);
+                            continue;
+                        }
+                    }
+                }
                 self.ended = true;
                 continue;
             }
@@ -587,6 +661,32 @@ impl FrameSource for RingSource {
         let head = self.shared.rx.head().load(Ordering::Acquire);
         Some(head.wrapping_sub(self.start))
     }
+
+    fn doorbell(&self) -> Option<Doorbell> {
+        Some(Doorbell::new(Arc::new(RingBell {
+            shared: self.shared.clone(),
+        })))
+    }
+
+    /// Decodes what the ring holds, without arming its wake-up. A decoding error ends the
+    /// link as in `poll_recv`, and the receiver's own wake-up is poked so that its task
+    /// reports the end.
+    fn try_recv(&mut self) -> Option<Frame> {
+        if let Some(f) = self.ready.pop_front() {
+            return Some(f);
+        }
+        if self.ended || self.end.is_some() || self.shared.state.is_down() {
+            return None;
+        }
+        match self.drain() {
+            Ok(_) => self.ready.pop_front(),
+            Err(e) => {
+                self.finish(e);
+                poke(&self.shared.own_wake);
+                self.ready.pop_front()
+            }
+        }
+    }
 }
 
 impl Drop for RingSource {
@@ -641,6 +741,7 @@ pub(crate) fn make_ring_conn(
         peer_wake,
         own_wake,
         peer_gone: AtomicBool::new(false),
+        peer_stopped: AtomicBool::new(false),
         peer_reason: Mutex::new(None),
         connection: connection.clone(),
     });

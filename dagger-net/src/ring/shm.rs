@@ -4,9 +4,12 @@
 //! Layout of the object: a 4 KiB header, then `capacity` bytes of data (a power of two).
 //! The header holds, each on its own cache line, the magic and the capacity (written once
 //! by the creator), `head` (bytes written so far, stored only by the producer), `tail`
-//! (bytes read so far, stored only by the consumer), and three 32-bit words: the
+//! (bytes read so far, stored only by the consumer), and six 32-bit words: the
 //! consumer's sleep flag (set while it waits for its wake-up FIFO), the producer's sleep
-//! word (a futex it parks on while the ring is full) and the consumer's "gone" flag.
+//! word (a futex it parks on while the ring is full), the consumer's "gone" flag, the
+//! number of the consumer process's threads polling the ring (they take what comes: no
+//! wake-up needed), the number asleep on the ring's doorbell, and the doorbell (a futex
+//! those threads wait on, changed by the producer to wake one).
 //! Positions only grow; the byte at position `p` lives at `p % capacity`.
 //!
 //! Next to each object lives its wake-up FIFO, `/dev/shm/<name>-w` (mode 0600): a reader
@@ -46,6 +49,9 @@ const OFF_TAIL: usize = 128;
 const OFF_READER_SLEEP: usize = 192;
 const OFF_WRITER_SLEEP: usize = 256;
 const OFF_READER_GONE: usize = 320;
+const OFF_THREADS_ASLEEP: usize = 384;
+const OFF_DOORBELL: usize = 448;
+const OFF_THREADS_POLLING: usize = 512;
 /// The smallest ring capacity.
 pub(crate) const MIN_CAPACITY: usize = 4096;
 /// The largest ring capacity.
@@ -331,6 +337,23 @@ impl Ring {
         self.word32(OFF_READER_GONE)
     }
 
+    /// How many threads of the consumer's process poll the ring, so that bytes published
+    /// now are taken without a wake-up.
+    pub(crate) fn threads_polling(&self) -> &AtomicU32 {
+        self.word32(OFF_THREADS_POLLING)
+    }
+
+    /// How many threads of the consumer's process sleep on [`Ring::doorbell`].
+    pub(crate) fn threads_asleep(&self) -> &AtomicU32 {
+        self.word32(OFF_THREADS_ASLEEP)
+    }
+
+    /// A futex the consumer's idle threads wait on; the producer changes it and wakes one
+    /// after publishing bytes while [`Ring::threads_asleep`] is non-zero.
+    pub(crate) fn doorbell(&self) -> &AtomicU32 {
+        self.word32(OFF_DOORBELL)
+    }
+
     /// Copies `src` into the ring at position `pos` (wrapping). The caller (the producer)
     /// has checked that `[pos, pos + src.len())` is free.
     pub(crate) fn copy_in(&self, pos: u64, src: &[u8]) {
@@ -380,6 +403,11 @@ pub(crate) mod futex {
     pub(crate) fn prepare(word: &AtomicU32) {
         word.store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+    }
+
+    /// Wakes one thread waiting on `word` (in any process that maps it).
+    pub(crate) fn wake_one(word: &AtomicU32) {
+        let _ = futex::wake(word, futex::Flags::empty(), 1);
     }
 
     /// Wakes the side parked on `word`, if it is: call after publishing what it waits for.

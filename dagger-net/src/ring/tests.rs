@@ -230,6 +230,99 @@ fn bytes_in_the_ring_count_before_they_are_received() {
 }
 
 #[test]
+fn a_thread_asleep_on_the_doorbell_is_woken_by_a_send_and_takes_the_frame() {
+    let _serial = serial();
+    rt().block_on(async {
+        let (a, mut b) = ring_pair(&config(4096, 1 << 20)).await;
+        let bell = b.receiver.doorbell().expect("a ring link has a doorbell");
+        let value = bell.arm().expect("nothing arrived yet");
+        let word = bell.clone();
+        let sleeper = std::thread::spawn(move || {
+            let timeout = rustix::thread::futex::Timespec {
+                tv_sec: 60,
+                tv_nsec: 0,
+            };
+            let flags = rustix::thread::futex::Flags::empty();
+            let _ = rustix::thread::futex::wait(word.word(), flags, value, Some(&timeout));
+            word.word().load(Ordering::SeqCst)
+        });
+        a.sender.send(patterned(100, 7)).unwrap();
+        let seen = tokio::task::spawn_blocking(move || sleeper.join().unwrap())
+            .await
+            .unwrap();
+        assert_ne!(seen, value, "the send rang the doorbell");
+        bell.disarm();
+        assert_eq!(b.receiver.try_recv(), Some(patterned(100, 7)));
+        assert_eq!(b.receiver.try_recv(), None);
+
+        // A frame nobody took yet: no reason to sleep.
+        a.sender.send(patterned(10, 1)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while b.receiver.received_bytes() != Some(8 + 100 + 8 + 10) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the frame never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(bell.arm(), None);
+        assert_eq!(b.receiver.try_recv(), Some(patterned(10, 1)));
+
+        // While a thread polls the link, a send rings nobody, though another sleeps on
+        // the doorbell; the frame waits for the polling thread.
+        let before = bell.arm().expect("nothing waiting");
+        bell.watch(true);
+        a.sender.send(patterned(20, 2)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let frame = loop {
+            if let Some(f) = b.receiver.try_recv() {
+                break f;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the frame never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        bell.watch(false);
+        bell.disarm();
+        assert_eq!(frame, patterned(20, 2));
+        assert_eq!(
+            bell.word().load(Ordering::SeqCst),
+            before,
+            "nobody was woken"
+        );
+        // The reader's task was never needed, and still works.
+        a.sender.send(patterned(30, 3)).unwrap();
+        assert_eq!(recv(&mut b).await.unwrap(), patterned(30, 3));
+    });
+}
+
+#[test]
+fn a_send_to_a_peer_that_closed_does_not_hide_its_reason() {
+    let _serial = serial();
+    rt().block_on(async {
+        let (a, b) = ring_pair(&config(4096, 1 << 20)).await;
+        let Conn {
+            sender, receiver, ..
+        } = b;
+        sender.close("refused: build mismatch");
+        drop(receiver);
+        // This side's send finds the peer stopped reading and fails ...
+        assert!(a.sender.send(patterned(10, 0)).is_err());
+        // ... and its receiver still reports what the peer said when it closed.
+        let mut a = a;
+        match recv(&mut a).await {
+            Err(NetError::Closed { reason }) => {
+                assert!(reason.contains("build mismatch"), "reason lost: {reason}")
+            }
+            other => panic!("expected the peer's close, got {other:?}"),
+        }
+        drop(sender);
+    });
+}
+
+#[test]
 fn close_delivers_queued_frames_then_closed() {
     let _serial = serial();
     rt().block_on(async {

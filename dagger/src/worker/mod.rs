@@ -396,6 +396,10 @@ pub(crate) struct Worker {
     result_pool: std::sync::OnceLock<Option<Arc<dagger_move::shm::SegmentPool>>>,
     /// Tasks handed to a processor and not yet reported finished.
     running: AtomicUsize,
+    /// The peer links the thread processors poll between jobs.
+    polled: parking_lot::RwLock<Vec<Arc<peer::PolledLink>>>,
+    /// This worker's registration with the thread processors, made with its first link.
+    idle: std::sync::OnceLock<Arc<dyn dagger_proc::idle::IdleWork>>,
 }
 
 /// How a worker's service ended without an error of its own.
@@ -639,6 +643,8 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
         shm: setup.shm,
         result_pool: std::sync::OnceLock::new(),
         running: AtomicUsize::new(0),
+        polled: parking_lot::RwLock::new(Vec::new()),
+        idle: std::sync::OnceLock::new(),
     });
 
     // Peers that connect to us.

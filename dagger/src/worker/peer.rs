@@ -11,11 +11,101 @@ use super::{ChunkBytes, Data, Worker};
 use dagger_core::wire::{self, ChunkPayload, Hello, PeerMsg};
 use dagger_core::{MoveFailure, WorkerId};
 use dagger_move::shm::{SegmentCache, SegmentPool, SegmentRef, DEFAULT_POOL_BYTES};
-use dagger_net::{Conn, FrameReceiver, FrameSender};
+use dagger_net::{Conn, Doorbell, Frame, FrameReceiver, FrameSender};
+use dagger_proc::idle::{Armed, IdleWork, WakeWord};
 use dagger_runtime::worker::{LinkKey, ShmWrite};
 use parking_lot::Mutex;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
+
+/// A peer link whose receiver both its task and the thread processors read.
+pub(super) struct PolledLink {
+    key: LinkKey,
+    rx: Mutex<FrameReceiver>,
+    sender: FrameSender,
+    /// The link's doorbell, which idle thread processors sleep on (same-host rings), and
+    /// the same as they see it.
+    bell: Option<(Doorbell, Arc<dyn WakeWord>)>,
+}
+
+/// A link's [`Doorbell`] as the thread processors see it.
+struct Bell(Doorbell);
+
+impl WakeWord for Bell {
+    fn word(&self) -> &std::sync::atomic::AtomicU32 {
+        self.0.word()
+    }
+
+    fn disarm(&self) {
+        self.0.disarm()
+    }
+
+    fn watch(&self, on: bool) {
+        self.0.watch(on)
+    }
+}
+
+/// A worker's peer links, polled by a thread processor that waits for its next job
+/// ([`dagger_proc::idle`]). It takes only frames that have arrived (on same-host rings;
+/// other transports hand none over this way) and skips a link whose task is reading it.
+/// A processor that goes to sleep sleeps on the links' doorbells too, so a peer's frame
+/// wakes it, not the link's task, and a task the frame starts on that processor runs
+/// with no other thread woken.
+pub(super) struct LinkPoller(Weak<Worker>);
+
+impl IdleWork for LinkPoller {
+    fn watch(&self, words: &mut Vec<Arc<dyn WakeWord>>) {
+        let Some(w) = self.0.upgrade() else {
+            return;
+        };
+        for link in w.polled.read().iter() {
+            if let Some((_, word)) = &link.bell {
+                word.watch(true);
+                words.push(word.clone());
+            }
+        }
+    }
+
+    fn arm(&self, words: &mut Vec<Armed>) -> bool {
+        let Some(w) = self.0.upgrade() else {
+            return true;
+        };
+        for link in w.polled.read().iter() {
+            let Some((doorbell, word)) = &link.bell else {
+                continue;
+            };
+            match doorbell.arm() {
+                Some(value) => words.push(Armed {
+                    word: word.clone(),
+                    value,
+                }),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    fn poll(&self) -> bool {
+        let Some(w) = self.0.upgrade() else {
+            return false;
+        };
+        let mut did = false;
+        for link in w.polled.read().iter() {
+            let Some(mut rx) = link.rx.try_lock() else {
+                continue;
+            };
+            while let Some(frame) = rx.try_recv() {
+                did = true;
+                if w.peer_frame(link, frame).is_break() {
+                    break;
+                }
+            }
+        }
+        did
+    }
+}
 
 /// One worker's shared-memory segments: those it lends to its peers and its mappings of
 /// those its peers lend it.
@@ -100,31 +190,81 @@ impl Worker {
 
     /// Feeds a link's frames to the core until it closes, then tells the core. Inline chunk
     /// bytes are kept in their frame, not copied out.
+    ///
+    /// The receiver is shared with this process's thread processors
+    /// ([`LinkPoller`]): one that has just finished a task takes what has arrived itself, so
+    /// a task that the message starts on that thread runs with no thread woken. Whoever
+    /// takes a frame handles it before letting go of the receiver, so frames are handled
+    /// in their order.
     async fn serve_link(
         self: &Arc<Self>,
         key: LinkKey,
         sender: FrameSender,
-        mut receiver: FrameReceiver,
+        receiver: FrameReceiver,
     ) {
-        while let Ok(frame) = receiver.recv().await {
-            if let Some((chunk, range, push)) = wire::split_chunk_bytes(&frame) {
-                let bytes = Data::new(ChunkBytes::Framed(frame, range.start));
-                self.drive(|i, now| i.core.handle_chunk_received(now, chunk, push, Ok(bytes)));
-                continue;
-            }
-            match wire::decode::<PeerMsg>(&frame) {
-                Ok(msg) => self.drive(|i, now| i.core.handle_peer_msg(now, key, msg)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a peer sent a malformed frame; closing its link");
-                    sender.close("malformed frame");
-                    break;
+        let bell = receiver.doorbell().map(|d| {
+            let word: Arc<dyn WakeWord> = Arc::new(Bell(d.clone()));
+            (d, word)
+        });
+        let link = Arc::new(PolledLink {
+            key,
+            rx: Mutex::new(receiver),
+            sender,
+            bell,
+        });
+        self.poll_link(&link);
+        loop {
+            let flow = std::future::poll_fn(|cx| {
+                let mut rx = link.rx.lock();
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Ok(frame)) => Poll::Ready(self.peer_frame(&link, frame)),
+                    Poll::Ready(Err(_)) => Poll::Ready(ControlFlow::Break(())),
+                    Poll::Pending => Poll::Pending,
                 }
+            })
+            .await;
+            if flow.is_break() {
+                break;
             }
         }
+        self.polled.write().retain(|l| !Arc::ptr_eq(l, &link));
         self.drive(|i, now| {
             i.links.remove(&key);
             i.core.handle_link_closed(now, key);
         });
+    }
+
+    /// Hands one frame from a peer to the core; `Break` when the peer broke the protocol
+    /// (its link is closed then).
+    fn peer_frame(self: &Arc<Self>, link: &PolledLink, frame: Frame) -> ControlFlow<()> {
+        if let Some((chunk, range, push)) = wire::split_chunk_bytes(&frame) {
+            let bytes = Data::new(ChunkBytes::Framed(frame, range.start));
+            self.drive(|i, now| i.core.handle_chunk_received(now, chunk, push, Ok(bytes)));
+            return ControlFlow::Continue(());
+        }
+        match wire::decode::<PeerMsg>(&frame) {
+            Ok(msg) => {
+                let key = link.key;
+                self.drive(|i, now| i.core.handle_peer_msg(now, key, msg));
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a peer sent a malformed frame; closing its link");
+                link.sender.close("malformed frame");
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Lets this process's spinning thread processors take `link`'s frames (registering
+    /// this worker's [`LinkPoller`] with them on first use).
+    fn poll_link(self: &Arc<Self>, link: &Arc<PolledLink>) {
+        self.idle.get_or_init(|| {
+            let poller: Arc<dyn IdleWork> = Arc::new(LinkPoller(Arc::downgrade(self)));
+            dagger_proc::idle::register(&poller);
+            poller
+        });
+        self.polled.write().push(link.clone());
     }
 
     /// This worker's segment state, created on first use. `None` when its object prefix is
