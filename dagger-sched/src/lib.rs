@@ -123,6 +123,7 @@
 
 mod data;
 mod drain;
+mod edges;
 mod graph;
 mod hash;
 mod invariants;

@@ -4,6 +4,7 @@
 //! Records are never removed (an index stays valid for the scheduler's life); what is
 //! variable-sized lives in [`Spec`] and is freed once the task cannot be needed any more.
 
+use crate::edges::Edges;
 use crate::hash::FxMap;
 use dagger_core::{Arg, TaskId, WorkerId};
 use std::borrow::Cow;
@@ -133,16 +134,16 @@ const _: () = assert!(std::mem::size_of::<TaskFlags>() == 1);
 /// The variable-sized part of a task: its arguments and graph edges (its lineage).
 pub(crate) struct Spec {
     pub(crate) args: Vec<Arg>,
-    /// Unique dependencies, by index.
-    pub(crate) deps: Vec<u32>,
-    /// Unique dependents, by index.
-    pub(crate) dependents: Vec<u32>,
+    /// Unique dependencies, by index (sorted).
+    pub(crate) deps: Edges,
+    /// Unique dependents, by index (up to three without an allocation of their own).
+    pub(crate) dependents: Edges,
 }
 
 // Every task's spec lives as long as its lineage may be needed (a whole graph, until its
-// roots are released): keep it in a 80-byte allocation.
+// roots are released): keep it in a 64-byte allocation (glibc's chunk for up to 56 bytes).
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Spec>() <= 72);
+const _: () = assert!(std::mem::size_of::<Spec>() <= 56);
 
 /// Number of tasks per state, and of live records.
 #[derive(Default)]
@@ -257,8 +258,9 @@ impl TaskTable {
         &self.funcs[f as usize]
     }
 
-    /// A copy of task `i`'s dependencies (empty once its record is freed).
-    pub(crate) fn deps_of(&self, i: u32) -> Vec<u32> {
+    /// A copy of task `i`'s dependencies (empty once its record is freed; no allocation
+    /// for up to three).
+    pub(crate) fn deps_of(&self, i: u32) -> Edges {
         self.tasks[i as usize]
             .spec
             .as_ref()
