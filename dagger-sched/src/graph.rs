@@ -4,7 +4,7 @@
 use crate::edges::Edges;
 use crate::hash::FxMap;
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, satisfies, Spec, State, Task, TaskFlags, NONE};
+use crate::task_table::{ns, satisfies, Args, Spec, State, Task, TaskFlags, NONE};
 use crate::Completion;
 use dagger_core::{GraphError, TaskError, TaskId, TaskSpec, WorkerId};
 use std::time::Duration;
@@ -69,10 +69,10 @@ impl Scheduler {
                     None => self.tasks.get(&d).expect("checked by check_batch"),
                 });
             }
+            let args = Args::new(std::mem::take(&mut t.args), &scratch);
             let deps = Edges::sorted_unique(&mut scratch);
             let scope = self.placer.intern_scope(t.options.scope);
             let early = self.placer.scopes[scope as usize].early;
-            let args = t.args;
             self.tasks.push(Task {
                 id: t.id,
                 est_ns: 0,

@@ -13,7 +13,7 @@
 
 use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, State, TaskFlags};
+use crate::task_table::{ns, Args, State, TaskFlags};
 use dagger_core::wire::{RunArg, RunPart, RunTask};
 use dagger_core::{Arg, Part, ProcId, ProcKind, Scope, TaskError, TaskId, WorkerId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -546,29 +546,31 @@ impl Scheduler {
         let mut driver_bytes = 0u64;
         let mut sources: Vec<(Vec<WorkerId>, u64)> = Vec::new();
         if let Some(spec) = self.tasks[i].spec.as_ref() {
-            for a in &spec.args {
-                match a {
-                    Arg::Value(v) => driver_bytes += v.len() as u64,
-                    Arg::Task(_) => {}
-                    Arg::Gather(parts) => {
-                        for p in parts {
-                            if let Part::Value(v) = p {
-                                driver_bytes += v.len() as u64;
-                            }
-                        }
+            match &spec.args {
+                Args::Deps => {
+                    for &d in &spec.deps {
+                        self.input_cost(d, &mut driver_bytes, &mut sources);
                     }
                 }
-                for d in a.deps() {
-                    let Some(d) = self.tasks.get(&d) else {
-                        continue;
-                    };
-                    let dt = &self.tasks[d];
-                    if let Some(v) = self.inline_of(d) {
-                        driver_bytes += v.len() as u64;
-                    } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
-                        sources.push((self.holders_of(d).to_vec(), dt.size));
-                    } else if dt.state == State::Dispatched {
-                        sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
+                Args::Small(v) => driver_bytes += v.as_slice().len() as u64,
+                Args::List(args) => {
+                    for a in args {
+                        match a {
+                            Arg::Value(v) => driver_bytes += v.len() as u64,
+                            Arg::Task(_) => {}
+                            Arg::Gather(parts) => {
+                                for p in parts {
+                                    if let Part::Value(v) = p {
+                                        driver_bytes += v.len() as u64;
+                                    }
+                                }
+                            }
+                        }
+                        for d in a.deps() {
+                            if let Some(d) = self.tasks.get(&d) {
+                                self.input_cost(d, &mut driver_bytes, &mut sources);
+                            }
+                        }
                     }
                 }
             }
@@ -621,13 +623,31 @@ impl Scheduler {
         }
     }
 
+    /// Adds what moving the result of input `d` costs: its bytes to `driver_bytes` if the
+    /// scheduler keeps it inline, else its holders (or the worker it runs on) to `sources`.
+    fn input_cost(&self, d: u32, driver_bytes: &mut u64, sources: &mut Vec<(Vec<WorkerId>, u64)>) {
+        let dt = &self.tasks[d];
+        if let Some(v) = self.inline_of(d) {
+            *driver_bytes += v.len() as u64;
+        } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
+            sources.push((self.holders_of(d).to_vec(), dt.size));
+        } else if dt.state == State::Dispatched {
+            sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
+        }
+    }
+
     /// Where the worker `dest` finds the result of dependency `id`: inline, or as a chunk
     /// from its holders (a copy on `dest` first), noted in `fetching`. `None` for a task
     /// no longer known.
     fn run_part(&self, id: TaskId, dest: WorkerId, fetching: &mut Vec<u32>) -> Option<RunPart> {
         let d = self.tasks.get(&id)?;
+        Some(self.run_part_at(d, dest, fetching))
+    }
+
+    /// [`Self::run_part`] of the task at index `d`.
+    fn run_part_at(&self, d: u32, dest: WorkerId, fetching: &mut Vec<u32>) -> RunPart {
         if let Some(v) = self.inline_of(d) {
-            return Some(RunPart::Value(v.clone()));
+            return RunPart::Value(v.clone());
         }
         let from = match self.holders_of(d) {
             hs if !hs.is_empty() => {
@@ -647,10 +667,10 @@ impl Scheduler {
         if !fetching.contains(&d) {
             fetching.push(d);
         }
-        Some(RunPart::Chunk {
+        RunPart::Chunk {
             chunk: self.tasks[d].id.chunk(),
             from,
-        })
+        }
     }
 
     fn dispatch(&mut self, i: u32, slot: u32, est: u64, run_est: u64) {
@@ -662,9 +682,27 @@ impl Scheduler {
         let mut fetching = Vec::new();
         {
             let t = &self.tasks[i];
-            if let Some(spec) = t.spec.as_ref() {
-                args.reserve(spec.args.len());
-                for a in &spec.args {
+            let list = match t.spec.as_ref().map(|s| (&s.args, s)) {
+                Some((Args::Deps, spec)) => {
+                    args.reserve(spec.deps.len());
+                    for &d in &spec.deps {
+                        args.push(match self.run_part_at(d, proc.worker, &mut fetching) {
+                            RunPart::Value(v) => RunArg::Value(v),
+                            RunPart::Chunk { chunk, from } => RunArg::Chunk { chunk, from },
+                        });
+                    }
+                    None
+                }
+                Some((Args::Small(v), _)) => {
+                    args.push(RunArg::Value(v.as_slice().to_vec()));
+                    None
+                }
+                Some((Args::List(list), _)) => Some(list),
+                None => None,
+            };
+            if let Some(list) = list {
+                args.reserve(list.len());
+                for a in list {
                     args.push(match a {
                         Arg::Value(v) => RunArg::Value(v.clone()),
                         Arg::Task(id) => match self.run_part(*id, proc.worker, &mut fetching) {

@@ -133,7 +133,7 @@ const _: () = assert!(std::mem::size_of::<TaskFlags>() == 1);
 
 /// The variable-sized part of a task: its arguments and graph edges (its lineage).
 pub(crate) struct Spec {
-    pub(crate) args: Vec<Arg>,
+    pub(crate) args: Args,
     /// Unique dependencies, by index (sorted).
     pub(crate) deps: Edges,
     /// Unique dependents, by index (up to three without an allocation of their own).
@@ -144,6 +144,67 @@ pub(crate) struct Spec {
 // roots are released): keep it in a 64-byte allocation (glibc's chunk for up to 56 bytes).
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<Spec>() <= 56);
+
+/// A task's arguments, kept in the form that costs least: every task of a graph keeps them
+/// as long as its lineage may be needed, and most tasks of a large graph take either their
+/// inputs' results only (a reduction) or one small value (a leaf).
+pub(crate) enum Args {
+    /// Every argument is a dependency, and they are the task's `deps`, in that order (each
+    /// input once, in the order of its index): nothing to keep.
+    Deps,
+    /// One plain value of at most [`SMALL_ARG`] bytes, inline.
+    Small(SmallArg),
+    /// Any other arguments, as submitted.
+    List(Vec<Arg>),
+}
+
+/// The most bytes of an [`Args::Small`] value.
+pub(crate) const SMALL_ARG: usize = 15;
+
+/// An encoded value of at most [`SMALL_ARG`] bytes.
+pub(crate) struct SmallArg {
+    len: u8,
+    bytes: [u8; SMALL_ARG],
+}
+
+impl SmallArg {
+    /// `v` inline, if it is short enough.
+    pub(crate) fn new(v: &[u8]) -> Option<Self> {
+        let mut bytes = [0; SMALL_ARG];
+        bytes.get_mut(..v.len())?.copy_from_slice(v);
+        Some(Self {
+            len: v.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The value's bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl Args {
+    /// The compact form of `args`, whose dependencies are at `deps` (in argument order,
+    /// before sorting).
+    pub(crate) fn new(args: Vec<Arg>, deps: &[u32]) -> Self {
+        if args.len() == deps.len()
+            && deps.windows(2).all(|w| w[0] < w[1])
+            && args.iter().all(|a| matches!(a, Arg::Task(_)))
+        {
+            return Args::Deps;
+        }
+        if let [Arg::Value(v)] = args.as_slice() {
+            if let Some(small) = SmallArg::new(v) {
+                return Args::Small(small);
+            }
+        }
+        Args::List(args)
+    }
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Args>() == 24);
 
 /// Number of tasks per state, and of live records.
 #[derive(Default)]
