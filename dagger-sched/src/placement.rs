@@ -16,7 +16,8 @@ use crate::scheduler::Scheduler;
 use crate::task_table::{ns, Args, State, TaskFlags};
 use dagger_core::wire::{RunArg, RunPart, RunTask};
 use dagger_core::{Arg, Part, ProcId, ProcKind, Scope, TaskError, TaskId, WorkerId};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 /// Cost of an unreachable destination; small enough that sums do not overflow.
@@ -86,9 +87,15 @@ pub(crate) struct ScopeEntry {
     cands: Vec<u32>,
     any_admits: bool,
     /// Ready tasks held back because every candidate processor was saturated, by
-    /// priority, FIFO within one (never early ones). Entries of tasks that are no longer
-    /// ready are dropped when they reach the head.
-    pub(crate) held: BTreeMap<i32, VecDeque<u32>>,
+    /// priority, in submission order (task index) within one, never early ones. Entries
+    /// of tasks that are no longer ready are dropped when they reach the head.
+    ///
+    /// Submission order, not the order they became ready: a task that became ready late
+    /// (a reduction's step, once its inputs finished) goes before tasks submitted after
+    /// it, so a graph spawned whole is worked through in the order it was built, and
+    /// the results its later steps consume are released early instead of piling up
+    /// until every task that was ready first has run.
+    pub(crate) held: BTreeMap<i32, BinaryHeap<Reverse<u32>>>,
 }
 
 /// What placement decided for a ready task.
@@ -288,7 +295,7 @@ impl Placer {
             .held
             .entry(priority)
             .or_default()
-            .push_back(i);
+            .push(Reverse(i));
         self.held_scopes.insert(s);
         self.retry = true;
     }
@@ -942,14 +949,14 @@ impl Scheduler {
                 self.placer.held_scopes.remove(&s);
                 return None;
             };
-            match e.get().front() {
+            match e.get().peek() {
                 None => {
                     e.remove();
                 }
-                Some(&i) if self.tasks[i].state != State::Ready => {
-                    e.get_mut().pop_front();
+                Some(&Reverse(i)) if self.tasks[i].state != State::Ready => {
+                    e.get_mut().pop();
                 }
-                Some(&i) => return Some((*e.key(), i)),
+                Some(&Reverse(i)) => return Some((*e.key(), i)),
             }
         }
     }
@@ -989,7 +996,7 @@ impl Scheduler {
                 }
                 placement => {
                     if let Some(mut e) = self.placer.scopes[s as usize].held.last_entry() {
-                        e.get_mut().pop_front();
+                        e.get_mut().pop();
                     }
                     self.carry_out(i, placement);
                 }
@@ -1017,7 +1024,7 @@ impl Scheduler {
         listed.extend(p.ready.values().flatten().copied());
         listed.extend(p.parked.iter().copied());
         for (s, entry) in p.scopes.iter().enumerate() {
-            let held: Vec<u32> = entry.held.values().flatten().copied().collect();
+            let held: Vec<u32> = entry.held.values().flatten().map(|r| r.0).collect();
             if held.is_empty() {
                 continue;
             }
@@ -1057,13 +1064,12 @@ impl Scheduler {
             if entry.gen != p.gen {
                 continue;
             }
-            let head = entry
-                .held
-                .values()
-                .rev()
-                .flatten()
-                .copied()
-                .find(|&i| self.tasks[i].state == State::Ready);
+            let head = entry.held.values().rev().find_map(|h| {
+                h.iter()
+                    .map(|r| r.0)
+                    .filter(|&i| self.tasks[i].state == State::Ready)
+                    .min()
+            });
             let Some(i) = head else {
                 continue;
             };
