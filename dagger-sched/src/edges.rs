@@ -13,6 +13,9 @@ pub(crate) enum Edges {
     /// `len` indices in the first `len` entries.
     Inline(Len, [u32; INLINE]),
     /// More than [`INLINE`] (or once more: a list that grew past it stays on the heap).
+    /// Boxed, so that the variant takes 8 bytes and `Edges` 16 (a bare `Vec` would make
+    /// it 24): long lists are rare and pay the extra allocation.
+    #[allow(clippy::box_collection)]
     Heap(Box<Vec<u32>>),
 }
 
