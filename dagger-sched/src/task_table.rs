@@ -429,11 +429,19 @@ mod tests {
         let mut ix = IdIndex::default();
         // A run, a gap, a second run, then ids below the end (another client's), then
         // more of the second run at indices that no longer follow it.
-        let order: Vec<u64> = (10..20).chain(30..35).chain([25, 5, 20]).chain(35..38).collect();
+        let order: Vec<u64> = (10..20)
+            .chain(30..35)
+            .chain([25, 5, 20])
+            .chain(35..38)
+            .collect();
         for (i, &id) in order.iter().enumerate() {
             ix.insert(TaskId(id), i as u32);
         }
-        assert_eq!(ix.runs.len(), 3, "10..20, 30..35, and 35..38 at other indices");
+        assert_eq!(
+            ix.runs.len(),
+            3,
+            "10..20, 30..35, and 35..38 at other indices"
+        );
         assert_eq!(ix.other.len(), 3);
         for (i, &id) in order.iter().enumerate() {
             assert_eq!(ix.get(TaskId(id)), Some(i as u32), "{id}");

@@ -372,11 +372,29 @@ fn held_back_tasks_go_in_submission_order_not_readiness_order() {
     assert_eq!(ids(&first), vec![0, 1]);
     // Each report is measured long (50 ms, past the horizon): one more task each time.
     let (w, t0) = first[0].clone();
-    report(&mut s, ms(60), w, 1, TaskDone { run_ns: 50_000_000, ..value_done(&t0, 1) });
+    report(
+        &mut s,
+        ms(60),
+        w,
+        1,
+        TaskDone {
+            run_ns: 50_000_000,
+            ..value_done(&t0, 1)
+        },
+    );
     let next = runs(&drain(&mut s));
     assert_eq!(ids(&next), vec![3], "the first leaf held back");
     let (w, t1) = first[1].clone();
-    report(&mut s, ms(120), w, 1, TaskDone { run_ns: 50_000_000, ..value_done(&t1, 2) });
+    report(
+        &mut s,
+        ms(120),
+        w,
+        1,
+        TaskDone {
+            run_ns: 50_000_000,
+            ..value_done(&t1, 2)
+        },
+    );
     let next = runs(&drain(&mut s));
     check(&s);
     assert_eq!(

@@ -395,7 +395,9 @@ mod tests {
         while !*open {
             open = GATE.1.wait(open).unwrap_or_else(|e| e.into_inner());
         }
-        Ok(TaskOutput::Bytes(postcard::to_stdvec(&x).expect("a u64 encodes")))
+        Ok(TaskOutput::Bytes(
+            postcard::to_stdvec(&x).expect("a u64 encodes"),
+        ))
     }
 
     fn plus_one(args: &mut [ArgValue<'_>]) -> Result<TaskOutput, CallError> {
@@ -403,7 +405,9 @@ mod tests {
             return Err(CallError::arity(1, args.len()));
         };
         let x: u64 = decode_arg(x, "x")?;
-        Ok(TaskOutput::Bytes(postcard::to_stdvec(&(x + 1)).expect("a u64 encodes")))
+        Ok(TaskOutput::Bytes(
+            postcard::to_stdvec(&(x + 1)).expect("a u64 encodes"),
+        ))
     }
 
     inventory::submit! {
