@@ -37,7 +37,8 @@
 //!
 //! The type parameter `S` is what the shell keeps per client-visible task (the facade keeps
 //! its completion slot there; a simulation may use `()`). The core hands it back exactly
-//! once, in [`DriverEvent::Complete`].
+//! once, in [`DriverEvent::Complete`], unless the shell took it back before with
+//! [`DriverCore::forget_slot`].
 //!
 //! Architecture invariant: this module never performs I/O, never spawns a thread and never
 //! reads the clock.
@@ -148,7 +149,8 @@ pub struct Transmit {
 #[derive(Clone, Debug, PartialEq)]
 pub enum DriverEvent<S> {
     /// A task submitted with a slot finished, failed, was refused, or the driver shut down.
-    /// Emitted exactly once per slot.
+    /// Emitted exactly once per slot (never for one taken back with
+    /// [`DriverCore::forget_slot`]).
     Complete {
         /// The task.
         task: TaskId,
@@ -925,6 +927,16 @@ impl<S> DriverCore<S> {
         self.advance(now);
         self.submit_pending();
         self.sched.release(task);
+    }
+
+    /// Gives back the slot of `task`, if the core holds one: nobody will read its
+    /// completion (the client dropped every handle to it), so no [`DriverEvent::Complete`]
+    /// comes for it. The task itself is not affected: it still runs, and its dependents
+    /// still get its result; [`DriverCore::handle_release`] says whether the result is
+    /// still wanted. A slot of a submission not yet given to the scheduler stays until
+    /// then (call [`DriverCore::handle_release`] first to give it now).
+    pub fn forget_slot(&mut self, task: TaskId) -> Option<S> {
+        self.slots.remove(&task)
     }
 
     /// Brings a large result's bytes to the driver: asks a live holder of `chunk` (the

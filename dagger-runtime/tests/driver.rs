@@ -1283,3 +1283,46 @@ fn a_process_exit_loses_only_the_worker_of_that_host() {
         "{evs:?}"
     );
 }
+
+#[test]
+fn a_forgotten_slot_is_not_completed_and_its_task_still_feeds_its_dependents() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(100, 1), true).unwrap();
+    c.handle_spawn(ms(1), spec(1, vec![val(7)]), 1);
+    c.handle_spawn(ms(1), spec(2, vec![Arg::Task(TaskId(1))]), 2);
+    // The client dropped task 1's handle before it ran.
+    c.handle_release(ms(2), TaskId(1));
+    assert_eq!(c.forget_slot(TaskId(1)), Some(1));
+    assert_eq!(c.forget_slot(TaskId(1)), None, "given back once");
+    let mut seen = Vec::new();
+    let mut now = 3;
+    while !seen.iter().any(|(t, _, _)| *t == TaskId(2)) {
+        assert!(now < 20, "task 2 never completed: {seen:?}");
+        for (_, t) in runs(&frames(&mut c)) {
+            let x = match t.task.0 {
+                1 => 8u64,
+                _ => 9,
+            };
+            deliver(
+                &mut c,
+                ms(now),
+                LinkId(1),
+                ToDriver::Done {
+                    incarnation: Incarnation(1),
+                    tasks: vec![done(&t, Outcome::Value(wire::encode(&x)))],
+                    moves: Vec::new(),
+                    sent_ns: 0,
+                },
+            );
+        }
+        c.handle_timeout(ms(now));
+        seen.extend(completions(&events(&mut c)));
+        now += 1;
+    }
+    assert_eq!(
+        seen,
+        vec![(TaskId(2), 2, Ok(Completion::Value(wire::encode(&9u64))))],
+        "only the slot still held completes"
+    );
+    assert_eq!(c.stats().finished, 2, "the forgotten slot's task ran too");
+}

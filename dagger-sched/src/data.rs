@@ -282,7 +282,7 @@ impl Scheduler {
             }
             self.release_holders(x);
             if let Some(spec) = spec {
-                for d in spec.deps {
+                for &d in &spec.deps {
                     let dt = &mut self.tasks[d];
                     dt.live_dependents = dt.live_dependents.saturating_sub(1);
                     stack.push(d);

@@ -1,9 +1,10 @@
 //! Submission and the dependency graph: validating and wiring a batch, and the state
 //! transitions that keep dependents' counts of unmet inputs right.
 
+use crate::edges::Edges;
 use crate::hash::FxMap;
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, satisfies, Spec, State, Task, TaskFlags, NONE};
+use crate::task_table::{ns, satisfies, Args, Spec, State, Task, TaskFlags, NONE};
 use crate::Completion;
 use dagger_core::{GraphError, TaskError, TaskId, TaskSpec, WorkerId};
 use std::time::Duration;
@@ -54,25 +55,24 @@ impl Scheduler {
         let now_ns = ns(now);
         let n = tasks.len();
         self.tasks.reserve(n);
+        // The dependencies of one task before sorting (reused: most fit inline).
+        let mut scratch = Vec::new();
         for mut t in tasks {
             let (func, new_func) = self.tasks.intern_func(std::mem::take(&mut t.func));
             if new_func {
                 self.placer.add_func();
             }
-            let mut deps = Vec::new();
+            scratch.clear();
             for d in t.deps() {
-                deps.push(match batch.get(&d) {
+                scratch.push(match batch.get(&d) {
                     Some(&j) => base + j,
                     None => self.tasks.get(&d).expect("checked by check_batch"),
                 });
             }
-            if deps.len() > 1 {
-                deps.sort_unstable();
-                deps.dedup();
-            }
+            let args = Args::new(std::mem::take(&mut t.args), &scratch);
+            let deps = Edges::sorted_unique(&mut scratch);
             let scope = self.placer.intern_scope(t.options.scope);
             let early = self.placer.scopes[scope as usize].early;
-            let args = t.args;
             self.tasks.push(Task {
                 id: t.id,
                 est_ns: 0,
@@ -103,7 +103,7 @@ impl Scheduler {
                 spec: Some(Box::new(Spec {
                     args,
                     deps,
-                    dependents: Vec::new(),
+                    dependents: Edges::default(),
                 })),
             });
             let counts = &mut self.tasks.counts;

@@ -36,7 +36,9 @@
 //! time). A function never measured on a processor kind counts as expensive there (only
 //! the count applies): 200 never-measured tasks go two per processor, not all at once. The
 //! other ready tasks wait in the scheduler, in one queue per distinct scope (by priority,
-//! FIFO within one; tasks of a scope share their candidates), and each queue is retried
+//! in submission order within one, whenever a task became ready: a reduction's step that
+//! became ready late goes before the leaves submitted after it; tasks of a scope share
+//! their candidates), and each queue is retried
 //! from its head, until its first task that still finds no room, whenever room may have
 //! appeared: a task finished or failed, a worker joined or was lost, a drain ended. So a
 //! worker that joins late (a replacement for a lost one, a pool that grows) receives its
@@ -123,6 +125,7 @@
 
 mod data;
 mod drain;
+mod edges;
 mod graph;
 mod hash;
 mod invariants;

@@ -13,10 +13,11 @@
 
 use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, State, TaskFlags};
+use crate::task_table::{ns, Args, State, TaskFlags};
 use dagger_core::wire::{RunArg, RunPart, RunTask};
 use dagger_core::{Arg, Part, ProcId, ProcKind, Scope, TaskError, TaskId, WorkerId};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 /// Cost of an unreachable destination; small enough that sums do not overflow.
@@ -86,9 +87,15 @@ pub(crate) struct ScopeEntry {
     cands: Vec<u32>,
     any_admits: bool,
     /// Ready tasks held back because every candidate processor was saturated, by
-    /// priority, FIFO within one (never early ones). Entries of tasks that are no longer
-    /// ready are dropped when they reach the head.
-    pub(crate) held: BTreeMap<i32, VecDeque<u32>>,
+    /// priority, in submission order (task index) within one, never early ones. Entries
+    /// of tasks that are no longer ready are dropped when they reach the head.
+    ///
+    /// Submission order, not the order they became ready: a task that became ready late
+    /// (a reduction's step, once its inputs finished) goes before tasks submitted after
+    /// it, so a graph spawned whole is worked through in the order it was built, and
+    /// the results its later steps consume are released early instead of piling up
+    /// until every task that was ready first has run.
+    pub(crate) held: BTreeMap<i32, BinaryHeap<Reverse<u32>>>,
 }
 
 /// What placement decided for a ready task.
@@ -288,7 +295,7 @@ impl Placer {
             .held
             .entry(priority)
             .or_default()
-            .push_back(i);
+            .push(Reverse(i));
         self.held_scopes.insert(s);
         self.retry = true;
     }
@@ -546,29 +553,31 @@ impl Scheduler {
         let mut driver_bytes = 0u64;
         let mut sources: Vec<(Vec<WorkerId>, u64)> = Vec::new();
         if let Some(spec) = self.tasks[i].spec.as_ref() {
-            for a in &spec.args {
-                match a {
-                    Arg::Value(v) => driver_bytes += v.len() as u64,
-                    Arg::Task(_) => {}
-                    Arg::Gather(parts) => {
-                        for p in parts {
-                            if let Part::Value(v) = p {
-                                driver_bytes += v.len() as u64;
-                            }
-                        }
+            match &spec.args {
+                Args::Deps => {
+                    for &d in &spec.deps {
+                        self.input_cost(d, &mut driver_bytes, &mut sources);
                     }
                 }
-                for d in a.deps() {
-                    let Some(d) = self.tasks.get(&d) else {
-                        continue;
-                    };
-                    let dt = &self.tasks[d];
-                    if let Some(v) = self.inline_of(d) {
-                        driver_bytes += v.len() as u64;
-                    } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
-                        sources.push((self.holders_of(d).to_vec(), dt.size));
-                    } else if dt.state == State::Dispatched {
-                        sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
+                Args::Small(v) => driver_bytes += v.as_slice().len() as u64,
+                Args::List(args) => {
+                    for a in args {
+                        match a {
+                            Arg::Value(v) => driver_bytes += v.len() as u64,
+                            Arg::Task(_) => {}
+                            Arg::Gather(parts) => {
+                                for p in parts {
+                                    if let Part::Value(v) = p {
+                                        driver_bytes += v.len() as u64;
+                                    }
+                                }
+                            }
+                        }
+                        for d in a.deps() {
+                            if let Some(d) = self.tasks.get(&d) {
+                                self.input_cost(d, &mut driver_bytes, &mut sources);
+                            }
+                        }
                     }
                 }
             }
@@ -621,13 +630,31 @@ impl Scheduler {
         }
     }
 
+    /// Adds what moving the result of input `d` costs: its bytes to `driver_bytes` if the
+    /// scheduler keeps it inline, else its holders (or the worker it runs on) to `sources`.
+    fn input_cost(&self, d: u32, driver_bytes: &mut u64, sources: &mut Vec<(Vec<WorkerId>, u64)>) {
+        let dt = &self.tasks[d];
+        if let Some(v) = self.inline_of(d) {
+            *driver_bytes += v.len() as u64;
+        } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
+            sources.push((self.holders_of(d).to_vec(), dt.size));
+        } else if dt.state == State::Dispatched {
+            sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
+        }
+    }
+
     /// Where the worker `dest` finds the result of dependency `id`: inline, or as a chunk
     /// from its holders (a copy on `dest` first), noted in `fetching`. `None` for a task
     /// no longer known.
     fn run_part(&self, id: TaskId, dest: WorkerId, fetching: &mut Vec<u32>) -> Option<RunPart> {
         let d = self.tasks.get(&id)?;
+        Some(self.run_part_at(d, dest, fetching))
+    }
+
+    /// [`Self::run_part`] of the task at index `d`.
+    fn run_part_at(&self, d: u32, dest: WorkerId, fetching: &mut Vec<u32>) -> RunPart {
         if let Some(v) = self.inline_of(d) {
-            return Some(RunPart::Value(v.clone()));
+            return RunPart::Value(v.clone());
         }
         let from = match self.holders_of(d) {
             hs if !hs.is_empty() => {
@@ -647,10 +674,10 @@ impl Scheduler {
         if !fetching.contains(&d) {
             fetching.push(d);
         }
-        Some(RunPart::Chunk {
+        RunPart::Chunk {
             chunk: self.tasks[d].id.chunk(),
             from,
-        })
+        }
     }
 
     fn dispatch(&mut self, i: u32, slot: u32, est: u64, run_est: u64) {
@@ -662,9 +689,27 @@ impl Scheduler {
         let mut fetching = Vec::new();
         {
             let t = &self.tasks[i];
-            if let Some(spec) = t.spec.as_ref() {
-                args.reserve(spec.args.len());
-                for a in &spec.args {
+            let list = match t.spec.as_ref().map(|s| (&s.args, s)) {
+                Some((Args::Deps, spec)) => {
+                    args.reserve(spec.deps.len());
+                    for &d in &spec.deps {
+                        args.push(match self.run_part_at(d, proc.worker, &mut fetching) {
+                            RunPart::Value(v) => RunArg::Value(v),
+                            RunPart::Chunk { chunk, from } => RunArg::Chunk { chunk, from },
+                        });
+                    }
+                    None
+                }
+                Some((Args::Small(v), _)) => {
+                    args.push(RunArg::Value(v.as_slice().to_vec()));
+                    None
+                }
+                Some((Args::List(list), _)) => Some(list),
+                None => None,
+            };
+            if let Some(list) = list {
+                args.reserve(list.len());
+                for a in list {
                     args.push(match a {
                         Arg::Value(v) => RunArg::Value(v.clone()),
                         Arg::Task(id) => match self.run_part(*id, proc.worker, &mut fetching) {
@@ -904,14 +949,14 @@ impl Scheduler {
                 self.placer.held_scopes.remove(&s);
                 return None;
             };
-            match e.get().front() {
+            match e.get().peek() {
                 None => {
                     e.remove();
                 }
-                Some(&i) if self.tasks[i].state != State::Ready => {
-                    e.get_mut().pop_front();
+                Some(&Reverse(i)) if self.tasks[i].state != State::Ready => {
+                    e.get_mut().pop();
                 }
-                Some(&i) => return Some((*e.key(), i)),
+                Some(&Reverse(i)) => return Some((*e.key(), i)),
             }
         }
     }
@@ -951,7 +996,7 @@ impl Scheduler {
                 }
                 placement => {
                     if let Some(mut e) = self.placer.scopes[s as usize].held.last_entry() {
-                        e.get_mut().pop_front();
+                        e.get_mut().pop();
                     }
                     self.carry_out(i, placement);
                 }
@@ -979,7 +1024,7 @@ impl Scheduler {
         listed.extend(p.ready.values().flatten().copied());
         listed.extend(p.parked.iter().copied());
         for (s, entry) in p.scopes.iter().enumerate() {
-            let held: Vec<u32> = entry.held.values().flatten().copied().collect();
+            let held: Vec<u32> = entry.held.values().flatten().map(|r| r.0).collect();
             if held.is_empty() {
                 continue;
             }
@@ -1019,13 +1064,12 @@ impl Scheduler {
             if entry.gen != p.gen {
                 continue;
             }
-            let head = entry
-                .held
-                .values()
-                .rev()
-                .flatten()
-                .copied()
-                .find(|&i| self.tasks[i].state == State::Ready);
+            let head = entry.held.values().rev().find_map(|h| {
+                h.iter()
+                    .map(|r| r.0)
+                    .filter(|&i| self.tasks[i].state == State::Ready)
+                    .min()
+            });
             let Some(i) = head else {
                 continue;
             };

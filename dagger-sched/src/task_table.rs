@@ -4,6 +4,7 @@
 //! Records are never removed (an index stays valid for the scheduler's life); what is
 //! variable-sized lives in [`Spec`] and is freed once the task cannot be needed any more.
 
+use crate::edges::Edges;
 use crate::hash::FxMap;
 use dagger_core::{Arg, TaskId, WorkerId};
 use std::borrow::Cow;
@@ -132,17 +133,78 @@ const _: () = assert!(std::mem::size_of::<TaskFlags>() == 1);
 
 /// The variable-sized part of a task: its arguments and graph edges (its lineage).
 pub(crate) struct Spec {
-    pub(crate) args: Vec<Arg>,
-    /// Unique dependencies, by index.
-    pub(crate) deps: Vec<u32>,
-    /// Unique dependents, by index.
-    pub(crate) dependents: Vec<u32>,
+    pub(crate) args: Args,
+    /// Unique dependencies, by index (sorted).
+    pub(crate) deps: Edges,
+    /// Unique dependents, by index (up to three without an allocation of their own).
+    pub(crate) dependents: Edges,
 }
 
 // Every task's spec lives as long as its lineage may be needed (a whole graph, until its
-// roots are released): keep it in a 80-byte allocation.
+// roots are released): keep it in a 64-byte allocation (glibc's chunk for up to 56 bytes).
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Spec>() <= 72);
+const _: () = assert!(std::mem::size_of::<Spec>() <= 56);
+
+/// A task's arguments, kept in the form that costs least: every task of a graph keeps them
+/// as long as its lineage may be needed, and most tasks of a large graph take either their
+/// inputs' results only (a reduction) or one small value (a leaf).
+pub(crate) enum Args {
+    /// Every argument is a dependency, and they are the task's `deps`, in that order (each
+    /// input once, in the order of its index): nothing to keep.
+    Deps,
+    /// One plain value of at most [`SMALL_ARG`] bytes, inline.
+    Small(SmallArg),
+    /// Any other arguments, as submitted.
+    List(Vec<Arg>),
+}
+
+/// The most bytes of an [`Args::Small`] value.
+pub(crate) const SMALL_ARG: usize = 15;
+
+/// An encoded value of at most [`SMALL_ARG`] bytes.
+pub(crate) struct SmallArg {
+    len: u8,
+    bytes: [u8; SMALL_ARG],
+}
+
+impl SmallArg {
+    /// `v` inline, if it is short enough.
+    pub(crate) fn new(v: &[u8]) -> Option<Self> {
+        let mut bytes = [0; SMALL_ARG];
+        bytes.get_mut(..v.len())?.copy_from_slice(v);
+        Some(Self {
+            len: v.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The value's bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl Args {
+    /// The compact form of `args`, whose dependencies are at `deps` (in argument order,
+    /// before sorting).
+    pub(crate) fn new(args: Vec<Arg>, deps: &[u32]) -> Self {
+        if args.len() == deps.len()
+            && deps.windows(2).all(|w| w[0] < w[1])
+            && args.iter().all(|a| matches!(a, Arg::Task(_)))
+        {
+            return Args::Deps;
+        }
+        if let [Arg::Value(v)] = args.as_slice() {
+            if let Some(small) = SmallArg::new(v) {
+                return Args::Small(small);
+            }
+        }
+        Args::List(args)
+    }
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Args>() == 24);
 
 /// Number of tasks per state, and of live records.
 #[derive(Default)]
@@ -168,10 +230,70 @@ impl Counts {
     }
 }
 
+/// The id → index map of the task table. A client numbers its tasks in the order it
+/// submits them, so ids mostly arrive as runs of consecutive ids at consecutive indices:
+/// each run is kept as one entry (16 bytes for a whole graph, where a hash map costs
+/// about 36 bytes a task with its spare capacity), found by a binary search; an id that
+/// arrives out of order (below the end of the last run) goes to a hash map.
+#[derive(Default)]
+struct IdIndex {
+    /// In increasing order of id, not overlapping.
+    runs: Vec<Run>,
+    /// Ids that came after a greater one.
+    other: FxMap<TaskId, u32>,
+}
+
+/// Ids `first .. first + len` at indices `index .. index + len`.
+#[derive(Clone, Copy)]
+struct Run {
+    first: u64,
+    index: u32,
+    len: u32,
+}
+
+impl Run {
+    /// The first id after the run.
+    fn end(&self) -> u64 {
+        self.first + u64::from(self.len)
+    }
+}
+
+impl IdIndex {
+    /// Records `id` at index `i` (neither known yet).
+    fn insert(&mut self, id: TaskId, i: u32) {
+        match self.runs.last_mut() {
+            Some(last) if id.0 == last.end() && i == last.index + last.len => last.len += 1,
+            Some(last) if id.0 < last.end() => {
+                self.other.insert(id, i);
+            }
+            _ => self.runs.push(Run {
+                first: id.0,
+                index: i,
+                len: 1,
+            }),
+        }
+    }
+
+    /// The index of `id`, if it was recorded.
+    #[inline]
+    fn get(&self, id: TaskId) -> Option<u32> {
+        let k = self.runs.partition_point(|r| r.first <= id.0);
+        if let Some(r) = k.checked_sub(1).map(|k| &self.runs[k]) {
+            if id.0 < r.end() {
+                return Some(r.index + (id.0 - r.first) as u32);
+            }
+        }
+        if self.other.is_empty() {
+            return None;
+        }
+        self.other.get(&id).copied()
+    }
+}
+
 /// The slab of task records and what is interned alongside it.
 pub(crate) struct TaskTable {
     tasks: Vec<Task>,
-    index: FxMap<TaskId, u32>,
+    index: IdIndex,
     /// Function names by id; a name submitted as `Cow::Borrowed` stays borrowed, so
     /// copying it into a `RunTask` costs nothing.
     funcs: Vec<Cow<'static, str>>,
@@ -186,7 +308,7 @@ impl Default for TaskTable {
     fn default() -> Self {
         Self {
             tasks: Vec::new(),
-            index: FxMap::default(),
+            index: IdIndex::default(),
             funcs: Vec::new(),
             func_ids: FxMap::default(),
             last_func: u32::MAX,
@@ -204,12 +326,12 @@ impl TaskTable {
     /// The index of a task, if it was ever accepted.
     #[inline]
     pub(crate) fn get(&self, id: &TaskId) -> Option<u32> {
-        self.index.get(id).copied()
+        self.index.get(*id)
     }
 
     /// Whether a task id is known.
     pub(crate) fn contains(&self, id: &TaskId) -> bool {
-        self.index.contains_key(id)
+        self.index.get(*id).is_some()
     }
 
     /// Every record with its index.
@@ -220,7 +342,6 @@ impl TaskTable {
     /// Makes room for `n` more records.
     pub(crate) fn reserve(&mut self, n: usize) {
         self.tasks.reserve(n);
-        self.index.reserve(n);
     }
 
     /// Appends a record; returns its index.
@@ -257,8 +378,9 @@ impl TaskTable {
         &self.funcs[f as usize]
     }
 
-    /// A copy of task `i`'s dependencies (empty once its record is freed).
-    pub(crate) fn deps_of(&self, i: u32) -> Vec<u32> {
+    /// A copy of task `i`'s dependencies (empty once its record is freed; no allocation
+    /// for up to three).
+    pub(crate) fn deps_of(&self, i: u32) -> Edges {
         self.tasks[i as usize]
             .spec
             .as_ref()
@@ -296,4 +418,36 @@ pub(crate) fn ns(d: Duration) -> u64 {
 
 pub(crate) fn opt_time(v: u64) -> Option<Duration> {
     (v != NONE).then(|| Duration::from_nanos(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_index_finds_ids_in_runs_and_out_of_order() {
+        let mut ix = IdIndex::default();
+        // A run, a gap, a second run, then ids below the end (another client's), then
+        // more of the second run at indices that no longer follow it.
+        let order: Vec<u64> = (10..20)
+            .chain(30..35)
+            .chain([25, 5, 20])
+            .chain(35..38)
+            .collect();
+        for (i, &id) in order.iter().enumerate() {
+            ix.insert(TaskId(id), i as u32);
+        }
+        assert_eq!(
+            ix.runs.len(),
+            3,
+            "10..20, 30..35, and 35..38 at other indices"
+        );
+        assert_eq!(ix.other.len(), 3);
+        for (i, &id) in order.iter().enumerate() {
+            assert_eq!(ix.get(TaskId(id)), Some(i as u32), "{id}");
+        }
+        for id in [0, 4, 6, 9, 21, 24, 26, 29, 38, u64::MAX] {
+            assert_eq!(ix.get(TaskId(id)), None, "{id}");
+        }
+    }
 }

@@ -341,3 +341,65 @@ fn held_tasks_are_not_looked_at_on_every_event() {
         st.placements - before
     );
 }
+
+/// Held-back tasks go in submission order, not in the order they became ready: a step of
+/// a reduction whose inputs just finished goes before the leaves submitted after it, so
+/// a graph spawned whole is worked through as it was built and its intermediate results
+/// are consumed (and released) early.
+#[test]
+fn held_back_tasks_go_in_submission_order_not_readiness_order() {
+    let config = Config {
+        dispatch_ahead: false,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(config);
+    s.worker_joined(ms(0), worker(1, 1, 1, &[]));
+    drain(&mut s);
+    // Two leaves, their sum, then eight more leaves.
+    let mut graph = tasks(0..2, "leaf", Options::new());
+    graph.push(spec(
+        2,
+        "add",
+        vec![Arg::Task(TaskId(0)), Arg::Task(TaskId(1))],
+        Options::new(),
+    ));
+    graph.extend(tasks(3..11, "leaf", Options::new()));
+    s.submit(ms(1), graph).unwrap();
+    let first = runs(&drain(&mut s));
+    check(&s);
+    let ids = |r: &[(WorkerId, RunTask)]| r.iter().map(|(_, t)| t.task.0).collect::<Vec<_>>();
+    // Never measured: `min_depth` (2) on the one processor.
+    assert_eq!(ids(&first), vec![0, 1]);
+    // Each report is measured long (50 ms, past the horizon): one more task each time.
+    let (w, t0) = first[0].clone();
+    report(
+        &mut s,
+        ms(60),
+        w,
+        1,
+        TaskDone {
+            run_ns: 50_000_000,
+            ..value_done(&t0, 1)
+        },
+    );
+    let next = runs(&drain(&mut s));
+    assert_eq!(ids(&next), vec![3], "the first leaf held back");
+    let (w, t1) = first[1].clone();
+    report(
+        &mut s,
+        ms(120),
+        w,
+        1,
+        TaskDone {
+            run_ns: 50_000_000,
+            ..value_done(&t1, 2)
+        },
+    );
+    let next = runs(&drain(&mut s));
+    check(&s);
+    assert_eq!(
+        ids(&next),
+        vec![2],
+        "the sum, ready only now, goes before the leaves submitted after it"
+    );
+}

@@ -16,7 +16,7 @@ use dagger_core::{
 use dagger_net::{Conn, FrameSender, Listener};
 use dagger_runtime::driver::{DriverCore, DriverEvent, FetchId, LinkId};
 use dagger_sched::Scheduler;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -74,7 +74,10 @@ pub(crate) struct DriverConfig {
 /// The driver loop's state: the core and the I/O handles its outputs name. Only the loop
 /// touches it (queries run inside the loop).
 pub(crate) struct DriverState {
-    pub(crate) core: DriverCore<Arc<Slot>>,
+    /// The core keeps a weak reference to each task's slot: a slot lives as long as the
+    /// user's handles to it, not until its task completes (a million-task graph whose
+    /// handles are dropped as it is built keeps no million slots).
+    pub(crate) core: DriverCore<Weak<Slot>>,
     start: Instant,
     links: IdHashMap<LinkId, FrameSender>,
     next_link: u64,
@@ -224,10 +227,22 @@ impl DriverState {
         match cmd {
             DriverCmd::Spawn(spec, slot) => {
                 self.spawns_taken += 1;
-                self.core.handle_spawn(now, spec, slot)
+                // The command's reference to the slot is dropped here: if the user's
+                // handles are gone already, that sends the task's release.
+                self.core.handle_spawn(now, spec, Arc::downgrade(&slot))
             }
-            DriverCmd::Submit(tasks) => self.core.handle_submit(now, tasks),
-            DriverCmd::Release(task) => self.core.handle_release(now, task),
+            DriverCmd::Submit(tasks) => self.core.handle_submit(
+                now,
+                tasks
+                    .into_iter()
+                    .map(|(spec, slot)| (spec, slot.as_ref().map(Arc::downgrade))),
+            ),
+            DriverCmd::Release(task) => {
+                // The last handle is gone (the slot sent this as it was dropped): nobody
+                // reads the completion, and the slot's memory goes with its weak reference.
+                self.core.handle_release(now, task);
+                self.core.forget_slot(task);
+            }
             DriverCmd::FetchChunk {
                 chunk,
                 holders,
@@ -307,11 +322,10 @@ impl DriverState {
         }
         while let Some(ev) = self.core.poll_event() {
             match ev {
-                // A slot only the loop holds has no handle left to read it (handles hold
-                // it strongly and nothing holds it weakly, so no new holder can appear):
-                // it is dropped, which releases the task, without storing the outcome.
+                // A slot with no handle left has nobody to read it (its release is on
+                // its way): the outcome is not stored.
                 DriverEvent::Complete { slot, result, .. } => {
-                    if Arc::strong_count(&slot) > 1 {
+                    if let Some(slot) = slot.upgrade() {
                         slot.complete(result);
                     }
                 }

@@ -374,6 +374,84 @@ impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Handle<T>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{decode_arg, ArgValue, CallError, TaskOutput};
+    use crate::{Arg, Context, Options};
+    use std::sync::{Condvar as StdCondvar, Mutex as StdMutex};
+    use std::time::{Duration, Instant};
+
+    /// Opened by the test below: `gated` waits for it.
+    static GATE: (StdMutex<bool>, StdCondvar) = (StdMutex::new(false), StdCondvar::new());
+
+    const GATED: &str = "dagger::handle::tests::gated";
+    const PLUS_ONE: &str = "dagger::handle::tests::plus_one";
+
+    /// Returns its `u64` argument once the gate is open.
+    fn gated(args: &mut [ArgValue<'_>]) -> Result<TaskOutput, CallError> {
+        let [x] = args else {
+            return Err(CallError::arity(1, args.len()));
+        };
+        let x: u64 = decode_arg(x, "x")?;
+        let mut open = GATE.0.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = GATE.1.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(TaskOutput::Bytes(
+            postcard::to_stdvec(&x).expect("a u64 encodes"),
+        ))
+    }
+
+    fn plus_one(args: &mut [ArgValue<'_>]) -> Result<TaskOutput, CallError> {
+        let [x] = args else {
+            return Err(CallError::arity(1, args.len()));
+        };
+        let x: u64 = decode_arg(x, "x")?;
+        Ok(TaskOutput::Bytes(
+            postcard::to_stdvec(&(x + 1)).expect("a u64 encodes"),
+        ))
+    }
+
+    inventory::submit! {
+        TaskFn { name: GATED, call: gated, result_type: || "u64", arg_types: || vec!["u64"] }
+    }
+    inventory::submit! {
+        TaskFn { name: PLUS_ONE, call: plus_one, result_type: || "u64", arg_types: || vec!["u64"] }
+    }
+
+    /// A handle dropped before its task finished frees the task's slot at once (the driver
+    /// keeps only a weak reference): a graph whose handles are dropped as it is built does
+    /// not keep a slot per task. The task still runs, its dependents get its result, and
+    /// tasks spawned later on them are fetched as usual.
+    #[test]
+    fn a_dropped_handle_frees_its_slot_before_the_task_runs() {
+        let ctx = Context::builder().direct(false).build().unwrap();
+        let value = |x: u64| Arg::Value(postcard::to_stdvec(&x).unwrap());
+        let a: Handle<u64> = ctx
+            .spawn_by_name(GATED, vec![value(41)], Options::default())
+            .unwrap();
+        let b: Handle<u64> = ctx
+            .spawn_by_name(PLUS_ONE, vec![Arg::Task(a.id())], Options::default())
+            .unwrap();
+        let slot = Arc::downgrade(&a.slot);
+        drop(a);
+        // The spawn command holds the slot until the driver loop has taken it in.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while slot.upgrade().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the slot of a task whose handles are gone is kept until the task finishes"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!b.is_done(), "the gate is still shut");
+        *GATE.0.lock().unwrap() = true;
+        GATE.1.notify_all();
+        assert_eq!(b.fetch().unwrap(), 42);
+        let c: Handle<u64> = ctx
+            .spawn_by_name(PLUS_ONE, vec![Arg::Task(b.id())], Options::default())
+            .unwrap();
+        drop(b);
+        assert_eq!(c.fetch().unwrap(), 43);
+    }
 
     /// Every task the driver knows has a slot until it completes: a million-task graph
     /// holds a million of them at its peak.
