@@ -547,6 +547,18 @@ impl RingSource {
         }
     }
 
+    /// [`RingSource::drain`], ending the link on an error; whether anything happened
+    /// (frames decoded, or the end found).
+    fn step(&mut self) -> bool {
+        match self.drain() {
+            Ok(got) => got,
+            Err(e) => {
+                self.finish(e);
+                true
+            }
+        }
+    }
+
     /// Ends the link for this side with `err` (returned after the frames decoded before).
     fn finish(&mut self, err: NetError) {
         let sh = &*self.shared;
@@ -593,26 +605,14 @@ impl FrameSource for RingSource {
                 // Closed by this side, or its sender failed: nothing more is read, except,
                 // when the sender failed because the peer stopped reading, what the peer
                 // wrote before (its close record says why it closed).
-                if self.shared.peer_stopped.load(Ordering::Acquire) {
-                    match self.drain() {
-                        Ok(true) => continue,
-                        Ok(false) => {}
-                        Err(e) => {
-                            self.finish(e);
-                            continue;
-                        }
-                    }
+                if self.shared.peer_stopped.load(Ordering::Acquire) && self.step() {
+                    continue;
                 }
                 self.ended = true;
                 continue;
             }
-            match self.drain() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    self.finish(e);
-                    continue;
-                }
+            if self.step() {
+                continue;
             }
             let sh = &*self.shared;
             if sh.peer_gone.load(Ordering::SeqCst) {
