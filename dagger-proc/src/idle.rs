@@ -11,7 +11,7 @@
 //! Idle work must be short and must not block: it runs on the processor's own thread,
 //! between jobs, and a job submitted meanwhile waits for it to return.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
 /// Work a spinning thread processor may do; see the [module](self).
@@ -65,17 +65,25 @@ pub struct Armed {
 /// The process's idle work. Held weakly: dropping the owner's `Arc` unregisters it.
 static WORK: RwLock<Vec<Weak<dyn IdleWork>>> = RwLock::new(Vec::new());
 
+/// Set by the first registration: until then (in a process that never registers any,
+/// such as a driver without workers) spinning threads do not touch the lock.
+static ANY: AtomicBool = AtomicBool::new(false);
+
 /// Registers `work` for every thread processor of this process, until its last `Arc` is
 /// dropped.
 pub fn register(work: &Arc<dyn IdleWork>) {
     let mut all = WORK.write().unwrap_or_else(|p| p.into_inner());
     all.retain(|w| w.strong_count() > 0);
     all.push(Arc::downgrade(work));
+    ANY.store(true, Ordering::Release);
 }
 
 /// Arms every registered piece of idle work for a sleep (see [`IdleWork::arm`]);
 /// `false` when some has work already.
 pub(crate) fn arm(words: &mut Vec<Armed>) -> bool {
+    if !ANY.load(Ordering::Acquire) {
+        return true;
+    }
     let all = WORK.read().unwrap_or_else(|p| p.into_inner());
     for w in all.iter() {
         if let Some(w) = w.upgrade() {
@@ -90,6 +98,9 @@ pub(crate) fn arm(words: &mut Vec<Armed>) -> bool {
 /// Announces a spinning thread to every registered piece of idle work (see
 /// [`IdleWork::watch`]); what was announced is pushed to `words`.
 pub(crate) fn watch(words: &mut Vec<Arc<dyn WakeWord>>) {
+    if !ANY.load(Ordering::Acquire) {
+        return;
+    }
     let all = WORK.read().unwrap_or_else(|p| p.into_inner());
     for w in all.iter() {
         if let Some(w) = w.upgrade() {
@@ -107,6 +118,9 @@ pub(crate) fn unwatch(words: &mut Vec<Arc<dyn WakeWord>>) {
 
 /// Runs every registered piece of idle work once; whether any did something.
 pub(crate) fn poll() -> bool {
+    if !ANY.load(Ordering::Acquire) {
+        return false;
+    }
     let all = WORK.read().unwrap_or_else(|p| p.into_inner());
     let mut did = false;
     for w in all.iter() {
