@@ -26,7 +26,9 @@ pub trait IdleWork: Send + Sync + 'static {
     /// one waiter, so that a thread of this process takes the work without any other
     /// thread between. Returns `false` when work is there already (the thread then polls
     /// instead of sleeping). Every word pushed is disarmed after the sleep, or at once if
-    /// the thread does not sleep. The default pushes nothing.
+    /// the thread does not sleep. A source left unarmed because `words` holds
+    /// [`MAX_ARMED`] already must still wake its work's other consumers. The default pushes
+    /// nothing.
     fn arm(&self, words: &mut Vec<Armed>) -> bool {
         let _ = words;
         true
@@ -41,6 +43,10 @@ pub trait IdleWork: Send + Sync + 'static {
         let _ = words;
     }
 }
+
+/// The most words a thread arms for one sleep ([`IdleWork::arm`] stops pushing at this
+/// many): the kernel's `futex_waitv` takes 128, one of which is the thread's own.
+pub const MAX_ARMED: usize = 127;
 
 /// A word an idle thread sleeps on until a source of its [`IdleWork`] has work.
 pub trait WakeWord: Send + Sync {

@@ -76,6 +76,10 @@ impl IdleWork for LinkPoller {
             let Some((doorbell, word)) = &link.bell else {
                 continue;
             };
+            // Past the kernel's limit a link stays unarmed: its task is woken instead.
+            if words.len() >= dagger_proc::idle::MAX_ARMED {
+                break;
+            }
             match doorbell.arm() {
                 Some(value) => words.push(Armed {
                     word: word.clone(),
