@@ -293,7 +293,21 @@ impl DriverState {
             }
             LinkEvent::Msg { link, msg } => self.core.handle_message(now, link, msg),
             LinkEvent::Progress { link } => self.core.handle_progress(now, link),
-            LinkEvent::Closed { link, reason } => self.core.handle_link_closed(now, link, reason),
+            LinkEvent::Closed { link, reason } => {
+                // A link closed because its local process died (a same-host link watches
+                // the peer's process) names the death, as the exit watch would a moment
+                // later: the loss reports how the process ended, whichever came first.
+                let exited = match (self.link_procs.get(&link), &self.supervisor) {
+                    (Some((host, pid)), Some(sup)) => sup
+                        .exited_now(host, *pid)
+                        .map(|exit| (host.clone(), *pid, exit)),
+                    _ => None,
+                };
+                if let Some((host, pid, exit)) = exited {
+                    self.core.handle_process_exited(now, &host, pid, exit);
+                }
+                self.core.handle_link_closed(now, link, reason)
+            }
             LinkEvent::ProcessExited { pid, exit } => {
                 self.core.handle_process_exited(now, &self.host, pid, exit);
                 if self.core.is_shut_down() {

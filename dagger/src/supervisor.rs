@@ -152,6 +152,21 @@ impl Supervisor {
         self.armed = true;
     }
 
+    /// How local process `pid` of host `host` ended, if it has ended already (a
+    /// non-blocking look; its exit watch still reports it as usual). `None` for a process
+    /// that is not ours or still runs.
+    pub(crate) fn exited_now(&self, host: &str, pid: u32) -> Option<ExitCause> {
+        if host != self.host {
+            return None;
+        }
+        let mut children = self.shared.children.lock();
+        let child = children.iter_mut().find(|c| c.pid() == pid)?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(exit_cause(status)),
+            _ => None,
+        }
+    }
+
     /// Local process `pid` exited (after the driver core heard of it). Unless the context
     /// has not started yet or replacements are off, asks the budget and starts a
     /// replacement. Returns the event for subscribers: `WorkerRestarted`, or
