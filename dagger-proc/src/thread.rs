@@ -206,7 +206,12 @@ static WAITV: AtomicBool = AtomicBool::new(true);
 
 /// The longest a thread sleeps before it looks again on its own (a wake-up normally comes
 /// first).
-const SLEEP: Duration = Duration::from_millis(100);
+const SLEEP: Duration = if cfg!(test) {
+    // Long in this crate's tests, so that a wake-up they expect cannot come from it.
+    Duration::from_secs(120)
+} else {
+    Duration::from_millis(100)
+};
 
 /// How many times an idle thread yields the CPU between spinning and sleeping.
 const YIELDS: usize = 4;
@@ -215,8 +220,8 @@ const YIELDS: usize = 4;
 /// holds its armed value, for at most [`SLEEP`].
 fn sleep(bell: &AtomicU32, own: u32, words: &[idle::Armed]) {
     let relative = futex::Timespec {
-        tv_sec: 0,
-        tv_nsec: SLEEP.as_nanos() as _,
+        tv_sec: SLEEP.as_secs() as i64,
+        tv_nsec: SLEEP.subsec_nanos() as _,
     };
     if words.is_empty() || !WAITV.load(Ordering::Relaxed) {
         let _ = futex::wait(bell, futex::Flags::PRIVATE, own, Some(&relative));
@@ -564,5 +569,103 @@ impl std::fmt::Debug for ThreadProc {
             .field("pinned", &self.pinned)
             .field("spin", &self.spin)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle::{Armed, IdleWork, WakeWord};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A source of idle work with one word of its own: counts its arms and polls.
+    struct Source {
+        word: Arc<Word>,
+        arms: AtomicUsize,
+        polls: AtomicUsize,
+    }
+
+    struct Word(AtomicU32);
+
+    impl WakeWord for Word {
+        fn word(&self) -> &AtomicU32 {
+            &self.0
+        }
+        fn disarm(&self) {}
+        fn watch(&self, _on: bool) {}
+    }
+
+    impl IdleWork for Source {
+        fn poll(&self) -> bool {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            false
+        }
+        fn arm(&self, words: &mut Vec<Armed>) -> bool {
+            self.arms.fetch_add(1, Ordering::SeqCst);
+            words.push(Armed {
+                word: self.word.clone(),
+                value: self.word.0.load(Ordering::SeqCst),
+            });
+            true
+        }
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Both sleeps of an idle thread: on its own word and a source's (with `futex_waitv`),
+    /// and, once `futex_waitv` is found missing, on its own word only, arming nothing.
+    #[test]
+    fn an_asleep_thread_wakes_for_its_sources_and_without_waitv_for_its_jobs_only() {
+        let source = Arc::new(Source {
+            word: Arc::new(Word(AtomicU32::new(0))),
+            arms: AtomicUsize::new(0),
+            polls: AtomicUsize::new(0),
+        });
+        let work: Arc<dyn IdleWork> = source.clone();
+        idle::register(&work);
+        let proc = ThreadProc::builder()
+            .spin(Duration::from_micros(50))
+            .spawn()
+            .expect("thread");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = |tx: std::sync::mpsc::Sender<()>| -> Job {
+            Box::new(move || tx.send(()).expect("send"))
+        };
+        proc.execute(job(tx.clone()));
+        rx.recv().expect("the job ran");
+        // Asleep with the source's word armed (the kernel here has futex_waitv).
+        wait_until("the thread never armed the source", || {
+            source.arms.load(Ordering::SeqCst) > 0
+        });
+        let polls = source.polls.load(Ordering::SeqCst);
+        source.word.0.fetch_add(1, Ordering::SeqCst);
+        let _ = futex::wake(&source.word.0, futex::Flags::empty(), 1);
+        wait_until("the source's wake did not reach the thread", || {
+            source.polls.load(Ordering::SeqCst) > polls
+        });
+
+        // Without futex_waitv (as found on an older kernel) the thread arms nothing and
+        // still wakes for a job.
+        WAITV.store(false, Ordering::SeqCst);
+        proc.execute(job(tx.clone()));
+        rx.recv().expect("the job ran");
+        std::thread::sleep(Duration::from_millis(20));
+        let arms = source.arms.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        proc.execute(job(tx));
+        rx.recv().expect("a job given to a sleeping thread ran");
+        assert_eq!(
+            source.arms.load(Ordering::SeqCst),
+            arms,
+            "armed without futex_waitv"
+        );
+        drop(proc);
+        drop(work);
     }
 }
