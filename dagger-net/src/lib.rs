@@ -64,7 +64,7 @@ mod ring;
 pub use ca::{ClusterCa, SERVER_NAME};
 pub use error::NetError;
 pub use identity::Identity;
-pub use link::{Doorbell, DoorbellWord, FrameReceiver, FrameSender, FrameSink, FrameSource};
+pub use link::{Doorbell, FrameReceiver, FrameSender, FrameSink, FrameSource};
 pub use mem::MemTransport;
 #[cfg(feature = "quic")]
 pub use quic::QuicTransport;

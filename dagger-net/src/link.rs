@@ -58,18 +58,23 @@ pub trait FrameSource: Send + 'static {
 
     /// A word threads of this process may sleep on until the peer sends (see
     /// [`Doorbell`]); `None` (the default) when the transport has none.
-    fn doorbell(&self) -> Option<Doorbell> {
+    fn doorbell(&self) -> Option<Arc<dyn Doorbell>> {
         None
     }
 }
 
-/// What a transport's [`Doorbell`] is made of.
-pub trait DoorbellWord: Send + Sync + 'static {
-    /// Announces a thread about to sleep on [`word`](DoorbellWord::word) and returns the
+/// A word threads of this process may sleep on until a link's peer sends
+/// ([`FrameReceiver::doorbell`]). While a thread sleeps there, the peer wakes that thread
+/// instead of the task reading the link, so the thread that will handle a frame is the
+/// only one woken for it; it then takes the frame with [`FrameReceiver::try_recv`].
+/// Same-host rings have one.
+pub trait Doorbell: Send + Sync + 'static {
+    /// Announces a thread about to sleep on [`word`](Doorbell::word) and returns the
     /// value the word holds now; `None` (announcement withdrawn) when frames have arrived
-    /// that nobody took yet, so there is no reason to sleep.
+    /// that nobody took yet, so there is no reason to sleep. Every `Some` must be followed
+    /// by [`disarm`](Doorbell::disarm) once the thread is awake again.
     fn arm(&self) -> Option<u32>;
-    /// Withdraws the sleeper [`arm`](DoorbellWord::arm) announced.
+    /// Withdraws the sleeper [`arm`](Doorbell::arm) announced.
     fn disarm(&self);
     /// The futex word (in memory shared with the peer's process, so not process-private):
     /// the peer changes it and wakes one sleeper when it sends while one is announced.
@@ -79,48 +84,6 @@ pub trait DoorbellWord: Send + Sync + 'static {
     /// when it sends. After withdrawing, the thread polls once more (a frame sent just
     /// before may have found it announced).
     fn watch(&self, on: bool);
-}
-
-/// A word threads of this process may sleep on until a link's peer sends
-/// ([`FrameReceiver::doorbell`]). While a thread sleeps there, the peer wakes that thread
-/// instead of the task reading the link, so the thread that will handle a frame is the
-/// only one woken for it; it then takes the frame with [`FrameReceiver::try_recv`].
-/// Same-host rings have one.
-#[derive(Clone)]
-pub struct Doorbell(Arc<dyn DoorbellWord>);
-
-impl Doorbell {
-    /// Wraps a transport's doorbell.
-    pub fn new(word: Arc<dyn DoorbellWord>) -> Self {
-        Doorbell(word)
-    }
-
-    /// See [`DoorbellWord::arm`]. Every `Some` must be followed by
-    /// [`disarm`](Doorbell::disarm) once the thread is awake again.
-    pub fn arm(&self) -> Option<u32> {
-        self.0.arm()
-    }
-
-    /// See [`DoorbellWord::disarm`].
-    pub fn disarm(&self) {
-        self.0.disarm()
-    }
-
-    /// See [`DoorbellWord::word`].
-    pub fn word(&self) -> &std::sync::atomic::AtomicU32 {
-        self.0.word()
-    }
-
-    /// See [`DoorbellWord::watch`].
-    pub fn watch(&self, on: bool) {
-        self.0.watch(on)
-    }
-}
-
-impl std::fmt::Debug for Doorbell {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Doorbell").finish_non_exhaustive()
-    }
 }
 
 /// What a [`QueueSink`] queues towards the link's writer.
@@ -350,7 +313,7 @@ impl FrameReceiver {
     /// The link's [`Doorbell`], if its transport has one (same-host rings do): a thread
     /// that sleeps on it is woken when the peer sends, and then takes the frames with
     /// [`try_recv`](FrameReceiver::try_recv).
-    pub fn doorbell(&self) -> Option<Doorbell> {
+    pub fn doorbell(&self) -> Option<Arc<dyn Doorbell>> {
         self.source.doorbell()
     }
 }

@@ -21,9 +21,7 @@
 
 use super::shm::{futex, Ring};
 use crate::codec::{Decoded, Decoder, Header, HEADER_LEN};
-use crate::link::{
-    Doorbell, DoorbellWord, FrameReceiver, FrameSender, FrameSink, FrameSource, LinkState,
-};
+use crate::link::{Doorbell, FrameReceiver, FrameSender, FrameSink, FrameSource, LinkState};
 use crate::quic::code;
 use crate::quic::lanes::describe_connection_error;
 use crate::{Conn, Frame, NetConfig, NetError};
@@ -437,7 +435,7 @@ struct RingBell {
     shared: Arc<Shared>,
 }
 
-impl DoorbellWord for RingBell {
+impl Doorbell for RingBell {
     fn arm(&self) -> Option<u32> {
         let ring = &self.shared.rx;
         ring.threads_asleep().fetch_add(1, Ordering::SeqCst);
@@ -662,10 +660,10 @@ impl FrameSource for RingSource {
         Some(head.wrapping_sub(self.start))
     }
 
-    fn doorbell(&self) -> Option<Doorbell> {
-        Some(Doorbell::new(Arc::new(RingBell {
+    fn doorbell(&self) -> Option<Arc<dyn Doorbell>> {
+        Some(Arc::new(RingBell {
             shared: self.shared.clone(),
-        })))
+        }))
     }
 
     /// Decodes what the ring holds, without arming its wake-up. A decoding error ends the

@@ -27,11 +27,11 @@ pub(super) struct PolledLink {
     sender: FrameSender,
     /// The link's doorbell, which idle thread processors sleep on (same-host rings), and
     /// the same as they see it.
-    bell: Option<(Doorbell, Arc<dyn WakeWord>)>,
+    bell: Option<(Arc<dyn Doorbell>, Arc<dyn WakeWord>)>,
 }
 
 /// A link's [`Doorbell`] as the thread processors see it.
-struct Bell(Doorbell);
+struct Bell(Arc<dyn Doorbell>);
 
 impl WakeWord for Bell {
     fn word(&self) -> &std::sync::atomic::AtomicU32 {
