@@ -187,6 +187,39 @@ fn pinned_chain(ctx: &Context, n: u64) -> anyhow::Result<Duration> {
     Ok(el)
 }
 
+/// W3's pinned chain with a timeline: where a hop's time goes. Prints the gaps between a
+/// task's end and its dependent's start (on the driver's clock, so within the clock
+/// alignment's error), and how many tasks ran on the thread processor their worker's
+/// previous task of the chain ran on.
+fn w3_trace() -> anyhow::Result<()> {
+    let ctx = Context::builder().workers(2).timeline(true).build()?;
+    pinned_chain(&ctx, 50)?;
+    let el = pinned_chain(&ctx, 1000)?;
+    line("W3trace", "us_per_hop", el.as_secs_f64() * 1e3, "us");
+    let tl = ctx.timeline();
+    let mut spans: Vec<_> = tl.tasks().iter().collect();
+    spans.sort_by_key(|s| s.started);
+    let spans = &spans[spans.len().saturating_sub(1000)..];
+    let mut gaps: Vec<f64> = Vec::new();
+    let mut same = 0;
+    for w in spans.windows(3) {
+        gaps.push((w[2].started.as_secs_f64() - w[1].finished.as_secs_f64()) * 1e6);
+        same += usize::from(w[2].proc == w[0].proc);
+    }
+    ensure!(!gaps.is_empty(), "no spans recorded");
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    gaps.sort_by(f64::total_cmp);
+    let q = |f: f64| gaps[(f * (gaps.len() - 1) as f64) as usize];
+    println!(
+        "W3trace gap_us p10 {:.1} p50 {:.1} p90 {:.1} mean {mean:.1}; {same} of {} on the thread of the worker's previous task",
+        q(0.1),
+        q(0.5),
+        q(0.9),
+        gaps.len()
+    );
+    Ok(())
+}
+
 fn w3(quick: bool) -> anyhow::Result<()> {
     let ctx = start("W3", Context::builder().workers(2))?;
     let n = if quick { 200 } else { 1000 };
@@ -323,7 +356,8 @@ fn main() -> anyhow::Result<()> {
             None => bail!("usage: dagger-bench S1-run <groups>"),
         },
         // Diagnostics for profiling, not BENCH.md workloads: a chain on one worker
-        // (no network hop), W4 without the move, and W4's shared-memory half alone.
+        // (no network hop), W4 without the move, W4's shared-memory half alone, and
+        // W3's pinned chain with a timeline of its hops (`W3trace`).
         // W3's pinned chain alone, `DAGGER_BENCH_REPEAT` times after one warm-up.
         "W3pin" => {
             let ctx = Context::builder().workers(2).build()?;
@@ -334,6 +368,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        "W3trace" => w3_trace(),
         "W3same" => {
             let ctx = Context::builder().workers(2).build()?;
             let (a, _) = two_workers(&ctx)?;

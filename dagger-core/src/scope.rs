@@ -57,6 +57,21 @@ impl Scope {
             Scope::Union(v) => v.iter().any(|s| s.admits(p)),
         }
     }
+
+    /// Whether every processor of `kind` on `worker` is admitted, whichever there are:
+    /// a task of this scope placed on one of them may as well run on another. `Proc`
+    /// scopes answer no (they name one processor), and a union answers yes only when one
+    /// of its parts does.
+    pub fn admits_every(&self, worker: WorkerId, kind: &ProcKind) -> bool {
+        match self {
+            Scope::Any => *kind == ProcKind::THREAD,
+            Scope::Worker(w) => *w == worker && *kind == ProcKind::THREAD,
+            Scope::Proc(_) => false,
+            Scope::Kind(k) => k == kind,
+            Scope::WorkerKind(w, k) => *w == worker && k == kind,
+            Scope::Union(v) => v.iter().any(|s| s.admits_every(worker, kind)),
+        }
+    }
 }
 
 impl fmt::Display for Scope {
@@ -138,5 +153,32 @@ impl Options {
     pub fn priority(mut self, p: i32) -> Self {
         self.priority = p;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_admits_every_processor_of_a_kind_on_a_worker_only_when_it_names_no_single_one() {
+        let (w, v) = (WorkerId(1), WorkerId(2));
+        let gpu = ProcKind::CUDA;
+        let t = &ProcKind::THREAD;
+        assert!(Scope::Any.admits_every(w, t));
+        assert!(!Scope::Any.admits_every(w, &gpu));
+        assert!(Scope::Worker(w).admits_every(w, t));
+        assert!(!Scope::Worker(v).admits_every(w, t));
+        assert!(!Scope::Worker(w).admits_every(w, &gpu));
+        assert!(Scope::Kind(gpu.clone()).admits_every(v, &gpu));
+        assert!(Scope::WorkerKind(w, gpu.clone()).admits_every(w, &gpu));
+        assert!(!Scope::WorkerKind(w, gpu.clone()).admits_every(v, &gpu));
+        assert!(!Scope::Proc(ProcId::new(w, 1)).admits_every(w, t));
+        assert!(!Scope::Proc(ProcId::new(w, 1))
+            .or(Scope::Proc(ProcId::new(w, 2)))
+            .admits_every(w, t));
+        assert!(Scope::Proc(ProcId::new(v, 1))
+            .or(Scope::Worker(w))
+            .admits_every(w, t));
     }
 }

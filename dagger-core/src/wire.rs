@@ -12,7 +12,7 @@ pub use serde_bytes::ByteBuf;
 use std::borrow::Cow;
 
 /// The version of this message set. Peers with another version are refused at the hello.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The first message on every link, in both directions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,6 +215,9 @@ pub struct RunTask {
     pub args: Vec<RunArg>,
     /// The processor to run on.
     pub proc: ProcId,
+    /// The task's scope admits every thread processor of this worker (and `proc` is
+    /// one): the worker may run it on whichever of them is free first.
+    pub any_thread: bool,
     /// Results no larger than this many bytes are sent back inline with the done message;
     /// larger ones stay on the worker as a chunk.
     pub inline_limit: u32,
@@ -413,6 +416,7 @@ mod tests {
                 ]),
             ],
             proc: ProcId::new(WorkerId(1), 2),
+            any_thread: true,
             inline_limit: 1024,
             push_to: vec![],
             watch: true,

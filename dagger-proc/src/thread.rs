@@ -108,6 +108,8 @@ impl ThreadProcBuilder {
             panics: AtomicU64::new(0),
             identity: OnceLock::new(),
             asleep: AtomicBool::new(false),
+            free: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             bell: AtomicU32::new(0),
         });
         let (pin_tx, pin_rx) = crossbeam_channel::bounded::<Option<String>>(1);
@@ -126,6 +128,7 @@ impl ThreadProcBuilder {
                 };
                 // The builder waits for this; it only fails if the builder is gone.
                 let _ = pin_tx.send(outcome);
+                SERVING.with(|s| s.set(Arc::as_ptr(&thread_shared)));
                 serve(rx, spin, &thread_shared);
             })
             .map_err(|source| ProcError::SpawnThread {
@@ -181,6 +184,12 @@ struct Shared {
     identity: OnceLock<Identity>,
     /// The thread is asleep (or about to be) on `bell`.
     asleep: AtomicBool,
+    /// The thread is awake with an empty queue, looking for work: a job given to it now
+    /// starts at once. Cleared by a [`ThreadProc::try_claim`], before it sleeps and when
+    /// it takes a job.
+    free: AtomicBool,
+    /// The thread runs a job (set as it takes one, cleared when it looks for the next).
+    busy: AtomicBool,
     /// The futex word the thread sleeps on; changed to wake it.
     bell: AtomicU32,
 }
@@ -198,6 +207,11 @@ impl Shared {
             let _ = futex::wake(&self.bell, futex::Flags::PRIVATE, 1);
         }
     }
+}
+
+thread_local! {
+    /// The processor whose thread this is (null on other threads); only compared.
+    static SERVING: std::cell::Cell<*const Shared> = const { std::cell::Cell::new(std::ptr::null()) };
 }
 
 /// Whether this kernel has `futex_waitv` (Linux 5.16 and later); cleared the first time
@@ -270,7 +284,13 @@ fn sleep(bell: &AtomicU32, own: u32, words: &[idle::Armed]) {
 fn serve(rx: Receiver<Msg>, spin: Duration, shared: &Shared) {
     let mut attached = false;
     let mut words = Words::default();
-    while let Some(msg) = next(&rx, spin, shared, &mut words) {
+    while let Some(msg) = {
+        shared.busy.store(false, Ordering::Relaxed);
+        let msg = next(&rx, spin, shared, &mut words);
+        shared.free.store(false, Ordering::Relaxed);
+        shared.busy.store(true, Ordering::Relaxed);
+        msg
+    } {
         let job = match msg {
             Msg::Run(job) => job,
             Msg::Stop => break,
@@ -323,6 +343,11 @@ fn spin_for(rx: &Receiver<Msg>, spin: Duration) -> Option<Option<Msg>> {
         if start.elapsed() >= spin {
             break;
         }
+        // Another thread may wait for this CPU (the one that will send what this thread
+        // waits for, on a machine with more threads than cores, or pinned to the same
+        // core): let it run now rather than when the spin is over. Returns at once when
+        // nothing else is runnable here.
+        std::thread::yield_now();
     }
     for _ in 0..YIELDS {
         std::thread::yield_now();
@@ -344,6 +369,7 @@ fn next(rx: &Receiver<Msg>, spin: Duration, shared: &Shared, w: &mut Words) -> O
         Err(TryRecvError::Empty) => {}
     }
     if !spin.is_zero() {
+        shared.free.store(true, Ordering::Relaxed);
         // Announced as polling meanwhile, so the sources of idle work wake nobody for
         // what this thread will take; withdrawn before any job runs, then polled once
         // more for what came as it was withdrawn.
@@ -367,6 +393,7 @@ fn next(rx: &Receiver<Msg>, spin: Duration, shared: &Shared, w: &mut Words) -> O
         }
     };
     loop {
+        shared.free.store(false, Ordering::Relaxed);
         shared.asleep.store(true, Ordering::Relaxed);
         let own = shared.bell.load(Ordering::Relaxed);
         fence(Ordering::SeqCst);
@@ -384,8 +411,12 @@ fn next(rx: &Receiver<Msg>, spin: Duration, shared: &Shared, w: &mut Words) -> O
             Err(TryRecvError::Empty) => {}
         }
         // Woken by a source of idle work (or not asleep, since one had work): take it
-        // before looking at the queue again, so a job there does not hold it up.
+        // before looking at the queue again, so a job there does not hold it up. A job
+        // it starts may be given to this thread (it is free meanwhile).
         if !spin.is_zero() {
+            if rx.is_empty() {
+                shared.free.store(true, Ordering::Relaxed);
+            }
             idle::poll();
         }
         match rx.try_recv() {
@@ -475,6 +506,33 @@ impl ThreadProc {
     /// The id of the processor's thread (compare with `std::thread::current().id()`).
     pub fn thread_id(&self) -> ThreadId {
         self.thread_id
+    }
+
+    /// Claims the processor if its thread is awake with nothing to run (it spins for
+    /// work, or runs the process's [`idle`] work): a job given to it right after starts at
+    /// once, without a wake-up. A claimed processor counts as busy until its thread has
+    /// taken a job and looks for work again, so two callers do not both pick it. A hint,
+    /// not a reservation: [`execute`](Processor::execute) works in every state, and a
+    /// claim that is not followed by a job only makes the processor look busy until the
+    /// thread's next job or sleep.
+    pub fn try_claim(&self) -> bool {
+        self.shared.free.load(Ordering::Relaxed)
+            && self
+                .shared
+                .free
+                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Whether the thread is running a job. Once it returns, the thread looks at its queue
+    /// again: a job given to a processor that is not busy waits for no other.
+    pub fn is_busy(&self) -> bool {
+        self.shared.busy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the calling thread is this processor's own.
+    pub fn is_current(&self) -> bool {
+        SERVING.with(|s| s.get() == Arc::as_ptr(&self.shared))
     }
 
     /// How many jobs have panicked on this processor so far.
@@ -667,5 +725,50 @@ mod tests {
         );
         drop(proc);
         drop(work);
+    }
+
+    /// A claim takes a thread that spins for work, once; a thread that runs a job, or
+    /// that does not spin, cannot be claimed; a job given to a claimed thread frees it
+    /// again once it is done.
+    #[test]
+    fn only_a_free_thread_is_claimed_and_only_once() {
+        let proc = ThreadProc::builder()
+            // Spins for the whole test once idle: free until claimed.
+            .spin(Duration::from_secs(600))
+            .spawn()
+            .expect("thread");
+        assert!(!proc.is_current());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let here = Arc::new(AtomicBool::new(false));
+        let me = Arc::new(proc);
+        let weak = Arc::downgrade(&me);
+        let seen = here.clone();
+        me.execute(Box::new(move || {
+            let p = weak.upgrade().expect("the processor");
+            seen.store(p.is_current(), Ordering::SeqCst);
+            tx.send(()).expect("send");
+            go_rx.recv().expect("go");
+        }));
+        rx.recv().expect("the job started");
+        assert!(here.load(Ordering::SeqCst), "a job's thread is not current");
+        assert!(!me.try_claim(), "a thread running a job was claimed");
+        go_tx.send(()).expect("go");
+        wait_until("the idle thread was never free", || me.try_claim());
+        assert!(!me.try_claim(), "a thread was claimed twice");
+        let (tx, rx) = std::sync::mpsc::channel();
+        me.execute(Box::new(move || tx.send(()).expect("send")));
+        rx.recv().expect("the claimed thread ran the job");
+        wait_until("the thread was not free after the job", || me.try_claim());
+
+        let lazy = ThreadProc::builder()
+            .spin(Duration::ZERO)
+            .spawn()
+            .expect("thread");
+        let (tx, rx) = std::sync::mpsc::channel();
+        lazy.execute(Box::new(move || tx.send(()).expect("send")));
+        rx.recv().expect("ran");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!lazy.try_claim(), "a thread that does not spin was claimed");
     }
 }

@@ -65,6 +65,7 @@ fn task(id: u64, args: Vec<RunArg>) -> RunTask {
         func: "f".into(),
         args,
         proc: ProcId::new(ME, 1),
+        any_thread: false,
         inline_limit: 1024,
         push_to: vec![],
         watch: false,

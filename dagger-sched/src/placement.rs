@@ -119,6 +119,8 @@ pub(crate) struct Placer {
     pub(crate) dirty: bool,
     gen: u64,
     kinds: FxMap<ProcKind, u32>,
+    /// The interned index of `ProcKind::THREAD` (`u32::MAX` until a thread is seen).
+    thread_kind: u32,
     pub(crate) scopes: Vec<ScopeEntry>,
     scope_ids: FxMap<Scope, u32>,
     /// The scope interned last (an index into `scopes`; out of range while there is none).
@@ -164,6 +166,7 @@ impl Default for Placer {
             dirty: true,
             gen: 0,
             kinds: FxMap::default(),
+            thread_kind: u32::MAX,
             scopes: Vec::new(),
             scope_ids: FxMap::default(),
             last_scope: u32::MAX,
@@ -249,12 +252,25 @@ impl Placer {
         s
     }
 
+    /// Whether slot `slot` is a thread processor whose task of scope `s` may run on any
+    /// thread processor of its worker (`RunTask::any_thread`).
+    fn any_thread(&self, slot: u32, s: u32) -> bool {
+        let sl = &self.slots[slot as usize];
+        sl.kind == self.thread_kind
+            && self.scopes[s as usize]
+                .scope
+                .admits_every(sl.id.worker, &ProcKind::THREAD)
+    }
+
     fn intern_kind(&mut self, kind: &ProcKind) -> u32 {
         if let Some(&k) = self.kinds.get(kind) {
             return k;
         }
         let k = self.kinds.len() as u32;
         self.kinds.insert(kind.clone(), k);
+        if *kind == ProcKind::THREAD {
+            self.thread_kind = k;
+        }
         k
     }
 
@@ -279,6 +295,11 @@ impl Placer {
 
     /// The processor of a slot.
     #[inline]
+    /// The slot of processor `proc`, if it is known.
+    pub(crate) fn slot_index(&self, proc: ProcId) -> Option<u32> {
+        self.slot_of.get(&proc).copied()
+    }
+
     pub(crate) fn slot_proc(&self, slot: u32) -> ProcId {
         self.slots
             .get(slot as usize)
@@ -743,7 +764,7 @@ impl Scheduler {
         t.est_ns = est;
         t.dispatched_ns = now;
         t.attempts += 1;
-        let (task, func, attempt) = (t.id, t.func, t.attempts);
+        let (task, func, attempt, scope) = (t.id, t.func, t.attempts, t.scope);
         // Suspects report their start, and so do tasks expected to run long (or never
         // measured on this kind): a crash while one runs can then count against it.
         let threshold = u64::try_from(self.config.watch_threshold.as_nanos()).unwrap_or(u64::MAX);
@@ -754,6 +775,7 @@ impl Scheduler {
             func: self.tasks.func_name(func).clone(),
             args,
             proc,
+            any_thread: self.placer.any_thread(slot, scope),
             inline_limit: self.config.inline_limit,
             push_to: Vec::new(),
             watch,

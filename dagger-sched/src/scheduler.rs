@@ -276,11 +276,13 @@ impl Scheduler {
         }
         let kind = self.placer.slots[t.slot as usize].kind;
         let func = t.func;
+        let ran_on = done.proc;
         match done.outcome {
             Outcome::Value(bytes) => {
                 self.placer.learn(func, kind, done.run_ns);
                 let size = bytes.len() as u64;
                 self.finish(i, worker, done.run_ns, size);
+                self.ran_on(i, ran_on);
                 let t = &self.tasks[i];
                 let keep = t.consumers > 0 || !t.flags.contains(TaskFlags::CLIENT_RELEASED);
                 let first = !t.flags.contains(TaskFlags::COMPLETED);
@@ -300,6 +302,7 @@ impl Scheduler {
             Outcome::Stored { size } => {
                 self.placer.learn(func, kind, done.run_ns);
                 self.finish(i, worker, done.run_ns, size);
+                self.ran_on(i, ran_on);
                 if !self.tasks[i].flags.contains(TaskFlags::COMPLETED) {
                     self.complete(
                         i,
@@ -432,6 +435,23 @@ impl Scheduler {
             return None;
         }
         self.errors.get(&i)
+    }
+
+    /// Notes where finished task `i` ran, as its worker reported: another processor of
+    /// the same kind on the same worker than the one it was dispatched to, for a task
+    /// that could run on any of them (`RunTask::any_thread`). Anything else is ignored.
+    fn ran_on(&mut self, i: u32, proc: dagger_core::ProcId) {
+        let slot = self.tasks[i].slot;
+        let p = &self.placer;
+        let (was, kind) = (p.slot_proc(slot), p.slots[slot as usize].kind);
+        if was == proc || was.worker != proc.worker {
+            return;
+        }
+        if let Some(s) = p.slot_index(proc) {
+            if p.slots[s as usize].kind == kind {
+                self.tasks[i].slot = s;
+            }
+        }
     }
 
     /// What is known about one task, or `None` if it was never submitted.

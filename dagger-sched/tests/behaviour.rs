@@ -1363,3 +1363,92 @@ fn a_failed_part_fails_the_gathering_task() {
     );
     s.check_invariants().unwrap();
 }
+
+/// A task may move between the thread processors of its worker (`RunTask::any_thread`)
+/// exactly when its scope admits all of them: the default scope, its worker's, the thread
+/// kind's; not one processor's, nor a device's.
+#[test]
+fn a_task_may_change_threads_only_when_its_scope_admits_every_thread_of_its_worker() {
+    let mut s = Scheduler::new(unbounded());
+    s.worker_joined(ms(0), worker(1, 1, 2, &["fpga"]));
+    drain(&mut s);
+    let w = WorkerId(1);
+    let fpga = ProcId::new(w, 3);
+    let scopes = [
+        (Scope::Any, true),
+        (Scope::Worker(w), true),
+        (Scope::kind("thread"), true),
+        (Scope::WorkerKind(w, dagger_core::ProcKind::THREAD), true),
+        (Scope::Proc(ProcId::new(w, 2)), false),
+        (
+            Scope::Proc(ProcId::new(w, 1)).or(Scope::Proc(ProcId::new(w, 2))),
+            false,
+        ),
+        (Scope::Proc(ProcId::new(w, 1)).or(Scope::Worker(w)), true),
+        (Scope::Proc(fpga), false),
+        (Scope::kind("fpga"), false),
+    ];
+    let specs = scopes
+        .iter()
+        .enumerate()
+        .map(|(i, (scope, _))| {
+            spec(
+                i as u64 + 1,
+                "f",
+                vec![val(i as u64)],
+                Options::new().scope(scope.clone()),
+            )
+        })
+        .collect();
+    s.submit(ms(0), specs).unwrap();
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), scopes.len(), "{r:?}");
+    for (i, (scope, want)) in scopes.iter().enumerate() {
+        let (_, rt) = r
+            .iter()
+            .find(|(_, rt)| rt.task == TaskId(i as u64 + 1))
+            .expect("dispatched");
+        assert_eq!(rt.any_thread, *want, "scope {scope} on {}", rt.proc);
+    }
+}
+
+/// The processor a worker reports a task ran on is what the task's information shows,
+/// when it is another thread processor of the worker it was dispatched to; a report
+/// naming a processor of another worker, or of another kind, changes nothing.
+#[test]
+fn a_task_shows_the_thread_it_ran_on_when_its_worker_chose_another() {
+    let mut s = Scheduler::new(unbounded());
+    s.worker_joined(ms(0), worker(1, 1, 2, &["fpga"]));
+    s.worker_joined(ms(0), worker(2, 1, 2, &[]));
+    drain(&mut s);
+    let opts = || Options::new().scope(Scope::Worker(WorkerId(1)));
+    s.submit(
+        ms(0),
+        (1..=3)
+            .map(|i| spec(i, "f", vec![val(i)], opts()))
+            .collect(),
+    )
+    .unwrap();
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 3, "{r:?}");
+    let sibling = |p: ProcId| ProcId::new(p.worker, if p.index == 1 { 2 } else { 1 });
+    let cases = [
+        (1, sibling(r[0].1.proc), sibling(r[0].1.proc)),
+        (2, ProcId::new(WorkerId(2), 1), r[1].1.proc),
+        (3, ProcId::new(WorkerId(1), 3), r[2].1.proc),
+    ];
+    for (k, (id, reported, shown)) in cases.into_iter().enumerate() {
+        let (w, rt) = &r[k];
+        assert_eq!(rt.task, TaskId(id));
+        let mut done = value_done(rt, id);
+        done.proc = reported;
+        report(&mut s, ms(1), *w, 1, done);
+        drain(&mut s);
+        s.check_invariants().unwrap();
+        assert_eq!(
+            s.task_info(TaskId(id)).unwrap().proc,
+            Some(shown),
+            "task {id} reported on {reported}"
+        );
+    }
+}

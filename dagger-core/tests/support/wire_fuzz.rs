@@ -360,6 +360,7 @@ pub fn run_task(u: &mut Unstructured<'_>) -> Result<RunTask> {
         func: small_string(u)?.into(),
         args,
         proc: proc_id(u)?,
+        any_thread: u.arbitrary()?,
         inline_limit: u.arbitrary()?,
         push_to: vec![],
         watch: u.arbitrary()?,

@@ -100,6 +100,10 @@ pub struct StartTask<B> {
     pub func: Cow<'static, str>,
     /// The processor to run it on (its `index` among this worker's processors).
     pub proc: ProcId,
+    /// It may run on any thread processor of this worker instead (its scope admits them
+    /// all): the shell picks one that is free now, and reports it with
+    /// [`WorkerState::handle_task_finished_on`](super::WorkerState::handle_task_finished_on).
+    pub any_thread: bool,
     /// Its arguments, in order.
     pub args: Vec<B>,
     /// Which dispatch of the task this is (1 for the first).

@@ -93,6 +93,8 @@ struct Pending<B> {
     wanted: Vec<ChunkId>,
     /// The driver watches it: report `Started` before it runs.
     watch: bool,
+    /// It may run on any thread processor of this worker.
+    any_thread: bool,
     /// Which dispatch of it this is.
     attempt: u32,
 }
@@ -662,11 +664,28 @@ impl<B: ChunkData> WorkerState<B> {
         run: Duration,
         result: Result<B, TaskError>,
     ) {
+        self.handle_task_finished_on(now, task, None, run, result);
+    }
+
+    /// [`handle_task_finished`](Self::handle_task_finished) for a task that ran on `proc`,
+    /// when the shell chose another thread processor than the one it was dispatched to
+    /// ([`StartTask::any_thread`]); the driver is told where it ran.
+    pub fn handle_task_finished_on(
+        &mut self,
+        now: Duration,
+        task: TaskId,
+        proc: Option<ProcId>,
+        run: Duration,
+        result: Result<B, TaskError>,
+    ) {
         self.now = self.now.max(now);
-        let Some(r) = self.running.remove(&task) else {
+        let Some(mut r) = self.running.remove(&task) else {
             tracing::debug!(%task, "a finished task that was not running, ignored");
             return;
         };
+        if let Some(p) = proc {
+            r.proc = p;
+        }
         let run_ns = u64::try_from(run.as_nanos()).unwrap_or(u64::MAX);
         let outcome = match result {
             Ok(bytes) => {
@@ -775,6 +794,7 @@ impl<B: ChunkData> WorkerState<B> {
             func,
             args,
             proc,
+            any_thread,
             inline_limit,
             push_to: _,
             watch,
@@ -835,7 +855,14 @@ impl<B: ChunkData> WorkerState<B> {
         }
         if missing == 0 {
             let args = assemble(values.into_iter().flatten().collect(), shape.as_ref());
-            self.start(task, func, proc, inline_limit, args, (watch, attempt));
+            self.start(
+                task,
+                func,
+                proc,
+                inline_limit,
+                args,
+                (watch, any_thread, attempt),
+            );
             return;
         }
         self.pending.insert(
@@ -849,6 +876,7 @@ impl<B: ChunkData> WorkerState<B> {
                 missing,
                 wanted,
                 watch,
+                any_thread,
                 attempt,
             },
         );
@@ -867,7 +895,7 @@ impl<B: ChunkData> WorkerState<B> {
         proc: ProcId,
         inline_limit: u32,
         args: Vec<B>,
-        (watch, attempt): (bool, u32),
+        (watch, any_thread, attempt): (bool, bool, u32),
     ) {
         if watch {
             self.report_started(task);
@@ -877,6 +905,7 @@ impl<B: ChunkData> WorkerState<B> {
             task,
             func,
             proc,
+            any_thread,
             args,
             attempt,
         }));
@@ -1021,7 +1050,7 @@ impl<B: ChunkData> WorkerState<B> {
                     p.proc,
                     p.inline_limit,
                     args,
-                    (p.watch, p.attempt),
+                    (p.watch, p.any_thread, p.attempt),
                 );
             }
         }

@@ -16,6 +16,7 @@
 //! holds the core feeds the queue before letting go and looks at it again after, so no
 //! report is left behind (see [`Worker::finished`]).
 
+mod crew;
 mod logs;
 mod peer;
 
@@ -291,7 +292,7 @@ impl Drop for StartGuard {
                 task: t.task,
                 cause: MoveFailure::Dropped,
             };
-            self.worker.ran(t.task, Duration::ZERO, Err(err));
+            self.worker.ran(t.task, t.proc, Duration::ZERO, Err(err));
         }
     }
 }
@@ -325,6 +326,8 @@ struct Inner {
 /// A finished task's report, queued until the core is free.
 struct FinishedTask {
     task: dagger_core::TaskId,
+    /// The processor it ran on, when it ran.
+    proc: Option<ProcId>,
     run: Duration,
     result: Result<Data, TaskError>,
 }
@@ -378,6 +381,8 @@ impl Inner {
 pub(crate) struct Worker {
     id: WorkerId,
     procs: LocalProcs,
+    /// The thread processors, for the tasks that may run on any of them.
+    crew: crew::Crew,
     inner: Mutex<Inner>,
     /// Reports of finished tasks not yet given to the core. Lock order: `inner`, then
     /// this; never `inner` while holding this.
@@ -615,8 +620,10 @@ pub(crate) async fn run_worker(setup: WorkerSetup) -> Result<WorkerEnd, String> 
     let epoch = Instant::now();
     let mut core = Core::new(config);
     core.handle_driver_msg(Duration::ZERO, welcome);
+    let crew = crew::Crew::new(procs.procs());
     let worker = Arc::new(Worker {
         id,
+        crew,
         procs,
         inner: Mutex::new(Inner {
             core,
@@ -724,7 +731,7 @@ impl Worker {
         } = inner;
         std::mem::swap(&mut *self.finished_queue.lock(), finished_buf);
         for f in finished_buf.drain(..) {
-            core.handle_task_finished(now, f.task, f.run, f.result);
+            core.handle_task_finished_on(now, f.task, f.proc, f.run, f.result);
         }
     }
 
@@ -932,9 +939,16 @@ impl Worker {
         run: Duration,
         result: Result<Data, TaskError>,
     ) {
-        self.finished_queue
-            .lock()
-            .push(FinishedTask { task, run, result });
+        self.push_finished(FinishedTask {
+            task,
+            proc: None,
+            run,
+            result,
+        });
+    }
+
+    fn push_finished(self: &Arc<Self>, f: FinishedTask) {
+        self.finished_queue.lock().push(f);
         self.feed_finished();
     }
 
@@ -942,15 +956,32 @@ impl Worker {
     fn ran(
         self: &Arc<Self>,
         task: dagger_core::TaskId,
+        proc: ProcId,
         run: Duration,
         result: Result<Data, TaskError>,
     ) {
         self.running.fetch_sub(1, Ordering::AcqRel);
-        self.finished(task, run, result);
+        self.push_finished(FinishedTask {
+            task,
+            proc: Some(proc),
+            run,
+            result,
+        });
     }
 
-    /// All inputs are here: run the task on its processor.
+    /// All inputs are here: run the task on its processor, or on the first of the
+    /// worker's thread processors to be free if it may run on any ([`crew`]).
     fn start(self: &Arc<Self>, t: StartTask<Data>) {
+        if t.any_thread && self.crew.has(t.proc.index) {
+            self.running.fetch_add(1, Ordering::AcqRel);
+            let assigned = t.proc.index;
+            let guard = StartGuard {
+                worker: self.clone(),
+                task: Some(t),
+            };
+            self.crew.push(self, guard, assigned);
+            return;
+        }
         let Some(proc) = self.procs.get(t.proc.index).cloned() else {
             let err = TaskError::MoveFailed {
                 task: t.task,
@@ -980,6 +1011,7 @@ impl Worker {
             proc,
             args,
             attempt,
+            ..
         } = t;
         // One span per run: its fields name the task wherever its function logs.
         let span = tracing::info_span!(
@@ -998,7 +1030,7 @@ impl Worker {
                 func: func.to_string(),
                 worker: self.id,
             };
-            self.ran(task, Duration::ZERO, Err(err));
+            self.ran(task, proc, Duration::ZERO, Err(err));
             return;
         };
         let prev = CURRENT_PROC.with(|c| c.replace(Some(proc)));
@@ -1067,7 +1099,7 @@ impl Worker {
                 message: panic_message(&*panic),
             }),
         };
-        self.ran(task, run, result);
+        self.ran(task, proc, run, result);
     }
 
     /// Inputs of a task on a processor that does not compute in host memory go through the
