@@ -102,15 +102,20 @@ pub fn spin_from_env() -> Duration {
 /// process's number so that several capped processes on one machine spread over the CPUs
 /// instead of all taking the first ones. Returns positions into the available list, in
 /// increasing order of rotation.
+///
+/// A process that takes them all gets them all, in an order rotated by its number too:
+/// its first thread processor (the one work goes to first when all are idle) is then on
+/// another CPU than the other processes' first ones.
 pub fn spread(available: usize, take: usize, process: u32) -> Vec<usize> {
     if available == 0 {
         return Vec::new();
     }
     let take = take.min(available);
-    if take == available {
-        return (0..available).collect();
-    }
-    let start = (process as usize).wrapping_mul(take) % available;
+    let start = if take == available {
+        process as usize % available
+    } else {
+        (process as usize).wrapping_mul(take) % available
+    };
     (0..take).map(|i| (start + i) % available).collect()
 }
 
@@ -199,7 +204,8 @@ mod tests {
     #[test]
     fn spread_caps_and_rotates_by_process() {
         assert_eq!(spread(4, 10, 0), vec![0, 1, 2, 3]);
-        assert_eq!(spread(4, 4, 3), vec![0, 1, 2, 3]);
+        assert_eq!(spread(4, 4, 3), vec![3, 0, 1, 2]);
+        assert_eq!(spread(2, 2, 1), vec![1, 0]);
         assert_eq!(spread(2, 1, 0), vec![0]);
         assert_eq!(spread(2, 1, 1), vec![1]);
         assert_eq!(spread(2, 1, 2), vec![0]);
