@@ -218,6 +218,11 @@ pub struct RunTask {
     /// The task's scope admits every thread processor of this worker (and `proc` is
     /// one): the worker may run it on whichever of them is free first.
     pub any_thread: bool,
+    /// Nothing waits for this task's report: no client holds a handle to it, and its
+    /// dependents are dispatched already (they get its result from the worker). The
+    /// worker may report it with its next batch, a little later, instead of at once, so
+    /// a chain of such tasks does not wake the driver for every link.
+    pub quiet: bool,
     /// Results no larger than this many bytes are sent back inline with the done message;
     /// larger ones stay on the worker as a chunk.
     pub inline_limit: u32,
@@ -417,6 +422,7 @@ mod tests {
             ],
             proc: ProcId::new(WorkerId(1), 2),
             any_thread: true,
+            quiet: false,
             inline_limit: 1024,
             push_to: vec![],
             watch: true,

@@ -66,6 +66,7 @@ fn task(id: u64, args: Vec<RunArg>) -> RunTask {
         args,
         proc: ProcId::new(ME, 1),
         any_thread: false,
+        quiet: false,
         inline_limit: 1024,
         push_to: vec![],
         watch: false,
@@ -587,6 +588,42 @@ fn finished_tasks_are_batched_into_one_done() {
         &driver_msgs(&transmits(&mut w))[..],
         [ToDriver::Done { tasks, .. }] if tasks.len() == 2
     ));
+}
+
+#[test]
+fn a_quiet_task_is_reported_late_unless_another_report_goes_first_or_it_failed() {
+    let mut cfg = config();
+    cfg.quiet_delay = ms(3);
+    let mut w = joined(cfg);
+    let quiet = |id: u64| RunTask {
+        quiet: true,
+        ..task(id, vec![value(id)])
+    };
+    run(
+        &mut w,
+        ms(1),
+        vec![quiet(70), quiet(71), task(72, vec![value(72)])],
+    );
+    assert_eq!(starts(&mut w).len(), 3);
+    w.handle_task_finished(ms(2), TaskId(70), ms(1), Ok(vec![1]));
+    assert_eq!(w.poll_timeout(), Some(ms(5)), "due a quiet delay later");
+    w.handle_timeout(ms(4));
+    assert!(transmits(&mut w).is_empty(), "sent before its time");
+    let done: Vec<_> = flush_done(&mut w, ms(5)).iter().map(|d| d.task).collect();
+    assert_eq!(done, vec![TaskId(70)]);
+
+    // An ordinary report makes the batch due at once, and the quiet one rides along.
+    w.handle_task_finished(ms(6), TaskId(71), ms(1), Ok(vec![2]));
+    w.handle_task_finished(ms(6), TaskId(72), ms(1), Ok(vec![3]));
+    assert_eq!(w.poll_timeout(), Some(ms(6)));
+    let done: Vec<_> = flush_done(&mut w, ms(6)).iter().map(|d| d.task).collect();
+    assert_eq!(done, vec![TaskId(71), TaskId(72)]);
+
+    // A quiet task that failed is reported at once.
+    run(&mut w, ms(7), vec![quiet(73)]);
+    starts(&mut w);
+    w.handle_task_finished(ms(8), TaskId(73), ms(1), Err(panicked(73)));
+    assert_eq!(w.poll_timeout(), Some(ms(8)));
 }
 
 fn panicked(t: u64) -> TaskError {

@@ -203,6 +203,12 @@ pub struct Config {
     /// a task is held to the saturation bound, and tasks with more than
     /// `MAX_AHEAD_INPUTS` (16) inputs are never dispatched ahead. Default `true`.
     pub dispatch_ahead: bool,
+    /// Tell workers which tasks nothing waits for (`RunTask::quiet`): no client holds a
+    /// handle to them, their dependents are dispatched when the batch goes out, and no
+    /// ready task waits for room. Their workers report them with the next batch instead
+    /// of at once (within `WorkerConfig::quiet_delay`), so a chain of them, dispatched
+    /// ahead, runs without a message to the driver per link. Default `true`.
+    pub quiet_reports: bool,
 }
 
 impl Default for Config {
@@ -218,6 +224,7 @@ impl Default for Config {
             queue_horizon: Duration::from_millis(5),
             watch_threshold: Duration::from_millis(1),
             dispatch_ahead: true,
+            quiet_reports: true,
         }
     }
 }

@@ -68,6 +68,11 @@ impl Outbox {
         self.out.pop_front()
     }
 
+    /// Every task queued for a `Run` batch and not flushed yet.
+    pub(crate) fn runs_mut(&mut self) -> impl Iterator<Item = &mut RunTask> {
+        self.runs.values_mut().flatten().flatten()
+    }
+
     /// Turns the per-worker batches into `Send` commands: every `Release` batch first (in
     /// worker order), then every `Run` batch.
     pub(crate) fn flush(&mut self) {

@@ -776,6 +776,8 @@ impl Scheduler {
             args,
             proc,
             any_thread: self.placer.any_thread(slot, scope),
+            // Decided when the batch goes out (`Scheduler::mark_quiet`).
+            quiet: false,
             inline_limit: self.config.inline_limit,
             push_to: Vec::new(),
             watch,

@@ -379,6 +379,7 @@ impl Scheduler {
         if self.outbox.is_empty() {
             self.schedule();
             self.progress_drains();
+            self.mark_quiet();
             self.outbox.flush();
         }
         self.outbox.pop()
@@ -435,6 +436,31 @@ impl Scheduler {
             return None;
         }
         self.errors.get(&i)
+    }
+
+    /// Marks the tasks about to be sent whose report nothing waits for
+    /// ([`Config::quiet_reports`]): no client handle, every dependent dispatched (or done),
+    /// not watched, and no ready task held back for room (a report frees room).
+    fn mark_quiet(&mut self) {
+        if !self.config.quiet_reports || self.tasks.counts.ready > 0 {
+            return;
+        }
+        let tasks = &self.tasks;
+        for run in self.outbox.runs_mut() {
+            if run.watch {
+                continue;
+            }
+            let Some(i) = tasks.get(&run.task) else {
+                continue;
+            };
+            let t = &tasks[i];
+            run.quiet = t.flags.contains(TaskFlags::CLIENT_RELEASED)
+                && t.spec.as_ref().is_none_or(|s| {
+                    s.dependents
+                        .iter()
+                        .all(|&d| !matches!(tasks[d].state, State::Waiting | State::Ready))
+                });
+        }
     }
 
     /// Notes where finished task `i` ran, as its worker reported: another processor of

@@ -347,3 +347,86 @@ fn a_long_free_chain_goes_ahead_once_its_function_is_measured() {
         );
     }
 }
+
+/// A task is sent `quiet` (its worker may report it late) only when nothing waits for its
+/// report: its client handle is released, each dependent is dispatched by the time its
+/// batch goes out, and no ready task is held back for room.
+#[test]
+fn only_tasks_nothing_waits_for_are_sent_quiet() {
+    let pinned = || Options::new().scope(dagger_core::Scope::Worker(WorkerId(1)));
+    let chain = |from: u64| {
+        (from..from + 3)
+            .map(|id| {
+                let args = if id == from {
+                    vec![val(id)]
+                } else {
+                    vec![Arg::Task(TaskId(id - 1))]
+                };
+                spec(id, "f", args, pinned())
+            })
+            .collect::<Vec<_>>()
+    };
+    let quiet = |r: &[(WorkerId, RunTask)], id: u64| run_of(r, id).1.quiet;
+    // Tasks of unknown run time report their start (`watch`), and a watched task is
+    // never quiet: watch suspects only.
+    let pool = |workers: &[u32], threads: u32| {
+        let mut s = Scheduler::new(Config {
+            watch_threshold: std::time::Duration::MAX,
+            ..Config::default()
+        });
+        for &w in workers {
+            s.worker_joined(ms(0), worker(w, 1, threads, &[]));
+        }
+        drain(&mut s);
+        s
+    };
+
+    // A chain pinned to one worker goes out whole; tasks 1 and 2 have no handle.
+    let mut s = pool(&[1], 2);
+    s.submit(ms(0), chain(1)).unwrap();
+    s.release(TaskId(1));
+    s.release(TaskId(2));
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert!(quiet(&r, 1) && quiet(&r, 2), "{r:?}");
+    assert!(!quiet(&r, 3), "task 3's client holds a handle: {r:?}");
+
+    // The same with the handles kept: nothing is quiet.
+    let mut s = pool(&[1], 2);
+    s.submit(ms(0), chain(1)).unwrap();
+    let r = runs(&drain(&mut s));
+    assert!(r.iter().all(|(_, rt)| !rt.quiet), "{r:?}");
+
+    // A dependent that is not dispatched waits in the driver for the reports: here its
+    // inputs run on two workers, so its place is not decided before they finish.
+    let mut s = pool(&[1, 2], 1);
+    let on = |id: u64, w: u32| {
+        spec(
+            id,
+            "f",
+            vec![val(id)],
+            Options::new().scope(dagger_core::Scope::Worker(WorkerId(w))),
+        )
+    };
+    s.submit(ms(0), vec![on(1, 1), on(2, 2), after(3, &[1, 2])])
+        .unwrap();
+    s.release(TaskId(1));
+    s.release(TaskId(2));
+    let r = runs(&drain(&mut s));
+    assert_eq!(r.len(), 2, "task 3 waits: {r:?}");
+    assert!(
+        !quiet(&r, 1) && !quiet(&r, 2),
+        "task 3 waits for them: {r:?}"
+    );
+
+    // Ready tasks held back for room: every report frees some.
+    let mut s = pool(&[1], 1);
+    s.submit(ms(0), (1..=8).map(|id| after(id, &[])).collect())
+        .unwrap();
+    for id in 1..=8 {
+        s.release(TaskId(id));
+    }
+    let r = runs(&drain(&mut s));
+    assert!(r.len() < 8, "some are held back: {r:?}");
+    assert!(r.iter().all(|(_, rt)| !rt.quiet), "{r:?}");
+}

@@ -361,6 +361,7 @@ pub fn run_task(u: &mut Unstructured<'_>) -> Result<RunTask> {
         args,
         proc: proc_id(u)?,
         any_thread: u.arbitrary()?,
+        quiet: u.arbitrary()?,
         inline_limit: u.arbitrary()?,
         push_to: vec![],
         watch: u.arbitrary()?,

@@ -39,6 +39,11 @@ pub struct WorkerConfig {
     /// sent (default zero: the batch goes out at the next timeout, so tasks that finish
     /// while the shell is busy travel together, and none waits for a timer).
     pub done_delay: Duration,
+    /// How long the report of a task nothing waits for (`RunTask::quiet`) may wait for the
+    /// next batch (default 1 ms). Such a task's dependents are running already and no
+    /// client asked for it: the driver only needs the report to keep its books (and, should
+    /// this worker be lost meanwhile, runs the task again).
+    pub quiet_delay: Duration,
     /// The fingerprint of this worker's executable (0 when unknown), said in the hello of
     /// every peer link; a peer of another build is refused unless either side allows it.
     pub build_id: u64,
@@ -65,6 +70,7 @@ impl WorkerConfig {
             shm_min_bytes: 64 * 1024,
             done_batch_max: 8192,
             done_delay: Duration::ZERO,
+            quiet_delay: Duration::from_millis(1),
             build_id: 0,
             allow_mixed_builds: false,
             failed_chunks_kept: 4096,

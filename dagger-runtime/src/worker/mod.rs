@@ -95,6 +95,8 @@ struct Pending<B> {
     watch: bool,
     /// It may run on any thread processor of this worker.
     any_thread: bool,
+    /// Nothing waits for its report (`RunTask::quiet`).
+    quiet: bool,
     /// Which dispatch of it this is.
     attempt: u32,
 }
@@ -103,6 +105,8 @@ struct Pending<B> {
 struct Running {
     proc: ProcId,
     inline_limit: u32,
+    /// Nothing waits for its report: it may wait for the next batch.
+    quiet: bool,
 }
 
 /// A frame waiting for a link being opened, with the chunk it asks for, if it is a want.
@@ -720,13 +724,22 @@ impl<B: ChunkData> WorkerState<B> {
             }
         };
         let started_ns = nanos(now).saturating_sub(run_ns);
-        self.report(TaskDone {
-            task,
-            proc: r.proc,
-            run_ns,
-            started_ns,
-            outcome,
-        });
+        // A failure is never quiet: the driver decides what follows from it.
+        let delay = if r.quiet && !matches!(outcome, Outcome::Failed(_)) {
+            self.config.quiet_delay
+        } else {
+            self.config.done_delay
+        };
+        self.report_within(
+            TaskDone {
+                task,
+                proc: r.proc,
+                run_ns,
+                started_ns,
+                outcome,
+            },
+            delay,
+        );
     }
 
     /// The time [`WorkerState::poll_timeout`] named has come: sends the heartbeat and the
@@ -795,6 +808,7 @@ impl<B: ChunkData> WorkerState<B> {
             args,
             proc,
             any_thread,
+            quiet,
             inline_limit,
             push_to: _,
             watch,
@@ -861,7 +875,7 @@ impl<B: ChunkData> WorkerState<B> {
                 proc,
                 inline_limit,
                 args,
-                (watch, any_thread, attempt),
+                (watch, any_thread, quiet, attempt),
             );
             return;
         }
@@ -877,6 +891,7 @@ impl<B: ChunkData> WorkerState<B> {
                 wanted,
                 watch,
                 any_thread,
+                quiet,
                 attempt,
             },
         );
@@ -895,12 +910,19 @@ impl<B: ChunkData> WorkerState<B> {
         proc: ProcId,
         inline_limit: u32,
         args: Vec<B>,
-        (watch, any_thread, attempt): (bool, bool, u32),
+        (watch, any_thread, quiet, attempt): (bool, bool, bool, u32),
     ) {
         if watch {
             self.report_started(task);
         }
-        self.running.insert(task, Running { proc, inline_limit });
+        self.running.insert(
+            task,
+            Running {
+                proc,
+                inline_limit,
+                quiet,
+            },
+        );
         self.actions.push_back(Action::Start(StartTask {
             task,
             func,
@@ -1050,7 +1072,7 @@ impl<B: ChunkData> WorkerState<B> {
                     p.proc,
                     p.inline_limit,
                     args,
-                    (p.watch, p.any_thread, p.attempt),
+                    (p.watch, p.any_thread, p.quiet, p.attempt),
                 );
             }
         }
@@ -1096,11 +1118,18 @@ impl<B: ChunkData> WorkerState<B> {
     /// Adds a finished task to the batch for the driver: the batch goes out when it is
     /// full, else at the first timeout `done_delay` after its first task.
     fn report(&mut self, done: TaskDone) {
+        self.report_within(done, self.config.done_delay);
+    }
+
+    /// Queues a report for the next `Done` batch, which goes out at most `delay` from now
+    /// (sooner if another report makes it due sooner).
+    fn report_within(&mut self, done: TaskDone, delay: Duration) {
         self.done.push(done);
+        let due = self.now + delay;
         if self.done.len() >= self.config.done_batch_max {
             self.flush_done();
-        } else if self.done_due.is_none() {
-            self.done_due = Some(self.now + self.config.done_delay);
+        } else if self.done_due.is_none_or(|d| d > due) {
+            self.done_due = Some(due);
         }
     }
 
