@@ -1170,7 +1170,10 @@ impl<S> DriverCore<S> {
                 }
             }
         }
-        if self.held_count >= self.config.release_batch {
+        // A large result's memory is wanted back now (a segment the next result could
+        // reuse): its release does not wait for the batch.
+        let large = self.sched.take_large_release();
+        if large || self.held_count >= self.config.release_batch {
             self.send_all_releases();
         }
         self.retry_parked();

@@ -456,6 +456,45 @@ fn releases_go_at_once_when_a_batch_gathered() {
 }
 
 #[test]
+fn the_release_of_a_large_result_goes_at_once() {
+    let mut c = core(DriverConfig::default());
+    c.handle_join(ms(0), LinkId(1), info(101, 2), false)
+        .unwrap();
+    c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
+    let t = runs(&frames(&mut c))[0].1.clone();
+    let size = dagger_sched::Config::default().large_release_bytes;
+    let stored = |t: &RunTask, size: u64| ToDriver::Done {
+        incarnation: Incarnation(1),
+        tasks: vec![done(t, Outcome::Stored { size })],
+        moves: Vec::new(),
+        sent_ns: 0,
+    };
+    deliver(&mut c, ms(2), LinkId(1), stored(&t, size));
+    assert!(frames(&mut c).is_empty(), "the client still holds task 1");
+    c.handle_release(ms(3), TaskId(1));
+    assert_eq!(
+        frames(&mut c),
+        vec![(LinkId(1), ToWorker::Release(vec![t.task.chunk()]))],
+        "a large result's release is not held back"
+    );
+
+    // One byte less: held back until the release delay.
+    c.handle_spawn(ms(4), spec(2, vec![val(2)]), 2);
+    let t = runs(&frames(&mut c))[0].1.clone();
+    deliver(&mut c, ms(5), LinkId(1), stored(&t, size - 1));
+    c.handle_release(ms(6), TaskId(2));
+    assert!(
+        frames(&mut c).is_empty(),
+        "a smaller result's release is held back"
+    );
+    c.handle_timeout(ms(26));
+    assert_eq!(
+        frames(&mut c),
+        vec![(LinkId(1), ToWorker::Release(vec![t.task.chunk()]))]
+    );
+}
+
+#[test]
 fn oversized_run_batches_are_split_and_a_task_too_large_fails() {
     let limit = 4096;
     let mut c = core(DriverConfig {

@@ -158,6 +158,9 @@ impl Scheduler {
         t.flags.remove(TaskFlags::HELD);
         let chunk = t.id.chunk();
         let first = t.holder;
+        if t.size >= self.config.large_release_bytes {
+            self.outbox.large_released = true;
+        }
         let list = if self.data.replicas.is_empty() {
             None
         } else {

@@ -209,6 +209,11 @@ pub struct Config {
     /// of at once (within `WorkerConfig::quiet_delay`), so a chain of them, dispatched
     /// ahead, runs without a message to the driver per link. Default `true`.
     pub quiet_reports: bool,
+    /// Releasing a result at least this large is worth a message of its own: the owner
+    /// learns of it with [`Scheduler::take_large_release`] and need not hold the release
+    /// back to batch it with others. Its memory (a shared-memory segment, perhaps) is
+    /// then free for the next result. Default 1 MiB.
+    pub large_release_bytes: u64,
 }
 
 impl Default for Config {
@@ -225,6 +230,7 @@ impl Default for Config {
             watch_threshold: Duration::from_millis(1),
             dispatch_ahead: true,
             quiet_reports: true,
+            large_release_bytes: 1 << 20,
         }
     }
 }

@@ -13,6 +13,9 @@ pub(crate) struct Outbox {
     runs: BTreeMap<WorkerId, Vec<Vec<RunTask>>>,
     releases: BTreeMap<WorkerId, Vec<ChunkId>>,
     out: VecDeque<Command>,
+    /// A result of at least `Config::large_release_bytes` was released since the owner
+    /// last asked ([`Scheduler::take_large_release`](crate::Scheduler::take_large_release)).
+    pub(crate) large_released: bool,
 }
 
 impl Outbox {

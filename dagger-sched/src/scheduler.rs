@@ -64,6 +64,13 @@ impl Scheduler {
         }
     }
 
+    /// Whether a result of at least [`Config::large_release_bytes`] was released (a
+    /// `Release` command named it) since the last call: its holders should hear of it
+    /// soon rather than with the next batch of releases.
+    pub fn take_large_release(&mut self) -> bool {
+        std::mem::take(&mut self.outbox.large_released)
+    }
+
     /// The configuration it was created with.
     pub fn config(&self) -> &Config {
         &self.config
