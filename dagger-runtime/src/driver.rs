@@ -110,7 +110,9 @@ pub struct DriverConfig {
     pub shm_shortcuts: bool,
     /// The fault policy: loss budgets, poison tasks, exclusion of workers.
     pub policy: PolicyConfig,
-    /// Record every task's and move's span for [`DriverCore::timeline`]. Default off.
+    /// Record every task's and move's span for [`DriverCore::timeline`]. Default off. On,
+    /// it also turns the scheduler's quiet reports off (`dagger_sched::Config::quiet_reports`),
+    /// so that the timeline has every task once the last result arrived.
     pub record: bool,
     /// Which log events workers forward to the driver, as `tracing` filter directives
     /// (`RUST_LOG` syntax), sent in each `Welcome`; the driver emits them again under the
@@ -360,6 +362,11 @@ impl<S> DriverCore<S> {
     /// A core around `sched` with no workers. Cheap.
     pub fn new(mut sched: Scheduler, config: DriverConfig) -> Self {
         sched.set_default_loss_retries(config.policy.loss_retries);
+        if config.record {
+            // A recorded timeline holds every task once the last result is in: no report
+            // may come late.
+            sched.set_quiet_reports(false);
+        }
         let recorder = config.record.then(crate::timeline::Recorder::default);
         Self {
             detector: FailureDetector::new(config.heartbeat_timeout),

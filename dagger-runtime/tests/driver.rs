@@ -495,6 +495,32 @@ fn the_release_of_a_large_result_goes_at_once() {
 }
 
 #[test]
+fn a_task_nothing_waits_for_is_sent_quiet_unless_the_timeline_is_recorded() {
+    for record in [false, true] {
+        // Tasks of unknown run time report their start, and are never quiet.
+        let sched = Scheduler::new(dagger_sched::Config {
+            watch_threshold: Duration::MAX,
+            ..dagger_sched::Config::default()
+        });
+        let mut c = DriverCore::new(
+            sched,
+            DriverConfig {
+                record,
+                ..DriverConfig::default()
+            },
+        );
+        c.handle_join(ms(0), LinkId(1), info(101, 2), false)
+            .unwrap();
+        frames(&mut c);
+        c.handle_spawn(ms(1), spec(1, vec![val(1)]), 1);
+        c.handle_release(ms(1), TaskId(1));
+        let r = runs(&frames(&mut c));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].1.quiet, !record, "recording: {record}");
+    }
+}
+
+#[test]
 fn oversized_run_batches_are_split_and_a_task_too_large_fails() {
     let limit = 4096;
     let mut c = core(DriverConfig {

@@ -83,6 +83,11 @@ impl Scheduler {
         self.config.default_loss_retries = n;
     }
 
+    /// Replaces [`Config::quiet_reports`]; tasks already sent keep what they were told.
+    pub fn set_quiet_reports(&mut self, on: bool) {
+        self.config.quiet_reports = on;
+    }
+
     /// The pool's processors and the edges between them.
     pub fn topology(&self) -> &Topology {
         &self.topology
