@@ -69,6 +69,18 @@ impl Crew {
         }
     }
 
+    /// Whether the calling thread is the crew's first thread processor: the one that
+    /// takes peers' frames between jobs. One thread per worker does, so that a chain of
+    /// tasks across workers stays on each worker's first thread, and the workers of a host
+    /// list their CPUs in rotated orders (`dagger_proc::sys::spread`): the chain's
+    /// threads are on different CPUs instead of taking turns on one.
+    pub(super) fn is_first(&self) -> bool {
+        self.members
+            .first()
+            .and_then(Member::thread)
+            .is_some_and(ThreadProc::is_current)
+    }
+
     /// Whether processor `index` is one of the crew.
     pub(super) fn has(&self, index: u32) -> bool {
         self.members.iter().any(|m| m.index == index)

@@ -57,7 +57,7 @@ pub(super) struct LinkPoller(Weak<Worker>);
 
 impl IdleWork for LinkPoller {
     fn watch(&self, words: &mut Vec<Arc<dyn WakeWord>>) {
-        let Some(w) = self.0.upgrade() else {
+        let Some(w) = self.0.upgrade().filter(|w| w.crew.is_first()) else {
             return;
         };
         for link in w.polled.read().iter() {
@@ -69,7 +69,7 @@ impl IdleWork for LinkPoller {
     }
 
     fn arm(&self, words: &mut Vec<Armed>) -> bool {
-        let Some(w) = self.0.upgrade() else {
+        let Some(w) = self.0.upgrade().filter(|w| w.crew.is_first()) else {
             return true;
         };
         for link in w.polled.read().iter() {
@@ -92,7 +92,7 @@ impl IdleWork for LinkPoller {
     }
 
     fn poll(&self) -> bool {
-        let Some(w) = self.0.upgrade() else {
+        let Some(w) = self.0.upgrade().filter(|w| w.crew.is_first()) else {
             return false;
         };
         let mut did = false;
