@@ -469,14 +469,6 @@ impl Sim {
             inline_limit: INLINE_LIMIT,
             max_batch: rng.random_range(1..=64),
             no_processor_grace: Some(ms(rng.random_range(500..=3000))),
-            // Tasks of a millisecond or more (all of them here) report their start, and a
-            // watched task is never quiet: in half the runs only suspects are watched, so
-            // quiet reports (late `Done`s) meet the faults too.
-            watch_threshold: if rng.random_bool(0.5) {
-                Duration::MAX
-            } else {
-                dagger_sched::Config::default().watch_threshold
-            },
             ..dagger_sched::Config::default()
         };
         let dconfig = DriverConfig {
