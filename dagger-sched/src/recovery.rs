@@ -164,6 +164,16 @@ impl Scheduler {
     pub(crate) fn requeue(&mut self, i: u32) {
         let mut stack = vec![i];
         while let Some(x) = stack.pop() {
+            let t = &self.tasks[x];
+            // An input pushed to be recomputed may be needed no more when its turn comes:
+            // the dependent that needed it failed meanwhile (through another input that
+            // had failed), and may have freed it with its lineage. Recomputing it then
+            // would run it without its arguments.
+            if t.flags.contains(TaskFlags::DEAD)
+                || (x != i && t.consumers == 0 && t.flags.contains(TaskFlags::CLIENT_RELEASED))
+            {
+                continue;
+            }
             let old = self.tasks[x].state;
             match old {
                 State::Dispatched => self.undispatch(x),

@@ -1452,3 +1452,99 @@ fn a_task_shows_the_thread_it_ran_on_when_its_worker_chose_another() {
         );
     }
 }
+
+/// A lost result is recomputed with the inputs it needs, but an input pushed for
+/// recomputation is dropped again when the task that needed it fails on the way (through
+/// another input whose own input had failed): that failure may free the input with its
+/// lineage, and the input must not then be dispatched without its arguments.
+#[test]
+fn an_input_freed_while_its_dependent_fails_during_recovery_is_not_recomputed() {
+    let mut s = Scheduler::new(unbounded());
+    for w in 1..=4 {
+        s.worker_joined(ms(0), worker(w, 1, 1, &[]));
+    }
+    drain(&mut s);
+    let on =
+        |id: u64, args: Vec<Arg>, scope: Scope| spec(id, "f", args, Options::new().scope(scope));
+    let w = |w: u32| Scope::Worker(WorkerId(w));
+    let t = |id: u64| Arg::Task(TaskId(id));
+    // A (1); C (2) feeds B (3) and G (6); A and B feed D (4); D feeds E (5). E and G run
+    // on worker 4 and never finish.
+    s.submit(
+        ms(0),
+        vec![
+            on(1, vec![val(1)], w(1)),
+            on(2, vec![val(2)], w(1).or(w(2))),
+            on(3, vec![t(2)], w(2)),
+            on(4, vec![t(1), t(3)], w(3)),
+            on(5, vec![t(4)], w(4)),
+            on(6, vec![t(2)], w(4)),
+        ],
+    )
+    .unwrap();
+    for id in 1..=4 {
+        s.release(TaskId(id));
+    }
+    let mut held = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        for (wk, rt) in runs(&drain(&mut s)) {
+            if rt.task.0 <= 4 {
+                held.insert(rt.task.0, wk);
+                report(&mut s, ms(1), wk, 1, stored_done(&rt, 100));
+            }
+        }
+    }
+    drain(&mut s);
+    s.check_invariants().unwrap();
+    assert_eq!(held.len(), 4, "A, C, B and D ran: {held:?}");
+    // A's and B's results are released (D has used them); C's is kept for G.
+
+    // C's worker is lost: C is recomputed for G, and this time fails for good (G fails
+    // with it; B, finished, keeps its place in D's lineage).
+    lose(&mut s, ms(2), held[&2].0);
+    let r = runs(&drain(&mut s));
+    let (wc, c) = r
+        .iter()
+        .find(|(_, rt)| rt.task == TaskId(2))
+        .cloned()
+        .unwrap_or_else(|| panic!("C is recomputed: {r:?}"));
+    report(
+        &mut s,
+        ms(3),
+        wc,
+        1,
+        TaskDone {
+            task: c.task,
+            proc: c.proc,
+            run_ns: 5,
+            started_ns: 0,
+            outcome: Outcome::Failed(TaskError::Panicked {
+                task: c.task,
+                func: c.func.to_string(),
+                message: "boom".into(),
+            }),
+        },
+    );
+    drain(&mut s);
+    s.check_invariants().unwrap();
+
+    // D's worker is lost: D is needed by E, so it is recomputed with A and B; B cannot
+    // run again (C failed) and fails, and with it D and E. A, freed with them, must not
+    // run.
+    lose(&mut s, ms(4), held[&4].0);
+    let r = runs(&drain(&mut s));
+    s.check_invariants().unwrap();
+    assert!(
+        r.iter().all(|(_, rt)| rt.task != TaskId(1)),
+        "A was dispatched after it was freed: {r:?}"
+    );
+    assert!(s.failure(TaskId(5)).is_some(), "E failed with D");
+}
+
+fn run_of_task(r: &[(WorkerId, RunTask)], id: u64) -> RunTask {
+    r.iter()
+        .find(|(_, rt)| rt.task == TaskId(id))
+        .unwrap_or_else(|| panic!("task {id} was not dispatched: {r:?}"))
+        .1
+        .clone()
+}
