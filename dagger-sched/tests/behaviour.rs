@@ -1540,11 +1540,3 @@ fn an_input_freed_while_its_dependent_fails_during_recovery_is_not_recomputed() 
     );
     assert!(s.failure(TaskId(5)).is_some(), "E failed with D");
 }
-
-fn run_of_task(r: &[(WorkerId, RunTask)], id: u64) -> RunTask {
-    r.iter()
-        .find(|(_, rt)| rt.task == TaskId(id))
-        .unwrap_or_else(|| panic!("task {id} was not dispatched: {r:?}"))
-        .1
-        .clone()
-}
