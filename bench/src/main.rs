@@ -369,6 +369,61 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "W3trace" => w3_trace(),
+        // L1's fanout split into its phases, `DAGGER_BENCH_REPEAT` rounds (default 30)
+        // after one warm-up: the spawn loop, the fetch loop and dropping the handles,
+        // each in ns a task (medians over the rounds), and the whole round's rate.
+        "L1split" => {
+            let ctx = Context::builder().build()?;
+            let n = 10_000u64;
+            fanout(&ctx, n / 10)?;
+            let rounds = std::env::var("DAGGER_BENCH_REPEAT").map_or(30, |_| repeat());
+            let mut phases: [Vec<f64>; 4] = Default::default();
+            // Minor page faults of the whole process (field 10 of /proc/self/stat).
+            let faults = || -> u64 {
+                std::fs::read_to_string("/proc/self/stat")
+                    .ok()
+                    .and_then(|s| {
+                        let rest = s.rsplit_once(')')?.1.to_string();
+                        rest.split_whitespace().nth(7)?.parse().ok()
+                    })
+                    .unwrap_or(0)
+            };
+            for round in 0..rounds {
+                let f0 = faults();
+                let t0 = Instant::now();
+                let hs: Vec<Handle<u64>> = (0..n)
+                    .map(|i| inc::spawn(&ctx, i))
+                    .collect::<Result<_, _>>()?;
+                let t1 = Instant::now();
+                let mut sum = 0u64;
+                for h in &hs {
+                    sum += h.fetch()?;
+                }
+                let t2 = Instant::now();
+                drop(hs);
+                let t3 = Instant::now();
+                ensure!(sum == n * (n + 1) / 2, "L1split sum wrong: {sum}");
+                if round == 0 {
+                    line("L1split", "first_round_faults", (faults() - f0) as f64, "faults");
+                }
+                let ns = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
+                phases[0].push(ns(t1 - t0));
+                phases[1].push(ns(t2 - t1));
+                phases[2].push(ns(t3 - t2));
+                phases[3].push(n as f64 / (t2 - t0).as_secs_f64());
+            }
+            for (name, mut v) in ["ns_spawn", "ns_fetch", "ns_drop", "tasks_per_s"]
+                .into_iter()
+                .zip(phases)
+            {
+                v.sort_by(f64::total_cmp);
+                let unit = if name == "tasks_per_s" { "tasks/s" } else { "ns" };
+                line("L1split", name, v[v.len() / 2], unit);
+                line("L1split", &format!("{name}_min"), v[0], unit);
+                line("L1split", &format!("{name}_max"), v[v.len() - 1], unit);
+            }
+            Ok(())
+        }
         "W3same" => {
             let ctx = Context::builder().workers(2).build()?;
             let (a, _) = two_workers(&ctx)?;

@@ -71,10 +71,50 @@ struct Procs {
     pumps: Padded<AtomicUsize>,
 }
 
-/// The lane's queue of ready tasks.
+/// The lane's queue of ready tasks: a ring buffer under a lock, which keeps its capacity,
+/// so that queueing a task allocates nothing (a linked channel allocates a block every
+/// few dozen tasks on the submitting thread, freed on another, and those mid-size blocks
+/// make glibc consolidate its small-chunk caches).
 struct Queue {
-    tx: crossbeam_channel::Sender<Job>,
-    rx: crossbeam_channel::Receiver<Job>,
+    jobs: Mutex<std::collections::VecDeque<Job>>,
+    /// How many jobs are queued, read without the lock.
+    len: AtomicUsize,
+}
+
+impl Queue {
+    fn new() -> Self {
+        Self {
+            jobs: Mutex::new(std::collections::VecDeque::with_capacity(1024)),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    fn push(&self, job: Job) {
+        let mut jobs = self.jobs.lock();
+        jobs.push_back(job);
+        self.len.store(jobs.len(), Ordering::SeqCst);
+    }
+
+    fn pop(&self) -> Option<Job> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut jobs = self.jobs.lock();
+        let job = jobs.pop_front();
+        self.len.store(jobs.len(), Ordering::SeqCst);
+        job
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len.load(Ordering::SeqCst) == 0
+    }
+
+    /// Takes every queued job (to drop them without the lock: each fails its task).
+    fn drain(&self) -> std::collections::VecDeque<Job> {
+        let mut jobs = self.jobs.lock();
+        self.len.store(0, Ordering::SeqCst);
+        std::mem::take(&mut *jobs)
+    }
 }
 
 /// A value alone on its cache lines (two, for the adjacent-line prefetcher), so that
@@ -253,13 +293,12 @@ impl Direct {
                     })
                 })
                 .collect();
-            let (tx, rx) = crossbeam_channel::unbounded();
             let _ = self.procs.set(Procs {
                 worker,
                 threads,
                 finished,
                 runners,
-                queue: Queue { tx, rx },
+                queue: Queue::new(),
                 pumps: Padded::default(),
             });
         }
@@ -657,8 +696,7 @@ fn dispatch(lane: &Direct, p: Task) {
             Some(job) => job,
         };
     }
-    // The receiver lives as long as the sender (both in `procs`): this cannot fail.
-    let _ = procs.queue.tx.send(job);
+    procs.queue.push(job);
     wake(lane, procs);
 }
 
@@ -668,7 +706,7 @@ fn dispatch(lane: &Direct, p: Task) {
 fn wake(lane: &Direct, procs: &Procs) {
     let n = procs.runners.len();
     let pumps = procs.pumps.0.load(Ordering::SeqCst);
-    if pumps >= n || (pumps > 0 && procs.queue.rx.is_empty()) {
+    if pumps >= n || (pumps > 0 && procs.queue.is_empty()) {
         return;
     }
     let start = lane.next.0.fetch_add(1, Ordering::Relaxed);
@@ -717,7 +755,7 @@ impl Runner {
         let queue = &procs.queue;
         let next = || {
             NEXT.with(|n| n.borrow_mut().take())
-                .or_else(|| queue.rx.try_recv().ok())
+                .or_else(|| queue.pop())
         };
         let mut ran = 0;
         loop {
@@ -730,7 +768,7 @@ impl Runner {
                     // Still counted as running: the next pump goes behind the processor's
                     // other jobs, and the task kept for it waits in the queue.
                     if let Some(job) = NEXT.with(|n| n.borrow_mut().take()) {
-                        let _ = queue.tx.send(job);
+                        queue.push(job);
                     }
                     return self.start_pump();
                 }
@@ -740,7 +778,7 @@ impl Runner {
             std::sync::atomic::fence(Ordering::SeqCst);
             // A task queued after the queue was found empty but before this pump stopped
             // counting may have started no pump: take it on.
-            if queue.rx.is_empty() || self.running.swap(true, Ordering::SeqCst) {
+            if queue.is_empty() || self.running.swap(true, Ordering::SeqCst) {
                 return;
             }
             procs.pumps.0.fetch_add(1, Ordering::SeqCst);
@@ -760,7 +798,7 @@ impl Drop for Pump {
             procs.pumps.0.fetch_sub(1, Ordering::SeqCst);
             r.running.store(false, Ordering::SeqCst);
             // Each job fails its task as it is dropped.
-            while procs.queue.rx.try_recv().is_ok() {}
+            drop(procs.queue.drain());
         }
     }
 }
