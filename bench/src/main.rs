@@ -403,10 +403,13 @@ fn main() -> anyhow::Result<()> {
                 drop(hs);
                 let t3 = Instant::now();
                 ensure!(sum == n * (n + 1) / 2, "L1split sum wrong: {sum}");
-                if round == 0 {
-                    line("L1split", "first_round_faults", (faults() - f0) as f64, "faults");
-                }
                 let ns = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
+                if round < 3 {
+                    let r = format!("round{round}");
+                    line("L1split", &format!("{r}_faults"), (faults() - f0) as f64, "faults");
+                    line("L1split", &format!("{r}_ns_spawn"), ns(t1 - t0), "ns");
+                    line("L1split", &format!("{r}_ns_fetch"), ns(t2 - t1), "ns");
+                }
                 phases[0].push(ns(t1 - t0));
                 phases[1].push(ns(t2 - t1));
                 phases[2].push(ns(t3 - t2));

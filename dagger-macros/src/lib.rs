@@ -170,8 +170,8 @@ fn expand(
                 __dagger_ctx: &::dagger::Context,
                 #(#arg_idents: #generic_params),*
             ) -> ::core::result::Result<::dagger::Handle<#ret_ty>, ::dagger::SubmitError> {
-                let __dagger_args = ::std::vec![#( ::dagger::IntoArg::<#arg_types>::into_arg(#arg_idents, __dagger_ctx)? ),*];
-                __dagger_ctx.spawn_raw::<#ret_ty>(#ident::NAME, __dagger_args, self.options)
+                let __dagger_args = [#( ::dagger::IntoArg::<#arg_types>::into_arg(#arg_idents, __dagger_ctx)? ),*];
+                __dagger_ctx.spawn_args::<#ret_ty, _>(#ident::NAME, __dagger_args, self.options)
             }
 
             /// Like `delayed`, with this builder's options.

@@ -3,19 +3,95 @@
 //! expected).
 
 use crate::context::{Context, SubmitError};
-use crate::handle::Handle;
+use crate::handle::{Handle, Slot};
 use dagger_core::{Arg, Part, TaskId};
 use serde::Serialize;
+use std::sync::Arc;
 
 /// A value usable as a task argument of type `T`.
 pub trait IntoArg<T> {
-    /// Turns the argument into its wire form (encoding a value with postcard) for a task
-    /// of `ctx`.
-    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError>;
+    /// Turns the argument into a task's argument (encoding a value with postcard) for a
+    /// task of `ctx`.
+    fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError>;
+}
+
+/// One argument of a task as it is spawned (made by [`IntoArg`]): an encoded value, or
+/// another task by its handle, so that a task of the driver's own threads finds its
+/// inputs without looking them up.
+pub struct TaskArg(pub(crate) ArgIn);
+
+/// A task's argument as spawned.
+pub(crate) enum ArgIn {
+    /// An encoded value.
+    Value(Vec<u8>),
+    /// Another task, by its handle's slot.
+    Task(Arc<Slot>),
+    /// Another task, by its id alone (an argument given in wire form).
+    Id(TaskId),
+    /// A gathered argument: its parts, none of them a `Gather`.
+    Gather(Vec<ArgIn>),
+}
+
+impl ArgIn {
+    /// Its wire form. The slots of the tasks it takes go to `taken`: they must live until
+    /// the task is submitted (a slot dropped first would release its result before), and
+    /// a task of the scheduler that takes a direct task is held back until that one
+    /// finished (see [`crate::direct::Direct::submit`]).
+    pub(crate) fn into_wire(self, taken: &mut Vec<Arc<Slot>>) -> Arg {
+        match self {
+            ArgIn::Gather(parts) => Arg::Gather(
+                parts
+                    .into_iter()
+                    .map(|p| match p.into_wire(taken) {
+                        Arg::Value(v) => Part::Value(v),
+                        Arg::Task(t) => Part::Task(t),
+                        Arg::Gather(_) => unreachable!("gathered parts do not nest"),
+                    })
+                    .collect(),
+            ),
+            ArgIn::Value(v) => Arg::Value(v),
+            ArgIn::Id(t) => Arg::Task(t),
+            ArgIn::Task(slot) => {
+                let id = slot.id;
+                taken.push(slot);
+                Arg::Task(id)
+            }
+        }
+    }
+
+    /// An argument given in wire form; `slot` finds a direct task by its id.
+    pub(crate) fn from_wire(arg: Arg, slot: &impl Fn(TaskId) -> Option<Arc<Slot>>) -> Self {
+        let task = |t: TaskId| match slot(t) {
+            Some(s) => ArgIn::Task(s),
+            None => ArgIn::Id(t),
+        };
+        match arg {
+            Arg::Value(v) => ArgIn::Value(v),
+            Arg::Task(t) => task(t),
+            Arg::Gather(parts) => ArgIn::Gather(
+                parts
+                    .into_iter()
+                    .map(|p| match p {
+                        Part::Value(v) => ArgIn::Value(v),
+                        Part::Task(t) => task(t),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The bytes of its values.
+    pub(crate) fn value_bytes(&self) -> u64 {
+        match self {
+            ArgIn::Value(v) => v.len() as u64,
+            ArgIn::Task(_) | ArgIn::Id(_) => 0,
+            ArgIn::Gather(parts) => parts.iter().map(ArgIn::value_bytes).sum(),
+        }
+    }
 }
 
 impl<T: Serialize> IntoArg<T> for T {
-    fn into_arg(self, _ctx: &Context) -> Result<Arg, SubmitError> {
+    fn into_arg(self, _ctx: &Context) -> Result<TaskArg, SubmitError> {
         // Sized first: one allocation of the right size, not a vector grown byte by byte.
         let encode_error = |e: postcard::Error| SubmitError::Encode {
             ty: std::any::type_name::<T>(),
@@ -23,7 +99,7 @@ impl<T: Serialize> IntoArg<T> for T {
         };
         let size = postcard::experimental::serialized_size(&self).map_err(encode_error)?;
         postcard::to_extend(&self, Vec::with_capacity(size))
-            .map(Arg::Value)
+            .map(|v| TaskArg(ArgIn::Value(v)))
             .map_err(encode_error)
     }
 }
@@ -31,48 +107,48 @@ impl<T: Serialize> IntoArg<T> for T {
 /// A handle feeds a parameter of its own type; one [`cast`](Handle::cast) to another type
 /// than its task's result is refused with [`SubmitError::TypeMismatch`].
 impl<T> IntoArg<T> for &Handle<T> {
-    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
-        dependency(self, ctx).map(Arg::Task)
+    fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
+        dependency(self, ctx).map(TaskArg)
     }
 }
 
 /// The task `h` stands for, as a dependency of a task of `ctx`.
-fn dependency<T>(h: &Handle<T>, ctx: &Context) -> Result<TaskId, SubmitError> {
+fn dependency<T>(h: &Handle<T>, ctx: &Context) -> Result<ArgIn, SubmitError> {
     if !std::sync::Arc::ptr_eq(&h.ctx, ctx.inner()) {
-        return Err(SubmitError::ForeignHandle { task: h.id() });
+        return Err(SubmitError::ForeignHandle { task: h.slot.id });
     }
     h.check_arg_type()?;
-    Ok(h.id())
+    Ok(ArgIn::Task(h.slot.clone()))
 }
 
 /// Handles gather into a parameter of type `Vec<T>`: each is a dependency, and the
 /// function receives their results in order (an empty slice gives an empty vector).
 impl<T> IntoArg<Vec<T>> for &[Handle<T>] {
-    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+    fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
         self.iter()
-            .map(|h| dependency(h, ctx).map(Part::Task))
+            .map(|h| dependency(h, ctx))
             .collect::<Result<_, _>>()
-            .map(Arg::Gather)
+            .map(|parts| TaskArg(ArgIn::Gather(parts)))
     }
 }
 
 /// See the implementation for `&[Handle<T>]`.
 impl<T> IntoArg<Vec<T>> for &Vec<Handle<T>> {
-    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+    fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
         IntoArg::<Vec<T>>::into_arg(self.as_slice(), ctx)
     }
 }
 
 /// See the implementation for `&[Handle<T>]`.
 impl<T> IntoArg<Vec<T>> for Vec<Handle<T>> {
-    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+    fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
         IntoArg::<Vec<T>>::into_arg(self.as_slice(), ctx)
     }
 }
 
 /// A `Vec<T>` value feeds a `DeviceVec<T>` parameter (same encoding).
 impl<T: dagger_move::Element> IntoArg<dagger_move::DeviceVec<T>> for Vec<T> {
-    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+    fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
         IntoArg::<Vec<T>>::into_arg(self, ctx)
     }
 }
@@ -80,16 +156,16 @@ impl<T: dagger_move::Element> IntoArg<dagger_move::DeviceVec<T>> for Vec<T> {
 /// A task returning `Vec<T>` feeds a `DeviceVec<T>` parameter: the result is moved onto
 /// the device of the task that takes it.
 impl<T: dagger_move::Element> IntoArg<dagger_move::DeviceVec<T>> for &Handle<Vec<T>> {
-    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
-        dependency(self, ctx).map(Arg::Task)
+    fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
+        dependency(self, ctx).map(TaskArg)
     }
 }
 
 /// A task returning `DeviceVec<T>` feeds a `Vec<T>` parameter: a device-resident result is
 /// copied to the host of the task that takes it.
 impl<T: dagger_move::Element> IntoArg<Vec<T>> for &Handle<dagger_move::DeviceVec<T>> {
-    fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
-        dependency(self, ctx).map(Arg::Task)
+    fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
+        dependency(self, ctx).map(TaskArg)
     }
 }
 
@@ -98,14 +174,14 @@ impl<T: dagger_move::Element> IntoArg<Vec<T>> for &Handle<dagger_move::DeviceVec
 macro_rules! same_bytes {
     ($($from:ty => $to:ty),* $(,)?) => {$(
         impl IntoArg<$to> for $from {
-            fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
+            fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
                 IntoArg::<$from>::into_arg(self, ctx)
             }
         }
 
         impl IntoArg<$to> for &Handle<$from> {
-            fn into_arg(self, ctx: &Context) -> Result<Arg, SubmitError> {
-                dependency(self, ctx).map(Arg::Task)
+            fn into_arg(self, ctx: &Context) -> Result<TaskArg, SubmitError> {
+                dependency(self, ctx).map(TaskArg)
             }
         }
     )*};

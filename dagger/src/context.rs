@@ -1,7 +1,7 @@
 //! The user's entry point: a running cluster (driver + workers) and the calls to submit
 //! work to it and ask about it.
 
-use crate::args::IntoArg;
+use crate::args::{ArgIn, IntoArg, TaskArg};
 use crate::direct::Direct;
 use crate::driver::{self, DriverCmd, DriverConfig, DriverState, LinkEvent};
 use crate::handle::{Handle, Slot};
@@ -9,7 +9,7 @@ use crate::lazy::{Collect, LazyArgKind, LazyNode};
 use crate::registry;
 use crate::supervisor::{Children, Supervisor};
 use crate::worker::{self, WorkerSetup};
-use dagger_core::{Arg, ChunkId, Options, Part, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
+use dagger_core::{Arg, ChunkId, Options, ProcId, TaskError, TaskId, TaskSpec, WorkerId};
 use dagger_net::launch::{LocalLauncher, WorkerProcess};
 #[cfg(feature = "quic")]
 use dagger_net::ClusterCa;
@@ -928,12 +928,13 @@ impl Context {
 
     /// Submits one task by function name; used by `#[dagger::task]`'s generated code.
     #[doc(hidden)]
-    pub fn spawn_raw<T>(
+    pub fn spawn_args<T, const N: usize>(
         &self,
         func: &'static str,
-        args: Vec<Arg>,
+        args: [TaskArg; N],
         options: Options,
     ) -> Result<Handle<T>, SubmitError> {
+        let args: Args = args.into_iter().map(|a| a.0).collect();
         self.spawn_spec(Cow::Borrowed(func), args, options)
     }
 
@@ -954,7 +955,8 @@ impl Context {
     /// ```
     pub fn put<T: Serialize>(&self, value: &T) -> Result<Handle<T>, SubmitError> {
         let arg = IntoArg::<&T>::into_arg(value, self)?;
-        self.spawn_spec(Cow::Borrowed(registry::PUT), vec![arg], Options::default())
+        let args: Args = std::iter::once(arg.0).collect();
+        self.spawn_spec(Cow::Borrowed(registry::PUT), args, Options::default())
     }
 
     /// Submits one task by a function name that need not be registered in this process
@@ -965,13 +967,19 @@ impl Context {
         args: Vec<Arg>,
         options: Options,
     ) -> Result<Handle<T>, SubmitError> {
+        let lane = self.inner.direct.as_deref();
+        let slot = |t: TaskId| lane.and_then(|d| d.slot(t));
+        let args: Args = args
+            .into_iter()
+            .map(|a| ArgIn::from_wire(a, &slot))
+            .collect();
         self.spawn_spec(Cow::Owned(func.to_string()), args, options)
     }
 
     fn spawn_spec<T>(
         &self,
         func: Cow<'static, str>,
-        args: Vec<Arg>,
+        args: Args,
         options: Options,
     ) -> Result<Handle<T>, SubmitError> {
         check_sizes(&args)?;
@@ -987,6 +995,8 @@ impl Context {
             },
             None => args,
         };
+        let mut inputs = Vec::new();
+        let args = args.into_iter().map(|a| a.into_wire(&mut inputs)).collect();
         let mut slot = Slot::new(id, f, self.inner.cmd.clone());
         slot.lane = self.inner.direct.clone();
         let slot = Arc::new(slot);
@@ -999,7 +1009,7 @@ impl Context {
         match &self.inner.direct {
             // It may take results of direct tasks.
             Some(direct) => direct
-                .submit(&self.inner.cmd, vec![(spec, Some(slot.clone()))])
+                .submit(&self.inner.cmd, vec![(spec, Some(slot.clone()))], inputs)
                 .map_err(|()| SubmitError::Shutdown)?,
             None => {
                 self.inner.backlog.admit();
@@ -1013,23 +1023,19 @@ impl Context {
     }
 
     /// One argument of a lazy task (or one part of a gathered one) as submitted, given
-    /// the ids of the graph's nodes submitted before it.
+    /// the slots of the graph's nodes submitted before it.
     fn lazy_part(
         &self,
         a: &LazyArgKind,
-        ids: &HashMap<*const LazyNode, (TaskId, Arc<Slot>)>,
-        keep_alive: &mut Vec<Arc<Slot>>,
-    ) -> Result<Part, SubmitError> {
+        ids: &HashMap<*const LazyNode, Arc<Slot>>,
+    ) -> Result<ArgIn, SubmitError> {
         Ok(match a {
-            LazyArgKind::Value(v) => Part::Value(v.clone()),
-            LazyArgKind::Node(child) => Part::Task(ids[&Arc::as_ptr(child)].0),
+            LazyArgKind::Value(v) => ArgIn::Value(v.clone()),
+            LazyArgKind::Node(child) => ArgIn::Task(ids[&Arc::as_ptr(child)].clone()),
             LazyArgKind::Spawned(slot) if !slot.belongs_to(&self.inner.cmd) => {
                 return Err(SubmitError::ForeignHandle { task: slot.id });
             }
-            LazyArgKind::Spawned(slot) => {
-                keep_alive.push(slot.clone());
-                Part::Task(slot.id)
-            }
+            LazyArgKind::Spawned(slot) => ArgIn::Task(slot.clone()),
             LazyArgKind::Invalid(e) => return Err(e.clone()),
             LazyArgKind::Gather(_) => unreachable!("gathered parts do not nest"),
         })
@@ -1040,9 +1046,11 @@ impl Context {
         &self,
         roots: Vec<Arc<LazyNode>>,
     ) -> Result<Vec<Arc<Slot>>, SubmitError> {
-        let mut ids: HashMap<*const LazyNode, (TaskId, Arc<Slot>)> = HashMap::new();
+        let mut ids: HashMap<*const LazyNode, Arc<Slot>> = HashMap::new();
         let mut batch: Vec<(TaskSpec, Option<Arc<Slot>>)> = Vec::new();
-        let mut keep_alive: Vec<Arc<Slot>> = Vec::new();
+        // The direct tasks that tasks of the batch take (see `Direct::submit`); they also
+        // keep those tasks' results until the batch is submitted.
+        let mut inputs: Vec<Arc<Slot>> = Vec::new();
         // Iterative post-order walk: children before parents.
         for root in &roots {
             let mut stack: Vec<(Arc<LazyNode>, bool)> = vec![(root.clone(), false)];
@@ -1062,32 +1070,28 @@ impl Context {
                     }
                     continue;
                 }
-                let mut args = Vec::with_capacity(node.args.len());
+                let mut args = Args::with_capacity(node.args.len());
                 for a in &node.args {
                     args.push(match &a.0 {
                         LazyArgKind::Gather(parts) => {
                             let mut ps = Vec::with_capacity(parts.len());
                             for p in parts {
-                                ps.push(self.lazy_part(p, &ids, &mut keep_alive)?);
+                                ps.push(self.lazy_part(p, &ids)?);
                             }
-                            Arg::Gather(ps)
+                            ArgIn::Gather(ps)
                         }
-                        one => match self.lazy_part(one, &ids, &mut keep_alive)? {
-                            Part::Value(v) => Arg::Value(v),
-                            Part::Task(t) => Arg::Task(t),
-                        },
+                        one => self.lazy_part(one, &ids)?,
                     });
                 }
                 check_sizes(&args)?;
                 let id = TaskId(self.inner.next_task.fetch_add(1, Ordering::Relaxed));
                 let f = registry::lookup(node.func);
-                // A plain node runs on the direct lane as soon as its inputs are there; the
-                // nodes after it name it by id like any other.
+                // A plain node runs on the direct lane as soon as its inputs are there.
                 let args = match &self.inner.direct {
                     Some(direct) => {
                         match direct.spawn(id, f, args, &node.options, &self.inner.cmd) {
                             Ok(slot) => {
-                                ids.insert(key, (id, slot));
+                                ids.insert(key, slot);
                                 continue;
                             }
                             Err(args) => args,
@@ -1095,6 +1099,7 @@ impl Context {
                     }
                     None => args,
                 };
+                let args = args.into_iter().map(|a| a.into_wire(&mut inputs)).collect();
                 let mut slot = Slot::new(id, f, self.inner.cmd.clone());
                 slot.lane = self.inner.direct.clone();
                 let slot = Arc::new(slot);
@@ -1105,19 +1110,19 @@ impl Context {
                     options: node.options.clone(),
                 };
                 batch.push((spec, Some(slot.clone())));
-                ids.insert(key, (id, slot));
+                ids.insert(key, slot);
             }
         }
         let out: Vec<Arc<Slot>> = roots
             .iter()
-            .map(|r| ids[&Arc::as_ptr(r)].1.clone())
+            .map(|r| ids[&Arc::as_ptr(r)].clone())
             .collect();
         // Only the roots' results are wanted; inner nodes' slots are dropped here, which
         // releases their results once their consumers ran.
         match &self.inner.direct {
             // It may take results of direct tasks.
             Some(direct) => direct
-                .submit(&self.inner.cmd, batch)
+                .submit(&self.inner.cmd, batch, inputs)
                 .map_err(|()| SubmitError::Shutdown)?,
             None => self
                 .inner
@@ -1125,7 +1130,6 @@ impl Context {
                 .send(DriverCmd::Submit(batch))
                 .map_err(|_| SubmitError::Shutdown)?,
         }
-        drop(keep_alive);
         Ok(out)
     }
 
@@ -1448,19 +1452,9 @@ pub(crate) fn wait_for_change<T: Send + Sync + 'static>(
 /// the message that carries it can always be sent.
 const MAX_VALUE_ARG: u64 = 256 << 20;
 
-fn check_sizes(args: &[Arg]) -> Result<(), SubmitError> {
+fn check_sizes(args: &[ArgIn]) -> Result<(), SubmitError> {
     for a in args {
-        let bytes: u64 = match a {
-            Arg::Value(v) => v.len() as u64,
-            Arg::Task(_) => 0,
-            Arg::Gather(parts) => parts
-                .iter()
-                .map(|p| match p {
-                    Part::Value(v) => v.len() as u64,
-                    Part::Task(_) => 0,
-                })
-                .sum(),
-        };
+        let bytes = a.value_bytes();
         if bytes > MAX_VALUE_ARG {
             return Err(SubmitError::TooLarge {
                 bytes,
@@ -1470,6 +1464,9 @@ fn check_sizes(args: &[Arg]) -> Result<(), SubmitError> {
     }
     Ok(())
 }
+
+/// A task's arguments as spawned: most tasks take a few, held inline.
+pub(crate) type Args = smallvec::SmallVec<[ArgIn; 3]>;
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,8 @@
 //! context that records a timeline, serves the live view or shows progress never uses it
 //! (those show every task's run, which only the scheduler's path reports).
 
-use crate::context::TaskInfo;
+use crate::args::ArgIn;
+use crate::context::{Args, TaskInfo};
 use crate::driver::DriverCmd;
 use crate::handle::{Outcome, Slot};
 use crate::registry::{ArgValue, TaskFn, TaskOutput};
@@ -149,11 +150,15 @@ thread_local! {
     static NEXT: std::cell::RefCell<Option<Job>> = const { std::cell::RefCell::new(None) };
 }
 
-/// What a direct task's slot keeps: the lane, to forget the task when the slot goes, and
-/// where and how long it ran.
+/// What a direct task's slot keeps: the lane, its outcome, and where and how long it ran.
 pub(crate) struct DirectSlot {
     lane: Arc<Direct>,
     ran: OnceLock<Ran>,
+    /// The outcome, held here rather than boxed apart: one allocation less a task.
+    pub(crate) outcome: OnceLock<Outcome>,
+    /// Whether its id was handed out ([`crate::Handle::id`]): only then can a task name
+    /// it by id, and the lane keeps it in its map of tasks by id.
+    exposed: AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -163,8 +168,22 @@ struct Ran {
 }
 
 impl DirectSlot {
+    /// Makes the task findable by its id, once its id is handed out.
+    pub(crate) fn expose(&self, slot: &Arc<Slot>) {
+        if !self.exposed.load(Ordering::Relaxed) && !self.exposed.swap(true, Ordering::AcqRel) {
+            self.lane.tasks.lock().insert(slot.id, Arc::downgrade(slot));
+        }
+    }
+
     pub(crate) fn forget(&self, id: TaskId) {
-        self.lane.tasks.lock().remove(&id);
+        if self.exposed.load(Ordering::Acquire) {
+            self.lane.tasks.lock().remove(&id);
+        }
+    }
+
+    /// Whether it is a task of `lane`.
+    pub(crate) fn of(&self, lane: &Direct) -> bool {
+        std::ptr::eq(&*self.lane, lane)
     }
 
     /// Where and how long the task ran, once it did.
@@ -184,18 +203,12 @@ impl DirectSlot {
     }
 }
 
-/// One input of a direct task.
-enum Input {
-    Value(Vec<u8>),
-    Task(Arc<Slot>),
-    Gather(Vec<Input>),
-}
-
 /// A direct task until it ran.
 struct Pending {
     slot: Arc<Slot>,
     func: &'static TaskFn,
-    inputs: Vec<Input>,
+    /// Values, and direct tasks of the lane (see [`Direct::takes_only_own`]).
+    inputs: Args,
     /// Inputs not yet finished, plus one held by the spawner until it registered them all.
     missing: AtomicUsize,
 }
@@ -362,53 +375,20 @@ impl Direct {
         self: &Arc<Self>,
         id: TaskId,
         func: Option<&'static TaskFn>,
-        args: Vec<Arg>,
+        args: Args,
         options: &Options,
         release: &UnboundedSender<DriverCmd>,
-    ) -> Result<Arc<Slot>, Vec<Arg>> {
+    ) -> Result<Arc<Slot>, Args> {
         let Some(func) = func else { return Err(args) };
         if self.closed.load(Ordering::Acquire)
             || self.procs.get().is_none()
             || *options != Options::default()
             || !host_only(func)
+            // Every task it takes must be a direct task of this lane.
+            || !args.iter().all(|a| self.takes_only_own(a))
         {
             return Err(args);
         }
-        // The inputs' slots, in the order `Arg::deps` lists them; any that is not a live
-        // direct task sends the task to the scheduler.
-        // (Collected whole before the lock goes: a slot upgraded here and dropped under
-        // the lock would deadlock its own `forget`.)
-        let deps: Vec<Option<Arc<Slot>>> = {
-            let tasks = self.tasks.lock();
-            args.iter()
-                .flat_map(Arg::deps)
-                .map(|t| tasks.get(&t).and_then(Weak::upgrade))
-                .collect()
-        };
-        let Some(deps) = deps.into_iter().collect::<Option<Vec<Arc<Slot>>>>() else {
-            return Err(args);
-        };
-        let mut deps = deps.into_iter();
-        let mut input = |v: Option<Vec<u8>>| match v {
-            Some(v) => Input::Value(v),
-            None => Input::Task(deps.next().expect("one slot per dependency")),
-        };
-        let inputs: Vec<Input> = args
-            .into_iter()
-            .map(|a| match a {
-                Arg::Value(v) => input(Some(v)),
-                Arg::Task(_) => input(None),
-                Arg::Gather(parts) => Input::Gather(
-                    parts
-                        .into_iter()
-                        .map(|p| match p {
-                            Part::Value(v) => input(Some(v)),
-                            Part::Task(_) => input(None),
-                        })
-                        .collect(),
-                ),
-            })
-            .collect();
         let slot = Arc::new(Slot::new_direct(
             id,
             func,
@@ -416,31 +396,41 @@ impl Direct {
             DirectSlot {
                 lane: self.clone(),
                 ran: OnceLock::new(),
+                outcome: OnceLock::new(),
+                exposed: AtomicBool::new(false),
             },
         ));
-        self.tasks.lock().insert(id, Arc::downgrade(&slot));
         self.submitted.0.fetch_add(1, Ordering::Relaxed);
         let pending = Pending {
             slot: slot.clone(),
             func,
-            inputs,
+            inputs: args,
             missing: AtomicUsize::new(1),
         };
-        let mut waits: Vec<Arc<Slot>> = Vec::new();
-        for i in &pending.inputs {
-            match i {
-                Input::Task(s) if !s.is_done() => waits.push(s.clone()),
-                Input::Gather(ps) => waits.extend(ps.iter().filter_map(|p| match p {
-                    Input::Task(s) if !s.is_done() => Some(s.clone()),
-                    _ => None,
-                })),
-                _ => {}
-            }
-        }
-        if waits.is_empty() {
+        let unfinished = |i: &ArgIn| match i {
+            ArgIn::Task(s) => !s.is_done(),
+            _ => false,
+        };
+        let waits = pending.inputs.iter().any(|i| match i {
+            ArgIn::Gather(ps) => ps.iter().any(unfinished),
+            one => unfinished(one),
+        });
+        if !waits {
             dispatch(self, Task::Own(pending));
             return Ok(slot);
         }
+        let waits: Vec<Arc<Slot>> = pending
+            .inputs
+            .iter()
+            .flat_map(|i| match i {
+                ArgIn::Gather(ps) => ps.as_slice(),
+                one => std::slice::from_ref(one),
+            })
+            .filter_map(|i| match i {
+                ArgIn::Task(s) if !s.is_done() => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
         let pending = Arc::new(pending);
         pending.missing.fetch_add(waits.len(), Ordering::Relaxed);
         for s in waits {
@@ -451,6 +441,16 @@ impl Direct {
         Ok(slot)
     }
 
+    /// Whether every task `a` takes is a direct task of this lane.
+    fn takes_only_own(&self, a: &ArgIn) -> bool {
+        match a {
+            ArgIn::Value(_) => true,
+            ArgIn::Id(_) => false,
+            ArgIn::Task(s) => s.direct.as_ref().is_some_and(|d| d.of(self)),
+            ArgIn::Gather(ps) => ps.iter().all(|p| self.takes_only_own(p)),
+        }
+    }
+
     /// Hands `batch` to the driver, or, when some of its tasks take results of direct
     /// tasks that are not finished, once they are: each such input becomes the result's
     /// value. A task whose direct input failed (or that takes a task that did) is failed
@@ -459,21 +459,23 @@ impl Direct {
     /// Batches reach the driver in the order they were submitted: one submitted while an
     /// earlier one waits, waits behind it (a later task may take the earlier one's
     /// result, and the scheduler must know a task before its dependents).
+    ///
+    /// `taken` holds the slots of the tasks that the batch's tasks take; the direct ones
+    /// among them are waited for.
     pub(crate) fn submit(
         self: &Arc<Self>,
         cmd: &UnboundedSender<DriverCmd>,
         batch: Batch,
+        taken: Vec<Arc<Slot>>,
     ) -> Result<(), ()> {
-        let inputs: Vec<Arc<Slot>> = {
-            let tasks = self.tasks.lock();
-            let mut seen = dagger_core::hash::IdHashSet::default();
-            batch
-                .iter()
-                .flat_map(|(spec, _)| spec.args.iter().flat_map(Arg::deps))
-                .filter(|t| seen.insert(*t))
-                .filter_map(|t| tasks.get(&t).and_then(Weak::upgrade))
-                .collect()
-        };
+        // `taken` lives to the end (dropped after the lock below): a slot dropped before
+        // the batch went could release a result the batch takes.
+        let mut seen = dagger_core::hash::IdHashSet::default();
+        let inputs: Vec<Arc<Slot>> = taken
+            .iter()
+            .filter(|s| s.direct.is_some() && seen.insert(s.id))
+            .cloned()
+            .collect();
         let mut queue = self.waiting.lock();
         if inputs.is_empty() && queue.is_empty() {
             let sent = cmd.send(DriverCmd::Submit(batch));
@@ -814,12 +816,12 @@ fn run(p: Task, at: usize) {
     let proc = ProcId::new(procs.worker, index);
     // A failed input fails the task.
     let failed = p.inputs.iter().find_map(|i| match i {
-        Input::Task(s) => input_failure(s),
-        Input::Gather(ps) => ps.iter().find_map(|i| match i {
-            Input::Task(s) => input_failure(s),
+        ArgIn::Task(s) => input_failure(s),
+        ArgIn::Gather(ps) => ps.iter().find_map(|i| match i {
+            ArgIn::Task(s) => input_failure(s),
             _ => None,
         }),
-        Input::Value(_) => None,
+        ArgIn::Value(_) | ArgIn::Id(_) => None,
     });
     let t0 = Instant::now();
     let outcome = match failed {
@@ -899,7 +901,7 @@ fn input_failure(s: &Slot) -> Option<(TaskId, TaskError)> {
 /// Calls the task's function on its inputs.
 fn call(p: &Pending) -> Result<TaskOutput, crate::registry::CallError> {
     let n = p.inputs.len();
-    if !p.inputs.iter().any(|i| matches!(i, Input::Gather(_))) {
+    if !p.inputs.iter().any(|i| matches!(i, ArgIn::Gather(_))) {
         // Most functions take a few arguments: no allocation for them.
         const FEW: usize = 4;
         if n <= FEW {
@@ -922,7 +924,7 @@ fn call(p: &Pending) -> Result<TaskOutput, crate::registry::CallError> {
         .inputs
         .iter()
         .map(|i| match i {
-            Input::Gather(ps) => {
+            ArgIn::Gather(ps) => {
                 let mut bytes = dagger_core::wire::encode(&(ps.len() as u64));
                 for part in ps {
                     bytes.extend_from_slice(input_bytes(part));
@@ -943,13 +945,13 @@ fn call(p: &Pending) -> Result<TaskOutput, crate::registry::CallError> {
 
 /// The encoded value of a finished, successful input (a direct task's result is always
 /// kept as a value).
-fn input_bytes(i: &Input) -> &[u8] {
+fn input_bytes(i: &ArgIn) -> &[u8] {
     match i {
-        Input::Value(v) => v,
-        Input::Task(s) => match s.outcome() {
+        ArgIn::Value(v) => v,
+        ArgIn::Task(s) => match s.outcome() {
             Some(Ok(Completion::Value(v))) => v,
             _ => &[],
         },
-        Input::Gather(_) => &[],
+        ArgIn::Gather(_) | ArgIn::Id(_) => &[],
     }
 }

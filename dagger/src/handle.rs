@@ -85,12 +85,28 @@ impl Slot {
         slot
     }
 
+    /// Sets the outcome unless it is set; whether this call set it.
+    fn set_outcome(&self, outcome: Outcome) -> bool {
+        match &self.direct {
+            Some(d) => d.outcome.set(outcome).is_ok(),
+            None => self.outcome.set(Box::new(outcome)).is_ok(),
+        }
+    }
+
+    /// Makes the task findable by its id (a direct task is not, until its id is handed
+    /// out: see [`DirectSlot::expose`]).
+    pub(crate) fn expose(self: &Arc<Self>) {
+        if let Some(d) = &self.direct {
+            d.expose(self);
+        }
+    }
+
     /// Called by the driver loop (or a direct task's thread) when the task finished or
     /// failed. Only the first call has an effect. Waiters check the outcome under the
     /// `waiters` lock before sleeping, and this takes that lock after setting it, so none
     /// misses it.
     pub(crate) fn complete(&self, outcome: Outcome) {
-        if self.outcome.set(Box::new(outcome)).is_err() {
+        if !self.set_outcome(outcome) {
             return;
         }
         let waiters = std::mem::take(&mut *self.waiters.lock());
@@ -98,7 +114,9 @@ impl Slot {
         if waiters.is_empty() {
             return;
         }
-        let outcome = self.outcome.get().expect("set above");
+        let Some(outcome) = self.outcome() else {
+            unreachable!("set above")
+        };
         for w in waiters {
             match w {
                 Waiter::Wake(w) => w.wake(),
@@ -110,11 +128,11 @@ impl Slot {
     /// Runs `f` with the outcome once there is one: at once on this thread if the slot is
     /// complete, else on the thread that completes it.
     pub(crate) fn then(&self, f: impl FnOnce(&Outcome) + Send + 'static) {
-        if let Some(o) = self.outcome.get() {
+        if let Some(o) = self.outcome() {
             return f(o);
         }
         let mut waiters = self.waiters.lock();
-        match self.outcome.get() {
+        match self.outcome() {
             Some(o) => {
                 drop(waiters);
                 f(o)
@@ -125,21 +143,24 @@ impl Slot {
 
     /// The outcome, if the task finished or failed.
     pub(crate) fn outcome(&self) -> Option<&Outcome> {
-        self.outcome.get().map(|o| &**o)
+        match &self.direct {
+            Some(d) => d.outcome.get(),
+            None => self.outcome.get().map(|o| &**o),
+        }
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        self.outcome.get().is_some()
+        self.outcome().is_some()
     }
 
     /// Blocks until the outcome is set; a set outcome is read without locking.
     pub(crate) fn wait(&self) -> &Outcome {
-        if let Some(o) = self.outcome.get() {
+        if let Some(o) = self.outcome() {
             return o;
         }
         let mut guard = self.waiters.lock();
         loop {
-            if let Some(o) = self.outcome.get() {
+            if let Some(o) = self.outcome() {
                 return o;
             }
             self.cond.wait(&mut guard);
@@ -147,11 +168,11 @@ impl Slot {
     }
 
     fn poll(&self, cx: &mut TaskCx<'_>) -> Poll<Outcome> {
-        if let Some(o) = self.outcome.get() {
+        if let Some(o) = self.outcome() {
             return Poll::Ready(Outcome::clone(o));
         }
         let mut waiters = self.waiters.lock();
-        if let Some(o) = self.outcome.get() {
+        if let Some(o) = self.outcome() {
             return Poll::Ready(Outcome::clone(o));
         }
         let known = waiters
@@ -217,8 +238,11 @@ impl<T> Handle<T> {
         }
     }
 
-    /// The task's id.
+    /// The task's id. (A task of the driver's own threads becomes findable by its id,
+    /// e.g. as an argument given by id to [`Context::spawn_by_name`](crate::Context::spawn_by_name),
+    /// once its id was asked for.)
     pub fn id(&self) -> TaskId {
+        self.slot.expose();
         self.slot.id
     }
 
@@ -240,9 +264,12 @@ impl<T> Handle<T> {
     /// Where and when the task ran. Blocks until the task finished.
     pub fn info(&self) -> Result<TaskInfo, TaskError> {
         self.wait()?;
-        self.ctx
-            .task_info(self.id())
-            .ok_or(TaskError::Shutdown { task: self.id() })
+        let task = self.slot.id;
+        match &self.slot.direct {
+            Some(d) => d.info(task),
+            None => self.ctx.task_info(task),
+        }
+        .ok_or(TaskError::Shutdown { task })
     }
 
     /// The same task's result, viewed as another type. `fetch` then checks the type and
@@ -264,7 +291,7 @@ impl<T> Handle<T> {
     pub(crate) fn check_arg_type(&self) -> Result<(), SubmitError> {
         match self.type_mismatch() {
             Some((expected, found)) => Err(SubmitError::TypeMismatch {
-                task: self.id(),
+                task: self.slot.id,
                 expected,
                 found,
             }),
@@ -301,7 +328,7 @@ impl<T: DeserializeOwned> Handle<T> {
     fn check_type(&self) -> Result<(), TaskError> {
         match self.type_mismatch() {
             Some((expected, found)) => Err(TaskError::TypeMismatch {
-                task: self.id(),
+                task: self.slot.id,
                 expected: expected.to_string(),
                 found: found.to_string(),
             }),
@@ -319,12 +346,12 @@ impl<T: DeserializeOwned> Handle<T> {
         let slice: &[u8] = match outcome? {
             Completion::Value(v) => v,
             Completion::Stored { holders, .. } => {
-                bytes = get(self.id().chunk(), holders.clone())?;
+                bytes = get(self.slot.id.chunk(), holders.clone())?;
                 &bytes
             }
         };
         postcard::from_bytes(slice).map_err(|e| TaskError::TypeMismatch {
-            task: self.id(),
+            task: self.slot.id,
             expected: std::any::type_name::<T>().to_string(),
             found: format!("bytes that do not decode as it ({e})"),
         })
@@ -352,7 +379,7 @@ impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Handle<T>
             let fetched = match &outcome {
                 Ok(Completion::Stored { holders, .. }) => Some(
                     self.ctx
-                        .fetch_chunk(self.id().chunk(), holders.clone())
+                        .fetch_chunk(self.slot.id.chunk(), holders.clone())
                         .await,
                 ),
                 _ => None,
@@ -362,7 +389,7 @@ impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Handle<T>
                 |_, _| match fetched {
                     Some(r) => r,
                     None => Err(TaskError::MoveFailed {
-                        task: self.id(),
+                        task: self.slot.id,
                         cause: MoveFailure::NoHolder,
                     }),
                 },

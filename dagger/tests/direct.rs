@@ -209,6 +209,43 @@ fn plain_lazy_graphs_take_the_lane_too() {
     assert!(!h.info().unwrap().direct);
 }
 
+/// A direct task is found by its id once the id was handed out: a task given it by id
+/// (in wire form, through `spawn_by_name`) takes its result on the lane like one given
+/// the handle.
+#[test]
+fn a_direct_task_named_by_id_feeds_its_dependent() {
+    let ctx = threads();
+    let a = double::spawn(&ctx, 20).unwrap();
+    let by_id: Handle<u64> = ctx
+        .spawn_by_name(
+            add::NAME,
+            vec![
+                dagger::Arg::Task(a.id()),
+                dagger::Arg::Value(postcard::to_stdvec(&2u64).unwrap()),
+            ],
+            Options::new(),
+        )
+        .unwrap();
+    assert_eq!(by_id.fetch().unwrap(), 42);
+    assert!(by_id.info().unwrap().direct, "named by id, still on the lane");
+    // The same after the task finished, and gathered.
+    let parts: Vec<_> = (1..=3).map(|i| double::spawn(&ctx, i).unwrap()).collect();
+    for p in &parts {
+        p.wait().unwrap();
+    }
+    let gathered: Handle<u64> = ctx
+        .spawn_by_name(
+            sum::NAME,
+            vec![dagger::Arg::Gather(
+                parts.iter().map(|p| dagger::Part::Task(p.id())).collect(),
+            )],
+            Options::new(),
+        )
+        .unwrap();
+    assert_eq!(gathered.fetch().unwrap(), 12);
+    assert!(gathered.info().unwrap().direct);
+}
+
 #[test]
 fn gathered_inputs_mix_values_and_results() {
     let ctx = threads();
