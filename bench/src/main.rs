@@ -375,7 +375,8 @@ fn main() -> anyhow::Result<()> {
         "L1split" => {
             let ctx = Context::builder().build()?;
             let n = 10_000u64;
-            fanout(&ctx, n / 10)?;
+            let warm: u64 = std::env::var("DAGGER_BENCH_WARM").ok().and_then(|v| v.parse().ok()).unwrap_or(n / 10);
+            fanout(&ctx, warm)?;
             let rounds = std::env::var("DAGGER_BENCH_REPEAT").map_or(30, |_| repeat());
             let mut phases: [Vec<f64>; 4] = Default::default();
             // Minor page faults of the whole process (field 10 of /proc/self/stat).
@@ -388,6 +389,10 @@ fn main() -> anyhow::Result<()> {
                     })
                     .unwrap_or(0)
             };
+            // A pause before the first round, for a profiler to attach (`DAGGER_BENCH_PAUSE_MS`).
+            if let Some(ms) = std::env::var("DAGGER_BENCH_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
             for round in 0..rounds {
                 let f0 = faults();
                 let t0 = Instant::now();

@@ -72,49 +72,60 @@ struct Procs {
     pumps: Padded<AtomicUsize>,
 }
 
-/// The lane's queue of ready tasks: a ring buffer under a lock, which keeps its capacity,
-/// so that queueing a task allocates nothing (a linked channel allocates a block every
-/// few dozen tasks on the submitting thread, freed on another, and those mid-size blocks
-/// make glibc consolidate its small-chunk caches).
+/// The lane's queue of ready tasks: a bounded lock-free ring, and behind it, once the
+/// ring is full, a list under a lock. Queueing a task allocates nothing (a linked queue
+/// allocates a block every few dozen tasks on the submitting thread, freed on another,
+/// and mid-size blocks make glibc consolidate its small-chunk caches). Tasks leave in the
+/// order they came: while the list holds any, new ones join it, and it is taken from only
+/// once the ring is empty.
 struct Queue {
-    jobs: Mutex<std::collections::VecDeque<Job>>,
-    /// How many jobs are queued, read without the lock.
-    len: AtomicUsize,
+    ring: crossbeam_queue::ArrayQueue<Job>,
+    overflow: Mutex<std::collections::VecDeque<Job>>,
+    /// How many jobs the list holds, read without its lock.
+    overflowed: AtomicUsize,
 }
+
+/// Ready tasks the ring holds.
+const RING: usize = 4096;
 
 impl Queue {
     fn new() -> Self {
         Self {
-            jobs: Mutex::new(std::collections::VecDeque::with_capacity(1024)),
-            len: AtomicUsize::new(0),
+            ring: crossbeam_queue::ArrayQueue::new(RING),
+            overflow: Mutex::new(std::collections::VecDeque::new()),
+            overflowed: AtomicUsize::new(0),
         }
     }
 
     fn push(&self, job: Job) {
-        let mut jobs = self.jobs.lock();
-        jobs.push_back(job);
-        self.len.store(jobs.len(), Ordering::SeqCst);
+        let job = if self.overflowed.load(Ordering::SeqCst) == 0 {
+            match self.ring.push(job) {
+                Ok(()) => return,
+                Err(job) => job,
+            }
+        } else {
+            job
+        };
+        let mut list = self.overflow.lock();
+        list.push_back(job);
+        self.overflowed.store(list.len(), Ordering::SeqCst);
     }
 
     fn pop(&self) -> Option<Job> {
-        if self.is_empty() {
+        if let Some(job) = self.ring.pop() {
+            return Some(job);
+        }
+        if self.overflowed.load(Ordering::SeqCst) == 0 {
             return None;
         }
-        let mut jobs = self.jobs.lock();
-        let job = jobs.pop_front();
-        self.len.store(jobs.len(), Ordering::SeqCst);
+        let mut list = self.overflow.lock();
+        let job = list.pop_front();
+        self.overflowed.store(list.len(), Ordering::SeqCst);
         job
     }
 
     fn is_empty(&self) -> bool {
-        self.len.load(Ordering::SeqCst) == 0
-    }
-
-    /// Takes every queued job (to drop them without the lock: each fails its task).
-    fn drain(&self) -> std::collections::VecDeque<Job> {
-        let mut jobs = self.jobs.lock();
-        self.len.store(0, Ordering::SeqCst);
-        std::mem::take(&mut *jobs)
+        self.ring.is_empty() && self.overflowed.load(Ordering::SeqCst) == 0
     }
 }
 
@@ -159,6 +170,17 @@ pub(crate) struct DirectSlot {
     /// Whether its id was handed out ([`crate::Handle::id`]): only then can a task name
     /// it by id, and the lane keeps it in its map of tasks by id.
     exposed: AtomicBool,
+    /// Its function and inputs, until the thread that runs it takes them.
+    work: Mutex<Option<Work>>,
+    /// Inputs not yet finished, plus one held by the spawner until it registered them all.
+    missing: AtomicUsize,
+}
+
+/// What a direct task runs.
+struct Work {
+    func: &'static TaskFn,
+    /// Values, and direct tasks of the lane (see [`Direct::takes_only_own`]).
+    inputs: Args,
 }
 
 #[derive(Clone, Copy)]
@@ -203,69 +225,42 @@ impl DirectSlot {
     }
 }
 
-/// A direct task until it ran.
-struct Pending {
-    slot: Arc<Slot>,
-    func: &'static TaskFn,
-    /// Values, and direct tasks of the lane (see [`Direct::takes_only_own`]).
-    inputs: Args,
-    /// Inputs not yet finished, plus one held by the spawner until it registered them all.
-    missing: AtomicUsize,
-}
-
-impl Pending {
-    /// The lane, which the task's slot keeps.
-    fn lane(&self) -> &Direct {
-        match &self.slot.direct {
-            Some(d) => &d.lane,
-            None => unreachable!("a direct task's slot is a direct slot"),
-        }
-    }
-}
-
-/// A direct task on its way to a processor: owned when it waited for no input (no
-/// sharing, so no reference count), shared with the inputs' continuations otherwise.
-enum Task {
-    Own(Pending),
-    Shared(Arc<Pending>),
-}
-
-impl std::ops::Deref for Task {
-    type Target = Pending;
-    fn deref(&self) -> &Pending {
-        match self {
-            Task::Own(p) => p,
-            Task::Shared(p) => p,
-        }
-    }
-}
-
 /// A queued direct task. Dropped unrun (its processor shut down), it fails the task.
-struct Job(Option<Task>);
+struct Job(Option<Arc<Slot>>);
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            shut_out(p);
+        if let Some(slot) = self.0.take() {
+            shut_out(slot);
         }
+    }
+}
+
+/// The lane data of a direct task's slot.
+fn lane_data(slot: &Slot) -> &DirectSlot {
+    match &slot.direct {
+        Some(d) => d,
+        None => unreachable!("a direct task's slot is a direct slot"),
     }
 }
 
 /// Fails a task that will not run because the lane closed. Its dependents fail the same
 /// way, from a queue rather than by recursion: a long chain must not deepen the stack.
-fn shut_out(p: Task) {
+fn shut_out(slot: Arc<Slot>) {
     thread_local! {
-        static QUEUE: std::cell::RefCell<Vec<Task>> = const { std::cell::RefCell::new(Vec::new()) };
+        static QUEUE: std::cell::RefCell<Vec<Arc<Slot>>> = const { std::cell::RefCell::new(Vec::new()) };
         static ACTIVE: Cell<bool> = const { Cell::new(false) };
     }
-    QUEUE.with(|q| q.borrow_mut().push(p));
+    QUEUE.with(|q| q.borrow_mut().push(slot));
     if ACTIVE.with(|a| a.replace(true)) {
         return;
     }
-    while let Some(p) = QUEUE.with(|q| q.borrow_mut().pop()) {
-        let task = p.slot.id;
-        p.lane().failed.0.fetch_add(1, Ordering::Relaxed);
-        p.slot.complete(Err(TaskError::Shutdown { task }));
+    while let Some(slot) = QUEUE.with(|q| q.borrow_mut().pop()) {
+        let d = lane_data(&slot);
+        // Its inputs are let go (they may be the last holders of other tasks).
+        drop(d.work.lock().take());
+        d.lane.failed.0.fetch_add(1, Ordering::Relaxed);
+        slot.complete(Err(TaskError::Shutdown { task: slot.id }));
     }
     ACTIVE.with(|a| a.set(false));
 }
@@ -389,38 +384,8 @@ impl Direct {
         {
             return Err(args);
         }
-        let slot = Arc::new(Slot::new_direct(
-            id,
-            func,
-            release.clone(),
-            DirectSlot {
-                lane: self.clone(),
-                ran: OnceLock::new(),
-                outcome: OnceLock::new(),
-                exposed: AtomicBool::new(false),
-            },
-        ));
-        self.submitted.0.fetch_add(1, Ordering::Relaxed);
-        let pending = Pending {
-            slot: slot.clone(),
-            func,
-            inputs: args,
-            missing: AtomicUsize::new(1),
-        };
-        let unfinished = |i: &ArgIn| match i {
-            ArgIn::Task(s) => !s.is_done(),
-            _ => false,
-        };
-        let waits = pending.inputs.iter().any(|i| match i {
-            ArgIn::Gather(ps) => ps.iter().any(unfinished),
-            one => unfinished(one),
-        });
-        if !waits {
-            dispatch(self, Task::Own(pending));
-            return Ok(slot);
-        }
-        let waits: Vec<Arc<Slot>> = pending
-            .inputs
+        // The inputs not finished yet (the task is queued by the last to finish).
+        let waits: Vec<Arc<Slot>> = args
             .iter()
             .flat_map(|i| match i {
                 ArgIn::Gather(ps) => ps.as_slice(),
@@ -431,13 +396,25 @@ impl Direct {
                 _ => None,
             })
             .collect();
-        let pending = Arc::new(pending);
-        pending.missing.fetch_add(waits.len(), Ordering::Relaxed);
+        let slot = Arc::new(Slot::new_direct(
+            id,
+            func,
+            release.clone(),
+            DirectSlot {
+                lane: self.clone(),
+                ran: OnceLock::new(),
+                outcome: OnceLock::new(),
+                exposed: AtomicBool::new(false),
+                work: Mutex::new(Some(Work { func, inputs: args })),
+                missing: AtomicUsize::new(1 + waits.len()),
+            },
+        ));
+        self.submitted.0.fetch_add(1, Ordering::Relaxed);
         for s in waits {
-            let p = pending.clone();
-            s.then(move |_| arrived(p));
+            let dependent = slot.clone();
+            s.then(move |_| arrived(&dependent));
         }
-        arrived(pending);
+        arrived(&slot);
         Ok(slot)
     }
 
@@ -662,26 +639,23 @@ fn host_only(f: &'static TaskFn) -> bool {
     v
 }
 
-/// One input of `p` finished (or the spawner registered them all): queue it when none
-/// is missing.
-fn arrived(p: Arc<Pending>) {
-    if p.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
-        let lane = match &p.slot.direct {
-            Some(d) => d.lane.clone(),
-            None => unreachable!("a direct task's slot is a direct slot"),
-        };
-        dispatch(&lane, Task::Shared(p));
+/// One input of `slot`'s task finished (or the spawner registered them all): queue it
+/// when none is missing.
+fn arrived(slot: &Arc<Slot>) {
+    let d = lane_data(slot);
+    if d.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
+        dispatch(&d.lane, slot.clone());
     }
 }
 
 /// Queues a task of `lane` whose inputs are all finished.
-fn dispatch(lane: &Direct, p: Task) {
+fn dispatch(lane: &Direct, slot: Arc<Slot>) {
     let procs = match lane.procs.get() {
         Some(procs) if !lane.closed.load(Ordering::Acquire) => procs,
         // Closed (a task is direct only once the processors are known).
-        _ => return shut_out(p),
+        _ => return shut_out(slot),
     };
-    let mut job = Job(Some(p));
+    let mut job = Job(Some(slot));
     // Made ready by a task of this lane that this thread just ran: run it next here.
     if ON_LANE.with(Cell::get) == lane as *const Direct as usize {
         job = match NEXT.with(|n| {
@@ -762,8 +736,8 @@ impl Runner {
         let mut ran = 0;
         loop {
             while let Some(mut job) = next() {
-                if let Some(t) = job.0.take() {
-                    run(t, self.at);
+                if let Some(slot) = job.0.take() {
+                    run(slot, self.at);
                 }
                 ran += 1;
                 if ran >= PUMP_BUDGET {
@@ -775,6 +749,13 @@ impl Runner {
                     return self.start_pump();
                 }
             }
+            // The queue is empty: a submitting thread often queues the next task within
+            // a microsecond or two. Wait that long for it before giving the thread back
+            // (restarting a pump costs a job on the processor, and a wake-up if its
+            // thread went to sleep meanwhile).
+            if linger(queue) {
+                continue;
+            }
             procs.pumps.0.fetch_sub(1, Ordering::SeqCst);
             self.running.store(false, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
@@ -785,6 +766,36 @@ impl Runner {
             }
             procs.pumps.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// How long a pump waits for a task in an empty queue before it stops: [`LINGER`], or
+/// less where threads spin for less (`DAGGER_SPIN_US`; 0 turns both off).
+fn linger_for() -> Duration {
+    dagger_proc::sys::spin_from_env().min(LINGER)
+}
+
+/// The longest a pump waits for a task in an empty queue.
+const LINGER: Duration = Duration::from_micros(5);
+
+/// Polls the lane's empty queue for up to [`linger_for`]; whether a task came.
+fn linger(queue: &Queue) -> bool {
+    let limit = linger_for();
+    if limit.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..32 {
+            if !queue.is_empty() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -800,22 +811,26 @@ impl Drop for Pump {
             procs.pumps.0.fetch_sub(1, Ordering::SeqCst);
             r.running.store(false, Ordering::SeqCst);
             // Each job fails its task as it is dropped.
-            drop(procs.queue.drain());
+            while procs.queue.pop().is_some() {}
         }
     }
 }
 
 /// Runs a direct task whose inputs are all finished, on lane processor `at`.
-fn run(p: Task, at: usize) {
-    let task = p.slot.id;
-    let func = p.func;
-    let Some(procs) = p.lane().procs.get() else {
+fn run(slot: Arc<Slot>, at: usize) {
+    let task = slot.id;
+    let d = lane_data(&slot);
+    let Some(procs) = d.lane.procs.get() else {
         return;
     };
+    let Some(work) = d.work.lock().take() else {
+        return;
+    };
+    let func = work.func;
     let (index, _) = procs.threads[at];
     let proc = ProcId::new(procs.worker, index);
     // A failed input fails the task.
-    let failed = p.inputs.iter().find_map(|i| match i {
+    let failed = work.inputs.iter().find_map(|i| match i {
         ArgIn::Task(s) => input_failure(s),
         ArgIn::Gather(ps) => ps.iter().find_map(|i| match i {
             ArgIn::Task(s) => input_failure(s),
@@ -844,7 +859,7 @@ fn run(p: Task, at: usize) {
             );
             let _entered = span.enter();
             let result = crate::worker::with_current_proc(proc, || {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&p)))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&work)))
             });
             match result {
                 Ok(Ok(TaskOutput::Bytes(bytes))) => Ok(Completion::Value(bytes)),
@@ -875,18 +890,18 @@ fn run(p: Task, at: usize) {
         }
     };
     let run = t0.elapsed();
-    if let Some(d) = &p.slot.direct {
-        let _ = d.ran.set(Ran { proc, run });
-    }
+    // Its inputs are let go before its dependents run.
+    drop(work);
+    let _ = d.ran.set(Ran { proc, run });
     let counter = if outcome.is_ok() {
         &procs.finished[at].0
     } else {
-        &p.lane().failed.0
+        &d.lane.failed.0
     };
     counter.fetch_add(1, Ordering::Relaxed);
     // A dependent made ready by this completion runs next on this thread.
-    let prev = ON_LANE.with(|c| c.replace(p.lane() as *const Direct as usize));
-    p.slot.complete(outcome);
+    let prev = ON_LANE.with(|c| c.replace(&*d.lane as *const Direct as usize));
+    slot.complete(outcome);
     ON_LANE.with(|c| c.set(prev));
 }
 
@@ -899,7 +914,7 @@ fn input_failure(s: &Slot) -> Option<(TaskId, TaskError)> {
 }
 
 /// Calls the task's function on its inputs.
-fn call(p: &Pending) -> Result<TaskOutput, crate::registry::CallError> {
+fn call(p: &Work) -> Result<TaskOutput, crate::registry::CallError> {
     let n = p.inputs.len();
     if !p.inputs.iter().any(|i| matches!(i, ArgIn::Gather(_))) {
         // Most functions take a few arguments: no allocation for them.
