@@ -24,6 +24,8 @@ pub struct TaskArg(pub(crate) ArgIn);
 pub(crate) enum ArgIn {
     /// An encoded value.
     Value(Vec<u8>),
+    /// A small encoded value, held inline (no allocation for an integer or a short key).
+    Small(Inline),
     /// Another task, by its handle's slot.
     Task(Arc<Slot>),
     /// Another task, by its id alone (an argument given in wire form).
@@ -32,7 +34,33 @@ pub(crate) enum ArgIn {
     Gather(Vec<ArgIn>),
 }
 
+/// The bytes of a small encoded value, held inline: at most [`Inline::CAP`] of them.
+#[derive(Clone, Copy)]
+pub(crate) struct Inline {
+    len: u8,
+    bytes: [u8; Inline::CAP],
+}
+
+impl Inline {
+    /// Bytes an inline value holds (a `u64` takes at most 10, an `f64` 8); the size keeps
+    /// an [`ArgIn`] as small as one holding a vector.
+    pub(crate) const CAP: usize = 22;
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
 impl ArgIn {
+    /// The encoded value, if it is one.
+    pub(crate) fn value(&self) -> Option<&[u8]> {
+        match self {
+            ArgIn::Value(v) => Some(v),
+            ArgIn::Small(v) => Some(v.as_slice()),
+            ArgIn::Task(_) | ArgIn::Id(_) | ArgIn::Gather(_) => None,
+        }
+    }
+
     /// Its wire form. The slots of the tasks it takes go to `taken`: they must live until
     /// the task is submitted (a slot dropped first would release its result before), and
     /// a task of the scheduler that takes a direct task is held back until that one
@@ -50,6 +78,7 @@ impl ArgIn {
                     .collect(),
             ),
             ArgIn::Value(v) => Arg::Value(v),
+            ArgIn::Small(v) => Arg::Value(v.as_slice().to_vec()),
             ArgIn::Id(t) => Arg::Task(t),
             ArgIn::Task(slot) => {
                 let id = slot.id;
@@ -84,6 +113,7 @@ impl ArgIn {
     pub(crate) fn value_bytes(&self) -> u64 {
         match self {
             ArgIn::Value(v) => v.len() as u64,
+            ArgIn::Small(v) => v.len as u64,
             ArgIn::Task(_) | ArgIn::Id(_) => 0,
             ArgIn::Gather(parts) => parts.iter().map(ArgIn::value_bytes).sum(),
         }
@@ -98,6 +128,16 @@ impl<T: Serialize> IntoArg<T> for T {
             message: e.to_string(),
         };
         let size = postcard::experimental::serialized_size(&self).map_err(encode_error)?;
+        if size <= Inline::CAP {
+            let mut small = Inline {
+                len: 0,
+                bytes: [0; Inline::CAP],
+            };
+            small.len = postcard::to_slice(&self, &mut small.bytes)
+                .map_err(encode_error)?
+                .len() as u8;
+            return Ok(TaskArg(ArgIn::Small(small)));
+        }
         postcard::to_extend(&self, Vec::with_capacity(size))
             .map(|v| TaskArg(ArgIn::Value(v)))
             .map_err(encode_error)

@@ -37,7 +37,7 @@ use dagger_proc::Processor;
 use dagger_sched::Completion;
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -85,8 +85,8 @@ struct Queue {
     overflowed: AtomicUsize,
 }
 
-/// Ready tasks the ring holds.
-const RING: usize = 4096;
+/// Ready tasks the ring holds (with their work: 128 bytes each).
+const RING: usize = 1024;
 
 impl Queue {
     fn new() -> Self {
@@ -162,18 +162,25 @@ thread_local! {
 }
 
 /// What a direct task's slot keeps: the lane, its outcome, and where and how long it ran.
+/// Small (one allocation of 128 bytes with its header): every live handle of a direct
+/// task holds one, and a fanout of a million tasks holds a million.
 pub(crate) struct DirectSlot {
     lane: Arc<Direct>,
-    ran: OnceLock<Ran>,
     /// The outcome, held here rather than boxed apart: one allocation less a task.
     pub(crate) outcome: OnceLock<Outcome>,
+    /// How long it ran, in nanoseconds.
+    run_ns: AtomicU64,
+    /// 1 + the index in the lane's thread list of the processor that ran it; 0 before.
+    ran_on: AtomicU32,
+    /// Inputs not yet finished, plus one held by the spawner until it registered them all
+    /// (used only by a task that waits for inputs).
+    missing: AtomicU32,
     /// Whether its id was handed out ([`crate::Handle::id`]): only then can a task name
     /// it by id, and the lane keeps it in its map of tasks by id.
     exposed: AtomicBool,
-    /// Its function and inputs, until the thread that runs it takes them.
-    work: Mutex<Option<Work>>,
-    /// Inputs not yet finished, plus one held by the spawner until it registered them all.
-    missing: AtomicUsize,
+    /// The work of a task that waits for inputs, until the last of them finished (a task
+    /// with none to wait for goes to the queue with its work at once).
+    waiting: Mutex<Option<Box<Work>>>,
 }
 
 /// What a direct task runs.
@@ -181,12 +188,6 @@ struct Work {
     func: &'static TaskFn,
     /// Values, and direct tasks of the lane (see [`Direct::takes_only_own`]).
     inputs: Args,
-}
-
-#[derive(Clone, Copy)]
-struct Ran {
-    proc: ProcId,
-    run: Duration,
 }
 
 impl DirectSlot {
@@ -210,27 +211,32 @@ impl DirectSlot {
 
     /// Where and how long the task ran, once it did.
     pub(crate) fn info(&self, task: TaskId) -> Option<TaskInfo> {
-        let r = self.ran.get()?;
+        let at = self.ran_on.load(Ordering::Acquire).checked_sub(1)?;
+        let procs = self.lane.procs.get()?;
+        let (index, _) = procs.threads.get(at as usize)?;
+        let proc = ProcId::new(procs.worker, *index);
         Some(TaskInfo {
             task,
-            proc: Some(r.proc),
-            processor: format!("{}[{}]@{}", ProcKind::THREAD, r.proc.index, r.proc.worker),
+            proc: Some(proc),
+            processor: format!("{}[{}]@{}", ProcKind::THREAD, proc.index, proc.worker),
             attempts: 1,
             // The lane does not time a task from its submission (one clock read less on
             // the submitting thread).
             turnaround: None,
-            run_time: Some(r.run),
+            run_time: Some(Duration::from_nanos(self.run_ns.load(Ordering::Relaxed))),
             direct: true,
         })
     }
 }
 
-/// A queued direct task. Dropped unrun (its processor shut down), it fails the task.
-struct Job(Option<Arc<Slot>>);
+/// A queued direct task with its work. Dropped unrun (its processor shut down), it
+/// fails the task.
+struct Job(Option<(Arc<Slot>, Work)>);
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some(slot) = self.0.take() {
+        if let Some((slot, work)) = self.0.take() {
+            drop(work);
             shut_out(slot);
         }
     }
@@ -258,7 +264,7 @@ fn shut_out(slot: Arc<Slot>) {
     while let Some(slot) = QUEUE.with(|q| q.borrow_mut().pop()) {
         let d = lane_data(&slot);
         // Its inputs are let go (they may be the last holders of other tasks).
-        drop(d.work.lock().take());
+        drop(d.waiting.lock().take());
         d.lane.failed.0.fetch_add(1, Ordering::Relaxed);
         slot.complete(Err(TaskError::Shutdown { task: slot.id }));
     }
@@ -396,20 +402,27 @@ impl Direct {
                 _ => None,
             })
             .collect();
+        let work = Work { func, inputs: args };
         let slot = Arc::new(Slot::new_direct(
             id,
             func,
             release.clone(),
             DirectSlot {
                 lane: self.clone(),
-                ran: OnceLock::new(),
                 outcome: OnceLock::new(),
+                run_ns: AtomicU64::new(0),
+                ran_on: AtomicU32::new(0),
+                missing: AtomicU32::new(1 + waits.len() as u32),
                 exposed: AtomicBool::new(false),
-                work: Mutex::new(Some(Work { func, inputs: args })),
-                missing: AtomicUsize::new(1 + waits.len()),
+                waiting: Mutex::new(None),
             },
         ));
         self.submitted.0.fetch_add(1, Ordering::Relaxed);
+        if waits.is_empty() {
+            dispatch(self, slot.clone(), work);
+            return Ok(slot);
+        }
+        *lane_data(&slot).waiting.lock() = Some(Box::new(work));
         for s in waits {
             let dependent = slot.clone();
             s.then(move |_| arrived(&dependent));
@@ -421,7 +434,7 @@ impl Direct {
     /// Whether every task `a` takes is a direct task of this lane.
     fn takes_only_own(&self, a: &ArgIn) -> bool {
         match a {
-            ArgIn::Value(_) => true,
+            ArgIn::Value(_) | ArgIn::Small(_) => true,
             ArgIn::Id(_) => false,
             ArgIn::Task(s) => s.direct.as_ref().is_some_and(|d| d.of(self)),
             ArgIn::Gather(ps) => ps.iter().all(|p| self.takes_only_own(p)),
@@ -644,18 +657,24 @@ fn host_only(f: &'static TaskFn) -> bool {
 fn arrived(slot: &Arc<Slot>) {
     let d = lane_data(slot);
     if d.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
-        dispatch(&d.lane, slot.clone());
+        // The last input: the work is there (set before any input could arrive).
+        if let Some(work) = d.waiting.lock().take() {
+            dispatch(&d.lane, slot.clone(), *work);
+        }
     }
 }
 
 /// Queues a task of `lane` whose inputs are all finished.
-fn dispatch(lane: &Direct, slot: Arc<Slot>) {
+fn dispatch(lane: &Direct, slot: Arc<Slot>, work: Work) {
     let procs = match lane.procs.get() {
         Some(procs) if !lane.closed.load(Ordering::Acquire) => procs,
         // Closed (a task is direct only once the processors are known).
-        _ => return shut_out(slot),
+        _ => {
+            drop(work);
+            return shut_out(slot);
+        }
     };
-    let mut job = Job(Some(slot));
+    let mut job = Job(Some((slot, work)));
     // Made ready by a task of this lane that this thread just ran: run it next here.
     if ON_LANE.with(Cell::get) == lane as *const Direct as usize {
         job = match NEXT.with(|n| {
@@ -736,8 +755,8 @@ impl Runner {
         let mut ran = 0;
         loop {
             while let Some(mut job) = next() {
-                if let Some(slot) = job.0.take() {
-                    run(slot, self.at);
+                if let Some((slot, work)) = job.0.take() {
+                    run(slot, work, self.at);
                 }
                 ran += 1;
                 if ran >= PUMP_BUDGET {
@@ -817,13 +836,10 @@ impl Drop for Pump {
 }
 
 /// Runs a direct task whose inputs are all finished, on lane processor `at`.
-fn run(slot: Arc<Slot>, at: usize) {
+fn run(slot: Arc<Slot>, work: Work, at: usize) {
     let task = slot.id;
     let d = lane_data(&slot);
     let Some(procs) = d.lane.procs.get() else {
-        return;
-    };
-    let Some(work) = d.work.lock().take() else {
         return;
     };
     let func = work.func;
@@ -836,7 +852,7 @@ fn run(slot: Arc<Slot>, at: usize) {
             ArgIn::Task(s) => input_failure(s),
             _ => None,
         }),
-        ArgIn::Value(_) | ArgIn::Id(_) => None,
+        ArgIn::Value(_) | ArgIn::Small(_) | ArgIn::Id(_) => None,
     });
     let t0 = Instant::now();
     let outcome = match failed {
@@ -892,7 +908,9 @@ fn run(slot: Arc<Slot>, at: usize) {
     let run = t0.elapsed();
     // Its inputs are let go before its dependents run.
     drop(work);
-    let _ = d.ran.set(Ran { proc, run });
+    d.run_ns
+        .store(run.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    d.ran_on.store(at as u32 + 1, Ordering::Release);
     let counter = if outcome.is_ok() {
         &procs.finished[at].0
     } else {
@@ -962,11 +980,30 @@ fn call(p: &Work) -> Result<TaskOutput, crate::registry::CallError> {
 /// kept as a value).
 fn input_bytes(i: &ArgIn) -> &[u8] {
     match i {
-        ArgIn::Value(v) => v,
         ArgIn::Task(s) => match s.outcome() {
             Some(Ok(Completion::Value(v))) => v,
             _ => &[],
         },
-        ArgIn::Gather(_) | ArgIn::Id(_) => &[],
+        value => value.value().unwrap_or(&[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every live handle of a direct task holds its lane data: with the allocator's
+    /// header it fits an allocation of 128 bytes, so that a fanout of many tasks touches
+    /// as few fresh pages as it can. Small arguments are held inline, in no more room
+    /// than a vector takes.
+    #[test]
+    fn a_direct_task_stays_small() {
+        assert!(
+            std::mem::size_of::<super::DirectSlot>() <= 120,
+            "{} bytes",
+            std::mem::size_of::<super::DirectSlot>()
+        );
+        assert_eq!(
+            std::mem::size_of::<crate::args::ArgIn>(),
+            std::mem::size_of::<Vec<u8>>() + 8
+        );
     }
 }
