@@ -74,7 +74,7 @@ pub mod timeline;
 mod transport;
 mod worker;
 
-pub use args::IntoArg;
+pub use args::{IntoArg, TaskArg};
 pub use bytes::{Bytes, BytesMut};
 pub use context::{
     ClusterEvent, ClusterEvents, CollectError, Context, ContextBuilder, ContextError, SubmitError,
