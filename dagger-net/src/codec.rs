@@ -29,9 +29,10 @@ pub const MAX_HEADER_LEN: u64 = STRIPE_BIT - 1;
 /// Frames up to this size are copied into the encoder's coalescing buffer; larger ones are
 /// kept as their own chunk, without a copy.
 pub const COPY_LIMIT: usize = 16 * 1024;
-/// The most bytes of a frame's payload reserved before they arrive: larger frames grow
-/// their buffer as their bytes come in, so a header alone never makes the receiver
-/// allocate more than this.
+/// The most bytes of a frame's payload reserved before they arrive: a header alone never
+/// makes the receiver allocate more than this. Once that much of a larger frame has
+/// arrived, the rest of it is reserved at once (one move of what arrived, rather than a
+/// copy at every doubling).
 const INITIAL_RESERVE: usize = 1 << 20;
 
 /// A decoded frame header.
@@ -146,9 +147,10 @@ struct Body {
 
 /// Parses frames out of a byte stream fed in pieces of any size.
 ///
-/// Every limit is checked on the header, before any of the payload is buffered, and the
-/// payload's buffer grows with the bytes actually received (at most 1 MiB is reserved
-/// ahead), so a peer announcing a huge frame costs nothing until it sends the bytes.
+/// Every limit is checked on the header, before any of the payload is buffered, and at
+/// most 1 MiB of the payload is reserved ahead, so a peer announcing a huge frame costs
+/// little until it sends the bytes. Once 1 MiB of it arrived, the rest is reserved in
+/// one step: a large frame is moved once, not copied at every doubling of its buffer.
 #[derive(Debug)]
 pub struct Decoder {
     max_frame: usize,
@@ -217,6 +219,10 @@ impl Decoder {
                 continue;
             };
             let n = (body.len - body.bytes.len()).min(input.len());
+            if body.bytes.len() + n > body.bytes.capacity() {
+                // More than the initial reserve (1 MiB) of it has arrived: the rest.
+                body.bytes.reserve_exact(body.len - body.bytes.len());
+            }
             body.bytes.extend_from_slice(&input[..n]);
             *input = &input[n..];
             if body.bytes.len() < body.len {
@@ -470,6 +476,34 @@ mod tests {
         let body = dec.body.as_ref().expect("a frame in progress");
         assert!(body.bytes.capacity() <= INITIAL_RESERVE);
         assert!(!dec.is_idle());
+    }
+
+    /// Once 1 MiB of a larger frame arrived, the whole of it is reserved in one step.
+    #[test]
+    fn a_large_frame_is_reserved_whole_once_a_mebibyte_arrived() {
+        let len = 3 * INITIAL_RESERVE + 5;
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut stream = Header::Data { len: len as u64 }.encode().to_vec();
+        stream.extend_from_slice(&payload);
+        let mut dec = Decoder::new(1 << 30);
+        let mut fed = 0;
+        let mut out = None;
+        for piece in stream.chunks(64 * 1024) {
+            let mut input = piece;
+            fed += piece.len();
+            if let Some(d) = dec.decode(&mut input).unwrap() {
+                out = Some(d);
+                break;
+            }
+            let body = dec.body.as_ref().expect("a frame in progress");
+            if fed - HEADER_LEN <= INITIAL_RESERVE {
+                // Not more than the initial reserve has arrived.
+                assert!(body.bytes.capacity() <= INITIAL_RESERVE);
+            } else {
+                assert_eq!(body.bytes.capacity(), len, "after {fed} bytes");
+            }
+        }
+        assert_eq!(out, Some(Decoded::Frame(payload)));
     }
 
     #[test]
