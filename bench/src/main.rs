@@ -372,8 +372,12 @@ fn main() -> anyhow::Result<()> {
         // L1's fanout split into its phases, `DAGGER_BENCH_REPEAT` rounds (default 30)
         // after one warm-up: the spawn loop, the fetch loop and dropping the handles,
         // each in ns a task (medians over the rounds), and the whole round's rate.
-        "L1split" => {
-            let ctx = Context::builder().build()?;
+        "L1split" | "W1split" => {
+            let ctx = if id == "W1split" {
+                Context::builder().workers(2).build()?
+            } else {
+                Context::builder().build()?
+            };
             let n = 10_000u64;
             let warm: u64 = std::env::var("DAGGER_BENCH_WARM").ok().and_then(|v| v.parse().ok()).unwrap_or(n / 10);
             fanout(&ctx, warm)?;
@@ -407,13 +411,13 @@ fn main() -> anyhow::Result<()> {
                 let t2 = Instant::now();
                 drop(hs);
                 let t3 = Instant::now();
-                ensure!(sum == n * (n + 1) / 2, "L1split sum wrong: {sum}");
+                ensure!(sum == n * (n + 1) / 2, "{id} sum wrong: {sum}");
                 let ns = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
                 if round < 3 {
                     let r = format!("round{round}");
-                    line("L1split", &format!("{r}_faults"), (faults() - f0) as f64, "faults");
-                    line("L1split", &format!("{r}_ns_spawn"), ns(t1 - t0), "ns");
-                    line("L1split", &format!("{r}_ns_fetch"), ns(t2 - t1), "ns");
+                    line(id, &format!("{r}_faults"), (faults() - f0) as f64, "faults");
+                    line(id, &format!("{r}_ns_spawn"), ns(t1 - t0), "ns");
+                    line(id, &format!("{r}_ns_fetch"), ns(t2 - t1), "ns");
                 }
                 phases[0].push(ns(t1 - t0));
                 phases[1].push(ns(t2 - t1));
@@ -426,9 +430,9 @@ fn main() -> anyhow::Result<()> {
             {
                 v.sort_by(f64::total_cmp);
                 let unit = if name == "tasks_per_s" { "tasks/s" } else { "ns" };
-                line("L1split", name, v[v.len() / 2], unit);
-                line("L1split", &format!("{name}_min"), v[0], unit);
-                line("L1split", &format!("{name}_max"), v[v.len() - 1], unit);
+                line(id, name, v[v.len() / 2], unit);
+                line(id, &format!("{name}_min"), v[0], unit);
+                line(id, &format!("{name}_max"), v[v.len() - 1], unit);
             }
             Ok(())
         }

@@ -996,7 +996,7 @@ impl Context {
             None => args,
         };
         let mut inputs = Vec::new();
-        let args = args.into_iter().map(|a| a.into_wire(&mut inputs)).collect();
+        let args = wire_args(args, &mut inputs);
         let mut slot = Slot::new(id, f, self.inner.cmd.clone());
         slot.lane = self.inner.direct.clone();
         let slot = Arc::new(slot);
@@ -1099,7 +1099,7 @@ impl Context {
                     }
                     None => args,
                 };
-                let args = args.into_iter().map(|a| a.into_wire(&mut inputs)).collect();
+                let args = wire_args(args, &mut inputs);
                 let mut slot = Slot::new(id, f, self.inner.cmd.clone());
                 slot.lane = self.inner.direct.clone();
                 let slot = Arc::new(slot);
@@ -1463,6 +1463,18 @@ fn check_sizes(args: &[ArgIn]) -> Result<(), SubmitError> {
         }
     }
     Ok(())
+}
+
+/// The wire form of a task's arguments (see [`ArgIn::into_wire`]), in a vector of exactly
+/// their number. (Collected from an iterator it would start at four: a buffer too large
+/// for glibc's fast bins, whose free on the driver's thread, where the scheduler drops it,
+/// then takes the allocator's lock against the spawning thread.)
+fn wire_args(args: Args, taken: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
+    let mut wire = Vec::with_capacity(args.len());
+    for a in args {
+        wire.push(a.into_wire(taken));
+    }
+    wire
 }
 
 /// A task's arguments as spawned: most tasks take a few, held inline.
