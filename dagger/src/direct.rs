@@ -657,8 +657,10 @@ fn host_only(f: &'static TaskFn) -> bool {
 fn arrived(slot: &Arc<Slot>) {
     let d = lane_data(slot);
     if d.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
-        // The last input: the work is there (set before any input could arrive).
-        if let Some(work) = d.waiting.lock().take() {
+        // The last input: the work is there (set before any input could arrive). The
+        // lock is let go first: a closed lane fails the task, which takes it again.
+        let work = d.waiting.lock().take();
+        if let Some(work) = work {
             dispatch(&d.lane, slot.clone(), *work);
         }
     }
