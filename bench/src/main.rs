@@ -379,7 +379,10 @@ fn main() -> anyhow::Result<()> {
                 Context::builder().build()?
             };
             let n = 10_000u64;
-            let warm: u64 = std::env::var("DAGGER_BENCH_WARM").ok().and_then(|v| v.parse().ok()).unwrap_or(n / 10);
+            let warm: u64 = std::env::var("DAGGER_BENCH_WARM")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(n / 10);
             fanout(&ctx, warm)?;
             let rounds = std::env::var("DAGGER_BENCH_REPEAT").map_or(30, |_| repeat());
             let mut phases: [Vec<f64>; 4] = Default::default();
@@ -394,7 +397,10 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or(0)
             };
             // A pause before the first round, for a profiler to attach (`DAGGER_BENCH_PAUSE_MS`).
-            if let Some(ms) = std::env::var("DAGGER_BENCH_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+            if let Some(ms) = std::env::var("DAGGER_BENCH_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
                 std::thread::sleep(Duration::from_millis(ms));
             }
             for round in 0..rounds {
@@ -429,7 +435,11 @@ fn main() -> anyhow::Result<()> {
                 .zip(phases)
             {
                 v.sort_by(f64::total_cmp);
-                let unit = if name == "tasks_per_s" { "tasks/s" } else { "ns" };
+                let unit = if name == "tasks_per_s" {
+                    "tasks/s"
+                } else {
+                    "ns"
+                };
                 line(id, name, v[v.len() / 2], unit);
                 line(id, &format!("{name}_min"), v[0], unit);
                 line(id, &format!("{name}_max"), v[v.len() - 1], unit);

@@ -1113,10 +1113,7 @@ impl Context {
                 ids.insert(key, slot);
             }
         }
-        let out: Vec<Arc<Slot>> = roots
-            .iter()
-            .map(|r| ids[&Arc::as_ptr(r)].clone())
-            .collect();
+        let out: Vec<Arc<Slot>> = roots.iter().map(|r| ids[&Arc::as_ptr(r)].clone()).collect();
         // Only the roots' results are wanted; inner nodes' slots are dropped here, which
         // releases their results once their consumers ran.
         match &self.inner.direct {

@@ -750,10 +750,7 @@ impl Runner {
             return;
         };
         let queue = &procs.queue;
-        let next = || {
-            NEXT.with(|n| n.borrow_mut().take())
-                .or_else(|| queue.pop())
-        };
+        let next = || NEXT.with(|n| n.borrow_mut().take()).or_else(|| queue.pop());
         let mut ran = 0;
         loop {
             while let Some(mut job) = next() {
@@ -910,8 +907,10 @@ fn run(slot: Arc<Slot>, work: Work, at: usize) {
     let run = t0.elapsed();
     // Its inputs are let go before its dependents run.
     drop(work);
-    d.run_ns
-        .store(run.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    d.run_ns.store(
+        run.as_nanos().min(u64::MAX as u128) as u64,
+        Ordering::Relaxed,
+    );
     d.ran_on.store(at as u32 + 1, Ordering::Release);
     let counter = if outcome.is_ok() {
         &procs.finished[at].0

@@ -227,7 +227,10 @@ fn a_direct_task_named_by_id_feeds_its_dependent() {
         )
         .unwrap();
     assert_eq!(by_id.fetch().unwrap(), 42);
-    assert!(by_id.info().unwrap().direct, "named by id, still on the lane");
+    assert!(
+        by_id.info().unwrap().direct,
+        "named by id, still on the lane"
+    );
     // The same after the task finished, and gathered.
     let parts: Vec<_> = (1..=3).map(|i| double::spawn(&ctx, i).unwrap()).collect();
     for p in &parts {
