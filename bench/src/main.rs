@@ -495,6 +495,18 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        // W4's ceiling alone (one quinn stream, `DAGGER_BENCH_REPEAT` times), for
+        // `perf stat` to set its CPU time beside `W4net`'s.
+        "W4raw" => {
+            let ctx = Context::builder().workers(2).build()?;
+            let id = ctx.driver_identity().context("identity")?.clone();
+            let rt = tokio::runtime::Runtime::new()?;
+            for _ in 0..repeat() {
+                let raw = rt.block_on(dagger_net::bench::raw_quic_mbps(&id, 32, 8 << 20))?;
+                line("W4raw", "raw_quic_MBps", raw, "MB/s");
+            }
+            Ok(())
+        }
         "W4local" => {
             let ctx = Context::builder().workers(2).build()?;
             let (a, _) = two_workers(&ctx)?;
