@@ -365,6 +365,16 @@ pub fn encode_chunk_bytes(push: bool, chunk: ChunkId, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The head of the frame [`encode_chunk_bytes`] makes for `len` bytes: that frame is this
+/// head followed by the bytes, so a sender may hand the bytes to its link as they lie
+/// instead of copying them into the frame.
+pub fn encode_chunk_head(push: bool, chunk: ChunkId, len: usize) -> Vec<u8> {
+    // The fields as postcard lays them out: the variant's index, the chunk, the payload's
+    // variant (`Bytes`) and the byte string's length, each a varint.
+    let variant: u32 = if push { 2 } else { 1 };
+    encode(&(variant, chunk, 0u32, len as u64))
+}
+
 /// If `frame` is a `PeerMsg::Chunk` or `PeerMsg::Push` with inline bytes, returns the chunk
 /// where in `frame` its bytes are, and whether it is a push, so a receiver can keep the frame instead of copying
 /// the bytes out. `None` for any other frame (decode those with [`decode`]).
@@ -462,6 +472,17 @@ mod tests {
         }
         // Other messages and damaged frames are not split.
         assert!(split_chunk_bytes(&encode(&PeerMsg::Want(ChunkId(3)))).is_none());
+        // A chunk's head followed by its bytes is the frame `encode_chunk_bytes` makes.
+        for len in [0usize, 1, 127, 128, 300, 1 << 14, (1 << 21) + 5] {
+            for push in [false, true] {
+                for chunk in [ChunkId(0), ChunkId(127), ChunkId(u64::MAX)] {
+                    let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                    let mut joined = encode_chunk_head(push, chunk, len);
+                    joined.extend_from_slice(&data);
+                    assert_eq!(joined, encode_chunk_bytes(push, chunk, &data), "len {len}");
+                }
+            }
+        }
         let missing = PeerMsg::Chunk {
             chunk: ChunkId(3),
             payload: ChunkPayload::Missing("x".into()),

@@ -320,6 +320,22 @@ impl Encoder {
         }
     }
 
+    /// Queues a data frame made of `head` followed by `tail`; `tail` is written from
+    /// where it lies unless it is short enough to be coalesced.
+    pub fn push_parts(&mut self, head: Frame, tail: Bytes) {
+        let len = head.len() + tail.len();
+        self.queued += HEADER_LEN + len;
+        self.buf
+            .extend_from_slice(&Header::Data { len: len as u64 }.encode());
+        self.buf.extend_from_slice(&head);
+        if tail.len() <= COPY_LIMIT {
+            self.buf.extend_from_slice(&tail);
+        } else {
+            self.flush_buf();
+            self.chunks.push(tail);
+        }
+    }
+
     /// Queues a close with `reason`, cut to [`MAX_CLOSE_REASON`] bytes on a character
     /// boundary.
     pub fn push_close(&mut self, reason: &str) {
@@ -504,6 +520,35 @@ mod tests {
             }
         }
         assert_eq!(out, Some(Decoded::Frame(payload)));
+    }
+
+    /// A frame given in parts encodes as the joined frame does, and a long tail is queued
+    /// as the very buffer it was given in (not copied).
+    #[test]
+    fn a_frame_in_parts_encodes_as_one_and_its_long_tail_is_not_copied() {
+        for tail_len in [0, 10, COPY_LIMIT, COPY_LIMIT + 1, 200_000] {
+            let head: Frame = vec![9, 8, 7];
+            let tail = Bytes::from((0..tail_len).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+            let mut parts = Encoder::new();
+            parts.push_frame(vec![1]);
+            parts.push_parts(head.clone(), tail.clone());
+            parts.push_frame(vec![2]);
+            let mut joined = head.clone();
+            joined.extend_from_slice(&tail);
+            let mut whole = Encoder::new();
+            whole.push_frame(vec![1]);
+            whole.push_frame(joined);
+            whole.push_frame(vec![2]);
+            assert_eq!(parts.queued(), whole.queued());
+            let parts_chunks = parts.take();
+            assert_eq!(
+                parts_chunks.concat(),
+                whole.take().concat(),
+                "tail of {tail_len}"
+            );
+            let shared = parts_chunks.iter().any(|c| c.as_ptr() == tail.as_ptr());
+            assert_eq!(shared, tail_len > COPY_LIMIT, "tail of {tail_len}");
+        }
     }
 
     #[test]

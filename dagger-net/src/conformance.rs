@@ -201,6 +201,7 @@ pub const CHECKS: &[&str] = &[
     "peer_drop_is_an_error",
     "listener_accepts_several_links",
     "recv_is_cancel_safe",
+    "frames_in_parts",
 ];
 
 /// Runs every check, stopping at the first failure.
@@ -213,6 +214,7 @@ pub async fn run_all(subject: &Subject) -> Result<(), Failure> {
     peer_drop_is_an_error(subject).await?;
     listener_accepts_several_links(subject).await?;
     recv_is_cancel_safe(subject).await?;
+    frames_in_parts(subject).await?;
     Ok(())
 }
 
@@ -270,6 +272,52 @@ pub async fn frames_up_to_the_limit(subject: &Subject) -> Result<(), Failure> {
         expect_frame(CHECK, &mut b, &[1]).await?;
         expect_frame(CHECK, &mut b, &big).await?;
         expect_frame(CHECK, &mut b, &[2]).await
+    })
+    .await
+}
+
+/// A frame sent in two parts ([`FrameSender::send_parts`](crate::FrameSender::send_parts))
+/// arrives as the one frame of head and tail, in order among whole frames, for heads and
+/// tails of any size up to the limit together; a pair over the limit is refused like
+/// `send` refuses a frame, and the link stays usable.
+pub async fn frames_in_parts(subject: &Subject) -> Result<(), Failure> {
+    const CHECK: &str = "frames_in_parts";
+    guarded(subject, CHECK, async {
+        let (a, mut b) = subject.pair(CHECK, true).await?;
+        let limit = subject.max_frame;
+        let pattern = |len: usize, seed: usize| -> Frame {
+            (0..len).map(|j| (j * 13 + seed) as u8).collect()
+        };
+        let mut sizes = vec![(0, 0), (3, 0), (0, 9), (7, 300), (11, 70_000), (2, 1 << 20)];
+        sizes.retain(|(h, t)| h + t <= limit);
+        sizes.push((5, limit - 5));
+        for (i, &(h, t)) in sizes.iter().enumerate() {
+            a.sender
+                .send_parts(pattern(h, i), pattern(t, i + 100))
+                .map_err(net(CHECK))?;
+            a.sender.send(numbered(1, i)).map_err(net(CHECK))?;
+        }
+        for (i, &(h, t)) in sizes.iter().enumerate() {
+            let mut whole = pattern(h, i);
+            whole.extend_from_slice(&pattern(t, i + 100));
+            expect_frame(CHECK, &mut b, &whole).await?;
+            expect_frame(CHECK, &mut b, &numbered(1, i)).await?;
+        }
+        match a.sender.send_parts(vec![1; 2], vec![0; limit - 1]) {
+            Err(NetError::FrameTooLarge { len: l, limit: m })
+                if l == limit as u64 + 1 && m == limit as u64 => {}
+            other => {
+                return Err(violated(
+                    CHECK,
+                    format!(
+                        "parts of {} bytes gave {other:?}, expected FrameTooLarge",
+                        limit + 1
+                    ),
+                ))
+            }
+        }
+        a.sender.send(vec![6; 2]).map_err(net(CHECK))?;
+        expect_frame(CHECK, &mut b, &[6; 2]).await
     })
     .await
 }

@@ -6,6 +6,7 @@
 //! frame limit on `send`, cheap clones of the sender, and `recv` as an `async fn`.
 
 use crate::{Frame, NetError};
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,6 +21,15 @@ pub trait FrameSink: Send + Sync + 'static {
     /// The length has already been checked against the link's limit. Fails with
     /// [`NetError::Closed`] once the link is down (the frame is dropped).
     fn send(&self, frame: Frame) -> Result<(), NetError>;
+
+    /// Like [`send`](FrameSink::send), for the frame `head` followed by `tail`. A
+    /// transport that can write the two in turn overrides this to send `tail` without
+    /// copying it; the default joins them into one frame.
+    fn send_parts(&self, head: Frame, tail: Bytes) -> Result<(), NetError> {
+        let mut frame = head;
+        frame.extend_from_slice(&tail);
+        self.send(frame)
+    }
 
     /// Closes the link: frames queued before are still delivered, then the peer's receiver
     /// returns [`NetError::Closed`] carrying `reason`; afterwards `send` fails, and this
@@ -91,6 +101,8 @@ pub trait Doorbell: Send + Sync + 'static {
 pub(crate) enum Cmd {
     /// A frame to deliver.
     Frame(Frame),
+    /// A frame to deliver, given as its head and the bytes that follow it.
+    Parts(Frame, Bytes),
     /// Close the link, telling the peer why (after the frames queued before it).
     Close(String),
 }
@@ -164,15 +176,28 @@ pub(crate) struct QueueSink {
     pub(crate) own_inbox: Option<mpsc::WeakUnboundedSender<Cmd>>,
 }
 
+impl QueueSink {
+    fn queue(&self, cmd: Cmd) -> Result<(), NetError> {
+        self.tx.send(cmd).map_err(|_| {
+            self.state.shut("the link's writer has stopped");
+            self.state.closed_error()
+        })
+    }
+}
+
 impl FrameSink for QueueSink {
     fn send(&self, frame: Frame) -> Result<(), NetError> {
         if self.state.is_down() {
             return Err(self.state.closed_error());
         }
-        self.tx.send(Cmd::Frame(frame)).map_err(|_| {
-            self.state.shut("the link's writer has stopped");
-            self.state.closed_error()
-        })
+        self.queue(Cmd::Frame(frame))
+    }
+
+    fn send_parts(&self, head: Frame, tail: Bytes) -> Result<(), NetError> {
+        if self.state.is_down() {
+            return Err(self.state.closed_error());
+        }
+        self.queue(Cmd::Parts(head, tail))
     }
 
     fn close(&self, reason: &str) {
@@ -228,6 +253,27 @@ impl FrameSender {
     /// The longest frame `send` accepts.
     pub fn max_frame(&self) -> usize {
         self.max_frame
+    }
+
+    /// Queues the frame made of `head` followed by `tail`, like [`send`](Self::send):
+    /// the same bytes reach the peer as one frame. A transport that writes to a byte
+    /// stream (QUIC) sends `tail` from where it lies, without copying it into the frame:
+    /// use it for a large buffer that something else already holds (a stored result).
+    ///
+    /// Errors: as [`send`](Self::send)'s, for the length of head and tail together.
+    pub fn send_parts(
+        &self,
+        head: Frame,
+        tail: impl AsRef<[u8]> + Send + 'static,
+    ) -> Result<(), NetError> {
+        let len = head.len() + tail.as_ref().len();
+        if len > self.max_frame {
+            return Err(NetError::FrameTooLarge {
+                len: len as u64,
+                limit: self.max_frame as u64,
+            });
+        }
+        self.sink.send_parts(head, Bytes::from_owner(tail))
     }
 
     /// Queues `frame` for delivery after every frame queued before it (from any clone).

@@ -225,8 +225,18 @@ impl FrameSource for MemReceiver {
                 reason: reason.clone(),
             }));
         }
-        let reason = match std::task::ready!(self.rx.poll_recv(cx)) {
-            Some(Cmd::Frame(f)) => match self.first_limit.take() {
+        let got = match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Cmd::Frame(f)) => Ok(f),
+            // In memory the parts are joined here, as the peer's bytes would arrive.
+            Some(Cmd::Parts(mut head, tail)) => {
+                head.extend_from_slice(&tail);
+                Ok(head)
+            }
+            Some(Cmd::Close(reason)) => Err(reason),
+            None => Err("the peer dropped the link".to_owned()),
+        };
+        let reason = match got {
+            Ok(f) => match self.first_limit.take() {
                 Some(limit) if f.len() > limit => {
                     let err = NetError::FrameTooLarge {
                         len: f.len() as u64,
@@ -237,8 +247,7 @@ impl FrameSource for MemReceiver {
                 }
                 _ => return Poll::Ready(Ok(f)),
             },
-            Some(Cmd::Close(reason)) => reason,
-            None => "the peer dropped the link".to_owned(),
+            Err(reason) => reason,
         };
         self.end(reason.clone());
         Poll::Ready(Err(NetError::Closed { reason }))

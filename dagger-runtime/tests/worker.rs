@@ -803,6 +803,38 @@ fn a_large_chunk_to_a_peer_on_this_host_goes_through_shared_memory() {
     ));
 }
 
+/// A large chunk sent over a link is handed out as a frame head and the chunk's bytes as
+/// the store holds them (for the link to write without copying them into the frame); a
+/// small one as one frame. Either way the frame is the chunk's `PeerMsg::Chunk`.
+#[test]
+fn a_large_inline_chunk_goes_as_a_head_and_the_stored_bytes() {
+    for (len, tail) in [(1 << 20, true), (100, false)] {
+        let mut w = joined(config());
+        let l = serve_to(&mut w, 3, len);
+        let ts = transmits(&mut w);
+        let [t] = &ts[..] else {
+            panic!("expected one frame, got {ts:?}");
+        };
+        assert_eq!(t.to, Dest::Link(l));
+        let (head, rest) = t.clone().into_parts();
+        assert_eq!(rest.is_some(), tail, "a chunk of {len} bytes");
+        let mut frame = head.clone();
+        if let Some(rest) = &rest {
+            assert_eq!(rest.as_ref(), &vec![3u8; len][..]);
+            assert!(head.len() < 32, "the head is only the header");
+            frame.extend_from_slice(rest.as_ref());
+        }
+        assert_eq!(frame, t.clone().into_frame());
+        assert_eq!(
+            wire::decode::<PeerMsg>(&frame).unwrap(),
+            PeerMsg::Chunk {
+                chunk: ChunkId(80),
+                payload: ChunkPayload::Bytes(vec![3; len])
+            }
+        );
+    }
+}
+
 #[test]
 fn small_chunks_other_hosts_and_shm_off_go_inline() {
     let inline = |w: &mut Worker, peer: u32, len: usize| {

@@ -126,6 +126,16 @@ fn push_cmd(cmd: Cmd, enc: &mut Encoder, lanes: &[mpsc::UnboundedSender<Bytes>])
             enc.push_frame(f);
             false
         }
+        Cmd::Parts(mut head, tail)
+            if head.len() + tail.len() >= STRIPE_MIN && !lanes.is_empty() =>
+        {
+            head.extend_from_slice(&tail);
+            push_cmd(Cmd::Frame(head), enc, lanes)
+        }
+        Cmd::Parts(head, tail) => {
+            enc.push_parts(head, tail);
+            false
+        }
         Cmd::Close(reason) => {
             enc.push_close(&reason);
             true

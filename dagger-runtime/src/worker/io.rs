@@ -17,7 +17,7 @@ use thiserror::Error;
 /// then says so, and the core never reads such a chunk's bytes when a task finishes (its
 /// result is reported as stored, never inline), only when a peer or the driver asks for
 /// it (`as_ref` then copies it to the host once).
-pub trait ChunkData: AsRef<[u8]> + Clone + From<Vec<u8>> {
+pub trait ChunkData: AsRef<[u8]> + Clone + From<Vec<u8>> + Send + Sync + 'static {
     /// The chunk's length in a device's memory, if it lives there; `None` (the default)
     /// for host bytes.
     fn device_len(&self) -> Option<u64> {
@@ -63,20 +63,72 @@ pub struct Transmit {
     pub(crate) body: Body,
 }
 
-/// A frame's contents: already encoded, or a message to the driver encoded on demand.
+/// A frame's contents: already encoded, a head followed by a chunk's bytes as the store
+/// holds them, or a message to the driver encoded on demand.
 #[derive(Clone, PartialEq, Debug)]
 pub(crate) enum Body {
     Encoded(Vec<u8>),
+    Parts(Vec<u8>, Tail),
     Driver(ToDriver),
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(frame: Vec<u8>) -> Self {
+        Body::Encoded(frame)
+    }
+}
+
+/// The bytes a frame ends with when they are a chunk's as this worker holds them: shared
+/// with the store, not copied into the frame.
+#[derive(Clone)]
+pub struct Tail(std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl Tail {
+    pub(crate) fn new<B: ChunkData>(bytes: B) -> Self {
+        Tail(std::sync::Arc::new(bytes))
+    }
+}
+
+impl AsRef<[u8]> for Tail {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl PartialEq for Tail {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_ref() == other.as_ref()
+    }
+}
+
+impl fmt::Debug for Tail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tail({} bytes)", self.as_ref().len())
+    }
 }
 
 impl Transmit {
     /// The encoded frame. Costs the encoding of a message to the driver (one pass to size
-    /// it, one to write); nothing for a frame to a peer, which is encoded already.
+    /// it, one to write), and a copy of a chunk's bytes for a frame that carries them (see
+    /// [`into_parts`](Self::into_parts), which does not copy).
     pub fn into_frame(self) -> Vec<u8> {
+        match self.into_parts() {
+            (frame, None) => frame,
+            (mut head, Some(tail)) => {
+                head.extend_from_slice(tail.as_ref());
+                head
+            }
+        }
+    }
+
+    /// The frame as its head and, for a frame that carries a large chunk's bytes, those
+    /// bytes as the store holds them: the frame is the head followed by them. A shell
+    /// hands both to its link (`FrameSender::send_parts`) so the bytes are not copied.
+    pub fn into_parts(self) -> (Vec<u8>, Option<Tail>) {
         match self.body {
-            Body::Encoded(frame) => frame,
-            Body::Driver(msg) => wire::encode(&msg),
+            Body::Encoded(frame) => (frame, None),
+            Body::Parts(head, tail) => (head, Some(tail)),
+            Body::Driver(msg) => (wire::encode(&msg), None),
         }
     }
 }

@@ -40,7 +40,9 @@ mod io;
 use io::Body;
 
 pub use config::WorkerConfig;
-pub use io::{Action, ChunkData, Dest, LinkKey, PeerRefused, Route, ShmWrite, StartTask, Transmit};
+pub use io::{
+    Action, ChunkData, Dest, LinkKey, PeerRefused, Route, ShmWrite, StartTask, Tail, Transmit,
+};
 
 use dagger_core::hash::IdHashMap;
 use dagger_core::wire::{
@@ -52,6 +54,10 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
+
+/// A chunk at least this long is sent as a frame head followed by the bytes as the store
+/// holds them ([`Transmit::into_parts`]); a shorter one is copied into its frame.
+const TAIL_MIN_BYTES: usize = 64 << 10;
 
 /// Who waits for a chunk that is not here yet.
 #[derive(Clone, Copy, Debug)]
@@ -111,7 +117,7 @@ struct Running {
 
 /// A frame waiting for a link being opened, with the chunk it asks for, if it is a want.
 struct Queued {
-    frame: Vec<u8>,
+    frame: Body,
     want: Option<ChunkId>,
 }
 
@@ -782,11 +788,11 @@ impl<B: ChunkData> WorkerState<B> {
 
     // ---- internals -------------------------------------------------------------------
 
-    fn send(&mut self, to: Dest, frame: Vec<u8>, chunk: Option<ChunkId>) {
+    fn send(&mut self, to: Dest, frame: impl Into<Body>, chunk: Option<ChunkId>) {
         self.transmits.push_back(Transmit {
             to,
             chunk,
-            body: Body::Encoded(frame),
+            body: frame.into(),
         });
     }
 
@@ -1030,11 +1036,18 @@ impl<B: ChunkData> WorkerState<B> {
             }));
             return;
         }
-        let frame = wire::encode_chunk_bytes(push, chunk, bytes.as_ref());
+        let len = bytes.as_ref().len();
+        let frame = if len >= TAIL_MIN_BYTES {
+            // The bytes follow the head as the store holds them (no copy into the frame).
+            Body::Parts(wire::encode_chunk_head(push, chunk, len), Tail::new(bytes))
+        } else {
+            Body::Encoded(wire::encode_chunk_bytes(push, chunk, bytes.as_ref()))
+        };
         self.route(route, frame, (!push).then_some(chunk));
     }
 
-    fn route(&mut self, route: Route, frame: Vec<u8>, answers: Option<ChunkId>) {
+    fn route(&mut self, route: Route, frame: impl Into<Body>, answers: Option<ChunkId>) {
+        let frame = frame.into();
         match route {
             Route::Link(link) => {
                 if self.links.contains_key(&link) {
@@ -1396,7 +1409,8 @@ impl<B: ChunkData> WorkerState<B> {
     }
 
     /// Sends a frame on this worker's own link to `peer`, opening it first if needed.
-    fn send_to_peer(&mut self, peer: WorkerId, frame: Vec<u8>, want: Option<ChunkId>) {
+    fn send_to_peer(&mut self, peer: WorkerId, frame: impl Into<Body>, want: Option<ChunkId>) {
+        let frame = frame.into();
         let Some(p) = self.peers.get_mut(&peer) else {
             if let Some(chunk) = want {
                 self.fail_chunk(chunk, MoveFailure::PeerLeft { worker: peer });

@@ -776,7 +776,12 @@ impl Worker {
             let sender = sender.as_ref().unwrap_or(&self.to_driver);
             // A closed link is seen by its reader, which tells the core.
             let (to, chunk) = (t.to, t.chunk);
-            if let Err(NetError::FrameTooLarge { len, limit }) = sender.send(t.into_frame()) {
+            let sent = match t.into_parts() {
+                (frame, None) => sender.send(frame),
+                // A chunk's bytes go as they lie (a stored result: no copy into the frame).
+                (head, Some(tail)) => sender.send_parts(head, tail),
+            };
+            if let Err(NetError::FrameTooLarge { len, limit }) = sent {
                 match chunk {
                     Some(chunk) => self
                         .drive(|i, now| i.core.handle_send_too_large(now, to, chunk, len, limit)),
