@@ -266,14 +266,20 @@ impl FrameSender {
         head: Frame,
         tail: impl AsRef<[u8]> + Send + 'static,
     ) -> Result<(), NetError> {
-        let len = head.len() + tail.as_ref().len();
+        self.check_len(head.len() + tail.as_ref().len())?;
+        self.sink.send_parts(head, Bytes::from_owner(tail))
+    }
+
+    /// [`NetError::FrameTooLarge`] for a frame of `len` bytes over the limit.
+    #[inline]
+    fn check_len(&self, len: usize) -> Result<(), NetError> {
         if len > self.max_frame {
             return Err(NetError::FrameTooLarge {
                 len: len as u64,
                 limit: self.max_frame as u64,
             });
         }
-        self.sink.send_parts(head, Bytes::from_owner(tail))
+        Ok(())
     }
 
     /// Queues `frame` for delivery after every frame queued before it (from any clone).
@@ -284,12 +290,7 @@ impl FrameSender {
     /// frame is dropped). `Ok` means queued, not delivered.
     #[inline]
     pub fn send(&self, frame: Frame) -> Result<(), NetError> {
-        if frame.len() > self.max_frame {
-            return Err(NetError::FrameTooLarge {
-                len: frame.len() as u64,
-                limit: self.max_frame as u64,
-            });
-        }
+        self.check_len(frame.len())?;
         self.sink.send(frame)
     }
 
