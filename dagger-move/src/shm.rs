@@ -408,6 +408,18 @@ const SEGMENT_GRANULE: u64 = 1 << 20;
 /// written once and kept, so less is wasted on rounding).
 const STORED_GRANULE: u64 = 64 << 10;
 
+/// Counts of what a [`SegmentPool`] did ([`SegmentPool::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Segments created.
+    pub created: u64,
+    /// Writers that waited for an in-flight segment and got one.
+    pub waited: u64,
+    /// Writers that waited for an in-flight segment until their limit, then created one
+    /// (or found the pool full).
+    pub waited_in_vain: u64,
+}
+
 /// One reusable segment of a [`SegmentPool`]: a named object of a fixed size, mapped
 /// writable by its writer, lent to one reader at a time.
 struct Segment {
@@ -421,6 +433,8 @@ struct Segment {
     busy: bool,
     /// Holds a chunk of the writer's own ([`StoredSegment`]), kept until that is dropped.
     stored: bool,
+    /// The stored chunk it holds has been lent to a reader: it is usually released soon.
+    stored_was_lent: bool,
 }
 
 impl Segment {
@@ -430,7 +444,89 @@ impl Segment {
     }
 }
 
-type Segments = std::sync::Arc<parking_lot::Mutex<Vec<Segment>>>;
+/// A pool's segments, shared with the stored chunks written into them.
+struct Shared {
+    segs: parking_lot::Mutex<Vec<Segment>>,
+    /// Notified whenever a segment may have become idle: a loan handed back, a stored
+    /// chunk dropped, an owner forgotten.
+    freed: parking_lot::Condvar,
+    /// What creating a segment has cost here, in nanoseconds per MiB (a moving average of
+    /// the pool's creations; 0 before the first).
+    create_ns_per_mib: AtomicU64,
+    /// How many times [`freed`](Self::freed) was notified.
+    frees: AtomicU64,
+    /// [`frees`](Self::frees) when a writer last waited in vain; while nothing has been
+    /// freed since, writers create at once instead of waiting again.
+    stalled_at: AtomicU64,
+    /// The longest a writer waits for a segment to come back, in nanoseconds;
+    /// `u64::MAX`: as long as creating one is expected to take ([`SegmentPool::set_return_wait`]).
+    return_wait_ns: AtomicU64,
+    /// Segments created, writers that found a segment after waiting, and writers that
+    /// waited in vain.
+    created: AtomicU64,
+    waited: AtomicU64,
+    waited_in_vain: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Segment>> {
+        self.segs.lock()
+    }
+
+    /// A segment may have become idle: wakes the writers waiting for one.
+    fn notify_freed(&self) {
+        self.frees.fetch_add(1, Ordering::Relaxed);
+        self.freed.notify_all();
+    }
+
+    /// The longest a writer of a segment of `size` bytes waits for one to come back: as
+    /// set, else as long as creating one is expected to take from the pool's own creations
+    /// so far (zero before the first), at most [`MAX_RETURN_WAIT`].
+    fn return_wait(&self, size: u64) -> std::time::Duration {
+        let set = self.return_wait_ns.load(Ordering::Relaxed);
+        if set != u64::MAX {
+            return std::time::Duration::from_nanos(set);
+        }
+        let per_mib = self.create_ns_per_mib.load(Ordering::Relaxed);
+        std::time::Duration::from_nanos(per_mib.saturating_mul(size.div_ceil(1 << 20)))
+            .min(MAX_RETURN_WAIT)
+    }
+
+    /// Folds one creation's cost into the moving average.
+    fn record_create(&self, size: u64, took: std::time::Duration) {
+        let mib = size.div_ceil(1 << 20).max(1);
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX) / mib;
+        let old = self.create_ns_per_mib.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old.saturating_mul(3) / 4).saturating_add(sample / 4)
+        };
+        self.create_ns_per_mib.store(new, Ordering::Relaxed);
+    }
+}
+
+/// The longest a writer waits for a segment to come back instead of creating one, unless
+/// set otherwise ([`SegmentPool::set_return_wait`]), whatever creations have cost.
+pub const MAX_RETURN_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            segs: Default::default(),
+            freed: Default::default(),
+            create_ns_per_mib: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            stalled_at: AtomicU64::new(u64::MAX),
+            return_wait_ns: AtomicU64::new(u64::MAX),
+            created: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            waited_in_vain: AtomicU64::new(0),
+        }
+    }
+}
+
+type Segments = std::sync::Arc<Shared>;
 
 /// What a writer sends so the reader can map a segment: the object's name, its size and
 /// how many of its first bytes hold the chunk. Plain data, sent over the wire.
@@ -460,6 +556,12 @@ pub struct SegmentRef {
 /// pool drops it ([`drop_owner`](Self::drop_owner) or drop), or [`cleanup_prefix`] runs.
 /// At most the pool's byte limit stays allocated per writer, shared with its readers,
 /// while both processes live.
+///
+/// Creating a segment costs far more than reusing one (every page is allocated, zeroed
+/// and mapped on both sides), so a writer of a stored chunk that finds every fitting
+/// segment in flight waits a bounded time for one to come back before it creates another
+/// ([`set_return_wait`](Self::set_return_wait)): a producer that runs ahead of its reader
+/// cycles through a few segments instead of growing the pool to its limit.
 pub struct SegmentPool {
     prefix: String,
     max_bytes: u64,
@@ -490,6 +592,7 @@ impl SegmentPool {
         let size = len.div_ceil(SEGMENT_GRANULE) * SEGMENT_GRANULE;
         let Some((name, size, map)) = self.take(
             size,
+            false,
             |s| (s.owner == Some(owner) || s.owner.is_none()) && s.size >= len,
             |s| {
                 s.owner = Some(owner);
@@ -509,10 +612,21 @@ impl SegmentPool {
     /// Marks an idle segment that `fits` (the smallest) with `claim`, or creates one of
     /// `new_size` bytes and claims it if the byte limit allows. `Ok(None)`: the pool is
     /// full.
+    ///
+    /// With `wait`, when no idle segment fits but one that fits is in flight (lent to a
+    /// reader now, or holding a stored chunk that a reader has been lent, which is
+    /// usually released soon after), the caller first waits for one to come back, at most
+    /// as long as creating a segment has taken here (and at most [`MAX_RETURN_WAIT`]).
+    /// Creating a segment allocates and maps every page of it (about a millisecond per MiB
+    /// on a virtual machine), so waiting that long costs at worst twice what creating at
+    /// once would have; when a segment comes back first, the pool stays as small as the
+    /// traffic through it needs. After a wait in vain, writers create at once until a
+    /// segment is freed again (chunks that stay stored do not make every writer wait).
     #[allow(clippy::type_complexity)]
     fn take(
         &self,
         new_size: u64,
+        wait: bool,
         fits: impl Fn(&Segment) -> bool,
         claim: impl Fn(&mut Segment),
     ) -> Result<Option<(String, u64, std::sync::Arc<memmap2::MmapRaw>)>, MoveError> {
@@ -520,7 +634,13 @@ impl SegmentPool {
             let held: u64 = segs.iter().map(|s| s.size).sum();
             held + new_size <= self.max_bytes
         };
-        {
+        let mut deadline = None;
+        let found = |waited: bool| {
+            if waited {
+                self.inner.waited.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        loop {
             let mut segs = self.inner.lock();
             let best = segs
                 .iter_mut()
@@ -528,13 +648,33 @@ impl SegmentPool {
                 .min_by_key(|s| s.size);
             if let Some(s) = best {
                 claim(s);
+                found(deadline.is_some());
                 return Ok(Some((s.name.clone(), s.size, s.map.clone())));
+            }
+            let in_flight = |s: &Segment| s.busy || (s.stored && s.stored_was_lent);
+            let frees = self.inner.frees.load(Ordering::Relaxed);
+            if wait
+                && self.inner.stalled_at.load(Ordering::Relaxed) != frees
+                && segs.iter().any(|s| in_flight(s) && fits(s))
+            {
+                let budget = self.inner.return_wait(new_size);
+                let until = *deadline.get_or_insert_with(|| std::time::Instant::now() + budget);
+                if std::time::Instant::now() < until {
+                    self.inner.freed.wait_until(&mut segs, until);
+                    continue;
+                }
+                self.inner.stalled_at.store(frees, Ordering::Relaxed);
+                self.inner.waited_in_vain.fetch_add(1, Ordering::Relaxed);
             }
             if !room(&segs) {
                 return Ok(None);
             }
+            break;
         }
+        let started = std::time::Instant::now();
         let (name, map) = self.create_segment(new_size)?;
+        self.inner.record_create(new_size, started.elapsed());
+        self.inner.created.fetch_add(1, Ordering::Relaxed);
         let mut segs = self.inner.lock();
         if !room(&segs) {
             drop(segs);
@@ -548,6 +688,7 @@ impl SegmentPool {
             map: map.clone(),
             busy: false,
             stored: false,
+            stored_was_lent: false,
         };
         claim(&mut seg);
         segs.push(seg);
@@ -566,8 +707,15 @@ impl SegmentPool {
             return Ok(None);
         }
         let size = (len as u64).div_ceil(STORED_GRANULE) * STORED_GRANULE;
-        let Some((name, _, map)) =
-            self.take(size, |s| s.size >= len as u64, |s| s.stored = true)?
+        let Some((name, _, map)) = self.take(
+            size,
+            true,
+            |s| s.size >= len as u64,
+            |s| {
+                s.stored = true;
+                s.stored_was_lent = false;
+            },
+        )?
         else {
             return Ok(None);
         };
@@ -596,6 +744,7 @@ impl SegmentPool {
         }
         s.owner = Some(owner);
         s.busy = true;
+        s.stored_was_lent = true;
         Some(SegmentRef {
             name: s.name.clone(),
             size: s.size,
@@ -646,6 +795,7 @@ impl SegmentPool {
         {
             Some(s) => {
                 s.busy = false;
+                self.inner.notify_freed();
                 true
             }
             None => false,
@@ -663,10 +813,31 @@ impl SegmentPool {
             *segs = keep;
             gone
         };
+        self.inner.notify_freed();
         for s in &gone {
             let _ = unlink_os(&s.name);
         }
         gone.len()
+    }
+
+    /// Sets the longest a writer of a stored chunk ([`alloc_stored`](Self::alloc_stored))
+    /// waits for an in-flight segment to come back before it creates one: `None` (the
+    /// default) for as long as creating a segment has taken in this pool, at most
+    /// [`MAX_RETURN_WAIT`]; `Some(Duration::ZERO)` never waits.
+    pub fn set_return_wait(&self, limit: Option<std::time::Duration>) {
+        let ns = limit.map_or(u64::MAX, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+        });
+        self.inner.return_wait_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// What the pool has done so far.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            created: self.inner.created.load(Ordering::Relaxed),
+            waited: self.inner.waited.load(Ordering::Relaxed),
+            waited_in_vain: self.inner.waited_in_vain.load(Ordering::Relaxed),
+        }
     }
 
     /// The owners that have segments, each once.
@@ -783,6 +954,7 @@ impl Drop for StoredSegment {
         let mut segs = self.segments.lock();
         if let Some(s) = segs.iter_mut().find(|s| s.stored && s.name == self.name) {
             s.stored = false;
+            self.segments.notify_freed();
         }
     }
 }

@@ -327,3 +327,91 @@ fn a_stored_chunk_is_lent_in_place_and_its_segment_reused_once_free() {
     let theirs = other.alloc_stored(10).unwrap().unwrap().finish();
     assert!(pool.lend_stored(1, &theirs).is_none());
 }
+
+/// A writer that finds every fitting segment in flight waits for one to come back rather
+/// than creating another: the pool stays as small as the traffic through it.
+#[test]
+fn a_writer_waits_for_a_segment_in_flight_instead_of_creating_one() {
+    let pool = std::sync::Arc::new(shm::SegmentPool::new(&prefix("waits"), 64 << 20).unwrap());
+    // Long enough never to run out in a test; only a defect makes the test that slow.
+    pool.set_return_wait(Some(std::time::Duration::from_secs(60)));
+    let stored = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    let lent = pool.lend_stored(7, &stored).expect("lendable");
+    assert_eq!(pool.stats().created, 1);
+    // The reader hands the segment back and the chunk is released, on another thread,
+    // while (or before) the writer below asks for a segment.
+    let back = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(pool.release(7, &lent.name));
+            drop(stored);
+        })
+    };
+    let again = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    back.join().unwrap();
+    let stats = pool.stats();
+    assert_eq!(stats.created, 1, "{stats:?}");
+    assert_eq!(stats.waited_in_vain, 0, "{stats:?}");
+    assert_eq!(pool.held_bytes().0, 1 << 20);
+    drop(again);
+    // A segment that is idle is taken without waiting; a stored chunk no reader was lent
+    // is not waited for (it may be kept for long).
+    let kept = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    let other = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    assert_ne!(kept.name(), other.name());
+    assert_eq!(pool.stats().created, 2);
+}
+
+/// A writer waits at most its limit, then creates; after such a wait in vain, writers
+/// create at once until a segment is freed again.
+#[test]
+fn after_a_wait_in_vain_writers_create_at_once_until_a_segment_is_freed() {
+    let pool = shm::SegmentPool::new(&prefix("vain"), 64 << 20).unwrap();
+    pool.set_return_wait(Some(std::time::Duration::from_millis(1)));
+    let a = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    let la = pool.lend_stored(1, &a).unwrap();
+    // `a` stays lent: the writer waits its limit in vain, then creates.
+    let b = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    assert_eq!(
+        pool.stats(),
+        shm::PoolStats {
+            created: 2,
+            waited: 0,
+            waited_in_vain: 1
+        }
+    );
+    let lb = pool.lend_stored(1, &b).unwrap();
+    // Nothing was freed since: no second wait, even with a long limit.
+    pool.set_return_wait(Some(std::time::Duration::from_secs(60)));
+    let c = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    assert_eq!(pool.stats().created, 3);
+    assert_eq!(pool.stats().waited_in_vain, 1);
+    // A loan handed back counts as a free: the next writer waits again, and here it
+    // gets `b`'s segment once its chunk is released.
+    assert!(pool.release(1, &la.name));
+    let lc = pool.lend_stored(1, &c).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(pool.release(1, &lb.name));
+            drop(b);
+        });
+        let d = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+        assert_eq!(d.name(), lb.name);
+    });
+    assert_eq!(pool.stats().created, 3);
+    assert_eq!(pool.stats().waited, 1);
+    assert!(pool.release(1, &lc.name));
+    drop((a, c));
+    // Zero never waits.
+    pool.set_return_wait(Some(std::time::Duration::ZERO));
+    let e = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    let _le = pool.lend_stored(1, &e).unwrap();
+    let before = pool.stats();
+    let _f = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    assert_eq!(
+        pool.stats().waited + pool.stats().waited_in_vain,
+        before.waited + before.waited_in_vain
+    );
+}
