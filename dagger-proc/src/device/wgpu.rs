@@ -48,6 +48,10 @@ pub const DETECTOR: &str = "wgpu";
 /// The backend's name: the processor kind and the memory-space prefix.
 const BACKEND: &str = "wgpu";
 
+/// The longest a download waits for its buffer's map callback once the device is idle
+/// (another thread's poll may be about to call it).
+const MAP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// wgpu's copy and write alignment (`COPY_BUFFER_ALIGNMENT`).
 const ALIGN: u64 = wgpu::COPY_BUFFER_ALIGNMENT;
 
@@ -414,10 +418,24 @@ impl WgpuDevice {
             return Err(self.device_error("download", e, 0));
         }
         self.wait(None)?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(DeviceError::backend(BACKEND, format!("map: {e}"))),
-            Err(_) => {
+        // The callback runs on the thread whose poll found the mapping done: when another
+        // thread polls the same device, it may have taken the mapping and not yet called
+        // the callback when this thread's poll returns. Wait for it, polling again, for a
+        // bounded time.
+        let deadline = std::time::Instant::now() + MAP_WAIT;
+        let mapped = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(1)) {
+                Ok(r) => break Some(r),
+                Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {
+                    self.wait(None)?;
+                }
+                Err(_) => break None,
+            }
+        };
+        match mapped {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(DeviceError::backend(BACKEND, format!("map: {e}"))),
+            None => {
                 return Err(DeviceError::backend(
                     BACKEND,
                     "map: the buffer was not mapped after the device was idle",
