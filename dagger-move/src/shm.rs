@@ -433,8 +433,6 @@ struct Segment {
     busy: bool,
     /// Holds a chunk of the writer's own ([`StoredSegment`]), kept until that is dropped.
     stored: bool,
-    /// The stored chunk it holds has been lent to a reader: it is usually released soon.
-    stored_was_lent: bool,
 }
 
 impl Segment {
@@ -613,15 +611,16 @@ impl SegmentPool {
     /// `new_size` bytes and claims it if the byte limit allows. `Ok(None)`: the pool is
     /// full.
     ///
-    /// With `wait`, when no idle segment fits but one that fits is in flight (lent to a
-    /// reader now, or holding a stored chunk that a reader has been lent, which is
-    /// usually released soon after), the caller first waits for one to come back, at most
-    /// as long as creating a segment has taken here (and at most [`MAX_RETURN_WAIT`]).
-    /// Creating a segment allocates and maps every page of it (about a millisecond per MiB
-    /// on a virtual machine), so waiting that long costs at worst twice what creating at
-    /// once would have; when a segment comes back first, the pool stays as small as the
-    /// traffic through it needs. After a wait in vain, writers create at once until a
-    /// segment is freed again (chunks that stay stored do not make every writer wait).
+    /// With `wait`, when no idle segment fits but some that fit are in use (lent to a
+    /// reader, or holding a stored chunk, which in a producer-consumer flow is lent and
+    /// released soon after), the caller first waits for one to come back, at most as long
+    /// as creating a segment has taken here (and at most [`MAX_RETURN_WAIT`]). Creating a
+    /// segment allocates and maps every page of it (about a millisecond per MiB on a
+    /// virtual machine), so waiting that long costs at worst twice what creating at once
+    /// would have; when a segment comes back first, the pool stays as small as the traffic
+    /// through it needs, and its pages stay in the processor's cache. After a wait in
+    /// vain, writers create at once until a segment is freed again: chunks that stay
+    /// stored for long cost one such wait, not one per writer.
     #[allow(clippy::type_complexity)]
     fn take(
         &self,
@@ -651,11 +650,10 @@ impl SegmentPool {
                 found(deadline.is_some());
                 return Ok(Some((s.name.clone(), s.size, s.map.clone())));
             }
-            let in_flight = |s: &Segment| s.busy || (s.stored && s.stored_was_lent);
             let frees = self.inner.frees.load(Ordering::Relaxed);
             if wait
                 && self.inner.stalled_at.load(Ordering::Relaxed) != frees
-                && segs.iter().any(|s| in_flight(s) && fits(s))
+                && segs.iter().any(|s| !s.idle() && fits(s))
             {
                 let budget = self.inner.return_wait(new_size);
                 let until = *deadline.get_or_insert_with(|| std::time::Instant::now() + budget);
@@ -688,7 +686,6 @@ impl SegmentPool {
             map: map.clone(),
             busy: false,
             stored: false,
-            stored_was_lent: false,
         };
         claim(&mut seg);
         segs.push(seg);
@@ -707,15 +704,8 @@ impl SegmentPool {
             return Ok(None);
         }
         let size = (len as u64).div_ceil(STORED_GRANULE) * STORED_GRANULE;
-        let Some((name, _, map)) = self.take(
-            size,
-            true,
-            |s| s.size >= len as u64,
-            |s| {
-                s.stored = true;
-                s.stored_was_lent = false;
-            },
-        )?
+        let Some((name, _, map)) =
+            self.take(size, true, |s| s.size >= len as u64, |s| s.stored = true)?
         else {
             return Ok(None);
         };
@@ -744,7 +734,6 @@ impl SegmentPool {
         }
         s.owner = Some(owner);
         s.busy = true;
-        s.stored_was_lent = true;
         Some(SegmentRef {
             name: s.name.clone(),
             size: s.size,
