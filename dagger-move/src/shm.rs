@@ -656,13 +656,16 @@ impl SegmentPool {
                 && segs.iter().any(|s| !s.idle() && fits(s))
             {
                 let budget = self.inner.return_wait(new_size);
-                let until = *deadline.get_or_insert_with(|| std::time::Instant::now() + budget);
-                if std::time::Instant::now() < until {
-                    self.inner.freed.wait_until(&mut segs, until);
-                    continue;
+                // A limit of zero (none measured yet, or set so) never waits.
+                if deadline.is_some() || !budget.is_zero() {
+                    let until = *deadline.get_or_insert_with(|| std::time::Instant::now() + budget);
+                    if std::time::Instant::now() < until {
+                        self.inner.freed.wait_until(&mut segs, until);
+                        continue;
+                    }
+                    self.inner.stalled_at.store(frees, Ordering::Relaxed);
+                    self.inner.waited_in_vain.fetch_add(1, Ordering::Relaxed);
                 }
-                self.inner.stalled_at.store(frees, Ordering::Relaxed);
-                self.inner.waited_in_vain.fetch_add(1, Ordering::Relaxed);
             }
             if !room(&segs) {
                 return Ok(None);

@@ -409,14 +409,19 @@ fn after_a_wait_in_vain_writers_create_at_once_until_a_segment_is_freed() {
     assert_eq!(pool.stats().waited, 1);
     assert!(pool.release(1, &lc.name));
     drop((a, c));
-    // Zero never waits.
+    // Zero never waits (nor counts a wait): with every segment in use, it creates.
     pool.set_return_wait(Some(std::time::Duration::ZERO));
-    let e = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
-    let _le = pool.lend_stored(1, &e).unwrap();
+    let in_use: Vec<_> = (0..3)
+        .map(|_| pool.alloc_stored(1 << 20).unwrap().unwrap().finish())
+        .collect();
     let before = pool.stats();
+    assert_eq!(before.created, 3);
     let _f = pool.alloc_stored(1 << 20).unwrap().unwrap().finish();
+    let after = pool.stats();
+    assert_eq!(after.created, 4);
     assert_eq!(
-        pool.stats().waited + pool.stats().waited_in_vain,
-        before.waited + before.waited_in_vain
+        (after.waited, after.waited_in_vain),
+        (before.waited, before.waited_in_vain)
     );
+    drop(in_use);
 }
