@@ -634,11 +634,6 @@ impl SegmentPool {
             held + new_size <= self.max_bytes
         };
         let mut deadline = None;
-        let found = |waited: bool| {
-            if waited {
-                self.inner.waited.fetch_add(1, Ordering::Relaxed);
-            }
-        };
         loop {
             let mut segs = self.inner.lock();
             let best = segs
@@ -647,7 +642,9 @@ impl SegmentPool {
                 .min_by_key(|s| s.size);
             if let Some(s) = best {
                 claim(s);
-                found(deadline.is_some());
+                if deadline.is_some() {
+                    self.inner.waited.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(Some((s.name.clone(), s.size, s.map.clone())));
             }
             let frees = self.inner.frees.load(Ordering::Relaxed);
