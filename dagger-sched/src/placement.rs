@@ -114,6 +114,15 @@ pub(crate) enum Placement {
     NoProcessor,
 }
 
+/// Where a placement finds an input that it must move: the input's index in the task
+/// table and its size while it is held (its holders are read when its cost is added, so
+/// weighing an input allocates nothing), or the worker it runs on.
+#[derive(Clone, Copy)]
+enum Source {
+    Held(u32, u64),
+    Running(WorkerId),
+}
+
 pub(crate) struct Placer {
     /// The topology changed since the processor table was built.
     pub(crate) dirty: bool,
@@ -158,6 +167,8 @@ pub(crate) struct Placer {
     net_cost: Vec<u64>,
     scratch_cost: Vec<u64>,
     scratch_min: Vec<u64>,
+    /// The inputs a placement weighs, reused from one placement to the next.
+    scratch_sources: Vec<Source>,
 }
 
 impl Default for Placer {
@@ -188,6 +199,7 @@ impl Default for Placer {
             net_cost: Vec::new(),
             scratch_cost: Vec::new(),
             scratch_min: Vec::new(),
+            scratch_sources: Vec::new(),
         }
     }
 }
@@ -572,7 +584,8 @@ impl Scheduler {
 
         // Inputs.
         let mut driver_bytes = 0u64;
-        let mut sources: Vec<(Vec<WorkerId>, u64)> = Vec::new();
+        let mut sources = std::mem::take(&mut self.placer.scratch_sources);
+        sources.clear();
         if let Some(spec) = self.tasks[i].spec.as_ref() {
             match &spec.args {
                 Args::Deps => {
@@ -611,9 +624,19 @@ impl Scheduler {
                 *x += c;
             }
         }
-        for (hs, size) in &sources {
-            self.add_input_cost(&cands, hs, *size);
+        for &source in &sources {
+            match source {
+                Source::Running(w) => self.add_input_cost(&cands, &[w], 0),
+                Source::Held(d, size) => match self.holders_of(d) {
+                    &[h] => self.add_input_cost(&cands, &[h], size),
+                    hs => {
+                        let hs = hs.to_vec();
+                        self.add_input_cost(&cands, &hs, size);
+                    }
+                },
+            }
         }
+        self.placer.scratch_sources = sources;
 
         let func = self.tasks[i].func as usize;
         let p = &self.placer;
@@ -653,14 +676,14 @@ impl Scheduler {
 
     /// Adds what moving the result of input `d` costs: its bytes to `driver_bytes` if the
     /// scheduler keeps it inline, else its holders (or the worker it runs on) to `sources`.
-    fn input_cost(&self, d: u32, driver_bytes: &mut u64, sources: &mut Vec<(Vec<WorkerId>, u64)>) {
+    fn input_cost(&self, d: u32, driver_bytes: &mut u64, sources: &mut Vec<Source>) {
         let dt = &self.tasks[d];
         if let Some(v) = self.inline_of(d) {
             *driver_bytes += v.len() as u64;
         } else if dt.flags.contains(crate::task_table::TaskFlags::HELD) {
-            sources.push((self.holders_of(d).to_vec(), dt.size));
+            sources.push(Source::Held(d, dt.size));
         } else if dt.state == State::Dispatched {
-            sources.push((vec![self.placer.slot_proc(dt.slot).worker], 0));
+            sources.push(Source::Running(self.placer.slot_proc(dt.slot).worker));
         }
     }
 

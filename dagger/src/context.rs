@@ -1015,7 +1015,7 @@ impl Context {
                 self.inner.backlog.admit();
                 self.inner
                     .cmd
-                    .send(DriverCmd::Spawn(spec, slot.clone()))
+                    .send(DriverCmd::Spawn(spec, Arc::downgrade(&slot)))
                     .map_err(|_| SubmitError::Shutdown)?
             }
         }

@@ -27,8 +27,12 @@ type FetchReply = oneshot::Sender<Result<Vec<u8>, TaskError>>;
 pub(crate) enum DriverCmd {
     /// New tasks, with the slots their results go to; accepted or refused together.
     Submit(Vec<(TaskSpec, Option<Arc<Slot>>)>),
-    /// One new task (the common case: no batch to allocate).
-    Spawn(TaskSpec, Arc<Slot>),
+    /// One new task (the common case: no batch to allocate), with a weak reference to
+    /// its slot, made by the spawning thread while the slot is in its cache (the loop
+    /// takes the command in much later, and would otherwise touch the slot's memory
+    /// again only to make it). A release of the task, sent when its last handle is
+    /// dropped, comes after this on the same channel.
+    Spawn(TaskSpec, Weak<Slot>),
     /// The last handle to a task was dropped.
     Release(TaskId),
     /// Bring a large result's bytes to the driver.
@@ -106,7 +110,7 @@ pub(crate) struct DriverState {
 /// client that spawns waits for room. Spawning faster than the loop takes tasks in only
 /// piles commands up: bounded, the backlog's memory is reused instead of growing with the
 /// graph (and staying with the client thread's allocator arena after the loop frees it).
-pub(crate) const SPAWN_BACKLOG: usize = 1 << 16;
+pub(crate) const SPAWN_BACKLOG: usize = 1 << 12;
 
 /// The count of spawns in the command channel, and a wait for room.
 #[derive(Default)]
@@ -227,9 +231,7 @@ impl DriverState {
         match cmd {
             DriverCmd::Spawn(spec, slot) => {
                 self.spawns_taken += 1;
-                // The command's reference to the slot is dropped here: if the user's
-                // handles are gone already, that sends the task's release.
-                self.core.handle_spawn(now, spec, Arc::downgrade(&slot))
+                self.core.handle_spawn(now, spec, slot)
             }
             DriverCmd::Submit(tasks) => self.core.handle_submit(
                 now,
