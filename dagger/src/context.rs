@@ -1263,8 +1263,10 @@ impl Inner {
     }
 
     pub(crate) fn task_info(&self, task: TaskId) -> Option<TaskInfo> {
-        if let Some(slot) = self.direct.as_ref().and_then(|d| d.slot(task)) {
-            return slot.direct.as_ref()?.info(task);
+        if let Some(lane) = &self.direct {
+            if let Some(slot) = lane.slot(task) {
+                return slot.direct()?.info(lane, task);
+            }
         }
         self.query(move |st| {
             let i = st.core.task_info(task)?;

@@ -37,7 +37,7 @@ use dagger_proc::Processor;
 use dagger_sched::Completion;
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -161,27 +161,34 @@ thread_local! {
     static NEXT: std::cell::RefCell<Option<Job>> = const { std::cell::RefCell::new(None) };
 }
 
-/// What a direct task's slot keeps: the lane, its outcome, and where and how long it ran.
-/// Small (one allocation of 128 bytes with its header): every live handle of a direct
-/// task holds one, and a fanout of a million tasks holds a million.
+/// What a direct task's slot keeps besides what every slot has (its lane is the slot's
+/// `lane`, its outcome the slot's outcome): where and how long it ran, and what it waits
+/// for. Held inline in every slot (24 bytes) and used only by direct tasks, so that a
+/// direct task is one allocation on the thread that spawns it: that thread bounds the
+/// lane's rate, and a fanout's first round touches new memory for every task in flight.
 pub(crate) struct DirectSlot {
-    lane: Arc<Direct>,
-    /// The outcome, held here rather than boxed apart: one allocation less a task.
-    pub(crate) outcome: OnceLock<Outcome>,
-    /// How long it ran, in nanoseconds.
-    run_ns: AtomicU64,
-    /// 1 + the index in the lane's thread list of the processor that ran it; 0 before.
-    ran_on: AtomicU32,
-    /// Inputs not yet finished, plus one held by the spawner until it registered them all
-    /// (used only by a task that waits for inputs).
-    missing: AtomicU32,
+    /// Whether the slot is a direct task's (fixed when the slot is made).
+    direct: bool,
     /// Whether its id was handed out ([`crate::Handle::id`]): only then can a task name
     /// it by id, and the lane keeps it in its map of tasks by id.
     exposed: AtomicBool,
+    /// Inputs not yet finished, plus one held by the spawner until it registered them all
+    /// (used only by a task that waits for inputs).
+    missing: AtomicU32,
+    /// Where and how long it ran: 1 + the index in the lane's thread list of the
+    /// processor that ran it in the top [`RAN_ON_BITS`] bits (0 before it ran), the
+    /// nanoseconds it ran in the others (saturated).
+    ran: AtomicU64,
     /// The work of a task that waits for inputs, until the last of them finished (a task
-    /// with none to wait for goes to the queue with its work at once).
-    waiting: Mutex<Option<Box<Work>>>,
+    /// with none to wait for goes to the queue with its work at once); null otherwise.
+    waiting: AtomicPtr<Work>,
 }
+
+/// Bits of [`DirectSlot::ran`] that name the processor.
+const RAN_ON_BITS: u32 = 16;
+
+/// The nanoseconds [`DirectSlot::ran`] holds at most (about 78 hours).
+const RAN_NS_MAX: u64 = (1 << (64 - RAN_ON_BITS)) - 1;
 
 /// What a direct task runs.
 struct Work {
@@ -191,28 +198,68 @@ struct Work {
 }
 
 impl DirectSlot {
+    /// The data of a slot that is not a direct task's.
+    pub(crate) fn unused() -> Self {
+        Self::new(false, 0)
+    }
+
+    fn new(direct: bool, missing: u32) -> Self {
+        Self {
+            direct,
+            exposed: AtomicBool::new(false),
+            missing: AtomicU32::new(missing),
+            ran: AtomicU64::new(0),
+            waiting: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// Whether it belongs to a direct task.
+    pub(crate) fn is_direct(&self) -> bool {
+        self.direct
+    }
+
     /// Makes the task findable by its id, once its id is handed out.
-    pub(crate) fn expose(&self, slot: &Arc<Slot>) {
+    pub(crate) fn expose(&self, lane: &Direct, slot: &Arc<Slot>) {
         if !self.exposed.load(Ordering::Relaxed) && !self.exposed.swap(true, Ordering::AcqRel) {
-            self.lane.tasks.lock().insert(slot.id, Arc::downgrade(slot));
+            lane.tasks.lock().insert(slot.id, Arc::downgrade(slot));
         }
     }
 
-    pub(crate) fn forget(&self, id: TaskId) {
+    pub(crate) fn forget(&self, lane: &Direct, id: TaskId) {
         if self.exposed.load(Ordering::Acquire) {
-            self.lane.tasks.lock().remove(&id);
+            lane.tasks.lock().remove(&id);
         }
     }
 
-    /// Whether it is a task of `lane`.
-    pub(crate) fn of(&self, lane: &Direct) -> bool {
-        std::ptr::eq(&*self.lane, lane)
+    /// Sets the work of a task that waits for inputs.
+    fn set_waiting(&self, work: Work) {
+        let old = self
+            .waiting
+            .swap(Box::into_raw(Box::new(work)), Ordering::AcqRel);
+        debug_assert!(old.is_null(), "a direct task's work is set once");
+    }
+
+    /// Takes the work of a task that waited for inputs (once).
+    fn take_waiting(&self) -> Option<Box<Work>> {
+        let p = self.waiting.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `set_waiting`, and the
+        // swap hands it to this caller alone.
+        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+
+    /// Records where (lane processor `at`) and how long the task ran.
+    fn record_run(&self, at: usize, run: Duration) {
+        let ns = u64::try_from(run.as_nanos()).map_or(RAN_NS_MAX, |n| n.min(RAN_NS_MAX));
+        let on = (at as u64 + 1).min((1 << RAN_ON_BITS) - 1);
+        self.ran
+            .store(on << (64 - RAN_ON_BITS) | ns, Ordering::Release);
     }
 
     /// Where and how long the task ran, once it did.
-    pub(crate) fn info(&self, task: TaskId) -> Option<TaskInfo> {
-        let at = self.ran_on.load(Ordering::Acquire).checked_sub(1)?;
-        let procs = self.lane.procs.get()?;
+    pub(crate) fn info(&self, lane: &Direct, task: TaskId) -> Option<TaskInfo> {
+        let ran = self.ran.load(Ordering::Acquire);
+        let at = (ran >> (64 - RAN_ON_BITS)).checked_sub(1)?;
+        let procs = lane.procs.get()?;
         let (index, _) = procs.threads.get(at as usize)?;
         let proc = ProcId::new(procs.worker, *index);
         Some(TaskInfo {
@@ -223,9 +270,16 @@ impl DirectSlot {
             // The lane does not time a task from its submission (one clock read less on
             // the submitting thread).
             turnaround: None,
-            run_time: Some(Duration::from_nanos(self.run_ns.load(Ordering::Relaxed))),
+            run_time: Some(Duration::from_nanos(ran & RAN_NS_MAX)),
             direct: true,
         })
+    }
+}
+
+impl Drop for DirectSlot {
+    fn drop(&mut self) {
+        // The work of a task that never ran (its lane closed first).
+        drop(self.take_waiting());
     }
 }
 
@@ -242,11 +296,11 @@ impl Drop for Job {
     }
 }
 
-/// The lane data of a direct task's slot.
-fn lane_data(slot: &Slot) -> &DirectSlot {
-    match &slot.direct {
-        Some(d) => d,
-        None => unreachable!("a direct task's slot is a direct slot"),
+/// The lane data of a direct task's slot, and its lane.
+fn lane_data(slot: &Slot) -> (&DirectSlot, &Arc<Direct>) {
+    match (slot.direct(), &slot.lane) {
+        (Some(d), Some(lane)) => (d, lane),
+        _ => unreachable!("a direct task's slot is a direct slot with its lane"),
     }
 }
 
@@ -262,10 +316,10 @@ fn shut_out(slot: Arc<Slot>) {
         return;
     }
     while let Some(slot) = QUEUE.with(|q| q.borrow_mut().pop()) {
-        let d = lane_data(&slot);
+        let (d, lane) = lane_data(&slot);
         // Its inputs are let go (they may be the last holders of other tasks).
-        drop(d.waiting.lock().take());
-        d.lane.failed.0.fetch_add(1, Ordering::Relaxed);
+        drop(d.take_waiting());
+        lane.failed.0.fetch_add(1, Ordering::Relaxed);
         slot.complete(Err(TaskError::Shutdown { task: slot.id }));
     }
     ACTIVE.with(|a| a.set(false));
@@ -407,22 +461,15 @@ impl Direct {
             id,
             func,
             release.clone(),
-            DirectSlot {
-                lane: self.clone(),
-                outcome: OnceLock::new(),
-                run_ns: AtomicU64::new(0),
-                ran_on: AtomicU32::new(0),
-                missing: AtomicU32::new(1 + waits.len() as u32),
-                exposed: AtomicBool::new(false),
-                waiting: Mutex::new(None),
-            },
+            self.clone(),
+            DirectSlot::new(true, 1 + waits.len() as u32),
         ));
         self.submitted.0.fetch_add(1, Ordering::Relaxed);
         if waits.is_empty() {
             dispatch(self, slot.clone(), work);
             return Ok(slot);
         }
-        *lane_data(&slot).waiting.lock() = Some(Box::new(work));
+        lane_data(&slot).0.set_waiting(work);
         for s in waits {
             let dependent = slot.clone();
             s.then(move |_| arrived(&dependent));
@@ -436,7 +483,9 @@ impl Direct {
         match a {
             ArgIn::Value(_) | ArgIn::Small(_) => true,
             ArgIn::Id(_) => false,
-            ArgIn::Task(s) => s.direct.as_ref().is_some_and(|d| d.of(self)),
+            ArgIn::Task(s) => {
+                s.direct().is_some() && s.lane.as_ref().is_some_and(|l| std::ptr::eq(&**l, self))
+            }
             ArgIn::Gather(ps) => ps.iter().all(|p| self.takes_only_own(p)),
         }
     }
@@ -463,7 +512,7 @@ impl Direct {
         let mut seen = dagger_core::hash::IdHashSet::default();
         let inputs: Vec<Arc<Slot>> = taken
             .iter()
-            .filter(|s| s.direct.is_some() && seen.insert(s.id))
+            .filter(|s| s.direct().is_some() && seen.insert(s.id))
             .cloned()
             .collect();
         let mut queue = self.waiting.lock();
@@ -655,13 +704,11 @@ fn host_only(f: &'static TaskFn) -> bool {
 /// One input of `slot`'s task finished (or the spawner registered them all): queue it
 /// when none is missing.
 fn arrived(slot: &Arc<Slot>) {
-    let d = lane_data(slot);
+    let (d, lane) = lane_data(slot);
     if d.missing.fetch_sub(1, Ordering::AcqRel) == 1 {
-        // The last input: the work is there (set before any input could arrive). The
-        // lock is let go first: a closed lane fails the task, which takes it again.
-        let work = d.waiting.lock().take();
-        if let Some(work) = work {
-            dispatch(&d.lane, slot.clone(), *work);
+        // The last input: the work is there (set before any input could arrive).
+        if let Some(work) = d.take_waiting() {
+            dispatch(lane, slot.clone(), *work);
         }
     }
 }
@@ -837,8 +884,8 @@ impl Drop for Pump {
 /// Runs a direct task whose inputs are all finished, on lane processor `at`.
 fn run(slot: Arc<Slot>, work: Work, at: usize) {
     let task = slot.id;
-    let d = lane_data(&slot);
-    let Some(procs) = d.lane.procs.get() else {
+    let (d, lane) = lane_data(&slot);
+    let Some(procs) = lane.procs.get() else {
         return;
     };
     let func = work.func;
@@ -907,19 +954,15 @@ fn run(slot: Arc<Slot>, work: Work, at: usize) {
     let run = t0.elapsed();
     // Its inputs are let go before its dependents run.
     drop(work);
-    d.run_ns.store(
-        run.as_nanos().min(u64::MAX as u128) as u64,
-        Ordering::Relaxed,
-    );
-    d.ran_on.store(at as u32 + 1, Ordering::Release);
+    d.record_run(at, run);
     let counter = if outcome.is_ok() {
         &procs.finished[at].0
     } else {
-        &d.lane.failed.0
+        &lane.failed.0
     };
     counter.fetch_add(1, Ordering::Relaxed);
     // A dependent made ready by this completion runs next on this thread.
-    let prev = ON_LANE.with(|c| c.replace(&*d.lane as *const Direct as usize));
+    let prev = ON_LANE.with(|c| c.replace(&**lane as *const Direct as usize));
     slot.complete(outcome);
     ON_LANE.with(|c| c.set(prev));
 }
@@ -998,9 +1041,16 @@ mod tests {
     #[test]
     fn a_direct_task_stays_small() {
         assert!(
-            std::mem::size_of::<super::DirectSlot>() <= 120,
+            std::mem::size_of::<super::DirectSlot>() <= 24,
             "{} bytes",
             std::mem::size_of::<super::DirectSlot>()
+        );
+        // A slot and its reference counts fit 120 bytes: one allocation of 128 with the
+        // allocator's header.
+        assert!(
+            std::mem::size_of::<crate::handle::Slot>() + 16 <= 120,
+            "{} bytes",
+            std::mem::size_of::<crate::handle::Slot>()
         );
         assert_eq!(
             std::mem::size_of::<crate::args::ArgIn>(),

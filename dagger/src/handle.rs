@@ -6,12 +6,13 @@ use crate::driver::DriverCmd;
 use crate::registry::TaskFn;
 use dagger_core::{MoveFailure, TaskError, TaskId};
 use dagger_sched::Completion;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll, Waker};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -22,23 +23,25 @@ pub(crate) type Outcome = Result<Completion, TaskError>;
 pub(crate) struct Slot {
     pub(crate) id: TaskId,
     pub(crate) func: Option<&'static TaskFn>,
-    /// Set once, by the driver loop (or by the thread that ran a direct task); read
-    /// without a lock afterwards. Boxed: every task has a slot until it completes, most
-    /// are never completed with a holder left (their handles were dropped), and an outcome
-    /// is several times the size of a pointer.
-    outcome: OnceLock<Box<Outcome>>,
-    /// Async waiters and continuations; also the lock the blocking waiters sleep on.
+    /// The outcome: null until it is set, once, by the driver loop (or by the thread that
+    /// ran a direct task); read without a lock afterwards, and freed with the slot. Boxed:
+    /// every task has a slot until it completes, most are never completed with a holder
+    /// left (their handles were dropped), and an outcome is several times the size of a
+    /// pointer.
+    outcome: AtomicPtr<Outcome>,
+    /// Async waiters, continuations and blocked threads; also the lock under which a
+    /// waiter looks at the outcome before it registers.
     waiters: Mutex<Vec<Waiter>>,
-    cond: Condvar,
     release: UnboundedSender<DriverCmd>,
-    /// Set for a task run directly on the driver's threads (see [`crate::direct`]): the
-    /// scheduler never heard of it.
-    /// Boxed: most slots are not direct, and every slot of a million-task graph counts.
-    pub(crate) direct: Option<Box<DirectSlot>>,
-    /// The direct lane of the slot's context, for a task that went to the scheduler: its
-    /// release must not overtake a submission the lane holds back (one that takes its
-    /// result).
+    /// Of a direct task, the lane that runs it. Of a task that went to the scheduler, the
+    /// direct lane of its context: its release must not overtake a submission the lane
+    /// holds back (one that takes its result).
     pub(crate) lane: Option<Arc<Direct>>,
+    /// What a task run directly on the driver's threads (see [`crate::direct`]) keeps
+    /// besides; unused by any other. Inline and small: a direct task is one allocation of
+    /// 128 bytes (with the allocator's header) on the thread that spawns it, and that
+    /// thread is what bounds the lane's rate. See [`Slot::direct`].
+    direct: DirectSlot,
 }
 
 /// What waits for a slot's outcome.
@@ -48,6 +51,8 @@ enum Waiter {
     /// Work to do with the outcome (a direct task whose input this is), run by the thread
     /// that completes the slot.
     Then(Box<dyn FnOnce(&Outcome) + Send>),
+    /// A thread blocked in [`Slot::wait`], parked on the slot's address.
+    Parked,
 }
 
 impl Slot {
@@ -64,40 +69,57 @@ impl Slot {
         Self {
             id,
             func,
-            outcome: OnceLock::new(),
+            outcome: AtomicPtr::new(std::ptr::null_mut()),
             waiters: Mutex::new(Vec::new()),
-            cond: Condvar::new(),
             release,
-            direct: None,
             lane: None,
+            direct: DirectSlot::unused(),
         }
     }
 
-    /// The slot of a task run directly on the driver's threads.
+    /// The slot of a task run directly on the driver's threads by `lane`.
     pub(crate) fn new_direct(
         id: TaskId,
         func: &'static TaskFn,
         release: UnboundedSender<DriverCmd>,
+        lane: Arc<Direct>,
         direct: DirectSlot,
     ) -> Self {
         let mut slot = Self::new(id, Some(func), release);
-        slot.direct = Some(Box::new(direct));
+        slot.lane = Some(lane);
+        slot.direct = direct;
         slot
+    }
+
+    /// The direct-task data, for a task run directly on the driver's threads (the
+    /// scheduler never heard of it); `None` for any other.
+    pub(crate) fn direct(&self) -> Option<&DirectSlot> {
+        self.direct.is_direct().then_some(&self.direct)
     }
 
     /// Sets the outcome unless it is set; whether this call set it.
     fn set_outcome(&self, outcome: Outcome) -> bool {
-        match &self.direct {
-            Some(d) => d.outcome.set(outcome).is_ok(),
-            None => self.outcome.set(Box::new(outcome)).is_ok(),
+        let new = Box::into_raw(Box::new(outcome));
+        match self.outcome.compare_exchange(
+            std::ptr::null_mut(),
+            new,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(_) => {
+                // SAFETY: `new` came from `Box::into_raw` above and was not published.
+                drop(unsafe { Box::from_raw(new) });
+                false
+            }
         }
     }
 
     /// Makes the task findable by its id (a direct task is not, until its id is handed
     /// out: see [`DirectSlot::expose`]).
     pub(crate) fn expose(self: &Arc<Self>) {
-        if let Some(d) = &self.direct {
-            d.expose(self);
+        if let (Some(d), Some(lane)) = (self.direct(), &self.lane) {
+            d.expose(lane, self);
         }
     }
 
@@ -110,19 +132,35 @@ impl Slot {
             return;
         }
         let waiters = std::mem::take(&mut *self.waiters.lock());
-        self.cond.notify_all();
         if waiters.is_empty() {
             return;
         }
         let Some(outcome) = self.outcome() else {
             unreachable!("set above")
         };
+        let mut parked = false;
         for w in waiters {
             match w {
                 Waiter::Wake(w) => w.wake(),
                 Waiter::Then(f) => f(outcome),
+                Waiter::Parked => parked = true,
             }
         }
+        if parked {
+            // SAFETY: the key is this slot's address, which only `wait` parks on; the
+            // token is not used.
+            unsafe {
+                parking_lot_core::unpark_all(
+                    self.park_key(),
+                    parking_lot_core::DEFAULT_UNPARK_TOKEN,
+                );
+            }
+        }
+    }
+
+    /// The key blocked waiters park on: the slot's address.
+    fn park_key(&self) -> usize {
+        self as *const Self as usize
     }
 
     /// Runs `f` with the outcome once there is one: at once on this thread if the slot is
@@ -143,10 +181,10 @@ impl Slot {
 
     /// The outcome, if the task finished or failed.
     pub(crate) fn outcome(&self) -> Option<&Outcome> {
-        match &self.direct {
-            Some(d) => d.outcome.get(),
-            None => self.outcome.get().map(|o| &**o),
-        }
+        let p = self.outcome.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer is a boxed outcome, set once and freed only with the
+        // slot.
+        unsafe { p.as_ref() }
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -158,12 +196,34 @@ impl Slot {
         if let Some(o) = self.outcome() {
             return o;
         }
-        let mut guard = self.waiters.lock();
+        {
+            let mut waiters = self.waiters.lock();
+            if let Some(o) = self.outcome() {
+                return o;
+            }
+            // `complete` sets the outcome before it takes the list: it finds this entry,
+            // or this thread found the outcome above.
+            if !waiters.iter().any(|w| matches!(w, Waiter::Parked)) {
+                waiters.push(Waiter::Parked);
+            }
+        }
         loop {
             if let Some(o) = self.outcome() {
                 return o;
             }
-            self.cond.wait(&mut guard);
+            // SAFETY: parks on this slot's address; the validation runs under the
+            // parking lot's lock for that address, which `complete` takes (after setting
+            // the outcome) to wake every thread parked there, so no wake-up is missed.
+            unsafe {
+                parking_lot_core::park(
+                    self.park_key(),
+                    || self.outcome().is_none(),
+                    || {},
+                    |_, _| {},
+                    parking_lot_core::DEFAULT_PARK_TOKEN,
+                    None,
+                );
+            }
         }
     }
 
@@ -187,9 +247,15 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        match (&self.direct, &self.lane) {
+        let outcome = *self.outcome.get_mut();
+        if !outcome.is_null() {
+            // SAFETY: set once from `Box::into_raw`; nothing borrows it past the slot.
+            drop(unsafe { Box::from_raw(outcome) });
+        }
+        match (self.direct(), &self.lane) {
             // Only the direct lane knew it.
-            (Some(d), _) => d.forget(self.id),
+            (Some(d), Some(lane)) => d.forget(lane, self.id),
+            (Some(_), None) => {}
             (None, Some(lane)) => lane.release(&self.release, self.id),
             // The context may be gone already; then there is nothing to release.
             (None, None) => {
@@ -265,9 +331,9 @@ impl<T> Handle<T> {
     pub fn info(&self) -> Result<TaskInfo, TaskError> {
         self.wait()?;
         let task = self.slot.id;
-        match &self.slot.direct {
-            Some(d) => d.info(task),
-            None => self.ctx.task_info(task),
+        match (self.slot.direct(), &self.slot.lane) {
+            (Some(d), Some(lane)) => d.info(lane, task),
+            _ => self.ctx.task_info(task),
         }
         .ok_or(TaskError::Shutdown { task })
     }
