@@ -11,15 +11,20 @@ fn twice(x: u64) -> u64 {
     2 * x
 }
 
-#[test]
-fn spawning_past_the_backlog_waits_and_every_task_runs() {
+/// A context with one worker process of two thread processors.
+fn one_worker() -> Context {
     dagger::init();
-    let ctx = Context::builder()
+    Context::builder()
         .workers(1)
         .test_harness()
         .worker_threads(2)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn spawning_past_the_backlog_waits_and_every_task_runs() {
+    let ctx = one_worker();
     // 4,096 spawns fit in the backlog; 32 times as many must wait for the loop at times.
     let n = 1u64 << 17;
     let handles: Vec<_> = (0..n).map(|i| twice::spawn(&ctx, i).unwrap()).collect();
@@ -36,13 +41,7 @@ fn spawning_past_the_backlog_waits_and_every_task_runs() {
 /// lets the scheduler forget the task once it ran, and no task is lost on the way.
 #[test]
 fn handles_dropped_before_the_loop_takes_their_spawns_in_release_their_tasks() {
-    dagger::init();
-    let ctx = Context::builder()
-        .workers(1)
-        .test_harness()
-        .worker_threads(2)
-        .build()
-        .unwrap();
+    let ctx = one_worker();
     let n = 1u64 << 15;
     for i in 0..n {
         drop(twice::spawn(&ctx, i).unwrap());
