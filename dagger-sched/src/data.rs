@@ -6,12 +6,13 @@
 
 use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
-use crate::task_table::{State, TaskFlags};
+use crate::task_table::{SmallArg, State, TaskFlags};
 use dagger_core::WorkerId;
 
 #[derive(Default)]
 pub(crate) struct DataDir {
-    /// Results kept inline by the scheduler, by task index.
+    /// Results kept inline by the scheduler, by task index, when they are longer than
+    /// [`SMALL_ARG`](crate::task_table::SMALL_ARG) bytes (shorter ones are in the task's record: `Task::small_result`).
     pub(crate) inline: FxMap<u32, Vec<u8>>,
     /// Full holder lists of results held by more than one worker (the first is
     /// `Task::holder`).
@@ -43,18 +44,28 @@ impl Scheduler {
 
     /// The scheduler's copy of task `i`'s result, if it keeps one.
     #[inline]
-    pub(crate) fn inline_of(&self, i: u32) -> Option<&Vec<u8>> {
-        if self.has_inline(i) {
-            self.data.inline.get(&i)
-        } else {
+    pub(crate) fn inline_of(&self, i: u32) -> Option<&[u8]> {
+        let t = &self.tasks[i];
+        if !t.flags.contains(TaskFlags::INLINE) {
             None
+        } else if t.small_result.is_present() {
+            Some(t.small_result.as_slice())
+        } else {
+            self.data.inline.get(&i).map(Vec::as_slice)
         }
     }
 
-    /// Keeps a copy of task `i`'s result in the scheduler.
+    /// Keeps a copy of task `i`'s result in the scheduler: in its record when it is short.
     pub(crate) fn put_inline(&mut self, i: u32, bytes: Vec<u8>) {
-        self.tasks[i].flags.insert(TaskFlags::INLINE);
-        self.data.inline.insert(i, bytes);
+        self.drop_inline(i);
+        let t = &mut self.tasks[i];
+        t.flags.insert(TaskFlags::INLINE);
+        match SmallArg::new(&bytes) {
+            Some(small) => t.small_result = small,
+            None => {
+                self.data.inline.insert(i, bytes);
+            }
+        }
     }
 
     /// Drops the scheduler's copy of task `i`'s result, if any.
@@ -62,7 +73,11 @@ impl Scheduler {
         let t = &mut self.tasks[i];
         if t.flags.contains(TaskFlags::INLINE) {
             t.flags.remove(TaskFlags::INLINE);
-            self.data.inline.remove(&i);
+            if t.small_result.is_present() {
+                t.small_result = SmallArg::ABSENT;
+            } else {
+                self.data.inline.remove(&i);
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 use crate::edges::Edges;
 use crate::hash::FxMap;
 use crate::scheduler::Scheduler;
-use crate::task_table::{ns, satisfies, Args, Spec, State, Task, TaskFlags, NONE};
+use crate::task_table::{ns, satisfies, Args, SmallArg, Spec, State, Task, TaskFlags, NONE};
 use crate::Completion;
 use dagger_core::{GraphError, TaskError, TaskId, TaskSpec, WorkerId};
 use std::time::Duration;
@@ -100,6 +100,7 @@ impl Scheduler {
                 } else {
                     TaskFlags::empty()
                 },
+                small_result: SmallArg::ABSENT,
                 spec: Some(Box::new(Spec {
                     args,
                     deps,

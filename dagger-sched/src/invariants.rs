@@ -126,7 +126,9 @@ impl Scheduler {
             }
         }
         for (i, t) in self.tasks.iter() {
-            if t.flags.contains(TaskFlags::INLINE) != self.data.inline.contains_key(&i) {
+            let in_map = self.data.inline.contains_key(&i);
+            let copies = usize::from(in_map) + usize::from(t.small_result.is_present());
+            if copies > 1 || t.flags.contains(TaskFlags::INLINE) != (copies == 1) {
                 return Err(format!("{}: inline flag disagrees with the copy", t.id));
             }
         }

@@ -698,7 +698,7 @@ impl Scheduler {
     /// [`Self::run_part`] of the task at index `d`.
     fn run_part_at(&self, d: u32, dest: WorkerId, fetching: &mut Vec<u32>) -> RunPart {
         if let Some(v) = self.inline_of(d) {
-            return RunPart::Value(v.clone());
+            return RunPart::Value(v.to_vec());
         }
         let from = match self.holders_of(d) {
             hs if !hs.is_empty() => {

@@ -235,8 +235,9 @@ impl Scheduler {
     }
 
     /// The client dropped its interest in a task's result. Once no unfinished task needs it,
-    /// the scheduler's copy is freed and workers are told to release theirs. Unknown tasks
-    /// are ignored. Cheap.
+    /// the scheduler's copy is freed and workers are told to release theirs. No
+    /// [`Command::Complete`] with a result comes for the task after this (a failure still
+    /// does). Unknown tasks are ignored. Cheap.
     pub fn release(&mut self, task: TaskId) {
         let Some(i) = self.tasks.get(&task) else {
             return;
@@ -296,8 +297,11 @@ impl Scheduler {
                 self.finish(i, worker, done.run_ns, size);
                 self.ran_on(i, ran_on);
                 let t = &self.tasks[i];
-                let keep = t.consumers > 0 || !t.flags.contains(TaskFlags::CLIENT_RELEASED);
-                let first = !t.flags.contains(TaskFlags::COMPLETED);
+                let released = t.flags.contains(TaskFlags::CLIENT_RELEASED);
+                let keep = t.consumers > 0 || !released;
+                // A released task's completion has no reader (its owner gave the slot
+                // back), so it is not made: no copy of the bytes for it.
+                let first = !t.flags.contains(TaskFlags::COMPLETED) && !released;
                 match (first, keep) {
                     (true, true) => {
                         self.complete(i, Ok(Completion::Value(bytes.clone())));
@@ -315,7 +319,11 @@ impl Scheduler {
                 self.placer.learn(func, kind, done.run_ns);
                 self.finish(i, worker, done.run_ns, size);
                 self.ran_on(i, ran_on);
-                if !self.tasks[i].flags.contains(TaskFlags::COMPLETED) {
+                let t = &self.tasks[i];
+                if !t
+                    .flags
+                    .intersects(TaskFlags::COMPLETED | TaskFlags::CLIENT_RELEASED)
+                {
                     self.complete(
                         i,
                         Ok(Completion::Stored {
