@@ -33,7 +33,7 @@ impl Scheduler {
                 }
                 continue;
             };
-            let fetching = self.fetching.get(&i).map_or(&[][..], Vec::as_slice);
+            let fetching = self.fetching.get(&i).map_or(&[][..], |f| f.as_slice());
             if t.state == State::Dispatched {
                 for &d in fetching {
                     *fetchers.entry(d).or_default() += 1;

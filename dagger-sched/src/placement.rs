@@ -11,6 +11,7 @@
 //! task finished or failed, the pool changed, a drain ended): huge graphs are not
 //! re-examined on every event. Tasks pinned to one worker (early dispatch) bypass it.
 
+use crate::edges::Edges;
 use crate::hash::{FxMap, FxSet};
 use crate::scheduler::Scheduler;
 use crate::task_table::{ns, Args, State, TaskFlags};
@@ -690,13 +691,13 @@ impl Scheduler {
     /// Where the worker `dest` finds the result of dependency `id`: inline, or as a chunk
     /// from its holders (a copy on `dest` first), noted in `fetching`. `None` for a task
     /// no longer known.
-    fn run_part(&self, id: TaskId, dest: WorkerId, fetching: &mut Vec<u32>) -> Option<RunPart> {
+    fn run_part(&self, id: TaskId, dest: WorkerId, fetching: &mut Edges) -> Option<RunPart> {
         let d = self.tasks.get(&id)?;
         Some(self.run_part_at(d, dest, fetching))
     }
 
     /// [`Self::run_part`] of the task at index `d`.
-    fn run_part_at(&self, d: u32, dest: WorkerId, fetching: &mut Vec<u32>) -> RunPart {
+    fn run_part_at(&self, d: u32, dest: WorkerId, fetching: &mut Edges) -> RunPart {
         if let Some(v) = self.inline_of(d) {
             return RunPart::Value(v.to_vec());
         }
@@ -730,7 +731,7 @@ impl Scheduler {
         *queued = queued.saturating_add(est);
         let now = ns(self.now);
         let mut args = Vec::new();
-        let mut fetching = Vec::new();
+        let mut fetching = Edges::default();
         {
             let t = &self.tasks[i];
             let list = match t.spec.as_ref().map(|s| (&s.args, s)) {
@@ -829,7 +830,7 @@ impl Scheduler {
         let est = t.est_ns;
         let pos = t.link as usize;
         let fetching = if self.fetching.is_empty() {
-            Vec::new()
+            Edges::default()
         } else {
             self.fetching.remove(&i).unwrap_or_default()
         };

@@ -12,6 +12,7 @@
 
 use crate::data::DataDir;
 use crate::drain::Drains;
+use crate::edges::Edges;
 use crate::hash::FxMap;
 use crate::outbox::Outbox;
 use crate::placement::Placer;
@@ -41,7 +42,7 @@ pub struct Scheduler {
     /// The dependencies each dispatched task was told to fetch as chunks at its current
     /// dispatch (tasks with none are absent: most have none, so the list is not kept in
     /// every task's [`Spec`](crate::task_table::Spec)).
-    pub(crate) fetching: FxMap<u32, Vec<u32>>,
+    pub(crate) fetching: FxMap<u32, Edges>,
     /// Task records looked at by recovery from lost workers, ever (see [`Stats`]).
     pub(crate) recovery_examined: u64,
 }
